@@ -1,0 +1,1 @@
+"""Offline data: sources fetched into the labkit cache by the setup command, generators and provenance."""

@@ -1,0 +1,1 @@
+"""Small reference models built from configs and trained here (no hub downloads)."""

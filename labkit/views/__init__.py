@@ -1,0 +1,1 @@
+"""Paper-specific figures and widget views (matplotlib, ipywidgets); notebooks call these."""
