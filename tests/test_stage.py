@@ -1,0 +1,194 @@
+"""Tests for labkit.stage: layouts agree, frozen copies stay frozen, EMA after the step, freeze_schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labkit import seed_everything
+from labkit.models.forecaster import PerVariableForecaster, StackedForecaster
+from labkit.stage import (
+    ImplicitTwoStage,
+    PerVariableDecoder,
+    PerVariableEncoder,
+    VariableAttention,
+    ema_update_,
+    end_to_end_losses,
+    explicit_two_stage_losses,
+    freeze_schedule,
+    frozen_copy,
+    to_layout,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    seed_everything(0, threads=1)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 4])
+def test_grouped_and_modulelist_encoders_agree(n_layers):
+    enc = PerVariableEncoder(5, hid=8, n_layers=n_layers, layout="modulelist")
+    grouped = to_layout(enc, "grouped")
+    x = torch.randn(3, 5, 16, 32)
+    torch.testing.assert_close(grouped(x), enc(x), atol=1e-5, rtol=1e-5)
+    back = to_layout(grouped, "modulelist")
+    torch.testing.assert_close(back(x), enc(x), atol=1e-5, rtol=1e-5)
+    assert grouped(x).shape == (3, 5, 8, 16 // 2 ** (n_layers // 2), 32 // 2 ** (n_layers // 2))
+
+
+def test_grouped_and_modulelist_decoders_agree_including_gradients():
+    dec = PerVariableDecoder(4, hid=6, n_layers=2, layout="grouped")
+    listed = to_layout(dec, "modulelist")
+    z = torch.randn(2, 4, 6, 8, 8)
+    out_g, out_l = dec(z), listed(z)
+    assert out_g.shape == (2, 4, 16, 16)
+    torch.testing.assert_close(out_g, out_l, atol=1e-5, rtol=1e-5)
+    out_g.pow(2).sum().backward()
+    out_l.pow(2).sum().backward()
+    # the first variable's readout weight in the grouped conv is row block 0
+    torch.testing.assert_close(dec.net[-1].weight.grad[:1], listed.nets[0][-1].weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_variables_do_not_leak_across_groups():
+    enc = PerVariableEncoder(3, hid=4, n_layers=2)
+    x = torch.randn(1, 3, 8, 8)
+    x2 = x.clone()
+    x2[:, 1] += 5.0
+    a, b = enc(x), enc(x2)
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+    torch.testing.assert_close(a[:, 2], b[:, 2])
+    assert not torch.allclose(a[:, 1], b[:, 1])
+
+
+def test_variable_attention_shapes_and_rows_sum_to_one():
+    attn = VariableAttention(c_in=12, c_out=8, d_model=16, heads=4, n_blocks=3)
+    z, weights = attn(torch.randn(2, 5, 12, 4, 8))
+    assert z.shape == (2, 5, 8, 4, 8)
+    assert weights.shape == (2, 3, 4, 5, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 4, 5), atol=1e-5, rtol=0)
+
+
+def test_variable_attention_mixes_variables():
+    attn = VariableAttention(c_in=4, d_model=8, heads=2, n_blocks=1)
+    z = torch.randn(1, 3, 4, 4, 4)
+    z2 = z.clone()
+    z2[:, 2] += 1.0
+    assert not torch.allclose(attn(z)[0][:, 0], attn(z2)[0][:, 0])
+
+
+def _tiny_parts():
+    model = PerVariableForecaster(n_vars=3, t_in=2, t_out=2, hid=4, n_layers=2, d_model=8, heads=2, n_blocks=1)
+    return model.encoder, model.translator, model.decoder
+
+
+def test_implicit_two_stage_frozen_copies_never_get_gradients():
+    its = ImplicitTwoStage(*_tiny_parts(), momentum=0.9)
+    x, y = torch.randn(2, 2, 3, 8, 8), torch.randn(2, 2, 3, 8, 8)
+    losses = its.losses(x, y)
+    losses["loss"].backward()
+    for copy_ in (its.encoder_k, its.translator_k, its.decoder_k):
+        assert all(p.grad is None and not p.requires_grad for p in copy_.parameters())
+    assert all(p.grad is not None for p in its.encoder.parameters())
+    assert all(p.grad is not None for p in its.decoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in its.translator.parameters())
+
+
+def test_implicit_two_stage_routes_each_loss_to_one_part():
+    its = ImplicitTwoStage(*_tiny_parts())
+    x, y = torch.randn(2, 2, 3, 8, 8), torch.randn(2, 2, 3, 8, 8)
+    losses = its.losses(x, y)
+    losses["rec"].backward(retain_graph=True)
+    assert all(p.grad is None for p in its.translator.parameters())  # no pixel-space gradient to the translator
+    its.zero_grad(set_to_none=True)
+    losses["latent"].backward()
+    assert all(p.grad is None for p in its.encoder.parameters())
+    assert all(p.grad is None for p in its.decoder.parameters())
+
+
+def test_after_step_updates_copies_after_the_optimizer_step():
+    its = ImplicitTwoStage(*_tiny_parts(), momentum=0.9, enc_momentum=0.0)
+    opt = torch.optim.SGD([p for p in its.parameters() if p.requires_grad], lr=0.1)
+    before_t = [p.clone() for p in its.translator_k.parameters()]
+    before_online_t = [p.clone() for p in its.translator.parameters()]
+    its.losses(torch.randn(2, 2, 3, 8, 8), torch.randn(2, 2, 3, 8, 8))["loss"].backward()
+    opt.step()
+    for k, b in zip(its.translator_k.parameters(), before_t, strict=True):  # untouched until after_step
+        torch.testing.assert_close(k, b)
+    its.after_step()
+    for k, q in zip(its.encoder_k.parameters(), its.encoder.parameters(), strict=True):
+        torch.testing.assert_close(k, q)  # hard copy
+    for k, b, q in zip(its.translator_k.parameters(), before_t, its.translator.parameters(), strict=True):
+        torch.testing.assert_close(k, 0.9 * b + 0.1 * q, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(b, q) for b, q in zip(before_online_t, its.translator.parameters(), strict=True))
+
+
+def test_forward_matches_online_path_after_hard_copy():
+    its = ImplicitTwoStage(*_tiny_parts())
+    x = torch.randn(1, 2, 3, 8, 8)
+    online = its.decoder(its.translator(its.encoder(x))[0])
+    torch.testing.assert_close(its(x), online)
+
+
+def test_ema_update_and_bad_momentum():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = 0.5 * a.weight.detach() + 0.5 * b.weight.detach()
+    ema_update_(a, b, 0.5)
+    torch.testing.assert_close(a.weight, expected)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        ema_update_(a, b, 1.5)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        ImplicitTwoStage(*_tiny_parts(), momentum=-0.1)
+    frozen = frozen_copy(a)
+    assert not any(p.requires_grad for p in frozen.parameters()) and all(p.requires_grad for p in a.parameters())
+
+
+def test_freeze_schedule():
+    enc, trans, dec = _tiny_parts()
+    groups = {"autoencoder": torch.nn.ModuleList([enc, dec]), "translator": trans}
+    plan = {"autoencoder": (0, 3), "translator": (3, None)}
+    assert freeze_schedule(groups, plan, 0) == {"autoencoder": True, "translator": False}
+    assert not any(p.requires_grad for p in trans.parameters())
+    assert freeze_schedule(groups, plan, 3) == {"autoencoder": False, "translator": True}
+    assert all(p.requires_grad for p in trans.parameters()) and not any(p.requires_grad for p in enc.parameters())
+    with pytest.raises(ValueError, match="unknown group"):
+        freeze_schedule(groups, {"decoder": (0, 1)}, 0)
+    with pytest.raises(ValueError, match="stop 1 < start 2"):
+        freeze_schedule(groups, {"translator": (2, 1)}, 0)
+
+
+def test_explicit_two_stage_and_end_to_end_losses():
+    enc, trans, dec = _tiny_parts()
+    x, y = torch.randn(2, 2, 3, 8, 8), torch.randn(2, 2, 3, 8, 8)
+    ae = explicit_two_stage_losses(enc, trans, dec, x, y, "autoencoder")
+    ae["loss"].backward()
+    assert all(p.grad is None for p in trans.parameters())
+    lat = explicit_two_stage_losses(enc, trans, dec, x, y, "translator")
+    assert lat["loss"].requires_grad and set(lat) == {"latent", "loss"}
+    assert end_to_end_losses(enc, trans, dec, x, y)["loss"].ndim == 0
+    with pytest.raises(ValueError, match="unknown phase"):
+        explicit_two_stage_losses(enc, trans, dec, x, y, "both")
+
+
+def test_bad_inputs_name_the_problem():
+    enc = PerVariableEncoder(5, hid=4)
+    with pytest.raises(ValueError, match=r"expected input N x 5 x H x W"):
+        enc(torch.randn(2, 4, 8, 8))
+    with pytest.raises(ValueError, match="unknown layout"):
+        PerVariableEncoder(5, layout="stacked")
+    with pytest.raises(ValueError, match="even hid"):
+        PerVariableDecoder(5, hid=3)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        VariableAttention(8, d_model=10, heads=4)
+    model = PerVariableForecaster(n_vars=5, t_in=3, t_out=2, hid=4, d_model=8, heads=2, n_blocks=1)
+    with pytest.raises(ValueError, match=r"expected input B x 3 x 5 x H x W"):
+        model(torch.randn(1, 3, 4, 8, 8))
+
+
+def test_forecasters_shapes():
+    x = torch.randn(2, 3, 5, 16, 32)
+    pred, attn = PerVariableForecaster(5, 3, 2, hid=4, d_model=8, heads=2, n_blocks=2)(x)
+    assert pred.shape == (2, 2, 5, 16, 32) and attn.shape == (2, 2, 2, 5, 5)
+    for t_out in (3, 2):
+        pred, attn = StackedForecaster(5, 3, t_out, hid=4, hid_t=16)(x)
+        assert pred.shape == (2, t_out, 5, 16, 32) and attn is None
