@@ -1,0 +1,366 @@
+"""Hashed n-gram features for DSIR (Xie et al., NeurIPS 2023), bit-compatible with ``data-selection`` 1.0.3.
+
+A document is lower-cased, split into word-punct tokens (``\\w+|[^\\w\\s]+``, NLTK's ``WordPunctTokenizer``), and
+every unigram and bigram (tokens joined by one space) is hashed into ``num_buckets`` buckets with
+``int(sha256(s).hexdigest(), 16) % num_buckets``. Unlike the reference, each distinct token and bigram is hashed
+once (a per-n-gram cache) and raw text is featurized once; bigrams are looked up as integer pairs in numpy.
+``hash="crc32"`` is a faster, stable, *non-identical* alternative.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]+")  # NLTK WordPunctTokenizer's regex (identical tokens)
+HASHES = ("sha256", "crc32")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word-punct tokens, exactly as ``data-selection``'s default ``wordpunct`` tokenizer."""
+    return TOKEN_PATTERN.findall(text.lower())
+
+
+def _bucket_function(hash_name: str, num_buckets: int):
+    if hash_name == "sha256":
+        sha256 = hashlib.sha256
+        return lambda s: int.from_bytes(sha256(s.encode("utf-8")).digest(), "big") % num_buckets
+    if hash_name == "crc32":
+        crc32 = zlib.crc32
+        return lambda s: crc32(s.encode("utf-8")) % num_buckets
+    raise ValueError(f"unknown hash {hash_name!r}; expected one of {HASHES}")
+
+
+@dataclass
+class HashedFeatures:
+    """Hashed n-grams of N documents in CSR layout: document i owns ``buckets[offsets[i]:offsets[i+1]]``.
+
+    ``lengths`` holds the number of word-punct tokens per document. ``num_buckets``, ``ngrams`` and ``hash`` say
+    how the features were made, so features are never mixed across settings.
+    """
+
+    buckets: np.ndarray  # flat bucket ids (uint16 when num_buckets <= 65536, else int32)
+    offsets: np.ndarray  # int64, length N + 1
+    lengths: np.ndarray  # int64 tokens per document
+    num_buckets: int  # hash space size
+    ngrams: int  # 2 = unigrams + bigrams
+    hash: str  # "sha256" (identical to data-selection) or "crc32"
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def doc_index(self) -> np.ndarray:
+        """The document id of every entry of ``buckets``."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
+
+    def total_counts(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Bucket counts summed over all documents, or over ``indices`` (float64, length ``num_buckets``)."""
+        if indices is None:
+            flat = self.buckets
+        else:
+            indices = np.asarray(indices, dtype=np.int64)
+            starts, ends = self.offsets[indices], self.offsets[indices + 1]
+            flat = self.buckets[_ranges(starts, ends)]
+        return np.bincount(flat, minlength=self.num_buckets).astype(np.float64)
+
+    def dot(self, vector: np.ndarray) -> np.ndarray:
+        """Per-document ``counts @ vector`` for a vector (B,) or matrix (B, T) over buckets; float64."""
+        vector = np.asarray(vector, dtype=np.float64)
+        if vector.shape[0] != self.num_buckets:
+            raise ValueError(f"expected a vector over {self.num_buckets} buckets, got shape {vector.shape}")
+        n = len(self)
+        out = np.zeros((n,) + vector.shape[1:], dtype=np.float64)
+        nonempty = np.diff(self.offsets) > 0
+        if self.buckets.size:
+            sums = np.add.reduceat(vector[self.buckets], self.offsets[:-1][nonempty], axis=0)
+            out[nonempty] = sums
+        return out
+
+    def to_csr(self):
+        """A scipy CSR matrix of bucket counts, shape (N, num_buckets)."""
+        from scipy import sparse
+
+        data = np.ones(len(self.buckets), dtype=np.float64)
+        matrix = sparse.csr_matrix(
+            (data, self.buckets.astype(np.int32), self.offsets), shape=(len(self), self.num_buckets)
+        )
+        matrix.sum_duplicates()
+        return matrix
+
+    def subset(self, indices: np.ndarray) -> HashedFeatures:
+        """Features of the documents at ``indices`` (in that order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, ends = self.offsets[indices], self.offsets[indices + 1]
+        offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        return HashedFeatures(
+            self.buckets[_ranges(starts, ends)],
+            offsets,
+            self.lengths[indices],
+            self.num_buckets,
+            self.ngrams,
+            self.hash,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write to one ``.npz`` file atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            buckets=self.buckets,
+            offsets=self.offsets,
+            lengths=self.lengths,
+            meta=np.array([self.num_buckets, self.ngrams]),
+            hash=np.array(self.hash),
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> HashedFeatures:
+        """Read features written by :meth:`save`."""
+        with np.load(path) as f:
+            num_buckets, ngrams = (int(v) for v in f["meta"])
+            return cls(f["buckets"], f["offsets"], f["lengths"], num_buckets, ngrams, str(f["hash"]))
+
+    @staticmethod
+    def concatenate(parts: list[HashedFeatures]) -> HashedFeatures:
+        """Join features of consecutive document batches."""
+        if not parts:
+            raise ValueError("expected at least one batch of features, got none")
+        first = parts[0]
+        shifts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)])
+        return HashedFeatures(
+            np.concatenate([p.buckets for p in parts]),
+            offsets.astype(np.int64),
+            np.concatenate([p.lengths for p in parts]),
+            first.num_buckets,
+            first.ngrams,
+            first.hash,
+        )
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, e)`` for every pair, vectorized."""
+    sizes = ends - starts
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    keep = sizes > 0
+    starts, sizes = starts[keep], sizes[keep]
+    steps = np.ones(total, dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    steps[first] = starts - np.concatenate([[0], starts[:-1] + sizes[:-1] - 1])
+    return np.cumsum(steps)
+
+
+class NgramHasher:
+    """Turns batches of documents into :class:`HashedFeatures`, caching the bucket of every distinct n-gram.
+
+    Same buckets as ``data_selection.hashed_ngram_dsir.get_ngram_counts`` with ``hash="sha256"``; the cache
+    is what makes it several times faster (each distinct token or bigram is hashed once per hasher).
+    """
+
+    def __init__(self, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256") -> None:
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+        if ngrams < 1:
+            raise ValueError(f"ngrams must be >= 1, got {ngrams}")
+        self.num_buckets, self.ngrams, self.hash = num_buckets, ngrams, hash
+        self._bucket = _bucket_function(hash, num_buckets)
+        self._dtype = np.uint16 if num_buckets <= 65536 else np.int32
+        self._vocab: dict[str, int] = {}
+        self._tokens: list[str] = []
+        self._token_buckets = np.zeros(0, dtype=np.int64)
+        self._pair_keys = np.zeros(0, dtype=np.int64)  # sorted (id_a << 32) | id_b of known bigrams
+        self._pair_buckets = np.zeros(0, dtype=np.int64)
+        self._long_cache: dict[str, int] = {}  # n-grams with n >= 3 (slow path, strings)
+
+    def featurize(self, texts: list[str]) -> HashedFeatures:
+        """Hashed unigram..n-gram features of a list of strings."""
+        vocab, setdefault = self._vocab, self._vocab.setdefault
+        token_lists = [TOKEN_PATTERN.findall(t.lower()) for t in texts]
+        lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+        old = len(vocab)
+        ids = np.fromiter(
+            (setdefault(tok, len(vocab)) for toks in token_lists for tok in toks),
+            dtype=np.int64,
+            count=int(lengths.sum()),
+        )
+        if len(vocab) > old:
+            new_tokens = list(vocab)[old:]
+            self._tokens.extend(new_tokens)
+            new = np.fromiter((self._bucket(t) for t in new_tokens), dtype=np.int64, count=len(new_tokens))
+            self._token_buckets = np.concatenate([self._token_buckets, new])
+        n_docs = len(texts)
+        tok_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
+        pos_in_doc = np.arange(len(ids), dtype=np.int64) - tok_start[doc_of_token]
+        per_order = [np.maximum(lengths - (i - 1), 0) for i in range(1, self.ngrams + 1)]
+        per_doc = np.sum(per_order, axis=0) if per_order else np.zeros(n_docs, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64)
+        buckets = np.empty(int(offsets[-1]), dtype=self._dtype)
+        order_start = offsets[:-1].copy()  # where order i's block of each document begins
+        buckets[order_start[doc_of_token] + pos_in_doc] = self._token_buckets[ids]
+        for order in range(2, self.ngrams + 1):
+            order_start = order_start + per_order[order - 2]
+            valid = pos_in_doc <= (lengths[doc_of_token] - order)  # an n-gram starts here inside the document
+            starts = np.nonzero(valid)[0]
+            if order == 2:
+                values = self._pair_lookup(ids[starts], ids[starts + 1])
+            else:
+                values = self._long_lookup(ids, starts, order)
+            buckets[order_start[doc_of_token[starts]] + pos_in_doc[starts]] = values
+        return HashedFeatures(buckets, offsets, lengths, self.num_buckets, self.ngrams, self.hash)
+
+    def _pair_lookup(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        codes = (a << 32) | b
+        unique, inverse = np.unique(codes, return_inverse=True)
+        where = np.searchsorted(self._pair_keys, unique)
+        found = np.zeros(len(unique), dtype=bool)
+        inside = where < len(self._pair_keys)
+        found[inside] = self._pair_keys[where[inside]] == unique[inside]
+        result = np.empty(len(unique), dtype=np.int64)
+        result[found] = self._pair_buckets[where[found]]
+        missing = unique[~found]
+        if len(missing):
+            tokens, bucket = self._tokens, self._bucket
+            new = np.fromiter(
+                (bucket(tokens[c >> 32] + " " + tokens[c & 0xFFFFFFFF]) for c in missing.tolist()),
+                dtype=np.int64,
+                count=len(missing),
+            )
+            result[~found] = new
+            keys = np.concatenate([self._pair_keys, missing])
+            order = np.argsort(keys, kind="stable")
+            self._pair_keys = keys[order]
+            self._pair_buckets = np.concatenate([self._pair_buckets, new])[order]
+        return result[inverse]
+
+    def _long_lookup(self, ids: np.ndarray, starts: np.ndarray, order: int) -> np.ndarray:
+        tokens, cache, bucket = self._tokens, self._long_cache, self._bucket
+        out = np.empty(len(starts), dtype=np.int64)
+        ids_list = ids.tolist()
+        for j, s in enumerate(starts.tolist()):
+            gram = " ".join(tokens[t] for t in ids_list[s : s + order])
+            value = cache.get(gram)
+            if value is None:
+                value = cache[gram] = bucket(gram)
+            out[j] = value
+        return out
+
+
+def iter_documents(data, text_field: str = "text", name: str = "documents") -> Iterator[str]:
+    """Yield the strings of ``data``: an iterable of str, a pandas Series, or a path to a (gzipped) jsonl file.
+
+    Raises TypeError naming the position of a non-string item and ValueError naming the file and line of a
+    corrupt jsonl record.
+    """
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.is_file():
+            raise ValueError(
+                f"{name}: expected an iterable of strings or a path to a .jsonl file, got the string "
+                f"{str(data)[:60]!r} which is not a file"
+            )
+        yield from _iter_jsonl(path, text_field)
+        return
+    if isinstance(data, bytes):
+        raise TypeError(f"{name}: expected an iterable of str, got bytes")
+    for i, doc in enumerate(data):
+        if not isinstance(doc, str):
+            raise TypeError(f"{name}: document {i} is {type(doc).__name__}, expected str")
+        yield doc
+
+
+def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: corrupt jsonl line ({err.msg})") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise ValueError(f"{path}:{line_no}: expected an object with a {text_field!r} field")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise TypeError(f"{path}:{line_no}: field {text_field!r} is {type(text).__name__}, expected str")
+            yield text
+
+
+def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_WORKER_HASHER: NgramHasher | None = None
+
+
+def _worker_init(num_buckets: int, ngrams: int, hash_name: str) -> None:
+    global _WORKER_HASHER
+    _WORKER_HASHER = NgramHasher(num_buckets, ngrams, hash_name)
+
+
+def _worker_featurize(batch: list[str]) -> HashedFeatures:
+    assert _WORKER_HASHER is not None
+    return _WORKER_HASHER.featurize(batch)
+
+
+def featurize(
+    data,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
+    *,
+    text_field: str = "text",
+    batch_size: int = 10000,
+    workers: int = 1,
+    progress: bool = False,
+    name: str = "documents",
+    hasher: NgramHasher | None = None,
+) -> HashedFeatures:
+    """Stream ``data`` (see :func:`iter_documents`) in batches and return its hashed n-gram features.
+
+    ``workers > 1`` featurizes batches in that many processes (each with its own n-gram cache); the result is
+    identical to one process. Raises ValueError on an empty input.
+    """
+    from tqdm.auto import tqdm
+
+    docs = iter_documents(data, text_field=text_field, name=name)
+    batches = _batches(docs, batch_size)
+    parts: list[HashedFeatures] = []
+    bar = tqdm(desc=f"featurize {name}", unit="doc", disable=not progress)
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers, _worker_init, (num_buckets, ngrams, hash)) as pool:
+            for part in pool.imap(_worker_featurize, batches):
+                parts.append(part)
+                bar.update(len(part))
+    else:
+        hasher = hasher or NgramHasher(num_buckets, ngrams, hash)
+        for batch in batches:
+            parts.append(hasher.featurize(batch))
+            bar.update(len(batch))
+    bar.close()
+    if not parts:
+        raise ValueError(f"{name}: expected at least one document, got an empty collection")
+    return HashedFeatures.concatenate(parts)
