@@ -148,6 +148,16 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def flops_by_module(fn: Callable[[], Any]) -> dict[str, int]:
+    """FLOPs of ``fn()`` per module path (``"LlamaModel.layers.0.mlp"``), same convention as ``count_flops``.
+
+    A parent's count includes its children's; ``"Global"`` is the total.
+    """
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
+        fn()
+    return {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,113 @@
+"""The ``labkit`` command: list, run and report the paper notebooks; fetch and clean the data cache."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from labkit import runner
+
+
+def _list(_: argparse.Namespace) -> int:
+    for path in runner.notebooks():
+        module = runner.experiment_module(path)
+        print(f"{path.stem}  ({path.relative_to(runner.ROOT)})  presets: {', '.join(module.PRESETS)}")
+        types_ = runner.parameter_types(module)
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(module.Config)}
+        defaults["widgets"] = True
+        for name, tp in types_.items():
+            by_preset = "  ".join(f"{p}={values[name]!r}" for p, values in module.PRESETS.items() if name in values)
+            line = f"  {name}: {runner.type_name(tp)} = {defaults[name]!r}"
+            print(line + (f"   [{by_preset}]" if by_preset else ""))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = runner.resolve_notebook(args.notebook)
+    params = runner.parse_parameters(runner.experiment_module(path), args.param or [])
+    result = runner.run_notebook(path, args.preset, params, out_dir=args.out, force=True)
+    if not result.ok:
+        print(f"labkit run: {path.name} failed after {result.wall_seconds:.0f} s\n{result.error}", file=sys.stderr)
+        return 1
+    print(f"labkit run: {path.name} [{args.preset}] -> {result.out_dir} ({result.wall_seconds:.0f} s)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    paths = [runner.resolve_notebook(n) for n in args.notebooks] if args.notebooks else runner.notebooks()
+    failures = []
+    for path in (bar := tqdm(paths, desc=f"labkit report [{args.preset}]", unit="notebook")):
+        bar.set_postfix_str(path.stem)
+        result = runner.run_notebook(path, args.preset, force=args.force, progress=False)
+        status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")
+        tqdm.write(f"{path.stem}: {status}" + (f" ({result.wall_seconds:.0f} s)" if not result.skipped else ""))
+        if not result.ok:
+            failures.append(result)
+            tqdm.write(result.error)
+    index = runner.write_index()
+    print(f"index: {index}")
+    return 1 if failures else 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from labkit.data import sources
+
+    for name in args.sources or sorted(sources.SOURCES):
+        print(f"labkit fetch: {name} -> {sources.fetch(name, force=args.force)}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from labkit.data import cache
+
+    if args.action == "clean":
+        print(f"labkit cache: emptied {cache.clean()}")
+    else:
+        print(cache.cache_dir())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="notebooks, presets and parameters").set_defaults(func=_list)
+    run = sub.add_parser("run", help="execute one notebook into reports/<notebook>/<preset>/")
+    run.add_argument("notebook", help="path or name, e.g. notebooks/profiling.ipynb or profiling")
+    run.add_argument("--preset", default="cpu", help="smoke | cpu | gpu (default cpu)")
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="override one parameter; repeatable")
+    run.add_argument("--out", type=Path, help="output folder (default reports/<notebook>/<preset>/)")
+    run.set_defaults(func=_run)
+    report = sub.add_parser("report", help="run every notebook whose inputs changed, then index reports/")
+    report.add_argument("--preset", default="cpu")
+    report.add_argument("--force", action="store_true", help="re-run notebooks whose inputs are unchanged too")
+    report.add_argument("notebooks", nargs="*", help="only these notebooks (default: all)")
+    report.set_defaults(func=_report)
+    fetch = sub.add_parser("fetch", help="download the offline data sources into the labkit cache")
+    fetch.add_argument("sources", nargs="*", help="source names (default: all)")
+    fetch.add_argument("--force", action="store_true")
+    fetch.set_defaults(func=_fetch)
+    cache_cmd = sub.add_parser("cache", help="show or empty the labkit cache")
+    cache_cmd.add_argument("action", choices=["clean", "path"])
+    cache_cmd.set_defaults(func=_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``labkit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (runner.ParameterError, FileNotFoundError, KeyError) as err:
+        print(f"labkit {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Execute notebooks with papermill into report folders: validated parameters, atomic results, resumable reports.
+
+A notebook ``notebooks/<name>.ipynb`` belongs to the experiment module ``labkit.experiments.<name>``, whose
+``Config`` dataclass and ``PRESETS`` are the source of truth for parameter names, types and defaults.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import time
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labkit.report import REPORT_DIR_ENV, RESULTS_FILE, atomic_write_text, to_jsonable
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+REPORTS_DIR = ROOT / "reports"
+RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
+
+
+class ParameterError(ValueError):
+    """A ``-p NAME VALUE`` that names no parameter or does not parse as the parameter's type."""
+
+
+def notebooks() -> list[Path]:
+    """The paper notebooks under ``notebooks/``, sorted by name."""
+    return sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def resolve_notebook(name: str | Path) -> Path:
+    """A notebook path from a path or a bare name (``gateskip``), with the known ones listed if it is missing."""
+    path = Path(name)
+    candidates = [path, NOTEBOOK_DIR / path.name, NOTEBOOK_DIR / f"{path.name}.ipynb"]
+    for candidate in candidates:
+        if candidate.suffix == ".ipynb" and candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(f"no notebook {str(name)!r}; known: {[p.stem for p in notebooks()]}")
+
+
+def experiment_module(notebook: Path) -> types.ModuleType:
+    """The ``labkit.experiments`` module whose name is the notebook's stem."""
+    try:
+        module = importlib.import_module(f"labkit.experiments.{notebook.stem}")
+    except ModuleNotFoundError as err:
+        raise ParameterError(f"notebook {notebook.name} has no experiment module labkit.experiments."
+                             f"{notebook.stem}: {err}") from err
+    for attr in ("Config", "PRESETS"):
+        if not hasattr(module, attr):
+            raise ParameterError(f"labkit.experiments.{notebook.stem} lacks {attr}")
+    return module
+
+
+def parameter_types(module: types.ModuleType) -> dict[str, Any]:
+    """Parameter name -> type for a notebook: its Config's fields plus the runner's own (``widgets``)."""
+    hints = typing.get_type_hints(module.Config)
+    return {**{f.name: hints[f.name] for f in dataclasses.fields(module.Config)}, **RUNNER_PARAMS}
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of a parameter's type (``int``, ``tuple[int, ...]``)."""
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(name: str, text: str, tp: Any) -> Any:
+    """Parse the command-line string ``text`` as type ``tp`` (bool, int, float, str, tuples/lists, optionals)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(name, text, arg)
+            except ParameterError as err:
+                errors.append(str(err))
+        raise ParameterError("; ".join(errors))
+    bad = ParameterError(f"parameter {name!r} expects {type_name(tp)}, got {text!r}")
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise bad
+    if tp is str:
+        return text
+    if tp in (int, float):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value,
+                                                                                                           int)):
+            raise bad
+        return tp(value)
+    if origin in (list, tuple):
+        items = [t.strip() for t in text.strip("[]()").split(",") if t.strip()]
+        inner = args[0] if args else str
+        values = [coerce(name, item, inner) for item in items]
+        return tuple(values) if origin is tuple else values
+    if origin is dict or tp is dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise bad from None
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    raise ParameterError(f"parameter {name!r} has type {type_name(tp)}, which cannot be set from the command line")
+
+
+def parse_parameters(module: types.ModuleType, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Validate and type ``-p NAME VALUE`` pairs before anything runs; unknown names list the accepted ones."""
+    types_ = parameter_types(module)
+    parsed = {}
+    for name, text in pairs:
+        if name == "preset":
+            raise ParameterError("set the preset with --preset, not -p preset")
+        if name not in types_:
+            raise ParameterError(f"unknown parameter {name!r} for {module.__name__}; accepted: {sorted(types_)}")
+        parsed[name] = coerce(name, text, types_[name])
+    return parsed
+
+
+def labkit_source_hash() -> str:
+    """A hash of every Python file in the labkit package: a run is stale when the code it ran has changed."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def inputs_hash(notebook: Path, preset: str, params: dict[str, Any]) -> str:
+    """What decides a run's results: the notebook file, the preset, the parameters and labkit's source."""
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(json.dumps({"preset": preset, "params": to_jsonable(params)}, sort_keys=True).encode())
+    digest.update(labkit_source_hash().encode())
+    return digest.hexdigest()
+
+
+def default_out_dir(notebook: Path, preset: str) -> Path:
+    """``reports/<notebook>/<preset>/``."""
+    return REPORTS_DIR / notebook.stem / preset
+
+
+@dataclass
+class RunResult:
+    """Where a run wrote and what it found."""
+
+    notebook: Path
+    out_dir: Path
+    ok: bool
+    skipped: bool = False  # inputs unchanged since the last successful run
+    wall_seconds: float = 0.0
+    error: str = ""
+
+
+def is_up_to_date(out_dir: Path, digest: str) -> bool:
+    """A previous successful run with the same inputs left its results in ``out_dir``."""
+    results = out_dir / RESULTS_FILE
+    if not results.is_file():
+        return False
+    try:
+        meta = json.loads(results.read_text()).get("meta", {})
+    except json.JSONDecodeError:
+        return False
+    return meta.get("inputs_hash") == digest and meta.get("status") == "ok"
+
+
+def export_html(executed: Path, html_path: Path) -> None:
+    """The executed notebook as standalone HTML (figures embedded), written atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    atomic_write_text(html_path, body)
+
+
+def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, Any] | None = None,
+                 out_dir: str | Path | None = None, force: bool = True, progress: bool = True) -> RunResult:
+    """Execute one notebook with papermill into ``out_dir`` (default ``reports/<notebook>/<preset>/``).
+
+    Parameters are validated first. The run writes into ``<out_dir>.partial`` and replaces ``out_dir`` only on
+    success, so a killed or failed run never leaves a half-written report; a failure keeps the partial executed
+    notebook in ``<out_dir>.failed/`` for inspection.
+    """
+    import papermill
+
+    path = resolve_notebook(notebook)
+    module = experiment_module(path)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(parameter_types(module)))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {unknown} for {module.__name__}; "
+                             f"accepted: {sorted(parameter_types(module))}")
+    if preset not in module.PRESETS:
+        raise ParameterError(f"unknown preset {preset!r} for {path.stem}; expected one of {sorted(module.PRESETS)}")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(path, preset)
+    digest = inputs_hash(path, preset, params)
+    if not force and is_up_to_date(out, digest):
+        return RunResult(path, out, ok=True, skipped=True)
+    staging, failed = out.with_name(out.name + ".partial"), out.with_name(out.name + ".failed")
+    for stale in (staging, failed):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(parents=True)
+    executed = staging / path.name
+    overrides = {k: v for k, v in params.items() if k not in RUNNER_PARAMS}
+    notebook_params = {"preset": preset, "overrides": overrides, **{k: params[k] for k in RUNNER_PARAMS if k in params}}
+    env_before = {k: os.environ.get(k) for k in (REPORT_DIR_ENV, "HF_HUB_OFFLINE", "MPLBACKEND")}
+    os.environ.update({REPORT_DIR_ENV: str(staging.resolve()), "HF_HUB_OFFLINE": "1"})
+    os.environ.pop("MPLBACKEND", None)  # the kernel picks the inline backend itself
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(path), str(executed), parameters=notebook_params, kernel_name="python3",
+                                   progress_bar=progress, cwd=str(path.parent))
+    except Exception as err:  # papermill raises its own error for a failing cell; keep the evidence
+        staging.rename(failed)
+        return RunResult(path, out, ok=False, wall_seconds=time.perf_counter() - start,
+                         error=f"{type(err).__name__}: {str(err).strip()[-2000:]}\n"
+                               f"partial executed notebook: {failed / path.name}")
+    finally:
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    wall = time.perf_counter() - start
+    results_path = staging / RESULTS_FILE
+    if not results_path.is_file():
+        staging.rename(failed)
+        return RunResult(path, out, ok=False, wall_seconds=wall,
+                         error=f"{path.name} ran but never called labkit.report.record (no {RESULTS_FILE})")
+    results = json.loads(results_path.read_text())
+    results["meta"].update({"preset": preset, "notebook": path.name, "wall_seconds": round(wall, 2),
+                            "inputs_hash": digest, "status": "ok"})
+    atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
+    export_html(executed, staging / f"{path.stem}.html")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    return RunResult(path, out, ok=True, wall_seconds=wall)
+
+
+def write_index(reports_dir: Path = REPORTS_DIR) -> Path:
+    """Regenerate ``reports/README.md``: every notebook's claim and one-line verdict, per preset."""
+    lines = ["# Reports", "", "Generated by `labkit report` from each run's `results.json`; do not edit by hand.", "",
+             "| notebook | preset | claim | what held | device | threads | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for results_path in sorted(reports_dir.glob(f"*/*/{RESULTS_FILE}")):
+        results = json.loads(results_path.read_text())
+        meta = results.get("meta", {})
+        rel = results_path.parent.relative_to(reports_dir)
+        html = f"{rel}/{results_path.parent.parent.name}.html"
+        cells = [f"[{rel.parts[0]}]({html})", rel.parts[1], results.get("claim", ""), results.get("held", ""),
+                 str(meta.get("device_name", "")), str(meta.get("threads", "")),
+                 f"{meta.get('wall_seconds', float('nan')):.0f} s"]
+        lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return atomic_write_text(reports_dir / "README.md", "\n".join(lines) + "\n")

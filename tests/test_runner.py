@@ -1,0 +1,91 @@
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from labkit import cli, runner
+from labkit.experiments import configure, profiling
+
+
+def test_configure_applies_preset_then_overrides():
+    cfg = profiling.configure("smoke", {"batch_size": 3})
+    assert cfg.hidden_size == profiling.PRESETS["smoke"]["hidden_size"] and cfg.batch_size == 3
+
+
+def test_configure_rejects_unknown_names_and_presets():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['hiden_size'\].*accepted"):
+        profiling.configure("smoke", {"hiden_size": 3})
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        profiling.configure("fast")
+
+
+@dataclass
+class _Config:
+    n: int = 1
+    lr: float = 0.1
+    name: str = "a"
+    flag: bool = False
+    sizes: tuple[int, ...] = (1, 2)
+    maybe: float | None = None
+
+
+@pytest.mark.parametrize("name,text,expected", [
+    ("n", "3", 3), ("lr", "1e-3", 1e-3), ("lr", "2", 2.0), ("name", "b c", "b c"), ("flag", "true", True),
+    ("flag", "0", False), ("sizes", "4,5", (4, 5)), ("sizes", "[4, 5]", (4, 5)), ("maybe", "none", None),
+    ("maybe", "0.5", 0.5),
+])
+def test_coerce_parses_by_declared_type(name, text, expected):
+    module = type("M", (), {"Config": _Config, "PRESETS": {}, "__name__": "m"})
+    assert runner.parse_parameters(module, [(name, text)]) == {name: expected}
+
+
+@pytest.mark.parametrize("pair,match", [
+    (("n", "1.5"), "parameter 'n' expects int, got '1.5'"),
+    (("flag", "maybe"), "parameter 'flag' expects bool"),
+    (("sizez", "1"), r"unknown parameter 'sizez'.*accepted: \['flag', 'lr', 'maybe', 'n', 'name', 'sizes', "
+                     r"'widgets'\]"),
+    (("preset", "cpu"), "--preset"),
+])
+def test_bad_parameters_fail_with_the_accepted_ones(pair, match):
+    module = type("M", (), {"Config": _Config, "PRESETS": {}, "__name__": "m"})
+    with pytest.raises(runner.ParameterError, match=match):
+        runner.parse_parameters(module, [pair])
+
+
+def test_cli_bad_parameter_fails_fast_without_running(tmp_path, capsys):
+    code = cli.main(["run", "profiling", "--preset", "smoke", "-p", "hidden", "8", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "unknown parameter 'hidden'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_cli_unknown_notebook_lists_known_ones(capsys):
+    assert cli.main(["run", "nope", "--preset", "smoke"]) == 2
+    assert "profiling" in capsys.readouterr().err
+
+
+def test_cli_list_shows_parameters_and_presets(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "profiling" in out and "hidden_size: int = 256" in out and "smoke=64" in out
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "labkit.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "report" in result.stdout
+
+
+def test_every_notebook_has_an_experiment_with_three_presets():
+    for path in runner.notebooks():
+        module = runner.experiment_module(path)
+        assert set(module.PRESETS) == {"smoke", "cpu", "gpu"}, path.name
+        for preset in module.PRESETS:
+            configure(module.Config, module.PRESETS, preset)
+
+
+def test_inputs_hash_changes_with_params(tmp_path):
+    nb = runner.resolve_notebook("profiling")
+    assert runner.inputs_hash(nb, "smoke", {}) == runner.inputs_hash(nb, "smoke", {})
+    assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "smoke", {"seed": 1})
+    assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "cpu", {})
