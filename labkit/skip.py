@@ -1,0 +1,464 @@
+"""Budgeted token skipping on gated decoder branches (GateSkip), its baselines, and compute accounting.
+
+Laitenberger et al., arXiv 2510.13876. Inside ``with budget(model, r) as stats:`` every wrapped branch skips the
+tokens with the lowest importance (``mean(g)``) so that a fraction ``r`` of the tokens skips that branch: over the
+whole batch (``scope="batch"``, the paper's choice, so one sequence decoded one token at a time skips nothing) or
+per sequence (``scope="sequence"``; one-token decoding steps then use per-branch thresholds from
+:func:`calibrate_thresholds`). A skipped token's branch output is zero, so its residual stream passes through; in a
+cached forward its K/V at layer l are copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped.
+Baselines share the machinery: random ranking (``ranking="random"``), static branch/layer skipping
+(:func:`static_skip` with :func:`shortgpt_order` or :func:`uls_layers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from labkit import gate as gate_lib
+from labkit.profile import count_flops
+from labkit.skip_compact import compact_attention, compact_mlp
+
+SCOPES = ("batch", "sequence")
+EXECUTIONS = ("masked", "compact")
+RANKINGS = ("gate", "random")
+KV_POLICIES = ("copy_forward", "compute")
+
+
+@dataclass
+class SkipStats:
+    """Accounting of a skip context, filled when the block exits."""
+
+    skipped_fraction: float = 0.0  # skipped (token, branch) pairs / all (real token, branch) pairs: the paper's metric
+    flops: int | None = None  # FLOPs actually executed by the block's forwards (replayed under the FLOP counter)
+    dense_flops: int | None = None  # the same forwards with nothing skipped (same wrappers, so gates included)
+    seconds: float = 0.0  # wall time of the block itself, without the FLOP counter
+    per_module: dict[str, float] = field(default_factory=dict)  # branch name "layer.attn|mlp" -> skipped fraction
+    calls: int = 0  # top-level model forwards inside the block
+    records: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # last forward: importance, keep
+
+    @property
+    def flops_saved(self) -> float | None:
+        """1 - flops / dense_flops (None without FLOP counting)."""
+        if not self.flops or not self.dense_flops:
+            return None
+        return 1.0 - self.flops / self.dense_flops
+
+
+def _lowest_k(score: torch.Tensor, k: torch.Tensor | int, dim: int | None) -> torch.Tensor:
+    """Boolean mask of the k lowest scores (over everything, or per row along ``dim``); ties by position."""
+    if dim is None:
+        order = torch.argsort(score.reshape(-1), stable=True)
+        ranks = torch.empty_like(order)
+        ranks[order] = torch.arange(order.numel(), device=score.device)
+        return (ranks < k).view(score.shape)
+    order = torch.argsort(score, dim=dim, stable=True)
+    ranks = torch.empty_like(order).scatter_(
+        dim, order, torch.arange(score.shape[dim], device=score.device).expand_as(order).contiguous()
+    )
+    return ranks < k.unsqueeze(dim) if torch.is_tensor(k) else ranks < k
+
+
+class _Policy:
+    """What the wrapped branches consult inside a skip context (see ``labkit.gate.SkipPolicy``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        scope: str,
+        execution: str,
+        ranking: str,
+        kv: str,
+        thresholds: dict[str, float] | None,
+        seed: int,
+        static: set[str] | None,
+        record: bool,
+        keep_calls: bool,
+    ) -> None:
+        self.model, self.ratio, self.scope, self.execution = model, ratio, scope, execution
+        self.ranking, self.kv, self.thresholds, self.static, self.record = ranking, kv, thresholds, static, record
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.exempt_ids = _exempt_token_ids(model)
+        self.valid: torch.Tensor | None = None  # (B, T) real tokens of the current forward
+        self.exempt: torch.Tensor | None = None  # (B, T) pad/EOS tokens of the current forward
+        self.key_valid: torch.Tensor | None = None  # (B, S) attention mask over past + current tokens
+        self.skipped: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+        self.records: dict[str, dict[str, torch.Tensor]] = {}
+        self.keep_calls = keep_calls
+        self.calls: list[dict[str, Any]] = []  # per forward: inputs and keep masks, for the FLOP replay
+        self.replay: list[torch.Tensor | None] | None = None  # when set, decisions are popped from here
+        self.dense = False  # when set, nothing is skipped (dense FLOP replay)
+
+    # -- context of one top-level forward -------------------------------------------------------------------------
+    def capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        self.key_valid = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
+        if torch.is_tensor(ids):
+            T = ids.shape[1]
+            self.exempt = torch.isin(ids, self.exempt_ids.to(ids.device)) if self.exempt_ids.numel() else None
+            self.valid = self.key_valid[:, -T:] if self.key_valid is not None else None
+        else:
+            self.exempt = self.valid = None
+        if self.keep_calls and self.replay is None and not self.dense:
+            cache = kwargs.get("past_key_values")
+            saved = dict(kwargs, past_key_values=copy.deepcopy(cache)) if cache is not None else dict(kwargs)
+            self.calls.append({"args": args, "kwargs": saved, "keeps": []})
+
+    # -- decisions --------------------------------------------------------------------------------------------------
+    def decide(
+        self, branch: gate_lib.GatedBranch, importance: torch.Tensor | None, hidden: torch.Tensor
+    ) -> torch.Tensor | None:
+        if self.dense:
+            return None
+        if self.replay is not None:
+            return self.replay.pop(0)
+        B, T = hidden.shape[:2]
+        valid = self.valid if self.valid is not None and self.valid.shape == (B, T) else None
+        exempt = self.exempt if self.exempt is not None and self.exempt.shape == (B, T) else None
+        keep = self._keep(branch, importance, hidden, valid, exempt)
+        real = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+        if keep is not None:
+            self.skipped[branch.name] = self.skipped.get(branch.name, 0) + int((~keep & real).sum())
+        self.total[branch.name] = self.total.get(branch.name, 0) + int(real.sum())
+        if self.record:
+            score = importance if importance is not None else torch.ones(B, T, device=hidden.device)
+            self.records[branch.name] = {
+                "importance": score.detach().float().cpu(),
+                "keep": (keep if keep is not None else real).detach().cpu(),
+            }
+        if self.calls and self.keep_calls:
+            self.calls[-1]["keeps"].append(keep)
+        return keep
+
+    def _keep(self, branch, importance, hidden, valid, exempt) -> torch.Tensor | None:
+        B, T = hidden.shape[:2]
+        if self.static is not None:
+            if branch.name not in self.static:
+                return None
+            return torch.zeros(B, T, dtype=torch.bool, device=hidden.device)
+        if self.ratio == 0.0:
+            return None
+        if self.ranking == "random":
+            score = torch.rand(B, T, generator=self.generator, device=hidden.device)
+        else:
+            score = importance.detach().float()
+        eligible = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+        if valid is not None:
+            eligible &= valid
+        if exempt is not None:
+            eligible &= ~exempt
+        n_real = valid.sum(1) if valid is not None else torch.full((B,), T, device=hidden.device)
+        score = score.masked_fill(~eligible, math.inf)
+        if self.scope == "batch":
+            k = min(int(math.floor(self.ratio * int(n_real.sum()))), int(eligible.sum()))
+            skip = _lowest_k(score, k, None)
+        elif T == 1:  # a one-token decoding step: per-branch calibrated thresholds
+            if not self.thresholds or branch.name not in self.thresholds:
+                raise ValueError(
+                    f"scope='sequence' on a one-token decoding step needs a threshold for branch "
+                    f"{branch.name!r}: pass thresholds=calibrate_thresholds(model, batches, ratio)"
+                )
+            skip = score <= self.thresholds[branch.name]
+        else:
+            k = torch.minimum(torch.floor(self.ratio * n_real.float()).long(), eligible.sum(1))
+            skip = _lowest_k(score, k, 1)
+        return ~(skip & eligible)
+
+    # -- execution --------------------------------------------------------------------------------------------------
+    def compact(
+        self, branch: gate_lib.GatedBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        if branch.role == "mlp":
+            return compact_mlp(branch.branch, hidden, keep)
+        return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid)
+
+    def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
+        cache = kwargs.get("past_key_values")
+        if (
+            branch.role != "attn"
+            or keep is None
+            or cache is None
+            or self.kv != "copy_forward"
+            or branch.layer_index == 0
+            or bool(keep.all())
+        ):
+            return
+        copy_forward_kv(cache, branch.layer_index, ~keep)
+
+
+@torch.no_grad()
+def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor) -> None:
+    """Overwrite layer ``layer``'s cached K/V of the newest tokens marked ``skipped`` (B, T) with layer l-1's."""
+    cache = getattr(cache, "self_attention_cache", cache)
+    cur, prev = cache.layers[layer], cache.layers[layer - 1]
+    T = skipped.shape[1]
+    if cur.keys is None or prev.keys is None or cur.keys.shape != prev.keys.shape or cur.keys.shape[-2] < T:
+        return
+    mask = skipped[:, None, :, None]
+    cur.keys[:, :, -T:] = torch.where(mask, prev.keys[:, :, -T:], cur.keys[:, :, -T:])
+    cur.values[:, :, -T:] = torch.where(mask, prev.values[:, :, -T:], cur.values[:, :, -T:])
+
+
+def _exempt_token_ids(model: nn.Module) -> torch.Tensor:
+    ids: list[int] = []
+    for source in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(source, attr, None) if source is not None else None
+            ids.extend(value if isinstance(value, list | tuple) else [value] if value is not None else [])
+    return torch.tensor(sorted(set(ids)), dtype=torch.long)
+
+
+def _sync(model: nn.Module) -> None:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _skipping(model: nn.Module, policy: _Policy, measure_flops: bool) -> Iterator[SkipStats]:
+    branches = gate_lib.gated_branches(model)
+    stats = SkipStats()
+    hook = model.register_forward_pre_hook(policy.capture, with_kwargs=True)
+    for b in branches:
+        b.policy = policy
+    try:
+        _sync(model)
+        start = time.perf_counter()
+        yield stats
+        _sync(model)
+        stats.seconds = time.perf_counter() - start
+        stats.calls = len(policy.calls) if policy.keep_calls else 0
+        total = sum(policy.total.values())
+        stats.skipped_fraction = sum(policy.skipped.values()) / total if total else 0.0
+        stats.per_module = {n: policy.skipped.get(n, 0) / t for n, t in policy.total.items() if t}
+        stats.records = policy.records
+        if measure_flops and policy.calls:
+            stats.flops, stats.dense_flops = _replay_flops(model, policy)
+    finally:
+        hook.remove()
+        for b in branches:
+            b.policy = None
+
+
+@torch.no_grad()
+def _replay_flops(model: nn.Module, policy: _Policy) -> tuple[int, int]:
+    """Re-run the block's forwards under the FLOP counter with the same keep decisions, then with none."""
+    flops = dense = 0
+    for call in policy.calls:
+        for mode in ("skip", "dense"):
+            kwargs = dict(call["kwargs"])
+            if kwargs.get("past_key_values") is not None:
+                kwargs["past_key_values"] = copy.deepcopy(kwargs["past_key_values"])
+            policy.replay, policy.dense = (list(call["keeps"]), False) if mode == "skip" else (None, True)
+            n = count_flops(lambda a=call["args"], k=kwargs: model(*a, **k))
+            flops, dense = (flops + n, dense) if mode == "skip" else (flops, dense + n)
+    policy.replay, policy.dense = None, False
+    return flops, dense
+
+
+def _check_common(model: nn.Module, execution: str, kv: str) -> None:
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+    if kv not in KV_POLICIES:
+        raise ValueError(f"kv must be one of {KV_POLICIES}, got {kv!r}")
+    if not gate_lib.gated_branches(model):
+        raise ValueError(f"{type(model).__name__} has no gated branches; call labkit.gate.add_gates(model) first")
+
+
+@contextlib.contextmanager
+def budget(
+    model: nn.Module,
+    ratio: float,
+    scope: str = "batch",
+    execution: str = "masked",
+    *,
+    ranking: str = "gate",
+    kv: str = "copy_forward",
+    thresholds: dict[str, float] | None = None,
+    seed: int = 0,
+    measure_flops: bool = True,
+    record: bool = False,
+) -> Iterator[SkipStats]:
+    """Skip the lowest-importance fraction ``ratio`` of tokens in every gated branch inside the block.
+
+    ``ranking="random"`` ranks tokens at random instead (the paper's random-skip baseline; works on
+    ``add_gates(kind="none")`` wrappers). After the block the yielded :class:`SkipStats` holds the paper's
+    ``skipped_fraction``, the executed ``flops`` (forwards replayed under ``labkit.profile.count_flops`` when
+    ``measure_flops``) and the block's wall ``seconds``; ``record`` keeps the last forward's importances and masks.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    _check_common(model, execution, kv)
+    if ranking == "gate" and any(b.residual_gate is None for b in gate_lib.gated_branches(model)):
+        raise ValueError(
+            "ranking='gate' needs gates with weights; this model was wrapped with kind='none' "
+            "(use ranking='random' or add_gates(model, kind='vector'))"
+        )
+    policy = _Policy(model, ratio, scope, execution, ranking, kv, thresholds, seed, None, record, measure_flops)
+    with _skipping(model, policy, measure_flops) as stats:
+        yield stats
+
+
+def _branch_names(model: nn.Module, layers: Iterable[int | tuple[int, str] | str]) -> set[str]:
+    n_layers = len(gate_lib.decoder_layers(model))
+    names: set[str] = set()
+    for item in layers:
+        if isinstance(item, str):
+            layer, role = item.split(".")
+            item = (int(layer), role)
+        if isinstance(item, tuple):
+            layer, role = item
+            if role not in ("attn", "mlp"):
+                raise ValueError(f"branch role must be 'attn' or 'mlp', got {role!r} in {item}")
+            roles = [role]
+        else:
+            layer, roles = int(item), ["attn", "mlp"]
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer index {layer} out of range; the model has {n_layers} layers")
+        names.update(f"{layer}.{r}" for r in roles)
+    return names
+
+
+@contextlib.contextmanager
+def static_skip(
+    model: nn.Module,
+    layers: Iterable[int | tuple[int, str] | str],
+    execution: str = "masked",
+    *,
+    kv: str = "copy_forward",
+    measure_flops: bool = True,
+    record: bool = False,
+) -> Iterator[SkipStats]:
+    """Skip whole layers (ints) or single branches (``(layer, "attn"|"mlp")`` or ``"3.mlp"``) for every token.
+
+    The static baselines (ShortGPT, Unified Layer Skipping). Works on an ungated model too: it is wrapped with
+    ``kind="none"`` wrappers for the block and unwrapped afterwards.
+    """
+    temporary = not gate_lib.gated_branches(model)
+    if temporary:
+        gate_lib.add_gates(model, kind="none")
+    try:
+        _check_common(model, execution, kv)
+        names = _branch_names(model, layers)
+        policy = _Policy(model, 0.0, "batch", execution, "gate", kv, None, 0, names, record, measure_flops)
+        with _skipping(model, policy, measure_flops) as stats:
+            yield stats
+    finally:
+        if temporary:
+            gate_lib.remove_gates(model)
+
+
+@torch.no_grad()
+def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], granularity: str = "branch") -> list:
+    """Branches (``"layer.attn|mlp"``) or layers (ints) from least to most influential: ShortGPT's block influence
+    ``1 - cos(h_in, h_out)`` of the residual stream around each, averaged over the tokens of ``batches``."""
+    if granularity not in ("branch", "layer"):
+        raise ValueError(f"granularity must be 'branch' or 'layer', got {granularity!r}")
+    arch = gate_lib.architecture(model)
+    layers = gate_lib.decoder_layers(model)
+    sums: dict[str, float] = {}
+    count = 0
+    current: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def layer_in(i):
+        def hook(module, args, kwargs):
+            current[f"{i}.in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        return hook
+
+    def attn_out(i):
+        def hook(module, args, output):
+            current[f"{i}.attn"] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def layer_out(i):
+        def hook(module, args, kwargs, output):
+            current[f"{i}.out"] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(layer_in(i), with_kwargs=True))
+        handles.append(getattr(layer, arch.attention).register_forward_hook(attn_out(i)))
+        handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
+
+    def influence(a, b):
+        return (1 - torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)).sum().item()
+
+    try:
+        for batch in batches:
+            current.clear()
+            model(**batch) if isinstance(batch, dict) else model(batch)
+            for i in range(len(layers)):
+                h_in, h_out = current[f"{i}.in"], current[f"{i}.out"]
+                h_mid = h_in + current[f"{i}.attn"]
+                if granularity == "layer":
+                    sums[str(i)] = sums.get(str(i), 0.0) + influence(h_in, h_out)
+                else:
+                    sums[f"{i}.attn"] = sums.get(f"{i}.attn", 0.0) + influence(h_in, h_mid)
+                    sums[f"{i}.mlp"] = sums.get(f"{i}.mlp", 0.0) + influence(h_mid, h_out)
+            count += h_in.shape[0] * h_in.shape[1]
+    finally:
+        for h in handles:
+            h.remove()
+    order = sorted(sums, key=lambda n: sums[n] / max(count, 1))
+    return [int(n) for n in order] if granularity == "layer" else order
+
+
+def uls_layers(n_layers: int, speedup: float) -> list[int]:
+    """Unified Layer Skipping (Liu et al. 2024): skip evenly spaced intermediate layers for a target speed-up.
+
+    Keeps ``round(n_layers / speedup)`` layers, always the first and the last; returns the skipped indices.
+    """
+    if n_layers < 1 or speedup < 1.0:
+        raise ValueError(f"expected n_layers >= 1 and speedup >= 1, got n_layers={n_layers}, speedup={speedup}")
+    n_skip = min(n_layers - round(n_layers / speedup), max(n_layers - 2, 0))
+    if n_skip <= 0:
+        return []
+    middle = list(range(1, n_layers - 1))
+    positions = torch.linspace(0, len(middle) - 1, n_skip + 2)[1:-1] if n_skip < len(middle) else None
+    if positions is None:
+        return middle
+    chosen = sorted({middle[int(round(p.item()))] for p in positions})
+    for candidate in middle:  # rounding collisions: fill with the nearest unused middle layers
+        if len(chosen) >= n_skip:
+            break
+        if candidate not in chosen:
+            chosen = sorted([*chosen, candidate])
+    return chosen
+
+
+@torch.no_grad()
+def calibrate_thresholds(model: nn.Module, batches: Iterable[torch.Tensor | dict], ratio: float) -> dict[str, float]:
+    """Per-branch importance thresholds that skip ``ratio`` of held-out prompt tokens (sequence-scope decoding).
+
+    Runs ``budget(model, ratio, scope="sequence")`` over ``batches`` and takes each branch's ``ratio``-quantile of
+    the importances it saw, so a later one-token step skips iff its importance is at or below.
+    """
+    seen: dict[str, list[torch.Tensor]] = {}
+    for batch in batches:
+        with budget(model, ratio, scope="sequence", measure_flops=False, record=True) as stats:
+            model(**batch) if isinstance(batch, dict) else model(batch)
+        for name, rec in stats.records.items():
+            seen.setdefault(name, []).append(rec["importance"].reshape(-1))
+    if not seen:
+        raise ValueError("calibrate_thresholds got no batches")
+    return {name: float(torch.quantile(torch.cat(v), ratio)) if ratio > 0 else -math.inf for name, v in seen.items()}

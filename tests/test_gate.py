@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from labkit import gate
+from labkit.models.decoder_lm import build_causal_lm
+
+ARCHS = ["llama", "qwen2", "gpt2"]
+
+
+def tiny(arch="llama", seed=0):
+    torch.set_num_threads(1)
+    return build_causal_lm(
+        arch, vocab_size=16, hidden_size=32, n_layers=2, n_heads=2, seed=seed, eos_token_id=13, pad_token_id=14
+    ).eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gates_start_nearly_open_and_remove_restores(arch):
+    model = tiny(arch)
+    x = torch.randint(0, 13, (2, 7))
+    dense = model(x).logits
+    gate.add_gates(model)
+    branches = gate.gated_branches(model)
+    assert [b.name for b in branches] == ["0.attn", "0.mlp", "1.attn", "1.mlp"]
+    gated = model(x).logits
+    torch.testing.assert_close(gated, dense, atol=0.05, rtol=0.0)  # sigmoid(5) = 0.993
+    for b in branches:
+        assert b.last_gate.shape == (2, 7, 32)
+        assert b.last_gate.min() > 0.98
+    gate.remove_gates(model)
+    torch.testing.assert_close(model(x).logits, dense, atol=0.0, rtol=0.0)
+    assert not gate.gated_branches(model)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_and_from_pretrained_restore_gates(arch, tmp_path):
+    from labkit.models.decoder_lm import load_lm
+
+    model = tiny(arch)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    gate.add_gates(model, kind="scalar")
+    with torch.no_grad():
+        for b in gate.gated_branches(model):
+            b.residual_gate.linear.bias.fill_(-1.0)
+    x = torch.randint(0, 13, (2, 5))
+    expected = model(x).logits
+    model.save_pretrained(tmp_path)
+    restored = gate.from_pretrained(tmp_path).eval()
+    assert gate.gated_branches(restored)[0].residual_gate.kind == "scalar"
+    torch.testing.assert_close(restored(x).logits, expected, atol=1e-6, rtol=0.0)
+    plain = load_lm(tmp_path)  # the backbone keys are unchanged by the wrappers
+    assert not gate.gated_branches(plain)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(value, dense_state[key], atol=0.0, rtol=0.0)
+
+
+def test_generate_works_with_gates():
+    model = gate.add_gates(tiny())
+    out = model.generate(torch.randint(0, 13, (2, 3)), max_new_tokens=4, do_sample=False, attention_mask=None)
+    assert out.shape == (2, 7)
+
+
+def test_gate_reads_detached_input_and_penalty_trains_gates_only():
+    model = gate.add_gates(tiny())
+    model.train()
+    model(torch.randint(0, 13, (2, 5)))
+    penalty = gate.gate_penalty(model, "l2")
+    penalty.backward()
+    assert model.model.embed_tokens.weight.grad is None  # stop-gradient on the gate input
+    assert gate.gated_branches(model)[0].residual_gate.linear.bias.grad is not None
+    for kind in ("l1", "kl"):
+        assert gate.gate_penalty(model, kind).item() >= 0.0
+
+
+def test_l2_penalty_value():
+    model = gate.add_gates(tiny())
+    model(torch.randint(0, 13, (1, 4)))
+    expected = torch.stack([b.last_gate.pow(2).mean() for b in gate.gated_branches(model)]).mean()
+    torch.testing.assert_close(gate.gate_penalty(model), expected)
+
+
+def test_bad_inputs(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    with pytest.raises(ValueError, match=r"unsupported architecture BertModel .*supported model types"):
+        gate.add_gates(
+            BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+        )
+    model = gate.add_gates(tiny())
+    with pytest.raises(ValueError, match="already has gates"):
+        gate.add_gates(model)
+    with pytest.raises(ValueError, match="gate kind must be one of"):
+        gate.add_gates(tiny(), kind="matrix")
+    with pytest.raises(ValueError, match="penalty kind must be one of"):
+        gate.gate_penalty(model, "l3")
+    model.save_pretrained(tmp_path / "gated")
+    with pytest.raises(ValueError, match="has no gates to load into"):
+        gate.load_gates(tiny(), tmp_path / "gated")
+    tiny().save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="holds no labkit gates"):
+        gate.from_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="lacks gate weights"):
+        gate.load_gates(gate.add_gates(tiny()), tmp_path / "plain")

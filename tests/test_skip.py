@@ -1,0 +1,195 @@
+import pytest
+import torch
+
+from labkit import gate, skip
+from labkit.models.decoder_lm import build_causal_lm
+
+ARCHS = ["llama", "qwen2", "gpt2"]
+EOS, PAD = 13, 14
+
+
+def gated(arch="llama", kind="vector", seed=0):
+    """A tiny gated model whose gates are randomised so that importances differ between tokens."""
+    torch.set_num_threads(1)
+    model = build_causal_lm(
+        arch,
+        vocab_size=16,
+        hidden_size=32,
+        n_layers=2,
+        n_heads=2,
+        seed=seed,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        n_kv_heads=1 if arch == "qwen2" else None,
+    ).eval()
+    gate.add_gates(model, kind=kind)
+    if kind != "none":
+        with torch.no_grad():
+            for b in gate.gated_branches(model):
+                b.residual_gate.linear.weight.normal_(0.0, 1.0)
+                b.residual_gate.linear.bias.zero_()
+    return model
+
+
+def tokens(b=3, t=9, seed=0):
+    return torch.randint(0, 13, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("scope", ["batch", "sequence"])
+def test_compact_equals_masked(arch, scope):
+    model = gated(arch)
+    x = tokens()
+    mask = torch.ones_like(x)
+    mask[0, :2] = 0  # left padding in one row
+    with skip.budget(model, 0.4, scope=scope, measure_flops=True) as masked_stats:
+        masked = model(x, attention_mask=mask).logits
+    with skip.budget(model, 0.4, scope=scope, execution="compact") as compact_stats:
+        compact = model(x, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(compact[real], masked[real], atol=1e-5, rtol=1e-5)
+    assert compact_stats.skipped_fraction == masked_stats.skipped_fraction > 0.3
+    assert masked_stats.flops == masked_stats.dense_flops  # masked computes everything
+    assert compact_stats.flops < 0.9 * compact_stats.dense_flops
+
+
+def test_ratio_zero_is_identity_and_skipped_tokens_pass_residual():
+    model = gated()
+    x = tokens()
+    plain = model(x).logits
+    with skip.budget(model, 0.0, measure_flops=False) as stats:
+        torch.testing.assert_close(model(x).logits, plain, atol=0.0, rtol=0.0)
+    assert stats.skipped_fraction == 0.0
+    # A branch output is zero exactly where its token was skipped.
+    outputs = {}
+    hooks = [
+        b.register_forward_hook(lambda m, a, o, n=b.name: outputs.__setitem__(n, o[0] if isinstance(o, tuple) else o))
+        for b in gate.gated_branches(model)
+    ]
+    with skip.budget(model, 0.5, record=True, measure_flops=False) as stats:
+        model(x)
+    for h in hooks:
+        h.remove()
+    for name, rec in stats.records.items():
+        skipped = ~rec["keep"]
+        assert skipped.any()
+        assert outputs[name][skipped].abs().max() == 0
+        assert outputs[name][~skipped].abs().min() > 0
+        # the skipped tokens are the least important ones
+        assert rec["importance"][skipped].max() <= rec["importance"][~skipped].min()
+
+
+def test_batch_scope_hits_ratio_and_sequence_scope_per_row():
+    model = gated()
+    x = tokens(4, 10)
+    with skip.budget(model, 0.3, record=True, measure_flops=False) as stats:
+        model(x)
+    assert stats.skipped_fraction == pytest.approx(12 / 40)
+    with skip.budget(model, 0.3, scope="sequence", record=True, measure_flops=False) as stats:
+        model(x)
+    for rec in stats.records.values():
+        assert ((~rec["keep"]).sum(1) == 3).all()
+
+
+def test_pad_and_eos_never_skipped():
+    model = gated()
+    x = tokens(2, 8)
+    x[:, -1] = EOS
+    x[1, :3] = PAD
+    mask = (x != PAD).long()
+    with skip.budget(model, 0.9, record=True, measure_flops=False) as stats:
+        model(x, attention_mask=mask)
+    for rec in stats.records.values():
+        assert rec["keep"][:, -1].all() and rec["keep"][1, :3].all()
+
+
+def test_single_sequence_decoding_batch_scope_skips_nothing_sequence_scope_uses_thresholds():
+    model = gated()
+    prompt = tokens(1, 5)
+    with skip.budget(model, 0.4, measure_flops=False) as stats:
+        model.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert stats.per_module["1.mlp"] == pytest.approx(2 / 8)  # prefill only: floor(0.4 * 5) = 2 of 5 + 3 decoded tokens
+    with pytest.raises(ValueError, match="needs a threshold"):
+        with skip.budget(model, 0.4, scope="sequence", measure_flops=False):
+            model.generate(prompt, max_new_tokens=2, do_sample=False)
+    thresholds = skip.calibrate_thresholds(model, [tokens(8, 9, seed=1)], 0.4)
+    assert set(thresholds) == {"0.attn", "0.mlp", "1.attn", "1.mlp"}
+    with skip.budget(model, 0.4, scope="sequence", thresholds=thresholds, measure_flops=False) as stats:
+        model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert 0.0 < stats.skipped_fraction < 1.0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_copy_forward_kv_and_compact_agree(arch):
+    model = gated(arch)
+    prompt = tokens(3, 4)
+    with skip.budget(model, 0.4, record=True, measure_flops=False):
+        out = model(prompt, use_cache=True)
+    cache = out.past_key_values
+    # replay the same decisions to find a token skipped at layer 1 attention
+    with skip.budget(model, 0.4, record=True, measure_flops=False) as stats:
+        model(prompt)
+    skipped = ~stats.records["1.attn"]["keep"]
+    assert skipped.any()
+    b, t = skipped.nonzero()[0].tolist()
+    torch.testing.assert_close(cache.layers[1].keys[b, :, t], cache.layers[0].keys[b, :, t], atol=0.0, rtol=0.0)
+    kept = (~skipped).nonzero()[0].tolist()
+    assert not torch.equal(cache.layers[1].keys[kept[0], :, kept[1]], cache.layers[0].keys[kept[0], :, kept[1]])
+    with skip.budget(model, 0.4, measure_flops=False):
+        masked = model.generate(prompt, max_new_tokens=5, do_sample=False)
+    with skip.budget(model, 0.4, execution="compact", measure_flops=False):
+        compact = model.generate(prompt, max_new_tokens=5, do_sample=False)
+    assert torch.equal(masked, compact)
+
+
+def test_random_ranking_on_ungated_wrappers_and_accounting():
+    model = gated(kind="none")
+    x = tokens(4, 10)
+    with skip.budget(model, 0.5, ranking="random", seed=1, execution="compact") as stats:
+        model(x)
+    assert stats.skipped_fraction == pytest.approx(0.5)
+    assert stats.flops_saved > 0.2 and stats.seconds > 0 and stats.calls == 1
+    with pytest.raises(ValueError, match="ranking='gate' needs gates"):
+        with skip.budget(model, 0.5):
+            pass
+
+
+def test_static_skip_shortgpt_and_uls():
+    model = build_causal_lm("llama", 16, 32, 2, 2, seed=0).eval()
+    x = tokens()
+    dense = model(x).logits
+    order = skip.shortgpt_order(model, [x])
+    assert sorted(order) == ["0.attn", "0.mlp", "1.attn", "1.mlp"]
+    assert sorted(skip.shortgpt_order(model, [x], granularity="layer")) == [0, 1]
+    with skip.static_skip(model, [order[0]], execution="compact") as stats:
+        dropped = model(x).logits
+    assert stats.skipped_fraction == 0.25 and stats.flops < stats.dense_flops
+    assert not torch.allclose(dropped, dense)
+    assert not gate.gated_branches(model)  # temporary wrappers removed
+    torch.testing.assert_close(model(x).logits, dense, atol=0.0, rtol=0.0)
+    assert skip.uls_layers(8, 2.0) == [2, 3, 4, 5]
+    assert skip.uls_layers(8, 1.0) == []
+    assert skip.uls_layers(4, 10.0) == [1, 2]
+
+
+def test_bad_inputs():
+    model = gated()
+    for ratio in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+            with skip.budget(model, ratio):
+                pass
+    with pytest.raises(ValueError, match="scope must be one of"):
+        with skip.budget(model, 0.1, scope="token"):
+            pass
+    with pytest.raises(ValueError, match="execution must be one of"):
+        with skip.budget(model, 0.1, execution="sparse"):
+            pass
+    plain = build_causal_lm("llama", 16, 32, 2, 2, seed=0)
+    with pytest.raises(ValueError, match="has no gated branches"):
+        with skip.budget(plain, 0.1):
+            pass
+    with pytest.raises(ValueError, match="layer index 5 out of range"):
+        with skip.static_skip(plain, [5]):
+            pass
+    with pytest.raises(ValueError, match="speedup"):
+        skip.uls_layers(8, 0.5)
