@@ -48,15 +48,19 @@ def resolve_notebook(name: str | Path) -> Path:
 
 
 def experiment_module(notebook: Path) -> types.ModuleType:
-    """The ``labkit.experiments`` module whose name is the notebook's stem."""
+    """The experiment module of a notebook: ``labkit.experiments.<stem>``, or the module named in the notebook's
+    metadata ``{"labkit": {"experiment": "package.module"}}`` (for notebooks outside ``notebooks/``)."""
+    import nbformat
+
+    name = nbformat.read(notebook, as_version=4).metadata.get("labkit", {}).get("experiment")
+    name = name or f"labkit.experiments.{notebook.stem}"
     try:
-        module = importlib.import_module(f"labkit.experiments.{notebook.stem}")
+        module = importlib.import_module(name)
     except ModuleNotFoundError as err:
-        raise ParameterError(f"notebook {notebook.name} has no experiment module labkit.experiments."
-                             f"{notebook.stem}: {err}") from err
+        raise ParameterError(f"notebook {notebook.name} has no experiment module {name}: {err}") from err
     for attr in ("Config", "PRESETS"):
         if not hasattr(module, attr):
-            raise ParameterError(f"labkit.experiments.{notebook.stem} lacks {attr}")
+            raise ParameterError(f"{name} (the experiment of {notebook.name}) lacks {attr}")
     return module
 
 
