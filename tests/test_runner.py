@@ -89,3 +89,24 @@ def test_inputs_hash_changes_with_params(tmp_path):
     assert runner.inputs_hash(nb, "smoke", {}) == runner.inputs_hash(nb, "smoke", {})
     assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "smoke", {"seed": 1})
     assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "cpu", {})
+
+
+def test_failing_notebook_exits_nonzero_and_keeps_partial_notebook(tmp_path, capsys):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["labkit"] = {"experiment": "labkit.experiments.profiling"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('preset = "cpu"\noverrides = {}\nwidgets = True',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print('before')"),
+                nbformat.v4.new_code_cell("raise RuntimeError('boom in cell 3')")]
+    path = tmp_path / "failing.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "report"
+    assert cli.main(["run", str(path), "--preset", "smoke", "--out", str(out)]) == 1
+    assert "boom in cell 3" in capsys.readouterr().err
+    assert not out.exists()
+    partial = nbformat.read(tmp_path / "report.failed" / "failing.ipynb", as_version=4)
+    texts = [o.get("text", "") for c in partial.cells if c.cell_type == "code" for o in c.outputs]
+    assert "before\n" in texts
