@@ -45,6 +45,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports unreadable to others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -95,14 +96,16 @@ def git_sha(path: str | Path | None = None) -> str | None:
 
 
 def run_meta() -> dict[str, Any]:
-    """What a result depends on besides its parameters: code version, library versions, device, threads."""
+    """What a result depends on besides its parameters: code version, library versions, device, threads, and the
+    machine's load when it ran (timings on a shared 2-core machine are only comparable within one run)."""
     import torch
     import transformers
 
     info = device_info()
     return {"labkit_git_sha": git_sha(), "torch": torch.__version__, "transformers": transformers.__version__,
             "device": info["device"], "device_name": info["device_name"], "threads": info["threads"],
-            "cpu_count": info["cpu_count"], "python": info["python"]}
+            "cpu_count": info["cpu_count"], "python": info["python"],
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def record(config: Any, *, metrics: Mapping[str, float], tables: Mapping[str, pd.DataFrame] | None = None,
