@@ -94,6 +94,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings searched for the regime where SMS beats IMP (cpu preset + these overrides); every one run is reported in
+# reports/sparse_soups/explorations.md. EXPLORE_BASE drops the arms the search does not need, to save compute.
+EXPLORE_BASE: dict[str, Any] = {"greedy_chain": False, "naive_runs": 0, "curve_points": 3}
+EXPLORATIONS: dict[str, dict[str, Any]] = {
+    "vary_seed": {"vary": "seed"},
+    "vary_lr_wide": {"spread": (0.25, 2.0)},
+    "extreme_sparsity": {"goal_sparsity": 0.995, "phases": 5},
+    "moderate_sparsity": {"goal_sparsity": 0.9, "phases": 3},
+    "augment": {"augment": 15.0},
+    "short_retrain": {"retrain_epochs": 2},
+    "mnist1d": {
+        "data": "mnist1d",
+        "n_train": 0,
+        "width": 300,
+        "pretrain_epochs": 40,
+        "goal_sparsity": 0.95,
+        "ood": "noise:0.5",
+    },
+    "cnn": {
+        "arch": "cnn",
+        "width": 8,
+        "n_train": 5000,
+        "pretrain_epochs": 10,
+        "retrain_epochs": 3,
+        "goal_sparsity": 0.95,
+        "phases": 3,
+        "m": 3,
+    },
+}
+
+
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
     return _configure(Config, PRESETS, preset, overrides)
@@ -510,6 +541,26 @@ def run_seed(cfg: Config, data: Data, seed: int, clock: _Clock) -> dict[str, lis
             )
     clock.add("curves", start)
     return {"phases": rows, "final": out, "naive": naive_rows, "curves": curve_rows, "soups": soup_rows}
+
+
+def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
+    """Per arm: mean sparsity, clean/OOD accuracy (mean, sd over seeds) and the paired difference to ``ref``."""
+    from labkit.report import paired_diff
+
+    stats = final.groupby("arm", sort=False).agg(
+        sparsity=("sparsity", "mean"),
+        test_acc=("test_acc", "mean"),
+        test_sd=("test_acc", "std"),
+        ood_acc=("ood_acc", "mean"),
+        ood_sd=("ood_acc", "std"),
+        seeds=("seed", "nunique"),
+    )
+    for metric, short in (("test_acc", "test"), ("ood_acc", "ood")):
+        diff = paired_diff(final, "arm", ref, metric).set_index("arm")
+        stats[f"{short}_vs_{ref}"] = diff.mean_diff
+        stats[f"{short}_vs_{ref}_low"] = diff.low
+        stats[f"{short}_vs_{ref}_high"] = diff.high
+    return stats.reset_index()
 
 
 def run(cfg: Config, data: Data | None = None, progress: bool = True) -> Results:
