@@ -12,10 +12,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import operator
 import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, islice, repeat
+from operator import methodcaller
 from pathlib import Path
 
 import numpy as np
@@ -184,23 +187,42 @@ class NgramHasher:
         self._pair_keys = np.zeros(0, dtype=np.int64)  # sorted (id_a << 32) | id_b of known bigrams
         self._pair_buckets = np.zeros(0, dtype=np.int64)
         self._long_cache: dict[str, int] = {}  # n-grams with n >= 3 (slow path, strings)
+        self._word_tokens: dict[str, tuple[int, ...]] = {}  # whitespace word -> its token ids
+
+    def _hash_many(self, strings: list[str]) -> np.ndarray:
+        """Buckets of many strings (C-level map chains: no Python frame per string)."""
+        encoded = map(str.encode, strings)
+        if self.hash == "sha256":
+            digests = map(methodcaller("digest"), map(hashlib.sha256, encoded))
+            values = map(int.from_bytes, digests, repeat("big"))
+        else:
+            values = map(zlib.crc32, encoded)
+        return np.fromiter(map(operator.mod, values, repeat(self.num_buckets)), dtype=np.int64, count=len(strings))
 
     def featurize(self, texts: list[str]) -> HashedFeatures:
         """Hashed unigram..n-gram features of a list of strings."""
-        vocab, setdefault = self._vocab, self._vocab.setdefault
-        token_lists = [TOKEN_PATTERN.findall(t.lower()) for t in texts]
-        lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+        # Tokens never span whitespace, so the tokens of a document are the tokens of its whitespace-separated
+        # words in order: run the regex once per distinct word and expand words to token ids with C-level maps.
+        word_lists = [t.lower().split() for t in texts]
+        words = list(chain.from_iterable(word_lists))
+        cache, vocab = self._word_tokens, self._vocab
         old = len(vocab)
-        ids = np.fromiter(
-            (setdefault(tok, len(vocab)) for toks in token_lists for tok in toks),
-            dtype=np.int64,
-            count=int(lengths.sum()),
-        )
+        for word in set(words).difference(cache):
+            ids = tuple(vocab.setdefault(tok, len(vocab)) for tok in TOKEN_PATTERN.findall(word))
+            cache[word] = ids
         if len(vocab) > old:
-            new_tokens = list(vocab)[old:]
+            new_tokens = list(islice(vocab, old, None))
             self._tokens.extend(new_tokens)
-            new = np.fromiter((self._bucket(t) for t in new_tokens), dtype=np.int64, count=len(new_tokens))
-            self._token_buckets = np.concatenate([self._token_buckets, new])
+            self._token_buckets = np.concatenate([self._token_buckets, self._hash_many(new_tokens)])
+        word_ids = list(map(cache.__getitem__, words))
+        tokens_per_word = np.fromiter(map(len, word_ids), dtype=np.int64, count=len(words))
+        ids = np.fromiter(chain.from_iterable(word_ids), dtype=np.int64, count=int(tokens_per_word.sum()))
+        words_per_doc = np.fromiter(map(len, word_lists), dtype=np.int64, count=len(word_lists))
+        word_start = np.concatenate([[0], np.cumsum(words_per_doc)[:-1]]).astype(np.int64)
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        has_words = words_per_doc > 0
+        if words:
+            lengths[has_words] = np.add.reduceat(tokens_per_word, word_start[has_words])
         n_docs = len(texts)
         tok_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
@@ -233,12 +255,8 @@ class NgramHasher:
         result[found] = self._pair_buckets[where[found]]
         missing = unique[~found]
         if len(missing):
-            tokens, bucket = self._tokens, self._bucket
-            new = np.fromiter(
-                (bucket(tokens[c >> 32] + " " + tokens[c & 0xFFFFFFFF]) for c in missing.tolist()),
-                dtype=np.int64,
-                count=len(missing),
-            )
+            tokens = self._tokens
+            new = self._hash_many([tokens[c >> 32] + " " + tokens[c & 0xFFFFFFFF] for c in missing.tolist()])
             result[~found] = new
             keys = np.concatenate([self._pair_keys, missing])
             order = np.argsort(keys, kind="stable")
