@@ -1,0 +1,597 @@
+"""GateSkip (Laitenberger et al., arXiv 2510.13876): learned residual gates decide which tokens skip which branch.
+
+Every arm starts from the same small decoder LM, pretrained here from a ``transformers`` config, saved with
+``save_pretrained`` and reloaded with ``from_pretrained`` (as the paper fine-tunes a pretrained model), and gets the
+same number of fine-tuning steps:
+
+- ``gateskip λ=w``: vector gates (bias 5, std 0.01, detached input), L2 gate penalty of weight w, training budget
+  ramped 0 -> ``train_skip_end``; evaluated with the per-branch batch quantile of gate importance;
+- ``gateskip λ=w + random rank``: the same checkpoint, tokens ranked at random (isolates the learned ranking);
+- ``random_skip``: fine-tuned with random hard skipping on the same ramp (no gates), evaluated with random ranking;
+- ``dense``: fine-tuned without skipping (the quality reference);
+- ``shortgpt`` and ``uls``: static branch / layer removal on the dense fine-tune (ShortGPT block influence on
+  calibration batches; Unified Layer Skipping's evenly spaced middle layers).
+
+Tasks: ``cumsum`` (running sums mod 10: token accuracy and exact match of chain + answer) and ``text`` (byte-level
+LM on pinned CPython stdlib sources: bits per byte). Compute saved is reported as the paper's token x branch
+fraction and as FLOPs actually executed in compact execution (``labkit.profile.count_flops``), vs the dense model.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from labkit import gate, profile, seed_everything, skip
+from labkit.data import sequences
+from labkit.experiments import configure as _configure
+from labkit.models.decoder_lm import build_causal_lm, load_lm, n_parameters, save_lm
+from labkit.train import train_causal_lm
+
+TASKS = ("cumsum", "text")
+PAPER_SAVED_AT_90 = 0.15  # abstract: "up to 15 % compute saved while keeping > 90 % of baseline accuracy"
+
+
+@dataclass
+class Config:
+    tasks: tuple[str, ...] = ("cumsum",)  # "cumsum" (running sums, exact match) and/or "text" (stdlib bytes, bpb)
+    arch: str = "llama"  # "llama" | "qwen2" | "gpt2": the transformers family of the tiny LM
+    n_digits: int = 8  # running-sum digits N: sequences of 2N+5 tokens (21 for N=8)
+    text_length: int = 128  # bytes per text window
+    d_model: int = 128  # hidden size (0.8 M parameters at 4 layers: the trial's size)
+    n_layers: int = 4  # decoder layers; static skipping is seed-fragile below ~8
+    n_heads: int = 4  # attention heads
+    batch_size: int = 64  # sequences per training step
+    pretrain_steps: int = 300  # steps to pretrain the shared checkpoint (trial: EM 1.0 after 300)
+    pretrain_lr: float = 3e-3  # AdamW peak lr, cosine (trial value)
+    text_pretrain_steps: int = 600  # pretraining steps on the text task (harder than the toy)
+    finetune_steps: int = 200  # fine-tuning steps of every arm
+    finetune_lr: float = 1e-3  # fine-tuning peak lr (the paper: 3e-6 on 1B models for 6,800 steps)
+    sparsity_weights: tuple[float, ...] = (0.01,)  # gate-penalty weights λ, one GateSkip arm each (paper: 1.0)
+    penalty: str = "l2"  # "l2" (paper) | "l1" | "kl"
+    gate_kind: str = "vector"  # "vector" (paper) | "scalar"
+    train_skip_end: float = 0.2  # training budget ramps linearly 0 -> this over fine-tuning (paper: 0.2)
+    budgets: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # inference skip ratios r
+    scope: str = "batch"  # budget quantile over the whole eval batch (paper) or "sequence"
+    seeds: int = 3  # seeds 0 .. seeds-1 (pretraining, fine-tuning and data)
+    eval_size: int = 1024  # held-out sequences per point
+    eval_batch: int = 64  # sequences per evaluation forward (the batch the quantile is taken over)
+    flops_batch: int = 16  # sequences in the compact forward whose FLOPs are counted
+    calib_batches: int = 4  # ShortGPT calibration batches of batch_size sequences
+    device: str = "auto"  # "auto": CUDA when present
+    threads: int = 1  # torch intra-op threads (1 is fastest for tiny models on 2 shared cores)
+    progress: bool = True  # tqdm bars
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "n_digits": 4,
+        "batch_size": 16,
+        "pretrain_steps": 20,
+        "finetune_steps": 10,
+        "seeds": 1,
+        "eval_size": 64,
+        "eval_batch": 32,
+        "flops_batch": 4,
+        "calib_batches": 1,
+        "budgets": (0.0, 0.2, 0.5),
+        "sparsity_weights": (0.01,),
+        "progress": False,
+    },
+    "cpu": {"seeds": 3, "sparsity_weights": (0.01, 1.0)},
+    "gpu": {
+        "tasks": ("cumsum", "text"),
+        "d_model": 256,
+        "n_layers": 8,
+        "n_heads": 8,
+        "n_digits": 12,
+        "pretrain_steps": 2000,
+        "text_pretrain_steps": 4000,
+        "finetune_steps": 1000,
+        "seeds": 5,
+        "sparsity_weights": (0.001, 0.01, 0.1, 1.0),
+        "eval_size": 4096,
+        "flops_batch": 64,
+        "threads": 4,
+    },
+}
+
+
+def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
+    cfg = _configure(Config, PRESETS, preset, overrides)
+    bad = sorted(set(cfg.tasks) - set(TASKS))
+    if bad:
+        raise ValueError(f"unknown task(s) {bad}; expected a subset of {TASKS}")
+    if any(not 0 <= r < 1 for r in cfg.budgets):
+        raise ValueError(f"budgets must lie in [0, 1), got {cfg.budgets}")
+    return cfg
+
+
+@dataclass
+class Results:
+    curves: pd.DataFrame  # one row per task x seed x arm x budget: quality and compute saved three ways
+    gates: pd.DataFrame  # mean gate importance per task x seed x layer x branch x position (GateSkip, r = 0)
+    skips: pd.DataFrame  # skip fraction per task x seed x branch x position at r = train_skip_end
+    history: pd.DataFrame  # training losses per task x seed x phase x step
+    cost: pd.DataFrame  # wall seconds per task x seed x phase (not a metric: varies run to run)
+    provenance: dict[str, Any]  # model size, data provenance (text: stdlib files and SHA-256)
+    model: nn.Module  # seed-0 GateSkip model (first λ, first task) for the widget
+    examples: torch.Tensor  # its first evaluation batch
+
+
+# ---------------------------------------------------------------------------------------------------------- tasks
+class _Task:
+    """Data and metrics of one task for one seed."""
+
+    def __init__(self, name: str, cfg: Config, seed: int, device: torch.device) -> None:
+        self.name, self.cfg, self.device = name, cfg, device
+        self.train_gen = torch.Generator().manual_seed(seed)
+        eval_gen = torch.Generator().manual_seed(10_000 + seed)
+        self.calib_gen_seed = 20_000 + seed
+        self.provenance: dict[str, Any] = {}
+        if name == "cumsum":
+            self.vocab, self.eos, self.pad = sequences.VOCAB_SIZE, sequences.EOS, sequences.PAD
+            self.eval_tokens = sequences.running_sum_batch(cfg.eval_size, cfg.n_digits, eval_gen)
+            self.scored = sequences.running_sum_scored(cfg.n_digits)
+        else:
+            self.vocab, self.eos, self.pad = 256, None, None
+            self.train_bytes, prov = sequences.stdlib_bytes(sequences.STDLIB_TRAIN_FILES)
+            eval_bytes, eval_prov = sequences.stdlib_bytes(sequences.STDLIB_EVAL_FILES)
+            self.provenance = {"train": prov, "eval": eval_prov}
+            self.eval_tokens = sequences.byte_windows(eval_bytes, cfg.eval_size, cfg.text_length, eval_gen)
+            self.scored = torch.ones(cfg.text_length - 1, dtype=torch.bool)
+
+    def batch(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        gen = generator or self.train_gen
+        if self.name == "cumsum":
+            return sequences.running_sum_batch(n, self.cfg.n_digits, gen)
+        return sequences.byte_windows(self.train_bytes, n, self.cfg.text_length, gen)
+
+    def calibration(self) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.calib_gen_seed)
+        return [self.batch(self.cfg.batch_size, gen).to(self.device) for _ in range(self.cfg.calib_batches)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: _Task, context=None) -> dict[str, float]:
+    """Quality over the task's held-out set, each eval batch inside ``context()`` (a skip context or None)."""
+    cfg = task.cfg
+    model.eval()
+    scored = task.scored.to(task.device)
+    n_tok = n_correct = n_seq_ok = 0
+    nll = 0.0
+    fractions = []
+    for start in range(0, task.eval_tokens.shape[0], cfg.eval_batch):
+        x = task.eval_tokens[start : start + cfg.eval_batch].to(task.device)
+        if context is None:
+            logits = model(x).logits
+        else:
+            with context() as stats:
+                logits = model(x).logits
+            fractions.append(stats.skipped_fraction)
+        pred, target = logits[:, :-1], x[:, 1:]
+        correct = (pred.argmax(-1) == target) & scored
+        n_correct += int(correct.sum())
+        n_tok += int(scored.sum()) * x.shape[0]
+        n_seq_ok += int((correct | ~scored).all(1).sum())
+        nll += float(
+            F.cross_entropy(pred[:, scored].reshape(-1, pred.shape[-1]), target[:, scored].reshape(-1), reduction="sum")
+        )
+    out = {"token_acc": n_correct / n_tok, "skipped_fraction": float(np.mean(fractions)) if fractions else 0.0}
+    if task.name == "cumsum":
+        out["seq_em"] = n_seq_ok / task.eval_tokens.shape[0]
+    else:
+        out["bpb"] = nll / n_tok / math.log(2)
+    return out
+
+
+@torch.no_grad()
+def executed_flops(model: nn.Module, task: _Task, context=None) -> int:
+    """FLOPs of one forward over the first ``flops_batch`` eval sequences (compact execution inside ``context``)."""
+    x = task.eval_tokens[: task.cfg.flops_batch].to(task.device)
+    if context is None:
+        return profile.count_flops(lambda: model(x))
+    with context() as stats:
+        model(x)
+    return int(stats.flops)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def _ramp(cfg: Config, step: int) -> float:
+    return cfg.train_skip_end * step / max(1, cfg.finetune_steps - 1)
+
+
+def _finetune(model: nn.Module, task: _Task, cfg: Config, kind: str, weight: float, desc: str) -> pd.DataFrame:
+    def batches(step: int) -> torch.Tensor:
+        return task.batch(cfg.batch_size)
+
+    if kind == "dense":
+        return train_causal_lm(model, batches, cfg.finetune_steps, cfg.finetune_lr, progress=cfg.progress, desc=desc)
+    ranking = "gate" if kind == "gateskip" else "random"
+
+    def context(step: int):
+        return skip.budget(model, _ramp(cfg, step), scope=cfg.scope, ranking=ranking, seed=step, measure_flops=False)
+
+    def penalty(m: nn.Module) -> torch.Tensor:
+        return weight * gate.gate_penalty(m, cfg.penalty, target_keep=1 - cfg.train_skip_end)
+
+    return train_causal_lm(
+        model,
+        batches,
+        cfg.finetune_steps,
+        cfg.finetune_lr,
+        step_context=context,
+        extra_loss=penalty if kind == "gateskip" else None,
+        progress=cfg.progress,
+        desc=desc,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------- runs
+def _points(model, task, cfg, arm, family, weight, contexts, dense_flops) -> list[dict[str, Any]]:
+    """Evaluate ``model`` under each (budget, masked-context, compact-context) and return curve rows."""
+    rows = []
+    for budget, masked, compact in contexts:
+        quality = evaluate(model, task, masked)
+        flops = executed_flops(model, task, compact)
+        rows.append(
+            {
+                "task": task.name,
+                "arm": arm,
+                "family": family,
+                "sparsity_weight": weight,
+                "budget": budget,
+                **quality,
+                "flops": flops,
+                "flops_saved": 1.0 - flops / dense_flops,
+            }
+        )
+    return rows
+
+
+def _budget_contexts(model, cfg, ranking, seed):
+    def make(r, execution, flops):
+        return lambda: skip.budget(
+            model, r, scope=cfg.scope, execution=execution, ranking=ranking, seed=seed, measure_flops=flops
+        )
+
+    return [(r, make(r, "masked", False), make(r, "compact", True)) for r in cfg.budgets]
+
+
+def _static_contexts(model, sets):
+    def make(layers, execution, flops):
+        return lambda: skip.static_skip(model, layers, execution, measure_flops=flops)
+
+    return [(len(layers), make(layers, "masked", False), make(layers, "compact", True)) for layers in sets]
+
+
+def _gate_maps(model: nn.Module, task: _Task, cfg: Config) -> tuple[list[dict], list[dict]]:
+    x = task.eval_tokens[: cfg.eval_batch].to(task.device)
+    gates, skips = [], []
+    with torch.no_grad(), skip.budget(model, 0.0, measure_flops=False, record=True) as stats:
+        model(x)
+    for name, rec in stats.records.items():
+        layer, role = name.split(".")
+        for pos, value in enumerate(rec["importance"].mean(0).tolist()):
+            gates.append({"task": task.name, "layer": int(layer), "branch": role, "position": pos, "importance": value})
+    with (
+        torch.no_grad(),
+        skip.budget(model, cfg.train_skip_end, scope=cfg.scope, measure_flops=False, record=True) as stats,
+    ):
+        model(x)
+    for name, rec in stats.records.items():
+        for pos, value in enumerate((~rec["keep"]).float().mean(0).tolist()):
+            skips.append({"task": task.name, "module": name, "position": pos, "skip_fraction": value})
+    return gates, skips
+
+
+def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """All arms of one task and seed; returns tidy rows and the GateSkip model of the first λ."""
+    seed_everything(seed, threads=cfg.threads)
+    device = profile.resolve_device(cfg.device)
+    task = _Task(task_name, cfg, seed, device)
+    length = task.eval_tokens.shape[1]
+    cost, history, rows = [], [], []
+
+    def timed(phase, fn):
+        start = time.perf_counter()
+        out = fn()
+        cost.append({"task": task_name, "seed": seed, "phase": phase, "seconds": time.perf_counter() - start})
+        return out
+
+    def log(phase, frame):
+        history.append(frame.assign(task=task_name, seed=seed, phase=phase))
+
+    base = build_causal_lm(
+        cfg.arch,
+        task.vocab,
+        cfg.d_model,
+        cfg.n_layers,
+        cfg.n_heads,
+        max_positions=length,
+        eos_token_id=task.eos,
+        pad_token_id=task.pad,
+        seed=seed,
+    ).to(device)
+    steps = cfg.pretrain_steps if task_name == "cumsum" else cfg.text_pretrain_steps
+    log(
+        "pretrain",
+        timed(
+            "pretrain",
+            lambda: train_causal_lm(
+                base,
+                lambda s: task.batch(cfg.batch_size),
+                steps,
+                cfg.pretrain_lr,
+                warmup_steps=steps // 20,
+                progress=cfg.progress,
+                desc=f"pretrain {task_name} s{seed}",
+            ),
+        ),
+    )
+    checkpoint = save_lm(base, workdir / f"{task_name}-pretrained-{seed}")
+    dense_model = load_lm(checkpoint, device)
+    log("dense", timed("finetune dense", lambda: _finetune(dense_model, task, cfg, "dense", 0.0, "dense")))
+    dense_flops = executed_flops(dense_model, task)
+    dense_quality = evaluate(dense_model, task)
+    rows.append(
+        {
+            "task": task_name,
+            "arm": "dense",
+            "family": "dense",
+            "sparsity_weight": 0.0,
+            "budget": 0.0,
+            **dense_quality,
+            "flops": dense_flops,
+            "flops_saved": 0.0,
+        }
+    )
+
+    first_gated, gate_rows, skip_rows = None, [], []
+    for weight in cfg.sparsity_weights:
+        model = gate.add_gates(load_lm(checkpoint, device), kind=cfg.gate_kind)
+        log(
+            f"gateskip λ={weight:g}",
+            timed(
+                f"finetune gateskip λ={weight:g}",
+                lambda m=model, w=weight: _finetune(m, task, cfg, "gateskip", w, f"gateskip λ={w:g}"),
+            ),
+        )
+        saved = workdir / f"{task_name}-gateskip-{weight:g}-{seed}"
+        model.save_pretrained(saved)
+        model = gate.from_pretrained(saved).to(device).eval()  # the reload path users take
+        arm = f"gateskip λ={weight:g}"
+        rows += timed(
+            f"eval {arm}",
+            lambda m=model, a=arm, w=weight: _points(
+                m, task, cfg, a, "gateskip", w, _budget_contexts(m, cfg, "gate", seed), dense_flops
+            ),
+        )
+        rows += timed(
+            f"eval {arm} + random rank",
+            lambda m=model, a=arm, w=weight: _points(
+                m,
+                task,
+                cfg,
+                a + " + random rank",
+                "gateskip random rank",
+                w,
+                _budget_contexts(m, cfg, "random", seed),
+                dense_flops,
+            ),
+        )
+        if first_gated is None:
+            first_gated = model
+            gates, skips_ = _gate_maps(model, task, cfg)
+            gate_rows += gates
+            skip_rows += skips_
+
+    rand = gate.add_gates(load_lm(checkpoint, device), kind="none")
+    log("random_skip", timed("finetune random_skip", lambda: _finetune(rand, task, cfg, "random", 0.0, "random skip")))
+    rows += timed(
+        "eval random_skip",
+        lambda: _points(
+            rand, task, cfg, "random_skip", "random_skip", 0.0, _budget_contexts(rand, cfg, "random", seed), dense_flops
+        ),
+    )
+
+    order = timed("shortgpt order", lambda: skip.shortgpt_order(dense_model, task.calibration()))
+    n_branches = 2 * cfg.n_layers
+    ks = sorted({round(r * n_branches) for r in cfg.budgets} - {0})
+    static_rows = _points(
+        dense_model,
+        task,
+        cfg,
+        "shortgpt",
+        "static",
+        0.0,
+        _static_contexts(dense_model, [order[:k] for k in ks if k < n_branches]),
+        dense_flops,
+    )
+    uls_sets = {tuple(skip.uls_layers(cfg.n_layers, 1.0 / (1.0 - r))) for r in cfg.budgets if r > 0}
+    uls_sets = sorted(s for s in uls_sets if s)
+    static_rows += _points(
+        dense_model,
+        task,
+        cfg,
+        "uls",
+        "static",
+        0.0,
+        _static_contexts(dense_model, [list(s) for s in uls_sets]),
+        dense_flops,
+    )
+    for row in static_rows:
+        row["budget"] = row["skipped_fraction"]  # static points sit at their own saved fraction
+    rows += static_rows
+    for arm in ("shortgpt", "uls"):  # the dense fine-tune is the 0 % point of the static arms
+        rows.append({**rows[0], "arm": arm, "family": "static"})
+
+    for row in rows:
+        row["seed"] = seed
+    return {
+        "rows": rows,
+        "gates": [dict(r, seed=seed) for r in gate_rows],
+        "skips": [dict(r, seed=seed) for r in skip_rows],
+        "history": history,
+        "cost": cost,
+        "model": first_gated,
+        "examples": task.eval_tokens[: cfg.eval_batch],
+        "provenance": task.provenance,
+        "parameters": n_parameters(dense_model),
+    }
+
+
+def run(cfg: Config) -> Results:
+    """Every task, seed and arm of ``cfg``; tidy tables plus the seed-0 GateSkip model for the widget."""
+    rows, gates, skips, history, cost = [], [], [], [], []
+    provenance: dict[str, Any] = {}
+    model, examples = None, None
+    with tempfile.TemporaryDirectory(prefix="labkit-gateskip-") as tmp:
+        jobs = [(t, s) for t in cfg.tasks for s in range(cfg.seeds)]
+        for task_name, seed in tqdm(jobs, desc="gateskip seeds", disable=not cfg.progress):
+            out = run_seed(cfg, task_name, seed, Path(tmp))
+            rows += out["rows"]
+            gates += out["gates"]
+            skips += out["skips"]
+            history += out["history"]
+            cost += out["cost"]
+            provenance[task_name] = {"parameters": out["parameters"], **out["provenance"]}
+            if model is None:
+                model, examples = out["model"], out["examples"]
+    return Results(
+        curves=pd.DataFrame(rows),
+        gates=pd.DataFrame(gates),
+        skips=pd.DataFrame(skips),
+        history=pd.concat(history, ignore_index=True),
+        cost=pd.DataFrame(cost),
+        provenance=provenance,
+        model=model,
+        examples=examples,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- summaries
+def quality_column(task: str) -> str:
+    """The headline quality of a task: sequence exact match (cumsum) or bits per byte (text, lower is better)."""
+    return "seq_em" if task == "cumsum" else "bpb"
+
+
+def _saved_at(xs: np.ndarray, ys: np.ndarray, threshold: float, higher_is_better: bool) -> float:
+    """Largest saved fraction before quality first falls below ``threshold`` (linear interpolation)."""
+    ok = ys >= threshold if higher_is_better else ys <= threshold
+    if not ok[0]:
+        return 0.0
+    for i in range(1, len(xs)):
+        if not ok[i]:
+            y0, y1 = ys[i - 1], ys[i]
+            t = (threshold - y0) / (y1 - y0) if y1 != y0 else 0.0
+            return float(xs[i - 1] + t * (xs[i] - xs[i - 1]))
+    return float(xs[-1])
+
+
+def saved_at_quality(
+    curves: pd.DataFrame, metric: str, x: str = "skipped_fraction", fraction: float = 0.9, reference: str = "dense"
+) -> pd.DataFrame:
+    """Compute saved while keeping ``fraction`` of the quality, per task x seed x arm (the official statistic).
+
+    ``reference="own"``: relative to the arm's own 0 % point (the paper's; flatters a damaged model);
+    ``"dense"``: relative to the dense fine-tune of the same seed. Bits per byte: within 1/fraction of the reference.
+    """
+    if reference not in ("own", "dense"):
+        raise ValueError(f"reference must be 'own' or 'dense', got {reference!r}")
+    higher = metric != "bpb"
+    out = []
+    data = curves[curves.arm != "dense"].dropna(subset=[metric])
+    for (task, seed, arm), group in data.groupby(["task", "seed", "arm"], sort=False):
+        group = group.groupby(x, as_index=False)[metric].mean().sort_values(x)
+        xs, ys = group[x].to_numpy(), group[metric].to_numpy()
+        if reference == "own":
+            ref = ys[0]
+        else:
+            ref = curves[(curves.task == task) & (curves.seed == seed) & (curves.arm == "dense")][metric].iloc[0]
+        threshold = fraction * ref if higher else ref / fraction
+        out.append(
+            {
+                "task": task,
+                "seed": seed,
+                "arm": arm,
+                "reference": reference,
+                "x": x,
+                "saved": _saved_at(xs, ys, threshold, higher),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def quality_at(curves: pd.DataFrame, metric: str, at: float, x: str = "skipped_fraction") -> pd.DataFrame:
+    """Quality of every arm interpolated at a common saved fraction ``at`` (per task x seed x arm)."""
+    out = []
+    for (task, seed, arm), group in curves[curves.arm != "dense"].groupby(["task", "seed", "arm"], sort=False):
+        group = group.groupby(x, as_index=False)[metric].mean().sort_values(x)
+        if group[x].max() < at:
+            continue
+        out.append(
+            {"task": task, "seed": seed, "arm": arm, "at": at, metric: float(np.interp(at, group[x], group[metric]))}
+        )
+    return pd.DataFrame(out)
+
+
+def verdict(curves: pd.DataFrame, task: str = "cumsum") -> dict[str, Any]:
+    """Did learned gates keep more quality than random and static skipping at equal compute saved?
+
+    Compares "saved at 90 % of the dense model's quality" of the first GateSkip arm (first λ) with each baseline,
+    seed by seed; returns the numbers and a one-line statement.
+    """
+    metric = quality_column(task)
+    sub = curves[curves.task == task]
+    saved = saved_at_quality(sub, metric, reference="dense")
+    gate_arms = [a for a in dict.fromkeys(sub.arm) if a.startswith("gateskip") and "random" not in a]
+    head = gate_arms[0]
+    pivot = saved.pivot(index="seed", columns="arm", values="saved")
+    baselines = [a for a in ("random_skip", "shortgpt", "uls", f"{head} + random rank") if a in pivot]
+    wins = {b: int((pivot[head] > pivot[b]).sum()) for b in baselines}
+    means = pivot.mean().to_dict()
+    held = all(means[head] > means[b] for b in baselines) and all(w * 2 > len(pivot) for w in wins.values())
+    parts = [f"{b} {means[b]:.1%} (GateSkip ahead on {wins[b]}/{len(pivot)} seeds)" for b in baselines]
+    text = (
+        f"{'HELD' if held else 'DID NOT HOLD'} on {task}: compute saved at 90 % of dense {metric}, "
+        f"{head} {means[head]:.1%} vs " + "; ".join(parts)
+    )
+    return {"held": held, "statement": text, "means": means, "wins": wins, "head": head, "per_seed": pivot}
+
+
+@torch.no_grad()
+def token_skip_map(
+    model: nn.Module, batch: torch.Tensor, ratio: float, example: int, scope: str = "batch"
+) -> dict[str, Any]:
+    """Gate importance and skip decisions of every branch for one example of ``batch`` at budget ``ratio``.
+
+    The quantile is taken over the whole batch (scope "batch"), as at evaluation; returns arrays (branches x tokens).
+    """
+    device = next(model.parameters()).device
+    with skip.budget(model, ratio, scope=scope, measure_flops=False, record=True) as stats:
+        model(batch.to(device))
+    names = list(stats.records)
+    importance = np.stack([stats.records[n]["importance"][example].numpy() for n in names])
+    keep = np.stack([stats.records[n]["keep"][example].numpy() for n in names])
+    tokens = (
+        sequences.decode(batch[example])
+        if model.config.vocab_size == sequences.VOCAB_SIZE
+        else [repr(chr(int(t)))[1:-1] for t in batch[example]]
+    )
+    return {"importance": importance, "keep": keep, "names": names, "tokens": tokens, "ratio": ratio}

@@ -1,0 +1,97 @@
+"""Static skipping orders (baselines of GateSkip): ShortGPT block influence and Unified Layer Skipping.
+
+Both return which branches or layers to drop; :func:`labkit.skip.static_skip` drops them. ShortGPT: Men et al.,
+"ShortGPT: Layers in Large Language Models are More Redundant Than You Expect" (2024); ULS: Liu et al.,
+"Accelerating Inference in Large Language Models with a Unified Layer Skipping Strategy" (2024).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from labkit import gate as gate_lib
+
+
+@torch.no_grad()
+def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], granularity: str = "branch") -> list:
+    """Branches (``"layer.attn|mlp"``) or layers (ints) from least to most influential: ShortGPT's block influence
+    ``1 - cos(h_in, h_out)`` of the residual stream around each, averaged over the tokens of ``batches``."""
+    if granularity not in ("branch", "layer"):
+        raise ValueError(f"granularity must be 'branch' or 'layer', got {granularity!r}")
+    arch = gate_lib.architecture(model)
+    layers = gate_lib.decoder_layers(model)
+    sums: dict[str, float] = {}
+    count = 0
+    current: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def layer_in(i):
+        def hook(module, args, kwargs):
+            current[f"{i}.in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        return hook
+
+    def attn_out(i):
+        def hook(module, args, output):
+            current[f"{i}.attn"] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def layer_out(i):
+        def hook(module, args, kwargs, output):
+            current[f"{i}.out"] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(layer_in(i), with_kwargs=True))
+        handles.append(getattr(layer, arch.attention).register_forward_hook(attn_out(i)))
+        handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
+
+    def influence(a, b):
+        return (1 - torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)).sum().item()
+
+    try:
+        for batch in batches:
+            current.clear()
+            model(**batch) if isinstance(batch, dict) else model(batch)
+            for i in range(len(layers)):
+                h_in, h_out = current[f"{i}.in"], current[f"{i}.out"]
+                h_mid = h_in + current[f"{i}.attn"]
+                if granularity == "layer":
+                    sums[str(i)] = sums.get(str(i), 0.0) + influence(h_in, h_out)
+                else:
+                    sums[f"{i}.attn"] = sums.get(f"{i}.attn", 0.0) + influence(h_in, h_mid)
+                    sums[f"{i}.mlp"] = sums.get(f"{i}.mlp", 0.0) + influence(h_mid, h_out)
+            count += h_in.shape[0] * h_in.shape[1]
+    finally:
+        for h in handles:
+            h.remove()
+    order = sorted(sums, key=lambda n: sums[n] / max(count, 1))
+    return [int(n) for n in order] if granularity == "layer" else order
+
+
+def uls_layers(n_layers: int, speedup: float) -> list[int]:
+    """Unified Layer Skipping (Liu et al. 2024): skip evenly spaced intermediate layers for a target speed-up.
+
+    Keeps ``round(n_layers / speedup)`` layers, always the first and the last; returns the skipped indices.
+    """
+    if n_layers < 1 or speedup < 1.0:
+        raise ValueError(f"expected n_layers >= 1 and speedup >= 1, got n_layers={n_layers}, speedup={speedup}")
+    n_skip = min(n_layers - round(n_layers / speedup), max(n_layers - 2, 0))
+    if n_skip <= 0:
+        return []
+    middle = list(range(1, n_layers - 1))
+    positions = torch.linspace(0, len(middle) - 1, n_skip + 2)[1:-1] if n_skip < len(middle) else None
+    if positions is None:
+        return middle
+    chosen = sorted({middle[int(round(p.item()))] for p in positions})
+    for candidate in middle:  # rounding collisions: fill with the nearest unused middle layers
+        if len(chosen) >= n_skip:
+            break
+        if candidate not in chosen:
+            chosen = sorted([*chosen, candidate])
+    return chosen

@@ -1,0 +1,87 @@
+"""A small causal-LM training loop shared by notebooks: AdamW, warm-up + cosine schedule, clipping, tqdm.
+
+Hooks make it reusable without copies: ``step_context(step)`` wraps each forward (e.g. a skip budget that ramps),
+``extra_loss(model)`` adds a term after the forward (e.g. a gate penalty), ``loss_fn(model, batch)`` replaces the
+default next-token cross-entropy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def cosine_lr(step: int, steps: int, warmup_steps: int = 0, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def next_token_loss(model: nn.Module, batch: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy of a causal LM; ``batch`` is input ids or a dict of model kwargs with labels."""
+    if isinstance(batch, dict):
+        kwargs = dict(batch)
+        kwargs.setdefault("labels", kwargs["input_ids"])
+        kwargs.setdefault("use_cache", False)
+        return model(**kwargs).loss
+    return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+
+def train_causal_lm(
+    model: nn.Module,
+    batches: Callable[[int], Any] | Iterable[Any],
+    steps: int,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    grad_clip: float | None = 1.0,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = next_token_loss,
+    step_context: Callable[[int], Any] | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    parameters: Iterable[nn.Parameter] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> pd.DataFrame:
+    """Train ``model`` for ``steps`` AdamW steps on ``batches`` (a function of the step, or an iterable).
+
+    Returns one row per step: ``step``, ``loss`` (the task loss), ``extra`` (the added term, 0 without one), ``lr``.
+    """
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"expected steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    iterator = None if callable(batches) else iter(batches)
+    device = next(model.parameters()).device
+    model.train()
+    rows = []
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        batch = batches(step) if iterator is None else next(iterator)
+        if torch.is_tensor(batch):
+            batch = batch.to(device)
+        elif isinstance(batch, dict):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        scale = cosine_lr(step, steps, warmup_steps, min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        with step_context(step) if step_context is not None else contextlib.nullcontext():
+            loss = loss_fn(model, batch)
+            extra = extra_loss(model) if extra_loss is not None else torch.zeros((), device=device)
+        optimizer.zero_grad(set_to_none=True)
+        (loss + extra).backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        rows.append({"step": step, "loss": float(loss.detach()), "extra": float(extra.detach()), "lr": lr * scale})
+    model.eval()
+    return pd.DataFrame(rows)

@@ -1,0 +1,175 @@
+"""Figures and widget controls of the GateSkip notebook (static matplotlib first; widgets redraw these)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from labkit import plots
+from labkit.report import bootstrap_ci
+
+ARM_STYLE = {"dense": "k", "random_skip": "tab:orange", "shortgpt": "tab:green", "uls": "tab:olive"}
+
+
+def _arm_color(arm: str, index: int) -> str:
+    if arm in ARM_STYLE:
+        return ARM_STYLE[arm]
+    if "random rank" in arm:
+        return ["tab:purple", "tab:pink", "tab:brown", "tab:gray"][index % 4]
+    return ["tab:blue", "tab:red", "tab:cyan", "navy"][index % 4]
+
+
+def _curve(group: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    rows = []
+    for _, pts in group.groupby("budget", sort=True):
+        mean, low, high = bootstrap_ci(pts[y].to_numpy())
+        rows.append({"x": pts[x].mean(), "mean": mean, "low": low, "high": high})
+    return pd.DataFrame(rows).sort_values("x")
+
+
+def quality_vs_saved(curves: pd.DataFrame, task: str, metric: str, dense_label: str = "dense fine-tune") -> plt.Figure:
+    """Quality against compute saved, all arms, in the paper's token x branch fraction and in executed FLOPs.
+
+    Lines: mean over seeds, bands: bootstrap 95 % interval; x is the mean measured saving at each budget.
+    """
+    sub = curves[curves.task == task]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    gate_index = rand_index = 0
+    for ax, x, label in zip(
+        axes,
+        ("skipped_fraction", "flops_saved"),
+        ("compute saved: token x branch fraction (paper)", "compute saved: executed FLOPs (compact)"),
+        strict=True,
+    ):
+        gate_index = rand_index = 0
+        for arm, group in sub[sub.arm != "dense"].groupby("arm", sort=False):
+            idx = rand_index if "random rank" in arm else gate_index
+            color = _arm_color(arm, idx)
+            if arm.startswith("gateskip"):
+                if "random rank" in arm:
+                    rand_index += 1
+                else:
+                    gate_index += 1
+            stats = _curve(group, x, metric)
+            style = "--" if "random rank" in arm else "-"
+            ax.plot(stats.x, stats["mean"], style, marker="o", ms=3, color=color, label=arm)
+            ax.fill_between(stats.x, stats.low, stats.high, color=color, alpha=0.15, linewidth=0)
+        dense = sub[sub.arm == "dense"][metric].mean()
+        ax.axhline(dense, color="k", lw=0.8, ls=":", label=dense_label)
+        ax.axhline(
+            0.9 * dense if metric != "bpb" else dense / 0.9,
+            color="grey",
+            lw=0.8,
+            ls="-.",
+            label="90 % of dense" if metric != "bpb" else "dense / 0.9",
+        )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    axes[1].legend(fontsize="small", loc="best")
+    fig.suptitle(f"{task}: quality vs compute saved (mean and 95 % CI over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def saved_at_90(saved: pd.DataFrame, paper: float | None = None) -> plt.Figure:
+    """Bars: compute saved at 90 % quality per arm, relative to the arm's own 0 % point and to the dense model."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    order = list(dict.fromkeys(saved.arm))
+    plots.bars_ci(saved, "arm", "saved", hue="reference", ax=ax, order=order, hue_order=["own", "dense"])
+    if paper is not None:
+        plots.reference_line(ax, paper, f"up to {paper:.0%} saved at >90 % (LLMs, long-form reasoning)")
+    ax.set_ylabel("compute saved at 90 % quality (token x branch)")
+    fig.tight_layout()
+    return fig
+
+
+def gate_heatmap(gates: pd.DataFrame, task: str, tokens: list[str] | None = None) -> plt.Figure:
+    """Mean gate importance by branch (rows) and position (columns), averaged over seeds and examples."""
+    sub = gates[gates.task == task]
+    table = sub.groupby(["layer", "branch", "position"]).importance.mean().unstack("position")
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * table.shape[1] + 2), 0.45 * table.shape[0] + 1.5))
+    im = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(table)), [f"L{layer} {branch}" for layer, branch in table.index])
+    labels = tokens if tokens is not None and len(tokens) == table.shape[1] else list(table.columns)
+    ax.set_xticks(range(table.shape[1]), labels, fontsize=7)
+    ax.set_xlabel("position (example tokens of seed 0 shown)" if tokens is not None else "position")
+    fig.colorbar(im, ax=ax, label="mean gate value (importance)")
+    ax.set_title(f"{task}: gate importance by branch and position (r = 0)")
+    fig.tight_layout()
+    return fig
+
+
+def skip_heatmap(skips: pd.DataFrame, task: str, ratio: float) -> plt.Figure:
+    """Per-branch skip fraction by position at budget ``ratio`` (the per-module view of where compute is saved)."""
+    sub = skips[skips.task == task]
+    table = sub.groupby(["module", "position"]).skip_fraction.mean().unstack("position")
+    table = table.loc[sorted(table.index, key=lambda n: (int(n.split(".")[0]), n.split(".")[1]))]
+    fig, (ax, bar) = plt.subplots(1, 2, figsize=(12, 0.45 * len(table) + 1.8), width_ratios=[4, 1])
+    im = ax.imshow(table.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
+    ax.set_yticks(range(len(table)), table.index)
+    ax.set_xticks(range(table.shape[1]), table.columns, fontsize=7)
+    ax.set_xlabel("position")
+    fig.colorbar(im, ax=ax, label="fraction of examples skipping")
+    ax.set_title(f"{task}: which positions each branch skips at r = {ratio:.0%}")
+    per_module = table.mean(axis=1)
+    bar.barh(range(len(per_module)), per_module.to_numpy(), color="tab:blue")
+    bar.set_yticks(range(len(per_module)), per_module.index)
+    bar.invert_yaxis()
+    bar.set_xlabel("skipped fraction")
+    fig.tight_layout()
+    return fig
+
+
+def token_skips(
+    importance: np.ndarray, keep: np.ndarray, names: list[str], tokens: list[str], ratio: float
+) -> plt.Figure:
+    """One example: gate importance per branch (rows) and token (columns); skipped cells are crossed out."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(tokens) + 2), 0.4 * len(names) + 1.6))
+    im = ax.imshow(importance, aspect="auto", cmap="viridis")
+    rows, cols = np.nonzero(~keep)
+    ax.scatter(cols, rows, marker="x", color="red", s=40, label="skipped")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xticks(range(len(tokens)), tokens)
+    fig.colorbar(im, ax=ax, label="gate importance")
+    ax.set_title(f"tokens skipped at r = {ratio:.0%} ({int((~keep).sum())} of {keep.size} branch computations)")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame, task: str) -> plt.Figure:
+    """Task loss during pretraining and each fine-tune (mean over seeds)."""
+    sub = history[history.task == task]
+    phases = list(dict.fromkeys(sub.phase))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    pre = sub[sub.phase == "pretrain"].groupby("step").loss.mean()
+    axes[0].plot(pre.index, pre.to_numpy())
+    axes[0].set_yscale("log")
+    axes[0].set_title("pretraining loss")
+    for phase in phases:
+        if phase == "pretrain":
+            continue
+        curve = sub[sub.phase == phase].groupby("step").loss.mean().rolling(10, min_periods=1).mean()
+        axes[1].plot(curve.index, curve.to_numpy(), label=phase)
+    axes[1].set_yscale("log")
+    axes[1].set_title("fine-tuning task loss (10-step mean)")
+    axes[1].legend(fontsize="small")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def token_controls(ratio: float, n_examples: int) -> dict:
+    """Widgets for :func:`token_skips`: the budget and the example index."""
+    import ipywidgets as widgets
+
+    return {
+        "ratio": widgets.FloatSlider(
+            value=ratio, min=0.0, max=0.9, step=0.05, description="budget r", continuous_update=False
+        ),
+        "example": widgets.IntSlider(
+            value=0, min=0, max=n_examples - 1, description="example", continuous_update=False
+        ),
+    }
