@@ -8,7 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 test: setup
-	.venv/bin/ruff check labkit tests benchmarks
+	.venv/bin/ruff check .
 	bash scripts/offline.sh $(PY) -m pytest
 
 report: setup
