@@ -188,7 +188,8 @@ def add_gates(
             gate = None
             if kind != "none":
                 gate = ResidualGate(hidden, kind, init_bias, init_std, detach_input).to(ref.device, ref.dtype)
-            setattr(layer, attr, GatedBranch(getattr(layer, attr), gate, index, role))
+            wrapped = GatedBranch(getattr(layer, attr), gate, index, role).train(layer.training)
+            setattr(layer, attr, wrapped)
     setattr(
         model.config,
         CONFIG_KEY,

@@ -22,6 +22,7 @@ def test_gates_start_nearly_open_and_remove_restores(arch):
     gate.add_gates(model)
     branches = gate.gated_branches(model)
     assert [b.name for b in branches] == ["0.attn", "0.mlp", "1.attn", "1.mlp"]
+    assert not any(b.training for b in branches)  # wrappers follow the model's eval mode
     gated = model(x).logits
     torch.testing.assert_close(gated, dense, atol=0.05, rtol=0.0)  # sigmoid(5) = 0.993
     for b in branches:
