@@ -285,10 +285,17 @@ def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).choice(n, size=k, replace=False)
 
 
-def _as_features(data, num_buckets: int, ngrams: int, hash: str, name: str) -> HashedFeatures:
-    if isinstance(data, HashedFeatures):
-        return data
-    return featurize(data, num_buckets, ngrams, hash, name=name)
+def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
+    """Documents, :class:`HashedFeatures` or a scipy sparse (N × num_buckets) count matrix → CSR counts."""
+    from scipy import sparse
+
+    if sparse.issparse(data):
+        if data.shape[1] != num_buckets:
+            raise ValueError(f"{name}: expected a count matrix with {num_buckets} columns, got shape {data.shape}")
+        return sparse.csr_matrix(data)
+    if not isinstance(data, HashedFeatures):
+        data = featurize(data, num_buckets, ngrams, hash, name=name)
+    return data.to_csr()
 
 
 def heuristic_select(
@@ -311,19 +318,18 @@ def heuristic_select(
     """
     from sklearn.linear_model import LogisticRegression
 
-    raw_f = _as_features(raw, num_buckets, ngrams, hash, "raw")
-    target_f = _as_features(target, num_buckets, ngrams, hash, "target")
-    n = len(raw_f)
+    x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
+    x_target = _as_matrix(target, num_buckets, ngrams, hash, "target").log1p()
+    n = x_raw.shape[0]
     if not 0 < k <= n:
         raise ValueError(f"k must be in 1..{n} (the pool size), got {k}")
     rng = np.random.default_rng(seed)
-    x_raw = raw_f.to_csr().log1p()
-    n_neg = min(n, max(1, int(round(negatives_per_target * len(target_f)))))
+    n_neg = min(n, max(1, int(round(negatives_per_target * x_target.shape[0]))))
     negatives = rng.choice(n, size=n_neg, replace=False)
     from scipy import sparse
 
-    x = sparse.vstack([target_f.to_csr().log1p(), x_raw[negatives]])
-    y = np.concatenate([np.ones(len(target_f)), np.zeros(n_neg)])
+    x = sparse.vstack([x_target, x_raw[negatives]])
+    y = np.concatenate([np.ones(x_target.shape[0]), np.zeros(n_neg)])
     clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
     scores = clf.predict_proba(x_raw)[:, 1]
     # keep iff score + pareto > 1; for a budget of exactly k, move the threshold: top-k of score + pareto noise
@@ -334,22 +340,22 @@ def target_likelihood_select(
     raw, target, k: int, *, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256", epsilon: float = 1e-8
 ) -> np.ndarray:
     """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
-    raw_f = _as_features(raw, num_buckets, ngrams, hash, "raw")
-    counts = _as_features(target, num_buckets, ngrams, hash, "target").total_counts()
-    scores = raw_f.dot(np.log(counts / counts.sum() + epsilon)) / np.maximum(np.diff(raw_f.offsets), 1)
+    x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
+    counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
+    lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
+    scores = (x @ np.log(counts / counts.sum() + epsilon)) / lengths
     return gumbel_top_k(scores, k, top_k=True)
 
 
 def tfidf_select(raw, target, k: int, *, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256") -> np.ndarray:
     """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid."""
-    raw_f = _as_features(raw, num_buckets, ngrams, hash, "raw")
-    target_f = _as_features(target, num_buckets, ngrams, hash, "target")
-    x = raw_f.to_csr()
+    x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
+    target_counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
     df = np.bincount(x.indices, minlength=num_buckets)
     idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
     x = x.multiply(idf).tocsr()
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) + 1e-12
-    centroid = target_f.total_counts() * idf
+    centroid = target_counts * idf
     centroid /= np.linalg.norm(centroid) + 1e-12
     return gumbel_top_k(np.asarray(x @ centroid).ravel() / norms, k, top_k=True)
 

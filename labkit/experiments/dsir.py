@@ -1,0 +1,427 @@
+"""DSIR (Xie et al., NeurIPS 2023): select k chunks for a target from a labelled offline pool, compare methods.
+
+For every seed × target: draw the target's fit sample and held-out evaluation chunks from its labelled domain
+(the rest of the domain stays in the pool), let each method pick k chunks, then score the selection by KL
+reduction (hashed n-grams, vs the held-out chunks) and by the held-out loss of a language model trained on it:
+a bigram LM (nats/token) and optionally a tiny byte-level transformer (bits/byte). Nothing here draws or prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from labkit import seed_everything
+from labkit.data import corpora
+from labkit.data.cache import cache_dir
+from labkit.experiments import configure as _configure
+from labkit.models.ngram_lm import BigramLM, EncodedCorpus, build_vocabulary, encode
+from labkit.select import (
+    DSIR,
+    gumbel_top_k,
+    heuristic_select,
+    kl_reduction,
+    random_select,
+    target_likelihood_select,
+    tfidf_select,
+)
+from labkit.select_features import HashedFeatures, featurize
+
+# Each target is a set of labels from labkit.data.corpora; its fit and held-out chunks come from those labels.
+TARGETS = {
+    "foldoc-networking": ("foldoc/networking",),
+    "gcide-botany": ("gcide/Bot",),
+    "gcide-chemistry": ("gcide/Chem",),
+    "man2-syscalls": ("man/2",),
+    "devils-dictionary": ("devil",),
+    "fortunes-songs-poems": ("fortunes/songs-poems",),
+    "python-api-docs": ("python/api",),
+    "shakespeare-tragedies": ("shakespeare/hamlet", "shakespeare/lear", "shakespeare/othello"),
+    "python-topics": ("python/topics",),
+}
+METHODS = ("random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir")
+CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
+# KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
+PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
+
+
+@dataclass
+class Config:
+    sources: list[str] = field(default_factory=lambda: list(corpora.ALL_SOURCES))  # corpus sources (see corpora)
+    chunk_words: int = 64  # words per chunk (the paper: 128; 64 gives more documents on CPU)
+    max_chunks: dict[str, int] = field(default_factory=lambda: {"gcide": 35000, "man": 30000})  # per-source caps
+    targets: list[str] = field(default_factory=lambda: [t for t in TARGETS if t != "python-topics"])  # see TARGETS
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # see METHODS
+    n_fit: int = 250  # target chunks DSIR (and every method) may look at
+    n_eval: int = 250  # held-out target chunks for KL reduction and LM loss
+    budget_k: int = 3000  # chunks selected (≈ 192k words, ~2 % of the pool)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed redraws the target split and selection
+    num_buckets: int = 10000  # hashed n-gram buckets (paper and data-selection default)
+    pseudocount: float = 1.0  # added to every bucket of selected and pool counts in KL reduction
+    temperature: float = 1.0  # DSIR Gumbel temperature (1 = the paper's importance resampling)
+    heuristic_alpha: float = 9.0  # Pareto shape of heuristic classification (GPT-3 / The Pile)
+    vocab_size: int = 30000  # bigram-LM vocabulary: most frequent tokens of the pool
+    discount: float = 0.75  # absolute discount of the bigram LM
+    downstream: str = "both"  # "bigram" | "tiny_lm" | "both"
+    tiny_lm_targets: list[str] = field(default_factory=lambda: ["foldoc-networking", "gcide-botany"])  # subset
+    tiny_lm_methods: list[str] = field(default_factory=lambda: ["random", "dsir", "heuristic"])  # subset
+    tiny_lm_seeds: list[int] = field(default_factory=lambda: [0])  # seeds of the transformer track
+    lm_steps: int = 200  # AdamW steps of the byte-level transformer
+    lm_context: int = 128  # bytes per training window
+    lm_batch: int = 32  # windows per step
+    lm_hidden: int = 128  # transformer width
+    lm_layers: int = 2  # transformer depth
+    lm_heads: int = 4  # attention heads
+    lm_lr: float = 3e-3  # peak learning rate (warm-up 10 %, cosine decay)
+    device: str = "cpu"  # "cpu" | "cuda" | "auto" for the transformer
+    threads: int = 1  # torch threads (1 was faster than 2 on the shared 2-core machine)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "sources": list(corpora.LOCAL_SOURCES),
+        "max_chunks": {"man": 2500, "python": 1500},
+        "targets": ["python-topics", "man2-syscalls"],
+        "methods": ["random", "dsir", "heuristic", "expert", "anti-dsir"],
+        "n_fit": 40,
+        "n_eval": 40,
+        "budget_k": 150,
+        "seeds": [0],
+        "vocab_size": 3000,
+        "tiny_lm_targets": ["python-topics"],
+        "tiny_lm_methods": ["random", "dsir"],
+        "lm_steps": 3,
+        "lm_context": 32,
+        "lm_batch": 4,
+        "lm_hidden": 32,
+        "lm_layers": 1,
+        "lm_heads": 2,
+    },
+    "cpu": {},
+    "gpu": {
+        "max_chunks": {},
+        "seeds": [0, 1, 2],
+        "budget_k": 5000,
+        "tiny_lm_targets": list(TARGETS)[:8],
+        "tiny_lm_methods": list(METHODS),
+        "tiny_lm_seeds": [0, 1, 2],
+        "lm_steps": 2000,
+        "lm_context": 256,
+        "lm_batch": 64,
+        "lm_hidden": 384,
+        "lm_layers": 6,
+        "lm_heads": 6,
+        "lm_lr": 1e-3,
+        "device": "auto",
+    },
+}
+
+
+def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
+    cfg = _configure(Config, PRESETS, preset, overrides)
+    bad = sorted(set(cfg.targets) - set(TARGETS)) + sorted(set(cfg.methods) - set(METHODS))
+    if bad:
+        raise ValueError(f"unknown target(s) or method(s) {bad}; targets: {list(TARGETS)}, methods: {list(METHODS)}")
+    if cfg.downstream not in ("bigram", "tiny_lm", "both"):
+        raise ValueError(f"downstream must be 'bigram', 'tiny_lm' or 'both', got {cfg.downstream!r}")
+    return cfg
+
+
+@dataclass
+class Prepared:
+    """The pool and everything computed once from it: hashed features, count matrix, LM vocabulary and ids."""
+
+    corpus: pd.DataFrame  # text, source, label
+    features: HashedFeatures  # hashed n-grams of every chunk
+    matrix: Any  # scipy CSR counts (N × num_buckets), for the classifier baselines
+    encoded: EncodedCorpus  # bigram-LM token ids of every chunk
+    vocab_size: int  # bigram-LM vocabulary size including <unk>
+    skipped_targets: dict[str, str]  # target -> why it was not run
+
+
+def prepare(cfg: Config, progress: bool = False) -> Prepared:
+    """Build (or load from the labkit cache) the pool and its features; targets with too few chunks are skipped."""
+    sources = [s for s in cfg.sources if s in corpora.available_sources()]
+    corpus = corpora.build_corpus(sources, chunk_words=cfg.chunk_words, max_chunks=cfg.max_chunks, progress=progress)
+    key = json.dumps(
+        {
+            "sources": sources,
+            "chunk_words": cfg.chunk_words,
+            "max_chunks": cfg.max_chunks,
+            "num_buckets": cfg.num_buckets,
+            "vocab": cfg.vocab_size,
+            "n": len(corpus),
+            "v": 1,
+        },
+        sort_keys=True,
+    )
+    stem = cache_dir() / "corpora" / f"dsir-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    feature_file, ids_file = stem.with_suffix(".features.npz"), stem.with_suffix(".ids.npz")
+    if feature_file.exists() and ids_file.exists():
+        features = HashedFeatures.load(feature_file)
+        with np.load(ids_file) as f:
+            encoded, vocab_size = EncodedCorpus(f["ids"], f["offsets"]), int(f["vocab_size"])
+    else:
+        texts = corpus.text.tolist()
+        features = featurize(texts, cfg.num_buckets, progress=progress, name="pool")
+        vocab = build_vocabulary(texts, cfg.vocab_size)
+        encoded, vocab_size = encode(texts, vocab), len(vocab)
+        features.save(feature_file)
+        tmp = ids_file.with_name(ids_file.name + ".tmp.npz")
+        np.savez(tmp, ids=encoded.ids, offsets=encoded.offsets, vocab_size=vocab_size)
+        tmp.replace(ids_file)
+    skipped = {}
+    labels = corpus.label.to_numpy()
+    for target in cfg.targets:
+        have = int(np.isin(labels, TARGETS[target]).sum())
+        if have < cfg.n_fit + cfg.n_eval + 1:
+            skipped[target] = (
+                f"{have} chunks with labels {TARGETS[target]} in sources {sources}; "
+                f"needs > n_fit + n_eval = {cfg.n_fit + cfg.n_eval}"
+            )
+    return Prepared(corpus, features, features.to_csr(), encoded, vocab_size, skipped)
+
+
+@dataclass
+class Split:
+    """One seed's view of one target: fit and held-out chunk ids, and the pool the methods select from."""
+
+    fit: np.ndarray
+    eval: np.ndarray
+    pool: np.ndarray
+
+
+def split_target(prepared: Prepared, target: str, n_fit: int, n_eval: int, seed: int) -> Split:
+    """Draw the fit sample and the held-out set from the target's labels; everything else is the pool."""
+    labels = prepared.corpus.label.to_numpy()
+    members = np.nonzero(np.isin(labels, TARGETS[target]))[0]
+    rng = np.random.default_rng([seed, sorted(TARGETS).index(target)])
+    drawn = rng.permutation(members)[: n_fit + n_eval]
+    fit, held = np.sort(drawn[:n_fit]), np.sort(drawn[n_fit:])
+    pool = np.setdiff1d(np.arange(len(labels)), drawn)
+    return Split(fit, held, pool)
+
+
+def select(method: str, prepared: Prepared, split: Split, target: str, k: int, seed: int, cfg: Config) -> np.ndarray:
+    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``."""
+    feats = prepared.features
+    pool_feats = feats.subset(split.pool)
+    fit_feats = feats.subset(split.fit)
+    if method == "random":
+        local = random_select(len(split.pool), k, seed)
+    elif method in ("dsir", "dsir-topk", "anti-dsir"):
+        dsir = DSIR(num_buckets=cfg.num_buckets).fit(pool_feats, fit_feats)
+        if method == "anti-dsir":
+            local = gumbel_top_k(-dsir.log_weights(), k, top_k=True)
+        else:
+            local = dsir.resample(k, seed=seed, top_k=method == "dsir-topk", temperature=cfg.temperature)
+    elif method == "heuristic":
+        local = heuristic_select(
+            prepared.matrix[split.pool],
+            fit_feats,
+            k,
+            seed,
+            pareto_alpha=cfg.heuristic_alpha,
+            num_buckets=cfg.num_buckets,
+        )
+    elif method == "target-likelihood":
+        local = target_likelihood_select(pool_feats, fit_feats, k, num_buckets=cfg.num_buckets)
+    elif method == "tfidf":
+        local = tfidf_select(prepared.matrix[split.pool], fit_feats, k, num_buckets=cfg.num_buckets)
+    elif method == "expert":  # oracle: the target's own labels first, then its source, then random
+        corpus = prepared.corpus.iloc[split.pool]
+        own = np.isin(corpus.label.to_numpy(), TARGETS[target])
+        sources = prepared.corpus.source.iloc[split.fit].unique()
+        same_source = np.isin(corpus.source.to_numpy(), sources)
+        rank = np.random.default_rng(seed).random(len(split.pool)) - 2.0 * own - 1.0 * same_source
+        local = np.argsort(rank, kind="stable")[:k]
+    else:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    return split.pool[np.asarray(local, dtype=np.int64)]
+
+
+def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Config, seed: int) -> float:
+    """Train a tiny byte-level causal transformer on ``train_texts``; held-out bits per byte on ``eval_texts``."""
+    import torch
+
+    from labkit.models.decoder_lm import build_causal_lm
+    from labkit.profile import resolve_device
+    from labkit.train import train_causal_lm
+
+    seed_everything(seed, threads=cfg.threads)
+    device = resolve_device(cfg.device)
+    data = torch.frombuffer(bytearray("\n".join(train_texts).encode("utf-8")), dtype=torch.uint8).long()
+    held = torch.frombuffer(bytearray("\n".join(eval_texts).encode("utf-8")), dtype=torch.uint8).long()
+    window = cfg.lm_context + 1
+    if len(data) <= window or len(held) <= window:
+        raise ValueError(f"need more than {window} bytes of training and held-out text, got {len(data)}/{len(held)}")
+    model = build_causal_lm(
+        "llama",
+        vocab_size=256,
+        hidden_size=cfg.lm_hidden,
+        n_layers=cfg.lm_layers,
+        n_heads=cfg.lm_heads,
+        max_positions=window,
+        seed=seed,
+    ).to(device)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch(step: int) -> torch.Tensor:
+        starts = torch.randint(0, len(data) - window, (cfg.lm_batch,), generator=generator)
+        return torch.stack([data[s : s + window] for s in starts.tolist()])
+
+    train_causal_lm(model, batch, cfg.lm_steps, cfg.lm_lr, warmup_steps=max(1, cfg.lm_steps // 10), progress=False)
+    n = (len(held) - 1) // cfg.lm_context
+    inputs = held[: n * cfg.lm_context].view(n, cfg.lm_context)
+    targets = held[1 : n * cfg.lm_context + 1].view(n, cfg.lm_context)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, n, 64):
+            x, y = inputs[i : i + 64].to(device), targets[i : i + 64].to(device)
+            logits = model(input_ids=x, use_cache=False).logits.float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1), reduction="sum"))
+            count += y.numel()
+    return total / count / math.log(2)
+
+
+@dataclass
+class Results:
+    """Tidy tables of one run."""
+
+    scores: pd.DataFrame  # seed, target, method, kl_reduction, bigram_nats_per_token, label_precision
+    picks: pd.DataFrame  # seed, target, method, label, count: what each selection contained
+    tiny_lm: pd.DataFrame  # seed, target, method, bits_per_byte, kl_reduction
+    skipped_targets: dict[str, str]  # target -> reason
+
+
+def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) -> Results:
+    """Every seed × target × method: selection, KL reduction, bigram-LM loss, label precision (+ transformer)."""
+    seed_everything(0, threads=cfg.threads)
+    prepared = prepared or prepare(cfg, progress=progress)
+    labels = prepared.corpus.label.to_numpy()
+    targets = [t for t in cfg.targets if t not in prepared.skipped_targets]
+    rows, pick_rows, lm_rows = [], [], []
+    cells = [(s, t) for s in cfg.seeds for t in targets]
+    for seed, target in tqdm(cells, desc="dsir seeds × targets", disable=not progress):
+        split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed)
+        k = min(cfg.budget_k, len(split.pool))
+        eval_counts = prepared.features.total_counts(split.eval)
+        pool_counts = prepared.features.total_counts(split.pool)
+        held = prepared.encoded.subset(split.eval)
+        for method in cfg.methods:
+            chosen = select(method, prepared, split, target, k, seed, cfg)
+            kl = kl_reduction(
+                prepared.features.total_counts(chosen),
+                eval_counts,
+                pool_counts,
+                pseudocount=cfg.pseudocount,
+                num_buckets=cfg.num_buckets,
+            )
+            row = {
+                "seed": seed,
+                "target": target,
+                "method": method,
+                "k": k,
+                "kl_reduction": kl,
+                "label_precision": float(np.isin(labels[chosen], TARGETS[target]).mean()),
+            }
+            if cfg.downstream in ("bigram", "both"):
+                lm = BigramLM(prepared.vocab_size, cfg.discount).fit(prepared.encoded.subset(chosen))
+                row["bigram_nats_per_token"] = lm.cross_entropy(held)
+            rows.append(row)
+            for label, count in pd.Series(labels[chosen]).value_counts().items():
+                pick_rows.append(
+                    {"seed": seed, "target": target, "method": method, "label": label, "count": int(count)}
+                )
+            if (
+                cfg.downstream in ("tiny_lm", "both")
+                and target in cfg.tiny_lm_targets
+                and method in cfg.tiny_lm_methods
+                and seed in cfg.tiny_lm_seeds
+            ):
+                texts = prepared.corpus.text.to_numpy()
+                bpb = byte_lm_bits_per_byte(list(texts[chosen]), list(texts[split.eval]), cfg, seed)
+                lm_rows.append(
+                    {"seed": seed, "target": target, "method": method, "bits_per_byte": bpb, "kl_reduction": kl}
+                )
+    return Results(pd.DataFrame(rows), pd.DataFrame(pick_rows), pd.DataFrame(lm_rows), prepared.skipped_targets)
+
+
+def method_correlation(
+    scores: pd.DataFrame, loss: str = "bigram_nats_per_token", controls: tuple[str, ...] = CONTROLS
+) -> pd.DataFrame:
+    """Pearson and Spearman r of KL reduction vs −loss, one point per method (mean over targets and seeds).
+
+    As in the paper, methods are averaged over targets first; reported with and without the controls.
+    """
+    from scipy import stats
+
+    per_method = scores.groupby("method", sort=False)[["kl_reduction", loss]].mean()
+    rows = []
+    for name, frame in (
+        ("all methods", per_method),
+        ("without controls", per_method.drop(index=[c for c in controls if c in per_method.index])),
+    ):
+        n = len(frame)
+        if n >= 3:
+            pearson = float(stats.pearsonr(frame.kl_reduction, -frame[loss])[0])
+            spearman = float(stats.spearmanr(frame.kl_reduction, -frame[loss])[0])
+        else:
+            pearson = spearman = float("nan")
+        rows.append({"methods": name, "n_methods": n, "pearson_r": pearson, "spearman_r": spearman, "loss": loss})
+    return pd.DataFrame(rows)
+
+
+def paired_gaps(
+    scores: pd.DataFrame, method: str, reference: str, value: str = "bigram_nats_per_token", n_boot: int = 2000
+) -> pd.DataFrame:
+    """Per target and overall: mean of (method − reference) over seeds with a bootstrap 95 % interval.
+
+    Negative = ``method`` has the lower loss. The overall row pairs every (seed, target) cell.
+    """
+    from labkit.report import bootstrap_ci
+
+    a = scores[scores.method == method].set_index(["seed", "target"])[value]
+    b = scores[scores.method == reference].set_index(["seed", "target"])[value]
+    diff = (a - b).dropna().reset_index()
+    rows = []
+    for target, group in diff.groupby("target", sort=False):
+        mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+        rows.append({"target": target, "mean_diff": mean, "low": low, "high": high, "n": len(group)})
+    mean, low, high = bootstrap_ci(diff[value].to_numpy(), n_boot=n_boot)
+    rows.append({"target": "all", "mean_diff": mean, "low": low, "high": high, "n": len(diff)})
+    out = pd.DataFrame(rows)
+    out.insert(0, "comparison", f"{method} − {reference}")
+    return out
+
+
+def explorer_weights(cfg: Config, prepared: Prepared, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Per target: the pool ids, their DSIR log weights and the held-out counts, for widgets that vary k."""
+    out = {}
+    for target in cfg.targets:
+        if target in prepared.skipped_targets:
+            continue
+        split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed)
+        dsir = DSIR(num_buckets=cfg.num_buckets).fit(
+            prepared.features.subset(split.pool), prepared.features.subset(split.fit)
+        )
+        out[target] = {
+            "pool": split.pool,
+            "log_weights": dsir.log_weights(),
+            "eval_counts": prepared.features.total_counts(split.eval),
+            "pool_counts": prepared.features.total_counts(split.pool),
+        }
+    return out
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain data (for reports)."""
+    return asdict(cfg)

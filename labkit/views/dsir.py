@@ -1,0 +1,171 @@
+"""Figures and the widget view of the DSIR notebook: per-target losses, KL reduction vs loss, what was picked."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from labkit import plots, widgets
+from labkit.select import gumbel_top_k, kl_reduction
+
+METHOD_ORDER = ["random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir"]
+
+
+def _order(methods) -> list[str]:
+    present = list(dict.fromkeys(methods))
+    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+
+
+def loss_bars(
+    scores: pd.DataFrame, value: str = "bigram_nats_per_token", ylabel: str = "held-out nats/token", anti: bool = False
+) -> plt.Figure:
+    """Per target: mean held-out loss of each method's selection with bootstrap 95 % intervals over seeds."""
+    data = scores if anti else scores[scores.method != "anti-dsir"]
+    targets = list(dict.fromkeys(data.target))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(targets)), 4.5))
+    plots.bars_ci(data, "target", value, hue="method", ax=ax, order=targets, hue_order=_order(data.method))
+    ax.set_ylabel(ylabel + " (lower is better)")
+    low = float(data[value].min())
+    ax.set_ylim(bottom=max(0.0, low - 0.5))
+    ax.legend(title="method", fontsize="small", ncol=4)
+    ax.set_title("Downstream loss of an LM trained on each selection" + ("" if anti else " (anti-DSIR omitted)"))
+    fig.tight_layout()
+    return fig
+
+
+def kl_vs_loss(
+    scores: pd.DataFrame,
+    correlation: pd.DataFrame,
+    value: str = "bigram_nats_per_token",
+    paper_r: dict[str, float] | None = None,
+) -> plt.Figure:
+    """One point per method (mean over targets and seeds): KL reduction vs −loss, with r printed."""
+    per_method = scores.groupby("method", sort=False)[["kl_reduction", value]].mean()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, drop in zip(axes, ([], ["random", "anti-dsir"]), strict=True):
+        frame = per_method.drop(index=[d for d in drop if d in per_method.index])
+        ax.scatter(frame.kl_reduction, -frame[value], s=40)
+        for method, row in frame.iterrows():
+            ax.annotate(method, (row.kl_reduction, -row[value]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        key = "all methods" if not drop else "without controls"
+        r = correlation.set_index("methods").loc[key]
+        ax.set_title(
+            f"{key}: Pearson r = {r.pearson_r:.2f}, Spearman = {r.spearman_r:.2f} (n = {r.n_methods})", fontsize=10
+        )
+        ax.set_xlabel("KL reduction (nats, vs held-out target)")
+        ax.set_ylabel(f"−{value} (higher is better)")
+    if paper_r:
+        text = "paper (reference, downstream accuracy, BERT scale): " + "; ".join(
+            f"r = {v} {k}" for k, v in paper_r.items()
+        )
+        fig.text(0.5, -0.02, text, ha="center", fontsize=9, color="grey")
+    fig.tight_layout()
+    return fig
+
+
+def picks_histogram(picks: pd.DataFrame, target: str, seed: int = 0, top: int = 8) -> plt.Figure:
+    """What each method picked for ``target``: share of the selection per label (the ``top`` labels, rest pooled)."""
+    sub = picks[(picks.target == target) & (picks.seed == seed)]
+    totals = sub.groupby("label")["count"].sum().sort_values(ascending=False)
+    keep = list(totals.index[:top])
+    methods = _order(sub.method)
+    table = pd.DataFrame(0.0, index=methods, columns=keep + ["other"])
+    for method, group in sub.groupby("method"):
+        counts = group.set_index("label")["count"]
+        share = counts / counts.sum()
+        for label, value in share.items():
+            table.loc[method, label if label in keep else "other"] += value
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(methods) + 1.5))
+    left = np.zeros(len(methods))
+    colors = plt.get_cmap("tab10")
+    for j, column in enumerate(table.columns):
+        ax.barh(
+            methods, table[column], left=left, color=colors(j % 10) if column != "other" else "lightgrey", label=column
+        )
+        left += table[column].to_numpy()
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the selection")
+    ax.set_title(f"What each method picked for target {target} (seed {seed})")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def explorer_figure(
+    weights: dict,
+    features,
+    labels: np.ndarray,
+    target: str,
+    k: int,
+    temperature: float = 1.0,
+    pseudocount: float = 1.0,
+    top: int = 8,
+) -> plt.Figure:
+    """DSIR's picks at budget k for one target (labels) and its KL reduction as k grows, from cached weights."""
+    entry = weights[target]
+    pool, log_w = entry["pool"], entry["log_weights"]
+    k = int(min(max(k, 1), len(pool)))
+    chosen = pool[gumbel_top_k(log_w, k, seed=0, temperature=temperature)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    counts = pd.Series(labels[chosen]).value_counts()
+    shown = counts.iloc[:top]
+    axes[0].barh(list(shown.index)[::-1], shown.to_numpy()[::-1])
+    axes[0].set_title(f"{target}: DSIR picks at k = {k} (T = {temperature:g}); {len(counts)} labels", fontsize=10)
+    axes[0].set_xlabel("chunks")
+    grid = np.unique(np.geomspace(50, len(pool), 12).astype(int))
+    kls = []
+    for kk in grid:
+        picked = pool[gumbel_top_k(log_w, int(kk), seed=0, temperature=temperature)]
+        kls.append(
+            kl_reduction(
+                features.total_counts(picked),
+                entry["eval_counts"],
+                entry["pool_counts"],
+                pseudocount=pseudocount,
+                num_buckets=features.num_buckets,
+            )
+        )
+    axes[1].plot(grid, kls, marker="o")
+    axes[1].axvline(k, color="grey", linestyle="--")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("k (chunks selected)")
+    axes[1].set_ylabel("KL reduction (nats)")
+    axes[1].set_title("KL reduction of DSIR's selection vs budget", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def explorer(weights: dict, features, labels: np.ndarray, target: str, k: int, enabled: bool = True):
+    """Widget: a target dropdown, a k slider and a temperature slider redrawing :func:`explorer_figure`."""
+    if not enabled:
+        return None
+    import ipywidgets as w
+
+    targets = list(weights)
+    pool_max = max(len(v["pool"]) for v in weights.values())
+    controls = {
+        "target": w.Dropdown(options=targets, value=target if target in targets else targets[0], description="target"),
+        "k": w.IntSlider(
+            value=int(k), min=50, max=min(pool_max, 20000), step=50, description="k", continuous_update=False
+        ),
+        "temperature": w.FloatLogSlider(
+            value=1.0, base=10, min=-1, max=2, description="temperature", continuous_update=False
+        ),
+    }
+    return widgets.view(
+        lambda target, k, temperature: explorer_figure(weights, features, labels, target, k, temperature),
+        controls,
+        enabled=enabled,
+    )
+
+
+def tiny_lm_bars(tiny: pd.DataFrame) -> plt.Figure:
+    """Held-out bits/byte of the tiny byte-level transformer per target and method."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    plots.bars_ci(tiny, "target", "bits_per_byte", hue="method", ax=ax, hue_order=_order(tiny.method))
+    ax.set_ylim(bottom=max(0.0, float(tiny.bits_per_byte.min()) - 0.5))
+    ax.set_ylabel("held-out bits/byte (lower is better)")
+    ax.set_title("Tiny byte-level transformer trained on each selection")
+    fig.tight_layout()
+    return fig
