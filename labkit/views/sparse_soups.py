@@ -9,7 +9,7 @@ import pandas as pd
 from labkit import plots
 from labkit.report import paired_diff, summarize
 
-HEADLINE = ["IMP", "SMS uniform", "SMS greedy"]  # arms always shown first
+HEADLINE = ["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"]  # arms always shown first
 
 
 def arm_order(final: pd.DataFrame) -> list[str]:
@@ -75,7 +75,10 @@ def phase_figure(phases: pd.DataFrame, phase: int, metric: str = "test_acc") -> 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     chains = phases[
         (phases.member < 0)
-        & (phases.arm.isin(["IMP", "SMS uniform", "SMS greedy"]) | phases.arm.str.match(r"IMP \d+x"))
+        & (
+            phases.arm.isin(["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"])
+            | phases.arm.str.match(r"IMP \d+x")
+        )
     ]
     for arm, group in chains.groupby("arm", sort=False):
         stats = group.groupby("phase").agg(sparsity=("sparsity", "mean"), value=(metric, "mean"))
