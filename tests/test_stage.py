@@ -192,3 +192,22 @@ def test_forecasters_shapes():
     for t_out in (3, 2):
         pred, attn = StackedForecaster(5, 3, t_out, hid=4, hid_t=16)(x)
         assert pred.shape == (2, t_out, 5, 16, 32) and attn is None
+
+
+def test_met2net_experiment_two_steps_and_bad_config(tmp_path, monkeypatch):
+    from labkit.experiments import met2net as experiment
+
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    cfg = experiment.configure("smoke", {"max_steps": 2, "epochs": 2, "seeds": 1})
+    data = experiment.load_data(cfg)
+    run = experiment.train_arm("met2net", cfg, 0, data)
+    assert run.history["rec"].notna().sum() == 2 and run.history["latent"].notna().sum() == 2
+    scores = experiment.evaluate(run.model, data, "test", cfg, torch.device("cpu"))
+    assert scores["mse_z"].shape == (cfg.t_out, 5) and scores["attention"].shape == (5, 5)
+    torch.testing.assert_close(scores["mse_phys"], scores["mse_z"] * torch.as_tensor(data.normalizer.std) ** 2)
+    with pytest.raises(ValueError, match="exceed the trajectory length 20"):
+        experiment.load_data(experiment.configure("smoke", {"t_in": 12, "t_out": 12}))
+    with pytest.raises(ValueError, match="unknown arm"):
+        experiment.configure("smoke", {"arms": ("stacked", "unet")})
+    with pytest.raises(ValueError, match="unknown parameter"):
+        experiment.configure("smoke", {"epoch": 3})
