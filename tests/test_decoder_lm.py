@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -29,3 +31,50 @@ def test_bad_inputs():
         build_causal_lm("mamba", 16, 32, 2, 2)
     with pytest.raises(ValueError, match="divisible by n_heads 3"):
         build_causal_lm("llama", 16, 32, 2, 3)
+
+
+def test_running_sum_sequences_are_consistent():
+    from labkit.data import sequences
+
+    x = sequences.running_sum_batch(5, n_digits=4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, sequences.running_sum_length(4)) == (5, 13)
+    digits, sums = x[:, 1:5], x[:, 6:10]
+    torch.testing.assert_close(sums, digits.cumsum(1) % 10)
+    assert (x[:, 0] == sequences.BOS).all() and (x[:, -1] == sequences.EOS).all() and (x[:, -2] == sums[:, -1]).all()
+    scored = sequences.running_sum_scored(4)
+    assert scored.shape == (12,) and scored.sum() == 7  # 4 sums, '=', answer, EOS
+    with pytest.raises(ValueError, match="n_digits >= 1"):
+        sequences.running_sum_batch(2, n_digits=0)
+
+
+def test_stdlib_bytes_are_pinned_and_windowed():
+    from labkit.data import sequences
+
+    data, provenance = sequences.stdlib_bytes(("heapq.py", "bisect.py"))
+    assert provenance["files"] == ["heapq.py", "bisect.py"] and len(provenance["sha256"]) == 64
+    windows = sequences.byte_windows(data, 3, 16, torch.Generator().manual_seed(0))
+    assert windows.shape == (3, 16) and windows.max() < 256
+    with pytest.raises(FileNotFoundError, match="no_such_module.py"):
+        sequences.stdlib_bytes(("no_such_module.py",))
+
+
+def test_train_causal_lm_reduces_loss_and_runs_hooks():
+    from labkit.data import sequences
+    from labkit.train import train_causal_lm
+
+    torch.manual_seed(0)
+    model = build_causal_lm("llama", sequences.VOCAB_SIZE, 32, 2, 2, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    calls = []
+    history = train_causal_lm(
+        model,
+        lambda step: sequences.running_sum_batch(16, 4, gen),
+        30,
+        3e-3,
+        progress=False,
+        extra_loss=lambda m: torch.zeros(()) + 0.5,
+        step_context=lambda step: calls.append(step) or contextlib.nullcontext(),
+    )
+    assert list(history.columns) == ["step", "loss", "extra", "lr"] and len(history) == 30 == len(calls)
+    assert history.loss.iloc[-5:].mean() < history.loss.iloc[:5].mean()
+    assert (history.extra == 0.5).all() and not model.training

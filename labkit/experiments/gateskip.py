@@ -179,10 +179,10 @@ def evaluate(model: nn.Module, task: _Task, context=None) -> dict[str, float]:
     for start in range(0, task.eval_tokens.shape[0], cfg.eval_batch):
         x = task.eval_tokens[start : start + cfg.eval_batch].to(task.device)
         if context is None:
-            logits = model(x).logits
+            logits = model(x, use_cache=False).logits
         else:
             with context() as stats:
-                logits = model(x).logits
+                logits = model(x, use_cache=False).logits
             fractions.append(stats.skipped_fraction)
         pred, target = logits[:, :-1], x[:, 1:]
         correct = (pred.argmax(-1) == target) & scored
@@ -205,9 +205,9 @@ def executed_flops(model: nn.Module, task: _Task, context=None) -> int:
     """FLOPs of one forward over the first ``flops_batch`` eval sequences (compact execution inside ``context``)."""
     x = task.eval_tokens[: task.cfg.flops_batch].to(task.device)
     if context is None:
-        return profile.count_flops(lambda: model(x))
+        return profile.count_flops(lambda: model(x, use_cache=False))
     with context() as stats:
-        model(x)
+        model(x, use_cache=False)
     return int(stats.flops)
 
 
