@@ -77,7 +77,7 @@ def compact_attention(
     dropout = getattr(attn, "attention_dropout", 0.0) if attn.training else 0.0
     if hasattr(attn, "q_proj"):  # Llama / Qwen2
         hd = attn.head_dim
-        q = attn.q_proj(x_kept).view(B, index.shape[1], -1, hd).transpose(1, 2)
+        q = attn.q_proj(x_kept).view(B, index.shape[1], attn.q_proj.out_features // hd, hd).transpose(1, 2)
         k = attn.k_proj(hidden).view(B, T, -1, hd).transpose(1, 2)
         v = attn.v_proj(hidden).view(B, T, -1, hd).transpose(1, 2)
         cos, sin = kwargs["position_embeddings"]
@@ -89,7 +89,7 @@ def compact_attention(
     elif hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
         hd, width = attn.head_dim, attn.split_size
         weight, bias = attn.c_attn.weight, attn.c_attn.bias
-        q = (x_kept @ weight[:, :width] + bias[:width]).view(B, index.shape[1], -1, hd).transpose(1, 2)
+        q = (x_kept @ weight[:, :width] + bias[:width]).view(B, index.shape[1], width // hd, hd).transpose(1, 2)
         k, v = (hidden @ weight[:, width:] + bias[width:]).split(width, dim=2)
         k, v = k.view(B, T, -1, hd).transpose(1, 2), v.view(B, T, -1, hd).transpose(1, 2)
         scale = 1.0 / math.sqrt(hd) if attn.scale_attn_weights else 1.0

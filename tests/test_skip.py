@@ -167,6 +167,13 @@ def test_static_skip_shortgpt_and_uls():
     assert not torch.allclose(dropped, dense)
     assert not gate.gated_branches(model)  # temporary wrappers removed
     torch.testing.assert_close(model(x).logits, dense, atol=0.0, rtol=0.0)
+    for arch in ARCHS:  # whole layers skipped: compact attention with no kept query equals masked
+        model = gated(arch, kind="none")
+        with skip.static_skip(model, [0], measure_flops=False):
+            masked = model(x).logits
+        with skip.static_skip(model, [0], execution="compact", measure_flops=False):
+            compact = model(x).logits
+        torch.testing.assert_close(compact, masked, atol=1e-5, rtol=1e-5)
     assert skip.uls_layers(8, 2.0) == [2, 3, 4, 5]
     assert skip.uls_layers(8, 1.0) == []
     assert skip.uls_layers(4, 10.0) == [1, 2]
