@@ -1,4 +1,4 @@
-"""The ``labkit`` command: list, run and report the paper notebooks; fetch and clean the data cache."""
+"""The ``labkit`` command: list, run, report, sweep and compare the paper notebooks; fetch and clean the data cache."""
 
 from __future__ import annotations
 
@@ -54,6 +54,41 @@ def _report(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from labkit import sweep
+
+    path = runner.resolve_notebook(args.notebook)
+    module = runner.experiment_module(path)
+    try:
+        grid = sweep.parse_grid(module, args.grid or [])
+        fixed = runner.parse_parameters(module, args.param or [])
+        result = sweep.run_sweep(path, args.preset, grid, fixed, engine=args.engine, jobs=args.jobs,
+                                 address=args.address, out_root=args.out, name=args.id)
+    except sweep.SweepError as err:
+        print(f"labkit sweep: {err}", file=sys.stderr)
+        return 2
+    reused = sum(o["reused"] for o in result.outcomes)
+    print(f"labkit sweep: {len(result.outcomes)} points ({reused} reused, {len(result.failed)} failed) -> "
+          f"{result.csv_path} and {result.parquet_path.name}")
+    for outcome in result.failed:
+        print(f"  FAILED {outcome['point']}: {outcome['error'].strip().splitlines()[-1] if outcome['error'] else ''}",
+              file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from labkit import compare
+
+    try:
+        png, summary = compare.compare(args.table, args.x, args.y, by=args.by, ref=args.ref, out=args.out)
+    except ValueError as err:
+        print(f"labkit compare: {err}", file=sys.stderr)
+        return 2
+    print(summary.to_string(index=False))
+    print(f"labkit compare: figure -> {png}")
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from labkit.data import sources
 
@@ -89,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--force", action="store_true", help="re-run notebooks whose inputs are unchanged too")
     report.add_argument("notebooks", nargs="*", help="only these notebooks (default: all)")
     report.set_defaults(func=_report)
+    sweep_cmd = sub.add_parser("sweep", help="execute a notebook once per grid point, in parallel, into one table")
+    sweep_cmd.add_argument("notebook", help="path or name, e.g. notebooks/profiling.ipynb or profiling")
+    sweep_cmd.add_argument("--preset", default="cpu", help="smoke | cpu | gpu (default cpu)")
+    sweep_cmd.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                           help="a parameter and its values; repeat for a product grid")
+    sweep_cmd.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                           help="a fixed parameter for every point; repeatable")
+    sweep_cmd.add_argument("--engine", default="local", choices=["local", "ray"],
+                           help="local: a process pool here (default); ray: Ray tasks")
+    sweep_cmd.add_argument("--jobs", type=int, help="parallel runs (default: one per core)")
+    sweep_cmd.add_argument("--address", help="Ray cluster: 'auto' or HOST:PORT (default: start a local Ray instance)")
+    sweep_cmd.add_argument("--out", type=Path, help="sweeps folder (default reports/<notebook>/sweeps/)")
+    sweep_cmd.add_argument("--id", help="sweep folder name (default: derived from notebook, preset and grid)")
+    sweep_cmd.set_defaults(func=_sweep)
+    compare_cmd = sub.add_parser("compare", help="mean and bootstrap 95 %% CI over seeds from a sweep table")
+    compare_cmd.add_argument("table", type=Path, help="table.parquet / table.csv of a sweep, or its folder")
+    compare_cmd.add_argument("--x", required=True, help="parameter on the x axis")
+    compare_cmd.add_argument("--y", required=True, help="metric on the y axis")
+    compare_cmd.add_argument("--by", help="arm column: one line per arm and paired differences to --ref")
+    compare_cmd.add_argument("--ref", help="reference arm for paired differences (default: the first arm)")
+    compare_cmd.add_argument("--out", type=Path, help="PNG path (default beside the table)")
+    compare_cmd.set_defaults(func=_compare)
     fetch = sub.add_parser("fetch", help="download the offline data sources into the labkit cache")
     fetch.add_argument("sources", nargs="*", help="source names (default: all)")
     fetch.add_argument("--force", action="store_true")

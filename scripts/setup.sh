@@ -26,6 +26,13 @@ else
   cp constraints-cpu.txt "$VENV/constraints.txt"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
+# Debian's Chromium for the browser test (tests/test_browser.py drives it with Playwright; no browser download).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium for the browser test"
+  { apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+    || echo "setup: could not install chromium; the browser test will be skipped" >&2
+fi
 "$VENV/bin/python" -m pip install -q -c "$VENV/constraints.txt" -e ".[notebooks,data,dev]"
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name labkit --display-name "labkit" >/dev/null
 "$VENV/bin/labkit" fetch

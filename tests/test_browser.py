@@ -1,0 +1,267 @@
+"""The notebooks in a real JupyterLab in headless Chromium: run all cells (smoke), no errors, figures, live widgets.
+
+JupyterLab serves copies of the notebooks whose preset is set to ``smoke`` by an injected-parameters cell, as
+papermill does; Debian's Chromium is driven by Playwright (``executable_path``, no browser download). Screenshots
+go to ``reports/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit import runner
+
+CHROMIUM = next(
+    (
+        p
+        for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+        if p and Path(p).is_file()
+    ),
+    None,
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = runner.REPORTS_DIR / "browser"
+PAPER_NOTEBOOK_PREFERENCE = ("cmixup", "met2net", "dsir", "sparse_soups", "gateskip")  # quickest smoke run first
+NOTEBOOK_SECONDS = 420  # one notebook's run-all budget in the browser (loaded 2-core machine)
+
+pytestmark = [
+    pytest.mark.notebook,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium here: `apt-get install chromium` (scripts/setup.sh does "
+        "it where apt is available); the browser test needs Debian's build",
+    ),
+]
+
+
+def _paper_notebook() -> Path | None:
+    names = {p.stem: p for p in runner.notebooks() if p.stem != "profiling"}
+    for name in PAPER_NOTEBOOK_PREFERENCE:
+        if name in names:
+            return names[name]
+    return next(iter(names.values()), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _smoke_copy(source: Path, folder: Path) -> Path:
+    """The notebook with a papermill-style ``injected-parameters`` cell after its parameters cell."""
+    nb = nbformat.read(source, as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell('# Parameters\npreset = "smoke"\n', metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, injected)
+    target = folder / source.name
+    nbformat.write(nb, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on a free loopback port with a token, serving smoke copies of the notebooks."""
+    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install 'labkit[browser]')")
+    tmp = tmp_path_factory.mktemp("lab")
+    work = tmp / "notebooks"
+    work.mkdir()
+    paper = _paper_notebook()
+    copies = {p.stem: _smoke_copy(p, work) for p in [runner.NOTEBOOK_DIR / "profiling.ipynb", paper] if p}
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    labconfig = tmp / "config" / "labconfig"
+    labconfig.mkdir(parents=True)
+    # no "get notified about Jupyter news?" toast (it would cover the screenshots and asks the network)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    env.pop("MPLBACKEND", None)  # the kernel picks the inline backend
+    env.pop("LABKIT_REPORT_DIR", None)
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        "--allow-root",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={work}",
+        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=None",
+        "--LabApp.extension_manager=readonly",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    log = (tmp / "jupyterlab.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"JupyterLab did not start:\n{(tmp / 'jupyterlab.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield {"base": base, "token": token, "copies": copies, "tmp": tmp}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(lab["tmp"] / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        yield context
+        context.close()
+
+
+STATE_JS = """() => {
+  const app = window.jupyterapp;
+  const panel = app && app.shell.currentWidget;
+  if (!panel || !panel.content || !panel.sessionContext) return null;
+  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
+  const outputs = cells.map(c => c.model.outputs.toJSON());
+  const errors = outputs.flat().filter(o => o.output_type === 'error')
+    .map(o => o.ename + ': ' + o.evalue);
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  return {status: kernel ? kernel.status : 'none', total: cells.length,
+          executed: cells.filter(c => c.model.executionCount !== null).length,
+          pngs: outputs.flat().filter(o => o.data && o.data['image/png']).length, errors};
+}"""
+
+
+def _run_all(page, name: str) -> dict:
+    """Run every cell from the Run menu and wait until the kernel is idle with each cell executed (or one failed)."""
+    idle = "() => { const s = (" + STATE_JS + ")(); return s && s.status === 'idle'; }"
+    page.wait_for_function(idle, timeout=180_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    deadline = time.monotonic() + NOTEBOOK_SECONDS
+    state = page.evaluate(STATE_JS)
+    while time.monotonic() < deadline:
+        state = page.evaluate(STATE_JS)
+        if state["errors"] or (state["status"] == "idle" and state["executed"] == state["total"]):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"{name}: run-all did not finish in {NOTEBOOK_SECONDS} s; last state {state}")
+    return state
+
+
+def _check_notebook(browser, lab, name: str) -> None:
+    page = browser.new_page()
+    messages = []
+    page.on("pageerror", lambda err: messages.append(str(err)))
+    try:
+        page.goto(
+            f"{lab['base']}/lab/tree/{lab['copies'][name].name}?token={lab['token']}&reset",
+            wait_until="domcontentloaded",
+        )
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        state = _run_all(page, name)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        assert not state["errors"], f"{name}: cell errors in the browser: {state['errors']}"
+        assert state["pngs"] >= 1, f"{name}: no static figure in the outputs"
+
+        # the static figures rendered as images with pixels
+        images = page.locator(".jp-OutputArea-output img")
+        assert images.count() >= 1, f"{name}: no rendered image in the page"
+        images.first.scroll_into_view_if_needed()
+        assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", images.first.element_handle())
+        page.screenshot(path=str(SCREENSHOTS / f"{name}-static-figure.png"))
+
+        # the widget view is live: move a slider, see the figure in the widget's Output change
+        view = page.locator(".jp-OutputArea-output .widget-vbox").filter(has=page.locator(".widget-slider")).last
+        view.wait_for(timeout=60_000)
+        view.scroll_into_view_if_needed()
+        picture = view.locator(".widget-output img").first
+        picture.wait_for(timeout=60_000)
+        before = picture.get_attribute("src")
+        view.screenshot(path=str(SCREENSHOTS / f"{name}-widget-before.png"))
+        _drag_slider(page, view.locator(".widget-slider").first)
+        page.wait_for_function(
+            "([box, src]) => { const img = box.querySelector('.widget-output img');"
+            " return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== src; }",
+            arg=[view.element_handle(), before],
+            timeout=90_000,
+        )
+        time.sleep(0.5)
+        view.screenshot(path=str(SCREENSHOTS / f"{name}-widget-after.png"))
+        state = page.evaluate(STATE_JS)
+        assert not state["errors"], f"{name}: moving the slider raised: {state['errors']}"
+        assert not [m for m in messages if "Error" in m], f"{name}: JavaScript errors: {messages}"
+    finally:
+        page.close()
+
+
+def _drag_slider(page, slider) -> None:
+    """Drag the slider's handle to the far end away from where it stands, with the mouse."""
+    track = slider.locator(".noUi-target").first.bounding_box()
+    handle = slider.locator(".noUi-handle").first.bounding_box()
+    assert track and handle, "slider has no track or handle on screen"
+    x0, y0 = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+    right_half = x0 > track["x"] + track["width"] / 2
+    x1 = track["x"] + (2 if right_half else track["width"] - 2)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x0 + (x1 - x0) * step / 10, y0)
+    page.mouse.up()
+
+
+def test_profiling_notebook_in_jupyterlab(browser, lab):
+    _check_notebook(browser, lab, "profiling")
+
+
+def test_paper_notebook_in_jupyterlab(browser, lab):
+    names = [n for n in lab["copies"] if n != "profiling"]
+    if not names:
+        pytest.skip("no paper notebook under notebooks/ yet")
+    _check_notebook(browser, lab, names[0])
