@@ -382,19 +382,20 @@ def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str,
                 m, task, cfg, a, "gateskip", w, _budget_contexts(m, cfg, "gate", seed), dense_flops
             ),
         )
-        rows += timed(
-            f"eval {arm} + random rank",
-            lambda m=model, a=arm, w=weight: _points(
-                m,
-                task,
-                cfg,
-                a + " + random rank",
-                "gateskip random rank",
-                w,
-                _budget_contexts(m, cfg, "random", seed),
-                dense_flops,
-            ),
-        )
+        if first_gated is None:  # the random-ranking control of the headline (first) λ
+            rows += timed(
+                f"eval {arm} + random rank",
+                lambda m=model, a=arm, w=weight: _points(
+                    m,
+                    task,
+                    cfg,
+                    a + " + random rank",
+                    "gateskip random rank",
+                    w,
+                    _budget_contexts(m, cfg, "random", seed),
+                    dense_flops,
+                ),
+            )
         if first_gated is None:
             first_gated = model
             gates, skips_ = _gate_maps(model, task, cfg)
