@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.colors import LogNorm
 
 from labkit import mixup, plots, widgets
 from labkit.data.regression import RegressionSplits
@@ -30,12 +31,12 @@ def pairing(labels: np.ndarray, sigma_std: float, n_show: int = 300, seed: int =
     probs = mixup.kernel_probabilities(ys[:, None], ys[:, None], bandwidth)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     uniform = np.full(probs.shape, 1 / probs.shape[1])
-    vmax = float(probs.max())
+    norm = LogNorm(vmin=max(1e-4, 0.1 / probs.shape[1]), vmax=float(probs.max()))  # log scale: the tails show
     for ax, mat, title in (
         (axes[0], uniform, "vanilla mixup (uniform)"),
-        (axes[1], probs.numpy(), f"C-Mixup σ = {sigma_std:g} std = {bandwidth:.3g}"),
+        (axes[1], probs.clamp_min(norm.vmin).numpy(), f"C-Mixup σ = {sigma_std:g} std = {bandwidth:.3g}"),
     ):
-        im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        im = ax.imshow(mat, cmap="viridis", norm=norm, aspect="auto")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("partner (sorted by y)")
         ax.set_ylabel("anchor (sorted by y)")
