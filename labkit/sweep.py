@@ -32,6 +32,7 @@ from labkit.report import RESULTS_FILE, atomic_write_bytes, atomic_write_text, t
 ENGINES = ("local", "ray")
 TABLE_CSV, TABLE_PARQUET, MANIFEST = "table.csv", "table.parquet", "sweep.json"
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+LOCAL_RAY_RETRIES = 1  # a local Ray node can miss its start-up deadline (~15 s for its agents) on a loaded machine
 RESERVED_COLUMNS = ("point", "status", "reused", "error", "out_dir")  # table columns that are not params/metrics
 
 
@@ -282,10 +283,16 @@ def start_ray(address: str | None, num_cpus: int) -> bool:
         kwargs["address"] = address
     else:  # a private instance on loopback: works offline
         kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, TimeoutError) as err:
-        raise SweepError(f"could not connect to Ray at {address or 'a new local instance'}: {err}") from None
+    for attempt in range(1 if address else 1 + LOCAL_RAY_RETRIES):
+        try:
+            ray.init(**kwargs)
+            return True
+        except (ConnectionError, RuntimeError, TimeoutError) as err:
+            raise SweepError(f"could not connect to Ray at {address or 'a new local instance'}: {err}") from None
+        except Exception as err:  # Ray raises a bare Exception when its node misses its own start-up deadline
+            ray.shutdown()
+            if "timed out during startup" not in str(err) or attempt == LOCAL_RAY_RETRIES or address:
+                raise SweepError(f"Ray did not start ({address or 'a new local instance'}): {err}") from None
     return True
 
 

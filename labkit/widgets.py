@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-def view(draw: Callable[..., Any], controls: dict[str, Any], enabled: bool = True):
+def view(draw: Callable[..., Any], controls: dict[str, Any], enabled: bool = True, continuous_update: bool = False):
     """Show ``draw(**values)`` under the given widgets and redraw when they change; returns the widget box.
 
-    ``draw`` returns a matplotlib figure (shown and closed here). With ``enabled=False`` (headless runs that
-    turn widgets off) nothing is built and ``None`` is returned.
+    ``draw`` returns a matplotlib figure (shown and closed here). Sliders and text boxes redraw on release
+    (``continuous_update=False``: a matplotlib redraw per drag step queues up in the kernel) unless
+    ``continuous_update=True``. With ``enabled=False`` (headless runs that turn widgets off) nothing is built.
     """
     if not enabled:
         return None
@@ -34,6 +35,8 @@ def view(draw: Callable[..., Any], controls: dict[str, Any], enabled: bool = Tru
     for name, control in controls.items():
         if not isinstance(control, widgets.ValueWidget):
             raise TypeError(f"control {name!r} must be an ipywidgets value widget, got {type(control).__name__}")
+        if control.has_trait("continuous_update"):
+            control.continuous_update = continuous_update
     widgets.interactive_output(redraw, controls)
     box = widgets.VBox([widgets.HBox(list(controls.values())), output])
     display(box)

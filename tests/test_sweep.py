@@ -136,7 +136,13 @@ def test_rerun_skips_finished_points(local_sweep):
 
 def test_ray_sweep_gives_the_same_table(local_sweep, tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'labkit[sweep]')")
-    result = sweep.run_sweep(NOTEBOOK, "smoke", GRID, engine="ray", jobs=2, out_root=tmp_path, progress=False)
+    try:
+        result = sweep.run_sweep(NOTEBOOK, "smoke", GRID, engine="ray", jobs=2, out_root=tmp_path, progress=False)
+    except sweep.SweepError as err:
+        if "Ray did not start" not in str(err):
+            raise
+        # Ray's raylet gives its agents a fixed ~15 s to come up; a machine loaded far past its cores misses that
+        pytest.skip(f"the local Ray node did not start in time on this loaded machine (twice): {err}")
     pd.testing.assert_frame_equal(result.table[DETERMINISTIC], local_sweep.table[DETERMINISTIC])
     assert len(result.failed) == 2
 
