@@ -127,12 +127,17 @@ class DSIR:
         self._log_weights: np.ndarray | None = None
         self._multi = False
         self._raw_source = None
+        self._raw_total = None
+        self._excluded = None
 
-    def fit(self, raw, target, proportions: Mapping[str, float] | None = None) -> DSIR:
+    def fit(
+        self, raw, target, proportions: Mapping[str, float] | None = None, *, exclude: np.ndarray | None = None
+    ) -> DSIR:
         """Featurize ``raw`` (once) and the target(s), and fit p_raw, p_target and the log-ratio per bucket.
 
         With a dict of targets, ``proportions`` splits k at resample time (default: by each target's n-gram
-        count, as data-selection's ``separate_targets``).
+        count, as data-selection's ``separate_targets``). ``exclude``: raw indices left out of p_raw and never
+        resampled (e.g. the target's own held-out documents inside the pool); refitting reuses the raw features.
         """
         if raw is not None and (self.raw_features is None or raw is not self._raw_source):
             self.raw_features = _features(raw, self, "raw")
@@ -140,8 +145,20 @@ class DSIR:
         if self.raw_features is None:
             raise ValueError("raw: expected documents to select from, got None")
         feats = self.raw_features
+        self._excluded = np.zeros(len(feats), dtype=bool)
+        if exclude is not None and len(exclude):
+            exclude = np.asarray(exclude, dtype=np.int64)
+            if exclude.min() < 0 or exclude.max() >= len(feats):
+                raise ValueError(
+                    f"exclude: indices must be in 0..{len(feats) - 1}, got {exclude.min()}..{exclude.max()}"
+                )
+            self._excluded[exclude] = True
         if self.max_raw_tokens is None:
-            raw_counts = feats.total_counts()
+            if self._raw_total is None or self._raw_total[0] is not feats:
+                self._raw_total = (feats, feats.total_counts())
+            raw_counts = self._raw_total[1]
+            if self._excluded.any():
+                raw_counts = raw_counts - feats.total_counts(np.nonzero(self._excluded)[0])
         else:  # like data-selection: stop after the document whose n-grams cross the cap
             per_doc = np.diff(feats.offsets)
             stop = int(np.searchsorted(np.cumsum(per_doc), self.max_raw_tokens, side="right")) + 1
@@ -198,8 +215,9 @@ class DSIR:
     def length_filter(self) -> LengthFilter:
         """How many raw documents the ``min_length`` filter removed and how many remain."""
         self._check_fitted()
-        eligible = int((self.raw_features.lengths >= self.min_length).sum())
-        return LengthFilter(self.min_length, len(self.raw_features) - eligible, eligible)
+        long_enough = self.raw_features.lengths >= self.min_length
+        eligible = int((long_enough & ~self._excluded).sum())
+        return LengthFilter(self.min_length, int((~long_enough).sum()), eligible)
 
     def resample(self, k: int, seed: int = 0, *, top_k: bool = False, temperature: float = 1.0) -> np.ndarray:
         """Indices into ``raw`` of k documents drawn without replacement ∝ importance weight (Gumbel top-k).
@@ -214,13 +232,14 @@ class DSIR:
         if k <= 0 or k > report.eligible:
             raise ValueError(
                 f"k must be in 1..{report.eligible} (documents with >= {self.min_length} tokens; "
-                f"{report.dropped} of {len(self.raw_features)} were shorter), got {k}"
+                f"{report.dropped} of {len(self.raw_features)} were shorter, {int(self._excluded.sum())} excluded), "
+                f"got {k}"
             )
         weights = self.log_weights()
         weights = weights[:, None] if weights.ndim == 1 else weights
         shares = [int(k * p) for p in self.target_proportions]
         shares[-1] += k - sum(shares)
-        available = self.raw_features.lengths >= self.min_length
+        available = (self.raw_features.lengths >= self.min_length) & ~self._excluded
         chosen: list[np.ndarray] = []
         rng = np.random.default_rng(seed)
         for column, share in enumerate(shares):
@@ -298,6 +317,18 @@ def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
     return data.to_csr()
 
 
+def _allowed(n: int, k: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Mask of the raw documents a baseline may pick; checks 0 < k <= their number."""
+    allowed = np.ones(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        allowed[np.asarray(exclude, dtype=np.int64)] = False
+    if not 0 < k <= int(allowed.sum()):
+        raise ValueError(
+            f"k must be in 1..{int(allowed.sum())} (the pool size less {n - int(allowed.sum())} excluded), got {k}"
+        )
+    return allowed
+
+
 def heuristic_select(
     raw,
     target,
@@ -306,6 +337,7 @@ def heuristic_select(
     *,
     negatives_per_target: float = 5.0,
     pareto_alpha: float = 9.0,
+    exclude: np.ndarray | None = None,
     num_buckets: int = 10000,
     ngrams: int = 2,
     hash: str = "sha256",
@@ -320,12 +352,11 @@ def heuristic_select(
 
     x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
     x_target = _as_matrix(target, num_buckets, ngrams, hash, "target").log1p()
-    n = x_raw.shape[0]
-    if not 0 < k <= n:
-        raise ValueError(f"k must be in 1..{n} (the pool size), got {k}")
+    allowed = _allowed(x_raw.shape[0], k, exclude)
     rng = np.random.default_rng(seed)
-    n_neg = min(n, max(1, int(round(negatives_per_target * x_target.shape[0]))))
-    negatives = rng.choice(n, size=n_neg, replace=False)
+    candidates = np.nonzero(allowed)[0]
+    n_neg = min(len(candidates), max(1, int(round(negatives_per_target * x_target.shape[0]))))
+    negatives = rng.choice(candidates, size=n_neg, replace=False)
     from scipy import sparse
 
     x = sparse.vstack([x_target, x_raw[negatives]])
@@ -333,21 +364,39 @@ def heuristic_select(
     clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
     scores = clf.predict_proba(x_raw)[:, 1]
     # keep iff score + pareto > 1; for a budget of exactly k, move the threshold: top-k of score + pareto noise
-    return gumbel_top_k(scores + rng.pareto(pareto_alpha, size=n), k, top_k=True)
+    keys = np.where(allowed, scores + rng.pareto(pareto_alpha, size=len(scores)), -np.inf)
+    return gumbel_top_k(keys, k, top_k=True)
 
 
 def target_likelihood_select(
-    raw, target, k: int, *, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256", epsilon: float = 1e-8
+    raw,
+    target,
+    k: int,
+    *,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
+    epsilon: float = 1e-8,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
     counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
     lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
     scores = (x @ np.log(counts / counts.sum() + epsilon)) / lengths
-    return gumbel_top_k(scores, k, top_k=True)
+    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
 
 
-def tfidf_select(raw, target, k: int, *, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256") -> np.ndarray:
+def tfidf_select(
+    raw,
+    target,
+    k: int,
+    *,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
     """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid."""
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
     target_counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
@@ -357,7 +406,8 @@ def tfidf_select(raw, target, k: int, *, num_buckets: int = 10000, ngrams: int =
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) + 1e-12
     centroid = target_counts * idf
     centroid /= np.linalg.norm(centroid) + 1e-12
-    return gumbel_top_k(np.asarray(x @ centroid).ravel() / norms, k, top_k=True)
+    scores = np.asarray(x @ centroid).ravel() / norms
+    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
 
 
 def write_selected(raw_path: str | Path, indices: np.ndarray, out_path: str | Path) -> int:

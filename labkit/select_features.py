@@ -23,7 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]+")  # NLTK WordPunctTokenizer's regex (identical tokens)
+try:  # NLTK >= 3.10 compiles WordPunctTokenizer's pattern with the third-party `regex` engine, whose \w also
+    # matches combining marks ("i̇" stays one token; stdlib `re` splits it). Use the same engine when present.
+    import regex as _engine
+
+    TOKEN_ENGINE = "regex"
+except ImportError:  # pragma: no cover - regex ships with nltk; stdlib re equals NLTK < 3.10
+    _engine = re
+    TOKEN_ENGINE = "re"
+TOKEN_PATTERN = _engine.compile(r"\w+|[^\w\s]+", _engine.UNICODE | _engine.MULTILINE | _engine.DOTALL)
+# str.split() treats these as whitespace but the regex engine's \s does not: documents holding them are tokenized
+# whole instead of word by word.
+_SPLIT_UNSAFE = ("\x1c", "\x1d", "\x1e", "\x1f")
 HASHES = ("sha256", "crc32")
 
 
@@ -204,6 +215,9 @@ class NgramHasher:
         # Tokens never span whitespace, so the tokens of a document are the tokens of its whitespace-separated
         # words in order: run the regex once per distinct word and expand words to token ids with C-level maps.
         word_lists = [t.lower().split() for t in texts]
+        for i, text in enumerate(texts):
+            if any(c in text for c in _SPLIT_UNSAFE):
+                word_lists[i] = TOKEN_PATTERN.findall(text.lower())  # each token re-tokenizes to itself
         words = list(chain.from_iterable(word_lists))
         cache, vocab = self._word_tokens, self._vocab
         old = len(vocab)

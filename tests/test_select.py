@@ -69,8 +69,16 @@ def reference_weights(tmp_path, raw, target, **kwargs):
 def test_tokenize_matches_nltk_wordpunct():
     from nltk.tokenize import WordPunctTokenizer
 
-    text = "Hello, World!! It's 3.14 -- naïve_café ok?"
+    text = "Hello, World!! It's 3.14 -- naïve_café ok? İstanbul x²½ zw\u200dj a\x1cb ‿"
     assert tokenize(text) == WordPunctTokenizer().tokenize(text.lower())
+
+
+def test_features_match_reference_on_unicode_edge_cases():
+    """Combining marks, numeric superscripts, joiners and the separators that str.split() but not \\s splits on."""
+    from data_selection.hashed_ngram_dsir import get_ngram_counts
+
+    docs = ["İSTANBUL i̇ dot", "x²½ and ½x", "zw\u200dj ‿ a\x1cb\x1dc", "tab\tnew\nline\u2028sep\xa0nbsp", "ǅ ﬁ ß"]
+    np.testing.assert_array_equal(featurize(docs).to_csr().toarray(), np.stack([get_ngram_counts(t) for t in docs]))
 
 
 def test_features_match_reference_counts():

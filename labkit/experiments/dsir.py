@@ -59,8 +59,8 @@ class Config:
     max_chunks: dict[str, int] = field(default_factory=lambda: {"gcide": 35000, "man": 30000})  # per-source caps
     targets: list[str] = field(default_factory=lambda: [t for t in TARGETS if t != "python-topics"])  # see TARGETS
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # see METHODS
-    n_fit: int = 250  # target chunks DSIR (and every method) may look at
-    n_eval: int = 250  # held-out target chunks for KL reduction and LM loss
+    n_fit: int = 150  # target chunks DSIR (and every method) may look at (FOLDOC networking has 413)
+    n_eval: int = 150  # held-out target chunks for KL reduction and LM loss
     budget_k: int = 3000  # chunks selected (≈ 192k words, ~2 % of the pool)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed redraws the target split and selection
     num_buckets: int = 10000  # hashed n-gram buckets (paper and data-selection default)
@@ -145,6 +145,13 @@ class Prepared:
     encoded: EncodedCorpus  # bigram-LM token ids of every chunk
     vocab_size: int  # bigram-LM vocabulary size including <unk>
     skipped_targets: dict[str, str]  # target -> why it was not run
+    _dsir: DSIR | None = None
+
+    def dsir(self, cfg: Config) -> DSIR:
+        """One DSIR over the whole corpus, reused across targets (its raw features and totals are computed once)."""
+        if self._dsir is None:
+            self._dsir = DSIR(num_buckets=cfg.num_buckets)
+        return self._dsir
 
 
 def prepare(cfg: Config, progress: bool = False) -> Prepared:
@@ -211,41 +218,44 @@ def split_target(prepared: Prepared, target: str, n_fit: int, n_eval: int, seed:
 
 
 def select(method: str, prepared: Prepared, split: Split, target: str, k: int, seed: int, cfg: Config) -> np.ndarray:
-    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``."""
-    feats = prepared.features
-    pool_feats = feats.subset(split.pool)
-    fit_feats = feats.subset(split.fit)
+    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``.
+
+    Every method sees the whole corpus with the target's fit and held-out chunks excluded (``exclude=``), which
+    equals selecting from the pool without copying it.
+    """
+    drawn = np.concatenate([split.fit, split.eval])
+    fit_feats = prepared.features.subset(split.fit)
     if method == "random":
-        local = random_select(len(split.pool), k, seed)
-    elif method in ("dsir", "dsir-topk", "anti-dsir"):
-        dsir = DSIR(num_buckets=cfg.num_buckets).fit(pool_feats, fit_feats)
+        return split.pool[random_select(len(split.pool), k, seed)]
+    if method in ("dsir", "dsir-topk", "anti-dsir"):
+        dsir = prepared.dsir(cfg).fit(prepared.features, fit_feats, exclude=drawn)
         if method == "anti-dsir":
-            local = gumbel_top_k(-dsir.log_weights(), k, top_k=True)
-        else:
-            local = dsir.resample(k, seed=seed, top_k=method == "dsir-topk", temperature=cfg.temperature)
-    elif method == "heuristic":
-        local = heuristic_select(
-            prepared.matrix[split.pool],
+            weights = dsir.log_weights()
+            weights[drawn] = np.inf
+            return gumbel_top_k(-weights, k, top_k=True)
+        return dsir.resample(k, seed=seed, top_k=method == "dsir-topk", temperature=cfg.temperature)
+    if method == "heuristic":
+        return heuristic_select(
+            prepared.matrix,
             fit_feats,
             k,
             seed,
             pareto_alpha=cfg.heuristic_alpha,
             num_buckets=cfg.num_buckets,
+            exclude=drawn,
         )
-    elif method == "target-likelihood":
-        local = target_likelihood_select(pool_feats, fit_feats, k, num_buckets=cfg.num_buckets)
-    elif method == "tfidf":
-        local = tfidf_select(prepared.matrix[split.pool], fit_feats, k, num_buckets=cfg.num_buckets)
-    elif method == "expert":  # oracle: the target's own labels first, then its source, then random
-        corpus = prepared.corpus.iloc[split.pool]
+    if method == "target-likelihood":
+        return target_likelihood_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
+    if method == "tfidf":
+        return tfidf_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
+    if method == "expert":  # oracle: the target's own labels first, then its source, then random
+        corpus = prepared.corpus
         own = np.isin(corpus.label.to_numpy(), TARGETS[target])
-        sources = prepared.corpus.source.iloc[split.fit].unique()
-        same_source = np.isin(corpus.source.to_numpy(), sources)
-        rank = np.random.default_rng(seed).random(len(split.pool)) - 2.0 * own - 1.0 * same_source
-        local = np.argsort(rank, kind="stable")[:k]
-    else:
-        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
-    return split.pool[np.asarray(local, dtype=np.int64)]
+        same_source = np.isin(corpus.source.to_numpy(), corpus.source.iloc[split.fit].unique())
+        rank = np.random.default_rng(seed).random(len(corpus)) - 2.0 * own - 1.0 * same_source
+        rank[drawn] = np.inf
+        return np.argsort(rank, kind="stable")[:k]
+    raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
 def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Config, seed: int) -> float:
@@ -309,12 +319,13 @@ def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) ->
     labels = prepared.corpus.label.to_numpy()
     targets = [t for t in cfg.targets if t not in prepared.skipped_targets]
     rows, pick_rows, lm_rows = [], [], []
+    total_counts = prepared.features.total_counts()
     cells = [(s, t) for s in cfg.seeds for t in targets]
     for seed, target in tqdm(cells, desc="dsir seeds × targets", disable=not progress):
         split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed)
         k = min(cfg.budget_k, len(split.pool))
         eval_counts = prepared.features.total_counts(split.eval)
-        pool_counts = prepared.features.total_counts(split.pool)
+        pool_counts = total_counts - prepared.features.total_counts(np.concatenate([split.fit, split.eval]))
         held = prepared.encoded.subset(split.eval)
         for method in cfg.methods:
             chosen = select(method, prepared, split, target, k, seed, cfg)
@@ -406,18 +417,19 @@ def paired_gaps(
 def explorer_weights(cfg: Config, prepared: Prepared, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Per target: the pool ids, their DSIR log weights and the held-out counts, for widgets that vary k."""
     out = {}
+    total = prepared.features.total_counts()
     for target in cfg.targets:
         if target in prepared.skipped_targets:
             continue
         split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed)
-        dsir = DSIR(num_buckets=cfg.num_buckets).fit(
-            prepared.features.subset(split.pool), prepared.features.subset(split.fit)
+        dsir = prepared.dsir(cfg).fit(
+            prepared.features, prepared.features.subset(split.fit), exclude=np.concatenate([split.fit, split.eval])
         )
         out[target] = {
             "pool": split.pool,
-            "log_weights": dsir.log_weights(),
+            "log_weights": dsir.log_weights()[split.pool],
             "eval_counts": prepared.features.total_counts(split.eval),
-            "pool_counts": prepared.features.total_counts(split.pool),
+            "pool_counts": total - prepared.features.total_counts(np.concatenate([split.fit, split.eval])),
         }
     return out
 
