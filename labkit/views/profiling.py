@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import EngFormatter
 
 from labkit.experiments.profiling import ProfileResults
 
@@ -46,9 +47,10 @@ def breakdown_figure(results: ProfileResults, seq_len: int) -> plt.Figure:
     """FLOPs per component at one sequence length (the widget's redraw)."""
     rows = results.breakdown[results.breakdown.seq_len == seq_len]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.barh(rows.component, rows.flops / 1e9)
+    ax.barh(rows.component, rows.flops)
     for y, (flops, share) in enumerate(zip(rows.flops, rows.share, strict=True)):
-        ax.text(flops / 1e9, y, f" {100 * share:.0f} %", va="center")
-    ax.set(xlabel="GFLOPs", title=f"sequence length {seq_len}")
+        ax.text(flops, y, f" {100 * share:.0f} %", va="center")
+    ax.xaxis.set_major_formatter(EngFormatter(unit="FLOP"))
+    ax.set(xlabel="FLOPs per forward", title=f"sequence length {seq_len}")
     fig.tight_layout()
     return fig
