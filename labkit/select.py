@@ -402,10 +402,14 @@ def tfidf_select(
     target_counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
     df = np.bincount(x.indices, minlength=num_buckets)
     idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
-    x = x.multiply(idf).tocsr()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) + 1e-12
+    weighted = x.copy()
+    weighted.data = weighted.data * idf[weighted.indices]  # tf-idf of the hashed counts, O(nnz)
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    squares = np.bincount(rows, weights=weighted.data**2, minlength=x.shape[0])
+    norms = np.sqrt(squares) + 1e-12
     centroid = target_counts * idf
     centroid /= np.linalg.norm(centroid) + 1e-12
+    x = weighted
     scores = np.asarray(x @ centroid).ravel() / norms
     return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
 
