@@ -223,3 +223,34 @@ def test_bad_inputs(tmp_path):
         DSIR(num_buckets=100).fit(featurize(raw), target)
     with pytest.raises(ValueError, match="k must be in 1..20"):
         random_select(20, 0)
+
+
+def test_exclude_leaves_documents_out_of_p_raw_and_resampling():
+    raw, target = make_corpus(120)
+    feats = featurize(raw)
+    drop = np.arange(0, 120, 4)
+    keep = np.setdiff1d(np.arange(120), drop)
+    full = DSIR(min_length=5).fit(feats, target, exclude=drop)
+    sub = DSIR(min_length=5).fit(feats.subset(keep), target)
+    np.testing.assert_allclose(full.log_weights()[keep], sub.log_weights(), rtol=0, atol=1e-9)
+    picked = full.resample(full.length_filter().eligible, seed=0)
+    assert not np.isin(picked, drop).any()
+    for fn in (tfidf_select, target_likelihood_select):
+        assert not np.isin(fn(feats, target, 60, exclude=drop), drop).any()
+    assert not np.isin(heuristic_select(feats, target, 60, exclude=drop), drop).any()
+    with pytest.raises(ValueError, match=r"k must be in 1..90 \(the pool size less 30 excluded\)"):
+        tfidf_select(feats, target, 91, exclude=drop)
+
+
+def test_write_selected_is_atomic_and_replaces(tmp_path):
+    from labkit.select import write_selected
+
+    docs = [f"doc {i}" for i in range(5)]
+    write_jsonl(tmp_path / "raw.jsonl", docs)
+    out = tmp_path / "out" / "sel.jsonl"
+    assert write_selected(tmp_path / "raw.jsonl", np.array([3, 1]), out) == 2
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["doc 1", "doc 3"]
+    assert write_selected(tmp_path / "raw.jsonl", np.array([0]), out) == 1  # replaced, not nested
+    with pytest.raises(ValueError, match="has 5 documents, but index 9 was selected"):
+        write_selected(tmp_path / "raw.jsonl", np.array([9]), out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sel.jsonl"]
