@@ -115,6 +115,15 @@ EXPLORATIONS: dict[str, dict[str, Any]] = {
         "goal_sparsity": 0.95,
         "ood": "noise:0.5",
     },
+    "mnist1d_cnn": {
+        "data": "mnist1d",
+        "n_train": 0,
+        "arch": "cnn",
+        "width": 16,
+        "pretrain_epochs": 40,
+        "goal_sparsity": 0.95,
+        "ood": "noise:0.5",
+    },
     "cnn": {
         "arch": "cnn",
         "width": 8,
