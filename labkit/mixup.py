@@ -489,8 +489,12 @@ class MixupTransform:
             partner = within_batch_partners(y, self.bandwidth, generator=self.generator)
         partner = partner.to(x.device)
         lam = beta_lambda(self.alpha, () if self.per == "batch" else x.shape[0], self.generator)
-        yf = y if y.is_floating_point() else y.float()
-        return mix(x, yf, x[partner], yf[partner], lam.to(x.device))
+        if not y.is_floating_point():
+            raise ValueError(
+                f"targets must be floating point (regression values or one-hot / soft labels), got {y.dtype}; "
+                "for classes pass torch.nn.functional.one_hot(y, num_classes).float()"
+            )
+        return mix(x, y, x[partner], y[partner], lam.to(x.device))
 
 
 def bandwidth_sweep(

@@ -229,6 +229,8 @@ def test_bad_input_errors():
         mixup.MixupTransform()(torch.zeros(1, 2), torch.zeros(1))
     with pytest.raises(ValueError, match="batch of 1"):
         mixup.within_batch_partners(torch.zeros(1), 1.0)
+    with pytest.raises(ValueError, match="one_hot"):
+        mixup.MixupTransform()(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
     for alpha in (0.0, -1.0):
         with pytest.raises(ValueError, match="alpha"):
             mixup.beta_lambda(alpha)
