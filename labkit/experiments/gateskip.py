@@ -19,6 +19,7 @@ fraction and as FLOPs actually executed in compact execution (``labkit.profile.c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -70,7 +71,8 @@ class Config:
     flops_batch: int = 16  # sequences in the compact forward whose FLOPs are counted
     calib_batches: int = 4  # ShortGPT calibration batches of batch_size sequences
     device: str = "auto"  # "auto": CUDA when present
-    threads: int = 1  # torch intra-op threads (1 is fastest for tiny models on 2 shared cores)
+    threads: int = 1  # torch intra-op threads per worker (1 is fastest for tiny models on 2 shared cores)
+    workers: int = 1  # processes running (task, seed) jobs in parallel (2 on a 2-core machine)
     progress: bool = True  # tqdm bars
 
 
@@ -397,7 +399,7 @@ def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str,
                 ),
             )
         if first_gated is None:
-            first_gated = model
+            first_gated = saved  # reloaded by run() (workers cannot hand back modules cheaply)
             gates, skips_ = _gate_maps(model, task, cfg)
             gate_rows += gates
             skip_rows += skips_
@@ -450,22 +452,44 @@ def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str,
         "skips": [dict(r, seed=seed) for r in skip_rows],
         "history": history,
         "cost": cost,
-        "model": first_gated,
+        "model_path": str(first_gated),
         "examples": task.eval_tokens[: cfg.eval_batch],
         "provenance": task.provenance,
         "parameters": n_parameters(dense_model),
     }
 
 
+def _run_job(args: tuple[Config, str, int, str]) -> dict[str, Any]:
+    cfg, task_name, seed, workdir = args
+    return run_seed(cfg, task_name, seed, Path(workdir))
+
+
 def run(cfg: Config) -> Results:
-    """Every task, seed and arm of ``cfg``; tidy tables plus the seed-0 GateSkip model for the widget."""
+    """Every task, seed and arm of ``cfg``; tidy tables plus the seed-0 GateSkip model for the widget.
+
+    With ``cfg.workers > 1`` the (task, seed) jobs run in that many spawned processes of ``cfg.threads`` threads.
+    """
     rows, gates, skips, history, cost = [], [], [], [], []
     provenance: dict[str, Any] = {}
     model, examples = None, None
     with tempfile.TemporaryDirectory(prefix="labkit-gateskip-") as tmp:
         jobs = [(t, s) for t in cfg.tasks for s in range(cfg.seeds)]
-        for task_name, seed in tqdm(jobs, desc="gateskip seeds", disable=not cfg.progress):
-            out = run_seed(cfg, task_name, seed, Path(tmp))
+        if cfg.workers > 1 and len(jobs) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            quiet = dataclasses.replace(cfg, progress=False)
+            args = [(quiet, t, s, tmp) for t, s in jobs]
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
+                outs = list(
+                    tqdm(pool.map(_run_job, args), total=len(jobs), desc="gateskip seeds", disable=not cfg.progress)
+                )
+        else:
+            outs = [
+                run_seed(cfg, t, s, Path(tmp)) for t, s in tqdm(jobs, desc="gateskip seeds", disable=not cfg.progress)
+            ]
+        for out, (task_name, _) in zip(outs, jobs, strict=True):
             rows += out["rows"]
             gates += out["gates"]
             skips += out["skips"]
@@ -473,7 +497,8 @@ def run(cfg: Config) -> Results:
             cost += out["cost"]
             provenance[task_name] = {"parameters": out["parameters"], **out["provenance"]}
             if model is None:
-                model, examples = out["model"], out["examples"]
+                device = profile.resolve_device(cfg.device)
+                model, examples = gate.from_pretrained(out["model_path"]).to(device).eval(), out["examples"]
     return Results(
         curves=pd.DataFrame(rows),
         gates=pd.DataFrame(gates),
