@@ -309,7 +309,8 @@ def _run_local(
                 try:
                     outcome = future.result()
                 except Exception as err:  # the worker process died (killed, out of memory)
-                    outcome = {"ok": False, "reused": False, "error": f"worker died: {type(err).__name__}: {err}"}
+                    hint = " (a script that calls run_sweep needs `if __name__ == '__main__':`: workers are spawned)"
+                    outcome = {"ok": False, "reused": False, "error": f"worker died: {type(err).__name__}: {err}{hint}"}
                 done(futures[future], outcome)
 
 

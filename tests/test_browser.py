@@ -45,14 +45,11 @@ SCREENSHOTS = runner.REPORTS_DIR / "browser"
 PAPER_NOTEBOOK_PREFERENCE = ("met2net", "gateskip", "cmixup", "sparse_soups", "dsir")  # met2net: ~75 s smoke + slider
 NOTEBOOK_SECONDS = 420  # one notebook's run-all budget in the browser (loaded 2-core machine)
 
-pytestmark = [
-    pytest.mark.notebook,
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="no Chromium here: `apt-get install chromium` (scripts/setup.sh does "
-        "it where apt is available); the browser test needs Debian's build",
-    ),
-]
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium here: `apt-get install chromium` (scripts/setup.sh does it where apt is available); "
+    "the browser test needs Debian's build",
+)
 
 
 def _paper_notebook() -> Path | None:
@@ -258,12 +255,43 @@ def _drag_slider(page, slider) -> None:
     page.mouse.up()
 
 
+@pytest.mark.notebook
+@needs_chromium
 def test_profiling_notebook_in_jupyterlab(browser, lab):
     _check_notebook(browser, lab, "profiling")
 
 
+@pytest.mark.notebook
+@needs_chromium
 def test_paper_notebook_in_jupyterlab(browser, lab):
     names = [n for n in lab["copies"] if n != "profiling"]
     if not names:
         pytest.skip("no paper notebook under notebooks/ yet")
     _check_notebook(browser, lab, names[0])
+
+
+def test_view_redraws_on_release_and_checks_its_controls():
+    """What the browser showed: a drag of a continuously updating slider queues one matplotlib redraw per step."""
+    import ipywidgets
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.widgets import view
+
+    def draw(n):
+        fig, ax = plt.subplots()
+        ax.plot(range(n))
+        return fig
+
+    slider = ipywidgets.IntSlider(value=3, min=1, max=5)
+    assert slider.continuous_update
+    box = view(draw, {"n": slider})
+    assert box is not None and not slider.continuous_update
+    live = ipywidgets.IntSlider(value=3, min=1, max=5)
+    view(draw, {"n": live}, continuous_update=True)
+    assert live.continuous_update
+    assert view(draw, {"n": slider}, enabled=False) is None
+    with pytest.raises(TypeError, match="control 'n' must be an ipywidgets value widget"):
+        view(draw, {"n": 3})
