@@ -80,7 +80,8 @@ def _compare(args: argparse.Namespace) -> int:
     from labkit import compare
 
     try:
-        png, summary = compare.compare(args.table, args.x, args.y, by=args.by, ref=args.ref, out=args.out)
+        png, summary = compare.compare(args.table, args.x, args.y, by=args.by, ref=args.ref, out=args.out,
+                                       pair=args.pair)
     except ValueError as err:
         print(f"labkit compare: {err}", file=sys.stderr)
         return 2
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_cmd.add_argument("--by", help="arm column: one line per arm and paired differences to --ref")
     compare_cmd.add_argument("--ref", help="reference arm for paired differences (default: the first arm)")
     compare_cmd.add_argument("--out", type=Path, help="PNG path (default beside the table)")
+    compare_cmd.add_argument("--pair", default="seed", help="column runs are paired on (default seed)")
     compare_cmd.set_defaults(func=_compare)
     fetch = sub.add_parser("fetch", help="download the offline data sources into the labkit cache")
     fetch.add_argument("sources", nargs="*", help="source names (default: all)")

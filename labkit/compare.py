@@ -42,12 +42,19 @@ def _check_columns(table: pd.DataFrame, **columns: str | None) -> None:
 
 
 def compare_figure(
-    table: pd.DataFrame, x: str, y: str, by: str | None = None, ref: str | None = None, n_boot: int = 2000
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    by: str | None = None,
+    ref: str | None = None,
+    pair: str = PAIR_COLUMN,
+    n_boot: int = 2000,
 ) -> plt.Figure:
     """Mean of ``y`` against ``x`` with bootstrap 95 % intervals over seeds, one line (or bar) per ``by`` arm.
 
     With ``by``, a second panel shows each arm minus the reference arm ``ref`` (default: the first arm), paired on
-    the ``seed`` column where the table has one, so the seed-to-seed spread both arms share cancels.
+    the ``pair`` column (default ``seed``) where the table has one, so the seed-to-seed spread both arms share
+    cancels.
     """
     _check_columns(table, x=x, y=y, by=by)
     data = table.dropna(subset=[y]).copy()
@@ -60,8 +67,8 @@ def compare_figure(
         plots.mean_ci(data, x, y, hue=by, ax=ax)
     else:
         plots.bars_ci(data, x, y, hue=by, ax=ax)
-    if PAIR_COLUMN in data:
-        ax.set_title(f"{y}: mean and bootstrap 95 % CI over {data[PAIR_COLUMN].nunique()} seed(s)")
+    if pair in data:
+        ax.set_title(f"{y}: mean and bootstrap 95 % CI over {data[pair].nunique()} {pair} value(s)")
     else:
         ax.set_title(f"{y}: mean and bootstrap 95 % CI over repeated runs")
     if panels == 2:
@@ -69,8 +76,8 @@ def compare_figure(
         ref = arms[0] if ref is None else ref
         if ref not in arms:
             raise ValueError(f"reference arm {ref!r} not in column {by!r}; arms: {arms}")
-        pair = [PAIR_COLUMN] if PAIR_COLUMN in data and PAIR_COLUMN not in (x, by) else []
-        diffs = paired_differences(data, x, y, by, ref, pair, n_boot)
+        pair_cols = [pair] if pair in data and pair not in (x, by) else []
+        diffs = paired_differences(data, x, y, by, ref, pair_cols, n_boot)
         ax2 = axes[0, 1]
         for arm, group in diffs.groupby(by, sort=False):
             positions = group[x] if numeric_x else np.arange(len(group))
@@ -81,7 +88,7 @@ def compare_figure(
         ax2.axhline(0, color="grey", linewidth=1)
         ax2.set_xlabel(x)
         ax2.set_ylabel(f"{y} − {ref}")
-        ax2.set_title(f"paired on {pair[0]}" if pair else "unpaired (no seed column)")
+        ax2.set_title(f"paired on {pair}" if pair_cols else f"unpaired (no {pair!r} column)")
         ax2.legend(title=by, fontsize="small")
     fig.tight_layout()
     return fig
@@ -116,7 +123,13 @@ def paired_differences(
 
 
 def compare(
-    table_path: str | Path, x: str, y: str, by: str | None = None, ref: str | None = None, out: str | Path | None = None
+    table_path: str | Path,
+    x: str,
+    y: str,
+    by: str | None = None,
+    ref: str | None = None,
+    out: str | Path | None = None,
+    pair: str = PAIR_COLUMN,
 ) -> tuple[Path, pd.DataFrame]:
     """Draw :func:`compare_figure` for a sweep table and save it as PNG (default beside the table).
 
@@ -124,7 +137,7 @@ def compare(
     is displayed too.
     """
     table = load_table(table_path)
-    fig = compare_figure(table, x, y, by, ref)
+    fig = compare_figure(table, x, y, by, ref, pair=pair)
     folder = Path(table_path) if Path(table_path).is_dir() else Path(table_path).parent
     png = Path(out) if out is not None else folder / f"compare_{y}_by_{x}{'_' + by if by else ''}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
