@@ -425,7 +425,7 @@ def _sms_chain(dense, data, cfg, seed, mode, clock, rows, soup_rows):
                 "mean_l2": float(dist["l2"][off].mean()) if cfg.m > 1 else 0.0,
                 "mean_angle_degrees": float(dist["angle_degrees"][off].mean()) if cfg.m > 1 else 0.0,
                 "mean_to_average": float(dist["to_average"].mean()),
-                "masks_identical": all(torch.equal(zeros[k], masks[k]) for k in masks),
+                "masks_identical": all(torch.equal(zeros[k].cpu(), masks[k].cpu()) for k in masks),
             }
         )
         model = loaded(model, soups[mode], data, cfg)
