@@ -49,5 +49,9 @@ if __name__ == "__main__":
            "RMSE over seeds; intervals are percentile-bootstrap 95 % over seeds; paired differences are per seed.", ""]
     for path in sorted((HERE / "explorations").glob("*.csv")):
         out += section(path.stem, pd.read_csv(path))
+    probe = HERE / "explorations" / "timing_probe_seed0.log"
+    if probe.exists():
+        out += ["## timing probe (seed 0, one model per line, cpu-preset settings, before the presets were fixed)", "",
+                "```", probe.read_text().strip(), "```", ""]
     (HERE / "explorations.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
