@@ -219,13 +219,13 @@ def _check_notebook(browser, lab, name: str) -> None:
         view = page.locator(".jp-OutputArea-output .widget-vbox").filter(has=page.locator(".widget-slider")).last
         view.wait_for(timeout=60_000)
         view.scroll_into_view_if_needed()
-        picture = view.locator(".widget-output img").first
+        picture = view.locator("img.widget-image").first
         picture.wait_for(timeout=60_000)
         before = picture.get_attribute("src")
         view.screenshot(path=str(SCREENSHOTS / f"{name}-widget-before.png"))
         _drag_slider(page, view.locator(".widget-slider").first)
         page.wait_for_function(
-            "([box, src]) => { const img = box.querySelector('.widget-output img');"
+            "([box, src]) => { const img = box.querySelector('img.widget-image');"
             " return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== src; }",
             arg=[view.element_handle(), before],
             timeout=90_000,
@@ -281,6 +281,8 @@ def test_view_redraws_on_release_and_checks_its_controls():
     from labkit.widgets import view
 
     def draw(n):
+        if n > 5:
+            raise ValueError(f"n must be at most 5, got {n}")
         fig, ax = plt.subplots()
         ax.plot(range(n))
         return fig
@@ -289,6 +291,14 @@ def test_view_redraws_on_release_and_checks_its_controls():
     assert slider.continuous_update
     box = view(draw, {"n": slider})
     assert box is not None and not slider.continuous_update
+    image, error = box.children[1], box.children[2]
+    first = image.value
+    assert bytes(first[:4]) == b"\x89PNG" and error.value == ""
+    slider.value = 4
+    assert image.value != first and error.value == ""
+    slider.max, slider.value = 9, 9  # a failing redraw keeps the view and shows the error under it
+    assert "n must be at most 5, got 9" in error.value and image.value != first
+    assert not plt.get_fignums(), "every drawn figure is closed"
     live = ipywidgets.IntSlider(value=3, min=1, max=5)
     view(draw, {"n": live}, continuous_update=True)
     assert live.continuous_update
