@@ -348,10 +348,12 @@ def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) ->
                 lm = BigramLM(prepared.vocab_size, cfg.discount).fit(prepared.encoded.subset(chosen))
                 row["bigram_nats_per_token"] = lm.cross_entropy(held)
             rows.append(row)
-            for label, count in pd.Series(labels[chosen]).value_counts().items():
-                pick_rows.append(
-                    {"seed": seed, "target": target, "method": method, "label": label, "count": int(count)}
-                )
+            counts = pd.Series(labels[chosen]).value_counts()  # the 12 most picked labels, the rest as "other"
+            for label, count in [*counts.iloc[:12].items(), ("other", int(counts.iloc[12:].sum()))]:
+                if count:
+                    pick_rows.append(
+                        {"seed": seed, "target": target, "method": method, "label": label, "count": int(count)}
+                    )
             if (
                 cfg.downstream in ("tiny_lm", "both")
                 and target in cfg.tiny_lm_targets

@@ -68,7 +68,7 @@ def picks_histogram(picks: pd.DataFrame, target: str, seed: int = 0, top: int = 
     """What each method picked for ``target``: share of the selection per label (the ``top`` labels, rest pooled)."""
     sub = picks[(picks.target == target) & (picks.seed == seed)]
     totals = sub.groupby("label")["count"].sum().sort_values(ascending=False)
-    keep = list(totals.index[:top])
+    keep = [label for label in totals.index if label != "other"][:top]
     methods = _order(sub.method)
     table = pd.DataFrame(0.0, index=methods, columns=keep + ["other"])
     for method, group in sub.groupby("method"):
