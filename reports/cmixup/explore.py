@@ -26,6 +26,8 @@ CONFIGS = {
                             "sigmas": [0.3, 1.0]},
     "single_index_long_small": {"datasets": ["single_index"], "seeds": 3, "epochs": 200, "batch_size": 16,
                                 "arms": ["erm", "mixup", "cmixup"], "sigmas": [0.1, 0.3]},
+    "cmixup_manifold_small": {"datasets": ["single_index", "concrete_lowdata"], "seeds": 3,
+                              "arms": ["erm", "cmixup", "cmixup_manifold"], "sigmas": [0.3]},
     "rcf_180": {**IMG, "datasets": ["rcf_mnist"], "angle_range": 180.0, "image_sigmas": [0.3, 1.0]},
     "rcf_180_all_arms": {"datasets": ["rcf_mnist"], "angle_range": 180.0, "image_seeds": 5,
                          "arms": ["erm", "mixup", "manifold_mixup", "feature_mixup", "cmixup"],
