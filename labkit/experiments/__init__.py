@@ -7,7 +7,7 @@ Each module defines ``Config`` (a dataclass), ``PRESETS`` (preset name -> field 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -31,3 +31,11 @@ def configure(config_cls: type[C], presets: Mapping[str, Mapping[str, Any]], pre
             raise ValueError(f"unknown parameter(s) {unknown} in {source} for {config_cls.__name__}; "
                              f"accepted: {sorted(fields)}")
     return config_cls(**{**presets[preset], **overrides})
+
+
+def require_subset(name: str, values: Iterable[Any], allowed: Iterable[Any]) -> None:
+    """Raise ValueError naming the entries of a config field (``arms``, ``datasets``, ...) that are not ``allowed``."""
+    allowed = list(allowed)
+    unknown = sorted(set(values) - set(allowed), key=str)
+    if unknown:
+        raise ValueError(f"unknown {name} {unknown}; expected a subset of {allowed}")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from labkit import mixup, seed_everything
 from labkit.data import regression
 from labkit.experiments import configure as _configure
+from labkit.experiments import require_subset
 from labkit.models.regressors import CNNRegressor, MLPRegressor
 
 ARMS = ("erm", "mixup", "manifold_mixup", "feature_mixup", "cmixup", "cmixup_manifold")
@@ -111,9 +112,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
     cfg = _configure(Config, PRESETS, preset, overrides)
-    bad = sorted(set(cfg.datasets) - set(DATASETS)) + sorted(set(cfg.arms) - set(ARMS))
-    if bad:
-        raise ValueError(f"unknown dataset(s) or arm(s) {bad}; datasets: {list(DATASETS)}, arms: {list(ARMS)}")
+    require_subset("datasets", cfg.datasets, DATASETS)
+    require_subset("arms", cfg.arms, ARMS)
     if cfg.image_scope not in ("batch", "dataset"):
         raise ValueError(f"image_scope must be 'batch' or 'dataset', got {cfg.image_scope!r}")
     return cfg

@@ -22,6 +22,7 @@ from labkit import seed_everything
 from labkit.data import corpora
 from labkit.data.cache import cache_dir
 from labkit.experiments import configure as _configure
+from labkit.experiments import require_subset
 from labkit.models.ngram_lm import BigramLM, EncodedCorpus, build_vocabulary, encode
 from labkit.select import (
     DSIR,
@@ -127,9 +128,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
     cfg = _configure(Config, PRESETS, preset, overrides)
-    bad = sorted(set(cfg.targets) - set(TARGETS)) + sorted(set(cfg.methods) - set(METHODS))
-    if bad:
-        raise ValueError(f"unknown target(s) or method(s) {bad}; targets: {list(TARGETS)}, methods: {list(METHODS)}")
+    require_subset("targets", cfg.targets, TARGETS)
+    require_subset("methods", cfg.methods, METHODS)
     if cfg.downstream not in ("bigram", "tiny_lm", "both"):
         raise ValueError(f"downstream must be 'bigram', 'tiny_lm' or 'both', got {cfg.downstream!r}")
     return cfg

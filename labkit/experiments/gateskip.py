@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from labkit import gate, profile, seed_everything, skip
 from labkit.data import sequences
 from labkit.experiments import configure as _configure
+from labkit.experiments import require_subset
 from labkit.models.decoder_lm import build_causal_lm, load_lm, n_parameters, save_lm
 from labkit.train import train_causal_lm
 
@@ -124,9 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
     cfg = _configure(Config, PRESETS, preset, overrides)
-    bad = sorted(set(cfg.tasks) - set(TASKS))
-    if bad:
-        raise ValueError(f"unknown task(s) {bad}; expected a subset of {TASKS}")
+    require_subset("tasks", cfg.tasks, TASKS)
     if any(not 0 <= r < 1 for r in cfg.budgets):
         raise ValueError(f"budgets must lie in [0, 1), got {cfg.budgets}")
     return cfg

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from labkit import profile, seed_everything
 from labkit.data.fields import FieldPhysics, Normalizer, check_fields, generate
 from labkit.experiments import configure as _configure
+from labkit.experiments import require_subset
 from labkit.models.forecaster import Persistence, PerVariableForecaster, StackedForecaster, count_parameters
 from labkit.stage import ImplicitTwoStage, explicit_two_stage_losses, freeze_schedule, parameter_distance
 
@@ -133,9 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
     cfg = _configure(Config, PRESETS, preset, overrides)
-    unknown = sorted(set(cfg.arms) - set(ARMS))
-    if unknown:
-        raise ValueError(f"unknown arm(s) {unknown}; expected a subset of {ARMS}")
+    require_subset("arms", cfg.arms, ARMS)
     return cfg
 
 
