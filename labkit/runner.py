@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import os
+import resource
 import shutil
 import time
 import types
@@ -154,6 +155,13 @@ def inputs_hash(notebook: Path, preset: str, params: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def _children_cpu_seconds() -> float:
+    """CPU seconds of finished child processes (the notebook's kernel once it has exited). On a loaded machine this,
+    not the wall time, tells what a run would take on idle cores with the preset's thread count."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def default_out_dir(notebook: Path, preset: str) -> Path:
     """``reports/<notebook>/<preset>/``."""
     return REPORTS_DIR / notebook.stem / preset
@@ -225,7 +233,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
     env_before = {k: os.environ.get(k) for k in (REPORT_DIR_ENV, "HF_HUB_OFFLINE", "MPLBACKEND")}
     os.environ.update({REPORT_DIR_ENV: str(staging.resolve()), "HF_HUB_OFFLINE": "1"})
     os.environ.pop("MPLBACKEND", None)  # the kernel picks the inline backend itself
-    start = time.perf_counter()
+    start, children_before = time.perf_counter(), _children_cpu_seconds()
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=notebook_params, kernel_name="python3",
                                    progress_bar=progress, cwd=str(path.parent))
@@ -240,7 +248,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu_seconds() - children_before
     results_path = staging / RESULTS_FILE
     if not results_path.is_file():
         staging.rename(failed)
@@ -248,6 +256,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                          error=f"{path.name} ran but never called labkit.report.record (no {RESULTS_FILE})")
     results = json.loads(results_path.read_text())
     results["meta"].update({"preset": preset, "notebook": path.name, "wall_seconds": round(wall, 2),
+                            "kernel_cpu_seconds": round(cpu, 2),
                             "inputs_hash": digest, "status": "ok"})
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
     export_html(executed, staging / f"{path.stem}.html")

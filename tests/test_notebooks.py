@@ -45,7 +45,8 @@ def test_notebook_runs_with_smoke_preset(path, smoke_run):
     assert results["metrics"], "the notebook recorded no metrics"
     assert results["claim"] and results["held"], "the notebook must state its claim and what held"
     assert results["meta"]["preset"] == "smoke" and results["meta"]["status"] == "ok"
-    assert {"labkit_git_sha", "torch", "transformers", "device", "threads", "wall_seconds"} <= set(results["meta"])
+    assert {"labkit_git_sha", "torch", "transformers", "device", "threads", "wall_seconds",
+            "kernel_cpu_seconds"} <= set(results["meta"])
     assert (result.out_dir / f"{path.stem}.html").stat().st_size > 0
     figures = sorted((result.out_dir / "figures").glob("*.png"))
     assert figures, "every notebook draws at least one static figure"
