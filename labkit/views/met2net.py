@@ -138,9 +138,9 @@ def forecast_panel(
     lead: int,
     arm: str,
 ) -> plt.Figure:
-    """Truth, one arm's forecast and their difference for one variable, test sample and lead time."""
+    """Truth, one arm's forecast and their difference for one variable, test sample and lead time (1 = next frame)."""
     v = list(variables).index(variable)
-    truth, pred = samples["truth"][sample, lead, v], samples[arm][sample, lead, v]
+    truth, pred = samples["truth"][sample, lead - 1, v], samples[arm][sample, lead - 1, v]
     fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
     lo, hi = float(min(truth.min(), pred.min())), float(max(truth.max(), pred.max()))
     for ax, img, title in ((axes[0], truth, "truth"), (axes[1], pred, arm)):
@@ -155,7 +155,7 @@ def forecast_panel(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"sample {sample}, lead {lead + 1}")
+    fig.suptitle(f"sample {sample}, lead {lead}")
     fig.tight_layout()
     return fig
 
@@ -170,7 +170,7 @@ def forecast_controls(samples: dict[str, np.ndarray], variables: Sequence[str], 
         "variable": widgets.Dropdown(options=list(variables), value=list(variables)[3], description="variable"),
         "sample": widgets.IntSlider(value=0, min=0, max=n_samples - 1, description="sample", continuous_update=False),
         "lead": widgets.IntSlider(
-            value=t_out - 1, min=0, max=t_out - 1, description="lead - 1", continuous_update=False
+            value=t_out, min=1, max=t_out, description="lead", continuous_update=False
         ),
         "arm": widgets.Dropdown(options=arms, value=arm if arm in arms else arms[0], description="arm"),
     }
