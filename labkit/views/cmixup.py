@@ -11,6 +11,7 @@ from matplotlib.colors import LogNorm
 
 from labkit import mixup, plots
 from labkit.data.regression import RegressionSplits
+from labkit.widgets import view
 
 ARM_ORDER = ["erm", "mixup", "manifold_mixup", "feature_mixup", "cmixup", "cmixup_manifold"]
 
@@ -158,34 +159,6 @@ def mixed_examples(data: RegressionSplits, sigma_std: float, lam: float, n: int 
     return fig
 
 
-def _png_view(draw, controls: dict):
-    """Controls above an ``ipywidgets.Image`` that shows ``draw(**values)`` as a PNG, redrawn when a control changes.
-
-    Unlike an ``Output``-widget view, nothing is displayed inside a widget during execution, so headless runs
-    (papermill / nbclient) never route outputs through their output-widget mimic (seen to hang here under load).
-    """
-    import io
-
-    import ipywidgets as w
-    from IPython.display import display
-
-    image = w.Image(format="png")
-
-    def redraw(*_: object) -> None:
-        fig = draw(**{name: control.value for name, control in controls.items()})
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-        plt.close(fig)
-        image.value = buffer.getvalue()
-
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = w.VBox([w.HBox(list(controls.values())), image])
-    display(box)
-    return box
-
-
 def pairing_view(labels: np.ndarray, sigma_std: float, enabled: bool = True):
     """Widget: a σ slider (units of std(y)) redrawing the pairing heat-maps and the gap histogram."""
     if not enabled:
@@ -195,7 +168,7 @@ def pairing_view(labels: np.ndarray, sigma_std: float, enabled: bool = True):
     slider = w.FloatLogSlider(
         value=sigma_std, base=10, min=-2, max=1, step=0.1, description="σ / std(y)", continuous_update=False
     )
-    return _png_view(lambda sigma: pairing(labels, sigma), {"sigma": slider})
+    return view(lambda sigma: pairing(labels, sigma), {"sigma": slider})
 
 
 def examples_view(data: RegressionSplits, sigma_std: float, lam: float = 0.5, enabled: bool = True):
@@ -210,4 +183,4 @@ def examples_view(data: RegressionSplits, sigma_std: float, lam: float = 0.5, en
         ),
         "lam": w.FloatSlider(value=lam, min=0.0, max=1.0, step=0.05, description="λ", continuous_update=False),
     }
-    return _png_view(lambda sigma, lam: mixed_examples(data, sigma, lam), controls)
+    return view(lambda sigma, lam: mixed_examples(data, sigma, lam), controls)
