@@ -88,8 +88,13 @@ def git_sha(path: str | Path | None = None) -> str | None:
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -102,14 +107,28 @@ def run_meta() -> dict[str, Any]:
     import transformers
 
     info = device_info()
-    return {"labkit_git_sha": git_sha(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": info["device"], "device_name": info["device_name"], "threads": info["threads"],
-            "cpu_count": info["cpu_count"], "python": info["python"],
-            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    return {
+        "labkit_git_sha": git_sha(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": info["device"],
+        "device_name": info["device_name"],
+        "threads": info["threads"],
+        "cpu_count": info["cpu_count"],
+        "python": info["python"],
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
 
 
-def record(config: Any, *, metrics: Mapping[str, float], tables: Mapping[str, pd.DataFrame] | None = None,
-           claim: str = "", held: str = "", timings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def record(
+    config: Any,
+    *,
+    metrics: Mapping[str, float],
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    claim: str = "",
+    held: str = "",
+    timings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Record a run's results: the one call each notebook makes at its end.
 
     ``metrics`` are named numbers that a rerun with the same seed reproduces; anything that varies run to run
@@ -123,9 +142,14 @@ def record(config: Any, *, metrics: Mapping[str, float], tables: Mapping[str, pd
     for name, table in tables.items():
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"table {name!r} must be a pandas DataFrame, got {type(table).__name__}")
-    results = {"params": to_jsonable(config), "metrics": to_jsonable(dict(metrics)),
-               "tables": {name: to_jsonable(t) for name, t in tables.items()}, "claim": claim, "held": held,
-               "meta": {**run_meta(), "timings": to_jsonable(dict(timings or {}))}}
+    results = {
+        "params": to_jsonable(config),
+        "metrics": to_jsonable(dict(metrics)),
+        "tables": {name: to_jsonable(t) for name, t in tables.items()},
+        "claim": claim,
+        "held": held,
+        "meta": {**run_meta(), "timings": to_jsonable(dict(timings or {}))},
+    }
     out = report_dir()
     if out is not None:
         for name, table in tables.items():
@@ -134,8 +158,9 @@ def record(config: Any, *, metrics: Mapping[str, float], tables: Mapping[str, pd
     return results
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, ci: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean and a percentile-bootstrap interval of the mean: ``(mean, low, high)``.
 
     With one value the interval collapses to it; non-finite values are an error, not silently dropped.
@@ -156,8 +181,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, ci: f
     return mean, float(low), float(high)
 
 
-def summarize(df: pd.DataFrame, by: str | Sequence[str], value: str, n_boot: int = 2000,
-              seed: int = 0) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, by: str | Sequence[str], value: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Mean, bootstrap 95 % interval and count of ``value`` per group (typically over seeds)."""
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in [*by, value] if c not in df.columns]
@@ -171,8 +195,15 @@ def summarize(df: pd.DataFrame, by: str | Sequence[str], value: str, n_boot: int
     return pd.DataFrame(rows)
 
 
-def paired_diff(df: pd.DataFrame, arm_col: str, ref_arm: Any, value_col: str,
-                pair_cols: Sequence[str] = ("seed",), n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def paired_diff(
+    df: pd.DataFrame,
+    arm_col: str,
+    ref_arm: Any,
+    value_col: str,
+    pair_cols: Sequence[str] = ("seed",),
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per-arm mean difference to ``ref_arm`` paired on ``pair_cols`` (e.g. the seed), with a bootstrap interval.
 
     Pairing removes the seed-to-seed spread that both arms share, which is what small-scale gaps drown in.
@@ -190,3 +221,13 @@ def paired_diff(df: pd.DataFrame, arm_col: str, ref_arm: Any, value_col: str,
         mean, low, high = bootstrap_ci(diffs.to_numpy(), n_boot=n_boot, seed=seed)
         rows.append({arm_col: arm, "mean_diff": mean, "low": low, "high": high, "n": len(diffs)})
     return pd.DataFrame(rows)
+
+
+def interval_sign(low: float, high: float) -> int:
+    """+1 when an interval lies above 0, -1 when below, 0 when it spans 0 (a tie at this many seeds).
+
+    The one rule every notebook's verdict uses to turn a paired-difference interval into better / worse / tied.
+    """
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise ValueError(f"expected an interval with low <= high, got [{low}, {high}]")
+    return 1 if low > 0 else (-1 if high < 0 else 0)

@@ -72,3 +72,12 @@ def test_paired_diff_pairs_by_seed():
 def test_summarize_names_missing_columns():
     with pytest.raises(KeyError, match="not in table"):
         report.summarize(pd.DataFrame({"a": [1]}), "b", "a")
+
+
+def test_interval_sign_reads_above_below_and_spanning():
+    assert report.interval_sign(0.1, 0.3) == 1
+    assert report.interval_sign(-0.3, -0.1) == -1
+    assert report.interval_sign(-0.1, 0.2) == 0
+    assert report.interval_sign(0.0, 0.2) == 0  # touching 0 is not a win
+    with pytest.raises(ValueError, match="low <= high"):
+        report.interval_sign(0.3, 0.1)

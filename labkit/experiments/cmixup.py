@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from labkit import mixup, seed_everything
+from labkit import mixup, report, seed_everything
 from labkit.data import regression
 from labkit.experiments import configure as _configure
 from labkit.experiments import require_subset
@@ -335,3 +335,58 @@ def relative_improvement(selected: pd.DataFrame, metric: str = "test_rmse", arm:
             }
         )
     return pd.DataFrame(rows)
+
+
+def paired_differences(selected: pd.DataFrame, ood: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per dataset, every arm's test RMSE minus ERM's paired by seed (and worst-domain RMSE on ``ood`` datasets,
+    as ``"<dataset> (worst)"``), and C-Mixup minus vanilla mixup; mean differences with bootstrap intervals."""
+    diffs, vs_mixup = [], []
+    for name, group in selected.groupby("dataset", sort=False):
+        diffs.append(report.paired_diff(group, "arm", "erm", "test_rmse").assign(dataset=name, metric="test_rmse"))
+        if {"mixup", "cmixup"} <= set(group["arm"]):
+            pair = group[group["arm"].isin(["mixup", "cmixup"])]
+            vs_mixup.append(
+                report.paired_diff(pair, "arm", "mixup", "test_rmse").assign(dataset=name, metric="test_rmse")
+            )
+        if name in ood:
+            worst = report.paired_diff(group, "arm", "erm", "worst_rmse")
+            diffs.append(worst.assign(dataset=f"{name} (worst)", metric="worst_rmse"))
+    return pd.concat(diffs, ignore_index=True), pd.concat(vs_mixup, ignore_index=True) if vs_mixup else pd.DataFrame()
+
+
+def outcomes(diffs: pd.DataFrame, arm: str = "cmixup") -> pd.DataFrame:
+    """``arm``'s outcome per dataset from paired RMSE differences: "better" (interval below 0), "worse", "tied"."""
+    if diffs.empty:
+        return pd.DataFrame(columns=["dataset", "outcome", "mean_diff"])
+    rows = diffs[diffs["arm"] == arm]
+    words = {-1: "better", 0: "tied", 1: "worse"}
+    return pd.DataFrame(
+        {
+            "dataset": rows["dataset"].to_numpy(),
+            "outcome": [words[report.interval_sign(r.low, r.high)] for r in rows.itertuples()],
+            "mean_diff": rows["mean_diff"].to_numpy(),
+        }
+    )
+
+
+def verdict(diffs: pd.DataFrame, vs_mixup: pd.DataFrame, rel: pd.DataFrame) -> str:
+    """The report's one-line "what held": C-Mixup vs ERM and vs mixup (interval outcomes) and the relative
+    improvements next to the paper's (references only)."""
+
+    def tally(frame: pd.DataFrame) -> str:
+        counts = frame["outcome"].value_counts()
+        return (
+            f"better on {counts.get('better', 0)}/{len(frame)}, tied on {counts.get('tied', 0)}, "
+            f"worse on {counts.get('worse', 0)}"
+        )
+
+    vs_erm = outcomes(diffs[~diffs["dataset"].str.endswith("(worst)")])
+    relative = "; ".join(
+        f"{r.dataset}: {r.vs_best_other_pct:+.1f}% vs best other ({r.best_other_arm}), {r.vs_erm_pct:+.1f}% vs ERM"
+        for r in rel.itertuples()
+    )
+    paper = ", ".join(f"{v:+.2f}% {k}" for k, v in PAPER_RELATIVE_IMPROVEMENT.items())
+    return (
+        f"C-Mixup vs ERM (paired test RMSE, 95% CI): {tally(vs_erm)}; vs vanilla mixup: {tally(outcomes(vs_mixup))}. "
+        f"Relative improvement: {relative} (paper, vs best prior: {paper})."
+    )
