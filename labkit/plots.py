@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,6 +40,21 @@ def show(fig: plt.Figure, name: str, dpi: int = 110) -> None:
     plt.close(fig)
 
 
+_COLORS: dict[str, str] = {}  # label -> colour, fixed the first time a label is drawn in this process
+
+
+def color(label: object) -> str:
+    """The colour of an arm (or any hue value): the same in every figure of a run, so an arm never changes colour.
+
+    Labels get tab10 colours in the order they are first drawn, then tab20's lighter shades.
+    """
+    key = str(label)
+    if key not in _COLORS:
+        palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+        _COLORS[key] = matplotlib.colors.to_hex(palette[len(_COLORS) % len(palette)])
+    return _COLORS[key]
+
+
 def _axes(ax: plt.Axes | None) -> plt.Axes:
     return ax if ax is not None else plt.subplots(figsize=(6, 4))[1]
 
@@ -53,7 +69,8 @@ def mean_ci(df: pd.DataFrame, x: str, y: str, hue: str | None = None, ax: plt.Ax
         groups = [(h, lookup[h]) for h in order if h in lookup]
     for label, group in groups:
         stats = summarize(group, x, y).sort_values(x)
-        line, = ax.plot(stats[x], stats["mean"], marker=marker, label=None if label is None else str(label))
+        style = {} if label is None else {"label": str(label), "color": color(label)}
+        line, = ax.plot(stats[x], stats["mean"], marker=marker, **style)
         ax.fill_between(stats[x], stats["low"], stats["high"], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
@@ -74,7 +91,8 @@ def bars_ci(df: pd.DataFrame, x: str, y: str, hue: str | None = None, ax: plt.Ax
         stats = summarize(sub, x, y).set_index(x).reindex(xs)
         pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
         err = np.vstack([stats["mean"] - stats["low"], stats["high"] - stats["mean"]])
-        ax.bar(pos, stats["mean"], width, yerr=err, capsize=3, label=None if h is None else str(h))
+        style = {} if h is None else {"label": str(h), "color": color(h)}
+        ax.bar(pos, stats["mean"], width, yerr=err, capsize=3, **style)
         for i, key in enumerate(xs):
             points = sub.loc[sub[x] == key, y].to_numpy()
             ax.scatter(np.full(points.shape, pos[i]), points, s=8, color="black", zorder=3,
