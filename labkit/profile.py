@@ -15,7 +15,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,26 @@ class Timing:
                f"{self.threads} threads)"
 
 
+def _time_call(fn: Callable[[], Any], dev: torch.device) -> float:
+    """Seconds of one ``fn()``: CUDA events bracketing the call (then one synchronise) on GPU, perf_counter on CPU."""
+    if dev.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(dev)
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _timing(times: list[float], dev: torch.device) -> Timing:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    name = f"cuda:{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "cpu"
+    return Timing(statistics.median(times), q[2] - q[0], times, name, torch.get_num_threads())
+
+
 def measure(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 10,
             device: str | torch.device = "auto") -> Timing:
     """Time ``fn()`` after ``warmup`` untimed calls: CUDA events on GPU, ``perf_counter`` on CPU.
@@ -94,28 +114,30 @@ def measure(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 10,
     On CUDA each call is bracketed by events and the stream is synchronised once per call, so queued
     kernels are not mistaken for finished work (cf. timm's ``benchmark.py``).
     """
+    return measure_many({"fn": fn}, warmup=warmup, repeat=repeat, device=device)["fn"]
+
+
+def measure_many(fns: Mapping[str, Callable[[], Any]], *, warmup: int = 3, repeat: int = 10,
+                 device: str | torch.device = "auto") -> dict[str, Timing]:
+    """Time several functions round-robin (call 1 of each, then call 2 of each, ...), one ``Timing`` per name.
+
+    Interleaving makes a change in machine load (a shared CPU, a GPU clocking down) hit every variant alike, so the
+    ratios of the medians stay comparable; timing the variants one after another does not.
+    """
     if repeat < 1 or warmup < 0:
         raise ValueError(f"expected repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    if not fns:
+        raise ValueError("fns: expected at least one named function to time, got none")
     dev = resolve_device(device)
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     _synchronize(dev)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(dev)
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    name = f"cuda:{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "cpu"
-    return Timing(statistics.median(times), q[2] - q[0], times, name, torch.get_num_threads())
+        for name, fn in fns.items():
+            times[name].append(_time_call(fn, dev))
+    return {name: _timing(t, dev) for name, t in times.items()}
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:

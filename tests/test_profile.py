@@ -37,6 +37,17 @@ def test_measure_records_device_threads_and_spread():
         profile.measure(lambda: None, repeat=0)
 
 
+def test_measure_many_interleaves_the_calls():
+    order = []
+    timings = profile.measure_many(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, repeat=3, device="cpu"
+    )
+    assert order == ["a", "b"] * 4  # warm-up round, then three timed rounds, each variant once per round
+    assert set(timings) == {"a", "b"} and all(len(t.times) == 3 for t in timings.values())
+    with pytest.raises(ValueError, match="at least one"):
+        profile.measure_many({})
+
+
 def test_peak_memory_on_cpu_sees_tensor_allocation():
     with profile.peak_memory("cpu") as memory:
         block = torch.ones(25_000_000)  # 100 MB
