@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labkit.select_cache import FeatureCacheError, ShardedFeatures, cached_features
 from labkit.select_features import HashedFeatures, NgramHasher, featurize
 
 __all__ = [
@@ -28,8 +29,13 @@ __all__ = [
     "write_selected",
     "tfidf_select",
     "HashedFeatures",
+    "ShardedFeatures",
+    "FeatureCacheError",
+    "cached_features",
     "featurize",
 ]
+
+FEATURE_TYPES = (HashedFeatures, ShardedFeatures)  # precomputed features accepted wherever documents are
 
 
 def gumbel_top_k(
@@ -62,8 +68,8 @@ class LengthFilter:
     eligible: int  # documents left to select from
 
 
-def _features(data, dsir: DSIR, name: str) -> HashedFeatures:
-    if isinstance(data, HashedFeatures):
+def _features(data, dsir: DSIR, name: str) -> HashedFeatures | ShardedFeatures:
+    if isinstance(data, FEATURE_TYPES):
         if (data.num_buckets, data.ngrams, data.hash) != (dsir.num_buckets, dsir.ngrams, dsir.hash):
             raise ValueError(
                 f"{name}: features were made with (num_buckets, ngrams, hash)="
@@ -71,6 +77,19 @@ def _features(data, dsir: DSIR, name: str) -> HashedFeatures:
                 f"{(dsir.num_buckets, dsir.ngrams, dsir.hash)}"
             )
         return data
+    if dsir.cache_dir is not None and name == "raw":
+        return cached_features(
+            data,
+            dsir.cache_dir,
+            dsir.num_buckets,
+            dsir.ngrams,
+            dsir.hash,
+            text_field=dsir.text_field,
+            shard_docs=dsir.batch_size,
+            workers=dsir.workers,
+            progress=dsir.progress,
+            name=name,
+        )
     return featurize(
         data,
         dsir.num_buckets,
@@ -89,8 +108,11 @@ class DSIR:
     """Hashed n-gram DSIR: ``fit(raw, target)``, then ``log_weights()`` and ``resample(k, seed)``.
 
     ``raw`` and each target may be an iterable of strings, a pandas Series, a jsonl path (``text_field``) or
-    precomputed :class:`HashedFeatures` (the raw pool is featurized once and kept in ``raw_features``; save
-    it with ``raw_features.save(path)`` to reuse it across runs). ``target`` may be a dict of named targets.
+    precomputed :class:`HashedFeatures` / :class:`ShardedFeatures`. ``target`` may be a dict of named targets.
+    Without ``cache_dir`` the raw pool is featurized once per DSIR object and held in memory (``raw_features``).
+    With ``cache_dir`` it is featurized once into on-disk shards of ``batch_size`` documents (resumable, keyed by
+    the input and the hasher settings; see :mod:`labkit.select_cache`) and later fits memory-map them, so the
+    features never need to fit in memory; p_raw, the weights and resampling then stream shard by shard.
     """
 
     def __init__(
@@ -107,6 +129,7 @@ class DSIR:
         batch_size: int = 10000,
         workers: int = 1,
         progress: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.num_buckets = num_buckets  # 10,000 as in the paper and data-selection
         self.ngrams = ngrams  # 2: unigrams + bigrams
@@ -118,9 +141,10 @@ class DSIR:
         self.text_field = text_field  # jsonl field holding the text
         self.batch_size = batch_size  # documents per streamed batch
         self.workers = workers  # featurization processes; 1 = this process
-        self.progress = progress  # tqdm bars while featurizing
+        self.progress = progress  # tqdm bars while featurizing (and over cached shards)
+        self.cache_dir = cache_dir  # None: raw features in memory; a folder: featurize once into mmap'd shards
         self._hasher = NgramHasher(num_buckets, ngrams, hash)
-        self.raw_features: HashedFeatures | None = None
+        self.raw_features: HashedFeatures | ShardedFeatures | None = None
         self.target_names: list[str] | None = None
         self.target_proportions: np.ndarray | None = None
         self.log_diff: np.ndarray | None = None  # (num_buckets,) or (num_buckets, n_targets)
@@ -160,7 +184,7 @@ class DSIR:
             if self._excluded.any():
                 raw_counts = raw_counts - feats.total_counts(np.nonzero(self._excluded)[0])
         else:  # like data-selection: stop after the document whose n-grams cross the cap
-            per_doc = np.diff(feats.offsets)
+            per_doc = feats.ngram_counts()
             stop = int(np.searchsorted(np.cumsum(per_doc), self.max_raw_tokens, side="right")) + 1
             raw_counts = feats.total_counts(np.arange(min(stop, len(feats))))
         raw_probs = raw_counts / raw_counts.sum() if raw_counts.sum() > 0 else raw_counts
@@ -261,7 +285,7 @@ class DSIR:
 
 
 def _counts(data, num_buckets: int, ngrams: int, hash: str, name: str) -> np.ndarray:
-    if isinstance(data, HashedFeatures):
+    if isinstance(data, FEATURE_TYPES):
         return data.total_counts()
     if isinstance(data, np.ndarray) and data.ndim == 1 and data.dtype.kind in "fiu":
         if len(data) != num_buckets:
@@ -312,7 +336,7 @@ def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
         if data.shape[1] != num_buckets:
             raise ValueError(f"{name}: expected a count matrix with {num_buckets} columns, got shape {data.shape}")
         return sparse.csr_matrix(data)
-    if not isinstance(data, HashedFeatures):
+    if not isinstance(data, FEATURE_TYPES):
         data = featurize(data, num_buckets, ngrams, hash, name=name)
     return data.to_csr()
 

@@ -75,6 +75,10 @@ class HashedFeatures:
         """The document id of every entry of ``buckets``."""
         return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
 
+    def ngram_counts(self) -> np.ndarray:
+        """Hashed n-grams per document (int64)."""
+        return np.diff(np.asarray(self.offsets, dtype=np.int64))
+
     def total_counts(self, indices: np.ndarray | None = None) -> np.ndarray:
         """Bucket counts summed over all documents, or over ``indices`` (float64, length ``num_buckets``)."""
         if indices is None:
