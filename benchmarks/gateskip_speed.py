@@ -11,7 +11,9 @@ add a d x d matmul per branch, scalar gates a d x 1 one. Everything is measured 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import os
 
 import torch
 
@@ -50,38 +52,41 @@ def main() -> None:
             build_causal_lm("llama", 1000, hidden, layers, heads, max_positions=length, seed=0).to(device, dtype).eval()
         )
 
-    def rate(model, context=None):
+    def forward(model, make_context=None):
         def call():
-            with torch.no_grad():
+            with torch.no_grad(), make_context() if make_context else contextlib.nullcontext():
                 model(x, use_cache=False)
 
-        if context is None:
-            timing = profile.measure(call, warmup=2, repeat=args.repeat)
-        else:
-            with context:
-                timing = profile.measure(call, warmup=2, repeat=args.repeat)
-        return tokens / timing.median, timing
+        return call
 
-    dense = build()
-    dense_rate, timing = rate(dense)
-    print(f"\nungated dense: {dense_rate:,.0f} tok/s ({timing})")
-    del dense
+    models = {"dense": build()}
     for kind in ("vector", "scalar"):
-        model = gate.add_gates(build(), kind=kind)
+        models[kind] = gate.add_gates(build(), kind=kind)
         with torch.no_grad():  # spread the gates so the batch quantile is not a tie
-            for b in gate.gated_branches(model):
+            for b in gate.gated_branches(models[kind]):
                 b.residual_gate.linear.weight.normal_(0.0, 0.05)
+    calls = {"dense": forward(models["dense"])}
+    for kind in ("vector", "scalar"):
+        m = models[kind]
+        for r in args.ratios:
+            for execution in ("masked", "compact"):
+                calls[kind, r, execution] = forward(
+                    m, lambda m=m, r=r, e=execution: skip.budget(m, r, execution=e, measure_flops=False)
+                )
+    # Round-robin over every variant, so load changes on a shared machine hit all of them alike.
+    timings = profile.measure_many(calls, warmup=2, repeat=args.repeat, device=device)
+    rate = {name: tokens / t.median for name, t in timings.items()}
+    print(f"\nungated dense: {rate['dense']:,.0f} tok/s ({timings['dense']})")
+    for kind in ("vector", "scalar"):
         print(f"\n{kind} gates")
         print(f"{'ratio':>6} {'masked tok/s':>14} {'compact tok/s':>14} {'compact/masked':>15} {'compact/dense':>14}")
         for r in args.ratios:
-            masked, _ = rate(model, skip.budget(model, r, measure_flops=False))
-            compact, _ = rate(model, skip.budget(model, r, execution="compact", measure_flops=False))
-            ratios = f"{compact / masked:>14.2f}x {compact / dense_rate:>13.2f}x"
+            masked, compact = rate[kind, r, "masked"], rate[kind, r, "compact"]
+            ratios = f"{compact / masked:>14.2f}x {compact / rate['dense']:>13.2f}x"
             print(f"{r:>6.2f} {masked:>14,.0f} {compact:>14,.0f} {ratios}")
-        del model
     print(
-        "\nCaveat: absolute times vary with machine load (shared 2-core CPU); compare the ratios, measured in one "
-        "process."
+        f"\nAll variants timed round-robin in one process ({args.repeat} rounds, medians); load average at the end "
+        f"{os.getloadavg()[0]:.2f}. Absolute rates vary with machine load; compare the ratios."
     )
 
 
