@@ -36,6 +36,22 @@ def next_token_loss(model: nn.Module, batch: torch.Tensor | dict[str, torch.Tens
     return model(input_ids=batch, labels=batch, use_cache=False).loss
 
 
+def _param_groups(model: nn.Module, parameters: Iterable[Any] | None, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters as AdamW groups with a peak ``lr`` each (a plain iterable becomes one group)."""
+    items = list(parameters if parameters is not None else model.parameters())
+    if not any(isinstance(item, dict) for item in items):
+        return [{"params": [p for p in items if p.requires_grad], "lr": lr}]
+    if not all(isinstance(item, dict) and "params" in item for item in items):
+        raise ValueError("parameters must be all tensors or all dicts with a 'params' key (AdamW parameter groups)")
+    groups = []
+    for item in items:
+        group_lr = item.get("lr", lr)
+        if group_lr <= 0:
+            raise ValueError(f"expected a parameter group lr > 0, got {group_lr}")
+        groups.append({**item, "params": [p for p in item["params"] if p.requires_grad], "lr": group_lr})
+    return [g for g in groups if g["params"]]
+
+
 def train_causal_lm(
     model: nn.Module,
     batches: Callable[[int], Any] | Iterable[Any],
@@ -49,18 +65,23 @@ def train_causal_lm(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] = next_token_loss,
     step_context: Callable[[int], Any] | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
-    parameters: Iterable[nn.Parameter] | None = None,
+    parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> pd.DataFrame:
     """Train ``model`` for ``steps`` AdamW steps on ``batches`` (a function of the step, or an iterable).
 
-    Returns one row per step: ``step``, ``loss`` (the task loss), ``extra`` (the added term, 0 without one), ``lr``.
+    ``parameters`` may also be AdamW parameter groups (dicts with ``"params"`` and an optional peak ``"lr"``, default
+    ``lr``): every group follows the same warm-up/cosine schedule scaled to its own peak.
+    Returns one row per step: ``step``, ``loss`` (the task loss), ``extra`` (the added term, 0 without one), ``lr``
+    (the schedule applied to ``lr``).
     """
     if steps < 0 or lr <= 0:
         raise ValueError(f"expected steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
-    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    groups = _param_groups(model, parameters, lr)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    peaks = [g["lr"] for g in optimizer.param_groups]
     iterator = None if callable(batches) else iter(batches)
     device = next(model.parameters()).device
     model.train()
@@ -72,8 +93,8 @@ def train_causal_lm(
         elif isinstance(batch, dict):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         scale = cosine_lr(step, steps, warmup_steps, min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * scale
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = peak * scale
         with step_context(step) if step_context is not None else contextlib.nullcontext():
             loss = loss_fn(model, batch)
             extra = extra_loss(model) if extra_loss is not None else torch.zeros((), device=device)

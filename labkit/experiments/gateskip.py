@@ -60,6 +60,7 @@ class Config:
     text_pretrain_steps: int = 600  # pretraining steps on the text task (harder than the toy)
     finetune_steps: int = 200  # fine-tuning steps of every arm
     finetune_lr: float = 1e-3  # fine-tuning peak lr (the paper: 3e-6 on 1B models for 6,800 steps)
+    gate_lr: float = 0.0  # gate parameters' peak lr; 0 = finetune_lr (paper: gates-only phase 1e-4 vs 3e-6, 33x)
     sparsity_weights: tuple[float, ...] = (0.01,)  # gate-penalty weights λ, one GateSkip arm each (paper: 1.0)
     penalty: str = "l2"  # "l2" (paper) | "l1" | "kl"
     gate_kind: str = "vector"  # "vector" (paper) | "scalar"
@@ -225,9 +226,30 @@ def _ramp(cfg: Config, step: int) -> float:
     return cfg.train_skip_end * step / max(1, cfg.finetune_steps - 1)
 
 
-def _finetune(model: nn.Module, task: _Task, cfg: Config, kind: str, weight: float, desc: str) -> pd.DataFrame:
+def parameter_groups(model: nn.Module, lr: float, gate_lr: float = 0.0) -> list[dict[str, Any]]:
+    """AdamW groups: the residual gates' parameters at peak ``gate_lr`` (0: ``lr``), everything else at ``lr``.
+
+    The paper trains gates alone at lr 1e-4 against 3e-6 for the full fine-tune; with AdamW each parameter moves
+    about lr per step, so a short fine-tune at the backbone's lr hardly moves the gate bias from its init of 5.
+    """
+    gate_ids = {
+        id(p) for b in gate.gated_branches(model) if b.residual_gate is not None for p in b.residual_gate.parameters()
+    }
+    rest = [p for p in model.parameters() if id(p) not in gate_ids]
+    gates = [p for p in model.parameters() if id(p) in gate_ids]
+    groups = [{"params": rest, "lr": lr}]
+    if gates:
+        groups.append({"params": gates, "lr": gate_lr if gate_lr > 0 else lr})
+    return groups
+
+
+def _finetune(
+    model: nn.Module, task: _Task, cfg: Config, kind: str, weight: float, desc: str, seed: int
+) -> pd.DataFrame:
+    gen = torch.Generator().manual_seed(30_000 + seed)  # every arm of a seed sees the same fine-tuning batches
+
     def batches(step: int) -> torch.Tensor:
-        return task.batch(cfg.batch_size)
+        return task.batch(cfg.batch_size, gen)
 
     if kind == "dense":
         return train_causal_lm(model, batches, cfg.finetune_steps, cfg.finetune_lr, progress=cfg.progress, desc=desc)
@@ -246,6 +268,7 @@ def _finetune(model: nn.Module, task: _Task, cfg: Config, kind: str, weight: flo
         cfg.finetune_lr,
         step_context=context,
         extra_loss=penalty if kind == "gateskip" else None,
+        parameters=parameter_groups(model, cfg.finetune_lr, cfg.gate_lr),
         progress=cfg.progress,
         desc=desc,
     )
@@ -309,90 +332,134 @@ def _gate_maps(model: nn.Module, task: _Task, cfg: Config) -> tuple[list[dict], 
     return gates, skips
 
 
-def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str, Any]:
-    """All arms of one task and seed; returns tidy rows and the GateSkip model of the first λ."""
-    seed_everything(seed, threads=cfg.threads)
-    device = profile.resolve_device(cfg.device)
-    task = _Task(task_name, cfg, seed, device)
-    length = task.eval_tokens.shape[1]
-    cost, history, rows = [], [], []
+@dataclass
+class Pretrained:
+    """One task and seed's pretrained checkpoint, reused by every fine-tune of that seed (see :func:`pretrain`)."""
 
+    task: _Task  # data and metrics of the task for this seed
+    seed: int  # the seed of pretraining, fine-tuning data and evaluation data
+    checkpoint: Path  # save_pretrained folder of the pretrained LM
+    history: list[pd.DataFrame]  # pretraining losses
+    cost: list[dict[str, Any]]  # wall seconds of pretraining
+    parameters: int  # parameters of the LM
+
+
+def _timer(cost: list[dict[str, Any]], task_name: str, seed: int):
     def timed(phase, fn):
         start = time.perf_counter()
         out = fn()
         cost.append({"task": task_name, "seed": seed, "phase": phase, "seconds": time.perf_counter() - start})
         return out
 
-    def log(phase, frame):
-        history.append(frame.assign(task=task_name, seed=seed, phase=phase))
+    return timed
 
+
+def pretrain(cfg: Config, task_name: str, seed: int, workdir: Path) -> Pretrained:
+    """Pretrain the shared LM of one task and seed and save it under ``workdir`` (the expensive part of a seed)."""
+    seed_everything(seed, threads=cfg.threads)
+    device = profile.resolve_device(cfg.device)
+    task = _Task(task_name, cfg, seed, device)
+    cost: list[dict[str, Any]] = []
+    timed = _timer(cost, task_name, seed)
     base = build_causal_lm(
         cfg.arch,
         task.vocab,
         cfg.d_model,
         cfg.n_layers,
         cfg.n_heads,
-        max_positions=length,
+        max_positions=task.eval_tokens.shape[1],
         eos_token_id=task.eos,
         pad_token_id=task.pad,
         seed=seed,
     ).to(device)
     steps = cfg.pretrain_steps if task_name == "cumsum" else cfg.text_pretrain_steps
-    log(
+    frame = timed(
         "pretrain",
-        timed(
-            "pretrain",
-            lambda: train_causal_lm(
-                base,
-                lambda s: task.batch(cfg.batch_size),
-                steps,
-                cfg.pretrain_lr,
-                warmup_steps=steps // 20,
-                progress=cfg.progress,
-                desc=f"pretrain {task_name} s{seed}",
-            ),
+        lambda: train_causal_lm(
+            base,
+            lambda s: task.batch(cfg.batch_size),
+            steps,
+            cfg.pretrain_lr,
+            warmup_steps=steps // 20,
+            progress=cfg.progress,
+            desc=f"pretrain {task_name} s{seed}",
         ),
     )
-    checkpoint = save_lm(base, workdir / f"{task_name}-pretrained-{seed}")
-    dense_model = load_lm(checkpoint, device)
-    log("dense", timed("finetune dense", lambda: _finetune(dense_model, task, cfg, "dense", 0.0, "dense")))
-    dense_flops = executed_flops(dense_model, task)
-    dense_quality = evaluate(dense_model, task)
-    rows.append(
-        {
-            "task": task_name,
-            "arm": "dense",
-            "family": "dense",
-            "sparsity_weight": 0.0,
-            "budget": 0.0,
-            **dense_quality,
-            "flops": dense_flops,
-            "flops_saved": 0.0,
-        }
-    )
+    checkpoint = save_lm(base, Path(workdir) / f"{task_name}-pretrained-{seed}")
+    history = [frame.assign(task=task_name, seed=seed, phase="pretrain")]
+    return Pretrained(task, seed, checkpoint, history, cost, n_parameters(base))
+
+
+@torch.no_grad()
+def mean_gate(model: nn.Module, task: _Task) -> float:
+    """Mean gate value over every branch and token of the first evaluation batch at r = 0 (init: sigmoid(5))."""
+    x = task.eval_tokens[: task.cfg.eval_batch].to(task.device)
+    with skip.budget(model, 0.0, measure_flops=False, record=True) as stats:
+        model(x, use_cache=False)
+    return float(torch.stack([rec["importance"].float().mean() for rec in stats.records.values()]).mean())
+
+
+def finetune_arms(cfg: Config, pre: Pretrained, workdir: Path, baselines: bool = True) -> dict[str, Any]:
+    """Every arm of ``cfg`` fine-tuned from ``pre``'s checkpoint; ``baselines=False``: only the GateSkip arms.
+
+    Each arm starts from the same checkpoint, gate initialisation and fine-tuning batches, so one arm's numbers do
+    not depend on which other arms ran (explorations reuse one pretrained checkpoint across many configs).
+    """
+    task, seed, checkpoint = pre.task, pre.seed, pre.checkpoint
+    task_name, device = task.name, task.device
+    workdir = Path(workdir)
+    seed_everything(seed, threads=cfg.threads)
+    cost, history, rows = [], [], []
+    timed = _timer(cost, task_name, seed)
+
+    def log(phase, frame):
+        history.append(frame.assign(task=task_name, seed=seed, phase=phase))
+
+    def fresh(kind: str) -> nn.Module:
+        torch.manual_seed(40_000 + seed)  # the same gate initialisation whatever ran before
+        return gate.add_gates(load_lm(checkpoint, device), kind=kind)
+
+    dense_flops = executed_flops(load_lm(checkpoint, device), task)
+    if baselines:
+        dense_model = load_lm(checkpoint, device)
+        log("dense", timed("finetune dense", lambda: _finetune(dense_model, task, cfg, "dense", 0.0, "dense", seed)))
+        dense_quality = evaluate(dense_model, task)
+        rows.append(
+            {
+                "task": task_name,
+                "arm": "dense",
+                "family": "dense",
+                "sparsity_weight": 0.0,
+                "budget": 0.0,
+                **dense_quality,
+                "flops": dense_flops,
+                "flops_saved": 0.0,
+            }
+        )
 
     first_gated, gate_rows, skip_rows = None, [], []
     for weight in cfg.sparsity_weights:
-        model = gate.add_gates(load_lm(checkpoint, device), kind=cfg.gate_kind)
+        model = fresh(cfg.gate_kind)
         log(
             f"gateskip λ={weight:g}",
             timed(
                 f"finetune gateskip λ={weight:g}",
-                lambda m=model, w=weight: _finetune(m, task, cfg, "gateskip", w, f"gateskip λ={w:g}"),
+                lambda m=model, w=weight: _finetune(m, task, cfg, "gateskip", w, f"gateskip λ={w:g}", seed),
             ),
         )
         saved = workdir / f"{task_name}-gateskip-{weight:g}-{seed}"
         model.save_pretrained(saved)
         model = gate.from_pretrained(saved).to(device).eval()  # the reload path users take
         arm = f"gateskip λ={weight:g}"
-        rows += timed(
+        gate_value = mean_gate(model, task)
+        points = timed(
             f"eval {arm}",
             lambda m=model, a=arm, w=weight: _points(
                 m, task, cfg, a, "gateskip", w, _budget_contexts(m, cfg, "gate", seed), dense_flops
             ),
         )
         if first_gated is None:  # the random-ranking control of the headline (first) λ
-            rows += timed(
+            points += timed(
                 f"eval {arm} + random rank",
                 lambda m=model, a=arm, w=weight: _points(
                     m,
@@ -405,21 +472,53 @@ def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str,
                     dense_flops,
                 ),
             )
-        if first_gated is None:
             first_gated = saved  # reloaded by run() (workers cannot hand back modules cheaply)
             gates, skips_ = _gate_maps(model, task, cfg)
             gate_rows += gates
             skip_rows += skips_
+        rows += [dict(row, gate_mean=gate_value) for row in points]
 
-    rand = gate.add_gates(load_lm(checkpoint, device), kind="none")
-    log("random_skip", timed("finetune random_skip", lambda: _finetune(rand, task, cfg, "random", 0.0, "random skip")))
-    rows += timed(
-        "eval random_skip",
-        lambda: _points(
-            rand, task, cfg, "random_skip", "random_skip", 0.0, _budget_contexts(rand, cfg, "random", seed), dense_flops
-        ),
-    )
+    if baselines:
+        rand = fresh("none")
+        log(
+            "random_skip",
+            timed("finetune random_skip", lambda: _finetune(rand, task, cfg, "random", 0.0, "random skip", seed)),
+        )
+        rows += timed(
+            "eval random_skip",
+            lambda: _points(
+                rand,
+                task,
+                cfg,
+                "random_skip",
+                "random_skip",
+                0.0,
+                _budget_contexts(rand, cfg, "random", seed),
+                dense_flops,
+            ),
+        )
+        rows += _static_rows(cfg, task, dense_model, dense_flops, timed)
+        dense_row = next(r for r in rows if r["arm"] == "dense")
+        for arm in ("shortgpt", "uls"):  # the dense fine-tune is the 0 % point of the static arms
+            rows.append({**dense_row, "arm": arm, "family": "static"})
 
+    for row in rows:
+        row["seed"] = seed
+    return {
+        "rows": rows,
+        "gates": [dict(r, seed=seed) for r in gate_rows],
+        "skips": [dict(r, seed=seed) for r in skip_rows],
+        "history": history,
+        "cost": cost,
+        "model_path": str(first_gated) if first_gated is not None else None,
+        "examples": task.eval_tokens[: cfg.eval_batch],
+        "provenance": task.provenance,
+        "parameters": pre.parameters,
+    }
+
+
+def _static_rows(cfg: Config, task: _Task, dense_model: nn.Module, dense_flops: int, timed) -> list[dict[str, Any]]:
+    """ShortGPT and ULS points on the dense fine-tune, each at its own saved fraction."""
     order = timed("shortgpt order", lambda: skip.shortgpt_order(dense_model, task.calibration()))
     n_branches = 2 * cfg.n_layers
     ks = sorted({round(r * n_branches) for r in cfg.budgets} - {0})
@@ -447,23 +546,16 @@ def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str,
     )
     for row in static_rows:
         row["budget"] = row["skipped_fraction"]  # static points sit at their own saved fraction
-    rows += static_rows
-    for arm in ("shortgpt", "uls"):  # the dense fine-tune is the 0 % point of the static arms
-        rows.append({**rows[0], "arm": arm, "family": "static"})
+    return static_rows
 
-    for row in rows:
-        row["seed"] = seed
-    return {
-        "rows": rows,
-        "gates": [dict(r, seed=seed) for r in gate_rows],
-        "skips": [dict(r, seed=seed) for r in skip_rows],
-        "history": history,
-        "cost": cost,
-        "model_path": str(first_gated),
-        "examples": task.eval_tokens[: cfg.eval_batch],
-        "provenance": task.provenance,
-        "parameters": n_parameters(dense_model),
-    }
+
+def run_seed(cfg: Config, task_name: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """All arms of one task and seed (:func:`pretrain`, then :func:`finetune_arms`)."""
+    pre = pretrain(cfg, task_name, seed, workdir)
+    out = finetune_arms(cfg, pre, workdir)
+    out["history"] = pre.history + out["history"]
+    out["cost"] = pre.cost + out["cost"]
+    return out
 
 
 def _run_job(args: tuple[Config, str, int, str]) -> dict[str, Any]:

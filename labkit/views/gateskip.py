@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots
+from labkit.experiments.gateskip import token_skip_map
 from labkit.report import bootstrap_ci
 
 ARM_STYLE = {"dense": "k", "random_skip": "tab:orange", "shortgpt": "tab:green", "uls": "tab:olive"}
@@ -136,6 +137,13 @@ def token_skips(
     ax.set_title(f"tokens skipped at r = {ratio:.0%} ({int((~keep).sum())} of {keep.size} branch computations)")
     fig.tight_layout()
     return fig
+
+
+def draw_tokens(model, examples, ratio: float, example: int, scope: str = "batch") -> plt.Figure:
+    """:func:`token_skips` for example ``example`` of the batch ``examples`` at budget ``ratio`` (quantile over the
+    whole batch with ``scope="batch"``, as at evaluation); the widget's redraw function."""
+    m = token_skip_map(model, examples, ratio, example, scope=scope)
+    return token_skips(m["importance"], m["keep"], m["names"], m["tokens"], ratio)
 
 
 def training_curves(history: pd.DataFrame, task: str) -> plt.Figure:
