@@ -13,7 +13,7 @@ import torch
 
 from labkit import seed_everything
 from labkit.models.forecaster import PerVariableForecaster
-from labkit.profile import device_info, measure, resolve_device
+from labkit.profile import device_info, measure_many, resolve_device
 from labkit.stage import PerVariableDecoder, PerVariableEncoder, to_layout
 
 THREADS = 1
@@ -51,15 +51,15 @@ def main() -> None:
 
         with torch.no_grad():
             diff = (dec_g(enc_g(x)) - dec_l(enc_l(x))).abs().max().item()
-        t_list = measure(step(enc_l, dec_l), warmup=3, repeat=10)
-        t_group = measure(step(enc_g, dec_g), warmup=3, repeat=10)
+        t = measure_many({"list": step(enc_l, dec_l), "grouped": step(enc_g, dec_g)}, warmup=3, repeat=10)
+        t_list, t_group = t["list"], t["grouped"]
         print(
             f"{n_vars:>3} {1e3 * t_list.median:>9.1f} ±{1e3 * t_list.iqr:<4.1f} {1e3 * t_group.median:>6.1f} "
             f"±{1e3 * t_group.iqr:<4.1f} {t_list.median / t_group.median:>19.2f} {diff:>11.1e}"
         )
     print("full PerVariableForecaster training step (6 -> 6 frames, batch 16, d_model 32, 2 blocks, AdamW):")
     for n_vars in (5, 20):
-        times = {}
+        steps = {}
         for layout in ("modulelist", "grouped"):
             seed_everything(0, threads=THREADS)
             model = PerVariableForecaster(n_vars, 6, 6, HID, N_LAYERS, 32, 4, 2, layout=layout).to(device)
@@ -71,7 +71,8 @@ def main() -> None:
                 model(x)[0].pow(2).mean().backward()
                 opt.step()
 
-            times[layout] = measure(train_step, warmup=2, repeat=5)
+            steps[layout] = train_step
+        times = measure_many(steps, warmup=2, repeat=5)  # round-robin: load changes hit both layouts alike
         ratio = times["modulelist"].median / times["grouped"].median
         print(
             f"{n_vars:>3} {1e3 * times['modulelist'].median:>9.1f} ms (modulelist) "
