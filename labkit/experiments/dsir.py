@@ -48,6 +48,25 @@ TARGETS = {
     "python-topics": ("python/topics",),
 }
 METHODS = ("random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir")
+# Downstream classification task of each target: tell apart chunks of these labels (the target's own label among
+# its domain's other fine tags), e.g. GCIDE domain tags, FOLDOC sub-tags, man sections, fortune categories.
+CLASSIFY_TASKS = {
+    "foldoc-networking": tuple(
+        f"foldoc/{t}" for t in ("networking", "programming", "language", "operating-system", "hardware")
+    ),
+    "gcide-botany": ("gcide/Bot", "gcide/Zool", "gcide/Chem", "gcide/Med", "gcide/Anat"),
+    "gcide-chemistry": ("gcide/Bot", "gcide/Zool", "gcide/Chem", "gcide/Med", "gcide/Anat"),
+    "man2-syscalls": tuple(f"man/{s}" for s in (1, 2, 3, 5, 7, 8)),
+    "devils-dictionary": ("devil", "jargon", "gcide/general", "foldoc/general"),
+    "fortunes-songs-poems": tuple(
+        f"fortunes/{c}" for c in ("songs-poems", "computers", "definitions", "people", "science", "politics")
+    ),
+    "python-api-docs": ("python/api", "python/topics", "man/2", "man/3"),
+    "shakespeare-tragedies": tuple(
+        f"shakespeare/{p}" for p in ("hamlet", "lear", "othello", "richard_iii", "coriolanus", "henry_v")
+    ),
+    "python-topics": ("python/api", "python/topics", "man/2", "man/3"),
+}
 CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
 # KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
 PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
@@ -83,6 +102,18 @@ class Config:
     lm_lr: float = 3e-3  # peak learning rate (warm-up 10 %, cosine decay)
     device: str = "cpu"  # "cpu" | "cuda" | "auto" for the transformer
     threads: int = 1  # torch threads (1 was faster than 2 on the shared 2-core machine)
+    # Downstream classification (the paper's continued pretraining + target-task fine-tuning, at byte-LM scale):
+    classify: bool = False  # pretrain a base byte LM, continue it on each selection, probe the target's domain tags
+    classify_targets: list[str] = field(default_factory=lambda: ["foldoc-networking", "gcide-botany"])  # with a task
+    classify_methods: list[str] = field(default_factory=lambda: ["random", "dsir", "heuristic"])  # subset of methods
+    classify_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # selection + continued-pretraining seeds
+    classify_train: int = 40  # labelled chunks per tag to train the probe (5 tags: 200 examples)
+    classify_eval: int = 40  # labelled chunks per tag to evaluate it (disjoint from training and from the pool)
+    base_chunks: int = 5000  # random pool chunks (task chunks excluded) the base LM is pretrained on
+    base_steps: int = 300  # AdamW steps of base pretraining (lr = lm_lr); one base model per run
+    continue_steps: int = 150  # AdamW steps of continued pretraining on each selection
+    continue_lr: float = 1e-3  # peak learning rate of continued pretraining (warm-up 10 %, cosine decay)
+    probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe on mean-pooled hidden states
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -104,8 +135,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lm_hidden": 32,
         "lm_layers": 1,
         "lm_heads": 2,
+        "classify": True,
+        "classify_targets": ["python-topics"],
+        "classify_methods": ["random", "dsir"],
+        "classify_seeds": [0],
+        "classify_train": 6,
+        "classify_eval": 6,
+        "base_chunks": 200,
+        "base_steps": 2,
+        "continue_steps": 2,
     },
-    "cpu": {},
+    "cpu": {},  # classify stays off: ~15 CPU-min at its defaults, beyond the cpu preset's budget
     "gpu": {
         "max_chunks": {},
         "seeds": [0, 1, 2],
@@ -121,6 +161,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lm_heads": 6,
         "lm_lr": 1e-3,
         "device": "auto",
+        "classify": True,
+        "classify_targets": list(TARGETS)[:8],
+        "classify_methods": list(METHODS),
+        "base_chunks": 50000,
+        "base_steps": 3000,
+        "continue_steps": 1000,
+        "continue_lr": 3e-4,
     },
 }
 
@@ -130,6 +177,8 @@ def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     cfg = _configure(Config, PRESETS, preset, overrides)
     require_subset("targets", cfg.targets, TARGETS)
     require_subset("methods", cfg.methods, METHODS)
+    require_subset("classify_methods", cfg.classify_methods, METHODS)
+    require_subset("classify_targets", cfg.classify_targets, CLASSIFY_TASKS)
     if cfg.downstream not in ("bigram", "tiny_lm", "both"):
         raise ValueError(f"downstream must be 'bigram', 'tiny_lm' or 'both', got {cfg.downstream!r}")
     return cfg
@@ -204,17 +253,26 @@ class Split:
     fit: np.ndarray
     eval: np.ndarray
     pool: np.ndarray
+    reserved: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # kept out of everything
 
 
-def split_target(prepared: Prepared, target: str, n_fit: int, n_eval: int, seed: int) -> Split:
-    """Draw the fit sample and the held-out set from the target's labels; everything else is the pool."""
+def split_target(
+    prepared: Prepared, target: str, n_fit: int, n_eval: int, seed: int, reserved: np.ndarray | None = None
+) -> Split:
+    """Draw the fit sample and the held-out set from the target's labels; everything else is the pool.
+
+    ``reserved`` chunk ids (e.g. a downstream task's labelled examples) are neither drawn nor left in the pool.
+    """
     labels = prepared.corpus.label.to_numpy()
     members = np.nonzero(np.isin(labels, TARGETS[target]))[0]
+    reserved = np.zeros(0, dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
+    if len(reserved):
+        members = np.setdiff1d(members, reserved)
     rng = np.random.default_rng([seed, sorted(TARGETS).index(target)])
     drawn = rng.permutation(members)[: n_fit + n_eval]
     fit, held = np.sort(drawn[:n_fit]), np.sort(drawn[n_fit:])
-    pool = np.setdiff1d(np.arange(len(labels)), drawn)
-    return Split(fit, held, pool)
+    pool = np.setdiff1d(np.arange(len(labels)), np.concatenate([drawn, reserved]))
+    return Split(fit, held, pool, reserved)
 
 
 def select(method: str, prepared: Prepared, split: Split, target: str, k: int, seed: int, cfg: Config) -> np.ndarray:
@@ -223,7 +281,7 @@ def select(method: str, prepared: Prepared, split: Split, target: str, k: int, s
     Every method sees the whole corpus with the target's fit and held-out chunks excluded (``exclude=``), which
     equals selecting from the pool without copying it.
     """
-    drawn = np.concatenate([split.fit, split.eval])
+    drawn = np.concatenate([split.fit, split.eval, split.reserved])
     fit_feats = prepared.features.subset(split.fit)
     if method == "random":
         return split.pool[random_select(len(split.pool), k, seed)]
@@ -258,41 +316,58 @@ def select(method: str, prepared: Prepared, split: Split, target: str, k: int, s
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
-def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Config, seed: int) -> float:
-    """Train a tiny byte-level causal transformer on ``train_texts``; held-out bits per byte on ``eval_texts``."""
+def byte_tensor(texts: list[str]):
+    """The UTF-8 bytes of ``texts`` joined by newlines, as a long tensor (the byte LM's token ids)."""
     import torch
 
-    from labkit.models.decoder_lm import build_causal_lm
-    from labkit.profile import resolve_device
-    from labkit.train import train_causal_lm
+    return torch.frombuffer(bytearray("\n".join(texts).encode("utf-8")), dtype=torch.uint8).long()
 
-    seed_everything(seed, threads=cfg.threads)
-    device = resolve_device(cfg.device)
-    data = torch.frombuffer(bytearray("\n".join(train_texts).encode("utf-8")), dtype=torch.uint8).long()
-    held = torch.frombuffer(bytearray("\n".join(eval_texts).encode("utf-8")), dtype=torch.uint8).long()
-    window = cfg.lm_context + 1
-    if len(data) <= window or len(held) <= window:
-        raise ValueError(f"need more than {window} bytes of training and held-out text, got {len(data)}/{len(held)}")
-    model = build_causal_lm(
+
+def build_byte_lm(cfg: Config, seed: int):
+    """A randomly initialised byte-level (256-token) Llama-style causal LM of the config's size."""
+    from labkit.models.decoder_lm import build_causal_lm
+
+    return build_causal_lm(
         "llama",
         vocab_size=256,
         hidden_size=cfg.lm_hidden,
         n_layers=cfg.lm_layers,
         n_heads=cfg.lm_heads,
-        max_positions=window,
+        max_positions=cfg.lm_context + 1,
         seed=seed,
-    ).to(device)
+    )
+
+
+def train_on_bytes(model, data, steps: int, lr: float, cfg: Config, seed: int) -> None:
+    """``steps`` AdamW steps on random ``lm_context``-byte windows of ``data`` (warm-up 10 %, cosine decay)."""
+    import torch
+
+    from labkit.train import train_causal_lm
+
+    window = cfg.lm_context + 1
+    if len(data) <= window:
+        raise ValueError(f"need more than {window} bytes of training text, got {len(data)}")
     generator = torch.Generator().manual_seed(seed)
 
     def batch(step: int) -> torch.Tensor:
         starts = torch.randint(0, len(data) - window, (cfg.lm_batch,), generator=generator)
         return torch.stack([data[s : s + window] for s in starts.tolist()])
 
-    train_causal_lm(model, batch, cfg.lm_steps, cfg.lm_lr, warmup_steps=max(1, cfg.lm_steps // 10), progress=False)
+    train_causal_lm(model, batch, steps, lr, warmup_steps=max(1, steps // 10), progress=False)
+
+
+def bits_per_byte(model, held, cfg: Config) -> float:
+    """Held-out bits per byte of a byte LM over consecutive ``lm_context`` windows of ``held``."""
+    import torch
+
+    if len(held) <= cfg.lm_context + 1:
+        raise ValueError(f"need more than {cfg.lm_context + 1} bytes of held-out text, got {len(held)}")
+    device = next(model.parameters()).device
     n = (len(held) - 1) // cfg.lm_context
     inputs = held[: n * cfg.lm_context].view(n, cfg.lm_context)
     targets = held[1 : n * cfg.lm_context + 1].view(n, cfg.lm_context)
     total, count = 0.0, 0
+    model.eval()
     with torch.no_grad():
         for i in range(0, n, 64):
             x, y = inputs[i : i + 64].to(device), targets[i : i + 64].to(device)
@@ -300,6 +375,20 @@ def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Co
             total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1), reduction="sum"))
             count += y.numel()
     return total / count / math.log(2)
+
+
+def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Config, seed: int) -> float:
+    """Train a tiny byte-level causal transformer on ``train_texts``; held-out bits per byte on ``eval_texts``."""
+    from labkit.profile import resolve_device
+
+    seed_everything(seed, threads=cfg.threads)
+    data, held = byte_tensor(train_texts), byte_tensor(eval_texts)
+    window = cfg.lm_context + 1
+    if len(data) <= window or len(held) <= window:
+        raise ValueError(f"need more than {window} bytes of training and held-out text, got {len(data)}/{len(held)}")
+    model = build_byte_lm(cfg, seed).to(resolve_device(cfg.device))
+    train_on_bytes(model, data, cfg.lm_steps, cfg.lm_lr, cfg, seed)
+    return bits_per_byte(model, held, cfg)
 
 
 @dataclass
@@ -310,6 +399,8 @@ class Results:
     picks: pd.DataFrame  # seed, target, method, label, count: what each selection contained
     tiny_lm: pd.DataFrame  # seed, target, method, bits_per_byte, kl_reduction
     skipped_targets: dict[str, str]  # target -> reason
+    classify: pd.DataFrame = field(default_factory=pd.DataFrame)  # seed, target, method, accuracy, macro_f1, ...
+    classify_skipped: dict[str, str] = field(default_factory=dict)  # classification target -> reason
 
 
 def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) -> Results:
@@ -365,7 +456,12 @@ def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) ->
                 lm_rows.append(
                     {"seed": seed, "target": target, "method": method, "bits_per_byte": bpb, "kl_reduction": kl}
                 )
-    return Results(pd.DataFrame(rows), pd.DataFrame(pick_rows), pd.DataFrame(lm_rows), prepared.skipped_targets)
+    results = Results(pd.DataFrame(rows), pd.DataFrame(pick_rows), pd.DataFrame(lm_rows), prepared.skipped_targets)
+    if cfg.classify:
+        from labkit.experiments.dsir_classify import run_classification
+
+        results.classify, results.classify_skipped = run_classification(cfg, prepared, progress=progress)
+    return results
 
 
 def method_correlation(
@@ -414,6 +510,44 @@ def paired_gaps(
     out = pd.DataFrame(rows)
     out.insert(0, "comparison", f"{method} − {reference}")
     return out
+
+
+def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """Per target × method: mean accuracy and macro-F1 over seeds with bootstrap 95 % intervals."""
+    from labkit.report import bootstrap_ci
+
+    rows = []
+    for (target, method), group in classify.groupby(["target", "method"], sort=False):
+        row = {"target": target, "method": method, "n_seeds": len(group)}
+        for value in ("accuracy", "macro_f1"):
+            mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+            row.update({value: mean, f"{value}_low": low, f"{value}_high": high})
+        row["bits_per_byte"] = float(group.bits_per_byte.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
+    """A one-line statement of the paired accuracy gaps (DSIR − random, DSIR − heuristic, DSIR − base) of a run."""
+    if classify.empty or "dsir" not in set(classify.method):
+        return "downstream classification not run"
+    parts = []
+    for ref in ("random", "heuristic", "base"):
+        if ref not in set(classify.method):
+            continue
+        gap = paired_gaps(classify, "dsir", ref, value="accuracy", n_boot=n_boot)
+        per_target, overall = gap[gap.target != "all"], gap[gap.target == "all"].iloc[0]
+        word = "higher" if overall.low > 0 else ("lower" if overall.high < 0 else "tied (interval spans 0)")
+        if overall.n < 3:
+            word = f"from {int(overall.n)} paired cell(s): too few for an interval"
+        parts.append(
+            f"DSIR − {ref} accuracy {overall.mean_diff:+.3f} [{overall.low:+.3f}, {overall.high:+.3f}] {word}, "
+            f"DSIR higher on {int((per_target.mean_diff > 0).sum())}/{len(per_target)} targets"
+        )
+    n_targets, n_seeds = classify.target.nunique(), classify.seed.nunique()
+    return f"classification after continued pretraining (linear probe, {n_targets} targets × {n_seeds} seeds): " + (
+        "; ".join(parts)
+    )
 
 
 def explorer_weights(cfg: Config, prepared: Prepared, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:

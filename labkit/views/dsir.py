@@ -169,3 +169,29 @@ def tiny_lm_bars(tiny: pd.DataFrame) -> plt.Figure:
     ax.set_title("Tiny byte-level transformer trained on each selection")
     fig.tight_layout()
     return fig
+
+
+def classify_bars(classify: pd.DataFrame) -> plt.Figure:
+    """Downstream classification after continued pretraining: accuracy and macro-F1 per target and method."""
+    methods = ["base"] + [m for m in _order(classify.method) if m != "base"]
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 3.2 * classify.target.nunique()), 4.2))
+    for ax, value, label in zip(axes, ("accuracy", "macro_f1"), ("accuracy", "macro-F1"), strict=True):
+        plots.bars_ci(classify, "target", value, hue="method", ax=ax, hue_order=methods)
+        targets = list(dict.fromkeys(classify.target))
+        chance = (1.0 / classify.groupby("target").n_tags.first()).reindex(targets)
+        ax.hlines(
+            chance,
+            np.arange(len(targets)) - 0.45,
+            np.arange(len(targets)) + 0.45,
+            colors="black",
+            linestyles="--",
+            linewidth=1,
+            zorder=4,
+            label="chance (1 / tags)",
+        )
+        ax.set_ylabel(f"held-out {label} (higher is better)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize="x-small", ncol=2)
+    fig.suptitle("Linear probe of the target's domain tags after continued pretraining on each selection", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,172 @@
+"""DSIR's downstream protocol at byte-LM scale: continued pretraining on a selection, then a labelled target task.
+
+The paper continues pretraining RoBERTa on each method's selection and fine-tunes it on a labelled task of the target
+domain (Xie et al., NeurIPS 2023, §6). Here: one base byte-level transformer is pretrained on a random sample of the
+pool; for every target × method × seed it is continued on that method's selection, and a **linear probe** (logistic
+regression on mean-pooled last hidden states, the transformer frozen) learns to tell apart the target domain's fine
+tags (``CLASSIFY_TASKS``). Accuracy and macro-F1 on a disjoint labelled evaluation set. Nothing here draws or prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from labkit import seed_everything
+from labkit.experiments.dsir import (
+    CLASSIFY_TASKS,
+    TARGETS,
+    Config,
+    Prepared,
+    bits_per_byte,
+    build_byte_lm,
+    byte_tensor,
+    select,
+    split_target,
+    train_on_bytes,
+)
+from labkit.select import kl_reduction
+
+
+def draw_task(labels: np.ndarray, tags: tuple[str, ...], per_tag_train: int, per_tag_eval: int):
+    """Labelled chunk ids of one classification task: ``per_tag_train`` + ``per_tag_eval`` chunks of every tag.
+
+    The draw depends only on the tags (not on the seed), so every method and seed is probed on the same examples.
+    Returns (train_ids, train_y, eval_ids, eval_y), or a string saying which tag has too few chunks.
+    """
+    rng = np.random.default_rng(list(hashlib.sha256("|".join(tags).encode()).digest()[:8]))
+    train, train_y, held, held_y = [], [], [], []
+    for j, tag in enumerate(tags):
+        members = np.nonzero(labels == tag)[0]
+        need = per_tag_train + per_tag_eval
+        if len(members) < need:
+            return f"tag {tag!r} has {len(members)} chunks; the task needs {need} (classify_train + classify_eval)"
+        drawn = rng.permutation(members)[:need]
+        train.append(drawn[:per_tag_train])
+        held.append(drawn[per_tag_train:])
+        train_y += [j] * per_tag_train
+        held_y += [j] * per_tag_eval
+    return np.concatenate(train), np.array(train_y), np.concatenate(held), np.array(held_y)
+
+
+def pooled_features(model, texts: list[str], context: int, batch_size: int = 64) -> np.ndarray:
+    """Mean over positions of the last hidden state for the first ``context`` UTF-8 bytes of each text."""
+    import torch
+
+    device = next(model.parameters()).device
+    encoded = [list(t.encode("utf-8")[:context]) or [32] for t in texts]
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            chunk = encoded[i : i + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width)
+            for r, row in enumerate(chunk):  # right padding: a causal model's earlier positions do not see it
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1.0
+            hidden = model(input_ids=ids.to(device), output_hidden_states=True, use_cache=False).hidden_states[-1]
+            mask = mask.to(device)[:, :, None]
+            out.append(((hidden.float() * mask).sum(1) / mask.sum(1)).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, c: float) -> dict:
+    """Linear probe: standardized features → multinomial logistic regression; accuracy and macro-F1 on eval."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x)
+    clf = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(train_x), train_y)
+    pred = clf.predict(scaler.transform(eval_x))
+    return {"accuracy": float((pred == eval_y).mean()), "macro_f1": float(f1_score(eval_y, pred, average="macro"))}
+
+
+def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Base LM → per target × method × seed: continued pretraining on the selection, probe of the target's tags.
+
+    Rows: seed, target, method, accuracy, macro_f1, bits_per_byte (held-out target chunks), kl_reduction, k, sizes.
+    Method ``"base"`` is the base LM without continued pretraining (deterministic: the same value for every seed).
+    Task chunks are reserved: never in a target's fit/held-out draw, a selection pool, or the base LM's sample.
+    """
+    from labkit.profile import resolve_device
+
+    device = resolve_device(cfg.device)
+    corpus = prepared.corpus
+    labels, texts = corpus.label.to_numpy(), corpus.text.to_numpy()
+    tasks, skipped = {}, {}
+    for target in cfg.classify_targets:
+        if target in prepared.skipped_targets:
+            skipped[target] = prepared.skipped_targets[target]
+            continue
+        task = draw_task(labels, CLASSIFY_TASKS[target], cfg.classify_train, cfg.classify_eval)
+        if isinstance(task, str):
+            skipped[target] = task
+            continue
+        reserved = np.concatenate([task[0], task[2]])
+        have = len(np.setdiff1d(np.nonzero(np.isin(labels, TARGETS[target]))[0], reserved))
+        if have < cfg.n_fit + cfg.n_eval + 1:
+            skipped[target] = f"{have} target chunks left after reserving the task; needs > n_fit + n_eval"
+            continue
+        tasks[target] = task
+    if not tasks:
+        return pd.DataFrame(), skipped
+    all_reserved = np.unique(np.concatenate([np.concatenate([t[0], t[2]]) for t in tasks.values()]))
+    seed_everything(0, threads=cfg.threads)
+    candidates = np.setdiff1d(np.arange(len(corpus)), all_reserved)
+    sample = np.random.default_rng(0).choice(candidates, size=min(cfg.base_chunks, len(candidates)), replace=False)
+    base = build_byte_lm(cfg, seed=0).to(device)
+    train_on_bytes(base, byte_tensor(list(texts[sample])), cfg.base_steps, cfg.lm_lr, cfg, seed=0)
+    total_counts = prepared.features.total_counts()
+    rows = []
+
+    def score(model, target: str, seed: int, method: str, held, extra: dict) -> None:
+        train_ids, train_y, eval_ids, eval_y = tasks[target]
+        train_x = pooled_features(model, list(texts[train_ids]), cfg.lm_context)
+        eval_x = pooled_features(model, list(texts[eval_ids]), cfg.lm_context)
+        row = {"seed": seed, "target": target, "method": method}
+        row.update(probe(train_x, train_y, eval_x, eval_y, cfg.probe_c))
+        row["bits_per_byte"] = bits_per_byte(model, held, cfg)
+        row.update(extra)
+        row.update({"n_tags": len(CLASSIFY_TASKS[target]), "n_train": len(train_ids), "n_eval": len(eval_ids)})
+        rows.append(row)
+
+    cells = [(s, t) for s in cfg.classify_seeds for t in tasks]
+    base_rows: dict[str, dict] = {}
+    for seed, target in tqdm(cells, desc="dsir classification", disable=not progress):
+        train_ids, _, eval_ids, _ = tasks[target]
+        split = split_target(
+            prepared, target, cfg.n_fit, cfg.n_eval, seed, reserved=np.concatenate([train_ids, eval_ids])
+        )
+        held = byte_tensor(list(texts[split.eval]))
+        if target not in base_rows:
+            score(base, target, seed, "base", held, {"kl_reduction": float("nan"), "k": 0})
+            base_rows[target] = rows[-1]
+        else:
+            rows.append({**base_rows[target], "seed": seed})
+        k = min(cfg.budget_k, len(split.pool))
+        eval_counts = prepared.features.total_counts(split.eval)
+        pool_counts = total_counts - prepared.features.total_counts(
+            np.concatenate([split.fit, split.eval, split.reserved])
+        )
+        for method in cfg.classify_methods:
+            chosen = select(method, prepared, split, target, k, seed, cfg)
+            kl = kl_reduction(
+                prepared.features.total_counts(chosen),
+                eval_counts,
+                pool_counts,
+                pseudocount=cfg.pseudocount,
+                num_buckets=cfg.num_buckets,
+            )
+            seed_everything(seed, threads=cfg.threads)
+            model = copy.deepcopy(base)
+            train_on_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
+            score(model, target, seed, method, held, {"kl_reduction": kl, "k": k})
+            del model
+    return pd.DataFrame(rows), skipped

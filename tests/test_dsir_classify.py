@@ -1,0 +1,121 @@
+"""DSIR downstream classification track: task draws are reserved everywhere, the probe, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labkit.experiments import dsir
+from labkit.experiments.dsir_classify import draw_task, pooled_features, probe, run_classification
+from labkit.select_features import featurize
+
+TAGS = dsir.CLASSIFY_TASKS["python-topics"]  # python/api, python/topics, man/2, man/3
+VOCAB = {
+    "python/api": "return value argument object method class instance module attribute",
+    "python/topics": "statement expression grammar syntax keyword operator evaluation scope",
+    "man/2": "syscall errno fd kernel signal process descriptor mmap",
+    "man/3": "library function pointer buffer malloc struct string stdio",
+    "man/1": "command option shell user file directory print usage",
+}
+
+
+def tiny_prepared(per_label: int = 40) -> dsir.Prepared:
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, words in VOCAB.items():
+        vocab = words.split() + "the a of and to in".split()
+        for _ in range(per_label):
+            rows.append({"text": " ".join(rng.choice(vocab, 24)), "source": label.split("/")[0], "label": label})
+    corpus = pd.DataFrame(rows)
+    features = featurize(corpus.text.tolist())
+    return dsir.Prepared(corpus, features, features.to_csr(), None, 0, {})
+
+
+def tiny_config(**overrides) -> dsir.Config:
+    values = dict(
+        targets=["python-topics"],
+        n_fit=8,
+        n_eval=8,
+        budget_k=30,
+        classify=True,
+        classify_targets=["python-topics"],
+        classify_methods=["random", "dsir", "heuristic"],
+        classify_seeds=[0, 1],
+        classify_train=5,
+        classify_eval=5,
+        base_chunks=60,
+        base_steps=2,
+        continue_steps=2,
+        lm_context=32,
+        lm_batch=4,
+        lm_hidden=16,
+        lm_layers=1,
+        lm_heads=2,
+    )
+    return dsir.configure("smoke", {**values, **overrides})
+
+
+def test_task_is_deterministic_balanced_and_reserved_from_splits_and_selections():
+    prepared = tiny_prepared()
+    labels = prepared.corpus.label.to_numpy()
+    train, train_y, held, held_y = draw_task(labels, TAGS, 5, 4)
+    again = draw_task(labels, TAGS, 5, 4)
+    np.testing.assert_array_equal(train, again[0])
+    assert np.bincount(train_y).tolist() == [5] * 4 and np.bincount(held_y).tolist() == [4] * 4
+    assert not set(train) & set(held)
+    assert all(labels[i] == TAGS[y] for i, y in zip(train, train_y, strict=True))
+    reserved = np.concatenate([train, held])
+    cfg = tiny_config()
+    for seed in (0, 1):
+        split = dsir.split_target(prepared, "python-topics", 8, 8, seed, reserved=reserved)
+        for part in (split.fit, split.eval, split.pool):
+            assert not np.isin(part, reserved).any()
+        assert len(split.pool) + 16 + len(reserved) == len(labels)
+        for method in ("random", "dsir", "heuristic", "expert", "tfidf"):
+            chosen = dsir.select(method, prepared, split, "python-topics", 30, seed, cfg)
+            assert not np.isin(chosen, np.concatenate([reserved, split.fit, split.eval])).any(), method
+    assert "has 40 chunks; the task needs 45" in draw_task(labels, TAGS, 40, 5)
+
+
+def test_probe_and_pooled_features():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    x = rng.normal(size=(60, 5)) + 4.0 * np.eye(5)[y]
+    scores = probe(x[::2], y[::2], x[1::2], y[1::2], c=1.0)
+    assert scores == {"accuracy": 1.0, "macro_f1": 1.0}
+    cfg = tiny_config()
+    model = dsir.build_byte_lm(cfg, seed=0)
+    feats = pooled_features(model, ["abc", "a longer text than the context of the model", ""], context=8)
+    assert feats.shape == (3, cfg.lm_hidden) and np.isfinite(feats).all()
+    # right padding does not change a causal model's pooled features of the shorter text
+    np.testing.assert_allclose(feats[0], pooled_features(model, ["abc"], context=8)[0], rtol=0, atol=1e-5)
+
+
+def test_run_classification_end_to_end_and_summaries():
+    cfg = tiny_config()
+    table, skipped = run_classification(cfg, tiny_prepared(), progress=False)
+    assert skipped == {}
+    assert len(table) == 2 * 4  # seeds × (base + 3 methods)
+    assert set(table.method) == {"base", "random", "dsir", "heuristic"}
+    assert table.accuracy.between(0, 1).all() and table.macro_f1.between(0, 1).all()
+    assert (table.n_train == 20).all() and (table.n_eval == 20).all() and (table.n_tags == 4).all()
+    base = table[table.method == "base"]
+    assert base.accuracy.nunique() == 1 and base.kl_reduction.isna().all()
+    again, _ = run_classification(cfg, tiny_prepared(), progress=False)
+    pd.testing.assert_frame_equal(table, again)  # deterministic for the seeds
+    summary = dsir.classify_summary(table, n_boot=200)
+    assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1"} <= set(summary.columns) and len(summary) == 4
+    held = dsir.classify_held(table, n_boot=200)
+    assert held.startswith("classification after continued pretraining (linear probe, 1 targets × 2 seeds)")
+    assert "DSIR − random accuracy" in held and "DSIR − heuristic accuracy" in held
+    small, why = run_classification(tiny_config(classify_train=39), tiny_prepared(), progress=False)
+    assert small.empty and "the task needs 44" in why["python-topics"]
+
+
+def test_config_validates_classify_fields():
+    with pytest.raises(ValueError, match="unknown classify_methods"):
+        dsir.configure("smoke", {"classify_methods": ["dsir", "nope"]})
+    with pytest.raises(ValueError, match="unknown classify_targets"):
+        dsir.configure("smoke", {"classify_targets": ["nope"]})
+    assert dsir.configure("smoke").classify and not dsir.configure("cpu").classify and dsir.configure("gpu").classify
