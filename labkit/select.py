@@ -3,7 +3,8 @@
 Two bag-of-hashed-n-gram multinomials (target, raw) give each raw document the log importance weight
 ``z · (log p_target − log p_raw)``; k documents are drawn without replacement ∝ weight by Gumbel top-k. In the
 default ``hash="sha256"`` mode the weights equal ``data-selection`` 1.0.3's (p-lambda/dsir) to ~1e-12, while the
-raw pool is featurized once with a per-n-gram hash cache. Also here: the paper's KL-reduction metric and the
+raw pool is featurized once with a per-n-gram hash cache (``cache_dir=``: once per input, into memory-mapped
+on-disk shards; see :mod:`labkit.select_cache`). Also here: the paper's KL-reduction metric and the
 baselines (random, heuristic classification, target likelihood, TF-IDF retrieval).
 """
 

@@ -34,15 +34,29 @@ def main() -> None:
         scores = experiment.run(cfg, prepared, progress=False).scores
         scores.to_csv(OUT / f"{name}.csv", index=False)
         for method, group in scores.groupby("method", sort=False):
-            rows.append({"setting": name, "method": method, "kl_reduction": group.kl_reduction.mean(),
-                         "bigram_nats_per_token": group.bigram_nats_per_token.mean(),
-                         "label_precision": group.label_precision.mean(), "cells": len(group)})
+            rows.append(
+                {
+                    "setting": name,
+                    "method": method,
+                    "kl_reduction": group.kl_reduction.mean(),
+                    "bigram_nats_per_token": group.bigram_nats_per_token.mean(),
+                    "label_precision": group.label_precision.mean(),
+                    "cells": len(group),
+                }
+            )
         if {"dsir", "heuristic"} <= set(scores.method):
             for comparison in (("dsir", "random"), ("dsir", "heuristic")):
                 gap = experiment.paired_gaps(scores, *comparison).set_index("target").loc["all"]
-                rows.append({"setting": name, "method": f"{comparison[0]} − {comparison[1]} (paired)",
-                             "bigram_nats_per_token": gap.mean_diff, "ci_low": gap.low, "ci_high": gap.high,
-                             "cells": int(gap.n)})
+                rows.append(
+                    {
+                        "setting": name,
+                        "method": f"{comparison[0]} − {comparison[1]} (paired)",
+                        "bigram_nats_per_token": gap.mean_diff,
+                        "ci_low": gap.low,
+                        "ci_high": gap.high,
+                        "cells": int(gap.n),
+                    }
+                )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     pd.DataFrame(rows).to_csv(OUT / "summary.csv", index=False)
     print(pd.DataFrame(rows).round(3).to_string())
