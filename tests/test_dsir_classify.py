@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from labkit.experiments import dsir
-from labkit.experiments.dsir_classify import draw_task, pooled_features, probe, run_classification
+from labkit.experiments.dsir_classify import (
+    classify_held,
+    classify_summary,
+    draw_task,
+    pooled_features,
+    probe,
+    run_classification,
+)
 from labkit.select_features import featurize
 
 TAGS = dsir.CLASSIFY_TASKS["python-topics"]  # python/api, python/topics, man/2, man/3
@@ -85,7 +92,7 @@ def test_probe_and_pooled_features():
     scores = probe(x[::2], y[::2], x[1::2], y[1::2], c=1.0)
     assert scores == {"accuracy": 1.0, "macro_f1": 1.0}
     cfg = tiny_config()
-    model = dsir.build_byte_lm(cfg, seed=0)
+    model = dsir.byte_lm(cfg, seed=0)
     feats = pooled_features(model, ["abc", "a longer text than the context of the model", ""], context=8)
     assert feats.shape == (3, cfg.lm_hidden) and np.isfinite(feats).all()
     # right padding does not change a causal model's pooled features of the shorter text
@@ -104,9 +111,9 @@ def test_run_classification_end_to_end_and_summaries():
     assert base.accuracy.nunique() == 1 and base.kl_reduction.isna().all()
     again, _ = run_classification(cfg, tiny_prepared(), progress=False)
     pd.testing.assert_frame_equal(table, again)  # deterministic for the seeds
-    summary = dsir.classify_summary(table, n_boot=200)
+    summary = classify_summary(table, n_boot=200)
     assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1"} <= set(summary.columns) and len(summary) == 4
-    held = dsir.classify_held(table, n_boot=200)
+    held = classify_held(table, n_boot=200)
     assert held.startswith("classification after continued pretraining (linear probe, 1 targets × 2 seeds)")
     assert "DSIR − random accuracy" in held and "DSIR − heuristic accuracy" in held
     small, why = run_classification(tiny_config(classify_train=39), tiny_prepared(), progress=False)

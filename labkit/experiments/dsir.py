@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from labkit.data import corpora
 from labkit.data.cache import cache_dir
 from labkit.experiments import configure as _configure
 from labkit.experiments import require_subset
+from labkit.models import byte_lm as byte_lm_module
 from labkit.models.ngram_lm import BigramLM, EncodedCorpus, build_vocabulary, encode
 from labkit.select import (
     DSIR,
@@ -316,65 +316,14 @@ def select(method: str, prepared: Prepared, split: Split, target: str, k: int, s
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
-def byte_tensor(texts: list[str]):
-    """The UTF-8 bytes of ``texts`` joined by newlines, as a long tensor (the byte LM's token ids)."""
-    import torch
-
-    return torch.frombuffer(bytearray("\n".join(texts).encode("utf-8")), dtype=torch.uint8).long()
+def byte_lm(cfg: Config, seed: int):
+    """A fresh byte-level transformer of the config's size (``lm_hidden``, ``lm_layers``, ``lm_heads``)."""
+    return byte_lm_module.build_byte_lm(cfg.lm_hidden, cfg.lm_layers, cfg.lm_heads, cfg.lm_context, seed)
 
 
-def build_byte_lm(cfg: Config, seed: int):
-    """A randomly initialised byte-level (256-token) Llama-style causal LM of the config's size."""
-    from labkit.models.decoder_lm import build_causal_lm
-
-    return build_causal_lm(
-        "llama",
-        vocab_size=256,
-        hidden_size=cfg.lm_hidden,
-        n_layers=cfg.lm_layers,
-        n_heads=cfg.lm_heads,
-        max_positions=cfg.lm_context + 1,
-        seed=seed,
-    )
-
-
-def train_on_bytes(model, data, steps: int, lr: float, cfg: Config, seed: int) -> None:
-    """``steps`` AdamW steps on random ``lm_context``-byte windows of ``data`` (warm-up 10 %, cosine decay)."""
-    import torch
-
-    from labkit.train import train_causal_lm
-
-    window = cfg.lm_context + 1
-    if len(data) <= window:
-        raise ValueError(f"need more than {window} bytes of training text, got {len(data)}")
-    generator = torch.Generator().manual_seed(seed)
-
-    def batch(step: int) -> torch.Tensor:
-        starts = torch.randint(0, len(data) - window, (cfg.lm_batch,), generator=generator)
-        return torch.stack([data[s : s + window] for s in starts.tolist()])
-
-    train_causal_lm(model, batch, steps, lr, warmup_steps=max(1, steps // 10), progress=False)
-
-
-def bits_per_byte(model, held, cfg: Config) -> float:
-    """Held-out bits per byte of a byte LM over consecutive ``lm_context`` windows of ``held``."""
-    import torch
-
-    if len(held) <= cfg.lm_context + 1:
-        raise ValueError(f"need more than {cfg.lm_context + 1} bytes of held-out text, got {len(held)}")
-    device = next(model.parameters()).device
-    n = (len(held) - 1) // cfg.lm_context
-    inputs = held[: n * cfg.lm_context].view(n, cfg.lm_context)
-    targets = held[1 : n * cfg.lm_context + 1].view(n, cfg.lm_context)
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, n, 64):
-            x, y = inputs[i : i + 64].to(device), targets[i : i + 64].to(device)
-            logits = model(input_ids=x, use_cache=False).logits.float()
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1), reduction="sum"))
-            count += y.numel()
-    return total / count / math.log(2)
+def train_bytes(model, data, steps: int, lr: float, cfg: Config, seed: int) -> None:
+    """Train ``model`` on ``lm_batch`` windows of ``lm_context`` bytes of ``data`` per step."""
+    byte_lm_module.train_on_bytes(model, data, steps, lr, context=cfg.lm_context, batch=cfg.lm_batch, seed=seed)
 
 
 def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Config, seed: int) -> float:
@@ -382,13 +331,13 @@ def byte_lm_bits_per_byte(train_texts: list[str], eval_texts: list[str], cfg: Co
     from labkit.profile import resolve_device
 
     seed_everything(seed, threads=cfg.threads)
-    data, held = byte_tensor(train_texts), byte_tensor(eval_texts)
+    data, held = byte_lm_module.byte_tensor(train_texts), byte_lm_module.byte_tensor(eval_texts)
     window = cfg.lm_context + 1
     if len(data) <= window or len(held) <= window:
         raise ValueError(f"need more than {window} bytes of training and held-out text, got {len(data)}/{len(held)}")
-    model = build_byte_lm(cfg, seed).to(resolve_device(cfg.device))
-    train_on_bytes(model, data, cfg.lm_steps, cfg.lm_lr, cfg, seed)
-    return bits_per_byte(model, held, cfg)
+    model = byte_lm(cfg, seed).to(resolve_device(cfg.device))
+    train_bytes(model, data, cfg.lm_steps, cfg.lm_lr, cfg, seed)
+    return byte_lm_module.bits_per_byte(model, held, cfg.lm_context)
 
 
 @dataclass
@@ -510,44 +459,6 @@ def paired_gaps(
     out = pd.DataFrame(rows)
     out.insert(0, "comparison", f"{method} − {reference}")
     return out
-
-
-def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """Per target × method: mean accuracy and macro-F1 over seeds with bootstrap 95 % intervals."""
-    from labkit.report import bootstrap_ci
-
-    rows = []
-    for (target, method), group in classify.groupby(["target", "method"], sort=False):
-        row = {"target": target, "method": method, "n_seeds": len(group)}
-        for value in ("accuracy", "macro_f1"):
-            mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
-            row.update({value: mean, f"{value}_low": low, f"{value}_high": high})
-        row["bits_per_byte"] = float(group.bits_per_byte.mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
-    """A one-line statement of the paired accuracy gaps (DSIR − random, DSIR − heuristic, DSIR − base) of a run."""
-    if classify.empty or "dsir" not in set(classify.method):
-        return "downstream classification not run"
-    parts = []
-    for ref in ("random", "heuristic", "base"):
-        if ref not in set(classify.method):
-            continue
-        gap = paired_gaps(classify, "dsir", ref, value="accuracy", n_boot=n_boot)
-        per_target, overall = gap[gap.target != "all"], gap[gap.target == "all"].iloc[0]
-        word = "higher" if overall.low > 0 else ("lower" if overall.high < 0 else "tied (interval spans 0)")
-        if overall.n < 3:
-            word = f"from {int(overall.n)} paired cell(s): too few for an interval"
-        parts.append(
-            f"DSIR − {ref} accuracy {overall.mean_diff:+.3f} [{overall.low:+.3f}, {overall.high:+.3f}] {word}, "
-            f"DSIR higher on {int((per_target.mean_diff > 0).sum())}/{len(per_target)} targets"
-        )
-    n_targets, n_seeds = classify.target.nunique(), classify.seed.nunique()
-    return f"classification after continued pretraining (linear probe, {n_targets} targets × {n_seeds} seeds): " + (
-        "; ".join(parts)
-    )
 
 
 def explorer_weights(cfg: Config, prepared: Prepared, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:

@@ -22,13 +22,14 @@ from labkit.experiments.dsir import (
     TARGETS,
     Config,
     Prepared,
-    bits_per_byte,
-    build_byte_lm,
-    byte_tensor,
+    byte_lm,
+    paired_gaps,
     select,
     split_target,
-    train_on_bytes,
+    train_bytes,
 )
+from labkit.models.byte_lm import bits_per_byte, byte_tensor
+from labkit.report import bootstrap_ci, interval_sign
 from labkit.select import kl_reduction
 
 
@@ -121,8 +122,8 @@ def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -
     seed_everything(0, threads=cfg.threads)
     candidates = np.setdiff1d(np.arange(len(corpus)), all_reserved)
     sample = np.random.default_rng(0).choice(candidates, size=min(cfg.base_chunks, len(candidates)), replace=False)
-    base = build_byte_lm(cfg, seed=0).to(device)
-    train_on_bytes(base, byte_tensor(list(texts[sample])), cfg.base_steps, cfg.lm_lr, cfg, seed=0)
+    base = byte_lm(cfg, seed=0).to(device)
+    train_bytes(base, byte_tensor(list(texts[sample])), cfg.base_steps, cfg.lm_lr, cfg, seed=0)
     total_counts = prepared.features.total_counts()
     rows = []
 
@@ -132,7 +133,7 @@ def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -
         eval_x = pooled_features(model, list(texts[eval_ids]), cfg.lm_context)
         row = {"seed": seed, "target": target, "method": method}
         row.update(probe(train_x, train_y, eval_x, eval_y, cfg.probe_c))
-        row["bits_per_byte"] = bits_per_byte(model, held, cfg)
+        row["bits_per_byte"] = bits_per_byte(model, held, cfg.lm_context)
         row.update(extra)
         row.update({"n_tags": len(CLASSIFY_TASKS[target]), "n_train": len(train_ids), "n_eval": len(eval_ids)})
         rows.append(row)
@@ -166,7 +167,43 @@ def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -
             )
             seed_everything(seed, threads=cfg.threads)
             model = copy.deepcopy(base)
-            train_on_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
+            train_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
             score(model, target, seed, method, held, {"kl_reduction": kl, "k": k})
             del model
     return pd.DataFrame(rows), skipped
+
+
+def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """Per target × method: mean accuracy and macro-F1 over seeds with bootstrap 95 % intervals."""
+    rows = []
+    for (target, method), group in classify.groupby(["target", "method"], sort=False):
+        row = {"target": target, "method": method, "n_seeds": len(group)}
+        for value in ("accuracy", "macro_f1"):
+            mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+            row.update({value: mean, f"{value}_low": low, f"{value}_high": high})
+        row["bits_per_byte"] = float(group.bits_per_byte.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
+    """A one-line statement of the paired accuracy gaps (DSIR − random, DSIR − heuristic, DSIR − base) of a run."""
+    if classify.empty or "dsir" not in set(classify.method):
+        return "downstream classification not run"
+    parts = []
+    for ref in ("random", "heuristic", "base"):
+        if ref not in set(classify.method):
+            continue
+        gap = paired_gaps(classify, "dsir", ref, value="accuracy", n_boot=n_boot)
+        per_target, overall = gap[gap.target != "all"], gap[gap.target == "all"].iloc[0]
+        word = {1: "higher", -1: "lower", 0: "tied (interval spans 0)"}[interval_sign(overall.low, overall.high)]
+        if overall.n < 3:
+            word = f"from {int(overall.n)} paired cell(s): too few for an interval"
+        parts.append(
+            f"DSIR − {ref} accuracy {overall.mean_diff:+.3f} [{overall.low:+.3f}, {overall.high:+.3f}] {word}, "
+            f"DSIR higher on {int((per_target.mean_diff > 0).sum())}/{len(per_target)} targets"
+        )
+    n_targets, n_seeds = classify.target.nunique(), classify.seed.nunique()
+    return f"classification after continued pretraining (linear probe, {n_targets} targets × {n_seeds} seeds): " + (
+        "; ".join(parts)
+    )
