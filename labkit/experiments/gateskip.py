@@ -96,14 +96,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sparsity_weights": (0.01,),
         "progress": False,
     },
-    "cpu": {  # a smaller, shorter task than the trial's (d=128, N=8) so 3 seeds fit a loaded 2-core machine
+    "cpu": {  # the text track, where GateSkip held at this scale (reports/gateskip/explorations.md §4)
+        "tasks": ("text",),  # tasks=("cumsum",): running sums, N=4 / 1200 steps (GateSkip lost to ShortGPT there)
         "d_model": 64,
         "n_digits": 4,
         "pretrain_steps": 1200,
-        "eval_size": 512,
+        "text_length": 64,
+        "text_pretrain_steps": 500,  # dense fine-tune ~2.4 bits per byte (unigram 4.45, bigram 3.56)
+        "eval_size": 256,
         "seeds": 3,
         "workers": 3,
-        "sparsity_weights": (0.01, 1.0),
+        "gate_lr": 3e-2,  # 30x finetune_lr: at 1e-3 the gates barely leave sigmoid(5) in 200 steps
+        "sparsity_weights": (1.0, 0.01),  # the first λ is the headline arm (and gets the random-rank control)
     },
     "gpu": {
         "tasks": ("cumsum", "text"),
