@@ -109,9 +109,16 @@ def coerce(name: str, text: str, tp: Any) -> Any:
             raise bad
         return tp(value)
     if origin in (list, tuple):
-        items = [t.strip() for t in text.strip("[]()").split(",") if t.strip()]
         inner = args[0] if args else str
-        values = [coerce(name, item, inner) for item in items]
+        try:  # a Python/JSON literal such as ["text", "cumsum"] or (1, 2)
+            literal = ast.literal_eval(text) if text.strip()[:1] in "[(" else None
+        except (ValueError, SyntaxError):
+            raise bad from None
+        if isinstance(literal, (list, tuple)):
+            values = [item if isinstance(item, str) and inner is str else coerce(name, str(item), inner)
+                      for item in literal]
+        else:  # comma-separated: text,cumsum
+            values = [coerce(name, t.strip(), inner) for t in text.split(",") if t.strip()]
         return tuple(values) if origin is tuple else values
     if origin is dict or tp is dict:
         try:
@@ -200,6 +207,15 @@ def export_html(executed: Path, html_path: Path) -> None:
     atomic_write_text(html_path, body)
 
 
+def _literal(value: Any) -> Any:
+    """Tuples as lists: papermill writes a tuple inside a dict parameter as its repr string, a list as a list."""
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
+
+
 def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, Any] | None = None,
                  out_dir: str | Path | None = None, force: bool = True, progress: bool = True) -> RunResult:
     """Execute one notebook with papermill into ``out_dir`` (default ``reports/<notebook>/<preset>/``).
@@ -228,7 +244,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
         shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir(parents=True)
     executed = staging / path.name
-    overrides = {k: v for k, v in params.items() if k not in RUNNER_PARAMS}
+    overrides = {k: _literal(v) for k, v in params.items() if k not in RUNNER_PARAMS}
     notebook_params = {"preset": preset, "overrides": overrides, **{k: params[k] for k in RUNNER_PARAMS if k in params}}
     env_before = {k: os.environ.get(k) for k in (REPORT_DIR_ENV, "HF_HUB_OFFLINE", "MPLBACKEND")}
     os.environ.update({REPORT_DIR_ENV: str(staging.resolve()), "HF_HUB_OFFLINE": "1"})

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,13 +28,15 @@ class _Config:
     name: str = "a"
     flag: bool = False
     sizes: tuple[int, ...] = (1, 2)
+    words: tuple[str, ...] = ("a",)
     maybe: float | None = None
 
 
 @pytest.mark.parametrize("name,text,expected", [
     ("n", "3", 3), ("lr", "1e-3", 1e-3), ("lr", "2", 2.0), ("name", "b c", "b c"), ("flag", "true", True),
     ("flag", "0", False), ("sizes", "4,5", (4, 5)), ("sizes", "[4, 5]", (4, 5)), ("maybe", "none", None),
-    ("maybe", "0.5", 0.5),
+    ("maybe", "0.5", 0.5), ("words", "text", ("text",)), ("words", "x,y", ("x", "y")),
+    ("words", '["x", "y"]', ("x", "y")), ("words", "('x',)", ("x",)),
 ])
 def test_coerce_parses_by_declared_type(name, text, expected):
     module = type("M", (), {"Config": _Config, "PRESETS": {}, "__name__": "m"})
@@ -44,7 +47,7 @@ def test_coerce_parses_by_declared_type(name, text, expected):
     (("n", "1.5"), "parameter 'n' expects int, got '1.5'"),
     (("flag", "maybe"), "parameter 'flag' expects bool"),
     (("sizez", "1"), r"unknown parameter 'sizez'.*accepted: \['flag', 'lr', 'maybe', 'n', 'name', 'sizes', "
-                     r"'widgets'\]"),
+                     r"'widgets', 'words'\]"),
     (("preset", "cpu"), "--preset"),
 ])
 def test_bad_parameters_fail_with_the_accepted_ones(pair, match):
@@ -110,3 +113,12 @@ def test_failing_notebook_exits_nonzero_and_keeps_partial_notebook(tmp_path, cap
     partial = nbformat.read(tmp_path / "report.failed" / "failing.ipynb", as_version=4)
     texts = [o.get("text", "") for c in partial.cells if c.cell_type == "code" for o in c.outputs]
     assert "before\n" in texts
+
+
+def test_tuple_parameters_reach_the_notebook_as_tuples(tmp_path):
+    """papermill writes a tuple inside the overrides dict as its repr string; the runner must not let it."""
+    out = tmp_path / "p"
+    assert cli.main(["run", "profiling", "--preset", "smoke", "-p", "seq_lens", "16,24", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["params"]["seq_lens"] == [16, 24]
+    assert profiling.configure("smoke", {"seq_lens": [16, 24]}).seq_lens == (16, 24)  # lists become tuples
+

@@ -30,6 +30,8 @@ def configure(config_cls: type[C], presets: Mapping[str, Mapping[str, Any]], pre
         if unknown:
             raise ValueError(f"unknown parameter(s) {unknown} in {source} for {config_cls.__name__}; "
                              f"accepted: {sorted(fields)}")
+    tuples = {f.name for f in dataclasses.fields(config_cls) if isinstance(f.default, tuple)}
+    overrides = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in overrides.items()}
     return config_cls(**{**presets[preset], **overrides})
 
 
