@@ -40,12 +40,15 @@ def _report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     paths = [runner.resolve_notebook(n) for n in args.notebooks] if args.notebooks else runner.notebooks()
+    jobs = [(path, name, params) for path in paths for name, params in runner.report_variants(path, args.preset)]
     failures = []
-    for path in (bar := tqdm(paths, desc=f"labkit report [{args.preset}]", unit="notebook")):
-        bar.set_postfix_str(path.stem)
-        result = runner.run_notebook(path, args.preset, force=args.force, progress=False)
+    for path, name, params in (bar := tqdm(jobs, desc=f"labkit report [{args.preset}]", unit="report")):
+        bar.set_postfix_str(f"{path.stem} {name}")
+        out = runner.default_out_dir(path, name)
+        result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False)
         status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")
-        tqdm.write(f"{path.stem}: {status}" + (f" ({result.wall_seconds:.0f} s)" if not result.skipped else ""))
+        label = path.stem if name == args.preset else f"{path.stem} [{name}]"
+        tqdm.write(f"{label}: {status}" + (f" ({result.wall_seconds:.0f} s)" if not result.skipped else ""))
         if not result.ok:
             failures.append(result)
             tqdm.write(result.error)

@@ -207,6 +207,18 @@ def export_html(executed: Path, html_path: Path) -> None:
     atomic_write_text(html_path, body)
 
 
+def report_variants(notebook: Path, preset: str) -> list[tuple[str, dict[str, Any]]]:
+    """The reports ``labkit report --preset P`` makes for a notebook: ``(folder name, parameters)`` pairs.
+
+    Always ``(P, {})`` into ``reports/<nb>/<P>/``; an experiment module may add named variants of a preset in
+    ``REPORT_VARIANTS = {P: {name: parameters}}``, each into ``reports/<nb>/<P>-<name>/`` (e.g. a second task whose
+    result differs, so it is reported rather than left to a footnote).
+    """
+    module = experiment_module(notebook)
+    extra = getattr(module, "REPORT_VARIANTS", {}).get(preset, {})
+    return [(preset, {}), *((f"{preset}-{name}", dict(params)) for name, params in extra.items())]
+
+
 def _literal(value: Any) -> Any:
     """Tuples as lists: papermill writes a tuple inside a dict parameter as its repr string, a list as a list."""
     if isinstance(value, (list, tuple)):

@@ -122,3 +122,28 @@ def test_tuple_parameters_reach_the_notebook_as_tuples(tmp_path):
     assert json.loads((out / "results.json").read_text())["params"]["seq_lens"] == [16, 24]
     assert profiling.configure("smoke", {"seq_lens": [16, 24]}).seq_lens == (16, 24)  # lists become tuples
 
+
+
+def test_report_variants_add_named_reports_of_a_preset():
+    gateskip = runner.resolve_notebook("gateskip")
+    assert runner.report_variants(gateskip, "cpu") == [("cpu", {}), ("cpu-cumsum", {"tasks": ("cumsum",)})]
+    assert runner.report_variants(gateskip, "smoke") == [("smoke", {})]
+    assert runner.report_variants(runner.resolve_notebook("profiling"), "cpu") == [("cpu", {})]
+    for _name, params in runner.report_variants(gateskip, "cpu"):  # every variant's parameters are valid
+        runner.experiment_module(gateskip).configure("cpu", params)
+
+
+def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(path, preset, params=None, out_dir=None, force=True, progress=True):
+        calls.append((path.stem, preset, params, out_dir.relative_to(runner.REPORTS_DIR).as_posix()))
+        return runner.RunResult(path, out_dir, ok=True, skipped=True)
+
+    monkeypatch.setattr(runner, "run_notebook", fake_run)
+    monkeypatch.setattr(runner, "write_index", lambda: tmp_path / "README.md")
+    assert cli.main(["report", "--preset", "cpu", "gateskip"]) == 0
+    assert calls == [
+        ("gateskip", "cpu", {}, "gateskip/cpu"),
+        ("gateskip", "cpu", {"tasks": ("cumsum",)}, "gateskip/cpu-cumsum"),
+    ]
