@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from labkit.experiments import gateskip as experiment
+from labkit.experiments import gateskip_summary as summary
 
 BUDGETS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
 SHOW = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6)  # budgets shown in the summary tables
@@ -68,7 +69,7 @@ def summarize(path: Path, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per config x arm: quality at the shown budgets, mean gate, saved @90 % vs dense and own (mean ± std)."""
     data = pd.read_csv(path)
     data = data[data.task == task]
-    metric = experiment.quality_column(task)
+    metric = summary.quality_column(task)
     quality_rows, saved_rows = [], []
     for (config, steps), group in data.groupby(["config", "finetune_steps"], sort=False):
         base = data[(data.finetune_steps == steps) & (data.config.str.startswith("baselines"))]
@@ -83,10 +84,10 @@ def summarize(path: Path, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
                 row["gate_mean"] = f"{sub.gate_mean.mean():.4f}"
             for ref in ("dense", "own"):
                 for m in (metric, "token_acc"):
-                    s = experiment.saved_at_quality(arm_curves, m, reference=ref).query("arm == @arm").saved
+                    s = summary.saved_at_quality(arm_curves, m, reference=ref).query("arm == @arm").saved
                     row[f"saved90 {m} {ref}"] = f"{s.mean():.3f}±{s.std(ddof=0):.3f}"
             for at in (0.125, 0.25):  # the static arms' first two points: quality at equal saved fraction
-                q = experiment.quality_at(sub, metric, at)
+                q = summary.quality_at(sub, metric, at)
                 if len(q):
                     row[f"{metric}@{at:.1%}"] = f"{q[metric].mean():.3f}±{q[metric].std(ddof=0):.3f}"
             saved_rows.append(row)
@@ -123,14 +124,14 @@ def _best(path: Path, task: str, configs: list[str]) -> tuple[str, float]:
     """Config (of ``configs``) and λ whose GateSkip arm saves the most at 90 % of dense quality (mean over seeds)."""
     data = pd.read_csv(path)
     data = data[data.task == task]
-    metric = experiment.quality_column(task)
+    metric = summary.quality_column(task)
     best, best_value = None, None
     for config in configs:
         group = data[data.config == config]
         steps = group.finetune_steps.iloc[0]
         dense = data[(data.finetune_steps == steps) & (data.arm == "dense")]
         for weight, sub in group[group.family == "gateskip"].groupby("sparsity_weight"):
-            saved = experiment.saved_at_quality(pd.concat([sub, dense]), metric, reference="dense").saved.mean()
+            saved = summary.saved_at_quality(pd.concat([sub, dense]), metric, reference="dense").saved.mean()
             area = sub[sub.budget.between(0.01, 0.21)][metric].mean()  # tie-break: quality over budgets 5-20 %
             saved = (saved, area if metric != "bpb" else -area)
             if best is None or saved > best_value:
