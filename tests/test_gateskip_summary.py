@@ -45,3 +45,19 @@ def test_quality_at_equal_saving_and_the_verdict():
     result = summary.verdict(_curves(), "cumsum")
     assert result["head"] == "gateskip λ=1" and result["held"]
     assert result["statement"].startswith("HELD on cumsum") and "ahead on 2/2 seeds" in result["statement"]
+
+
+def test_lambda_table_held_lines_and_the_bos_check():
+    curves = _curves().assign(family="x", sparsity_weight=0.0, budget=lambda d: d.skipped_fraction)
+    curves.loc[curves.arm == "gateskip λ=1", ["family", "sparsity_weight"]] = ["gateskip", 1.0]
+    saved = pd.concat([summary.saved_at_quality(curves, "seq_em", reference=r) for r in ("own", "dense")])
+    lambdas = summary.lambda_table(curves, saved)
+    assert lambdas.to_dict("records")[0]["quality at r=0"] == pytest.approx(0.95)
+    gates = pd.DataFrame({"task": "cumsum", "position": range(8), "importance": [0.9] + [0.5] * 5 + [0.2] * 2})
+    anchor = summary.position_importance(gates, "cumsum", n_digits=4)  # prompt = positions 1..5
+    assert anchor == pytest.approx({"bos": 0.9, "prompt": 0.5, "later": 0.2})
+    lines = summary.held_lines(curves, ["cumsum"], lambdas, anchor)
+    assert lines[0].startswith("HELD on cumsum")
+    assert "full-compute seq_em: gateskip λ=1 0.950 vs dense 1.000" in lines
+    assert "cumsum λ=1: seq_em at r=0 0.950, saved@90 vs dense 10.0%" in lines
+    assert lines[-1] == "BOS anchor: mean gate 0.900 at BOS vs 0.500 other prompt positions"

@@ -8,6 +8,7 @@ cannot flatter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -101,3 +102,61 @@ def verdict(curves: pd.DataFrame, task: str = "cumsum") -> dict[str, Any]:
         f"{head} {means[head]:.1%} vs " + "; ".join(parts)
     )
     return {"held": held, "statement": text, "means": means, "wins": wins, "head": head, "per_seed": pivot}
+
+
+def lambda_table(curves: pd.DataFrame, saved: pd.DataFrame) -> pd.DataFrame:
+    """One row per task x λ of the GateSkip arms: quality at r = 0 and 0.2, saved at 90 % vs dense and own point.
+
+    ``saved`` holds :func:`saved_at_quality` rows for both references (column ``reference``).
+    """
+    rows = []
+    for (task, weight), group in curves[curves.family == "gateskip"].groupby(["task", "sparsity_weight"]):
+        metric = quality_column(task)
+        s = saved[(saved.task == task) & (saved.arm == group.arm.iloc[0])]
+        rows.append(
+            {
+                "task": task,
+                "λ": weight,
+                "quality at r=0": group[group.budget == 0][metric].mean(),
+                "quality at r=0.2": group[group.budget.round(3) == 0.2][metric].mean(),
+                "saved@90 (dense)": s[s.reference == "dense"].saved.mean(),
+                "saved@90 (own)": s[s.reference == "own"].saved.mean(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def position_importance(gates: pd.DataFrame, task: str, n_digits: int) -> dict[str, float]:
+    """Mean gate importance at BOS (position 0), the other prompt positions and the rest: the BOS-anchor check."""
+    by_pos = gates[gates.task == task].groupby("position").importance.mean()
+    prompt = list(range(1, n_digits + 2) if task == "cumsum" else range(1, 16))
+    return {
+        "bos": float(by_pos.iloc[0]),
+        "prompt": float(by_pos.loc[prompt].mean()),
+        "later": float(by_pos.loc[by_pos.index > max(prompt)].mean()),
+    }
+
+
+def held_lines(
+    curves: pd.DataFrame, tasks: Sequence[str], lambdas: pd.DataFrame, anchor: dict[str, float]
+) -> list[str]:
+    """The report's "what held": each task's verdict, the headline arm's full-compute cost, every λ's numbers and
+    (running sums only: text windows start mid-file) the BOS-anchor check."""
+    verdicts = {task: verdict(curves, task) for task in tasks}
+    head_task = tasks[0]
+    v = verdicts[head_task]
+    metric = quality_column(head_task)
+    dense_q = curves[(curves.task == head_task) & (curves.arm == "dense")][metric].mean()
+    head_q0 = curves[(curves.task == head_task) & (curves.arm == v["head"]) & (curves.budget == 0)][metric].mean()
+    lines = [x["statement"] for x in verdicts.values()]
+    lines.append(f"full-compute {metric}: {v['head']} {head_q0:.3f} vs dense {dense_q:.3f}")
+    for row in lambdas.to_dict("records"):
+        lines.append(
+            f"{row['task']} λ={row['λ']:g}: {quality_column(row['task'])} at r=0 {row['quality at r=0']:.3f}, "
+            f"saved@90 vs dense {row['saved@90 (dense)']:.1%}"
+        )
+    if head_task == "cumsum":
+        lines.append(
+            f"BOS anchor: mean gate {anchor['bos']:.3f} at BOS vs {anchor['prompt']:.3f} other prompt positions"
+        )
+    return lines
