@@ -316,6 +316,27 @@ def select(method: str, prepared: Prepared, split: Split, target: str, k: int, s
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
+def kl_scorer(prepared: Prepared, split: Split, cfg: Config, total_counts: np.ndarray | None = None):
+    """KL reduction of a selection (chunk ids -> float) toward the split's held-out chunks, against its pool.
+
+    The pool's counts leave out the split's fit, held-out and reserved chunks, which no method may select.
+    """
+    total = prepared.features.total_counts() if total_counts is None else total_counts
+    eval_counts = prepared.features.total_counts(split.eval)
+    pool_counts = total - prepared.features.total_counts(np.concatenate([split.fit, split.eval, split.reserved]))
+
+    def score(chosen: np.ndarray) -> float:
+        return kl_reduction(
+            prepared.features.total_counts(chosen),
+            eval_counts,
+            pool_counts,
+            pseudocount=cfg.pseudocount,
+            num_buckets=cfg.num_buckets,
+        )
+
+    return score
+
+
 def byte_lm(cfg: Config, seed: int):
     """A fresh byte-level transformer of the config's size (``lm_hidden``, ``lm_layers``, ``lm_heads``)."""
     return byte_lm_module.build_byte_lm(cfg.lm_hidden, cfg.lm_layers, cfg.lm_heads, cfg.lm_context, seed)
@@ -364,18 +385,11 @@ def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) ->
     for seed, target in tqdm(cells, desc="dsir seeds × targets", disable=not progress):
         split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed)
         k = min(cfg.budget_k, len(split.pool))
-        eval_counts = prepared.features.total_counts(split.eval)
-        pool_counts = total_counts - prepared.features.total_counts(np.concatenate([split.fit, split.eval]))
+        kl_of = kl_scorer(prepared, split, cfg, total_counts)
         held = prepared.encoded.subset(split.eval)
         for method in cfg.methods:
             chosen = select(method, prepared, split, target, k, seed, cfg)
-            kl = kl_reduction(
-                prepared.features.total_counts(chosen),
-                eval_counts,
-                pool_counts,
-                pseudocount=cfg.pseudocount,
-                num_buckets=cfg.num_buckets,
-            )
+            kl = kl_of(chosen)
             row = {
                 "seed": seed,
                 "target": target,

@@ -23,6 +23,7 @@ from labkit.experiments.dsir import (
     Config,
     Prepared,
     byte_lm,
+    kl_scorer,
     paired_gaps,
     select,
     split_target,
@@ -30,7 +31,6 @@ from labkit.experiments.dsir import (
 )
 from labkit.models.byte_lm import bits_per_byte, byte_tensor
 from labkit.report import bootstrap_ci, interval_sign
-from labkit.select import kl_reduction
 
 
 def draw_task(labels: np.ndarray, tags: tuple[str, ...], per_tag_train: int, per_tag_eval: int):
@@ -152,19 +152,10 @@ def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -
         else:
             rows.append({**base_rows[target], "seed": seed})
         k = min(cfg.budget_k, len(split.pool))
-        eval_counts = prepared.features.total_counts(split.eval)
-        pool_counts = total_counts - prepared.features.total_counts(
-            np.concatenate([split.fit, split.eval, split.reserved])
-        )
+        kl_of = kl_scorer(prepared, split, cfg, total_counts)
         for method in cfg.classify_methods:
             chosen = select(method, prepared, split, target, k, seed, cfg)
-            kl = kl_reduction(
-                prepared.features.total_counts(chosen),
-                eval_counts,
-                pool_counts,
-                pseudocount=cfg.pseudocount,
-                num_buckets=cfg.num_buckets,
-            )
+            kl = kl_of(chosen)
             seed_everything(seed, threads=cfg.threads)
             model = copy.deepcopy(base)
             train_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
