@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from labkit import gate as gate_lib
+from labkit.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, where
 from labkit.profile import count_flops
 from labkit.skip_compact import compact_attention, compact_mlp
 from labkit.skip_static import shortgpt_order, uls_layers
@@ -110,6 +111,7 @@ class _Policy:
         self.calls: list[dict[str, Any]] = []  # per forward: inputs and keep masks, for the FLOP replay
         self.replay: list[torch.Tensor | None] | None = None  # when set, decisions are popped from here
         self.dense = False  # when set, nothing is skipped (dense FLOP replay)
+        self.use_cache = False  # whether the current top-level forward asked for a KV cache
 
     # -- context of one top-level forward -------------------------------------------------------------------------
     def capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -122,9 +124,12 @@ class _Policy:
             self.valid = self.key_valid[:, -T:] if self.key_valid is not None else None
         else:
             self.exempt = self.valid = None
+        name, cache = find_cache(kwargs)
+        use_cache = kwargs.get("use_cache")
+        default = getattr(getattr(module, "config", None), "use_cache", False)
+        self.use_cache = bool(default if use_cache is None else use_cache)
         if self.keep_calls and self.replay is None and not self.dense:
-            cache = kwargs.get("past_key_values")
-            saved = dict(kwargs, past_key_values=copy.deepcopy(cache)) if cache is not None else dict(kwargs)
+            saved = dict(kwargs, **{name: copy.deepcopy(cache)}) if name is not None else dict(kwargs)
             self.calls.append({"args": args, "kwargs": saved, "keeps": []})
 
     # -- decisions --------------------------------------------------------------------------------------------------
@@ -196,31 +201,45 @@ class _Policy:
         return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
         if (
             branch.role != "attn"
             or keep is None
-            or cache is None
             or self.kv != "copy_forward"
             or branch.layer_index == 0
             or branch.training  # a training forward never decodes from its cache (and autograd needs it intact)
             or bool(keep.all())
         ):
             return
-        copy_forward_kv(cache, branch.layer_index, ~keep)
+        _, cache = find_cache(kwargs)
+        if cache is None:
+            if self.use_cache:
+                raise CacheLayoutError(
+                    f"{where(self.model)}: the forward asked for a KV cache (use_cache=True) but attention branch "
+                    f"{branch.name!r} received none under {CACHE_KWARGS}; its kwargs were {sorted(kwargs)}"
+                )
+            return
+        copy_forward_kv(cache, branch.layer_index, ~keep, model=self.model)
 
 
 @torch.no_grad()
-def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor) -> None:
-    """Overwrite layer ``layer``'s cached K/V of the newest tokens marked ``skipped`` (B, T) with layer l-1's."""
-    cache = getattr(cache, "self_attention_cache", cache)
-    cur, prev = cache.layers[layer], cache.layers[layer - 1]
+def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor, model: Any = "model") -> None:
+    """Overwrite layer ``layer``'s cached K/V of the newest tokens marked ``skipped`` (B, T) with layer l-1's.
+
+    Raises CacheLayoutError (naming ``model`` and the transformers version) when either layer holds no K/V, their
+    shapes differ, or fewer than T tokens are cached: copy-forward never silently does nothing.
+    """
+    keys, values = layer_kv(cache, layer, model)
+    prev_keys, prev_values = layer_kv(cache, layer - 1, model)
     T = skipped.shape[1]
-    if cur.keys is None or prev.keys is None or cur.keys.shape != prev.keys.shape or cur.keys.shape[-2] < T:
-        return
+    if keys.shape != prev_keys.shape or keys.shape[-2] < T or keys.shape[0] != skipped.shape[0]:
+        raise CacheLayoutError(
+            f"{where(model)}: KV copy-forward from layer {layer - 1} to {layer} needs equal cached shapes holding the "
+            f"newest {T} tokens of a batch of {skipped.shape[0]}; found keys {tuple(prev_keys.shape)} and "
+            f"{tuple(keys.shape)}"
+        )
     mask = skipped[:, None, :, None]
-    cur.keys[:, :, -T:] = torch.where(mask, prev.keys[:, :, -T:], cur.keys[:, :, -T:])
-    cur.values[:, :, -T:] = torch.where(mask, prev.values[:, :, -T:], cur.values[:, :, -T:])
+    keys[:, :, -T:] = torch.where(mask, prev_keys[:, :, -T:], keys[:, :, -T:])
+    values[:, :, -T:] = torch.where(mask, prev_values[:, :, -T:], values[:, :, -T:])
 
 
 def _exempt_token_ids(model: nn.Module) -> torch.Tensor:
@@ -271,8 +290,9 @@ def _replay_flops(model: nn.Module, policy: _Policy) -> tuple[int, int]:
     for call in policy.calls:
         for mode in ("skip", "dense"):
             kwargs = dict(call["kwargs"])
-            if kwargs.get("past_key_values") is not None:
-                kwargs["past_key_values"] = copy.deepcopy(kwargs["past_key_values"])
+            name, cache = find_cache(kwargs)
+            if name is not None:
+                kwargs[name] = copy.deepcopy(cache)
             policy.replay, policy.dense = (list(call["keeps"]), False) if mode == "skip" else (None, True)
             n = count_flops(lambda a=call["args"], k=kwargs: model(*a, **k))
             flops, dense = (flops + n, dense) if mode == "skip" else (flops, dense + n)

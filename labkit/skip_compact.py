@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.kv_cache import find_cache, self_attention_cache
+
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the positions of kept tokens left-aligned and padded: index (B, K) and validity (B, K)."""
@@ -53,10 +55,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _self_attention_cache(cache):
-    return getattr(cache, "self_attention_cache", cache)
-
-
 def _masked_sdpa(q, k, v, qpos, key_valid, scale, dropout):
     S = k.shape[2]
     allowed = torch.arange(S, device=q.device)[None, None, :] <= qpos[:, :, None]
@@ -73,7 +71,7 @@ def compact_attention(
     B, T, d = hidden.shape
     index, valid = _kept_index(keep)
     x_kept = _gather_rows(hidden, index)
-    cache = kwargs.get("past_key_values")
+    _, cache = find_cache(kwargs)
     dropout = getattr(attn, "attention_dropout", 0.0) if attn.training else 0.0
     if hasattr(attn, "q_proj"):  # Llama / Qwen2
         hd = attn.head_dim
@@ -105,7 +103,7 @@ def compact_attention(
             "supported: Llama/Qwen2 (q_proj..o_proj) and GPT-2 (c_attn/c_proj); use execution='masked'"
         )
     if cache is not None:
-        k, v = _self_attention_cache(cache).update(k, v, attn.layer_idx)
+        k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
     if index.shape[1] == 0:
         return hidden.new_zeros(B, T, d)
     if k.shape[1] != q.shape[1]:

@@ -1,7 +1,8 @@
 import pytest
 import torch
+import transformers
 
-from labkit import gate, skip
+from labkit import gate, kv_cache, skip
 from labkit.models.decoder_lm import build_causal_lm
 
 ARCHS = ["llama", "qwen2", "gpt2"]
@@ -125,7 +126,7 @@ def test_generate_copy_forward_kv_and_compact_agree(arch):
     prompt = tokens(3, 4)
     with skip.budget(model, 0.4, record=True, measure_flops=False):
         out = model(prompt, use_cache=True)
-    cache = out.past_key_values
+    cache = kv_cache.output_cache(out)
     # replay the same decisions to find a token skipped at layer 1 attention
     with skip.budget(model, 0.4, record=True, measure_flops=False) as stats:
         model(prompt)
@@ -200,3 +201,39 @@ def test_bad_inputs():
             pass
     with pytest.raises(ValueError, match="speedup"):
         skip.uls_layers(8, 0.5)
+
+
+@pytest.mark.parametrize("name", kv_cache.CACHE_KWARGS)
+def test_copy_forward_reads_the_cache_under_either_kwarg_name(name):
+    """transformers 5.24 passes `cache=`, 5.17 `past_key_values=`: both reach the copy-forward."""
+    model = gated("llama")
+    prompt = tokens(3, 4)
+    cache = transformers.DynamicCache(config=model.config)
+    with skip.budget(model, 0.4, record=True, measure_flops=False) as stats:
+        model(prompt, use_cache=True, **{name: cache})
+    skipped = ~stats.records["1.attn"]["keep"]
+    b, t = skipped.nonzero()[0].tolist()
+    torch.testing.assert_close(cache.layers[1].keys[b, :, t], cache.layers[0].keys[b, :, t], atol=0.0, rtol=0.0)
+
+
+def test_a_cache_that_never_reaches_the_attention_is_an_error(monkeypatch):
+    """If a release renames the kwarg again, copy-forward must fail loudly, naming the model and the version."""
+    model = gated("llama")
+    monkeypatch.setattr(kv_cache, "CACHE_KWARGS", ("some_future_name",))
+    monkeypatch.setattr(skip, "find_cache", lambda kwargs: (None, None))
+    with pytest.raises(kv_cache.CacheLayoutError, match=r"LlamaForCausalLM \(transformers [0-9.]+.*use_cache=True"):
+        with skip.budget(model, 0.4, measure_flops=False):
+            model(tokens(2, 4), use_cache=True)
+    with skip.budget(model, 0.4, measure_flops=False):  # no cache asked for: nothing to copy, no error
+        model(tokens(2, 4), use_cache=False)
+
+
+def test_copy_forward_on_a_cache_without_keys_is_an_error():
+    cache = transformers.DynamicCache()
+    with pytest.raises(kv_cache.CacheLayoutError, match="MyModel .*layer 1"):
+        skip.copy_forward_kv(cache, 1, torch.ones(1, 2, dtype=torch.bool), model="MyModel")
+    model = gated("llama")
+    with torch.no_grad():
+        out = model(tokens(2, 4), use_cache=True)
+    with pytest.raises(kv_cache.CacheLayoutError, match="newest 9 tokens"):
+        skip.copy_forward_kv(kv_cache.output_cache(out), 1, torch.ones(2, 9, dtype=torch.bool), model=model)

@@ -1,0 +1,65 @@
+"""The KV cache of a Hugging Face decoder, found the same way on every supported transformers release.
+
+transformers 5.17 hands the cache to decoder layers and attention modules as ``past_key_values=``; 5.24 renamed it
+``cache=`` (the old name is deprecated until 5.40). labkit's skipping reads and rewrites the cache (KV copy-forward,
+GateSkip §3.3), so it looks under both names, and raises instead of returning silently when a cache it needs is not
+where it expects it: a silent miss once made copy-forward a no-op without failing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import transformers
+
+CACHE_KWARGS = ("cache", "past_key_values")  # newest first: 5.24+ passes `cache=`, 5.17 `past_key_values=`
+
+
+class CacheLayoutError(RuntimeError):
+    """The model did not hand labkit a KV cache, or its cache lacks the structure labkit reads."""
+
+
+def where(model: Any) -> str:
+    """``LlamaForCausalLM (transformers 5.24.0)``: what every cache error names."""
+    name = model if isinstance(model, str) else type(model).__name__
+    return f"{name} (transformers {transformers.__version__})"
+
+
+def find_cache(kwargs: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """``(kwarg name, cache)`` of the first non-None entry of ``CACHE_KWARGS`` in kwargs, else (None, None)."""
+    for name in CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return name, kwargs[name]
+    return None, None
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache a forward returned (``outputs.cache`` on 5.24+, ``outputs.past_key_values`` before)."""
+    for name in CACHE_KWARGS:
+        cache = getattr(outputs, name, None)
+        if cache is not None:
+            return cache
+    raise CacheLayoutError(f"the model output {type(outputs).__name__} carries no KV cache under {CACHE_KWARGS}; "
+                           "was the forward called with use_cache=True?")
+
+
+def self_attention_cache(cache: Any) -> Any:
+    """The self-attention part of an encoder-decoder cache (GPT-2 may wrap its cache so); the cache otherwise."""
+    return getattr(cache, "self_attention_cache", cache)
+
+
+def layer_kv(cache: Any, layer: int, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``layer``'s cached ``(keys, values)``, each (B, heads, S, head_dim); CacheLayoutError if there are none."""
+    cache = self_attention_cache(cache)
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer >= len(layers):
+        found = f"{len(layers)} layers" if layers is not None else f"a {type(cache).__name__} without `.layers`"
+        raise CacheLayoutError(f"{where(model)}: expected a KV cache with a layer {layer}, found {found}")
+    keys, values = getattr(layers[layer], "keys", None), getattr(layers[layer], "values", None)
+    if not (torch.is_tensor(keys) and torch.is_tensor(values) and keys.dim() == 4 and values.dim() == 4):
+        shape = tuple(keys.shape) if torch.is_tensor(keys) else keys
+        raise CacheLayoutError(f"{where(model)}: cache layer {layer} ({type(layers[layer]).__name__}) has no "
+                               f"(batch, heads, tokens, head_dim) keys/values; found keys {shape}")
+    return keys, values
