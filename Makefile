@@ -2,7 +2,7 @@
 # Each creates .venv on first use (scripts/setup.sh: CPU torch here, the machine's own CUDA torch on a GPU box).
 PY := .venv/bin/python
 
-.PHONY: setup test report lab clean-cache
+.PHONY: setup test report lab clean-cache screenshots
 
 setup:
 	bash scripts/setup.sh
@@ -19,3 +19,6 @@ lab: setup
 
 clean-cache: setup
 	.venv/bin/labkit cache clean
+
+screenshots: setup  # refresh the committed browser screenshots in reports/browser/ (the tests write to a temp dir)
+	LABKIT_SCREENSHOTS=reports/browser bash scripts/offline.sh $(PY) -m pytest tests/test_browser.py

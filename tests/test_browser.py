@@ -2,7 +2,8 @@
 
 JupyterLab serves copies of the notebooks whose preset is set to ``smoke`` by an injected-parameters cell, as
 papermill does; Debian's Chromium is driven by Playwright (``executable_path``, no browser download). Screenshots
-go to ``reports/browser/``.
+go to a temporary folder, so a test run leaves the checkout untouched; ``make screenshots`` refreshes the committed
+ones in ``reports/browser/`` (it sets ``LABKIT_SCREENSHOTS``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -41,7 +43,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = runner.REPORTS_DIR / "browser"
+SCREENSHOTS = Path(os.environ.get("LABKIT_SCREENSHOTS") or Path(tempfile.gettempdir()) / "labkit-browser")
 PAPER_NOTEBOOK_PREFERENCE = ("met2net", "gateskip", "cmixup", "sparse_soups", "dsir")  # met2net: ~75 s smoke + slider
 NOTEBOOK_SECONDS = 420  # one notebook's run-all budget in the browser (loaded 2-core machine)
 
