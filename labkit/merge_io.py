@@ -152,6 +152,10 @@ class SafetensorsWriter:
         header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
         offset, self.expected = 0, []
         for key, shape, dtype in plan:
+            if dtype not in _NAMES:
+                raise ValueError(
+                    f"{key!r} is {dtype}, which cannot be written to safetensors here; expected {list(_NAMES)}"
+                )
             nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
             header[key] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self.expected.append((key, tuple(shape), dtype))
@@ -191,7 +195,7 @@ class Source:
     """One merge input with lazy per-key access; keys are stripped of ``module.`` prefixes."""
 
     def __init__(self, item: Item, label: str) -> None:
-        self.label = label
+        self.label = f"{label} ({item})" if isinstance(item, str | os.PathLike) else label  # "item 1 (a.pt)"
         self.shared: dict[str, str] = {}  # key -> first key aliasing the same storage (tied weights)
         self._readers: dict[str, SafetensorsReader] = {}
         self._tensors: dict[str, Tensor] = {}
@@ -237,7 +241,7 @@ class Source:
 
     def _open_path(self, path: Path) -> None:
         if not path.exists():
-            raise FileNotFoundError(f"{self.label}: {path} does not exist")
+            raise FileNotFoundError(f"{self.label} does not exist")
         if path.is_dir():
             index = path / "model.safetensors.index.json"
             single = path / "model.safetensors"
@@ -265,7 +269,12 @@ class Source:
 
     def _load_torch_file(self, path: Path) -> None:
         try:
-            loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            try:
+                loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as error:  # a legacy (non-zip) torch.save file cannot be memory-mapped
+                if "mmap" not in str(error):
+                    raise
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types (UnpicklingError, RuntimeError) for a foreign file
             raise ValueError(
                 f"{self.label}: cannot read {path} as a torch checkpoint (expected a .safetensors file, a "
@@ -348,16 +357,12 @@ def as_item_list(items: Any) -> list[Item]:
     return items
 
 
-def _label(name: str, item: Item) -> str:
-    return f"{name} ({item})" if isinstance(item, str | os.PathLike) else name
-
-
 def open_sources(
     items: Sequence[Item] | Iterator[Item], base: Item | None = None
 ) -> tuple[list[Source], Source | None]:
-    """One ``Source`` per item (labelled ``item i``, with the path where there is one) and one for ``base``."""
-    sources = [Source(item, _label(f"item {i}", item)) for i, item in enumerate(as_item_list(items))]
-    base_source = Source(base, _label("base", base)) if base is not None else None
+    """One ``Source`` per item (labelled ``item i``, plus the path where there is one) and one for ``base``."""
+    sources = [Source(item, f"item {i}") for i, item in enumerate(as_item_list(items))]
+    base_source = Source(base, "base") if base is not None else None
     for s in [*sources, *([base_source] if base_source else [])]:
         if not s.keys():
             raise ValueError(f"{s.label} has no tensors; expected a model, state dict or checkpoint with weights")
@@ -527,5 +532,5 @@ def load_state_dict(item: Item, name: str = "item") -> dict[str, Tensor]:
 
     ``name`` (e.g. ``"item 2"``) labels the input in error messages, with its path where it has one.
     """
-    source = Source(item, _label(name, item))
+    source = Source(item, name)
     return {k: source.get(k) for k in source.keys()}

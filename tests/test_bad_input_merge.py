@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from labkit import merge, prune
+from labkit import merge, merge_io, prune
 
 
 def sd(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -92,6 +92,15 @@ def files(tmp_path_factory) -> SimpleNamespace:
     f.masks_dir = d / "masks_dir"
     f.masks_dir.mkdir()
     return f
+
+
+def shrink_after_open(f: SimpleNamespace) -> list[torch.Tensor]:
+    """Open a good file, then cut 24 bytes off it before the tensors are read."""
+    path = f.dir / "shrinks.safetensors"
+    path.write_bytes(f.good.read_bytes())
+    reader = merge_io.SafetensorsReader(path)
+    path.write_bytes(path.read_bytes()[:-24])
+    return [reader.get(k) for k in reader.keys()]
 
 
 def bn_loader(n: int) -> list[torch.Tensor]:
@@ -177,6 +186,18 @@ CASES = [
         lambda f: merge.average([f.bad_index]),
         ValueError,
         r"index\.json is not a safetensors index",
+    ),
+    case(
+        "file truncated after it was opened",
+        shrink_after_open,
+        ValueError,
+        r"shrinks\.safetensors: tensor '[wbn]' expected \d+ bytes at offset \d+, read \d+",
+    ),
+    case(
+        "dtype safetensors cannot hold, with out=",
+        lambda f: merge.average([changed(A, u=torch.ones(2, dtype=torch.uint16))] * 2, out=f.dir / "u.safetensors"),
+        ValueError,
+        r"'u' is torch\.uint16, which cannot be written to safetensors",
     ),
     case("out= is a directory", lambda f: merge.average([A, B], out=f.dir), IsADirectoryError, r"out=.*is a directory"),
     case(

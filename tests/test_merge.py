@@ -300,3 +300,9 @@ def test_mixed_float_dtypes_and_01_float_masks_are_accepted():
     soup = merge.average([a, b], masks={"w": torch.tensor([1.0, 0.0, 1.0])})["w"]
     assert soup.dtype == torch.float32  # the first item's dtype
     torch.testing.assert_close(soup, torch.tensor([2.0, 0.0, 2.0]))
+
+
+def test_legacy_torch_save_file_is_read_without_mmap(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    torch.testing.assert_close(merge.average([path, {"w": torch.zeros(2)}])["w"], torch.full((2,), 0.5))
