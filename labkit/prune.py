@@ -53,9 +53,11 @@ def check_mask(key: str, mask: object, shape: Sequence[int] | None = None) -> Te
 
 
 def _fraction(name: str, value: object, high_open: bool) -> float:
-    """A number in [0, 1] (or [0, 1) when ``high_open``), else a ValueError naming ``name``."""
+    """A number in [0, 1] (or [0, 1) when ``high_open``), else a TypeError/ValueError naming ``name``."""
     interval = "[0, 1)" if high_open else "[0, 1]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     if not (0.0 <= value < 1.0 if high_open else 0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be in {interval}, got {value}")

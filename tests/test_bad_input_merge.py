@@ -645,7 +645,7 @@ CASES = [
     case(
         "sparsity a string",
         lambda f: prune.magnitude_masks(P, "0.5"),
-        ValueError,
+        TypeError,
         r"sparsity must be .*\[0, 1\], got '0\.5'",
     ),
     case(
