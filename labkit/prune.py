@@ -8,7 +8,9 @@ apart from the weights (``save_masks`` writes safetensors next to a clean state 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +29,51 @@ def _strip(key: str) -> str:
     return key
 
 
+def check_mask(key: str, mask: object, shape: Sequence[int] | None = None) -> Tensor:
+    """``mask`` as a bool tensor, or an error naming ``key``: a mask is bool or exactly 0/1, of exactly ``shape``.
+
+    A fractional mask (0.5) would scale weights instead of pruning them, and a broadcastable shape would prune the
+    wrong entries, so both raise instead of being coerced.
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask {key!r} is a {type(mask).__name__}, expected a bool (or 0/1) tensor")
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask {key!r} has shape {tuple(mask.shape)}, expected exactly the weight's {tuple(shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex():
+        raise ValueError(f"mask {key!r} is complex ({mask.dtype}), expected bool or exactly 0/1")
+    stray = (mask != 0) & (mask != 1)
+    if stray.any():
+        raise ValueError(
+            f"mask {key!r} must be bool or exactly 0/1, found {int(stray.sum())} other value(s) such as "
+            f"{mask[stray].flatten()[:3].tolist()}; a fractional mask would scale weights instead of pruning them"
+        )
+    return mask != 0
+
+
+def _fraction(name: str, value: object, high_open: bool) -> float:
+    """A number in [0, 1] (or [0, 1) when ``high_open``), else a TypeError/ValueError naming ``name``."""
+    interval = "[0, 1)" if high_open else "[0, 1]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    if not (0.0 <= value < 1.0 if high_open else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return float(value)
+
+
+def _some_weights(weights: dict[str, Tensor], include: tuple[type[nn.Module], ...]) -> dict[str, Tensor]:
+    """``weights`` if not empty; an empty set would give a sparsity of 0 and an empty mask without complaint."""
+    if not weights:
+        raise ValueError(
+            f"no prunable weights found: expected {[c.__name__ for c in include]} modules, or >=2-D floating "
+            "'*.weight' tensors in a state dict"
+        )
+    return weights
+
+
 def prunable_weights(
     model_or_sd: nn.Module | Mapping[str, Tensor], include: tuple[type[nn.Module], ...] = PRUNABLE
 ) -> dict[str, Tensor]:
@@ -34,6 +81,8 @@ def prunable_weights(
 
     Norm layers and biases are never included (they are 1-D), matching SMS's global magnitude pruning.
     """
+    if not isinstance(model_or_sd, nn.Module | Mapping):
+        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_sd).__name__}")
     if isinstance(model_or_sd, nn.Module):
         out = {}
         for name, module in model_or_sd.named_modules():
@@ -51,10 +100,9 @@ def imp_schedule(goal: float, phases: int) -> list[float]:
 
     Each phase removes the same fraction q = 1 - (1 - goal)^(1/phases) of the weights still alive (SMS/IMP).
     """
-    if not 0.0 <= goal < 1.0:
-        raise ValueError(f"goal sparsity must be in [0, 1), got {goal}")
-    if phases < 1:
-        raise ValueError(f"phases must be >= 1, got {phases}")
+    goal = _fraction("goal sparsity", goal, high_open=True)
+    if isinstance(phases, bool) or not isinstance(phases, numbers.Integral) or phases < 1:
+        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
     return [1.0 - (1.0 - goal) ** (p / phases) for p in range(1, phases)] + [float(goal)]
 
 
@@ -72,13 +120,18 @@ def magnitude_masks(
     ``sparsity``. Weights already dead (zero, or False in ``prev_masks``) stay dead and count toward the total;
     if more are dead than ``sparsity`` asks for, nothing more is pruned. Exactly round(sparsity * n) are pruned.
     """
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    sparsity = _fraction("sparsity", sparsity, high_open=False)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    weights = prunable_weights(model_or_sd, include)
-    if not weights:
-        raise ValueError(f"no prunable weights found (include={[c.__name__ for c in include]})")
+    weights = _some_weights(prunable_weights(model_or_sd, include), include)
+    for key, w in weights.items():
+        if not torch.isfinite(w).all():
+            raise ValueError(
+                f"weight {key!r} has {int((~torch.isfinite(w)).sum())} non-finite value(s) (NaN/inf); "
+                "magnitude pruning needs finite weights"
+            )
+    if prev_masks is not None and not isinstance(prev_masks, Mapping):
+        raise TypeError(f"prev_masks must be a dict of masks, got {type(prev_masks).__name__}")
     prev = {_strip(k): v for k, v in (prev_masks or {}).items()}
     unknown = sorted(set(prev) - set(weights))
     if unknown:
@@ -89,9 +142,7 @@ def magnitude_masks(
     for key, w in weights.items():
         alive = w != 0
         if key in prev:
-            if prev[key].shape != w.shape:
-                raise ValueError(f"mask {key!r} has shape {tuple(prev[key].shape)}, expected {tuple(w.shape)}")
-            alive &= prev[key].to(device=w.device, dtype=torch.bool)
+            alive &= check_mask(key, prev[key], w.shape).to(w.device)
         scores[key] = torch.where(alive, w.abs().float(), torch.full_like(w, -1.0, dtype=torch.float32))
     groups = [list(weights)] if scope == "global" else [[k] for k in weights]
     masks: Masks = {}
@@ -107,6 +158,11 @@ def magnitude_masks(
 
 
 def _module_weights(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, nn.Parameter]:
+    """The parameters ``masks`` name, after checking every mask (bool or 0/1, the parameter's exact shape)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a dict of name -> bool tensor, got {type(masks).__name__}")
     params = {_strip(k): p for k, p in model.named_parameters()}
     missing = sorted(set(masks) - set(params))
     if missing:
@@ -114,8 +170,7 @@ def _module_weights(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, 
             f"masks name parameters the model does not have: {missing[:5]}; model has e.g. {sorted(params)[:5]}"
         )
     for key, mask in masks.items():
-        if mask.shape != params[key].shape:
-            raise ValueError(f"mask {key!r} has shape {tuple(mask.shape)}, expected {tuple(params[key].shape)}")
+        check_mask(key, mask, params[key].shape)
     return {k: params[k] for k in masks}
 
 
@@ -153,8 +208,10 @@ def apply_masks(
     Gradients are masked by a hook; given the ``optimizer``, its state (momentum, Adam moments) is masked too and
     weights are re-zeroed after every ``step`` (weight decay and stale momentum cannot revive a pruned weight).
     """
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
     params = _module_weights(model, masks)
-    ready = {k: m.to(device=params[k].device, dtype=params[k].dtype) for k, m in masks.items()}
+    ready = {k: check_mask(k, m).to(device=params[k].device, dtype=params[k].dtype) for k, m in masks.items()}
     handle = MaskHandle(params, ready, optimizer)
     handle.reapply()
     return handle
@@ -162,7 +219,7 @@ def apply_masks(
 
 def sparsity(model_or_sd: nn.Module | Mapping[str, Tensor], include: tuple[type[nn.Module], ...] = PRUNABLE) -> float:
     """Fraction of exact zeros over all prunable weights (the global sparsity SMS and IMP report)."""
-    weights = prunable_weights(model_or_sd, include)
+    weights = _some_weights(prunable_weights(model_or_sd, include), include)
     total = sum(w.numel() for w in weights.values())
     return sum(int((w == 0).sum()) for w in weights.values()) / max(total, 1)
 
@@ -171,25 +228,32 @@ def layer_sparsity(
     model_or_sd: nn.Module | Mapping[str, Tensor], include: tuple[type[nn.Module], ...] = PRUNABLE
 ) -> dict[str, float]:
     """Fraction of exact zeros per prunable weight tensor, keyed by state-dict name."""
-    return {k: float((w == 0).float().mean()) for k, w in prunable_weights(model_or_sd, include).items()}
+    weights = _some_weights(prunable_weights(model_or_sd, include), include)
+    return {k: float((w == 0).float().mean()) for k, w in weights.items()}
 
 
 def mask_of_zeros(
     model_or_sd: nn.Module | Mapping[str, Tensor], include: tuple[type[nn.Module], ...] = PRUNABLE
 ) -> Masks:
     """The mask a pruned model implies: True where a prunable weight is non-zero."""
-    return {k: w != 0 for k, w in prunable_weights(model_or_sd, include).items()}
+    return {k: w != 0 for k, w in _some_weights(prunable_weights(model_or_sd, include), include).items()}
 
 
 def mask_iou(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """Intersection over union of the kept weights of two masks (1.0 = identical masks)."""
+    if not isinstance(a, Mapping) or not isinstance(b, Mapping):
+        raise TypeError(f"expected two dicts of masks, got {type(a).__name__} and {type(b).__name__}")
+    if not a:
+        raise ValueError("masks are empty: expected at least one key to compare")
     if set(a) != set(b):
         raise ValueError(
             f"masks cover different keys: only in first {sorted(set(a) - set(b))[:5]}, "
             f"only in second {sorted(set(b) - set(a))[:5]}"
         )
-    inter = sum(int((a[k].bool() & b[k].bool()).sum()) for k in a)
-    union = sum(int((a[k].bool() | b[k].bool()).sum()) for k in a)
+    a = {k: check_mask(k, m) for k, m in a.items()}
+    b = {k: check_mask(k, b[k], a[k].shape) for k in a}
+    inter = sum(int((a[k] & b[k]).sum()) for k in a)
+    union = sum(int((a[k] | b[k]).sum()) for k in a)
     return inter / union if union else 1.0
 
 
@@ -199,7 +263,7 @@ def to_torch_prune(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     _module_weights(model, masks)
     for key, mask in masks.items():
         owner, _, name = key.rpartition(".")
-        torch_prune.custom_from_mask(modules[owner], name, mask.to(torch.bool))
+        torch_prune.custom_from_mask(modules[owner], name, check_mask(key, mask))
     return model
 
 
@@ -208,6 +272,8 @@ def from_torch_prune(model_or_sd: nn.Module | Mapping[str, Tensor]) -> tuple[dic
 
     The clean state dict loads into an unpruned module; ``module.`` prefixes are dropped on the way.
     """
+    if not isinstance(model_or_sd, nn.Module | Mapping):
+        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_sd).__name__}")
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
     sd = {_strip(k): v for k, v in sd.items()}
     clean, masks = {}, {}
@@ -216,9 +282,9 @@ def from_torch_prune(model_or_sd: nn.Module | Mapping[str, Tensor]) -> tuple[dic
             continue
         if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in sd:
             name = key[: -len("_orig")]
-            mask = sd[name + "_mask"]
+            mask = check_mask(name + "_mask", sd[name + "_mask"], value.shape)
             clean[name] = (value * mask).to(value.dtype)
-            masks[name] = mask.to(torch.bool)
+            masks[name] = mask
         else:
             clean[key] = value
     return clean, masks
@@ -228,10 +294,15 @@ def save_masks(masks: Mapping[str, Tensor], path: str | Path) -> Path:
     """Write masks as a safetensors file of uint8 tensors (safetensors has no portable bool)."""
     from safetensors.torch import save_file
 
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a dict of name -> bool tensor, got {type(masks).__name__}")
+    checked = {k: check_mask(k, m).to(torch.uint8).contiguous().cpu() for k, m in masks.items()}
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"save_masks: {path} is a directory, expected a file path such as masks.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
-        {k: m.to(torch.uint8).contiguous().cpu() for k, m in masks.items()},
+        checked,
         str(path),
         metadata={"labkit": json.dumps({"kind": "pruning masks", "true_means": "kept"})},
     )
@@ -239,7 +310,17 @@ def save_masks(masks: Mapping[str, Tensor], path: str | Path) -> Path:
 
 
 def load_masks(path: str | Path) -> Masks:
-    """Read masks written by ``save_masks`` back as bool tensors."""
+    """Read masks written by ``save_masks`` back as bool tensors (a file of other values, e.g. weights, raises)."""
     from safetensors.torch import load_file
 
-    return {k: v.to(torch.bool) for k, v in load_file(str(path)).items()}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_masks: {path} is not a file; expected a safetensors file from save_masks")
+    try:
+        loaded = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for a corrupt file
+        raise ValueError(f"load_masks: {path} is not a readable safetensors file ({error})") from error
+    try:
+        return {k: check_mask(k, v) for k, v in loaded.items()}
+    except ValueError as error:
+        raise ValueError(f"load_masks: {path} does not hold pruning masks: {error}") from None

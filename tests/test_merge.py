@@ -255,3 +255,54 @@ def test_diagnostics_and_ema():
     ema = merge.ema_model(base, decay=0.5)
     ema.update_parameters(items[0])
     assert isinstance(ema.module, nn.Sequential)
+
+
+def test_slerp_falls_back_to_lerp_for_opposite_and_colinear_tensors():
+    a = {"w": torch.tensor([1.0, 2.0])}
+    opposite = {"w": torch.tensor([-2.0, -4.0])}  # angle pi: sin(pi) ~ 0 in fp32 gave ~1e7 before
+    torch.testing.assert_close(merge.slerp(a, opposite, 0.5)["w"], torch.tensor([-0.5, -1.0]))
+    torch.testing.assert_close(merge.slerp(a, opposite, 0.25)["w"], torch.tensor([0.25, 0.5]))
+    nearly = {"w": torch.tensor([1.0, 2.02])}  # |cos| > 0.9995 (mergekit's DOT_THRESHOLD): lerp
+    torch.testing.assert_close(merge.slerp(a, nearly, 0.5)["w"], torch.tensor([1.0, 2.01]))
+    zero = {"w": torch.zeros(2)}
+    torch.testing.assert_close(merge.slerp(a, zero, 0.5)["w"], torch.tensor([0.5, 1.0]))
+
+
+def test_ties_normalize_false_sums_the_agreeing_weighted_deltas():
+    base = {"w": torch.zeros(4)}
+    a = {"w": torch.tensor([1.0, -2.0, 0.1, 3.0])}
+    b = {"w": torch.tensor([1.0, 2.0, 0.0, -1.0])}
+    # weighted deltas 2a = [2, -4, 0.2, 6] and 1b = [1, 2, 0, -1]; elected signs [+, -, +, +]
+    summed = merge.ties(base, [a, b], density=1.0, weights=[2.0, 1.0], normalize=False)["w"]
+    torch.testing.assert_close(summed, torch.tensor([3.0, -4.0, 0.2, 6.0]))
+    mean = merge.ties(base, [a, b], density=1.0, weights=[2.0, 1.0])["w"]  # divided by the agreeing weights
+    torch.testing.assert_close(mean, torch.tensor([1.0, -2.0, 0.1, 3.0]))
+    scaled = merge.ties(base, [a, b], density=1.0, weights=[2.0, 1.0], scale=0.5, normalize=False)["w"]
+    torch.testing.assert_close(scaled, 0.5 * summed)
+
+
+def test_weights_may_be_a_tensor_or_a_sequence():
+    base = {"w": torch.zeros(4)}
+    a, b = {"w": torch.tensor([1.0, -2.0, 0.1, 3.0])}, {"w": torch.tensor([1.0, 2.0, 0.0, -1.0])}
+    for fn, kwargs in [(merge.task_arithmetic, {}), (merge.ties, {"density": 0.5}), (merge.dare, {"drop": 0.5})]:
+        as_list = fn(base, [a, b], weights=[0.3, 0.7], **kwargs)["w"]
+        as_tensor = fn(base, [a, b], weights=torch.tensor([0.3, 0.7]), **kwargs)["w"]
+        as_tuple = fn(base, [a, b], weights=(0.3, 0.7), **kwargs)["w"]
+        torch.testing.assert_close(as_tensor, as_list)
+        torch.testing.assert_close(as_tuple, as_list)
+    soup = merge.average([a, b], weights=torch.tensor([0.25, 0.75]))["w"]
+    torch.testing.assert_close(soup, 0.25 * a["w"] + 0.75 * b["w"])
+
+
+def test_mixed_float_dtypes_and_01_float_masks_are_accepted():
+    a = {"w": torch.tensor([1.0, 2.0, 3.0])}
+    b = {"w": torch.tensor([3.0, 2.0, 1.0], dtype=torch.bfloat16)}
+    soup = merge.average([a, b], masks={"w": torch.tensor([1.0, 0.0, 1.0])})["w"]
+    assert soup.dtype == torch.float32  # the first item's dtype
+    torch.testing.assert_close(soup, torch.tensor([2.0, 0.0, 2.0]))
+
+
+def test_legacy_torch_save_file_is_read_without_mmap(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    torch.testing.assert_close(merge.average([path, {"w": torch.zeros(2)}])["w"], torch.full((2,), 0.5))

@@ -123,3 +123,14 @@ def test_bad_inputs_name_the_problem():
         prune.apply_masks(model, {"nope.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="not prunable"):
         prune.magnitude_masks(model, 0.5, prev_masks={"1.weight": torch.ones(32, dtype=torch.bool)})
+
+
+def test_float_01_masks_are_accepted_like_bool_masks():
+    model = mlp()
+    masks = prune.magnitude_masks(model, 0.5)
+    as_float = {k: m.float() for k, m in masks.items()}
+    again = prune.magnitude_masks(model, 0.75, prev_masks=as_float)
+    assert all(torch.equal(again[k], prune.magnitude_masks(model, 0.75, prev_masks=masks)[k]) for k in masks)
+    prune.apply_masks(model, as_float)
+    assert prune.sparsity(model) == pytest.approx(0.5, abs=1e-9)
+    assert prune.check_mask("w", torch.tensor([0, 1], dtype=torch.uint8)).dtype == torch.bool
