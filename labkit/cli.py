@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,10 +95,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from labkit.data import sources
+    try:
+        from labkit.data import sources  # loads and validates data/catalogue.toml
 
-    for name in args.sources or sorted(sources.SOURCES):
-        print(f"labkit fetch: {name} -> {sources.fetch(name, force=args.force)}")
+        for name in args.sources or sorted(sources.SOURCES):
+            source = sources.SOURCES.get(name)
+            if source is not None and source.kind not in sources.FETCHED_KINDS:
+                print(f"labkit fetch: {name}: {sources.library_status(name)}")
+            else:
+                print(f"labkit fetch: {name} -> {sources.fetch(name, force=args.force)} (sha256 verified)")
+    except (ValueError, RuntimeError, subprocess.CalledProcessError) as err:  # catalogue, checksum, download
+        print(f"labkit fetch: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

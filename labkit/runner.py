@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit.data import sources
 from labkit.report import REPORT_DIR_ENV, RESULTS_FILE, atomic_write_text, to_jsonable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,10 +156,12 @@ def labkit_source_hash() -> str:
 
 
 def inputs_hash(notebook: Path, preset: str, params: dict[str, Any]) -> str:
-    """What decides a run's results: the notebook file, the preset, the parameters and labkit's source."""
+    """What decides a run's results: the notebook file, the preset, the parameters, labkit's source and the data
+    catalogue (a new pinned data version makes the run stale too)."""
     digest = hashlib.sha256(notebook.read_bytes())
     digest.update(json.dumps({"preset": preset, "params": to_jsonable(params)}, sort_keys=True).encode())
     digest.update(labkit_source_hash().encode())
+    digest.update(sources.CATALOGUE.read_bytes())
     return digest.hexdigest()
 
 

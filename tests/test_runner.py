@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 
 from labkit import cli, runner
+from labkit.data import sources
 from labkit.experiments import configure, profiling
 
 
@@ -92,6 +93,15 @@ def test_inputs_hash_changes_with_params(tmp_path):
     assert runner.inputs_hash(nb, "smoke", {}) == runner.inputs_hash(nb, "smoke", {})
     assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "smoke", {"seed": 1})
     assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "cpu", {})
+
+
+def test_inputs_hash_changes_with_the_data_catalogue(tmp_path, monkeypatch):
+    nb = runner.resolve_notebook("profiling")
+    before = runner.inputs_hash(nb, "smoke", {})
+    edited = tmp_path / "catalogue.toml"
+    edited.write_text(sources.CATALOGUE.read_text().replace('version = "0.1.4"', 'version = "0.1.5"'))
+    monkeypatch.setattr(sources, "CATALOGUE", edited)
+    assert runner.inputs_hash(nb, "smoke", {}) != before
 
 
 def test_failing_notebook_exits_nonzero_and_keeps_partial_notebook(tmp_path, capsys):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from labkit.data.sources import DATA_DIR
 from labkit.select import (
     DSIR,
     gumbel_top_k,
@@ -18,6 +19,7 @@ from labkit.select import (
 )
 from labkit.select_features import HashedFeatures, featurize, tokenize
 
+TINY_CORPUS = DATA_DIR / "fixtures" / "tiny_corpus.jsonl"  # 36 hand-written sentences: networking, botany, cooking
 WORDS_A = "socket packet router protocol tcp ip address network bandwidth latency ethernet frame".split()
 WORDS_B = "leaf stem flower petal root seed plant genus species botany bloom tree".split()
 WORDS_C = "the a of and to in is it that was for on with as".split()
@@ -254,3 +256,17 @@ def test_write_selected_is_atomic_and_replaces(tmp_path):
     with pytest.raises(ValueError, match="has 5 documents, but index 9 was selected"):
         write_selected(tmp_path / "raw.jsonl", np.array([9]), out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["sel.jsonl"]
+
+
+def test_dsir_selects_the_target_domain_of_the_tiny_corpus_fixture():
+    rows = [json.loads(line) for line in TINY_CORPUS.read_text().splitlines()]
+    texts, labels = [row["text"] for row in rows], np.array([row["label"] for row in rows])
+    target_idx = np.nonzero(labels == "networking")[0][:4]
+    target = [texts[i] for i in target_idx]
+    chosen = DSIR().fit(TINY_CORPUS, target, exclude=target_idx).resample(6, seed=0)  # the pool read from jsonl
+    assert labels[chosen].tolist() == ["networking"] * 6 and not np.isin(chosen, target_idx).any()
+    pool = np.setdiff1d(np.arange(len(texts)), target_idx)
+    randomly = pool[random_select(len(pool), 6, seed=0)]
+    assert kl_reduction([texts[i] for i in chosen], target, texts) > kl_reduction(
+        [texts[i] for i in randomly], target, texts
+    )

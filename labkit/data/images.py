@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labkit.data.cache import source_path
+from labkit.data.sources import source_path
 
 
 @dataclass
