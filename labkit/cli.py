@@ -10,6 +10,8 @@ from pathlib import Path
 
 from labkit import runner
 
+WAIT_HELP = "when another run is writing the same report folder, wait this long for it (default 0: fail at once)"
+
 
 def _list(_: argparse.Namespace) -> int:
     for path in runner.notebooks():
@@ -29,7 +31,7 @@ def _list(_: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     path = runner.resolve_notebook(args.notebook)
     params = runner.parse_parameters(runner.experiment_module(path), args.param or [])
-    result = runner.run_notebook(path, args.preset, params, out_dir=args.out, force=True)
+    result = runner.run_notebook(path, args.preset, params, out_dir=args.out, force=True, wait=args.wait)
     if not result.ok:
         print(f"labkit run: {path.name} failed after {result.wall_seconds:.0f} s\n{result.error}", file=sys.stderr)
         return 1
@@ -46,9 +48,13 @@ def _report(args: argparse.Namespace) -> int:
     for path, name, params in (bar := tqdm(jobs, desc=f"labkit report [{args.preset}]", unit="report")):
         bar.set_postfix_str(f"{path.stem} {name}")
         out = runner.default_out_dir(path, name)
-        result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False)
-        status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")
         label = path.stem if name == args.preset else f"{path.stem} [{name}]"
+        try:
+            result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False,
+                                         wait=args.wait)
+        except runner.OutputLocked as err:  # another run is writing this report; the others can still go ahead
+            result = runner.RunResult(path, out, ok=False, error=str(err))
+        status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")
         tqdm.write(f"{label}: {status}" + (f" ({result.wall_seconds:.0f} s)" if not result.skipped else ""))
         if not result.ok:
             failures.append(result)
@@ -131,10 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="override one parameter; repeatable")
     run.add_argument("--out", type=Path, help="output folder (default reports/<notebook>/<preset>/)")
+    run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=WAIT_HELP)
     run.set_defaults(func=_run)
     report = sub.add_parser("report", help="run every notebook whose inputs changed, then index reports/")
     report.add_argument("--preset", default="cpu")
     report.add_argument("--force", action="store_true", help="re-run notebooks whose inputs are unchanged too")
+    report.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=WAIT_HELP)
     report.add_argument("notebooks", nargs="*", help="only these notebooks (default: all)")
     report.set_defaults(func=_report)
     sweep_cmd = sub.add_parser("sweep", help="execute a notebook once per grid point, in parallel, into one table")
@@ -178,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except (runner.ParameterError, FileNotFoundError, KeyError) as err:
         print(f"labkit {args.command}: {err}", file=sys.stderr)
         return 2
+    except runner.OutputLocked as err:
+        print(f"labkit {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,21 +2,31 @@
 
 A notebook ``notebooks/<name>.ipynb`` belongs to the experiment module ``labkit.experiments.<name>``, whose
 ``Config`` dataclass and ``PRESETS`` are the source of truth for parameter names, types and defaults.
+
+One writer per report folder: a run holds ``<out>.lock`` (``fcntl.flock``, released by the kernel when the holder
+dies, even by SIGKILL), executes into its own ``<out>.partial-<pid>-<token>/`` and swaps the finished folder in by
+renames, so runs started together, or killed at any point, never publish a report mixing two runs.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import hashlib
 import importlib
 import json
 import os
+import re
 import resource
+import secrets
 import shutil
 import time
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 REPORTS_DIR = ROOT / "reports"
 RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
+LOCK_POLL_SECONDS = 0.2  # how often a run waiting for a report folder's lock tries again
+UNINDEXED_REPORTS = ("smoke", "sweeps")  # report folders (and their ``-variant``s) that are not committed
 
 
 class ParameterError(ValueError):
     """A ``-p NAME VALUE`` that names no parameter or does not parse as the parameter's type."""
+
+
+class OutputLocked(RuntimeError):
+    """Another live run is writing the same report folder."""
 
 
 def notebooks() -> list[Path]:
@@ -190,15 +206,105 @@ class RunResult:
 
 
 def is_up_to_date(out_dir: Path, digest: str) -> bool:
-    """A previous successful run with the same inputs left its results in ``out_dir``."""
-    results = out_dir / RESULTS_FILE
-    if not results.is_file():
-        return False
+    """A previous successful run with the same inputs left a complete report in ``out_dir``.
+
+    Complete means ``results.json`` with status ok and this inputs hash, and the executed notebook and its HTML
+    beside it: a folder that a killed run left half-way is never taken for a finished report.
+    """
     try:
-        meta = json.loads(results.read_text()).get("meta", {})
-    except json.JSONDecodeError:
+        meta = json.loads((Path(out_dir) / RESULTS_FILE).read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):  # missing, unreadable, not JSON, not an object
         return False
-    return meta.get("inputs_hash") == digest and meta.get("status") == "ok"
+    notebook = meta.get("notebook")
+    if meta.get("inputs_hash") != digest or meta.get("status") != "ok" or not isinstance(notebook, str) or not notebook:
+        return False
+    return (Path(out_dir) / notebook).is_file() and (Path(out_dir) / f"{Path(notebook).stem}.html").is_file()
+
+
+def lock_path(out_dir: Path) -> Path:
+    """The lock file of a report folder: ``<out>.lock`` beside it."""
+    return out_dir.with_name(out_dir.name + ".lock")
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path, wait: float = 0.0) -> Iterator[Path]:
+    """Hold the report folder's lock (``fcntl.flock`` on ``<out>.lock``, which records the holder's pid).
+
+    The operating system drops the lock when its holder exits or is killed, so a dead run never blocks the next.
+    A live holder is waited for up to ``wait`` seconds (0: not at all), then ``OutputLocked`` names it.
+    """
+    path = lock_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise OutputLocked(
+                    f"report folder {out_dir} is being written by another run (pid {holder}, lock {path}); "
+                    f"wait for it to finish (--wait SECONDS) or write elsewhere (--out DIR)"
+                ) from None
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        try:  # the previous holder unlinks the file on release: a lock on an unlinked file protects nothing
+            held = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            held = False
+        if held:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _run_folder(out_dir: Path, kind: str) -> Path:
+    """A folder of this run beside ``out_dir``: ``<out>.<kind>-<pid>-<token>`` (``kind`` is partial or old)."""
+    return out_dir.with_name(f"{out_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _siblings(out_dir: Path, kind: str) -> list[Path]:
+    """The ``_run_folder``s of ``kind`` that runs of ``out_dir`` left beside it, oldest first."""
+    pattern = re.compile(rf"{re.escape(out_dir.name)}\.{kind}-\d+-[0-9a-f]{{8}}")
+    found = out_dir.parent.glob(f"{glob.escape(out_dir.name)}.{kind}-*")
+    return sorted((p for p in found if pattern.fullmatch(p.name) and p.is_dir()), key=lambda p: p.stat().st_ctime)
+
+
+def _recover(out_dir: Path) -> None:
+    """Undo what killed runs of ``out_dir`` left behind; call only under its lock, when no one else uses them.
+
+    A run killed between moving the old report aside and moving its new one in leaves no ``out_dir`` and an
+    ``<out>.old-*``: that report is put back. Other ``.old-*`` and every ``.partial-*`` folder are deleted.
+    """
+    old = _siblings(out_dir, "old")
+    if old and not out_dir.exists():
+        old.pop().rename(out_dir)
+    legacy = out_dir.with_name(out_dir.name + ".partial")  # the fixed staging folder of earlier versions
+    for stale in [*old, *_siblings(out_dir, "partial"), *([legacy] if legacy.is_dir() else [])]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Publish a finished run: the old report is renamed aside, the new one renamed in, then the old one deleted.
+
+    Every step is a rename within one folder, so a kill at any point leaves either a complete ``out_dir`` or an
+    ``<out>.old-*`` that the next run puts back (``_recover``); there is never a half-deleted report.
+    """
+    aside = None
+    if out_dir.exists():
+        aside = _run_folder(out_dir, "old")
+        out_dir.rename(aside)
+    staging.rename(out_dir)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def export_html(executed: Path, html_path: Path) -> None:
@@ -232,15 +338,16 @@ def _literal(value: Any) -> Any:
 
 
 def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, Any] | None = None,
-                 out_dir: str | Path | None = None, force: bool = True, progress: bool = True) -> RunResult:
+                 out_dir: str | Path | None = None, force: bool = True, progress: bool = True,
+                 wait: float = 0.0) -> RunResult:
     """Execute one notebook with papermill into ``out_dir`` (default ``reports/<notebook>/<preset>/``).
 
-    Parameters are validated first. The run writes into ``<out_dir>.partial`` and replaces ``out_dir`` only on
-    success, so a killed or failed run never leaves a half-written report; a failure keeps the partial executed
-    notebook in ``<out_dir>.failed/`` for inspection.
+    Parameters are validated first. The run holds ``<out_dir>.lock`` throughout: while another live run holds it,
+    this one waits up to ``wait`` seconds (default: not at all) and then raises ``OutputLocked`` naming the holder's
+    pid. It executes into its own ``<out_dir>.partial-<pid>-<token>/`` and replaces ``out_dir`` only on success, by
+    renames, so a killed or failed run never leaves a half-written or half-deleted report; what killed runs left is
+    cleaned (or put back) by the next run. A failure keeps the partial executed notebook in ``<out_dir>.failed/``.
     """
-    import papermill
-
     path = resolve_notebook(notebook)
     module = experiment_module(path)
     params = dict(params or {})
@@ -252,12 +359,33 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
         raise ParameterError(f"unknown preset {preset!r} for {path.stem}; expected one of {sorted(module.PRESETS)}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(path, preset)
     digest = inputs_hash(path, preset, params)
-    if not force and is_up_to_date(out, digest):
-        return RunResult(path, out, ok=True, skipped=True)
-    staging, failed = out.with_name(out.name + ".partial"), out.with_name(out.name + ".failed")
-    for stale in (staging, failed):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging.mkdir(parents=True)
+    with out_dir_lock(out, wait):
+        _recover(out)
+        if not force and is_up_to_date(out, digest):
+            return RunResult(path, out, ok=True, skipped=True)
+        staging = _run_folder(out, "partial")
+        staging.mkdir(parents=True)
+        try:
+            error, wall = _execute(path, preset, params, digest, staging, progress)
+            if error:
+                failed = out.with_name(out.name + ".failed")  # kept for inspection, replacing an older one
+                shutil.rmtree(failed, ignore_errors=True)
+                staging.rename(failed)
+                if (failed / path.name).is_file():
+                    error += f"\npartial executed notebook: {failed / path.name}"
+                return RunResult(path, out, ok=False, wall_seconds=wall, error=error)
+            _replace(staging, out)
+            return RunResult(path, out, ok=True, wall_seconds=wall)
+        finally:  # an interrupted run (Ctrl-C) leaves nothing; a killed one is cleaned up by the next run
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _execute(path: Path, preset: str, params: dict[str, Any], digest: str, staging: Path,
+             progress: bool) -> tuple[str, float]:
+    """Papermill into ``staging``, then stamp its results and export HTML: ``("", wall seconds)`` on success, else
+    the error and the wall seconds."""
+    import papermill
+
     executed = staging / path.name
     overrides = {k: _literal(v) for k, v in params.items() if k not in RUNNER_PARAMS}
     notebook_params = {"preset": preset, "overrides": overrides, **{k: params[k] for k in RUNNER_PARAMS if k in params}}
@@ -269,10 +397,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
         papermill.execute_notebook(str(path), str(executed), parameters=notebook_params, kernel_name="python3",
                                    progress_bar=progress, cwd=str(path.parent))
     except Exception as err:  # papermill raises its own error for a failing cell; keep the evidence
-        staging.rename(failed)
-        return RunResult(path, out, ok=False, wall_seconds=time.perf_counter() - start,
-                         error=f"{type(err).__name__}: {str(err).strip()[-2000:]}\n"
-                               f"partial executed notebook: {failed / path.name}")
+        return f"{type(err).__name__}: {str(err).strip()[-2000:]}", time.perf_counter() - start
     finally:
         for key, value in env_before.items():
             if value is None:
@@ -282,30 +407,38 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
     wall, cpu = time.perf_counter() - start, _children_cpu_seconds() - children_before
     results_path = staging / RESULTS_FILE
     if not results_path.is_file():
-        staging.rename(failed)
-        return RunResult(path, out, ok=False, wall_seconds=wall,
-                         error=f"{path.name} ran but never called labkit.report.record (no {RESULTS_FILE})")
+        return f"{path.name} ran but never called labkit.report.record (no {RESULTS_FILE})", wall
     results = json.loads(results_path.read_text())
     results["meta"].update({"preset": preset, "notebook": path.name, "wall_seconds": round(wall, 2),
                             "kernel_cpu_seconds": round(cpu, 2),
                             "inputs_hash": digest, "status": "ok"})
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
     export_html(executed, staging / f"{path.stem}.html")
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
-    return RunResult(path, out, ok=True, wall_seconds=wall)
+    return "", wall
+
+
+def is_committed_report(folder: Path, reports_dir: Path = REPORTS_DIR) -> bool:
+    """Whether ``reports/<notebook>/<folder>/`` is a report that belongs in git and in the index: a preset or a
+    preset variant, not smoke (CI-only, gitignored), not sweeps, not a run's ``.partial-*``/``.old-*``/``.failed``."""
+    rel = folder.relative_to(reports_dir)
+    name = rel.parts[-1]
+    return len(rel.parts) == 2 and "." not in name and name.split("-")[0] not in UNINDEXED_REPORTS
 
 
 def write_index(reports_dir: Path = REPORTS_DIR) -> Path:
-    """Regenerate ``reports/README.md``: every notebook's claim and one-line verdict, per preset."""
+    """Regenerate ``reports/README.md``: every committed report's claim and one-line verdict, per preset.
+
+    Smoke reports, sweeps and unfinished runs are left out (``is_committed_report``), so a smoke run leaves the
+    committed index unchanged.
+    """
     lines = ["# Reports", "", "Generated by `labkit report` from each run's `results.json`; do not edit by hand.", "",
              "Wall time depends on the machine's load when the run was made (recorded as the 1-minute load average);",
              "kernel CPU time, where recorded, is what the run costs on idle cores with the preset's threads.", "",
              "| notebook | preset | claim | what held | device | threads | wall time (load) | explorations |",
              "|---|---|---|---|---|---|---|---|"]
     for results_path in sorted(reports_dir.glob(f"*/*/{RESULTS_FILE}")):
+        if not is_committed_report(results_path.parent, reports_dir):
+            continue
         results = json.loads(results_path.read_text())
         meta = results.get("meta", {})
         rel = results_path.parent.relative_to(reports_dir)

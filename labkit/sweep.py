@@ -3,18 +3,24 @@
 Each point runs through ``labkit.runner.run_notebook`` into its own folder under
 ``reports/<notebook>/sweeps/<sweep-id>/``. Engines are existing ones, never a scheduler of our own: a local
 ``concurrent.futures`` process pool, or Ray (``ray.remote`` tasks on a cluster or a local instance). A point
-whose previous run succeeded with the same inputs hash is reused; a failing point is recorded with its error.
+whose previous run left a complete report with the same inputs hash is reused; a failing point is recorded with
+its error. Pool workers die with the sweep process (even on SIGKILL), and their notebook kernels with them, so a
+killed sweep leaves nothing computing and a rerun recomputes exactly the unfinished points.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import itertools
 import json
 import os
 import re
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +40,9 @@ TABLE_CSV, TABLE_PARQUET, MANIFEST = "table.csv", "table.parquet", "sweep.json"
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 LOCAL_RAY_RETRIES = 1  # a local Ray node can miss its start-up deadline (~15 s for its agents) on a loaded machine
 RESERVED_COLUMNS = ("point", "status", "reused", "error", "out_dir")  # table columns that are not params/metrics
+POINT_LOCK_WAIT_SECONDS = 10.0  # a point still locked by a dying worker of a killed sweep: wait, do not fail
+PARENT_POLL_SECONDS = 0.5  # how often a pool worker checks that its sweep process is alive
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class SweepError(ValueError):
@@ -180,13 +189,43 @@ def threads_per_job(jobs: int, cpus: int | None = None) -> int:
     return max(1, cpus // max(1, jobs))
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this process as soon as its parent is no longer ``parent_pid`` (it died and we were re-parented)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker when the sweep process ``parent_pid`` ends, even by SIGKILL, so no
+    orphan keeps computing into a point that a rerun owns.
+
+    On Linux the kernel sends SIGKILL at once (``prctl(PR_SET_PDEATHSIG)``); everywhere, a daemon thread also polls
+    the parent pid. The notebook kernel a worker starts exits by itself when the worker goes: ipykernel polls its
+    parent too (``JPY_PARENT_PID``, set by jupyter_client), within about a second.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl (an unusual libc): the watchdog thread still works
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="labkit-watch-parent", daemon=True).start()
+
+
 def run_point(notebook: str, preset: str, params: dict[str, Any], out_dir: str, threads: int) -> dict[str, Any]:
-    """Execute one grid point (in a pool worker or a Ray task); never raises, returns the outcome as a dict."""
+    """Execute one grid point (in a pool worker or a Ray task); never raises, returns the outcome as a dict.
+
+    A point whose folder another live run holds (a worker of a killed sweep that is still dying) is waited for up
+    to ``POINT_LOCK_WAIT_SECONDS``, then reused if that run finished it.
+    """
     for key in THREAD_ENV:
         os.environ[key] = str(threads)  # the papermill kernel inherits these; torch reads OMP_NUM_THREADS
     start = time.perf_counter()
     try:
-        result = runner.run_notebook(notebook, preset, params, out_dir=out_dir, force=False, progress=False)
+        result = runner.run_notebook(notebook, preset, params, out_dir=out_dir, force=False, progress=False,
+                                     wait=POINT_LOCK_WAIT_SECONDS)
         ok, reused, error = result.ok, result.skipped, result.error
     except Exception as err:  # a crash outside the notebook (import, disk) is this point's failure, not the sweep's
         ok, reused, error = False, False, f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
@@ -299,8 +338,10 @@ def start_ray(address: str | None, num_cpus: int) -> bool:
 def _run_local(
     todo: list[Point], submit_args: Callable[[Point], tuple], jobs: int, done: Callable[[Point, dict[str, Any]], None]
 ) -> None:
-    """A process pool (spawned workers: no forked kernel or ZMQ state) running ``run_point`` per grid point."""
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    """A process pool (spawned workers: no forked kernel or ZMQ state) running ``run_point`` per grid point; the
+    workers die with this process (``die_with_parent``)."""
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_point, *submit_args(p)): p for p in todo}
         pending = set(futures)
         while pending:
@@ -351,9 +392,11 @@ def run_sweep(
 ) -> SweepResult:
     """Run ``notebook`` once per point of ``grid`` (plus ``fixed`` parameters) and join the results in one table.
 
-    Validates everything first (unknown or empty grid, engine, Ray address). Points whose last run succeeded with
-    the same inputs hash are reused, failures are recorded with their error while the rest continue, and
-    ``table.csv`` / ``table.parquet`` are rewritten atomically as points finish, so a killed sweep resumes.
+    Validates everything first (unknown or empty grid, engine, Ray address). Points whose folder holds a complete
+    report with the same inputs hash (``runner.is_up_to_date``) are reused, failures are recorded with their error
+    while the rest continue, and ``table.csv`` / ``table.parquet`` are rewritten atomically as points finish. A
+    killed sweep takes its workers and kernels with it; rerun the same command to compute only the unfinished
+    points (what a killed point left is cleaned up by its next run).
     """
     if engine not in ENGINES:
         raise SweepError(f"unknown engine {engine!r}; expected one of {list(ENGINES)}")
