@@ -99,7 +99,7 @@ class Config:
                          "pretrain_steps", "pretrain_lr", "text_pretrain_steps", "finetune_steps", "finetune_lr",
                          "seeds", "eval_size", "eval_batch", "flops_batch", "calib_batches", "threads", "workers")
         require_non_negative(self, "gate_lr", "sparsity_weights")
-        require_within(self, "train_skip_end", 0, 1, "[)")
+        require_within(self, "train_skip_end", 0, 1, "()" if self.penalty == "kl" else "[)")  # kl: keep 1 - it
         require_within(self, "budgets", 0, 1, "[)")
         require_divisible(self, "d_model", "n_heads")
         require_device(self)
