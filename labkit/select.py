@@ -416,10 +416,10 @@ def heuristic_select(
     sample ``negatives_per_target`` times its size; document i is kept when ``score_i + pareto(alpha) > 1``.
     For a fixed budget the threshold 1 is moved so that exactly k pass: the top k of ``score + pareto noise``.
     """
-    from sklearn.linear_model import LogisticRegression
-
     _check_number("negatives_per_target", negatives_per_target, 0.0)
     _check_number("pareto_alpha", pareto_alpha, 0.0)
+    from sklearn.linear_model import LogisticRegression
+
     x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
     x_target = _as_matrix(target, num_buckets, ngrams, hash, "target").log1p()
     allowed = _allowed(x_raw.shape[0], k, exclude)
