@@ -11,6 +11,7 @@ restores the gates too. Skipping itself (budgets, compact execution) lives in :m
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +55,9 @@ class ResidualGate(nn.Module):
         super().__init__()
         if kind not in ("vector", "scalar"):
             raise ValueError(f"gate kind must be 'vector' or 'scalar', got {kind!r}")
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden_size must be an int >= 1, got {hidden_size!r}")
+        _check_init(init_bias, init_std)
         self.kind = kind
         self.detach_input = detach_input
         self.linear = nn.Linear(hidden_size, hidden_size if kind == "vector" else 1)
@@ -63,6 +67,14 @@ class ResidualGate(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.linear(u.detach() if self.detach_input else u))
+
+
+def _check_init(init_bias: float, init_std: float) -> None:
+    """Gate initialisation: a finite bias and a finite std >= 0 (NaN would silently make every gate NaN)."""
+    if not (isinstance(init_bias, (int, float)) and math.isfinite(init_bias)):
+        raise ValueError(f"init_bias must be a finite number, got {init_bias!r}")
+    if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
+        raise ValueError(f"init_std must be a finite number >= 0, got {init_std!r}")
 
 
 class SkipPolicy(Protocol):
@@ -181,6 +193,8 @@ def add_gates(
     if gated_branches(model):
         raise ValueError(f"{type(model).__name__} already has gates; call remove_gates(model) first")
     arch = architecture(model)
+    if kind != "none":
+        _check_init(init_bias, init_std)
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
     ref = next(model.parameters())
     for index, layer in enumerate(decoder_layers(model)):
@@ -218,6 +232,9 @@ def gate_penalty(model: nn.Module, kind: str = "l2", target_keep: float = 0.8) -
     kl = KL(Bernoulli(g) || Bernoulli(target_keep)) as in the official ablations."""
     if kind not in PENALTY_KINDS:
         raise ValueError(f"penalty kind must be one of {PENALTY_KINDS}, got {kind!r}")
+    if kind == "kl" and not (isinstance(target_keep, (int, float)) and 0 < target_keep < 1):
+        raise ValueError(f"target_keep must be a keep rate in (0, 1) for the kl penalty (at 0 or 1 it is infinite), "
+                         f"got {target_keep!r}")
     values = [b.last_gate for b in gated_branches(model) if b.last_gate is not None]
     if not values:
         raise ValueError("no gate values recorded: add_gates(model, kind='vector'|'scalar') and run a forward first")
@@ -273,10 +290,16 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
     """Load a gated model saved with ``save_pretrained``: the backbone via transformers, then the gates.
 
     Plain ``AutoModelForCausalLM.from_pretrained`` only warns about the unknown gate keys; this rebuilds them.
+    ``path`` must be a local folder (a saved gated model is never on the Hub): nothing is downloaded.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
+    if not (Path(path) / "config.json").is_file():
+        what = "is not a folder" if not Path(path).is_dir() else "has no config.json"
+        raise FileNotFoundError(f"{str(path)!r} {what}; expected a local folder written by save_pretrained "
+                                "(with config.json), e.g. a gated model saved with model.save_pretrained(folder)")
+    kwargs.setdefault("local_files_only", True)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
     spec = getattr(config, CONFIG_KEY, None)
     if not spec:
         raise ValueError(

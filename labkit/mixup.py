@@ -11,6 +11,8 @@ is the feature-similarity variant the paper compares against.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -36,26 +38,39 @@ __all__ = [
 DENSE_AUTO_LIMIT = 4096  # mode="auto": dense N×N below this many examples (128 MB in float64), truncated above
 
 
-def _as_labels(labels: torch.Tensor | np.ndarray | Sequence[float], name: str = "labels") -> torch.Tensor:
-    """Labels as a float64 N×d tensor; NaN / inf and empty inputs raise naming ``name``."""
-    t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
-    t = t.detach().to("cpu", torch.float64)
+def _as_rows(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` as N×d (dtype and device kept); a scalar, no rows, or NaN / inf raise naming ``name`` and the rows."""
     if t.ndim == 0:
         raise ValueError(f"{name} must have one entry per example, got a scalar")
-    t = t.reshape(t.shape[0], -1)
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty; expected at least 1 example")
-    bad = ~torch.isfinite(t)
+    t = t.reshape(t.shape[0], -1)
+    bad = ~torch.isfinite(t).all(1)
     if bad.any():
-        rows = torch.nonzero(bad.any(1)).flatten()[:5].tolist()
-        raise ValueError(f"{name} must be finite; found NaN or inf at rows {rows} ({int(bad.any(1).sum())} in all)")
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(f"{name} must be finite; found NaN or inf at indices {rows} ({int(bad.sum())} in all)")
     return t
 
 
+def _as_labels(labels: torch.Tensor | np.ndarray | Sequence[float], name: str = "labels") -> torch.Tensor:
+    """Labels as a float64 N×d tensor; NaN / inf and empty inputs raise naming ``name``."""
+    t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    return _as_rows(t.detach().to("cpu", torch.float64), name)
+
+
 def _check_bandwidth(bandwidth: float) -> float:
-    if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
+    ok = isinstance(bandwidth, numbers.Real) and not isinstance(bandwidth, bool)
+    if not (ok and math.isfinite(bandwidth) and bandwidth > 0):
         raise ValueError(f"bandwidth (σ) must be a finite number > 0, got {bandwidth!r}")
     return float(bandwidth)
+
+
+def _check_lam(lam: torch.Tensor) -> None:
+    """Mixing weights must be finite and in [0, 1]: NaN would otherwise pass every comparison and poison the batch."""
+    bad = ~torch.isfinite(lam) | (lam < 0) | (lam > 1)
+    if bad.any():
+        shown = lam.item() if lam.ndim == 0 else lam[bad][:5].tolist()
+        raise ValueError(f"lam must be finite and lie in [0, 1], got {shown}")
 
 
 def bandwidth_from_std(labels: torch.Tensor | np.ndarray, sigma_in_std: float) -> float:
@@ -75,9 +90,11 @@ def beta_lambda(alpha: float, size: int | Sequence[int] = (), generator: torch.G
 
     Sampled as G₁/(G₁+G₂) with Gamma(α) draws so a seeded ``torch.Generator`` makes it reproducible.
     """
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+    if not (isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     shape = (size,) if isinstance(size, int) else tuple(size)
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise ValueError(f"size must be an int >= 0 or a tuple of them, got {size!r}")
     conc = torch.full((2, *shape), float(alpha), dtype=torch.float64)
     if generator is None:
         g = torch._standard_gamma(conc)
@@ -108,8 +125,7 @@ def mix(
     lam_t = torch.as_tensor(lam, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
     if lam_t.ndim > 0 and lam_t.shape != (x.shape[0],):
         raise ValueError(f"lam must be a scalar or one value per example ({x.shape[0]},), got {tuple(lam_t.shape)}")
-    if ((lam_t < 0) | (lam_t > 1)).any():
-        raise ValueError("lam must lie in [0, 1]")
+    _check_lam(lam_t)
 
     def blend(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         w = lam_t.to(a.dtype) if lam_t.ndim == 0 else lam_t.to(a.dtype).reshape(-1, *([1] * (a.ndim - 1)))
@@ -130,7 +146,13 @@ def kernel_probabilities(
     Gaussian: a softmax of −d²/2σ² in log space, so tiny σ does not underflow to 0/0; tophat: uniform within σ.
     ``exclude`` (bool, anchors × candidates) removes pairs such as self-pairs.
     """
-    a, c = labels.reshape(labels.shape[0], -1), candidates.reshape(candidates.shape[0], -1)
+    bandwidth = _check_bandwidth(bandwidth)
+    a, c = _as_rows(labels, "labels"), _as_rows(candidates, "candidates")
+    if a.shape[1] != c.shape[1]:
+        raise ValueError(f"labels and candidates must have the same label dimension, got {a.shape[1]} and {c.shape[1]}")
+    if exclude is not None and tuple(exclude.shape) != (a.shape[0], c.shape[0]):
+        raise ValueError(f"exclude must be a bool mask of shape (anchors, candidates) = {(a.shape[0], c.shape[0])}, "
+                         f"got {tuple(exclude.shape)}")
     d2 = torch.cdist(a, c).square() if a.shape[1] > 1 else (a - c.T).square()
     if kernel == "gaussian":
         logits = -d2 / (2 * bandwidth**2)
@@ -156,7 +178,7 @@ class UniformSampler:
     """
 
     def __init__(self, n: int, exclude_self: bool = False) -> None:
-        if not isinstance(n, (int, np.integer)) or n < 1 or (exclude_self and n < 2):
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1 or (exclude_self and n < 2):
             raise ValueError(f"n must be an int >= {2 if exclude_self else 1}, got {n!r}")
         self.n, self.exclude_self = int(n), exclude_self
 
@@ -170,7 +192,11 @@ class UniformSampler:
 
 
 def _check_indices(indices: torch.Tensor | Sequence[int], n: int) -> torch.Tensor:
-    idx = torch.as_tensor(indices, dtype=torch.long).cpu()
+    idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+    if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
+        raise TypeError(f"indices must be integer positions into the dataset, got dtype {idx.dtype} "
+                        "(a float index would be truncated silently)")
+    idx = idx.to("cpu", torch.long)
     if idx.numel() and (idx.min() < 0 or idx.max() >= n):
         raise IndexError(f"indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
     return idx
@@ -369,7 +395,13 @@ def within_batch_partners(
 
 def self_pair_rate(indices: torch.Tensor, partners: torch.Tensor) -> float:
     """Fraction of anchors paired with themselves (a no-op mix): high values mean σ is so small C-Mixup is ERM."""
-    return float((torch.as_tensor(indices) == torch.as_tensor(partners)).double().mean())
+    idx, part = torch.as_tensor(indices), torch.as_tensor(partners)
+    if idx.shape != part.shape:
+        raise ValueError(f"indices and partners must have the same shape, got {tuple(idx.shape)} and "
+                         f"{tuple(part.shape)}")
+    if idx.numel() == 0:
+        raise ValueError("indices and partners are empty; expected at least one pair")
+    return float((idx == part.to(idx.device)).double().mean())
 
 
 def cutmix(
@@ -434,7 +466,13 @@ class ManifoldMixup:
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
         if x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
-        self._lam = torch.as_tensor(lam, device=x1.device)
+        lam_t = torch.as_tensor(lam, device=x1.device)
+        _check_lam(lam_t)
+        if lam_t.ndim > 0 and lam_t.shape != (x1.shape[0],):
+            raise ValueError(
+                f"lam must be a scalar or one value per example ({x1.shape[0]},), got {tuple(lam_t.shape)}"
+            )
+        self._lam = lam_t
         try:
             return self.model(torch.cat([x1, x2], 0))
         finally:
@@ -502,10 +540,23 @@ def bandwidth_sweep(
 ) -> tuple[float, dict[float, float]]:
     """Pick σ on validation, as the paper does: evaluate ``validation_loss(σ)`` for each σ and return the best.
 
-    Returns (best σ, {σ: loss}); ties go to the smaller σ.
+    Returns (best σ, {σ: loss}); ties go to the smaller σ. A σ whose loss is NaN or inf (a diverged run) is never
+    picked: it stays in the returned dict and a RuntimeWarning names it; if every loss is non-finite, ValueError.
     """
     if len(bandwidths) == 0:
         raise ValueError("bandwidths is empty; expected at least one σ to try")
-    losses = {float(b): float(validation_loss(_check_bandwidth(float(b)))) for b in bandwidths}
-    best = min(sorted(losses), key=lambda b: losses[b])
+    losses: dict[float, float] = {}
+    for b in bandwidths:
+        sigma = _check_bandwidth(b)
+        loss = validation_loss(sigma)
+        if not isinstance(loss, (numbers.Real, torch.Tensor, np.ndarray)) or isinstance(loss, bool):
+            raise TypeError(f"validation_loss({sigma:g}) returned {loss!r}; expected a number")
+        losses[sigma] = float(loss)
+    failed = [b for b, loss in losses.items() if not math.isfinite(loss)]
+    if len(failed) == len(losses):
+        raise ValueError(f"validation_loss is non-finite (NaN or inf) for every bandwidth {failed}; nothing to pick")
+    if failed:
+        warnings.warn(f"validation_loss is non-finite (NaN or inf) at bandwidth(s) {failed}; they are not picked",
+                      RuntimeWarning, stacklevel=2)
+    best = min(sorted(b for b in losses if b not in failed), key=lambda b: losses[b])
     return best, losses

@@ -9,6 +9,7 @@ This module imports nothing else from labkit, so anything that measures can impo
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import random
@@ -26,10 +27,41 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` means CUDA when this torch build has a usable GPU, else CPU."""
+    """``"auto"`` means CUDA when this torch build has a usable GPU, else CPU.
+
+    An explicit device must exist here: ``"cuda"`` on a CPU-only build (or ``"cuda:3"`` on a one-GPU machine) raises
+    RuntimeError naming it and what is available, instead of torch's assertion deep inside the first CUDA call.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; expected 'auto', 'cpu', 'cuda' or "
+                         "'cuda:<index>'") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            have = f"{count} CUDA device(s)" if count else f"no usable CUDA GPU (torch {torch.__version__}, " \
+                f"built with CUDA {torch.version.cuda})"
+            raise RuntimeError(f"device {str(device)!r} is not available: this machine has {have}; "
+                               f"use 'cpu' or 'auto'{', or cuda:0..cuda:' + str(count - 1) if count else ''}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {str(device)!r} is not available on this machine; use 'cpu' or 'auto'")
+    return dev
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_callable(name: str, fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable taking no arguments, got {type(fn).__name__} {fn!r}")
 
 
 def device_info() -> dict[str, Any]:
@@ -58,12 +90,13 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
     On these 2-core machines one thread is often fastest for small models (OpenMP spin-waiting): measure.
     """
+    seed = _check_int("seed", seed, 0)
+    if threads is not None:
+        threads = _check_int("threads", threads, 1)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
@@ -114,6 +147,7 @@ def measure(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 10,
     On CUDA each call is bracketed by events and the stream is synchronised once per call, so queued
     kernels are not mistaken for finished work (cf. timm's ``benchmark.py``).
     """
+    _check_callable("fn", fn)
     return measure_many({"fn": fn}, warmup=warmup, repeat=repeat, device=device)["fn"]
 
 
@@ -124,10 +158,11 @@ def measure_many(fns: Mapping[str, Callable[[], Any]], *, warmup: int = 3, repea
     Interleaving makes a change in machine load (a shared CPU, a GPU clocking down) hit every variant alike, so the
     ratios of the medians stay comparable; timing the variants one after another does not.
     """
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"expected repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    repeat, warmup = _check_int("repeat", repeat, 1), _check_int("warmup", warmup, 0)
     if not fns:
         raise ValueError("fns: expected at least one named function to time, got none")
+    for name, fn in fns.items():
+        _check_callable(f"fns[{name!r}]", fn)
     dev = resolve_device(device)
     for _ in range(warmup):
         for fn in fns.values():
@@ -165,6 +200,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
     Counts only what ran, so data-dependent skipping shows up. ``scaled_dot_product_attention`` is counted on
     CPU as well (plain torch counts its CPU kernel as 0).
     """
+    _check_callable("fn", fn)
     with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
         fn()
     return int(counter.get_total_flops())
@@ -175,6 +211,7 @@ def flops_by_module(fn: Callable[[], Any]) -> dict[str, int]:
 
     A parent's count includes its children's; ``"Global"`` is the total.
     """
+    _check_callable("fn", fn)
     with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
         fn()
     return {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
@@ -204,6 +241,8 @@ def peak_memory(device: str | torch.device = "auto", interval_seconds: float = 0
     (tracemalloc does not see tensor memory, and ``torch.cuda.max_memory_allocated`` silently says 0 there).
     Without ``/proc`` the result stays ``None`` rather than a misleading number.
     """
+    if not (isinstance(interval_seconds, (int, float)) and math.isfinite(interval_seconds) and interval_seconds > 0):
+        raise ValueError(f"interval_seconds must be a finite number > 0, got {interval_seconds!r}")
     dev = resolve_device(device)
     result = MemoryPeak(device=dev.type)
     if dev.type == "cuda":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.data import sources
+from labkit.experiments import type_name
 from labkit.report import REPORT_DIR_ENV, RESULTS_FILE, atomic_write_text, to_jsonable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,24 +89,18 @@ def parameter_types(module: types.ModuleType) -> dict[str, Any]:
     return {**{f.name: hints[f.name] for f in dataclasses.fields(module.Config)}, **RUNNER_PARAMS}
 
 
-def type_name(tp: Any) -> str:
-    """A readable name of a parameter's type (``int``, ``tuple[int, ...]``)."""
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def coerce(name: str, text: str, tp: Any) -> Any:
     """Parse the command-line string ``text`` as type ``tp`` (bool, int, float, str, tuples/lists, optionals)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null") and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce(name, text, arg)
-            except ParameterError as err:
-                errors.append(str(err))
-        raise ParameterError("; ".join(errors))
+            except ParameterError:
+                continue
+        raise ParameterError(f"parameter {name!r} expects {type_name(tp)}, got {text!r}")
     bad = ParameterError(f"parameter {name!r} expects {type_name(tp)}, got {text!r}")
     if tp is bool:
         lowered = text.lower()
@@ -126,17 +121,7 @@ def coerce(name: str, text: str, tp: Any) -> Any:
             raise bad
         return tp(value)
     if origin in (list, tuple):
-        inner = args[0] if args else str
-        try:  # a Python/JSON literal such as ["text", "cumsum"] or (1, 2)
-            literal = ast.literal_eval(text) if text.strip()[:1] in "[(" else None
-        except (ValueError, SyntaxError):
-            raise bad from None
-        if isinstance(literal, (list, tuple)):
-            values = [item if isinstance(item, str) and inner is str else coerce(name, str(item), inner)
-                      for item in literal]
-        else:  # comma-separated: text,cumsum
-            values = [coerce(name, t.strip(), inner) for t in text.split(",") if t.strip()]
-        return tuple(values) if origin is tuple else values
+        return _coerce_sequence(name, text, tp)
     if origin is dict or tp is dict:
         try:
             value = json.loads(text)
@@ -146,6 +131,34 @@ def coerce(name: str, text: str, tp: Any) -> Any:
             raise bad
         return value
     raise ParameterError(f"parameter {name!r} has type {type_name(tp)}, which cannot be set from the command line")
+
+
+def _coerce_sequence(name: str, text: str, tp: Any) -> list | tuple:
+    """A list or tuple parameter from a literal (``[16, 32]``, ``("text",)``) or comma-separated text (``16,32``).
+
+    Empty entries (``16,,32``, ``,``, an empty string) are rejected rather than dropped; a fixed-length tuple
+    (``tuple[float, float]``) must get exactly that many values.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    fixed = origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis)
+    try:  # a Python/JSON literal such as ["text", "cumsum"] or (1, 2)
+        literal = ast.literal_eval(text) if text.strip()[:1] in ("[", "(") else None
+    except (ValueError, SyntaxError):
+        raise ParameterError(f"parameter {name!r} expects {type_name(tp)}, got {text!r}") from None
+    if isinstance(literal, (list, tuple)):
+        items = list(literal)
+    else:  # comma-separated: text,cumsum
+        items = [t.strip() for t in text.split(",")]
+        if any(not t for t in items):
+            raise ParameterError(f"parameter {name!r} expects {type_name(tp)} as comma-separated values with no "
+                                 f"empty entry (e.g. 16,32; [] for an empty list), got {text!r}")
+    if fixed and len(items) != len(args):
+        raise ParameterError(f"parameter {name!r} expects {type_name(tp)}: {len(args)} values, got {len(items)} "
+                             f"in {text!r}")
+    inners = list(args) if fixed else [args[0] if args else str] * len(items)
+    values = [item if isinstance(item, str) and inner is str else coerce(name, str(item), inner)
+              for item, inner in zip(items, inners, strict=True)]
+    return tuple(values) if origin is tuple else values
 
 
 def parse_parameters(module: types.ModuleType, pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -357,6 +370,10 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                              f"accepted: {sorted(parameter_types(module))}")
     if preset not in module.PRESETS:
         raise ParameterError(f"unknown preset {preset!r} for {path.stem}; expected one of {sorted(module.PRESETS)}")
+    try:  # the experiment's own type and range checks, before a kernel starts (a bad value fails in seconds)
+        module.configure(preset, {k: v for k, v in params.items() if k not in RUNNER_PARAMS})
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"{path.stem} --preset {preset}: {err}") from err
     out = Path(out_dir) if out_dir is not None else default_out_dir(path, preset)
     digest = inputs_hash(path, preset, params)
     with out_dir_lock(out, wait):

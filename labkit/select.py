@@ -10,6 +10,8 @@ baselines (random, heuristic classification, target likelihood, TF-IDF retrieval
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from labkit.select_cache import FeatureCacheError, ShardedFeatures, cached_features
-from labkit.select_features import HashedFeatures, NgramHasher, featurize
+from labkit.select_features import HashedFeatures, NgramHasher, check_count, check_document_indices, featurize
 
 __all__ = [
     "DSIR",
@@ -39,6 +41,30 @@ __all__ = [
 FEATURE_TYPES = (HashedFeatures, ShardedFeatures)  # precomputed features accepted wherever documents are
 
 
+def _check_number(name: str, value: float, minimum: float, strict: bool = True) -> float:
+    """A finite real ``value`` > ``minimum`` (``strict``) or >= it; raises naming ``name``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (value > minimum if strict else value >= minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g} (a finite number), got {value!r}")
+    return float(value)
+
+
+def _check_k(k: int, available: int, what: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {k!r} ({type(k).__name__})")
+    if not 0 < k <= available:
+        raise ValueError(f"k must be in 1..{available} ({what}), got {k}")
+    return int(k)
+
+
+def _exclude_mask(exclude: np.ndarray | None, n: int) -> np.ndarray:
+    """Boolean mask over ``n`` raw documents of the ``exclude`` indices (checked: integers in range)."""
+    mask = np.zeros(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        mask[check_document_indices(exclude, n, "exclude")] = True
+    return mask
+
+
 def gumbel_top_k(
     log_weights: np.ndarray, k: int, seed: int = 0, temperature: float = 1.0, top_k: bool = False
 ) -> np.ndarray:
@@ -48,11 +74,14 @@ def gumbel_top_k(
     first. ``top_k=True`` drops the noise (deterministic top-k); a large temperature approaches uniform sampling.
     """
     log_weights = np.asarray(log_weights, dtype=np.float64)
+    if log_weights.ndim != 1:
+        raise ValueError(f"log_weights must be 1-D (one per candidate), got shape {log_weights.shape}")
+    if np.isnan(log_weights).any():
+        where = np.nonzero(np.isnan(log_weights))[0][:5].tolist()
+        raise ValueError(f"log_weights must not be NaN; found NaN at indices {where}")
     n = len(log_weights)
-    if not 0 < k <= n:
-        raise ValueError(f"k must be in 1..{n} (the number of candidates), got {k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    k = _check_k(k, n, "the number of candidates")
+    _check_number("temperature", temperature, 0.0)
     keys = log_weights / temperature
     if not top_k:
         keys = keys + np.random.default_rng(seed).gumbel(size=n)
@@ -69,15 +98,17 @@ class LengthFilter:
     eligible: int  # documents left to select from
 
 
+def _check_settings(features, expected: tuple[int, int, str], name: str):
+    """Precomputed features made with the expected (num_buckets, ngrams, hash); never mixed across settings."""
+    made = (features.num_buckets, features.ngrams, features.hash)
+    if made != expected:
+        raise ValueError(f"{name}: features were made with (num_buckets, ngrams, hash)={made}, expected {expected}")
+    return features
+
+
 def _features(data, dsir: DSIR, name: str) -> HashedFeatures | ShardedFeatures:
     if isinstance(data, FEATURE_TYPES):
-        if (data.num_buckets, data.ngrams, data.hash) != (dsir.num_buckets, dsir.ngrams, dsir.hash):
-            raise ValueError(
-                f"{name}: features were made with (num_buckets, ngrams, hash)="
-                f"{(data.num_buckets, data.ngrams, data.hash)}, expected "
-                f"{(dsir.num_buckets, dsir.ngrams, dsir.hash)}"
-            )
-        return data
+        return _check_settings(data, (dsir.num_buckets, dsir.ngrams, dsir.hash), name)
     if dsir.cache_dir is not None and name == "raw":
         return cached_features(
             data,
@@ -132,6 +163,13 @@ class DSIR:
         progress: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
+        _check_number("epsilon", epsilon, 0.0)
+        _check_number("target_pseudocount", target_pseudocount, 0.0, strict=False)
+        check_count("min_length", min_length, 0)
+        check_count("batch_size", batch_size)
+        check_count("workers", workers)
+        if max_raw_tokens is not None:
+            check_count("max_raw_tokens", max_raw_tokens)
         self.num_buckets = num_buckets  # 10,000 as in the paper and data-selection
         self.ngrams = ngrams  # 2: unigrams + bigrams
         self.hash = hash  # "sha256" is identical to data-selection; "crc32" is faster to hash, other buckets
@@ -170,14 +208,7 @@ class DSIR:
         if self.raw_features is None:
             raise ValueError("raw: expected documents to select from, got None")
         feats = self.raw_features
-        self._excluded = np.zeros(len(feats), dtype=bool)
-        if exclude is not None and len(exclude):
-            exclude = np.asarray(exclude, dtype=np.int64)
-            if exclude.min() < 0 or exclude.max() >= len(feats):
-                raise ValueError(
-                    f"exclude: indices must be in 0..{len(feats) - 1}, got {exclude.min()}..{exclude.max()}"
-                )
-            self._excluded[exclude] = True
+        self._excluded = _exclude_mask(exclude, len(feats))
         if self.max_raw_tokens is None:
             if self._raw_total is None or self._raw_total[0] is not feats:
                 self._raw_total = (feats, feats.total_counts())
@@ -188,7 +219,11 @@ class DSIR:
             per_doc = feats.ngram_counts()
             stop = int(np.searchsorted(np.cumsum(per_doc), self.max_raw_tokens, side="right")) + 1
             raw_counts = feats.total_counts(np.arange(min(stop, len(feats))))
-        raw_probs = raw_counts / raw_counts.sum() if raw_counts.sum() > 0 else raw_counts
+        if raw_counts.sum() <= 0:
+            raise ValueError("raw: has no n-grams (every document is empty or whitespace); expected some tokens")
+        raw_probs = raw_counts / raw_counts.sum()
+        if target is None:
+            raise TypeError("target: expected documents, features or a dict of named targets, got None")
         self._multi = isinstance(target, Mapping)
         targets = dict(target) if self._multi else {"target": target}
         if not targets:
@@ -196,7 +231,11 @@ class DSIR:
         self.target_names = list(targets)
         columns, sizes = [], []
         for name, docs in targets.items():
-            counts = _features(docs, self, f"target {name!r}").total_counts() + self.target_pseudocount
+            counts = _features(docs, self, f"target {name!r}").total_counts()
+            if counts.sum() <= 0:
+                raise ValueError(f"target {name!r}: has no n-grams (every document is empty or whitespace); "
+                                 "expected some tokens")
+            counts = counts + self.target_pseudocount
             sizes.append(counts.sum())
             columns.append(counts / counts.sum() if counts.sum() > 0 else counts)
         target_probs = np.stack(columns, axis=1)
@@ -212,8 +251,8 @@ class DSIR:
             weights = np.array([float(proportions.get(n, 0.0)) for n in self.target_names])
         else:
             weights = np.array(sizes, dtype=np.float64)
-        if np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError(f"proportions must be >= 0 with a positive sum, got {weights.tolist()}")
+        if not np.isfinite(weights).all() or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(f"proportions must be finite, >= 0 and have a positive sum, got {weights.tolist()}")
         self.target_proportions = weights / weights.sum()
         self._log_weights = None
         return self
@@ -251,15 +290,14 @@ class DSIR:
         data-selection does. Raises ValueError when k exceeds the documents that pass ``min_length``.
         """
         self._check_fitted()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
         report = self.length_filter()
-        if k <= 0 or k > report.eligible:
-            raise ValueError(
-                f"k must be in 1..{report.eligible} (documents with >= {self.min_length} tokens; "
-                f"{report.dropped} of {len(self.raw_features)} were shorter, {int(self._excluded.sum())} excluded), "
-                f"got {k}"
-            )
+        k = _check_k(
+            k,
+            report.eligible,
+            f"documents with >= {self.min_length} tokens; {report.dropped} of {len(self.raw_features)} were shorter, "
+            f"{int(self._excluded.sum())} excluded",
+        )
+        _check_number("temperature", temperature, 0.0)
         weights = self.log_weights()
         weights = weights[:, None] if weights.ndim == 1 else weights
         shares = [int(k * p) for p in self.target_proportions]
@@ -287,10 +325,12 @@ class DSIR:
 
 def _counts(data, num_buckets: int, ngrams: int, hash: str, name: str) -> np.ndarray:
     if isinstance(data, FEATURE_TYPES):
-        return data.total_counts()
+        return _check_settings(data, (num_buckets, ngrams, hash), name).total_counts()
     if isinstance(data, np.ndarray) and data.ndim == 1 and data.dtype.kind in "fiu":
         if len(data) != num_buckets:
             raise ValueError(f"{name}: expected bucket counts of length {num_buckets}, got {len(data)}")
+        if not np.isfinite(data).all() or (data < 0).any():
+            raise ValueError(f"{name}: bucket counts must be finite and >= 0")
         return data.astype(np.float64)
     return featurize(data, num_buckets, ngrams, hash, name=name).total_counts()
 
@@ -305,8 +345,9 @@ def kl_reduction(
     entropy cancels in the difference). Keep ``pseudocount * num_buckets`` small next to the selection's n-gram
     count. ``target`` may be a dict of targets (the paper's set 𝒯).
     """
-    if pseudocount <= 0:
-        raise ValueError(f"pseudocount must be > 0 (empty buckets would give infinite KL), got {pseudocount}")
+    _check_number("pseudocount", pseudocount, 0.0)  # > 0: empty buckets would give infinite KL
+    if isinstance(target, Mapping) and not target:
+        raise ValueError("target: expected at least one named target, got an empty dict")
     args = (num_buckets, ngrams, hash)
     sel = _counts(selected, *args, "selected") + pseudocount
     ref = _counts(raw, *args, "raw") + pseudocount
@@ -324,8 +365,7 @@ def kl_reduction(
 
 def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
     """k distinct indices out of ``range(n)``, uniformly (the paper's random baseline)."""
-    if not 0 < k <= n:
-        raise ValueError(f"k must be in 1..{n} (the pool size), got {k}")
+    k = _check_k(k, check_count("n", n, 0), "the pool size")
     return np.random.default_rng(seed).choice(n, size=k, replace=False)
 
 
@@ -344,14 +384,17 @@ def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
 
 def _allowed(n: int, k: int, exclude: np.ndarray | None) -> np.ndarray:
     """Mask of the raw documents a baseline may pick; checks 0 < k <= their number."""
-    allowed = np.ones(n, dtype=bool)
-    if exclude is not None and len(exclude):
-        allowed[np.asarray(exclude, dtype=np.int64)] = False
-    if not 0 < k <= int(allowed.sum()):
-        raise ValueError(
-            f"k must be in 1..{int(allowed.sum())} (the pool size less {n - int(allowed.sum())} excluded), got {k}"
-        )
+    allowed = ~_exclude_mask(exclude, n)
+    _check_k(k, int(allowed.sum()), f"the pool size less {n - int(allowed.sum())} excluded")
     return allowed
+
+
+def _target_counts(target, num_buckets: int, ngrams: int, hash: str) -> np.ndarray:
+    """Summed bucket counts of the target; a target without any n-gram raises (it would rank nothing)."""
+    counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
+    if counts.sum() <= 0:
+        raise ValueError("target: has no n-grams (every document is empty or whitespace); expected some tokens")
+    return counts
 
 
 def heuristic_select(
@@ -373,6 +416,8 @@ def heuristic_select(
     sample ``negatives_per_target`` times its size; document i is kept when ``score_i + pareto(alpha) > 1``.
     For a fixed budget the threshold 1 is moved so that exactly k pass: the top k of ``score + pareto noise``.
     """
+    _check_number("negatives_per_target", negatives_per_target, 0.0)
+    _check_number("pareto_alpha", pareto_alpha, 0.0)
     from sklearn.linear_model import LogisticRegression
 
     x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
@@ -405,8 +450,9 @@ def target_likelihood_select(
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
+    _check_number("epsilon", epsilon, 0.0)
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
-    counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
+    counts = _target_counts(target, num_buckets, ngrams, hash)
     lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
     scores = (x @ np.log(counts / counts.sum() + epsilon)) / lengths
     return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
@@ -424,7 +470,7 @@ def tfidf_select(
 ) -> np.ndarray:
     """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid."""
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
-    target_counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
+    target_counts = _target_counts(target, num_buckets, ngrams, hash)
     df = np.bincount(x.indices, minlength=num_buckets)
     idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
     weighted = x.copy()
@@ -446,6 +492,11 @@ def write_selected(raw_path: str | Path, indices: np.ndarray, out_path: str | Pa
     file and renamed into place: an existing ``out_path`` is replaced, never nested, and nothing is half-written.
     """
     raw_path, out_path = Path(raw_path), Path(out_path)
+    indices = np.asarray(indices)
+    if indices.size and (indices.dtype == bool or indices.dtype.kind not in "iu"):
+        raise TypeError(f"indices must be integer document positions, got dtype {indices.dtype}")
+    if indices.size and indices.min() < 0:
+        raise ValueError(f"indices must be >= 0 (document positions in {raw_path}), got {indices.min()}")
     wanted = np.zeros(int(np.max(indices)) + 1 if len(indices) else 0, dtype=bool)
     wanted[np.asarray(indices, dtype=np.int64)] = True
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,28 @@ def tokenize(text: str) -> list[str]:
     return TOKEN_PATTERN.findall(text.lower())
 
 
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (numpy ints accepted, bools and floats not); raises naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_document_indices(indices: np.ndarray, n: int, name: str = "indices") -> np.ndarray:
+    """``indices`` as int64 positions into ``n`` documents; a bool mask, floats or out-of-range values raise."""
+    indices = np.asarray(indices)
+    if indices.dtype == bool:
+        raise TypeError(f"{name}: expected integer document indices, got a bool array; pass np.nonzero(mask)[0]")
+    if indices.size and indices.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer document indices, got dtype {indices.dtype}")
+    indices = indices.astype(np.int64, copy=False)
+    if indices.size and (indices.min() < 0 or indices.max() >= n):
+        raise IndexError(f"{name}: document indices must be in 0..{n - 1}, got {indices.min()}..{indices.max()}")
+    return indices
+
+
 def _bucket_function(hash_name: str, num_buckets: int):
     if hash_name == "sha256":
         sha256 = hashlib.sha256
@@ -84,7 +106,7 @@ class HashedFeatures:
         if indices is None:
             flat = self.buckets
         else:
-            indices = np.asarray(indices, dtype=np.int64)
+            indices = check_document_indices(indices, len(self))
             starts, ends = self.offsets[indices], self.offsets[indices + 1]
             flat = self.buckets[_ranges(starts, ends)]
         return np.bincount(flat, minlength=self.num_buckets).astype(np.float64)
@@ -115,7 +137,7 @@ class HashedFeatures:
 
     def subset(self, indices: np.ndarray) -> HashedFeatures:
         """Features of the documents at ``indices`` (in that order)."""
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = check_document_indices(indices, len(self))
         starts, ends = self.offsets[indices], self.offsets[indices + 1]
         offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
         return HashedFeatures(
@@ -155,6 +177,12 @@ class HashedFeatures:
         if not parts:
             raise ValueError("expected at least one batch of features, got none")
         first = parts[0]
+        for i, part in enumerate(parts):
+            if (part.num_buckets, part.ngrams, part.hash) != (first.num_buckets, first.ngrams, first.hash):
+                raise ValueError(
+                    f"batch {i} was made with (num_buckets, ngrams, hash)={(part.num_buckets, part.ngrams, part.hash)}"
+                    f", batch 0 with {(first.num_buckets, first.ngrams, first.hash)}; features cannot be mixed"
+                )
         shifts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
         offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)])
         return HashedFeatures(
@@ -189,10 +217,7 @@ class NgramHasher:
     """
 
     def __init__(self, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256") -> None:
-        if num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
-        if ngrams < 1:
-            raise ValueError(f"ngrams must be >= 1, got {ngrams}")
+        num_buckets, ngrams = check_count("num_buckets", num_buckets), check_count("ngrams", ngrams)
         self.num_buckets, self.ngrams, self.hash = num_buckets, ngrams, hash
         self._bucket = _bucket_function(hash, num_buckets)
         self._dtype = np.uint16 if num_buckets <= 65536 else np.int32
@@ -312,6 +337,8 @@ def iter_documents(data, text_field: str = "text", name: str = "documents") -> I
         return
     if isinstance(data, bytes):
         raise TypeError(f"{name}: expected an iterable of str, got bytes")
+    if data is None or not hasattr(data, "__iter__"):
+        raise TypeError(f"{name}: expected documents (an iterable of str or a .jsonl path), got {data!r}")
     for i, doc in enumerate(data):
         if not isinstance(doc, str):
             raise TypeError(f"{name}: document {i} is {type(doc).__name__}, expected str")
@@ -380,6 +407,7 @@ def featurize(
     """
     from tqdm.auto import tqdm
 
+    batch_size, workers = check_count("batch_size", batch_size), check_count("workers", workers)
     docs = iter_documents(data, text_field=text_field, name=name)
     batches = _batches(docs, batch_size)
     parts: list[HashedFeatures] = []

@@ -27,7 +27,7 @@ from labkit import gate as gate_lib
 from labkit.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, where
 from labkit.profile import count_flops
 from labkit.skip_compact import compact_attention, compact_mlp
-from labkit.skip_static import shortgpt_order, uls_layers
+from labkit.skip_static import branch_names, shortgpt_order, uls_layers
 
 SCOPES = ("batch", "sequence")
 EXECUTIONS = ("masked", "compact")
@@ -348,23 +348,7 @@ def budget(
 
 
 def _branch_names(model: nn.Module, layers: Iterable[int | tuple[int, str] | str]) -> set[str]:
-    n_layers = len(gate_lib.decoder_layers(model))
-    names: set[str] = set()
-    for item in layers:
-        if isinstance(item, str):
-            layer, role = item.split(".")
-            item = (int(layer), role)
-        if isinstance(item, tuple):
-            layer, role = item
-            if role not in ("attn", "mlp"):
-                raise ValueError(f"branch role must be 'attn' or 'mlp', got {role!r} in {item}")
-            roles = [role]
-        else:
-            layer, roles = int(item), ["attn", "mlp"]
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"layer index {layer} out of range; the model has {n_layers} layers")
-        names.update(f"{layer}.{r}" for r in roles)
-    return names
+    return branch_names(layers, len(gate_lib.decoder_layers(model)))
 
 
 @contextlib.contextmanager

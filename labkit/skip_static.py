@@ -7,12 +7,45 @@ Both return which branches or layers to drop; :func:`labkit.skip.static_skip` dr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from labkit import gate as gate_lib
+
+BRANCH_ROLES = ("attn", "mlp")
+_ACCEPTED = "a layer index (3), a (layer, 'attn'|'mlp') pair ((3, 'mlp')) or a 'layer.role' string ('3.mlp')"
+
+
+def branch_names(layers: Iterable[int | tuple[int, str] | str], n_layers: int) -> set[str]:
+    """The branch names (``"3.mlp"``) that static skipping drops, from whole layers (ints) or single branches
+    (``(layer, "attn"|"mlp")`` or ``"3.mlp"``); raises naming any entry of another form or out of range."""
+    names: set[str] = set()
+    for item in layers:
+        if isinstance(item, str):
+            layer_text, dot, role = item.partition(".")
+            try:
+                layer, roles = int(layer_text), [role]
+            except ValueError:
+                raise ValueError(f"static skip entry {item!r} is not {_ACCEPTED}") from None
+            if not dot:
+                raise ValueError(f"static skip entry {item!r} is not {_ACCEPTED}")
+        elif isinstance(item, tuple):
+            if len(item) != 2 or isinstance(item[0], bool) or not isinstance(item[0], int):
+                raise ValueError(f"static skip entry {item!r} is not {_ACCEPTED}")
+            layer, roles = item[0], [item[1]]
+        elif isinstance(item, int) and not isinstance(item, bool):
+            layer, roles = item, list(BRANCH_ROLES)
+        else:
+            raise TypeError(f"static skip entry {item!r} ({type(item).__name__}) is not {_ACCEPTED}")
+        if roles[0] not in BRANCH_ROLES:
+            raise ValueError(f"branch role must be 'attn' or 'mlp', got {roles[0]!r} in {item!r}")
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer index {layer} out of range in {item!r}; the model has {n_layers} layers")
+        names.update(f"{layer}.{r}" for r in roles)
+    return names
 
 
 @torch.no_grad()
@@ -70,6 +103,8 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
     finally:
         for h in handles:
             h.remove()
+    if not sums:
+        raise ValueError("batches is empty; expected at least one calibration batch to measure block influence")
     order = sorted(sums, key=lambda n: sums[n] / max(count, 1))
     return [int(n) for n in order] if granularity == "layer" else order
 
@@ -79,7 +114,8 @@ def uls_layers(n_layers: int, speedup: float) -> list[int]:
 
     Keeps ``round(n_layers / speedup)`` layers, always the first and the last; returns the skipped indices.
     """
-    if n_layers < 1 or speedup < 1.0:
+    valid_layers = isinstance(n_layers, int) and not isinstance(n_layers, bool) and n_layers >= 1
+    if not (valid_layers and math.isfinite(speedup) and speedup >= 1.0):
         raise ValueError(f"expected n_layers >= 1 and speedup >= 1, got n_layers={n_layers}, speedup={speedup}")
     n_skip = min(n_layers - round(n_layers / speedup), max(n_layers - 2, 0))
     if n_skip <= 0:

@@ -14,6 +14,7 @@ contiguous channel blocks), which is one kernel call instead of V. :func:`to_lay
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,6 +28,27 @@ LAYOUTS = ("grouped", "modulelist")
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Each keyword is an int >= 1 (``n_blocks`` >= 0); raises naming the first that is not."""
+    for name, value in sizes.items():
+        minimum = 0 if name == "n_blocks" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Inputs and targets of a loss must agree on the batch: MSE would broadcast a batch of 1 silently."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same batch size, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+
+
+def _mse(pred: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+    """MSE that refuses to broadcast: a shape mismatch is a wiring error, never a loss."""
+    if pred.shape != target.shape:
+        raise ValueError(f"{what}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    return F.mse_loss(pred, target)
 
 
 class ConvNormAct(nn.Module):
@@ -235,6 +257,9 @@ class VariableAttention(nn.Module):
         ffn_ratio: int = 2,
     ) -> None:
         super().__init__()
+        _check_sizes(c_in=c_in, d_model=d_model, heads=heads, n_blocks=n_blocks, ffn_ratio=ffn_ratio)
+        if c_out is not None:
+            _check_sizes(c_out=c_out)
         if d_model % heads:
             raise ValueError(f"d_model must be divisible by heads; got d_model={d_model}, heads={heads}")
         self.c_in, self.c_out = c_in, c_out or c_in
@@ -284,6 +309,10 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
     t_state, o_state = target.state_dict(keep_vars=True), online.state_dict(keep_vars=True)
     if t_state.keys() != o_state.keys():
         raise ValueError(f"target and online modules differ: {sorted(set(t_state) ^ set(o_state))[:5]}")
+    shapes = {k: (tuple(t.shape), tuple(o_state[k].shape)) for k, t in t_state.items() if t.shape != o_state[k].shape}
+    if shapes:
+        first = dict(list(shapes.items())[:5])
+        raise ValueError(f"target and online modules differ in shape (target, online): {first}")
     for name, t in t_state.items():
         o = o_state[name].detach()
         if t.dtype.is_floating_point:
@@ -295,7 +324,11 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
 def parameter_distance(a: nn.Module, b: nn.Module) -> float:
     """``||theta_a - theta_b||_2`` over all parameters (the EMA gap between online and target copies)."""
     with torch.no_grad():
-        sq = sum(float((p - q).pow(2).sum()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+        pa, pb = list(a.parameters()), list(b.parameters())
+    if [p.shape for p in pa] != [p.shape for p in pb]:
+        raise ValueError(f"a and b must have the same parameters, got {len(pa)} and {len(pb)} tensors "
+                         f"({sum(p.numel() for p in pa)} and {sum(p.numel() for p in pb)} values)")
+    sq = sum(float((p - q).pow(2).sum()) for p, q in zip(pa, pb, strict=True))
     return sq**0.5
 
 
@@ -326,6 +359,8 @@ class ImplicitTwoStage(nn.Module):
         for name, m in (("momentum", momentum), ("enc_momentum", enc_momentum)):
             if not 0.0 <= m <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {m}")
+        if not (math.isfinite(latent_weight) and latent_weight >= 0):
+            raise ValueError(f"latent_weight must be a finite number >= 0, got {latent_weight!r}")
         self.encoder, self.translator, self.decoder = encoder, translator, decoder
         self.encoder_k, self.translator_k, self.decoder_k = (frozen_copy(m) for m in (encoder, translator, decoder))
         self.momentum, self.enc_momentum, self.latent_weight = momentum, enc_momentum, latent_weight
@@ -338,11 +373,12 @@ class ImplicitTwoStage(nn.Module):
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"rec", "latent", "loss"}`` for inputs ``x`` and future frames ``y``; ``loss = rec + w * latent``."""
+        _check_pair(x, y)
         pred = self.decoder(_latents(self.translator_k(self.encoder(x))))
-        rec = F.mse_loss(pred, y)
+        rec = _mse(pred, y, "ImplicitTwoStage forecast")
         with torch.no_grad():
             z_x, z_y = self.encoder_k(x), self.encoder_k(y)
-        latent = F.mse_loss(_latents(self.translator(z_x)), z_y)
+        latent = _mse(_latents(self.translator(z_x)), z_y, "ImplicitTwoStage latent")
         return {"rec": rec, "latent": latent, "loss": rec + self.latent_weight * latent}
 
     @torch.no_grad()
@@ -361,7 +397,8 @@ def end_to_end_losses(
     encoder: nn.Module, translator: nn.Module, decoder: nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Plain end-to-end training: forecast MSE through ``dec(trans(enc(x)))``; every part gets gradients."""
-    rec = F.mse_loss(decoder(_latents(translator(encoder(x)))), y)
+    _check_pair(x, y)
+    rec = _mse(decoder(_latents(translator(encoder(x)))), y, "end-to-end forecast")
     return {"rec": rec, "loss": rec}
 
 
@@ -374,16 +411,17 @@ def explicit_two_stage_losses(
     latent MSE of ``trans(enc(x))`` against ``enc(y)`` with the encoder's outputs detached. Freeze the parts a
     phase does not train with :func:`freeze_schedule`.
     """
+    if phase not in ("autoencoder", "translator"):
+        raise ValueError(f"unknown phase {phase!r}; expected 'autoencoder' or 'translator'")
+    _check_pair(x, y)
     if phase == "autoencoder":
         both = torch.cat([x, y], dim=1)
-        rec = F.mse_loss(decoder(encoder(both)), both)
+        rec = _mse(decoder(encoder(both)), both, "autoencoder reconstruction")
         return {"rec": rec, "loss": rec}
-    if phase == "translator":
-        with torch.no_grad():
-            z_x, z_y = encoder(x), encoder(y)
-        latent = F.mse_loss(_latents(translator(z_x)), z_y)
-        return {"latent": latent, "loss": latent}
-    raise ValueError(f"unknown phase {phase!r}; expected 'autoencoder' or 'translator'")
+    with torch.no_grad():
+        z_x, z_y = encoder(x), encoder(y)
+    latent = _mse(_latents(translator(z_x)), z_y, "translator latent")
+    return {"latent": latent, "loss": latent}
 
 
 def freeze_schedule(
@@ -398,6 +436,11 @@ def freeze_schedule(
     if unknown:
         raise ValueError(f"freeze_schedule plan names unknown group(s) {unknown}; groups: {sorted(groups)}")
     state = {}
+    for name, entry in plan.items():
+        ok = isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], int)
+        if not (ok and (entry[1] is None or isinstance(entry[1], int))):
+            raise ValueError(f"freeze_schedule plan[{name!r}] must be (start, stop) with int start and int or None "
+                             f"stop, got {entry!r}")
     for name, group in groups.items():
         start, stop = plan.get(name, (0, None))
         if stop is not None and stop < start:

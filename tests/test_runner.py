@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ def test_cli_bad_parameter_fails_fast_without_running(tmp_path, capsys):
     assert code == 2
     assert "unknown parameter 'hidden'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir()), "no report, staging folder or lock may be left by a run that never started"
+
+
+@pytest.mark.parametrize("pair,match", [
+    (("hidden_size", "0"), r"hidden_size.*> 0.*0"),
+    (("seq_lens", ","), r"seq_lens"),
+])
+def test_cli_bad_value_fails_before_a_kernel_starts(pair, match, tmp_path, capsys):
+    code = cli.main(["run", "profiling", "--preset", "smoke", "-p", *pair, "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_unknown_notebook_lists_known_ones(capsys):

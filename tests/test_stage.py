@@ -205,8 +205,8 @@ def test_met2net_experiment_two_steps_and_bad_config(tmp_path, monkeypatch):
     scores = experiment.evaluate(run.model, data, "test", cfg, torch.device("cpu"))
     assert scores["mse_z"].shape == (cfg.t_out, 5) and scores["attention"].shape == (5, 5)
     torch.testing.assert_close(scores["mse_phys"], scores["mse_z"] * torch.as_tensor(data.normalizer.std) ** 2)
-    with pytest.raises(ValueError, match="exceed the trajectory length 20"):
-        experiment.load_data(experiment.configure("smoke", {"t_in": 12, "t_out": 12}))
+    with pytest.raises(ValueError, match=r"'frames' must be >= t_in \+ t_out \(12 \+ 12\).*got 20"):
+        experiment.configure("smoke", {"t_in": 12, "t_out": 12})  # caught before any data is generated
     with pytest.raises(ValueError, match="unknown arm"):
         experiment.configure("smoke", {"arms": ("stacked", "unet")})
     with pytest.raises(ValueError, match="unknown parameter"):

@@ -20,8 +20,16 @@ from tqdm.auto import tqdm
 
 from labkit import mixup, report, seed_everything
 from labkit.data import regression
+from labkit.experiments import (
+    check_types,
+    require_choice,
+    require_device,
+    require_non_empty,
+    require_positive,
+    require_subset,
+    require_within,
+)
 from labkit.experiments import configure as _configure
-from labkit.experiments import require_subset
 from labkit.models.regressors import CNNRegressor, MLPRegressor
 
 ARMS = ("erm", "mixup", "manifold_mixup", "feature_mixup", "cmixup", "cmixup_manifold")
@@ -74,6 +82,20 @@ class Config:
     threads: int = 1  # torch intra-op threads (1 is fastest for these models on 2 shared cores)
     device: str = "cpu"  # "cpu", "cuda" or "auto"
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_non_empty(self, "datasets", "arms", "sigmas", "image_sigmas", "feature_sigmas")
+        require_subset("datasets", self.datasets, DATASETS)
+        require_subset("arms", self.arms, ARMS)
+        require_positive(self, "seeds", "image_seeds", "sigmas", "image_sigmas", "feature_sigmas", "alpha", "epochs",
+                         "batch_size", "lr", "hidden", "low_data_n", "single_index_n", "image_epochs",
+                         "image_batch_size", "image_lr", "image_train", "image_eval", "image_rotations", "image_size",
+                         "image_width", "threads")
+        require_within(self, "angle_range", 0, 360, "(]")
+        require_choice(self, "lam_per", ("batch", "sample"))
+        require_choice(self, "image_scope", ("batch", "dataset"))
+        require_device(self)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -111,12 +133,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
-    cfg = _configure(Config, PRESETS, preset, overrides)
-    require_subset("datasets", cfg.datasets, DATASETS)
-    require_subset("arms", cfg.arms, ARMS)
-    if cfg.image_scope not in ("batch", "dataset"):
-        raise ValueError(f"image_scope must be 'batch' or 'dataset', got {cfg.image_scope!r}")
-    return cfg
+    return _configure(Config, PRESETS, preset, overrides)
 
 
 def load(name: str, seed: int, cfg: Config) -> regression.RegressionSplits:

@@ -20,8 +20,19 @@ from tqdm.auto import tqdm
 from labkit import seed_everything
 from labkit.data import corpora
 from labkit.data.cache import cache_dir
+from labkit.experiments import (
+    check_types,
+    require_choice,
+    require_device,
+    require_divisible,
+    require_non_empty,
+    require_non_negative,
+    require_positive,
+    require_subset,
+    require_unique,
+    require_within,
+)
 from labkit.experiments import configure as _configure
-from labkit.experiments import require_subset
 from labkit.models import byte_lm as byte_lm_module
 from labkit.models.ngram_lm import BigramLM, EncodedCorpus, build_vocabulary, encode
 from labkit.select import (
@@ -115,6 +126,29 @@ class Config:
     continue_lr: float = 1e-3  # peak learning rate of continued pretraining (warm-up 10 %, cosine decay)
     probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe on mean-pooled hidden states
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_non_empty(self, "sources", "targets", "methods", "seeds")
+        require_subset("sources", self.sources, corpora.ALL_SOURCES)
+        require_subset("max_chunks", self.max_chunks, corpora.ALL_SOURCES)
+        require_subset("targets", self.targets, TARGETS)
+        require_subset("methods", self.methods, METHODS)
+        require_subset("tiny_lm_targets", self.tiny_lm_targets, TARGETS)
+        require_subset("tiny_lm_methods", self.tiny_lm_methods, METHODS)
+        require_subset("classify_targets", self.classify_targets, CLASSIFY_TASKS)
+        require_subset("classify_methods", self.classify_methods, METHODS)
+        require_choice(self, "downstream", ("bigram", "tiny_lm", "both"))
+        require_unique(self, "seeds", "tiny_lm_seeds", "classify_seeds")
+        require_non_negative(self, "seeds", "tiny_lm_seeds", "classify_seeds")
+        require_positive(self, "chunk_words", "n_fit", "n_eval", "budget_k", "num_buckets", "pseudocount",
+                         "temperature", "heuristic_alpha", "vocab_size", "lm_steps", "lm_context", "lm_batch",
+                         "lm_hidden", "lm_layers", "lm_heads", "lm_lr", "threads", "classify_train", "classify_eval",
+                         "base_chunks", "base_steps", "continue_steps", "continue_lr", "probe_c")
+        _require_positive_values("max_chunks", self.max_chunks)
+        require_within(self, "discount", 0, 1, "[)")
+        require_divisible(self, "lm_hidden", "lm_heads")
+        require_device(self)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -174,14 +208,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
-    cfg = _configure(Config, PRESETS, preset, overrides)
-    require_subset("targets", cfg.targets, TARGETS)
-    require_subset("methods", cfg.methods, METHODS)
-    require_subset("classify_methods", cfg.classify_methods, METHODS)
-    require_subset("classify_targets", cfg.classify_targets, CLASSIFY_TASKS)
-    if cfg.downstream not in ("bigram", "tiny_lm", "both"):
-        raise ValueError(f"downstream must be 'bigram', 'tiny_lm' or 'both', got {cfg.downstream!r}")
-    return cfg
+    return _configure(Config, PRESETS, preset, overrides)
+
+
+def _require_positive_values(name: str, caps: dict[str, int]) -> None:
+    bad = {k: v for k, v in caps.items() if v <= 0}
+    if bad:
+        raise ValueError(f"parameter {name!r} must map sources to chunk caps > 0, got {bad}")
 
 
 @dataclass

@@ -36,8 +36,18 @@ from tqdm.auto import tqdm
 
 from labkit import gate, profile, seed_everything, skip
 from labkit.data import sequences
+from labkit.experiments import (
+    check_types,
+    require_choice,
+    require_device,
+    require_divisible,
+    require_non_empty,
+    require_non_negative,
+    require_positive,
+    require_subset,
+    require_within,
+)
 from labkit.experiments import configure as _configure
-from labkit.experiments import require_subset
 from labkit.models.decoder_lm import build_causal_lm, load_lm, n_parameters, save_lm
 from labkit.train import train_causal_lm
 
@@ -76,6 +86,23 @@ class Config:
     threads: int = 1  # torch intra-op threads per worker (1 is fastest for tiny models on 2 shared cores)
     workers: int = 1  # processes running (task, seed) jobs in parallel (2 on a 2-core machine)
     progress: bool = True  # tqdm bars
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_non_empty(self, "tasks", "sparsity_weights", "budgets")
+        require_subset("tasks", self.tasks, TASKS)
+        require_choice(self, "arch", sorted(gate.ARCHITECTURES))
+        require_choice(self, "penalty", gate.PENALTY_KINDS)
+        require_choice(self, "gate_kind", ("vector", "scalar"))
+        require_choice(self, "scope", skip.SCOPES)
+        require_positive(self, "n_digits", "text_length", "d_model", "n_layers", "n_heads", "batch_size",
+                         "pretrain_steps", "pretrain_lr", "text_pretrain_steps", "finetune_steps", "finetune_lr",
+                         "seeds", "eval_size", "eval_batch", "flops_batch", "calib_batches", "threads", "workers")
+        require_non_negative(self, "gate_lr", "sparsity_weights")
+        require_within(self, "train_skip_end", 0, 1, "()" if self.penalty == "kl" else "[)")  # kl: keep 1 - it
+        require_within(self, "budgets", 0, 1, "[)")
+        require_divisible(self, "d_model", "n_heads")
+        require_device(self)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -135,11 +162,7 @@ REPORT_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {"cpu": {"cumsum": {"tas
 
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
-    cfg = _configure(Config, PRESETS, preset, overrides)
-    require_subset("tasks", cfg.tasks, TASKS)
-    if any(not 0 <= r < 1 for r in cfg.budgets):
-        raise ValueError(f"budgets must lie in [0, 1), got {cfg.budgets}")
-    return cfg
+    return _configure(Config, PRESETS, preset, overrides)
 
 
 @dataclass

@@ -31,8 +31,17 @@ from tqdm.auto import tqdm
 
 from labkit import profile, seed_everything
 from labkit.data.fields import FieldPhysics, Normalizer, check_fields, generate
+from labkit.experiments import (
+    check_types,
+    require_device,
+    require_divisible,
+    require_non_empty,
+    require_non_negative,
+    require_positive,
+    require_subset,
+    require_within,
+)
 from labkit.experiments import configure as _configure
-from labkit.experiments import require_subset
 from labkit.models.forecaster import Persistence, PerVariableForecaster, StackedForecaster, count_parameters
 from labkit.stage import ImplicitTwoStage, explicit_two_stage_losses, freeze_schedule, parameter_distance
 
@@ -78,6 +87,34 @@ class Config:
     device: str = "auto"  # "auto": CUDA when present
     threads: int = 1  # torch intra-op threads (1 is fastest for small models on 2 shared cores)
     progress: bool = True  # tqdm bars
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_positive(self, "height", "width", "t_in", "t_out", "frames", "n_train", "n_val", "n_test", "stride",
+                         "frame_interval", "hid_s", "n_layers", "d_model", "heads", "n_blocks", "stacked_hid_s",
+                         "stacked_hid_t", "stacked_blocks", "seeds", "epochs", "batch_size", "lr", "eval_every",
+                         "max_steps", "threads")
+        require_non_negative(self, "data_seed", "latent_weight", "weight_decay")
+        require_within(self, "momentum", 0, 1)
+        require_within(self, "enc_momentum", 0, 1)
+        require_within(self, "explicit_ae_fraction", 0, 1, "()")
+        require_within(self, "wide_max_factor", 1, math.inf, "[)")
+        require_non_empty(self, "arms")
+        require_subset("arms", self.arms, ARMS)
+        require_divisible(self, "d_model", "heads")
+        for name in ("hid_s", "stacked_hid_s"):  # GroupNorm(2, hid) per variable
+            if getattr(self, name) % 2:
+                raise ValueError(f"parameter {name!r} must be even (GroupNorm splits it in 2), got "
+                                 f"{getattr(self, name)}")
+        scale = 2 ** (self.n_layers // 2)  # the encoder halves H and W at every second layer
+        for name in ("height", "width"):
+            if getattr(self, name) % scale:
+                raise ValueError(f"parameter {name!r} must be divisible by {scale} (2^(n_layers // 2) with n_layers="
+                                 f"{self.n_layers}), got {getattr(self, name)}")
+        if self.frames < self.t_in + self.t_out:
+            raise ValueError(f"parameter 'frames' must be >= t_in + t_out ({self.t_in} + {self.t_out}) for one "
+                             f"window, got {self.frames}")
+        require_device(self)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -133,9 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
-    cfg = _configure(Config, PRESETS, preset, overrides)
-    require_subset("arms", cfg.arms, ARMS)
-    return cfg
+    return _configure(Config, PRESETS, preset, overrides)
 
 
 # ------------------------------------------------------------------------------------------------------------ data

@@ -16,6 +16,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from labkit import profile
+from labkit.experiments import (
+    check_types,
+    require_device,
+    require_divisible,
+    require_non_empty,
+    require_non_negative,
+    require_positive,
+)
 from labkit.experiments import configure as _configure
 
 
@@ -31,6 +39,15 @@ class Config:
     threads: int = 1  # torch intra-op threads: 1 is often fastest for small CPU models on 2 shared cores
     device: str = "auto"  # "auto" picks CUDA when present
     seed: int = 0  # weights and inputs
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_positive(self, "hidden_size", "n_heads", "intermediate_size", "seq_lens", "batch_size", "repeat",
+                         "threads")
+        require_non_negative(self, "warmup", "seed")
+        require_non_empty(self, "seq_lens")
+        require_divisible(self, "hidden_size", "n_heads")
+        require_device(self)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

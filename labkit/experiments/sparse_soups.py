@@ -23,6 +23,16 @@ from torch import Tensor, nn
 
 from labkit import merge, prune
 from labkit.data import corruptions
+from labkit.experiments import (
+    check_types,
+    require_choice,
+    require_device,
+    require_non_empty,
+    require_non_negative,
+    require_positive,
+    require_unique,
+    require_within,
+)
 from labkit.experiments import configure as _configure
 from labkit.models.vision import VisionConfig, build
 from labkit.profile import resolve_device, seed_everything
@@ -59,6 +69,25 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2)  # paired seeds: each seed runs every arm
     threads: int = 1  # torch threads: 1 is fastest for a small MLP on 2 shared cores
     device: str = "auto"  # "auto" -> CUDA when present
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_choice(self, "data", ("mnist", "mnist1d", "digits"))
+        require_choice(self, "arch", ("mlp", "cnn", "resnet"))
+        require_choice(self, "vary", ("seed", "lr", "wd"))
+        require_positive(self, "width", "depth", "pretrain_epochs", "phases", "retrain_epochs", "m", "spread", "lr",
+                         "batch_size", "threads")
+        require_non_negative(self, "n_train", "weight_decay", "naive_runs", "augment", "seeds")
+        require_within(self, "goal_sparsity", 0, 1, "()")
+        require_within(self, "momentum", 0, 1, "[)")
+        require_within(self, "warmup_frac", 0, 1, "[)")
+        require_within(self, "bn_frac", 0, 1, "(]")
+        require_within(self, "curve_points", 2, math.inf, "[)")
+        if self.spread[0] > self.spread[1]:
+            raise ValueError(f"parameter 'spread' must be (low, high) with low <= high, got {self.spread!r}")
+        require_non_empty(self, "seeds")
+        require_unique(self, "seeds")
+        require_device(self)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
