@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import gate, mixup, profile, runner, select, skip, skip_static, stage
+from labkit import gate, mixup, profile, runner, select, skip, stage
 from labkit.experiments import cmixup, dsir, gateskip, met2net, profiling, sparse_soups
 from labkit.select_features import HashedFeatures, NgramHasher, featurize, iter_documents
 
@@ -311,26 +311,26 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      r"plan\['enc'\].*\(start, stop\).*3"),
     ("stage.freeze_schedule unknown group",
      lambda: stage.freeze_schedule({"enc": nn.Linear(1, 1)}, {"dec": (0, 1)}, 0), ValueError, r"unknown group.*dec"),
-    # ------------------------------------------------------------------------------------------- skip_static
+    # ------------------------------------------------------------------------------------------- skip.static
     ("skip.static_skip(['mlp'])", lambda: _static_skip(["mlp"]), ValueError,
      r"'mlp'.*layer.*'3\.mlp'"),
     ("skip.static_skip(['0.ffn'])", lambda: _static_skip(["0.ffn"]), ValueError, r"'attn' or 'mlp'.*'ffn'"),
     ("skip.static_skip([5])", lambda: _static_skip([5]), ValueError, r"layer index 5.*2 layers"),
-    ("skip_static.branch_names(['mlp'])", lambda: skip_static.branch_names(["mlp"], 2), ValueError,
+    ("skip.branch_names(['mlp'])", lambda: skip.branch_names(["mlp"], 2), ValueError,
      r"'mlp'.*layer index.*'3\.mlp'"),
-    ("skip_static.branch_names([(0,)])", lambda: skip_static.branch_names([(0,)], 2), ValueError,
+    ("skip.branch_names([(0,)])", lambda: skip.branch_names([(0,)], 2), ValueError,
      r"\(0,\).*\(layer, 'attn'\|'mlp'\)"),
-    ("skip_static.branch_names([1.5])", lambda: skip_static.branch_names([1.5], 2), TypeError, r"1\.5"),
-    ("skip_static.branch_names(['x.mlp'])", lambda: skip_static.branch_names(["x.mlp"], 2), ValueError,
+    ("skip.branch_names([1.5])", lambda: skip.branch_names([1.5], 2), TypeError, r"1\.5"),
+    ("skip.branch_names(['x.mlp'])", lambda: skip.branch_names(["x.mlp"], 2), ValueError,
      r"'x\.mlp'.*layer index"),
-    ("skip_static.branch_names(['3'])", lambda: skip_static.branch_names(["3"], 4), ValueError, r"'3'.*'3\.mlp'"),
-    ("skip_static.branch_names([True])", lambda: skip_static.branch_names([True], 2), TypeError, r"True.*bool"),
-    ("skip_static.uls_layers speedup=nan", lambda: skip_static.uls_layers(4, math.nan), ValueError,
+    ("skip.branch_names(['3'])", lambda: skip.branch_names(["3"], 4), ValueError, r"'3'.*'3\.mlp'"),
+    ("skip.branch_names([True])", lambda: skip.branch_names([True], 2), TypeError, r"True.*bool"),
+    ("skip.uls_layers speedup=nan", lambda: skip.uls_layers(4, math.nan), ValueError,
      r"speedup.*nan"),
-    ("skip_static.uls_layers speedup=0.5", lambda: skip_static.uls_layers(4, 0.5), ValueError, r"speedup.*0\.5"),
-    ("skip_static.shortgpt_order no batches", lambda: skip_static.shortgpt_order(_fresh_lm(), []), ValueError,
+    ("skip.uls_layers speedup=0.5", lambda: skip.uls_layers(4, 0.5), ValueError, r"speedup.*0\.5"),
+    ("skip.shortgpt_order no batches", lambda: skip.shortgpt_order(_fresh_lm(), []), ValueError,
      r"batches.*empty"),
-    ("skip_static.shortgpt_order granularity", lambda: skip_static.shortgpt_order(_fresh_lm(), [], "head"),
+    ("skip.shortgpt_order granularity", lambda: skip.shortgpt_order(_fresh_lm(), [], "head"),
      ValueError, r"granularity.*'head'"),
     # ---------------------------------------------------------------------------------------------- profile
     *([("profile.measure device='cuda' on a CPU-only build",

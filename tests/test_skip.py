@@ -4,8 +4,9 @@ import pytest
 import torch
 import transformers
 
-from labkit import gate, kv_cache, skip
+from labkit import gate, skip
 from labkit.models.decoder_lm import build_causal_lm
+from labkit.skip import kv_cache, policy
 
 ARCHS = ["llama", "qwen2", "gpt2"]
 EOS, PAD = 13, 14
@@ -224,7 +225,7 @@ def test_a_cache_that_never_reaches_the_attention_is_an_error(monkeypatch):
     """If a release renames the kwarg again, copy-forward must fail loudly, naming the model and the version."""
     model = gated("llama")
     monkeypatch.setattr(kv_cache, "CACHE_KWARGS", ("some_future_name",))
-    monkeypatch.setattr(skip, "find_cache", lambda kwargs: (None, None))
+    monkeypatch.setattr(policy, "find_cache", lambda kwargs: (None, None))
     with pytest.raises(kv_cache.CacheLayoutError, match=r"LlamaForCausalLM \(transformers [0-9.]+.*use_cache=True"):
         with skip.budget(model, 0.4, measure_flops=False):
             model(tokens(2, 4), use_cache=True)

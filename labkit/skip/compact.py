@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.kv_cache import find_cache, self_attention_cache
+from labkit.skip.kv_cache import find_cache, self_attention_cache
 
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

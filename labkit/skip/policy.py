@@ -1,13 +1,8 @@
-"""Budgeted token skipping on gated decoder branches (GateSkip), its baselines, and compute accounting.
+"""The skip contexts: :func:`budget` (GateSkip's token budget) and :func:`static_skip` (whole layers or branches).
 
-Laitenberger et al., arXiv 2510.13876. Inside ``with budget(model, r) as stats:`` every wrapped branch skips the
-tokens with the lowest importance (``mean(g)``) so that a fraction ``r`` of the tokens skips that branch: over the
-whole batch (``scope="batch"``, the paper's choice, so one sequence decoded one token at a time skips nothing) or
-per sequence (``scope="sequence"``; one-token decoding steps then use per-branch thresholds from
-:func:`calibrate_thresholds`). A skipped token's branch output is zero, so its residual stream passes through; in a
-cached forward its K/V at layer l are copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped.
-Baselines share the machinery: random ranking (``ranking="random"``), static branch/layer skipping
-(:func:`static_skip` with :func:`shortgpt_order` or :func:`uls_layers`).
+Also the policy the gated branches consult inside them, its accounting (:class:`SkipStats`), KV copy-forward and
+:func:`calibrate_thresholds` for one-token decoding steps. Laitenberger et al., arXiv 2510.13876 (see
+:mod:`labkit.skip` for the overview).
 """
 
 from __future__ import annotations
@@ -24,22 +19,13 @@ import torch
 from torch import nn
 
 from labkit import gate as gate_lib
-from labkit.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, where
 from labkit.profile import count_flops
-from labkit.skip_compact import compact_attention, compact_mlp
-from labkit.skip_static import branch_names, shortgpt_order, uls_layers
+from labkit.skip.compact import compact_attention, compact_mlp
+from labkit.skip.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, where
+from labkit.skip.static import branch_names
 
 SCOPES = ("batch", "sequence")
 EXECUTIONS = ("masked", "compact")
-__all__ = [
-    "SkipStats",
-    "budget",
-    "calibrate_thresholds",
-    "copy_forward_kv",
-    "shortgpt_order",
-    "static_skip",
-    "uls_layers",
-]
 
 RANKINGS = ("gate", "random")
 KV_POLICIES = ("copy_forward", "compute")

@@ -1,0 +1,43 @@
+"""Budgeted token skipping on gated decoder branches (GateSkip), its baselines, and compute accounting.
+
+Laitenberger et al., arXiv 2510.13876. Inside ``with budget(model, r) as stats:`` every wrapped branch skips the
+tokens with the lowest importance (``mean(g)``) so that a fraction ``r`` of the tokens skips that branch: over the
+whole batch (``scope="batch"``, the paper's choice, so one sequence decoded one token at a time skips nothing) or
+per sequence (``scope="sequence"``; one-token decoding steps then use per-branch thresholds from
+:func:`calibrate_thresholds`). A skipped token's branch output is zero, so its residual stream passes through; in a
+cached forward its K/V at layer l are copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped.
+Baselines share the machinery: random ranking (``ranking="random"``), static branch/layer skipping
+(:func:`static_skip` with :func:`shortgpt_order` or :func:`uls_layers`).
+
+Modules: :mod:`~labkit.skip.policy` (the skip contexts and their accounting), :mod:`~labkit.skip.compact` (compact
+execution of a branch on its kept tokens), :mod:`~labkit.skip.static` (ShortGPT and ULS orders),
+:mod:`~labkit.skip.kv_cache` (finding and rewriting the Hugging Face KV cache).
+"""
+
+from labkit.skip.policy import (
+    EXECUTIONS,
+    KV_POLICIES,
+    RANKINGS,
+    SCOPES,
+    SkipStats,
+    budget,
+    calibrate_thresholds,
+    copy_forward_kv,
+    static_skip,
+)
+from labkit.skip.static import branch_names, shortgpt_order, uls_layers
+
+__all__ = [
+    "EXECUTIONS",
+    "KV_POLICIES",
+    "RANKINGS",
+    "SCOPES",
+    "SkipStats",
+    "branch_names",
+    "budget",
+    "calibrate_thresholds",
+    "copy_forward_kv",
+    "shortgpt_order",
+    "static_skip",
+    "uls_layers",
+]
