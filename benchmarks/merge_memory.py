@@ -30,7 +30,7 @@ METHODS = {
 
 def make_checkpoints(folder: Path, n: int, mb: int, tensors: int = 24) -> list[Path]:
     """``n`` files of ``tensors`` fp32 tensors totalling ``mb`` MB each, written tensor by tensor."""
-    from labkit.merge_io import SafetensorsWriter
+    from labkit.merge.io import SafetensorsWriter
 
     per = math.ceil(mb * 1e6 / 4 / tensors)
     cols = 1024
@@ -89,7 +89,7 @@ def main() -> None:
         print(json.dumps(measure(args.child, paths, folder / f"out_{args.child}.safetensors")))
         return
 
-    from labkit.merge_io import SafetensorsReader
+    from labkit.merge.io import SafetensorsReader
     from labkit.profile import device_info
 
     info = device_info()

@@ -1,4 +1,4 @@
-"""Bad inputs to labkit.merge, labkit.merge_io and labkit.prune: each must raise, naming the offending thing.
+"""Bad inputs to labkit.merge, labkit.merge.io and labkit.prune: each must raise, naming the offending thing.
 
 One row per case: a call on tiny in-memory tensors (or on the files of the ``files`` fixture), the exception type it
 must raise, and a regex its message must match (the key, item, file, parameter or index, and what was expected).
@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from labkit import merge, merge_io, prune
+from labkit import merge, prune
+from labkit.merge import io as merge_io
 
 
 def sd(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -112,7 +113,7 @@ def case(name: str, call, error: type[BaseException], pattern: str):
 
 
 CASES = [
-    # --- merge_io: files ---
+    # --- merge.io: files ---
     case(
         "file truncated by 24 bytes",
         lambda f: merge.average([f.good, f.truncated]),

@@ -3,7 +3,7 @@
 Inputs may mix ``nn.Module``s, state dicts, safetensors files, ``.pt``/``.bin`` files and Hugging Face model
 folders. Safetensors are read with plain file I/O (no mmap), one tensor per input at a time, and ``out=PATH``
 streams the result into a safetensors file whose header is written first, so a merge of N checkpoints holds
-about one tensor per input in memory. The per-tensor math lives in ``labkit.merge``.
+about one tensor per input in memory. The per-tensor math lives in :mod:`labkit.merge.methods`.
 """
 
 from __future__ import annotations
