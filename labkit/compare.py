@@ -1,6 +1,6 @@
 """Compare the runs of a sweep: mean with a bootstrap 95 % interval over seeds, and paired differences to a reference.
 
-Built on the intervals the paper notebooks use (``labkit.report.summarize`` / ``paired_diff``) and their plot
+Built on the intervals the paper notebooks use (``labkit.stats.summarize`` / ``paired_diff``) and their plot
 helpers (``labkit.plots.mean_ci`` / ``bars_ci``), so a sweep's figure reads like a notebook's.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots
-from labkit.report import paired_diff, summarize
+from labkit.stats import paired_diff, summarize
 
 PAIR_COLUMN = "seed"  # runs are paired (and intervals taken) over this column when the table has it
 
@@ -97,7 +97,7 @@ def compare_figure(
 def paired_differences(
     table: pd.DataFrame, x: str, y: str, by: str, ref: str, pair: list[str], n_boot: int = 2000
 ) -> pd.DataFrame:
-    """Per ``x`` value, each arm's mean difference to ``ref`` with a bootstrap interval (``report.paired_diff``)."""
+    """Per ``x`` value, each arm's mean difference to ``ref`` with a bootstrap interval (``stats.paired_diff``)."""
     frames = []
     for value, group in table.groupby(x, sort=True):
         if pair:

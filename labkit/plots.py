@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from labkit.report import report_dir, summarize
+from labkit.report import report_dir
+from labkit.stats import summarize
 
 
 def _in_notebook() -> bool:

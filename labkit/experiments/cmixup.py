@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from labkit import mixup, report, seed_everything
+from labkit import mixup, seed_everything
+from labkit import stats as report
 from labkit.data import regression
 from labkit.experiments import (
     check_types,

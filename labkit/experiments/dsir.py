@@ -492,7 +492,7 @@ def paired_gaps(
 
     Negative = ``method`` has the lower loss. The overall row pairs every (seed, target) cell.
     """
-    from labkit.report import bootstrap_ci
+    from labkit.stats import bootstrap_ci
 
     a = scores[scores.method == method].set_index(["seed", "target"])[value]
     b = scores[scores.method == reference].set_index(["seed", "target"])[value]

@@ -30,7 +30,7 @@ from labkit.experiments.dsir import (
     train_bytes,
 )
 from labkit.models.byte_lm import bits_per_byte, byte_tensor
-from labkit.report import bootstrap_ci, interval_sign
+from labkit.stats import bootstrap_ci, interval_sign
 
 
 def draw_task(labels: np.ndarray, tags: tuple[str, ...], per_tag_train: int, per_tag_eval: int):

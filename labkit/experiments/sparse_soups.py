@@ -587,7 +587,7 @@ def run_seed(cfg: Config, data: Data, seed: int, clock: _Clock) -> dict[str, lis
 
 def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
     """Per arm: mean sparsity, clean/OOD accuracy (mean, sd over seeds) and the paired difference to ``ref``."""
-    from labkit.report import paired_diff
+    from labkit.stats import paired_diff
 
     stats = final.groupby("arm", sort=False).agg(
         sparsity=("sparsity", "mean"),

@@ -8,7 +8,7 @@ import pandas as pd
 
 from labkit import plots
 from labkit.experiments.gateskip import token_skip_map
-from labkit.report import bootstrap_ci
+from labkit.stats import bootstrap_ci
 
 ARM_STYLE = {"dense": "k", "random_skip": "tab:orange", "shortgpt": "tab:green", "uls": "tab:olive"}
 

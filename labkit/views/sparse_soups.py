@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots
-from labkit.report import paired_diff, summarize
+from labkit.stats import paired_diff, summarize
 
 HEADLINE = ["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"]  # arms always shown first
 

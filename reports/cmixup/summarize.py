@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from labkit import report
+from labkit import stats
 from labkit.experiments import cmixup as E
 
 HERE = Path(__file__).parent
@@ -22,16 +22,16 @@ def section(name: str, runs: pd.DataFrame) -> list[str]:
         lines += [f"### {dataset} (n_train={int(group['n_train'].iloc[0])}, seeds={group['seed'].nunique()})", "",
                   "| arm | σ chosen | " + " | ".join(f"{c} mean [95% CI]" for c in cols)
                   + " | test_rmse − ERM, paired [95% CI] |", "|---|---|" + "---|" * len(cols) + "---|"]
-        diffs = report.paired_diff(group, "arm", "erm", "test_rmse").set_index("arm") if "erm" in set(
+        diffs = stats.paired_diff(group, "arm", "erm", "test_rmse").set_index("arm") if "erm" in set(
             group["arm"]) else pd.DataFrame()
         for arm, g in group.groupby("arm", sort=False):
-            cells = [fmt(*report.bootstrap_ci(g[c].to_numpy())) for c in cols]
+            cells = [fmt(*stats.bootstrap_ci(g[c].to_numpy())) for c in cols]
             d = fmt(*diffs.loc[arm, ["mean_diff", "low", "high"]]) if arm in diffs.index else "—"
             sigma = "" if pd.isna(g["chosen_sigma"].iloc[0]) else f"{g['chosen_sigma'].iloc[0]:g}"
             lines.append(f"| {arm} | {sigma} | " + " | ".join(cells) + f" | {d} |")
         lines.append("")
         if {"mixup", "cmixup"} <= set(group["arm"]):
-            pair = report.paired_diff(group[group["arm"].isin(["mixup", "cmixup"])], "arm", "mixup", "test_rmse")
+            pair = stats.paired_diff(group[group["arm"].isin(["mixup", "cmixup"])], "arm", "mixup", "test_rmse")
             r = pair.iloc[0]
             lines += [f"C-Mixup − mixup (paired test RMSE): {fmt(r['mean_diff'], r['low'], r['high'])}", ""]
         every = runs[runs["dataset"] == dataset].groupby(["arm", "sigma"], dropna=False)[
