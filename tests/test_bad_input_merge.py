@@ -573,7 +573,6 @@ CASES = [
         ValueError,
         r"decay must be a finite number",
     ),
-    case("swa of a state dict", lambda f: merge.swa_model(A), TypeError, r"model must be an nn\.Module, got dict"),
     case("distances of an empty list", lambda f: merge.soup_distances([]), ValueError, r"empty list"),
     case(
         "distances, shape mismatch",

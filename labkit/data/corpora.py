@@ -311,10 +311,3 @@ def available_sources() -> list[str]:
         except FileNotFoundError:
             pass
     return present + list(LOCAL_SOURCES)
-
-
-def fallback_corpus(
-    chunk_words: int = 64, max_chunks: dict[str, int] | None = None, seed: int = 0, cache: bool = True
-) -> pd.DataFrame:
-    """The zero-download corpus: standard-library docstrings, pydoc topics and installed man pages."""
-    return build_corpus(LOCAL_SOURCES, chunk_words=chunk_words, max_chunks=max_chunks, seed=seed, cache=cache)

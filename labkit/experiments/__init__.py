@@ -21,9 +21,6 @@ from typing import Any, TypeVar
 
 C = TypeVar("C")
 
-PRESET_NAMES = ("smoke", "cpu", "gpu")
-
-
 def configure(config_cls: type[C], presets: Mapping[str, Mapping[str, Any]], preset: str,
               overrides: Mapping[str, Any] | None = None) -> C:
     """Build ``config_cls`` from a preset's values, then explicit ``overrides`` (which win).

@@ -36,7 +36,6 @@ from labkit.merge.soups import (
     recalibrate_bn,
     shared_mask,
     soup_distances,
-    swa_model,
 )
 
 __all__ = [
@@ -61,7 +60,6 @@ __all__ = [
     "slerp",
     "slerp_tensor",
     "soup_distances",
-    "swa_model",
     "task_arithmetic",
     "task_arithmetic_tensor",
     "ties",

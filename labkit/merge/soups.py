@@ -193,15 +193,6 @@ def ema_model(model: nn.Module, decay: float = 0.999) -> torch.optim.swa_utils.A
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def swa_model(model: nn.Module) -> torch.optim.swa_utils.AveragedModel:
-    """An equal-weight average of checkpoints along one run (SWA); recalibrate BN on it before use."""
-    from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    return AveragedModel(model, multi_avg_fn=get_swa_multi_avg_fn())
-
-
 def _flat_params(items: Sequence[Item]) -> Tensor:
     """One row per item: its floating parameters (BN running statistics excluded) flattened in key order.
 
