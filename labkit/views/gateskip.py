@@ -10,16 +10,6 @@ from labkit import plots
 from labkit.experiments.gateskip import token_skip_map
 from labkit.stats import bootstrap_ci
 
-ARM_STYLE = {"dense": "k", "random_skip": "tab:orange", "shortgpt": "tab:green", "uls": "tab:olive"}
-
-
-def _arm_color(arm: str, index: int) -> str:
-    if arm in ARM_STYLE:
-        return ARM_STYLE[arm]
-    if "random rank" in arm:
-        return ["tab:purple", "tab:pink", "tab:brown", "tab:gray"][index % 4]
-    return ["tab:blue", "tab:red", "tab:cyan", "navy"][index % 4]
-
 
 def _curve(group: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     rows = []
@@ -36,28 +26,20 @@ def quality_vs_saved(curves: pd.DataFrame, task: str, metric: str, dense_label: 
     """
     sub = curves[curves.task == task]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    gate_index = rand_index = 0
     for ax, x, label in zip(
         axes,
         ("skipped_fraction", "flops_saved"),
         ("compute saved: token x branch fraction (paper)", "compute saved: executed FLOPs (compact)"),
         strict=True,
     ):
-        gate_index = rand_index = 0
         for arm, group in sub[sub.arm != "dense"].groupby("arm", sort=False):
-            idx = rand_index if "random rank" in arm else gate_index
-            color = _arm_color(arm, idx)
-            if arm.startswith("gateskip"):
-                if "random rank" in arm:
-                    rand_index += 1
-                else:
-                    gate_index += 1
+            color = plots.color(arm)
             stats = _curve(group, x, metric)
             style = "--" if "random rank" in arm else "-"
             ax.plot(stats.x, stats["mean"], style, marker="o", ms=3, color=color, label=arm)
             ax.fill_between(stats.x, stats.low, stats.high, color=color, alpha=0.15, linewidth=0)
         dense = sub[sub.arm == "dense"][metric].mean()
-        ax.axhline(dense, color="k", lw=0.8, ls=":", label=dense_label)
+        ax.axhline(dense, color=plots.color("dense"), lw=0.8, ls=":", label=dense_label)
         ax.axhline(
             0.9 * dense if metric != "bpb" else dense / 0.9,
             color="grey",
