@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from labkit import merge, prune
 
@@ -306,3 +306,43 @@ def test_legacy_torch_save_file_is_read_without_mmap(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)  # cannot be memory-mapped
     torch.testing.assert_close(merge.average([path, {"w": torch.zeros(2)}])["w"], torch.full((2,), 0.5))
+
+
+def test_a_method_is_declared_once_by_its_typed_signature(monkeypatch):
+    """The registry reads names, defaults, checks, base and item count from the signature alone (as mergekit)."""
+    from typing import Annotated
+
+    from labkit.merge import methods
+
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+
+    @methods.merge_method("shift", "https://example.org/shift")
+    def shift_tensor(
+        tensors: tuple[Tensor, Tensor], base: Tensor, amount: Annotated[float, methods.Interval("[0, 2]")] = 1.0
+    ) -> Tensor:
+        return base + amount * (tensors[0] - tensors[1])
+
+    spec = methods.METHODS["shift"]
+    assert (spec.params, spec.needs_base, spec.n_items) == ({"amount": 1.0}, True, 2)
+    a, b, base = {"w": torch.ones(2)}, {"w": torch.zeros(2)}, {"w": torch.full((2,), 3.0)}
+    torch.testing.assert_close(merge.merge("shift", [a, b], base=base, amount=0.5)["w"], torch.full((2,), 3.5))
+    with pytest.raises(ValueError, match=r"amount must be in \[0, 2\], got 3\.0"):
+        merge.merge("shift", [a, b], base=base, amount=3.0)
+    with pytest.raises(ValueError, match="takes exactly 2 items"):
+        merge.merge("shift", [a], base=base)
+    with pytest.raises(ValueError, match="already registered"):
+        methods.merge_method("shift", "")(shift_tensor)
+    with pytest.raises(TypeError, match=r"parameters \['amount'\] .* need defaults"):
+        methods.merge_method("bad", "")(lambda tensors, base, amount: tensors[0])
+
+
+def test_public_functions_take_the_per_tensor_signature():
+    """ties/dare/task_arithmetic are generated: their parameters are the per-tensor function's, in its order."""
+    import inspect
+
+    for public, per_tensor in ((merge.ties, merge.ties_tensor), (merge.dare, merge.dare_tensor),
+                               (merge.task_arithmetic, merge.task_arithmetic_tensor)):
+        own = [p for p in inspect.signature(per_tensor).parameters if p not in ("tensors", "base", "key")]
+        assert list(inspect.signature(public).parameters) == ["base", "items", *own, "out", "strict"]
+    a, base = {"w": torch.tensor([1.0, -2.0])}, {"w": torch.zeros(2)}
+    torch.testing.assert_close(merge.ties(base, [a], 1.0)["w"], a["w"])  # density positional, as before

@@ -10,6 +10,8 @@ from labkit.merge.io import Item
 from labkit.merge.methods import (
     METHODS,
     SLERP_COLINEAR,
+    Check,
+    Interval,
     MergeMethod,
     StateDict,
     dare,
@@ -19,6 +21,7 @@ from labkit.merge.methods import (
     linear_tensor,
     merge,
     merge_method,
+    public_function,
     slerp,
     slerp_tensor,
     task_arithmetic,
@@ -41,6 +44,8 @@ from labkit.merge.soups import (
 __all__ = [
     "METHODS",
     "SLERP_COLINEAR",
+    "Check",
+    "Interval",
     "Item",
     "MergeMethod",
     "StateDict",
@@ -55,6 +60,7 @@ __all__ = [
     "linear_tensor",
     "merge",
     "merge_method",
+    "public_function",
     "recalibrate_bn",
     "shared_mask",
     "slerp",

@@ -1,19 +1,26 @@
 """The merge methods: linear, slerp, task arithmetic, TIES and DARE as registered per-tensor functions.
 
-Each method is a small pure function of fp32 tensors registered with its parameters and paper; :func:`merge` checks
-the parameters and hands the function to the driver in :mod:`labkit.merge.io`, which walks the keys, loads and
-streams checkpoints, copies integer buffers and restores dtypes.
+Each method is a small pure function of fp32 tensors, ``fn(tensors, base, *, <parameters>) -> Tensor``, registered
+with its paper by :func:`merge_method`. Its signature is the one place its parameters are stated: the registry reads
+their names, defaults and checks from it (a plain ``float``, ``bool`` or ``Literal``, or ``Annotated`` with an
+:class:`Interval` or a :class:`Check`), whether it needs a base model (``base: Tensor``) and how many items it takes
+(``tensors: tuple[Tensor, Tensor]``), and the public functions of the task-vector methods are generated from it
+(:func:`public_function`). :func:`merge` checks the parameters and hands the function to the driver in
+:mod:`labkit.merge.io`, which walks the keys, loads and streams checkpoints, copies integer buffers and restores
+dtypes. The design follows mergekit's ``merge_methods``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import typing
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor
@@ -22,35 +29,6 @@ from labkit.merge import io as merge_io
 from labkit.merge.io import Item
 
 StateDict = dict[str, Tensor]
-
-
-@dataclass(frozen=True)
-class MergeMethod:
-    """A per-tensor merge: ``fn(tensors, base, **params) -> Tensor`` over fp32 tensors of one key."""
-
-    name: str  # registry name
-    fn: Callable[..., Tensor]  # the math
-    params: dict[str, Any] = field(default_factory=dict)  # declared parameters and their defaults
-    reference: str = ""  # the paper
-    needs_base: bool = False  # True: task-vector methods that need the base model
-    n_items: int | None = None  # the exact number of items the method takes (slerp: 2); None = any
-
-
-METHODS: dict[str, MergeMethod] = {}
-
-
-def merge_method(
-    name: str, reference: str, needs_base: bool = False, n_items: int | None = None, **params: Any
-) -> Callable:
-    """Register a per-tensor function as a merge method (re-registering a name raises)."""
-
-    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in METHODS:
-            raise ValueError(f"merge method {name!r} is already registered")
-        METHODS[name] = MergeMethod(name, fn, dict(params), reference, needs_base, n_items)
-        return fn
-
-    return register
 
 
 def _number(name: str, value: Any) -> float:
@@ -90,42 +68,121 @@ def _weights(n: int, weights: Sequence[float] | Tensor | None) -> list[float]:
     return [_number(f"weights[{i}]", w) for i, w in enumerate(weights)]
 
 
-def _seed(value: Any) -> int:
+@dataclass(frozen=True)
+class Interval:
+    """A parameter that must be a finite number inside ``text``, e.g. ``"[0, 1)"`` (brackets say which ends count)."""
+
+    text: str
+
+    def __call__(self, name: str, value: Any) -> float:
+        low, high = (float(end) for end in self.text[1:-1].split(","))
+        return _in_range(name, value, low, high, self.text)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A parameter checked by ``fn(name, value) -> value``, which raises naming the parameter and what it expected."""
+
+    fn: Callable[[str, Any], Any]
+
+    def __call__(self, name: str, value: Any) -> Any:
+        return self.fn(name, value)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
 
 
-def _then(value: Any) -> str:
-    if value not in ("linear", "ties"):
-        raise ValueError(f"then must be 'linear' or 'ties', got {value!r}")
-    return value
+INTERNAL = Check(lambda name, value: value)  # marks a parameter merge() fills in per tensor, never the caller
+Weights = Sequence[float] | Tensor | None  # one finite number per item; checked against the item count by merge()
+Fraction = Annotated[float, Interval("[0, 1]")]
+Density = Annotated[float, Interval("(0, 1]")]
+DropRate = Annotated[float, Interval("[0, 1)")]
+Seed = Annotated[int, Check(_non_negative_int)]
+TensorKey = Annotated[str, INTERNAL]
 
 
-def _flag(name: str) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
-        return value
+def _check_for(name: str, hint: Any) -> Callable[[str, Any], Any] | None:
+    """The check of a parameter, read from its type hint: ``Annotated`` metadata, a ``Literal``, bool or float."""
+    if typing.get_origin(hint) is Annotated:
+        return next((m for m in hint.__metadata__ if callable(m)), None)
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
 
-    return check
+        def choice(name: str, value: Any) -> Any:
+            if value not in choices:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
+            return value
+
+        return choice
+    if hint is bool:
+
+        def flag(name: str, value: Any) -> bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+            return value
+
+        return flag
+    if hint is float:
+        return _number
+    return None
 
 
-# Checks for the parameters the registered methods declare, by name (weights need the item count: see merge()).
-_PARAM_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "t": lambda v: _in_range("t", v, 0.0, 1.0, "[0, 1]"),
-    "scale": lambda v: _number("scale", v),
-    "density": lambda v: _in_range("density", v, 0.0, 1.0, "(0, 1]"),
-    "drop": lambda v: _in_range("drop", v, 0.0, 1.0, "[0, 1)"),
-    "then": _then,
-    "seed": _seed,
-    "normalize": _flag("normalize"),
-}
-_INTERNAL_PARAMS = {"key"}  # filled in by merge() per tensor, never by the caller
+@dataclass(frozen=True)
+class MergeMethod:
+    """A per-tensor merge ``fn(tensors, base, **params) -> Tensor`` over fp32 tensors of one key, as registered.
+
+    Everything but ``name`` and ``reference`` is read from ``fn``'s signature by :func:`merge_method`.
+    """
+
+    name: str  # registry name
+    fn: Callable[..., Tensor]  # the math
+    params: dict[str, Any] = field(default_factory=dict)  # caller-facing parameters and their defaults
+    reference: str = ""  # the paper
+    needs_base: bool = False  # True: task-vector methods (``base: Tensor`` in the signature)
+    n_items: int | None = None  # the exact number of items (``tensors: tuple[Tensor, Tensor]``: 2); None = any
+    checks: dict[str, Callable[[str, Any], Any]] = field(default_factory=dict)  # parameter -> check(name, value)
+    internal: tuple[str, ...] = ()  # parameters merge() fills in per tensor (the key name)
 
 
-@merge_method("linear", "https://arxiv.org/abs/2203.05482 (model soups)", weights=None)
-def linear_tensor(tensors: list[Tensor], base: Tensor | None, weights: list[float]) -> Tensor:
+METHODS: dict[str, MergeMethod] = {}
+
+
+def _describe(name: str, fn: Callable[..., Tensor], reference: str) -> MergeMethod:
+    """A :class:`MergeMethod` read from ``fn(tensors, base, *, params...)``'s signature and type hints."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    signature = inspect.signature(fn)
+    tensors, base, *rest = signature.parameters.values()
+    if (tensors.name, base.name) != ("tensors", "base"):
+        raise TypeError(f"merge method {name!r}: {fn.__name__} must take (tensors, base, ...) first")
+    missing = [p.name for p in rest if p.default is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"merge method {name!r}: parameters {missing} of {fn.__name__} need defaults")
+    item_hint = hints.get("tensors")
+    item_args = typing.get_args(item_hint) if typing.get_origin(item_hint) is tuple else ()
+    n_items = len(item_args) if item_args and Ellipsis not in item_args else None
+    params = {p.name: p.default for p in rest}
+    checks = {n: c for n in params if (c := _check_for(n, hints.get(n))) is not None}
+    internal = tuple(n for n in params if checks.get(n) is INTERNAL)
+    return MergeMethod(name, fn, params, reference, hints.get("base") is Tensor, n_items, checks, internal)
+
+
+def merge_method(name: str, reference: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register a per-tensor function as merge method ``name`` (its paper: ``reference``); re-registering raises."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} is already registered")
+        METHODS[name] = _describe(name, fn, reference)
+        return fn
+
+    return register
+
+
+@merge_method("linear", "https://arxiv.org/abs/2203.05482 (model soups)")
+def linear_tensor(tensors: list[Tensor], base: None, weights: Weights = None) -> Tensor:
     """Weighted sum sum_i w_i theta_i (uniform soup when w_i = 1/n)."""
     out = torch.zeros_like(tensors[0])
     for w, t in zip(weights, tensors, strict=True):
@@ -134,19 +191,20 @@ def linear_tensor(tensors: list[Tensor], base: Tensor | None, weights: list[floa
 
 
 SLERP_COLINEAR = 0.9995  # |cos| above this: lerp instead (mergekit's slerp DOT_THRESHOLD)
+SLERP_ZERO_NORM = 1e-8  # a tensor with a smaller norm has no direction: lerp instead
 
 
-@merge_method("slerp", "https://arxiv.org/abs/2212.04089 ; Shoemake 1985", n_items=2, t=0.5)
-def slerp_tensor(tensors: list[Tensor], base: Tensor | None, t: float, eps: float = 1e-8) -> Tensor:
+@merge_method("slerp", "https://arxiv.org/abs/2212.04089 ; Shoemake 1985")
+def slerp_tensor(tensors: tuple[Tensor, Tensor], base: None, t: Fraction = 0.5) -> Tensor:
     """Spherical interpolation of two tensors, each flattened; lerp when they are nearly colinear or opposite.
 
     Near an angle of 0 or pi, sin(angle) ~ 0 and the spherical weights blow up (exactly opposite tensors gave 1e7),
     so for |cos| > ``SLERP_COLINEAR`` the result is (1 - t) a + t b, as mergekit's ``slerp`` does. A zero tensor
-    (norm < ``eps``) has no direction and falls back to lerp too.
+    (norm < ``SLERP_ZERO_NORM``) has no direction and falls back to lerp too.
     """
     a, b = tensors
     na, nb = a.norm(), b.norm()
-    if na < eps or nb < eps:
+    if na < SLERP_ZERO_NORM or nb < SLERP_ZERO_NORM:
         return torch.lerp(a, b, t)
     cos = torch.clamp((a.flatten() @ b.flatten()) / (na * nb), -1.0, 1.0)
     if cos.abs() > SLERP_COLINEAR:
@@ -156,9 +214,9 @@ def slerp_tensor(tensors: list[Tensor], base: Tensor | None, t: float, eps: floa
     return (torch.sin((1 - t) * omega) / s) * a + (torch.sin(t * omega) / s) * b
 
 
-@merge_method("task_arithmetic", "https://arxiv.org/abs/2212.04089", needs_base=True, weights=None, scale=1.0)
-def task_arithmetic_tensor(tensors: list[Tensor], base: Tensor, weights: list[float], scale: float) -> Tensor:
-    """theta = base + scale * sum_i w_i (theta_i - base) (Ilharco et al. 2023)."""
+@merge_method("task_arithmetic", "https://arxiv.org/abs/2212.04089")
+def task_arithmetic_tensor(tensors: list[Tensor], base: Tensor, scale: float = 1.0, weights: Weights = None) -> Tensor:
+    """base + scale * sum_i w_i (theta_i - base), the task vectors (Ilharco et al. 2023); scale < 0 removes a skill."""
     return base + scale * linear_tensor([t - base for t in tensors], None, weights)
 
 
@@ -191,13 +249,21 @@ def ties_deltas(deltas: list[Tensor], weights: list[float], normalize: bool = Tr
     return torch.where(count > 0, total / count.clamp_min(1e-12), torch.zeros_like(total))
 
 
-@merge_method(
-    "ties", "https://arxiv.org/abs/2306.01708", needs_base=True, weights=None, density=0.2, scale=1.0, normalize=True
-)
+@merge_method("ties", "https://arxiv.org/abs/2306.01708")
 def ties_tensor(
-    tensors: list[Tensor], base: Tensor, weights: list[float], density: float, scale: float, normalize: bool
+    tensors: list[Tensor],
+    base: Tensor,
+    density: Density = 0.2,
+    scale: float = 1.0,
+    weights: Weights = None,
+    *,
+    normalize: bool = True,
 ) -> Tensor:
-    """TIES-merging: trim each task vector to its top ``density``, elect signs, disjoint mean (Yadav et al. 2023)."""
+    """TIES-merging: trim each task vector to its top ``density``, elect signs, disjoint mean (Yadav et al. 2023).
+
+    ``normalize=False`` sums the agreeing weighted entries instead of averaging them (mergekit's ``normalize:
+    false``), so every mergekit TIES setting has an equivalent here (see ``ties_deltas``).
+    """
     deltas = [trim_top(t - base, density) for t in tensors]
     return base + scale * ties_deltas(deltas, weights, normalize)
 
@@ -210,30 +276,24 @@ def drop_and_rescale(delta: Tensor, drop: float, generator: torch.Generator) -> 
     return delta * keep / (1.0 - drop)
 
 
-@merge_method(
-    "dare",
-    "https://arxiv.org/abs/2311.03099",
-    needs_base=True,
-    weights=None,
-    drop=0.9,
-    then="linear",
-    scale=1.0,
-    density=1.0,
-    seed=0,
-    key="",
-)
+@merge_method("dare", "https://arxiv.org/abs/2311.03099")
 def dare_tensor(
     tensors: list[Tensor],
     base: Tensor,
-    weights: list[float],
-    drop: float,
-    then: str,
-    scale: float,
-    density: float,
-    seed: int,
-    key: str,
+    drop: DropRate = 0.9,
+    then: Literal["linear", "ties"] = "linear",
+    scale: float = 1.0,
+    weights: Weights = None,
+    density: Density = 1.0,
+    seed: Seed = 0,
+    *,
+    key: TensorKey = "",
 ) -> Tensor:
-    """DARE (Yu et al. 2023) then a linear sum or TIES; the random drop is seeded by ``seed`` and the key name."""
+    """DARE (Yu et al. 2023): randomly drop ``drop`` of each task vector and rescale, then a linear sum or TIES.
+
+    ``density`` (< 1 trims each dropped task vector to its top entries) applies only with ``then="ties"``. The random
+    drop is seeded by ``seed`` and the key name, so every tensor draws its own mask reproducibly.
+    """
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
     deltas = [drop_and_rescale(t - base, drop, gen) for t in tensors]
     if then == "linear":
@@ -259,7 +319,7 @@ def merge(
     if method not in METHODS:
         raise ValueError(f"unknown merge method {method!r}; expected one of {sorted(METHODS)}")
     spec = METHODS[method]
-    accepted = sorted(set(spec.params) - _INTERNAL_PARAMS)
+    accepted = sorted(set(spec.params) - set(spec.internal))
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {method!r}; accepted: {accepted}")
@@ -277,15 +337,15 @@ def merge(
         raise ValueError(f"merge method {method!r} takes exactly {spec.n_items} items, got {len(items)}")
     values = {**spec.params, **params}
     for name, value in values.items():
-        if name == "weights":
+        if name == "weights":  # the one parameter whose check needs the item count
             values[name] = _weights(len(items), value)
-        elif name in _PARAM_CHECKS:
-            values[name] = _PARAM_CHECKS[name](value)
+        elif name in spec.checks and name not in spec.internal:
+            values[name] = spec.checks[name](name, value)
     if values.get("then") == "linear" and values.get("density", 1.0) != 1.0:
         raise ValueError(f"density={values['density']} trims only with then='ties'; with then='linear' it must be 1.0")
 
     def per_tensor(key: str, tensors: list[Tensor], base_t: Tensor | None) -> Tensor:
-        extra = {"key": key} if "key" in spec.params else {}
+        extra = {"key": key} if "key" in spec.internal else {}
         return spec.fn(tensors, base_t, **{**values, **extra})
 
     return merge_io.run(
@@ -304,81 +364,48 @@ def slerp(a: Item, b: Item, t: float, *, out: str | Path | None = None, strict: 
     return merge("slerp", [a, b], t=t, out=out, strict=strict)
 
 
-def task_arithmetic(
-    base: Item,
-    items: Sequence[Item],
-    scale: float = 1.0,
-    weights: Sequence[float] | Tensor | None = None,
-    *,
-    out: str | Path | None = None,
-    strict: bool = True,
-) -> StateDict | Path:
-    """base + scale * sum of task vectors (weights default to 1 each; a negative scale removes a skill)."""
-    items = merge_io.as_item_list(items)
-    weights = [1.0] * len(items) if weights is None else weights
-    return merge("task_arithmetic", items, base=base, weights=weights, scale=scale, out=out, strict=strict)
+def public_function(method: str) -> Callable[..., StateDict | Path]:
+    """The public function of a task-vector method, generated from its per-tensor signature.
 
-
-def ties(
-    base: Item,
-    items: Sequence[Item],
-    density: float = 0.2,
-    scale: float = 1.0,
-    weights: Sequence[float] | Tensor | None = None,
-    *,
-    normalize: bool = True,
-    out: str | Path | None = None,
-    strict: bool = True,
-) -> StateDict | Path:
-    """TIES-merging: trim task vectors to ``density``, elect signs, average the agreeing entries.
-
-    ``normalize=False`` sums the agreeing weighted entries instead of averaging them (mergekit's ``normalize:
-    false``), so every mergekit TIES setting has an equivalent here (see ``ties_deltas``).
+    ``fn(base, items, <the method's parameters>, *, out=None, strict=True)``; ``weights`` default to 1 per item (a
+    sum of task vectors, where ``merge`` itself defaults to the uniform 1/n).
     """
-    items = merge_io.as_item_list(items)
-    weights = [1.0] * len(items) if weights is None else weights
-    return merge(
-        "ties",
-        items,
-        base=base,
-        weights=weights,
-        density=density,
-        scale=scale,
-        normalize=normalize,
-        out=out,
-        strict=strict,
+    spec = METHODS[method]
+    if not spec.needs_base:
+        raise ValueError(f"public_function builds task-vector methods (base=); {method!r} takes no base")
+    kind = inspect.Parameter
+    own = [p for p in inspect.signature(spec.fn).parameters.values() if p.name in spec.params]
+    signature = inspect.Signature(
+        [
+            kind("base", kind.POSITIONAL_OR_KEYWORD, annotation="Item"),
+            kind("items", kind.POSITIONAL_OR_KEYWORD, annotation="Sequence[Item]"),
+            *(p for p in own if p.name not in spec.internal),
+            kind("out", kind.KEYWORD_ONLY, default=None, annotation="str | Path | None"),
+            kind("strict", kind.KEYWORD_ONLY, default=True, annotation="bool"),
+        ],
+        return_annotation="StateDict | Path",
     )
 
+    def public(*args: Any, **kwargs: Any) -> StateDict | Path:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        base, items, out, strict = (values.pop(k) for k in ("base", "items", "out", "strict"))
+        items = merge_io.as_item_list(items)
+        if values.get("weights") is None:
+            values["weights"] = [1.0] * len(items)
+        return merge(method, items, base=base, out=out, strict=strict, **values)
 
-def dare(
-    base: Item,
-    items: Sequence[Item],
-    drop: float = 0.9,
-    then: str = "linear",
-    scale: float = 1.0,
-    weights: Sequence[float] | Tensor | None = None,
-    density: float = 1.0,
-    seed: int = 0,
-    *,
-    out: str | Path | None = None,
-    strict: bool = True,
-) -> StateDict | Path:
-    """DARE: randomly drop ``drop`` of each task vector and rescale, then merge ``then="linear"`` or ``"ties"``.
-
-    ``density`` (< 1 trims each dropped task vector to its top entries) applies only with ``then="ties"``.
-    """
-    items = merge_io.as_item_list(items)
-    weights = [1.0] * len(items) if weights is None else weights
-    return merge(
-        "dare",
-        items,
-        base=base,
-        weights=weights,
-        drop=drop,
-        then=then,
-        scale=scale,
-        density=density,
-        seed=seed,
-        out=out,
-        strict=strict,
+    public.__name__ = public.__qualname__ = method
+    public.__module__ = __name__
+    public.__doc__ = (
+        f"{inspect.cleandoc(spec.fn.__doc__ or '')}\n\nGenerated from ``{spec.fn.__name__}`` ({spec.reference}): "
+        "``items`` are merged onto ``base``; ``out=PATH`` streams the result into a safetensors file."
     )
+    public.__signature__ = signature  # type: ignore[attr-defined]
+    return public
+
+
+task_arithmetic = public_function("task_arithmetic")
+ties = public_function("ties")
+dare = public_function("dare")
