@@ -55,7 +55,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _masked_sdpa(q, k, v, qpos, key_valid, scale, dropout):
+def _masked_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qpos: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+    dropout: float,
+) -> torch.Tensor:
     S = k.shape[2]
     allowed = torch.arange(S, device=q.device)[None, None, :] <= qpos[:, :, None]
     if key_valid is not None and key_valid.shape[-1] == S:
@@ -95,7 +103,7 @@ def compact_attention(
             scale /= float(attn.layer_idx + 1)
         dropout = attn.attn_dropout.p if attn.training else 0.0
 
-        def out_proj(o):
+        def out_proj(o: torch.Tensor) -> torch.Tensor:
             return attn.resid_dropout(attn.c_proj(o))
     else:
         raise ValueError(

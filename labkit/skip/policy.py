@@ -144,7 +144,14 @@ class _Policy:
             self.calls[-1]["keeps"].append(keep)
         return keep
 
-    def _keep(self, branch, importance, hidden, valid, exempt) -> torch.Tensor | None:
+    def _keep(
+        self,
+        branch: gate_lib.GatedBranch,
+        importance: torch.Tensor | None,
+        hidden: torch.Tensor,
+        valid: torch.Tensor | None,
+        exempt: torch.Tensor | None,
+    ) -> torch.Tensor | None:
         B, T = hidden.shape[:2]
         if self.static is not None:
             if branch.name not in self.static:

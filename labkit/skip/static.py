@@ -8,7 +8,8 @@ Both return which branches or layers to drop; :func:`labkit.skip.static_skip` dr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,20 +62,20 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
     current: dict[str, torch.Tensor] = {}
     handles = []
 
-    def layer_in(i):
-        def hook(module, args, kwargs):
+    def layer_in(i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             current[f"{i}.in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
         return hook
 
-    def attn_out(i):
-        def hook(module, args, output):
+    def attn_out(i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
             current[f"{i}.attn"] = output[0] if isinstance(output, tuple) else output
 
         return hook
 
-    def layer_out(i):
-        def hook(module, args, kwargs, output):
+    def layer_out(i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             current[f"{i}.out"] = output[0] if isinstance(output, tuple) else output
 
         return hook
@@ -84,7 +85,7 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
         handles.append(getattr(layer, arch.attention).register_forward_hook(attn_out(i)))
         handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
 
-    def influence(a, b):
+    def influence(a: torch.Tensor, b: torch.Tensor) -> float:
         return (1 - torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)).sum().item()
 
     try:

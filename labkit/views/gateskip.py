@@ -5,6 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from labkit import plots
 from labkit.experiments.gateskip import token_skip_map
@@ -121,7 +123,9 @@ def token_skips(
     return fig
 
 
-def draw_tokens(model, examples, ratio: float, example: int, scope: str = "batch") -> plt.Figure:
+def draw_tokens(
+    model: nn.Module, examples: torch.Tensor, ratio: float, example: int, scope: str = "batch"
+) -> plt.Figure:
     """:func:`token_skips` for example ``example`` of the batch ``examples`` at budget ``ratio`` (quantile over the
     whole batch with ``scope="batch"``, as at evaluation); the widget's redraw function."""
     m = token_skip_map(model, examples, ratio, example, scope=scope)
