@@ -47,34 +47,6 @@ def test_train_causal_lm_parameter_groups_get_their_own_peak_lr():
         train_causal_lm(model, batches, 1, 1e-3, parameters=[{"params": rest, "lr": 0.0}], progress=False)
 
 
-def test_parameter_groups_put_gates_at_gate_lr():
-    model = gate.add_gates(tiny())
-    gate_ids = {id(p) for n, p in model.named_parameters() if f".{gate.GATE_ATTR}." in n}
-    assert len(gate_ids) == 8  # weight and bias of 4 branch gates
-    groups = experiment.parameter_groups(model, 1e-3, 3e-2)
-    assert [g["lr"] for g in groups] == [1e-3, 3e-2]
-    assert {id(p) for p in groups[1]["params"]} == gate_ids
-    assert not gate_ids & {id(p) for p in groups[0]["params"]}
-    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
-    assert [g["lr"] for g in experiment.parameter_groups(model, 1e-3)] == [1e-3, 1e-3]  # 0: same as finetune lr
-    assert len(experiment.parameter_groups(tiny(), 1e-3, 3e-2)) == 1  # no gates: one group
-
-    gates = [p for p in model.parameters() if id(p) in gate_ids]
-    backbone = [p for p in model.parameters() if id(p) not in gate_ids]
-    before_gates, before_backbone = snapshot(gates), snapshot(backbone)
-    train_causal_lm(
-        model,
-        batches,
-        3,
-        1e-8,
-        parameters=experiment.parameter_groups(model, 1e-8, 1e-2),
-        extra_loss=lambda m: gate.gate_penalty(m),
-        progress=False,
-    )
-    assert max_change(before_gates, gates) > 5e-3
-    assert max_change(before_backbone, backbone) < 1e-6
-
-
 def test_config_gate_lr_default_and_override():
     assert experiment.Config().gate_lr == 0.0  # 0: the gates train at finetune_lr
     assert experiment.configure("smoke", {"gate_lr": 1e-2}).gate_lr == 1e-2

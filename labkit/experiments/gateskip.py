@@ -259,23 +259,6 @@ def _ramp(cfg: Config, step: int) -> float:
     return cfg.train_skip_end * step / max(1, cfg.finetune_steps - 1)
 
 
-def parameter_groups(model: nn.Module, lr: float, gate_lr: float = 0.0) -> list[dict[str, Any]]:
-    """AdamW groups: the residual gates' parameters at peak ``gate_lr`` (0: ``lr``), everything else at ``lr``.
-
-    The paper trains gates alone at lr 1e-4 against 3e-6 for the full fine-tune; with AdamW each parameter moves
-    about lr per step, so a short fine-tune at the backbone's lr hardly moves the gate bias from its init of 5.
-    """
-    gate_ids = {
-        id(p) for b in gate.gated_branches(model) if b.residual_gate is not None for p in b.residual_gate.parameters()
-    }
-    rest = [p for p in model.parameters() if id(p) not in gate_ids]
-    gates = [p for p in model.parameters() if id(p) in gate_ids]
-    groups = [{"params": rest, "lr": lr}]
-    if gates:
-        groups.append({"params": gates, "lr": gate_lr if gate_lr > 0 else lr})
-    return groups
-
-
 def _finetune(
     model: nn.Module, task: _Task, cfg: Config, kind: str, weight: float, desc: str, seed: int
 ) -> pd.DataFrame:
@@ -301,7 +284,7 @@ def _finetune(
         cfg.finetune_lr,
         step_context=context,
         extra_loss=penalty if kind == "gateskip" else None,
-        parameters=parameter_groups(model, cfg.finetune_lr, cfg.gate_lr),
+        parameters=gate.parameter_groups(model, cfg.finetune_lr, cfg.gate_lr),
         progress=cfg.progress,
         desc=desc,
     )
