@@ -76,3 +76,17 @@ def test_draw_tokens_figure():
     assert title.startswith("tokens skipped at r = 25%")
     assert len(fig.axes[0].get_yticklabels()) == 4  # one row per branch
     matplotlib.pyplot.close(fig)
+
+
+def test_token_skip_map_shapes_and_budget():
+    from labkit.views import gateskip as views
+
+    model = gate.add_gates(tiny())
+    examples = torch.randint(0, 13, (4, 9))
+    closed = views.token_skip_map(model, examples, 0.0, example=2)
+    assert closed["importance"].shape == closed["keep"].shape == (4, 9)  # branches x tokens
+    assert closed["names"] == ["0.attn", "0.mlp", "1.attn", "1.mlp"] and len(closed["tokens"]) == 9
+    assert closed["keep"].all()  # r = 0 skips nothing
+    half = views.token_skip_map(model, examples, 0.5, example=2)
+    assert 0 < (~half["keep"]).sum() < half["keep"].size
+

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
-from labkit import plots
-from labkit.experiments.gateskip import token_skip_map
+from labkit import plots, skip
+from labkit.data import sequences
 from labkit.report import bootstrap_ci
 
 ARM_STYLE = {"dense": "k", "random_skip": "tab:orange", "shortgpt": "tab:green", "uls": "tab:olive"}
@@ -139,7 +143,31 @@ def token_skips(
     return fig
 
 
-def draw_tokens(model, examples, ratio: float, example: int, scope: str = "batch") -> plt.Figure:
+@torch.no_grad()
+def token_skip_map(
+    model: nn.Module, batch: torch.Tensor, ratio: float, example: int, scope: str = "batch"
+) -> dict[str, Any]:
+    """Gate importance and skip decisions of every branch for one example of ``batch`` at budget ``ratio``.
+
+    The quantile is taken over the whole batch (scope "batch"), as at evaluation; returns arrays (branches x tokens).
+    """
+    device = next(model.parameters()).device
+    with skip.budget(model, ratio, scope=scope, measure_flops=False, record=True) as stats:
+        model(batch.to(device))
+    names = list(stats.records)
+    importance = np.stack([stats.records[n]["importance"][example].numpy() for n in names])
+    keep = np.stack([stats.records[n]["keep"][example].numpy() for n in names])
+    tokens = (
+        sequences.decode(batch[example])
+        if model.config.vocab_size == sequences.VOCAB_SIZE
+        else [repr(chr(int(t)))[1:-1] for t in batch[example]]
+    )
+    return {"importance": importance, "keep": keep, "names": names, "tokens": tokens, "ratio": ratio}
+
+
+def draw_tokens(
+    model: nn.Module, examples: torch.Tensor, ratio: float, example: int, scope: str = "batch"
+) -> plt.Figure:
     """:func:`token_skips` for example ``example`` of the batch ``examples`` at budget ``ratio`` (quantile over the
     whole batch with ``scope="batch"``, as at evaluation); the widget's redraw function."""
     m = token_skip_map(model, examples, ratio, example, scope=scope)
