@@ -55,15 +55,15 @@ def test_config_gate_lr_default_and_override():
 def test_pretrain_once_finetune_arms_reuse_is_deterministic(tmp_path):
     cfg = experiment.configure("smoke", {"budgets": (0.0, 0.2), "eval_size": 32, "gate_lr": 1e-2})
     pre = experiment.pretrain(cfg, "cumsum", 0, tmp_path)
-    only_gates = pd.DataFrame(experiment.finetune_arms(cfg, pre, tmp_path, baselines=False)["rows"])
+    only_gates = pd.DataFrame(experiment.finetune_arms(cfg, pre, tmp_path, baselines=False).rows)
     full = experiment.finetune_arms(cfg, pre, tmp_path)
-    rows = pd.DataFrame(full["rows"])
+    rows = pd.DataFrame(full.rows)
     assert set(only_gates.arm) == {"gateskip λ=0.01", "gateskip λ=0.01 + random rank"}
     assert {"dense", "random_skip", "shortgpt", "uls"} <= set(rows.arm)
     same = rows[rows.arm.isin(only_gates.arm)].reset_index(drop=True)
     pd.testing.assert_frame_equal(same[only_gates.columns], only_gates)  # an arm does not depend on the others
     assert 0.5 < only_gates.gate_mean.iloc[0] < 1.0
-    assert full["model_path"] is not None
+    assert full.model_path is not None
 
 
 def test_draw_tokens_figure():

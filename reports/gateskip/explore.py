@@ -53,7 +53,7 @@ def _run_config(cfg, pres, workdir, out: Path, baselines: bool, label: str, log)
         res = experiment.finetune_arms(cfg, pre, workdir, baselines=baselines)
         _append(
             out,
-            res["rows"],
+            res.rows,
             config=label,
             gate_lr=cfg.gate_lr or cfg.finetune_lr,
             finetune_steps=cfg.finetune_steps,
