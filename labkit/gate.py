@@ -251,6 +251,28 @@ def gate_penalty(model: nn.Module, kind: str = "l2", target_keep: float = 0.8) -
     return torch.stack(terms).mean()
 
 
+def parameter_groups(model: nn.Module, lr: float, gate_lr: float = 0.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the residual gates' parameters at peak ``gate_lr`` (0: ``lr``), all others at ``lr``.
+
+    The paper trains the gates alone at lr 1e-4 against 3e-6 for the full fine-tune; with AdamW each parameter moves
+    about lr per step, so a short fine-tune at the backbone's lr hardly moves the gate bias from its init of 5.
+    A model without gates gets one group.
+    """
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (isinstance(gate_lr, (int, float)) and math.isfinite(gate_lr) and gate_lr >= 0):
+        raise ValueError(f"gate_lr must be a finite number >= 0 (0: the same as lr), got {gate_lr!r}")
+    gate_ids = {
+        id(p) for b in gated_branches(model) if b.residual_gate is not None for p in b.residual_gate.parameters()
+    }
+    rest = [p for p in model.parameters() if id(p) not in gate_ids]
+    gates = [p for p in model.parameters() if id(p) in gate_ids]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": lr}]
+    if gates:
+        groups.append({"params": gates, "lr": gate_lr if gate_lr > 0 else lr})
+    return groups
+
+
 def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

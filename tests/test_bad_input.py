@@ -497,8 +497,10 @@ def test_every_preset_of_every_experiment_configures(name):
 
 
 def test_explorations_configure():
-    for overrides in sparse_soups.EXPLORATIONS.values():
-        sparse_soups.configure("cpu", {**sparse_soups.EXPLORE_BASE, **overrides})
+    from labkit.experiments.sparse_soups_explorations import EXPLORATIONS, EXPLORE_BASE
+
+    for overrides in EXPLORATIONS.values():
+        sparse_soups.configure("cpu", {**EXPLORE_BASE, **overrides})
 
 
 def test_configure_accepts_json_shaped_overrides():

@@ -80,6 +80,45 @@ def test_l2_penalty_value():
     torch.testing.assert_close(gate.gate_penalty(model), expected)
 
 
+def test_parameter_groups_put_gates_at_gate_lr():
+    from labkit.train import train_causal_lm
+
+    model = gate.add_gates(tiny())
+    gate_ids = {id(p) for n, p in model.named_parameters() if f".{gate.GATE_ATTR}." in n}
+    assert len(gate_ids) == 8  # weight and bias of 4 branch gates
+    groups = gate.parameter_groups(model, 1e-3, 3e-2)
+    assert [g["lr"] for g in groups] == [1e-3, 3e-2]
+    assert {id(p) for p in groups[1]["params"]} == gate_ids
+    assert not gate_ids & {id(p) for p in groups[0]["params"]}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    assert [g["lr"] for g in gate.parameter_groups(model, 1e-3)] == [1e-3, 1e-3]  # 0: same as lr
+    assert len(gate.parameter_groups(tiny(), 1e-3, 3e-2)) == 1  # no gates: one group
+    assert len(gate.parameter_groups(gate.add_gates(tiny(), kind="none"), 1e-3, 3e-2)) == 1  # wrappers, no gates
+
+    gates = [p for p in model.parameters() if id(p) in gate_ids]
+    backbone = [p for p in model.parameters() if id(p) not in gate_ids]
+    before_gates, before_backbone = [p.detach().clone() for p in gates], [p.detach().clone() for p in backbone]
+
+    def batches(step):
+        return torch.randint(0, 13, (4, 9), generator=torch.Generator().manual_seed(step))
+
+    train_causal_lm(model, batches, 3, 1e-8, parameters=gate.parameter_groups(model, 1e-8, 1e-2),
+                    extra_loss=lambda m: gate.gate_penalty(m), progress=False)
+    assert max(float((b - p.detach()).abs().max()) for b, p in zip(before_gates, gates, strict=True)) > 5e-3
+    assert max(float((b - p.detach()).abs().max()) for b, p in zip(before_backbone, backbone, strict=True)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("lr", "gate_lr", "match"),
+    [(0.0, 0.0, r"lr must be a finite number > 0, got 0\.0"), (float("nan"), 0.0, r"lr must be .*> 0, got nan"),
+     ("1e-3", 0.0, r"lr must be .*got '1e-3'"), (1e-3, -1.0, r"gate_lr must be a finite number >= 0.*got -1\.0"),
+     (1e-3, float("inf"), r"gate_lr must be .*got inf")],
+)
+def test_parameter_groups_bad_lr(lr, gate_lr, match):
+    with pytest.raises(ValueError, match=match):
+        gate.parameter_groups(gate.add_gates(tiny()), lr, gate_lr)
+
+
 def test_bad_inputs(tmp_path):
     from transformers import BertConfig, BertModel
 

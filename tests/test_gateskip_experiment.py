@@ -47,34 +47,6 @@ def test_train_causal_lm_parameter_groups_get_their_own_peak_lr():
         train_causal_lm(model, batches, 1, 1e-3, parameters=[{"params": rest, "lr": 0.0}], progress=False)
 
 
-def test_parameter_groups_put_gates_at_gate_lr():
-    model = gate.add_gates(tiny())
-    gate_ids = {id(p) for n, p in model.named_parameters() if f".{gate.GATE_ATTR}." in n}
-    assert len(gate_ids) == 8  # weight and bias of 4 branch gates
-    groups = experiment.parameter_groups(model, 1e-3, 3e-2)
-    assert [g["lr"] for g in groups] == [1e-3, 3e-2]
-    assert {id(p) for p in groups[1]["params"]} == gate_ids
-    assert not gate_ids & {id(p) for p in groups[0]["params"]}
-    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
-    assert [g["lr"] for g in experiment.parameter_groups(model, 1e-3)] == [1e-3, 1e-3]  # 0: same as finetune lr
-    assert len(experiment.parameter_groups(tiny(), 1e-3, 3e-2)) == 1  # no gates: one group
-
-    gates = [p for p in model.parameters() if id(p) in gate_ids]
-    backbone = [p for p in model.parameters() if id(p) not in gate_ids]
-    before_gates, before_backbone = snapshot(gates), snapshot(backbone)
-    train_causal_lm(
-        model,
-        batches,
-        3,
-        1e-8,
-        parameters=experiment.parameter_groups(model, 1e-8, 1e-2),
-        extra_loss=lambda m: gate.gate_penalty(m),
-        progress=False,
-    )
-    assert max_change(before_gates, gates) > 5e-3
-    assert max_change(before_backbone, backbone) < 1e-6
-
-
 def test_config_gate_lr_default_and_override():
     assert experiment.Config().gate_lr == 0.0  # 0: the gates train at finetune_lr
     assert experiment.configure("smoke", {"gate_lr": 1e-2}).gate_lr == 1e-2
@@ -83,15 +55,15 @@ def test_config_gate_lr_default_and_override():
 def test_pretrain_once_finetune_arms_reuse_is_deterministic(tmp_path):
     cfg = experiment.configure("smoke", {"budgets": (0.0, 0.2), "eval_size": 32, "gate_lr": 1e-2})
     pre = experiment.pretrain(cfg, "cumsum", 0, tmp_path)
-    only_gates = pd.DataFrame(experiment.finetune_arms(cfg, pre, tmp_path, baselines=False)["rows"])
+    only_gates = pd.DataFrame(experiment.finetune_arms(cfg, pre, tmp_path, baselines=False).rows)
     full = experiment.finetune_arms(cfg, pre, tmp_path)
-    rows = pd.DataFrame(full["rows"])
+    rows = pd.DataFrame(full.rows)
     assert set(only_gates.arm) == {"gateskip λ=0.01", "gateskip λ=0.01 + random rank"}
     assert {"dense", "random_skip", "shortgpt", "uls"} <= set(rows.arm)
     same = rows[rows.arm.isin(only_gates.arm)].reset_index(drop=True)
     pd.testing.assert_frame_equal(same[only_gates.columns], only_gates)  # an arm does not depend on the others
     assert 0.5 < only_gates.gate_mean.iloc[0] < 1.0
-    assert full["model_path"] is not None
+    assert full.model_path is not None
 
 
 def test_draw_tokens_figure():
@@ -104,3 +76,17 @@ def test_draw_tokens_figure():
     assert title.startswith("tokens skipped at r = 25%")
     assert len(fig.axes[0].get_yticklabels()) == 4  # one row per branch
     matplotlib.pyplot.close(fig)
+
+
+def test_token_skip_map_shapes_and_budget():
+    from labkit.views import gateskip as views
+
+    model = gate.add_gates(tiny())
+    examples = torch.randint(0, 13, (4, 9))
+    closed = views.token_skip_map(model, examples, 0.0, example=2)
+    assert closed["importance"].shape == closed["keep"].shape == (4, 9)  # branches x tokens
+    assert closed["names"] == ["0.attn", "0.mlp", "1.attn", "1.mlp"] and len(closed["tokens"]) == 9
+    assert closed["keep"].all()  # r = 0 skips nothing
+    half = views.token_skip_map(model, examples, 0.5, example=2)
+    assert 0 < (~half["keep"]).sum() < half["keep"].size
+

@@ -34,3 +34,16 @@ def test_bad_corruption_specs_say_what_is_expected():
         corrupt(x, "fog:1")
     with pytest.raises(ValueError, match="needs a number"):
         corrupt(x, "noise:high")
+
+
+def test_predict_returns_probabilities_independent_of_batch_size():
+    from labkit.models.vision import predict
+
+    model = build(VisionConfig(arch="mlp", input_shape=(1, 8, 8), width=6, classes=3))
+    x = torch.rand(7, 1, 8, 8)
+    probs = predict(model, x)
+    assert not model.training and probs.shape == (7, 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(7))
+    torch.testing.assert_close(predict(model, x, batch_size=2), probs)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        predict(model, x, batch_size=0)

@@ -185,6 +185,59 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, chunk: int = 2048) -> torc
     return out
 
 
+def _pair_sampler(
+    arm: str, tx: torch.Tensor, ty: torch.Tensor, sigma: float | None, image: bool, cfg: Config, gen: torch.Generator
+) -> tuple[mixup.CMixupSampler | mixup.UniformSampler | None, float]:
+    """The partner sampler of ``arm`` and its bandwidth (NaN without a kernel): uniform (mixup), a kernel over labels
+    (C-Mixup) or over inputs (feature-similarity mixup); None for ERM and for batch-level C-Mixup on images."""
+    n = len(ty)
+    bandwidth = float("nan")
+    sampler: mixup.CMixupSampler | mixup.UniformSampler | None = None
+    if arm in ("mixup", "manifold_mixup"):
+        sampler = mixup.UniformSampler(n)
+    elif arm in ("cmixup", "cmixup_manifold"):
+        bandwidth = mixup.bandwidth_from_std(ty, sigma)
+        if not (image and cfg.image_scope == "batch"):
+            sampler = mixup.CMixupSampler(ty, bandwidth, mode="auto")
+    elif arm == "feature_mixup":
+        flat = tx.reshape(n, -1).double()
+        sub = flat[torch.randperm(n, generator=gen)[:1000]]
+        bandwidth = float(torch.pdist(sub).median()) * sigma
+        sampler = mixup.CMixupSampler(flat, bandwidth, mode="dense" if n <= 4096 else "truncated")
+    return sampler, bandwidth
+
+
+def _mixup_loss(
+    model: torch.nn.Module,
+    manifold: mixup.ManifoldMixup | None,
+    sampler: mixup.CMixupSampler | mixup.UniformSampler | None,
+    bandwidth: float,
+    idx: torch.Tensor,
+    tx: torch.Tensor,
+    ty: torch.Tensor,
+    cfg: Config,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, float, float]:
+    """MSE on the batch ``idx`` mixed with sampled partners (inputs, or hidden states with ``manifold``); also the
+    batch's self-pair rate and mean label gap |y_i - y_j| of its pairs."""
+    bs, n = len(idx), len(ty)
+    x, y = tx[idx], ty[idx]
+    if sampler is not None:
+        partner = sampler.sample(idx, gen)
+    else:  # official batch-level C-Mixup: candidates = anchors + a random partner batch
+        pool = torch.cat([idx, torch.randint(0, n, (bs,), generator=gen)])
+        partner = pool[mixup.within_batch_partners(ty[idx].cpu(), bandwidth, ty[pool].cpu(), gen)]
+    lam = mixup.beta_lambda(cfg.alpha, () if cfg.lam_per == "batch" else bs, gen).to(tx.device)
+    x2, y2 = tx[partner.to(tx.device)], ty[partner.to(tx.device)]
+    if manifold is not None:
+        _, y_mix = mixup.mix(x, y, x2, y2, lam)
+        loss = torch.nn.functional.mse_loss(manifold(x, x2, lam), y_mix)
+    else:
+        x_mix, y_mix = mixup.mix(x, y, x2, y2, lam)
+        loss = torch.nn.functional.mse_loss(model(x_mix), y_mix)
+    return loss, mixup.self_pair_rate(idx, partner), float((ty[idx] - y2).norm(dim=1).mean())
+
+
 def train_arm(
     data: regression.RegressionSplits, arm: str, seed: int, cfg: Config, sigma: float | None = None, image: bool = False
 ) -> dict[str, float]:
@@ -215,19 +268,7 @@ def train_arm(
         else MLPRegressor(tx.shape[1], cfg.hidden, ty.shape[1])
     ).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.image_lr if image else cfg.lr)
-    bandwidth = float("nan")
-    sampler: mixup.CMixupSampler | mixup.UniformSampler | None = None
-    if arm in ("mixup", "manifold_mixup"):
-        sampler = mixup.UniformSampler(n)
-    elif arm in ("cmixup", "cmixup_manifold"):
-        bandwidth = mixup.bandwidth_from_std(ty, sigma)
-        if not (image and cfg.image_scope == "batch"):
-            sampler = mixup.CMixupSampler(ty, bandwidth, mode="auto")
-    elif arm == "feature_mixup":
-        flat = tx.reshape(n, -1).double()
-        sub = flat[torch.randperm(n, generator=gen)[:1000]]
-        bandwidth = float(torch.pdist(sub).median()) * sigma
-        sampler = mixup.CMixupSampler(flat, bandwidth, mode="dense" if n <= 4096 else "truncated")
+    sampler, bandwidth = _pair_sampler(arm, tx, ty, sigma, image, cfg, gen)
     tx, ty = tx.to(dev), ty.to(dev)
     manifold = mixup.manifold_mixup(model, "block1") if arm.endswith("manifold") or arm == "manifold_mixup" else None
     best, best_state, best_epoch = float("inf"), None, -1
@@ -237,25 +278,12 @@ def train_arm(
         order = torch.randperm(n, generator=gen)
         for s in range(0, n - bs + 1, bs):  # the last partial batch is dropped, as the official loader does
             idx = order[s : s + bs]
-            x, y = tx[idx], ty[idx]
             if arm == "erm":
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(model(tx[idx]), ty[idx])
             else:
-                if sampler is not None:
-                    partner = sampler.sample(idx, gen)
-                else:  # official batch-level C-Mixup: candidates = anchors + a random partner batch
-                    pool = torch.cat([idx, torch.randint(0, n, (bs,), generator=gen)])
-                    partner = pool[mixup.within_batch_partners(ty[idx].cpu(), bandwidth, ty[pool].cpu(), gen)]
-                lam = mixup.beta_lambda(cfg.alpha, () if cfg.lam_per == "batch" else bs, gen).to(dev)
-                x2, y2 = tx[partner.to(dev)], ty[partner.to(dev)]
-                if manifold is not None:
-                    _, y_mix = mixup.mix(x, y, x2, y2, lam)
-                    loss = loss_fn(manifold(x, x2, lam), y_mix)
-                else:
-                    x_mix, y_mix = mixup.mix(x, y, x2, y2, lam)
-                    loss = loss_fn(model(x_mix), y_mix)
-                self_pairs += mixup.self_pair_rate(idx, partner)
-                gaps += float((ty[idx] - y2).norm(dim=1).mean())
+                loss, self_pair, gap = _mixup_loss(model, manifold, sampler, bandwidth, idx, tx, ty, cfg, gen)
+                self_pairs += self_pair
+                gaps += gap
                 steps += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -5,6 +5,10 @@ longer per phase: equal compute); SMS with a uniform and with a greedy soup (eac
 pruned model, soups them, and starts the next phase from the soup); the last phase's ingredients; their
 prediction ensemble (m x inference); and the naive average of independent IMP chains (different masks), before
 and after re-pruning it to the target. BatchNorm is recalibrated after every retrain and merge, for every arm.
+
+This module holds the config, presets, the arms of one seed and :func:`run`; the data, the retraining loop and the
+IMP and SMS chains live in :mod:`labkit.experiments.sparse_soups_arms`, the settings searched in
+:mod:`labkit.experiments.sparse_soups_explorations`.
 """
 
 from __future__ import annotations
@@ -18,11 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from labkit import merge, prune
-from labkit.data import corruptions
 from labkit.experiments import (
     check_types,
     require_choice,
@@ -34,8 +36,21 @@ from labkit.experiments import (
     require_within,
 )
 from labkit.experiments import configure as _configure
-from labkit.models.vision import VisionConfig, build
-from labkit.profile import resolve_device, seed_everything
+from labkit.experiments.sparse_soups_arms import (
+    Clock,
+    Data,
+    evaluate,
+    imp_chain,
+    load_data,
+    loaded,
+    phase_row,
+    recalibrate,
+    scores,
+    sms_chain,
+    train,
+)
+from labkit.models.vision import VisionConfig, build, predict
+from labkit.profile import seed_everything
 
 
 @dataclass
@@ -126,205 +141,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Settings searched for the regime where SMS beats IMP (cpu preset + these overrides); every one run is reported in
-# reports/sparse_soups/explorations.md. EXPLORE_BASE drops the arms the search does not need, to save compute.
-EXPLORE_BASE: dict[str, Any] = {"greedy_chain": False, "naive_runs": 0, "curve_points": 3}
-EXPLORATIONS: dict[str, dict[str, Any]] = {
-    "vary_seed": {"vary": "seed"},
-    "vary_lr_wide": {"spread": (0.25, 2.0)},
-    "extreme_sparsity": {"goal_sparsity": 0.995, "phases": 5},
-    "moderate_sparsity": {"goal_sparsity": 0.9, "phases": 3},
-    "augment": {"augment": 15.0},
-    "short_retrain": {"retrain_epochs": 2},
-    "mnist1d": {
-        "data": "mnist1d",
-        "n_train": 0,
-        "width": 300,
-        "pretrain_epochs": 40,
-        "goal_sparsity": 0.95,
-        "ood": "noise:0.5",
-    },
-    "mnist1d_cnn": {
-        "data": "mnist1d",
-        "n_train": 0,
-        "arch": "cnn",
-        "width": 16,
-        "pretrain_epochs": 40,
-        "goal_sparsity": 0.95,
-        "ood": "noise:0.5",
-    },
-    "cnn": {
-        "arch": "cnn",
-        "width": 8,
-        "n_train": 5000,
-        "pretrain_epochs": 10,
-        "retrain_epochs": 3,
-        "goal_sparsity": 0.95,
-        "phases": 3,
-        "m": 3,
-    },
-}
-
-
 def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """The config for ``preset`` with explicit ``overrides`` applied (unknown names raise)."""
     return _configure(Config, PRESETS, preset, overrides)
-
-
-@dataclass
-class Data:
-    """Tensors on the run's device; ``ood_x`` is the corrupted test set (same labels as ``test_y``)."""
-
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    ood_x: Tensor
-    name: str
-    images: bool  # 2-D images (augmentation and rotation apply) or 1-D signals
-
-
-def load_data(cfg: Config) -> Data:
-    """The configured dataset, subset to ``n_train``, with its deterministic OOD test split."""
-    device = resolve_device(cfg.device)
-    if cfg.data in ("mnist", "digits"):
-        from labkit.data import images
-
-        s = images.mnist() if cfg.data == "mnist" else images.digits()
-        tx, ty, vx, vy, sx, sy, name = s.train_x, s.train_y, s.val_x, s.val_y, s.test_x, s.test_y, s.name
-    elif cfg.data == "mnist1d":
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        d = make_dataset(get_dataset_args())  # generated locally (get_dataset would download)
-        x, y = d["x"].astype(np.float32)[:, None], d["y"].astype(np.int64)
-        cut = int(0.8 * len(y))
-        tx, ty, vx, vy = x[:cut], y[:cut], x[cut:], y[cut:]
-        sx, sy, name = d["x_test"].astype(np.float32)[:, None], d["y_test"].astype(np.int64), "MNIST-1D (generated)"
-    else:
-        raise ValueError(f"unknown data {cfg.data!r}; expected one of ['mnist', 'mnist1d', 'digits']")
-    if cfg.n_train and cfg.n_train < len(ty):
-        keep = np.random.default_rng(12345).permutation(len(ty))[: cfg.n_train]
-        tx, ty = tx[keep], ty[keep]
-    t = {k: torch.as_tensor(v) for k, v in dict(tx=tx, ty=ty, vx=vx, vy=vy, sx=sx, sy=sy).items()}
-    images = t["sx"].dim() == 4
-    ood = corruptions.corrupt(t["sx"], cfg.ood, seed=0, clip=images) if cfg.ood else t["sx"].clone()
-    return Data(*(v.to(device) for v in t.values()), ood.to(device), name, images)
-
-
-def variant(cfg: Config, j: int) -> tuple[float, float]:
-    """Peak LR and weight decay of ingredient ``j`` (seeds always differ; ``vary`` picks the knob on top)."""
-    factor = float(np.linspace(*cfg.spread, cfg.m)[j]) if cfg.m > 1 else 1.0
-    if cfg.vary == "seed":
-        return cfg.lr, cfg.weight_decay
-    if cfg.vary == "lr":
-        return cfg.lr * factor, cfg.weight_decay
-    if cfg.vary == "wd":
-        return cfg.lr, cfg.weight_decay * factor
-    raise ValueError(f"unknown vary {cfg.vary!r}; expected one of ['seed', 'lr', 'wd']")
-
-
-def retrain_seed(seed: int, phase: int, j: int) -> int:
-    """Ingredient j's seed in a phase; IMP chain j uses the same one, which pairs IMP with ingredient 0."""
-    return seed * 100_003 + phase * 101 + j
-
-
-def train(
-    model: nn.Module,
-    data: Data,
-    cfg: Config,
-    *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    seed: int,
-    masks: prune.Masks | None = None,
-    warmup_frac: float = 0.0,
-) -> nn.Module:
-    """SGD (Nesterov) with a linear schedule: ``warmup_frac`` warm-up to ``lr``, then linear to 0 (SMS's LLR).
-
-    A fresh optimizer per call, as SMS; with ``masks`` pruned weights stay exactly zero (gradients and state masked).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=weight_decay
-    )
-    handle = prune.apply_masks(model, masks, optimizer=opt) if masks else None
-    n = len(data.train_y)
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total, warm = epochs * per_epoch, int(warmup_frac * epochs * per_epoch)
-    step = 0
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(data.train_x.device)
-        for i in range(per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            x = data.train_x[idx]
-            if cfg.augment and data.images:
-                x = corruptions.affine(x, cfg.augment, 2 / 28, gen)
-            scale = (step + 1) / warm if step < warm else (total - step) / max(total - warm, 1)
-            for group in opt.param_groups:
-                group["lr"] = lr * scale
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), data.train_y[idx]).backward()
-            opt.step()
-            step += 1
-    if handle is not None:
-        handle.remove()
-    return model
-
-
-def recalibrate(model: nn.Module, data: Data, cfg: Config) -> nn.Module:
-    """BN statistics from the first ``bn_frac`` of the (unshuffled) training set, cumulative average."""
-    n = max(cfg.batch_size, int(cfg.bn_frac * len(data.train_y)))
-    batches = [data.train_x[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-    return merge.recalibrate_bn(model, batches)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor) -> Tensor:
-    model.eval()
-    return torch.cat([F.softmax(model(x[i : i + 2000]), -1) for i in range(0, len(x), 2000)])
-
-
-def ece(probs: Tensor, y: Tensor, bins: int = 15) -> float:
-    """Expected calibration error over equal-width confidence bins."""
-    conf, pred = probs.max(-1)
-    correct = (pred == y).float()
-    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        inside = (conf > lo) & (conf <= hi)
-        if inside.any():
-            total += float(inside.float().mean() * (conf[inside].mean() - correct[inside].mean()).abs())
-    return total
-
-
-def scores(probs_test: Tensor, probs_ood: Tensor, data: Data) -> dict[str, float]:
-    return {
-        "test_acc": 100 * float((probs_test.argmax(-1) == data.test_y).float().mean()),
-        "ood_acc": 100 * float((probs_ood.argmax(-1) == data.test_y).float().mean()),
-        "ece": ece(probs_test, data.test_y),
-    }
-
-
-def evaluate(model: nn.Module, data: Data) -> dict[str, float]:
-    """Test and OOD accuracy (%) and test ECE."""
-    return scores(predict(model, data.test_x), predict(model, data.ood_x), data)
-
-
-def val_acc(model: nn.Module, data: Data) -> float:
-    return 100 * float((predict(model, data.val_x).argmax(-1) == data.val_y).float().mean())
-
-
-def loaded(template: nn.Module, sd: dict[str, Tensor], data: Data, cfg: Config) -> nn.Module:
-    """A copy of ``template`` holding ``sd``, with BN recalibrated (SMS does this after every merge)."""
-    model = copy.deepcopy(template)
-    model.load_state_dict(sd)
-    return recalibrate(model, data, cfg)
 
 
 @dataclass
@@ -340,169 +159,26 @@ class Results:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per arm (all seeds)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def add(self, name: str, start: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-def _imp_chain(dense, data, cfg, seed, chain, epochs, clock, name, rows):
-    start = time.perf_counter()
-    model, masks = copy.deepcopy(dense), None
-    for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
-        masks = prune.magnitude_masks(model, target, prev_masks=masks)
-        train(
-            model,
-            data,
-            cfg,
-            epochs=epochs,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            seed=retrain_seed(seed, p, chain),
-            masks=masks,
-            warmup_frac=cfg.warmup_frac,
-        )
-        recalibrate(model, data, cfg)
-        if chain == 0:
-            rows.append(
-                {
-                    "seed": seed,
-                    "chain": name,
-                    "phase": p,
-                    "sparsity": prune.sparsity(model),
-                    "arm": name,
-                    "member": -1,
-                    **evaluate(model, data),
-                    "val_acc": val_acc(model, data),
-                }
-            )
-    clock.add(name, start)
-    return model, masks
-
-
-def _sms_chain(dense, data, cfg, seed, mode, clock, rows, soup_rows):
-    """One SMS chain: per phase prune the soup, retrain m copies, soup them (``mode``), recalibrate."""
-    start = time.perf_counter()
-    name = f"SMS {mode}"
-    model, masks, ingredients = copy.deepcopy(dense), None, []
-    for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
-        masks = prune.magnitude_masks(model, target, prev_masks=masks)
-        prune.apply_masks(model, masks).remove()
-        ingredients = []
-        for j in range(cfg.m):
-            lr, wd = variant(cfg, j)
-            ing = train(
-                copy.deepcopy(model),
-                data,
-                cfg,
-                epochs=cfg.retrain_epochs,
-                lr=lr,
-                weight_decay=wd,
-                seed=retrain_seed(seed, p, j),
-                masks=masks,
-                warmup_frac=cfg.warmup_frac,
-            )
-            recalibrate(ing, data, cfg)
-            rows.append(
-                {
-                    "seed": seed,
-                    "chain": name,
-                    "phase": p,
-                    "sparsity": prune.sparsity(ing),
-                    "arm": "ingredient",
-                    "member": j,
-                    **evaluate(ing, data),
-                    "val_acc": val_acc(ing, data),
-                }
-            )
-            ingredients.append(ing)
-        sds = [i.state_dict() for i in ingredients]
-        zeros = merge.shared_mask(sds, "zeros")  # raises unless the ingredients share one mask exactly
-        soups = {"uniform": merge.average(sds, masks=masks)}
-        soups["greedy"], chosen, _ = merge.greedy_soup(
-            sds,
-            lambda sd, template=model: val_acc(loaded(template, sd, data, cfg), data),
-            strict=cfg.greedy_strict,
-            masks=masks,
-        )
-        for kind in ("uniform", "greedy") if not cfg.greedy_chain or mode == "uniform" else ("greedy",):
-            soup = loaded(model, soups[kind], data, cfg)
-            arm = f"SMS {kind}" if kind == mode else f"SMS {kind} (uniform chain)"
-            rows.append(
-                {
-                    "seed": seed,
-                    "chain": name,
-                    "phase": p,
-                    "sparsity": prune.sparsity(soup),
-                    "arm": arm,
-                    "member": -1,
-                    **evaluate(soup, data),
-                    "val_acc": val_acc(soup, data),
-                }
-            )
-        dist = merge.soup_distances(sds)
-        off = ~torch.eye(cfg.m, dtype=torch.bool)
-        soup_rows.append(
-            {
-                "seed": seed,
-                "chain": name,
-                "phase": p,
-                "chosen": len(chosen),
-                "max_l2": float(dist["l2"][off].max()) if cfg.m > 1 else 0.0,
-                "mean_l2": float(dist["l2"][off].mean()) if cfg.m > 1 else 0.0,
-                "mean_angle_degrees": float(dist["angle_degrees"][off].mean()) if cfg.m > 1 else 0.0,
-                "mean_to_average": float(dist["to_average"].mean()),
-                "masks_identical": all(torch.equal(zeros[k].cpu(), masks[k].cpu()) for k in masks),
-            }
-        )
-        model = loaded(model, soups[mode], data, cfg)
-    clock.add(name, start)
-    return model, masks, ingredients
-
-
-def run_seed(cfg: Config, data: Data, seed: int, clock: _Clock) -> dict[str, list[dict]]:
-    """Every arm for one seed; returns row lists for the Results tables."""
-    seed_everything(seed, threads=cfg.threads)
+def _dense(cfg: Config, data: Data, seed: int, clock: Clock, rows: list[dict[str, Any]]) -> nn.Module:
+    """The dense model every chain of ``seed`` starts from (pretrained, BN recalibrated); logged as phase 0."""
     shape = tuple(data.train_x.shape[1:])
     template = build(VisionConfig(cfg.arch, shape, int(data.train_y.max()) + 1, cfg.width, cfg.depth))
     template = template.to(data.train_x.device)
-    rows: list[dict] = []
-    soup_rows: list[dict] = []
     start = time.perf_counter()
     dense = train(
         template, data, cfg, epochs=cfg.pretrain_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed * 7919
     )
     recalibrate(dense, data, cfg)
     clock.add("dense", start)
-    rows.append(
-        {
-            "seed": seed,
-            "chain": "dense",
-            "phase": 0,
-            "sparsity": prune.sparsity(dense),
-            "arm": "dense",
-            "member": -1,
-            **evaluate(dense, data),
-            "val_acc": val_acc(dense, data),
-        }
-    )
-    imp = [
-        _imp_chain(dense, data, cfg, seed, c, cfg.retrain_epochs, clock, "IMP" if c == 0 else f"IMP run {c}", rows)
-        for c in range(max(1, cfg.naive_runs))
-    ]
-    final = {"IMP": imp[0][0]}
-    if cfg.imp_mx:
-        final[f"IMP {cfg.m}x"] = _imp_chain(
-            dense, data, cfg, seed, 0, cfg.m * cfg.retrain_epochs, clock, f"IMP {cfg.m}x", rows
-        )[0]
-    sms, masks, ingredients = _sms_chain(dense, data, cfg, seed, "uniform", clock, rows, soup_rows)
-    final["SMS uniform"] = sms
-    if cfg.greedy_chain:
-        final["SMS greedy"] = _sms_chain(dense, data, cfg, seed, "greedy", clock, rows, soup_rows)[0]
-    out = [{"seed": seed, "arm": a, "sparsity": prune.sparsity(mdl), **evaluate(mdl, data)} for a, mdl in final.items()]
+    rows.append(phase_row(seed, "dense", 0, "dense", -1, dense, data))
+    return dense
+
+
+def _ingredient_rows(cfg: Config, seed: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Final rows read off the uniform chain's last phase: its greedy soup (without a greedy chain of its own) and
+    the mean and best of its ingredients."""
     last = [r for r in rows if r["chain"] == "SMS uniform" and r["phase"] == cfg.phases]
+    out = []
     if not cfg.greedy_chain:
         out += [
             {k: r[k] for k in ("seed", "sparsity", "test_acc", "ood_acc", "ece")}
@@ -520,51 +196,55 @@ def run_seed(cfg: Config, data: Data, seed: int, clock: _Clock) -> dict[str, lis
                 **{k: float(pick([r[k] for r in ing])) for k in ("test_acc", "ood_acc", "ece")},
             }
         )
+    return out
+
+
+def _ensemble_row(cfg: Config, data: Data, seed: int, ingredients: list[nn.Module]) -> dict[str, Any]:
+    """The last phase's ingredients as a prediction ensemble (mean probabilities: m x the inference cost)."""
     probs_t = torch.stack([predict(i, data.test_x) for i in ingredients]).mean(0)
     probs_o = torch.stack([predict(i, data.ood_x) for i in ingredients]).mean(0)
-    out.append(
-        {
-            "seed": seed,
-            "arm": f"prediction ensemble ({cfg.m}x inference)",
-            "sparsity": prune.sparsity(ingredients[0]),
-            **scores(probs_t, probs_o, data),
-        }
-    )
-    naive_rows, curve_rows = [], []
-    if len(imp) > 1:
-        start = time.perf_counter()
-        avg = loaded(dense, merge.average([m.state_dict() for m, _ in imp]), data, cfg)
-        out.append(
-            {
-                "seed": seed,
-                "arm": "naive average (different masks)",
-                "sparsity": prune.sparsity(avg),
-                **evaluate(avg, data),
-            }
-        )
-        pruned = copy.deepcopy(avg)
-        prune.apply_masks(pruned, prune.magnitude_masks(pruned, cfg.goal_sparsity)).remove()
-        recalibrate(pruned, data, cfg)
-        out.append(
-            {
-                "seed": seed,
-                "arm": "naive average re-pruned",
-                "sparsity": prune.sparsity(pruned),
-                **evaluate(pruned, data),
-            }
-        )
-        ious = [prune.mask_iou(imp[a][1], imp[b][1]) for a in range(len(imp)) for b in range(a + 1, len(imp))]
-        naive_rows.append(
-            {
-                "seed": seed,
-                "mean_mask_iou": float(np.mean(ious)),
-                "runs": len(imp),
-                "naive_sparsity": prune.sparsity(avg),
-                "goal": cfg.goal_sparsity,
-            }
-        )
-        clock.add("naive average", start)
+    return {
+        "seed": seed,
+        "arm": f"prediction ensemble ({cfg.m}x inference)",
+        "sparsity": prune.sparsity(ingredients[0]),
+        **scores(probs_t, probs_o, data),
+    }
+
+
+def _naive_average(
+    cfg: Config, data: Data, seed: int, dense: nn.Module, imp: list[tuple[nn.Module, prune.Masks]], clock: Clock
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Final rows of the naive average of independent IMP chains (different masks), before and after re-pruning it
+    to the goal, and its row of ``Results.naive`` (how much the masks overlap)."""
     start = time.perf_counter()
+    avg = loaded(dense, merge.average([m.state_dict() for m, _ in imp]), data, cfg)
+    out = [{"seed": seed, "arm": "naive average (different masks)", "sparsity": prune.sparsity(avg),
+            **evaluate(avg, data)}]
+    pruned = copy.deepcopy(avg)
+    prune.apply_masks(pruned, prune.magnitude_masks(pruned, cfg.goal_sparsity)).remove()
+    recalibrate(pruned, data, cfg)
+    out.append({"seed": seed, "arm": "naive average re-pruned", "sparsity": prune.sparsity(pruned),
+                **evaluate(pruned, data)})
+    ious = [prune.mask_iou(imp[a][1], imp[b][1]) for a in range(len(imp)) for b in range(a + 1, len(imp))]
+    naive = {
+        "seed": seed,
+        "mean_mask_iou": float(np.mean(ious)),
+        "runs": len(imp),
+        "naive_sparsity": prune.sparsity(avg),
+        "goal": cfg.goal_sparsity,
+    }
+    clock.add("naive average", start)
+    return out, [naive]
+
+
+def _interpolation_curves(
+    cfg: Config, data: Data, seed: int, dense: nn.Module, ingredients: list[nn.Module],
+    imp: list[tuple[nn.Module, prune.Masks]], clock: Clock,
+) -> list[dict[str, Any]]:
+    """Scores along straight lines between two models with the same mask (SMS ingredients) and, with several IMP
+    chains, two with different masks (BN recalibrated at every point)."""
+    start = time.perf_counter()
+    rows = []
     alphas = np.linspace(0, 1, cfg.curve_points)
     paths = {"same mask (SMS ingredients 0, 1)": ingredients[:2]}
     if len(imp) > 1:
@@ -572,16 +252,39 @@ def run_seed(cfg: Config, data: Data, seed: int, clock: _Clock) -> dict[str, lis
     for path, (a, b) in paths.items() if cfg.m > 1 else []:
         for alpha in alphas:
             mdl = loaded(dense, merge.lerp(a.state_dict(), b.state_dict(), float(alpha)), data, cfg)
-            curve_rows.append(
-                {
-                    "seed": seed,
-                    "path": path,
-                    "alpha": float(alpha),
-                    "sparsity": prune.sparsity(mdl),
-                    **evaluate(mdl, data),
-                }
+            rows.append(
+                {"seed": seed, "path": path, "alpha": float(alpha), "sparsity": prune.sparsity(mdl),
+                 **evaluate(mdl, data)}
             )
     clock.add("curves", start)
+    return rows
+
+
+def run_seed(cfg: Config, data: Data, seed: int, clock: Clock) -> dict[str, list[dict[str, Any]]]:
+    """Every arm for one seed; returns row lists for the Results tables."""
+    seed_everything(seed, threads=cfg.threads)
+    rows: list[dict[str, Any]] = []
+    soup_rows: list[dict[str, Any]] = []
+    dense = _dense(cfg, data, seed, clock, rows)
+    imp = [
+        imp_chain(dense, data, cfg, seed, c, cfg.retrain_epochs, clock, "IMP" if c == 0 else f"IMP run {c}", rows)
+        for c in range(max(1, cfg.naive_runs))
+    ]
+    final = {"IMP": imp[0][0]}
+    if cfg.imp_mx:
+        mx = f"IMP {cfg.m}x"
+        final[mx] = imp_chain(dense, data, cfg, seed, 0, cfg.m * cfg.retrain_epochs, clock, mx, rows)[0]
+    final["SMS uniform"], _, ingredients = sms_chain(dense, data, cfg, seed, "uniform", clock, rows, soup_rows)
+    if cfg.greedy_chain:
+        final["SMS greedy"] = sms_chain(dense, data, cfg, seed, "greedy", clock, rows, soup_rows)[0]
+    out = [{"seed": seed, "arm": a, "sparsity": prune.sparsity(mdl), **evaluate(mdl, data)} for a, mdl in final.items()]
+    out += _ingredient_rows(cfg, seed, rows)
+    out.append(_ensemble_row(cfg, data, seed, ingredients))
+    naive_rows: list[dict[str, Any]] = []
+    if len(imp) > 1:
+        averaged, naive_rows = _naive_average(cfg, data, seed, dense, imp, clock)
+        out += averaged
+    curve_rows = _interpolation_curves(cfg, data, seed, dense, ingredients, imp, clock)
     return {"phases": rows, "final": out, "naive": naive_rows, "curves": curve_rows, "soups": soup_rows}
 
 
@@ -610,7 +313,7 @@ def run(cfg: Config, data: Data | None = None, progress: bool = True) -> Results
     from tqdm.auto import tqdm
 
     data = data if data is not None else load_data(cfg)
-    clock = _Clock()
+    clock = Clock()
     tables: dict[str, list[dict]] = {k: [] for k in ("phases", "final", "naive", "curves", "soups")}
     for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress):
         for name, rows in run_seed(cfg, data, seed, clock).items():

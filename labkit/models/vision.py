@@ -109,3 +109,12 @@ def build(cfg: VisionConfig) -> nn.Module:
             raise ValueError(f"resnet needs C x H x W inputs, got input_shape {cfg.input_shape}")
         return ResNet(cfg.input_shape[0], cfg.width, cfg.depth, cfg.classes)
     raise ValueError(f"unknown arch {cfg.arch!r}; expected one of ['mlp', 'cnn', 'resnet']")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Class probabilities (softmax) of ``model`` in eval mode over ``x``, ``batch_size`` inputs per forward."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    model.eval()
+    return torch.cat([torch.softmax(model(x[i : i + batch_size]), -1) for i in range(0, len(x), batch_size)])

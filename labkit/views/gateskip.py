@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from labkit import plots
-from labkit.experiments.gateskip import token_skip_map
+from labkit import plots, skip
+from labkit.data import sequences
 from labkit.stats import bootstrap_ci
 
 
@@ -121,6 +123,28 @@ def token_skips(
     ax.set_title(f"tokens skipped at r = {ratio:.0%} ({int((~keep).sum())} of {keep.size} branch computations)")
     fig.tight_layout()
     return fig
+
+
+@torch.no_grad()
+def token_skip_map(
+    model: nn.Module, batch: torch.Tensor, ratio: float, example: int, scope: str = "batch"
+) -> dict[str, Any]:
+    """Gate importance and skip decisions of every branch for one example of ``batch`` at budget ``ratio``.
+
+    The quantile is taken over the whole batch (scope "batch"), as at evaluation; returns arrays (branches x tokens).
+    """
+    device = next(model.parameters()).device
+    with skip.budget(model, ratio, scope=scope, measure_flops=False, record=True) as stats:
+        model(batch.to(device))
+    names = list(stats.records)
+    importance = np.stack([stats.records[n]["importance"][example].numpy() for n in names])
+    keep = np.stack([stats.records[n]["keep"][example].numpy() for n in names])
+    tokens = (
+        sequences.decode(batch[example])
+        if model.config.vocab_size == sequences.VOCAB_SIZE
+        else [repr(chr(int(t)))[1:-1] for t in batch[example]]
+    )
+    return {"importance": importance, "keep": keep, "names": names, "tokens": tokens, "ratio": ratio}
 
 
 def draw_tokens(

@@ -20,12 +20,15 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from labkit.experiments import gateskip as experiment
 from labkit.experiments import gateskip_summary as summary
+from labkit.experiments.gateskip_arms import Pretrained
 
 BUDGETS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
 SHOW = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6)  # budgets shown in the summary tables
@@ -47,13 +50,16 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _run_config(cfg, pres, workdir, out: Path, baselines: bool, label: str, log) -> None:
+def _run_config(
+    cfg: experiment.Config, pres: list[Pretrained], workdir: str | Path, out: Path, baselines: bool, label: str,
+    log: Callable[[str], None],
+) -> None:
     start, cpu = time.perf_counter(), time.process_time()
     for pre in pres:
         res = experiment.finetune_arms(cfg, pre, workdir, baselines=baselines)
         _append(
             out,
-            res["rows"],
+            res.rows,
             config=label,
             gate_lr=cfg.gate_lr or cfg.finetune_lr,
             finetune_steps=cfg.finetune_steps,
@@ -167,7 +173,7 @@ def main(task: str, out: Path) -> None:
             f"{time.process_time() - cpu:.0f} CPU-s, load {os.getloadavg()[0]:.1f}"
         )
 
-        def cfg_of(**kw):
+        def cfg_of(**kw: Any) -> experiment.Config:
             return dataclasses.replace(base, **kw)
 
         _run_config(cfg_of(sparsity_weights=()), pres, tmp, out, True, f"baselines {base.finetune_steps}", log)

@@ -1,4 +1,4 @@
-"""Run named settings from ``labkit.experiments.sparse_soups.EXPLORATIONS`` and save their tables.
+"""Run named settings from ``labkit.experiments.sparse_soups_explorations.EXPLORATIONS`` and save their tables.
 
     .venv/bin/python reports/sparse_soups/explore.py NAME [NAME ...]
 
@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 from labkit.experiments import sparse_soups as experiment
+from labkit.experiments.sparse_soups_explorations import EXPLORATIONS, EXPLORE_BASE
 
 OUT = Path(__file__).parent / "explorations"
 
 for name in sys.argv[1:]:
-    overrides = {**experiment.EXPLORE_BASE, **experiment.EXPLORATIONS[name]}
+    overrides = {**EXPLORE_BASE, **EXPLORATIONS[name]}
     cfg = experiment.configure("cpu", overrides)
     start = time.perf_counter()
     results = experiment.run(cfg, progress=False)
