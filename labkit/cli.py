@@ -49,6 +49,9 @@ def _report(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{path.stem} {name}")
         out = runner.default_out_dir(path, name)
         label = path.stem if name == args.preset else f"{path.stem} [{name}]"
+        reason = runner.stale_reason(out, path, args.preset, params)
+        tqdm.write(f"{label}: " + (f"stale ({reason})" if reason else "up to date")
+                   + (", rerunning" if reason or args.force else ""))
         try:
             result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False,
                                          wait=args.wait)
