@@ -33,7 +33,7 @@ from labkit import runner, sweep
 DECLARATIONS_DIR = Path(__file__).resolve().parent / "experiments" / "explorations"
 FILE_KEYS = {"notebook", "preset"}  # top-level keys of a declaration file; every table is an exploration
 FIELDS = {"answers": str, "preset": str, "fixed": dict, "grid": dict, "grids": list, "note": str}
-TABLE_MARKER = re.compile(r"<!-- table: (?P<file>[^ ]+) -->\n.*?<!-- /table -->", re.DOTALL)
+TABLE_MARKER = re.compile(r"<!-- table: (?P<file>[^ ]+)(?: digits=(?P<digits>\d+))? -->\n.*?<!-- /table -->", re.DOTALL)
 
 
 class ExplorationError(ValueError):
@@ -177,27 +177,40 @@ def run(exploration: Exploration, *, engine: str = "local", jobs: int | None = N
     return out, results
 
 
-def render_csv(path: Path) -> str:
-    """A CSV file as a markdown table, cell text exactly as in the file (numbers are not reformatted)."""
+def _cell(text: str, digits: int | None) -> str:
+    """A CSV cell for markdown: as written, or a non-integer number to ``digits`` decimals."""
+    if digits is not None and not re.fullmatch(r"-?\d+", text):
+        try:
+            text = f"{float(text):.{digits}f}"
+        except ValueError:
+            pass
+    return text.replace("|", "\\|")
+
+
+def render_csv(path: Path, digits: int | None = None) -> str:
+    """A CSV file as a markdown table: cell text exactly as in the file, or non-integer numbers rounded to ``digits``
+    decimals (``<!-- table: FILE digits=3 -->``)."""
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows:
         raise ExplorationError(f"{path} is empty: a table needs at least a header row")
-    cells = [[c.replace("|", "\\|") for c in row] for row in rows]
+    cells = [[c.replace("|", "\\|") for c in rows[0]]] + [[_cell(c, digits) for c in row] for row in rows[1:]]
     lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells[1:]])
 
 
 def render_tables(markdown: Path) -> str:
     """``markdown`` with every ``<!-- table: FILE -->`` ... ``<!-- /table -->`` block re-rendered from FILE (a path
-    relative to the markdown file); the prose around them is kept as written."""
+    relative to the markdown file; ``digits=N`` rounds its non-integer numbers); the prose around them is kept."""
     text = markdown.read_text()
 
     def block(match: re.Match) -> str:
         csv_path = markdown.parent / match["file"]
         if not csv_path.is_file():
             raise ExplorationError(f"{markdown}: table marker names {match['file']!r}, which does not exist")
-        return f"<!-- table: {match['file']} -->\n{render_csv(csv_path)}\n<!-- /table -->"
+        digits = int(match["digits"]) if match["digits"] else None
+        suffix = f" digits={digits}" if digits is not None else ""
+        return f"<!-- table: {match['file']}{suffix} -->\n{render_csv(csv_path, digits)}\n<!-- /table -->"
 
     return TABLE_MARKER.sub(block, text)
 

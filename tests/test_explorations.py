@@ -135,6 +135,10 @@ def test_markdown_tables_render_from_csv(tmp_path):
     assert md.read_text() == "prose\n<!-- table: t.csv -->\n| a | b |\n|---|---|\n| 1.50 | x\\|y |\n<!-- /table -->\n" \
                              "more prose\n"
     assert explorations.stale_tables(md) == []
+    (tmp_path / "n.csv").write_text("k,x,s\n1000,0.123456,a\n20,,nan\n")
+    md.write_text("<!-- table: n.csv digits=2 -->\n<!-- /table -->\n")
+    assert explorations.render_tables(md) == ("<!-- table: n.csv digits=2 -->\n| k | x | s |\n|---|---|---|\n"
+                                              "| 1000 | 0.12 | a |\n| 20 |  | nan |\n<!-- /table -->\n")
 
 
 @pytest.mark.parametrize("markdown", sorted(runner.REPORTS_DIR.glob("*/explorations.md")), ids=lambda p: p.parent.name)
