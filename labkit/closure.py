@@ -8,6 +8,7 @@ lazily imported module is in it too), which is deterministic, fast and imports n
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -56,6 +57,12 @@ def imported_names(source: str, module: str = "", is_package: bool = False) -> s
     return names
 
 
+@functools.lru_cache(maxsize=1024)
+def _imports_of(path: str, module: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """``imported_names`` of one source file, parsed once per version of the file (a sweep hashes every point)."""
+    return frozenset(imported_names(Path(path).read_text(), module, Path(path).name == "__init__.py"))
+
+
 def _with_parents(name: str) -> list[str]:
     """``labkit.x.y`` -> ``labkit``, ``labkit.x``, ``labkit.x.y``: importing a module runs its packages' inits."""
     parts = name.split(".")
@@ -74,7 +81,8 @@ def import_closure(roots: set[str], package_dir: Path = PACKAGE_DIR) -> list[Pat
         if path is None:
             continue
         seen[name] = path
-        found = imported_names(path.read_text(), name, path.name == "__init__.py")
+        stat = path.stat()
+        found = _imports_of(str(path), name, stat.st_mtime_ns, stat.st_size)
         todo.extend(n for imported in found for n in _with_parents(imported) if n not in seen)
     return sorted(set(seen.values()))
 
