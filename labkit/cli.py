@@ -102,7 +102,8 @@ def _explore(args: argparse.Namespace) -> int:
         if not args.specs:
             for paper, declared in explorations.load().items():
                 for name, exploration in declared.items():
-                    print(f"{paper}/{name}  [{exploration.preset}]  {exploration.answers}")
+                    note = f"  ({exploration.note.splitlines()[0]})" if exploration.note else ""
+                    print(f"{paper}/{name}  [{exploration.preset}]  {exploration.answers}{note}")
             return 0
         failed = 0
         for spec in args.specs:
