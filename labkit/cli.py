@@ -1,4 +1,4 @@
-"""The ``labkit`` command: list, run, report, sweep and compare the paper notebooks; fetch and clean the data cache."""
+"""The ``labkit`` command: list, run, report, sweep, explore and compare notebooks; fetch and clean the data cache."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def _report(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{path.stem} {name}")
         out = runner.default_out_dir(path, name)
         label = path.stem if name == args.preset else f"{path.stem} [{name}]"
+        reason = runner.stale_reason(out, path, args.preset, params)
+        tqdm.write(f"{label}: " + (f"stale ({reason})" if reason else "up to date")
+                   + (", rerunning" if reason or args.force else ""))
         try:
             result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False,
                                          wait=args.wait)
@@ -84,6 +87,35 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"  FAILED {outcome['point']}: {outcome['error'].strip().splitlines()[-1] if outcome['error'] else ''}",
               file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from labkit import explorations
+
+    try:
+        if args.render:
+            for path in sorted(runner.REPORTS_DIR.glob("*/explorations.md")):
+                if not args.specs or path.parent.name in args.specs:
+                    path.write_text(explorations.render_tables(path))
+                    print(f"labkit explore: re-rendered the tables of {path.relative_to(runner.ROOT)}")
+            return 0
+        if not args.specs:
+            for paper, declared in explorations.load().items():
+                for name, exploration in declared.items():
+                    note = f"  ({exploration.note.splitlines()[0]})" if exploration.note else ""
+                    print(f"{paper}/{name}  [{exploration.preset}]  {exploration.answers}{note}")
+            return 0
+        failed = 0
+        for spec in args.specs:
+            exploration = explorations.find(spec)
+            out, results = explorations.run(exploration, engine=args.engine, jobs=args.jobs, address=args.address,
+                                            out_dir=args.out)
+            failed += sum(len(r.failed) for r in results)
+            print(f"labkit explore: {spec}: {sum(len(r.outcomes) for r in results)} points -> {out / 'table.csv'}")
+    except (explorations.ExplorationError, ValueError) as err:
+        print(f"labkit explore: {err}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -159,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cmd.add_argument("--out", type=Path, help="sweeps folder (default reports/<notebook>/sweeps/)")
     sweep_cmd.add_argument("--id", help="sweep folder name (default: derived from notebook, preset and grid)")
     sweep_cmd.set_defaults(func=_sweep)
+    explore = sub.add_parser("explore", help="run a declared exploration (labkit/experiments/explorations/*.toml) "
+                                            "into reports/<paper>/explorations/<name>/; no argument: list them")
+    explore.add_argument("specs", nargs="*", metavar="PAPER/NAME", help="explorations to run (with --render: papers)")
+    explore.add_argument("--render", action="store_true",
+                         help="re-render the CSV tables embedded in reports/<paper>/explorations.md")
+    explore.add_argument("--engine", default="local", choices=["local", "ray"])
+    explore.add_argument("--jobs", type=int, help="parallel runs (default: one per core)")
+    explore.add_argument("--address", help="Ray cluster: 'auto' or HOST:PORT")
+    explore.add_argument("--out", type=Path, help="output folder (default reports/<paper>/explorations/<name>/)")
+    explore.set_defaults(func=_explore)
     compare_cmd = sub.add_parser("compare", help="mean and bootstrap 95 %% CI over seeds from a sweep table")
     compare_cmd.add_argument("table", type=Path, help="table.parquet / table.csv of a sweep, or its folder")
     compare_cmd.add_argument("--x", required=True, help="parameter on the x axis")

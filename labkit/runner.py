@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit import closure
 from labkit.data import sources
 from labkit.experiments import type_name
 from labkit.report import REPORT_DIR_ENV, RESULTS_FILE, atomic_write_text, to_jsonable
@@ -66,13 +67,16 @@ def resolve_notebook(name: str | Path) -> Path:
     raise FileNotFoundError(f"no notebook {str(name)!r}; known: {[p.stem for p in notebooks()]}")
 
 
+def experiment_name(notebook: Path) -> str:
+    """The experiment module name of a notebook, without importing it (see ``experiment_module``)."""
+    metadata = json.loads(notebook.read_text()).get("metadata", {})
+    return metadata.get("labkit", {}).get("experiment") or f"labkit.experiments.{notebook.stem}"
+
+
 def experiment_module(notebook: Path) -> types.ModuleType:
     """The experiment module of a notebook: ``labkit.experiments.<stem>``, or the module named in the notebook's
     metadata ``{"labkit": {"experiment": "package.module"}}`` (for notebooks outside ``notebooks/``)."""
-    import nbformat
-
-    name = nbformat.read(notebook, as_version=4).metadata.get("labkit", {}).get("experiment")
-    name = name or f"labkit.experiments.{notebook.stem}"
+    name = experiment_name(notebook)
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as err:
@@ -174,24 +178,52 @@ def parse_parameters(module: types.ModuleType, pairs: list[tuple[str, str]]) -> 
     return parsed
 
 
-def labkit_source_hash() -> str:
-    """A hash of every Python file in the labkit package: a run is stale when the code it ran has changed."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def input_digests(notebook: Path, preset: str, params: dict[str, Any]) -> dict[str, str]:
+    """What decides a run's results, one sha256 each: the notebook file, the preset and parameters, the labkit code
+    it can run (the import closure of its experiment module and of its own imports, ``labkit.closure``) and the data
+    catalogue (a new pinned data version makes the run stale too). An edit outside the closure changes none."""
+    files = closure.closure_files(experiment_name(notebook), notebook)
+    return {
+        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
+        "params": hashlib.sha256(json.dumps({"preset": preset, "params": to_jsonable(params)},
+                                            sort_keys=True).encode()).hexdigest(),
+        "code": closure.source_hash(files),
+        "catalogue": hashlib.sha256(sources.CATALOGUE.read_bytes()).hexdigest(),
+    }
 
 
 def inputs_hash(notebook: Path, preset: str, params: dict[str, Any]) -> str:
-    """What decides a run's results: the notebook file, the preset, the parameters, labkit's source and the data
-    catalogue (a new pinned data version makes the run stale too)."""
-    digest = hashlib.sha256(notebook.read_bytes())
-    digest.update(json.dumps({"preset": preset, "params": to_jsonable(params)}, sort_keys=True).encode())
-    digest.update(labkit_source_hash().encode())
-    digest.update(sources.CATALOGUE.read_bytes())
-    return digest.hexdigest()
+    """One hash of ``input_digests``: a report whose ``meta.inputs_hash`` differs is stale."""
+    return _combined(input_digests(notebook, preset, params))
+
+
+def _combined(digests: dict[str, str]) -> str:
+    """The inputs hash of a run from its ``input_digests``."""
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+STALE_REASONS = {"notebook": "notebook changed", "params": "preset or parameters changed",
+                 "code": "labkit code in its import closure changed", "catalogue": "data catalogue changed"}
+
+
+def stale_reason(out_dir: Path, notebook: Path, preset: str, params: dict[str, Any]) -> str:
+    """Why the report in ``out_dir`` is stale for these inputs (e.g. ``labkit code in its import closure changed``),
+    or ``""`` when it is up to date."""
+    try:
+        meta = json.loads((Path(out_dir) / RESULTS_FILE).read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return f"no readable {RESULTS_FILE}"
+    digests = input_digests(notebook, preset, params)
+    digest = _combined(digests)
+    if is_up_to_date(out_dir, digest):
+        return ""
+    if meta.get("status") != "ok" or meta.get("inputs_hash") == digest:
+        return "incomplete report (status not ok, or its notebook or HTML is missing)"
+    recorded = meta.get("inputs")
+    if not isinstance(recorded, dict):
+        return "made before per-input hashes were recorded"
+    changed = [STALE_REASONS[k] for k in digests if recorded.get(k) != digests[k]]
+    return ", ".join(changed) or "inputs hash differs"
 
 
 def _children_cpu_seconds() -> float:
@@ -375,7 +407,8 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
     except (TypeError, ValueError) as err:
         raise ParameterError(f"{path.stem} --preset {preset}: {err}") from err
     out = Path(out_dir) if out_dir is not None else default_out_dir(path, preset)
-    digest = inputs_hash(path, preset, params)
+    digests = input_digests(path, preset, params)
+    digest = _combined(digests)
     with out_dir_lock(out, wait):
         _recover(out)
         if not force and is_up_to_date(out, digest):
@@ -383,7 +416,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
         staging = _run_folder(out, "partial")
         staging.mkdir(parents=True)
         try:
-            error, wall = _execute(path, preset, params, digest, staging, progress)
+            error, wall = _execute(path, preset, params, digests, staging, progress)
             if error:
                 failed = out.with_name(out.name + ".failed")  # kept for inspection, replacing an older one
                 shutil.rmtree(failed, ignore_errors=True)
@@ -397,7 +430,7 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _execute(path: Path, preset: str, params: dict[str, Any], digest: str, staging: Path,
+def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str, str], staging: Path,
              progress: bool) -> tuple[str, float]:
     """Papermill into ``staging``, then stamp its results and export HTML: ``("", wall seconds)`` on success, else
     the error and the wall seconds."""
@@ -428,7 +461,7 @@ def _execute(path: Path, preset: str, params: dict[str, Any], digest: str, stagi
     results = json.loads(results_path.read_text())
     results["meta"].update({"preset": preset, "notebook": path.name, "wall_seconds": round(wall, 2),
                             "kernel_cpu_seconds": round(cpu, 2),
-                            "inputs_hash": digest, "status": "ok"})
+                            "inputs_hash": _combined(digests), "inputs": digests, "status": "ok"})
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
     export_html(executed, staging / f"{path.stem}.html")
     return "", wall

@@ -496,13 +496,6 @@ def test_every_preset_of_every_experiment_configures(name):
             module.configure(preset, params)
 
 
-def test_explorations_configure():
-    from labkit.experiments.sparse_soups_explorations import EXPLORATIONS, EXPLORE_BASE
-
-    for overrides in EXPLORATIONS.values():
-        sparse_soups.configure("cpu", {**EXPLORE_BASE, **overrides})
-
-
 def test_configure_accepts_json_shaped_overrides():
     """A notebook gets overrides through papermill as JSON: lists for tuples, ints for floats."""
     assert sparse_soups.configure("smoke", {"seeds": [0, 1], "spread": [1, 2]}).seeds == (0, 1)

@@ -7,8 +7,8 @@ prediction ensemble (m x inference); and the naive average of independent IMP ch
 and after re-pruning it to the target. BatchNorm is recalibrated after every retrain and merge, for every arm.
 
 This module holds the config, presets, the arms of one seed and :func:`run`; the data, the retraining loop and the
-IMP and SMS chains live in :mod:`labkit.experiments.sparse_soups_arms`, the settings searched in
-:mod:`labkit.experiments.sparse_soups_explorations`.
+IMP and SMS chains live in :mod:`labkit.experiments.sparse_soups_arms`, the settings searched are declared in
+``labkit/experiments/explorations/sparse_soups.toml`` (``labkit explore``).
 """
 
 from __future__ import annotations
