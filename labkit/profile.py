@@ -19,11 +19,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Shape = tuple[int, ...]  # a tensor shape as torch's FLOP formulas receive it
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -175,11 +180,13 @@ def measure_many(fns: Mapping[str, Callable[[], Any]], *, warmup: int = 3, repea
     return {name: _timing(t, dev) for name, t in times.items()}
 
 
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+def _sdpa_cpu_flops(query_shape: Shape, key_shape: Shape, value_shape: Shape, *args: Any, **kwargs: Any) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+def _sdpa_cpu_backward_flops(
+    grad_out_shape: Shape, query_shape: Shape, key_shape: Shape, value_shape: Shape, *args: Any, **kwargs: Any
+) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -294,7 +301,7 @@ class Trace:
             return ""
         return self.profiler.key_averages().table(sort_by=sort_by, row_limit=row_limit)
 
-    def summary(self, row_limit: int = 15):
+    def summary(self, row_limit: int = 15) -> pd.DataFrame:
         """Key averages as a pandas DataFrame (operator, calls, self CPU/device microseconds), largest first."""
         import pandas as pd
 

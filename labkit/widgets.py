@@ -12,7 +12,10 @@ import html
 import io
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ipywidgets import Widget
 
 
 def figure_png(fig: Any, dpi: int = 90) -> bytes:
@@ -33,7 +36,7 @@ def view(
     enabled: bool = True,
     continuous_update: bool = False,
     dpi: int = 90,
-):
+) -> Widget | None:
     """Show ``draw(**values)`` under the given widgets and redraw when they change; returns the widget box.
 
     ``draw`` returns a matplotlib figure (rendered to PNG and closed here). Sliders and text boxes redraw on

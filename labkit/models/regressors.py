@@ -6,6 +6,7 @@ Each model names its first block ``block1`` and its rest ``head`` so ``labkit.mi
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -19,7 +20,7 @@ class MLPRegressor(nn.Module):
         self.block1 = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.1))
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, d_out))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block1(x.flatten(1)))
 
 
@@ -43,5 +44,5 @@ class CNNRegressor(nn.Module):
         self.block1 = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, d_out))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block1(x))

@@ -3,6 +3,9 @@ paired differences against ERM, relative improvements next to the paper's, and m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -13,10 +16,13 @@ from labkit import mixup, plots
 from labkit.data.regression import RegressionSplits
 from labkit.widgets import view
 
+if TYPE_CHECKING:
+    from ipywidgets import Widget
+
 ARM_ORDER = ["erm", "mixup", "manifold_mixup", "feature_mixup", "cmixup", "cmixup_manifold"]
 
 
-def _order(arms) -> list[str]:
+def _order(arms: Iterable[str]) -> list[str]:
     present = list(dict.fromkeys(arms))
     return [a for a in ARM_ORDER if a in present] + [a for a in present if a not in ARM_ORDER]
 
@@ -159,7 +165,7 @@ def mixed_examples(data: RegressionSplits, sigma_std: float, lam: float, n: int 
     return fig
 
 
-def pairing_view(labels: np.ndarray, sigma_std: float, enabled: bool = True):
+def pairing_view(labels: np.ndarray, sigma_std: float, enabled: bool = True) -> Widget | None:
     """Widget: a σ slider (units of std(y)) redrawing the pairing heat-maps and the gap histogram."""
     if not enabled:
         return None
@@ -171,7 +177,9 @@ def pairing_view(labels: np.ndarray, sigma_std: float, enabled: bool = True):
     return view(lambda sigma: pairing(labels, sigma), {"sigma": slider})
 
 
-def examples_view(data: RegressionSplits, sigma_std: float, lam: float = 0.5, enabled: bool = True):
+def examples_view(
+    data: RegressionSplits, sigma_std: float, lam: float = 0.5, enabled: bool = True
+) -> Widget | None:
     """Widget: σ and λ sliders redrawing a few mixed RCF examples (uniform vs C-Mixup partners)."""
     if not enabled:
         return None

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots
+from labkit.experiments.sparse_soups_arms import Data
 from labkit.stats import paired_diff, summarize
 
 HEADLINE = ["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"]  # arms always shown first
@@ -19,7 +20,7 @@ def arm_order(final: pd.DataFrame) -> list[str]:
     return first + [a for a in arms if a not in first]
 
 
-def sample_grid(data, n: int = 8) -> plt.Figure:
+def sample_grid(data: Data, n: int = 8) -> plt.Figure:
     """Test examples (top) and their OOD corruption (bottom)."""
     fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8))
     for i in range(n):
