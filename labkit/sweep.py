@@ -377,6 +377,37 @@ def _run_ray(
             done(refs[ref], outcome)
 
 
+def _write_manifest(
+    sweep_dir: Path, path: Path, preset: str, grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None,
+    engine: str, jobs: int, threads: int, address: str | None, points: list[Point],
+) -> None:
+    """Record what the sweep runs (``manifest.json``), so a folder of points says where it came from."""
+    manifest = {
+        "notebook": str(path),
+        "preset": preset,
+        "grid": to_jsonable(dict(grid)),
+        "fixed": to_jsonable(dict(fixed or {})),
+        "engine": engine,
+        "jobs": jobs,
+        "threads_per_job": threads,
+        "address": address,
+        "points": [p.name for p in points],
+    }
+    atomic_write_text(sweep_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def _reuse_finished(points: list[Point]) -> tuple[dict[str, dict[str, Any]], list[Point]]:
+    """Outcomes of the points whose complete report has the same inputs hash, and the points still to run."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    todo = []
+    for point in points:
+        if runner.is_up_to_date(point.out_dir, point.digest):
+            outcomes[point.name] = {"ok": True, "reused": True, "error": "", "seconds": 0.0}
+        else:
+            todo.append(point)
+    return outcomes, todo
+
+
 def run_sweep(
     notebook: str | Path,
     preset: str,
@@ -409,25 +440,8 @@ def run_sweep(
     started_ray = start_ray(address, num_cpus=jobs * threads) if engine == "ray" else False
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "notebook": str(path),
-        "preset": preset,
-        "grid": to_jsonable(dict(grid)),
-        "fixed": to_jsonable(dict(fixed or {})),
-        "engine": engine,
-        "jobs": jobs,
-        "threads_per_job": threads,
-        "address": address,
-        "points": [p.name for p in points],
-    }
-    atomic_write_text(sweep_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    outcomes: dict[str, dict[str, Any]] = {}
-    todo = []
-    for point in points:
-        if runner.is_up_to_date(point.out_dir, point.digest):
-            outcomes[point.name] = {"ok": True, "reused": True, "error": "", "seconds": 0.0}
-        else:
-            todo.append(point)
+    _write_manifest(sweep_dir, path, preset, grid, fixed, engine, jobs, threads, address, points)
+    outcomes, todo = _reuse_finished(points)
 
     from tqdm.auto import tqdm
 
