@@ -108,7 +108,7 @@ class HashedFeatures:
         else:
             indices = check_document_indices(indices, len(self))
             starts, ends = self.offsets[indices], self.offsets[indices + 1]
-            flat = self.buckets[_ranges(starts, ends)]
+            flat = self.buckets[concat_ranges(starts, ends)]
         return np.bincount(flat, minlength=self.num_buckets).astype(np.float64)
 
     def dot(self, vector: np.ndarray) -> np.ndarray:
@@ -141,7 +141,7 @@ class HashedFeatures:
         starts, ends = self.offsets[indices], self.offsets[indices + 1]
         offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
         return HashedFeatures(
-            self.buckets[_ranges(starts, ends)],
+            self.buckets[concat_ranges(starts, ends)],
             offsets,
             self.lengths[indices],
             self.num_buckets,
@@ -195,8 +195,12 @@ class HashedFeatures:
         )
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, e)`` for every pair, vectorized."""
+def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, e)`` for every pair, vectorized (int64).
+
+    Gathers the rows of a CSR layout (documents' slices of a flat array) in one fancy-indexing step; used by the
+    hashed features here and by the bigram LM's encoded corpus.
+    """
     sizes = ends - starts
     total = int(sizes.sum())
     if total == 0:
