@@ -4,7 +4,8 @@ A document is lower-cased, split into word-punct tokens (``\\w+|[^\\w\\s]+``, NL
 every unigram and bigram (tokens joined by one space) is hashed into ``num_buckets`` buckets with
 ``int(sha256(s).hexdigest(), 16) % num_buckets``. Unlike the reference, each distinct token and bigram is hashed
 once (a per-n-gram cache) and raw text is featurized once; bigrams are looked up as integer pairs in numpy.
-``hash="crc32"`` is a faster, stable, *non-identical* alternative.
+``hash="crc32"`` is a stable, *non-identical* alternative; ``hash="fast"`` (:mod:`labkit.select.fast`) tokenizes and
+hashes whole batches in numpy, several times faster again, with other buckets.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labkit.select.fast import fast_ngram_buckets
+
 try:  # NLTK >= 3.10 compiles WordPunctTokenizer's pattern with the third-party `regex` engine, whose \w also
     # matches combining marks ("i̇" stays one token; stdlib `re` splits it). Use the same engine when present.
     import regex as _engine
@@ -35,7 +38,7 @@ TOKEN_PATTERN = _engine.compile(r"\w+|[^\w\s]+", _engine.UNICODE | _engine.MULTI
 # str.split() treats these as whitespace but the regex engine's \s does not: documents holding them are tokenized
 # whole instead of word by word.
 _SPLIT_UNSAFE = ("\x1c", "\x1d", "\x1e", "\x1f")
-HASHES = ("sha256", "crc32")
+HASHES = ("sha256", "crc32", "fast")  # sha256: identical to data-selection; fast: see labkit.select.fast
 
 
 def tokenize(text: str) -> list[str]:
@@ -72,6 +75,8 @@ def _bucket_function(hash_name: str, num_buckets: int):
     if hash_name == "crc32":
         crc32 = zlib.crc32
         return lambda s: crc32(s.encode("utf-8")) % num_buckets
+    if hash_name == "fast":
+        return None  # the whole batch is hashed in numpy (labkit.select.fast)
     raise ValueError(f"unknown hash {hash_name!r}; expected one of {HASHES}")
 
 
@@ -88,7 +93,7 @@ class HashedFeatures:
     lengths: np.ndarray  # int64 tokens per document
     num_buckets: int  # hash space size
     ngrams: int  # 2 = unigrams + bigrams
-    hash: str  # "sha256" (identical to data-selection) or "crc32"
+    hash: str  # "sha256" (identical to data-selection), "crc32" or "fast" (vectorized, other buckets)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -245,6 +250,9 @@ class NgramHasher:
 
     def featurize(self, texts: list[str]) -> HashedFeatures:
         """Hashed unigram..n-gram features of a list of strings."""
+        if self.hash == "fast":
+            buckets, offsets, lengths = fast_ngram_buckets(texts, self.num_buckets, self.ngrams)
+            return HashedFeatures(buckets, offsets, lengths, self.num_buckets, self.ngrams, self.hash)
         # Tokens never span whitespace, so the tokens of a document are the tokens of its whitespace-separated
         # words in order: run the regex once per distinct word and expand words to token ids with C-level maps.
         word_lists = [t.lower().split() for t in texts]
