@@ -118,6 +118,30 @@ def _features(data, dsir: DSIR, name: str) -> HashedFeatures | ShardedFeatures:
     )
 
 
+def log_importance_ratio(
+    raw_counts: np.ndarray, target_counts: np.ndarray, target_pseudocount: float = 0.0, epsilon: float = 1e-8
+) -> np.ndarray:
+    """``log(p_target + ε) − log(p_raw + ε)`` per bucket, from bucket counts: DSIR's per-n-gram log weight.
+
+    ``target_counts`` is (num_buckets,) or (num_buckets, n_targets); each target column gets ``target_pseudocount``
+    added before normalizing. A document's log importance weight is its count vector dotted with this. As
+    data-selection 1.0.3 (``epsilon`` = 1e-8 inside both logs).
+    """
+    raw_counts = np.asarray(raw_counts, dtype=np.float64)
+    if raw_counts.sum() <= 0:
+        raise ValueError("raw: has no n-grams (every document is empty or whitespace); expected some tokens")
+    target_counts = np.asarray(target_counts, dtype=np.float64)
+    single = target_counts.ndim == 1
+    target_counts = target_counts[:, None] if single else target_counts
+    if (target_counts.sum(axis=0) <= 0).any():
+        raise ValueError("target: has no n-grams (every document is empty or whitespace); expected some tokens")
+    raw_probs = raw_counts / raw_counts.sum()
+    columns = [np.ascontiguousarray(target_counts[:, j]) + target_pseudocount for j in range(target_counts.shape[1])]
+    target_probs = np.stack([c / c.sum() for c in columns], axis=1)  # 1-D sums per column, as data-selection
+    log_diff = np.log(target_probs + epsilon) - np.log(raw_probs[:, None] + epsilon)
+    return log_diff[:, 0] if single else log_diff
+
+
 class DSIR:
     """Hashed n-gram DSIR: ``fit(raw, target)``, then ``log_weights()`` and ``resample(k, seed)``.
 
@@ -203,7 +227,6 @@ class DSIR:
             raw_counts = feats.total_counts(np.arange(min(stop, len(feats))))
         if raw_counts.sum() <= 0:
             raise ValueError("raw: has no n-grams (every document is empty or whitespace); expected some tokens")
-        raw_probs = raw_counts / raw_counts.sum()
         if target is None:
             raise TypeError("target: expected documents, features or a dict of named targets, got None")
         self._multi = isinstance(target, Mapping)
@@ -211,18 +234,16 @@ class DSIR:
         if not targets:
             raise ValueError("target: expected at least one named target, got an empty dict")
         self.target_names = list(targets)
-        columns, sizes = [], []
+        columns = []
         for name, docs in targets.items():
             counts = _features(docs, self, f"target {name!r}").total_counts()
             if counts.sum() <= 0:
                 raise ValueError(f"target {name!r}: has no n-grams (every document is empty or whitespace); "
                                  "expected some tokens")
-            counts = counts + self.target_pseudocount
-            sizes.append(counts.sum())
-            columns.append(counts / counts.sum() if counts.sum() > 0 else counts)
-        target_probs = np.stack(columns, axis=1)
-        self.raw_probs, self.target_probs = raw_probs, target_probs
-        self.log_diff = np.log(target_probs + self.epsilon) - np.log(raw_probs[:, None] + self.epsilon)
+            columns.append(counts)
+        target_counts = np.stack(columns, axis=1)
+        sizes = [(c + self.target_pseudocount).sum() for c in columns]
+        self.log_diff = log_importance_ratio(raw_counts, target_counts, self.target_pseudocount, self.epsilon)
         if proportions is not None:
             unknown = sorted(set(proportions) - set(self.target_names))
             if unknown or not self._multi:

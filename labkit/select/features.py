@@ -10,9 +10,7 @@ hashes whole batches in numpy, several times faster again, with other buckets.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import operator
 import re
 import zlib
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from labkit.select.fast import fast_ngram_buckets
+from labkit.select.files import iter_file
 
 try:  # NLTK >= 3.10 compiles WordPunctTokenizer's pattern with the third-party `regex` engine, whose \w also
     # matches combining marks ("i̇" stays one token; stdlib `re` splits it). Use the same engine when present.
@@ -333,19 +332,20 @@ class NgramHasher:
 
 
 def iter_documents(data, text_field: str = "text", name: str = "documents") -> Iterator[str]:
-    """Yield the strings of ``data``: an iterable of str, a pandas Series, or a path to a (gzipped) jsonl file.
+    """Yield the strings of ``data``: an iterable of str, a pandas Series, or a path to one file.
 
-    Raises TypeError naming the position of a non-string item and ValueError naming the file and line of a
-    corrupt jsonl record.
+    A file is jsonl (optionally gzipped; ``text_field`` of each record), parquet (column ``text_field``) or text
+    (``.txt`` / ``.txt.gz``: one document per non-blank line); see :func:`labkit.select.files.iter_file`. Raises
+    TypeError naming the position of a non-string item and ValueError naming the file and line of a corrupt record.
     """
     if isinstance(data, (str, Path)):
         path = Path(data)
         if not path.is_file():
             raise ValueError(
-                f"{name}: expected an iterable of strings or a path to a .jsonl file, got the string "
+                f"{name}: expected an iterable of strings or a path to a .jsonl, .parquet or .txt file, got the string "
                 f"{str(data)[:60]!r} which is not a file"
             )
-        yield from _iter_jsonl(path, text_field)
+        yield from iter_file(path, text_field)
         return
     if isinstance(data, bytes):
         raise TypeError(f"{name}: expected an iterable of str, got bytes")
@@ -355,24 +355,6 @@ def iter_documents(data, text_field: str = "text", name: str = "documents") -> I
         if not isinstance(doc, str):
             raise TypeError(f"{name}: document {i} is {type(doc).__name__}, expected str")
         yield doc
-
-
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: corrupt jsonl line ({err.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise ValueError(f"{path}:{line_no}: expected an object with a {text_field!r} field")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise TypeError(f"{path}:{line_no}: field {text_field!r} is {type(text).__name__}, expected str")
-            yield text
 
 
 def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
