@@ -28,6 +28,30 @@ from labkit.select.stream import (
     target_counts,
 )
 
+LOCAL_START_TRIES = 3  # a local Ray node misses its fixed start-up deadline on a machine loaded past its cores
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to the Ray cluster at ``address``, or start a private local instance (loopback, no dashboard).
+
+    A local start that times out is retried (``LOCAL_START_TRIES`` in all); the last error is raised.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        return
+    for attempt in range(LOCAL_START_TRIES):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     _node_ip_address="127.0.0.1")
+            return
+        except Exception as err:  # Ray raises a bare Exception when its node misses its start-up deadline
+            ray.shutdown()
+            if "timed out during startup" not in str(err) or attempt == LOCAL_START_TRIES - 1:
+                raise
+
 
 def select_files_ray(
     raw_files: Sequence[str | Path],
@@ -58,13 +82,9 @@ def select_files_ray(
     files = check_files(raw_files)
     settings = settings_for(cache_dir, **options)
     k = check_count("k", k)
-    started = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
-        kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False,
-                                                        "_node_ip_address": "127.0.0.1"}
-        ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
-        started = True
+    started = not ray.is_initialized()
+    if started:
+        start_ray(address, num_cpus)
     try:
         count_task = ray.remote(num_cpus=settings.workers, max_retries=2)(file_counts)
         top_task = ray.remote(num_cpus=1, max_retries=2)(file_top_keys)
