@@ -106,40 +106,59 @@ def child(variant: str, folder: Path, k: int) -> dict:
 
 
 def agreement(k: int = 3000) -> list[dict]:
-    """Fast vs exact log weights on the DSIR experiment's cpu-preset pool, one row per target (150 fit chunks)."""
+    """Fast vs exact (and crc32 vs exact, the same tokens with another hash) on real pools, one row per target.
+
+    The DSIR experiment's cpu-preset pool with each target's 150 fit chunks (seed 0, left out of the selection),
+    plus the speed pool's setting (GCIDE + man 128-word chunks, a 2,000-chunk FOLDOC target). Per mode: Spearman
+    of the log weights against exact, overlap of the top k and of the Gumbel draw (same noise), and label
+    precision (share of the draw carrying the target's labels).
+    """
     from scipy import stats
 
+    from labkit.data import corpora
     from labkit.experiments import dsir_setup
     from labkit.select import DSIR, featurize
     from labkit.select.stream import indexed_gumbel, top_keys
 
     cfg = dsir_setup.Config()
-    from labkit.data import corpora
-
     corpus = corpora.build_corpus([s for s in cfg.sources if s in corpora.available_sources()],
                                   chunk_words=cfg.chunk_words, max_chunks=cfg.max_chunks)
-    texts = corpus.text.tolist()
-    labels = corpus.label.to_numpy()
-    pools = {mode: featurize(texts, hash=mode) for mode in ("sha256", "fast")}
-    rows = []
-    everyone = np.arange(len(texts))
+    cases = []
     for target, tags in dsir_setup.TARGETS.items():
-        members = np.flatnonzero(np.isin(labels, tags))
-        if len(members) < 300:
-            continue
-        fit = np.sort(np.random.default_rng(0).permutation(members)[:150])
-        weights = {}
-        for mode, feats in pools.items():
-            weights[mode] = DSIR(hash=mode).fit(feats, feats.subset(fit)).log_weights()
-        exact, fast = weights["sha256"], weights["fast"]
+        members = np.flatnonzero(np.isin(corpus.label.to_numpy(), tags))
+        if len(members) >= 300:
+            cases.append(("cpu pool", target, tags, np.sort(np.random.default_rng(0).permutation(members)[:150])))
+    speed_pool = corpora.build_corpus(["gcide", "man", "foldoc"], chunk_words=128)
+    foldoc = np.flatnonzero(speed_pool.source.to_numpy() == "foldoc")
+    fit = np.sort(np.random.default_rng(0).permutation(foldoc)[:2000])
+    cases.append(("gcide+man", "foldoc (2000 chunks)", tuple(speed_pool.label[foldoc].unique()), fit))
+    rows, pools = [], {}
+    for name, frame in (("cpu pool", corpus), ("gcide+man", speed_pool)):
+        texts = frame.text.tolist()
+        modes = ("sha256", "crc32", "fast")
+        pools[name] = (frame.label.to_numpy(), {mode: featurize(texts, hash=mode) for mode in modes})
+    for pool_name, target, tags, fit in cases:
+        labels, feats = pools[pool_name]
+        everyone = np.arange(len(labels))
+        eligible = np.ones(len(labels), dtype=bool)
+        eligible[fit] = False
+        if pool_name == "gcide+man":  # the target domain is not in this pool: FOLDOC chunks are only the target
+            eligible[np.isin(labels, tags)] = False
         noise = indexed_gumbel(0, everyone)
-        top = [set(top_keys(w, everyone, k)[1].tolist()) for w in (exact, fast)]
-        drawn = [set(top_keys(w + noise, everyone, k)[1].tolist()) for w in (exact, fast)]
-        rows.append({
-            "target": target, "pool": len(texts),
-            "spearman": stats.spearmanr(exact, fast)[0], "pearson": stats.pearsonr(exact, fast)[0],
-            "top_k_overlap": len(top[0] & top[1]) / k, "gumbel_overlap": len(drawn[0] & drawn[1]) / k,
-        })
+        weights, top, drawn = {}, {}, {}
+        for mode, f in feats.items():
+            weights[mode] = DSIR(hash=mode).fit(f, f.subset(fit), exclude=fit).log_weights()
+            masked = np.where(eligible, weights[mode], -np.inf)
+            top[mode] = top_keys(masked, everyone, k)[1]
+            drawn[mode] = top_keys(masked + noise, everyone, k)[1]
+        row = {"pool": pool_name, "target": target}
+        for mode in ("fast", "crc32"):
+            row[f"{mode}_spearman"] = stats.spearmanr(weights["sha256"][eligible], weights[mode][eligible])[0]
+            row[f"{mode}_top"] = len(set(top["sha256"].tolist()) & set(top[mode].tolist())) / k
+            row[f"{mode}_drawn"] = len(set(drawn["sha256"].tolist()) & set(drawn[mode].tolist())) / k
+        for mode in ("sha256", "fast"):
+            row[f"{mode}_precision"] = float(np.isin(labels[drawn[mode]], tags).mean())
+        rows.append(row)
     return rows
 
 
@@ -227,16 +246,20 @@ def main() -> None:
         print("  " + line)
     if args.no_agreement:
         return
-    print("\nfast vs exact on a real corpus: the DSIR experiment's cpu-preset pool (64-word chunks), each target's "
-          "150 fit chunks (seed 0); log weights compared over the whole pool; k = 3000")
+    print("\nfast vs exact on real pools (labkit corpora cache): the DSIR experiment's cpu-preset pool (64-word "
+          "chunks, each target's 150 fit chunks, seed 0) and the speed pool (GCIDE + man 128-word chunks, a 2000-chunk "
+          "FOLDOC target); fit chunks never selected; k = 3000. crc32 = exact tokens with another hash: the spread "
+          "any change of hash gives. precision = share of the Gumbel draw with the target's labels (0 by design "
+          "in the speed pool, whose FOLDOC chunks are all target).")
     rows = agreement()
-    print(f"{'target':<24}{'pool':>8}{'spearman':>10}{'pearson':>9}{'top-k overlap':>15}{'Gumbel overlap':>16}")
+    columns = ["fast_spearman", "crc32_spearman", "fast_top", "crc32_top", "fast_drawn", "crc32_drawn",
+               "sha256_precision", "fast_precision"]
+    titles = ["rho fast", "rho crc32", "top fast", "top crc32", "draw fast", "draw crc32", "prec exact", "prec fast"]
+    print(f"{'pool':<10}{'target':<23}" + "".join(f"{t:>11}" for t in titles))
     for r in rows:
-        print(f"{r['target']:<24}{r['pool']:>8}{r['spearman']:>10.4f}{r['pearson']:>9.4f}{r['top_k_overlap']:>15.3f}"
-              f"{r['gumbel_overlap']:>16.3f}")
-    means = {key: np.mean([r[key] for r in rows]) for key in ("spearman", "pearson", "top_k_overlap", "gumbel_overlap")}
-    print(f"{'mean':<24}{'':>8}{means['spearman']:>10.4f}{means['pearson']:>9.4f}{means['top_k_overlap']:>15.3f}"
-          f"{means['gumbel_overlap']:>16.3f}")
+        print(f"{r['pool']:<10}{r['target']:<23}" + "".join(f"{r[c]:>11.3f}" for c in columns))
+    means = [np.mean([r[c] for r in rows]) for c in columns]
+    print(f"{'mean':<33}" + "".join(f"{m:>11.3f}" for m in means))
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; caveat: a shared 2-core machine "
           "used by other agents at the same time: compare the ratios, not absolute times")
 

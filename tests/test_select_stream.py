@@ -152,3 +152,30 @@ def test_ray_selection_equals_single_process(pool, tmp_path):
     assert on_ray.indices.tolist() == single.indices.tolist()
     np.testing.assert_array_equal(on_ray.keys, single.keys)
     np.testing.assert_array_equal(on_ray.log_diff, single.log_diff)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"shard_docs": 0}, ValueError, r"shard_docs must be an int >= 1, got 0"),
+        ({"workers": 1.5}, TypeError, r"workers must be an int >= 1, got 1\.5"),
+        ({"min_length": -1}, ValueError, r"min_length must be an int >= 0, got -1"),
+        ({"temperature": 0.0}, ValueError, r"temperature must be > 0.*got 0\.0"),
+        ({"hash": "md5"}, ValueError, r"unknown hash 'md5'; expected one of .*'fast'"),
+        ({"shards": 3}, TypeError, r"unexpected keyword argument 'shards'"),
+    ],
+)
+def test_select_files_names_a_bad_option(pool, tmp_path, options, error, message):
+    _, target, files = pool
+    with pytest.raises(error, match=message):
+        select_files(files, target, 5, cache_dir=tmp_path / "c", **options)
+
+
+def test_select_files_names_a_bad_target_or_k(pool, tmp_path):
+    _, target, files = pool
+    with pytest.raises(ValueError, match=r"target: has no n-grams"):
+        select_files(files, ["", " "], 5, cache_dir=tmp_path / "c")
+    with pytest.raises(TypeError, match=r"k must be an int >= 1, got 2\.0"):
+        select_files(files, target, 2.0, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"raw_files: expected at least one"):
+        select_files([], target, 5, cache_dir=tmp_path / "c")
