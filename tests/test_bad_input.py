@@ -18,7 +18,7 @@ from torch import nn
 
 from labkit import gate, mixup, profile, runner, select, skip, stage
 from labkit.experiments import cmixup, dsir, gateskip, met2net, profiling, sparse_soups
-from labkit.select_features import HashedFeatures, NgramHasher, featurize, iter_documents
+from labkit.select.features import HashedFeatures, NgramHasher, featurize, iter_documents
 
 EXPERIMENTS = {"profiling": profiling, "cmixup": cmixup, "met2net": met2net, "sparse_soups": sparse_soups,
                "dsir": dsir, "gateskip": gateskip}

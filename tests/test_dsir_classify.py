@@ -15,7 +15,7 @@ from labkit.experiments.dsir_classify import (
     probe,
     run_classification,
 )
-from labkit.select_features import featurize
+from labkit.select.features import featurize
 
 TAGS = dsir.CLASSIFY_TASKS["python-topics"]  # python/api, python/topics, man/2, man/3
 VOCAB = {

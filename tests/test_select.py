@@ -17,7 +17,7 @@ from labkit.select import (
     target_likelihood_select,
     tfidf_select,
 )
-from labkit.select_features import HashedFeatures, featurize, tokenize
+from labkit.select.features import HashedFeatures, featurize, tokenize
 
 TINY_CORPUS = DATA_DIR / "fixtures" / "tiny_corpus.jsonl"  # 36 hand-written sentences: networking, botany, cooking
 WORDS_A = "socket packet router protocol tcp ip address network bandwidth latency ethernet frame".split()

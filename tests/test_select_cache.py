@@ -1,4 +1,4 @@
-"""labkit.select_cache: DSIR's on-disk feature cache (featurize once, mmap after, resumable, errors on corruption)."""
+"""labkit.select.cache: DSIR's on-disk feature cache (featurize once, mmap after, resumable, errors on corruption)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit import select_cache
 from labkit.select import DSIR, FeatureCacheError, ShardedFeatures, cached_features, kl_reduction
-from labkit.select_features import NgramHasher, featurize
+from labkit.select import cache as select_cache
+from labkit.select.features import NgramHasher, featurize
 from tests.test_select import make_corpus, write_jsonl
 
 

@@ -18,8 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from labkit import mixup, seed_everything
-from labkit import stats as report
+from labkit import mixup, seed_everything, stats
 from labkit.data import regression
 from labkit.experiments import (
     check_types,
@@ -388,14 +387,14 @@ def paired_differences(selected: pd.DataFrame, ood: set[str]) -> tuple[pd.DataFr
     as ``"<dataset> (worst)"``), and C-Mixup minus vanilla mixup; mean differences with bootstrap intervals."""
     diffs, vs_mixup = [], []
     for name, group in selected.groupby("dataset", sort=False):
-        diffs.append(report.paired_diff(group, "arm", "erm", "test_rmse").assign(dataset=name, metric="test_rmse"))
+        diffs.append(stats.paired_diff(group, "arm", "erm", "test_rmse").assign(dataset=name, metric="test_rmse"))
         if {"mixup", "cmixup"} <= set(group["arm"]):
             pair = group[group["arm"].isin(["mixup", "cmixup"])]
             vs_mixup.append(
-                report.paired_diff(pair, "arm", "mixup", "test_rmse").assign(dataset=name, metric="test_rmse")
+                stats.paired_diff(pair, "arm", "mixup", "test_rmse").assign(dataset=name, metric="test_rmse")
             )
         if name in ood:
-            worst = report.paired_diff(group, "arm", "erm", "worst_rmse")
+            worst = stats.paired_diff(group, "arm", "erm", "worst_rmse")
             diffs.append(worst.assign(dataset=f"{name} (worst)", metric="worst_rmse"))
     return pd.concat(diffs, ignore_index=True), pd.concat(vs_mixup, ignore_index=True) if vs_mixup else pd.DataFrame()
 
@@ -409,7 +408,7 @@ def outcomes(diffs: pd.DataFrame, arm: str = "cmixup") -> pd.DataFrame:
     return pd.DataFrame(
         {
             "dataset": rows["dataset"].to_numpy(),
-            "outcome": [words[report.interval_sign(r.low, r.high)] for r in rows.itertuples()],
+            "outcome": [words[stats.interval_sign(r.low, r.high)] for r in rows.itertuples()],
             "mean_diff": rows["mean_diff"].to_numpy(),
         }
     )

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from labkit import seed_everything
-from labkit.experiments.dsir import (
+from labkit.experiments.dsir_setup import (
     CLASSIFY_TASKS,
     TARGETS,
     Config,

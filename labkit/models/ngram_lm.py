@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labkit.select_features import TOKEN_PATTERN, _ranges
+from labkit.select.features import concat_ranges, tokenize
 
 UNK = "<unk>"
 
@@ -33,7 +33,7 @@ class EncodedCorpus:
         indices = np.asarray(indices, dtype=np.int64)
         starts, ends = self.offsets[indices], self.offsets[indices + 1]
         offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
-        return EncodedCorpus(self.ids[_ranges(starts, ends)], offsets)
+        return EncodedCorpus(self.ids[concat_ranges(starts, ends)], offsets)
 
 
 def build_vocabulary(texts: Iterable[str], size: int = 30000) -> dict[str, int]:
@@ -42,7 +42,7 @@ def build_vocabulary(texts: Iterable[str], size: int = 30000) -> dict[str, int]:
         raise ValueError(f"vocabulary size must be >= 1, got {size}")
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(TOKEN_PATTERN.findall(text.lower()))
+        counts.update(tokenize(text))
     vocab = {UNK: 0}
     for token, _ in counts.most_common(size):
         vocab[token] = len(vocab)
@@ -54,7 +54,7 @@ def encode(texts: Iterable[str], vocab: dict[str, int]) -> EncodedCorpus:
     get = vocab.get
     ids, offsets = [], [0]
     for text in texts:
-        tokens = TOKEN_PATTERN.findall(text.lower())
+        tokens = tokenize(text)
         ids.extend(get(t, 0) for t in tokens)
         offsets.append(len(ids))
     return EncodedCorpus(np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64))

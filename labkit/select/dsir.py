@@ -4,8 +4,8 @@ Two bag-of-hashed-n-gram multinomials (target, raw) give each raw document the l
 ``z · (log p_target − log p_raw)``; k documents are drawn without replacement ∝ weight by Gumbel top-k. In the
 default ``hash="sha256"`` mode the weights equal ``data-selection`` 1.0.3's (p-lambda/dsir) to ~1e-12, while the
 raw pool is featurized once with a per-n-gram hash cache (``cache_dir=``: once per input, into memory-mapped
-on-disk shards; see :mod:`labkit.select_cache`). Also here: the paper's KL-reduction metric and the
-baselines (random, heuristic classification, target likelihood, TF-IDF retrieval).
+on-disk shards; see :mod:`labkit.select.cache`); ``hash="fast"`` trades identical buckets for a vectorized
+featurizer (:mod:`labkit.select.fast`). Also here: the paper's KL-reduction metric.
 """
 
 from __future__ import annotations
@@ -18,25 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labkit.select_cache import FeatureCacheError, ShardedFeatures, cached_features
-from labkit.select_features import HashedFeatures, NgramHasher, check_count, check_document_indices, featurize
-
-__all__ = [
-    "DSIR",
-    "LengthFilter",
-    "gumbel_top_k",
-    "kl_reduction",
-    "random_select",
-    "heuristic_select",
-    "target_likelihood_select",
-    "write_selected",
-    "tfidf_select",
-    "HashedFeatures",
-    "ShardedFeatures",
-    "FeatureCacheError",
-    "cached_features",
-    "featurize",
-]
+from labkit.select.cache import ShardedFeatures, cached_features
+from labkit.select.features import HashedFeatures, NgramHasher, check_count, check_document_indices, featurize
 
 FEATURE_TYPES = (HashedFeatures, ShardedFeatures)  # precomputed features accepted wherever documents are
 
@@ -136,6 +119,30 @@ def _features(data, dsir: DSIR, name: str) -> HashedFeatures | ShardedFeatures:
     )
 
 
+def log_importance_ratio(
+    raw_counts: np.ndarray, target_counts: np.ndarray, target_pseudocount: float = 0.0, epsilon: float = 1e-8
+) -> np.ndarray:
+    """``log(p_target + ε) − log(p_raw + ε)`` per bucket, from bucket counts: DSIR's per-n-gram log weight.
+
+    ``target_counts`` is (num_buckets,) or (num_buckets, n_targets); each target column gets ``target_pseudocount``
+    added before normalizing. A document's log importance weight is its count vector dotted with this. As
+    data-selection 1.0.3 (``epsilon`` = 1e-8 inside both logs).
+    """
+    raw_counts = np.asarray(raw_counts, dtype=np.float64)
+    if raw_counts.sum() <= 0:
+        raise ValueError("raw: has no n-grams (every document is empty or whitespace); expected some tokens")
+    target_counts = np.asarray(target_counts, dtype=np.float64)
+    single = target_counts.ndim == 1
+    target_counts = target_counts[:, None] if single else target_counts
+    if (target_counts.sum(axis=0) <= 0).any():
+        raise ValueError("target: has no n-grams (every document is empty or whitespace); expected some tokens")
+    raw_probs = raw_counts / raw_counts.sum()
+    columns = [np.ascontiguousarray(target_counts[:, j]) + target_pseudocount for j in range(target_counts.shape[1])]
+    target_probs = np.stack([c / c.sum() for c in columns], axis=1)  # 1-D sums per column, as data-selection
+    log_diff = np.log(target_probs + epsilon) - np.log(raw_probs[:, None] + epsilon)
+    return log_diff[:, 0] if single else log_diff
+
+
 class DSIR:
     """Hashed n-gram DSIR: ``fit(raw, target)``, then ``log_weights()`` and ``resample(k, seed)``.
 
@@ -143,8 +150,11 @@ class DSIR:
     precomputed :class:`HashedFeatures` / :class:`ShardedFeatures`. ``target`` may be a dict of named targets.
     Without ``cache_dir`` the raw pool is featurized once per DSIR object and held in memory (``raw_features``).
     With ``cache_dir`` it is featurized once into on-disk shards of ``batch_size`` documents (resumable, keyed by
-    the input and the hasher settings; see :mod:`labkit.select_cache`) and later fits memory-map them, so the
-    features never need to fit in memory; p_raw, the weights and resampling then stream shard by shard.
+    the input and the hasher settings; see :mod:`labkit.select.cache`) and later fits memory-map them, so the
+    features never need to fit in memory; p_raw and the weights then stream shard by shard (the weights and
+    lengths, one number per document, stay in memory). ``hash="fast"`` featurizes ~8x faster with other buckets
+    (:mod:`labkit.select.fast`). For pools of files larger than memory, or on Ray, see
+    :func:`labkit.select.select_files` and :func:`labkit.select.select_files_ray`.
     """
 
     def __init__(
@@ -172,7 +182,7 @@ class DSIR:
             check_count("max_raw_tokens", max_raw_tokens)
         self.num_buckets = num_buckets  # 10,000 as in the paper and data-selection
         self.ngrams = ngrams  # 2: unigrams + bigrams
-        self.hash = hash  # "sha256" is identical to data-selection; "crc32" is faster to hash, other buckets
+        self.hash = hash  # "sha256": identical to data-selection; "fast": vectorized, other buckets; "crc32"
         self.min_length = min_length  # tokens; data-selection defaults to 100 and drops silently, we report it
         self.target_pseudocount = target_pseudocount  # additive smoothing of target counts (unreleased upstream)
         self.epsilon = epsilon  # added to both probabilities inside the log, 1e-8 as in data-selection
@@ -221,7 +231,6 @@ class DSIR:
             raw_counts = feats.total_counts(np.arange(min(stop, len(feats))))
         if raw_counts.sum() <= 0:
             raise ValueError("raw: has no n-grams (every document is empty or whitespace); expected some tokens")
-        raw_probs = raw_counts / raw_counts.sum()
         if target is None:
             raise TypeError("target: expected documents, features or a dict of named targets, got None")
         self._multi = isinstance(target, Mapping)
@@ -229,18 +238,16 @@ class DSIR:
         if not targets:
             raise ValueError("target: expected at least one named target, got an empty dict")
         self.target_names = list(targets)
-        columns, sizes = [], []
+        columns = []
         for name, docs in targets.items():
             counts = _features(docs, self, f"target {name!r}").total_counts()
             if counts.sum() <= 0:
                 raise ValueError(f"target {name!r}: has no n-grams (every document is empty or whitespace); "
                                  "expected some tokens")
-            counts = counts + self.target_pseudocount
-            sizes.append(counts.sum())
-            columns.append(counts / counts.sum() if counts.sum() > 0 else counts)
-        target_probs = np.stack(columns, axis=1)
-        self.raw_probs, self.target_probs = raw_probs, target_probs
-        self.log_diff = np.log(target_probs + self.epsilon) - np.log(raw_probs[:, None] + self.epsilon)
+            columns.append(counts)
+        target_counts = np.stack(columns, axis=1)
+        sizes = [(c + self.target_pseudocount).sum() for c in columns]
+        self.log_diff = log_importance_ratio(raw_counts, target_counts, self.target_pseudocount, self.epsilon)
         if proportions is not None:
             unknown = sorted(set(proportions) - set(self.target_names))
             if unknown or not self._multi:
@@ -363,155 +370,3 @@ def kl_reduction(
     return float(np.mean(values))
 
 
-def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
-    """k distinct indices out of ``range(n)``, uniformly (the paper's random baseline)."""
-    k = _check_k(k, check_count("n", n, 0), "the pool size")
-    return np.random.default_rng(seed).choice(n, size=k, replace=False)
-
-
-def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
-    """Documents, :class:`HashedFeatures` or a scipy sparse (N × num_buckets) count matrix → CSR counts."""
-    from scipy import sparse
-
-    if sparse.issparse(data):
-        if data.shape[1] != num_buckets:
-            raise ValueError(f"{name}: expected a count matrix with {num_buckets} columns, got shape {data.shape}")
-        return sparse.csr_matrix(data)
-    if not isinstance(data, FEATURE_TYPES):
-        data = featurize(data, num_buckets, ngrams, hash, name=name)
-    return data.to_csr()
-
-
-def _allowed(n: int, k: int, exclude: np.ndarray | None) -> np.ndarray:
-    """Mask of the raw documents a baseline may pick; checks 0 < k <= their number."""
-    allowed = ~_exclude_mask(exclude, n)
-    _check_k(k, int(allowed.sum()), f"the pool size less {n - int(allowed.sum())} excluded")
-    return allowed
-
-
-def _target_counts(target, num_buckets: int, ngrams: int, hash: str) -> np.ndarray:
-    """Summed bucket counts of the target; a target without any n-gram raises (it would rank nothing)."""
-    counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
-    if counts.sum() <= 0:
-        raise ValueError("target: has no n-grams (every document is empty or whitespace); expected some tokens")
-    return counts
-
-
-def heuristic_select(
-    raw,
-    target,
-    k: int,
-    seed: int = 0,
-    *,
-    negatives_per_target: float = 5.0,
-    pareto_alpha: float = 9.0,
-    exclude: np.ndarray | None = None,
-    num_buckets: int = 10000,
-    ngrams: int = 2,
-    hash: str = "sha256",
-) -> np.ndarray:
-    """Heuristic classification (GPT-3, The Pile): a target-vs-raw classifier plus Pareto acceptance.
-
-    Logistic regression on log1p hashed counts (fastText in the paper) separates the target from a random raw
-    sample ``negatives_per_target`` times its size; document i is kept when ``score_i + pareto(alpha) > 1``.
-    For a fixed budget the threshold 1 is moved so that exactly k pass: the top k of ``score + pareto noise``.
-    """
-    _check_number("negatives_per_target", negatives_per_target, 0.0)
-    _check_number("pareto_alpha", pareto_alpha, 0.0)
-    from sklearn.linear_model import LogisticRegression
-
-    x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
-    x_target = _as_matrix(target, num_buckets, ngrams, hash, "target").log1p()
-    allowed = _allowed(x_raw.shape[0], k, exclude)
-    rng = np.random.default_rng(seed)
-    candidates = np.nonzero(allowed)[0]
-    n_neg = min(len(candidates), max(1, int(round(negatives_per_target * x_target.shape[0]))))
-    negatives = rng.choice(candidates, size=n_neg, replace=False)
-    from scipy import sparse
-
-    x = sparse.vstack([x_target, x_raw[negatives]])
-    y = np.concatenate([np.ones(x_target.shape[0]), np.zeros(n_neg)])
-    clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
-    scores = clf.predict_proba(x_raw)[:, 1]
-    # keep iff score + pareto > 1; for a budget of exactly k, move the threshold: top-k of score + pareto noise
-    keys = np.where(allowed, scores + rng.pareto(pareto_alpha, size=len(scores)), -np.inf)
-    return gumbel_top_k(keys, k, top_k=True)
-
-
-def target_likelihood_select(
-    raw,
-    target,
-    k: int,
-    *,
-    num_buckets: int = 10000,
-    ngrams: int = 2,
-    hash: str = "sha256",
-    epsilon: float = 1e-8,
-    exclude: np.ndarray | None = None,
-) -> np.ndarray:
-    """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
-    _check_number("epsilon", epsilon, 0.0)
-    x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
-    counts = _target_counts(target, num_buckets, ngrams, hash)
-    lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
-    scores = (x @ np.log(counts / counts.sum() + epsilon)) / lengths
-    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
-
-
-def tfidf_select(
-    raw,
-    target,
-    k: int,
-    *,
-    num_buckets: int = 10000,
-    ngrams: int = 2,
-    hash: str = "sha256",
-    exclude: np.ndarray | None = None,
-) -> np.ndarray:
-    """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid."""
-    x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
-    target_counts = _target_counts(target, num_buckets, ngrams, hash)
-    df = np.bincount(x.indices, minlength=num_buckets)
-    idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
-    weighted = x.copy()
-    weighted.data = weighted.data * idf[weighted.indices]  # tf-idf of the hashed counts, O(nnz)
-    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-    squares = np.bincount(rows, weights=weighted.data**2, minlength=x.shape[0])
-    norms = np.sqrt(squares) + 1e-12
-    centroid = target_counts * idf
-    centroid /= np.linalg.norm(centroid) + 1e-12
-    x = weighted
-    scores = np.asarray(x @ centroid).ravel() / norms
-    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
-
-
-def write_selected(raw_path: str | Path, indices: np.ndarray, out_path: str | Path) -> int:
-    """Copy the lines of jsonl ``raw_path`` at ``indices`` (document order) to ``out_path``; returns the count.
-
-    Blank lines are not documents, as in :func:`~labkit.select_features.iter_documents`. Written to a temporary
-    file and renamed into place: an existing ``out_path`` is replaced, never nested, and nothing is half-written.
-    """
-    raw_path, out_path = Path(raw_path), Path(out_path)
-    indices = np.asarray(indices)
-    if indices.size and (indices.dtype == bool or indices.dtype.kind not in "iu"):
-        raise TypeError(f"indices must be integer document positions, got dtype {indices.dtype}")
-    if indices.size and indices.min() < 0:
-        raise ValueError(f"indices must be >= 0 (document positions in {raw_path}), got {indices.min()}")
-    wanted = np.zeros(int(np.max(indices)) + 1 if len(indices) else 0, dtype=bool)
-    wanted[np.asarray(indices, dtype=np.int64)] = True
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    written, doc = 0, 0
-    with open(raw_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-        for line in src:
-            if not line.strip():
-                continue
-            if doc < len(wanted) and wanted[doc]:
-                dst.write(line if line.endswith("\n") else line + "\n")
-                written += 1
-            doc += 1
-    if doc < len(wanted):
-        tmp.unlink()
-        raise ValueError(f"{raw_path}: has {doc} documents, but index {len(wanted) - 1} was selected")
-    tmp.replace(out_path)
-    return written

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labkit.select_features import (
+from labkit.select.features import (
     TOKEN_ENGINE,
     HashedFeatures,
     NgramHasher,

@@ -1,0 +1,320 @@
+"""DSIR experiment setup shared by its two tracks: config, the labelled pool, target splits, selection arms, scorers.
+
+The LM track (:mod:`labkit.experiments.dsir`) and the classification track (:mod:`labkit.experiments.dsir_classify`)
+both build on this module; it imports neither of them. The pool's hashed features live in labkit.select's feature
+cache (``<labkit cache>/select``, the folder ``DSIR(cache_dir=...)`` uses), featurized once and memory-mapped after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labkit.data import corpora
+from labkit.data.cache import cache_dir
+from labkit.experiments import (
+    check_types,
+    require_choice,
+    require_device,
+    require_divisible,
+    require_non_empty,
+    require_non_negative,
+    require_positive,
+    require_subset,
+    require_unique,
+    require_within,
+)
+from labkit.models import byte_lm as byte_lm_module
+from labkit.models.ngram_lm import EncodedCorpus, build_vocabulary, encode
+from labkit.select import (
+    DSIR,
+    gumbel_top_k,
+    heuristic_select,
+    kl_reduction,
+    random_select,
+    target_likelihood_select,
+    tfidf_select,
+)
+from labkit.select.cache import ShardedFeatures, cached_features
+from labkit.select.features import HashedFeatures
+
+TARGETS = {
+    "foldoc-networking": ("foldoc/networking",),
+    "gcide-botany": ("gcide/Bot",),
+    "gcide-chemistry": ("gcide/Chem",),
+    "man2-syscalls": ("man/2",),
+    "devils-dictionary": ("devil",),
+    "fortunes-songs-poems": ("fortunes/songs-poems",),
+    "python-api-docs": ("python/api",),
+    "shakespeare-tragedies": ("shakespeare/hamlet", "shakespeare/lear", "shakespeare/othello"),
+    "python-topics": ("python/topics",),
+}
+METHODS = ("random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir")
+# Downstream classification task of each target: tell apart chunks of these labels (the target's own label among
+# its domain's other fine tags), e.g. GCIDE domain tags, FOLDOC sub-tags, man sections, fortune categories.
+CLASSIFY_TASKS = {
+    "foldoc-networking": tuple(
+        f"foldoc/{t}" for t in ("networking", "programming", "language", "operating-system", "hardware")
+    ),
+    "gcide-botany": ("gcide/Bot", "gcide/Zool", "gcide/Chem", "gcide/Med", "gcide/Anat"),
+    "gcide-chemistry": ("gcide/Bot", "gcide/Zool", "gcide/Chem", "gcide/Med", "gcide/Anat"),
+    "man2-syscalls": tuple(f"man/{s}" for s in (1, 2, 3, 5, 7, 8)),
+    "devils-dictionary": ("devil", "jargon", "gcide/general", "foldoc/general"),
+    "fortunes-songs-poems": tuple(
+        f"fortunes/{c}" for c in ("songs-poems", "computers", "definitions", "people", "science", "politics")
+    ),
+    "python-api-docs": ("python/api", "python/topics", "man/2", "man/3"),
+    "shakespeare-tragedies": tuple(
+        f"shakespeare/{p}" for p in ("hamlet", "lear", "othello", "richard_iii", "coriolanus", "henry_v")
+    ),
+    "python-topics": ("python/api", "python/topics", "man/2", "man/3"),
+}
+
+
+@dataclass
+class Config:
+    sources: list[str] = field(default_factory=lambda: list(corpora.ALL_SOURCES))  # corpus sources (see corpora)
+    chunk_words: int = 64  # words per chunk (the paper: 128; 64 gives more documents on CPU)
+    max_chunks: dict[str, int] = field(default_factory=lambda: {"gcide": 35000, "man": 30000})  # per-source caps
+    targets: list[str] = field(default_factory=lambda: [t for t in TARGETS if t != "python-topics"])  # see TARGETS
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # see METHODS
+    n_fit: int = 150  # target chunks DSIR (and every method) may look at (FOLDOC networking has 413)
+    n_eval: int = 150  # held-out target chunks for KL reduction and LM loss
+    budget_k: int = 3000  # chunks selected (≈ 192k words, ~2 % of the pool)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed redraws the target split and selection
+    num_buckets: int = 10000  # hashed n-gram buckets (paper and data-selection default)
+    pseudocount: float = 1.0  # added to every bucket of selected and pool counts in KL reduction
+    temperature: float = 1.0  # DSIR Gumbel temperature (1 = the paper's importance resampling)
+    heuristic_alpha: float = 9.0  # Pareto shape of heuristic classification (GPT-3 / The Pile)
+    vocab_size: int = 30000  # bigram-LM vocabulary: most frequent tokens of the pool
+    discount: float = 0.75  # absolute discount of the bigram LM
+    downstream: str = "both"  # "bigram" | "tiny_lm" | "both"
+    tiny_lm_targets: list[str] = field(default_factory=lambda: ["foldoc-networking", "gcide-botany"])  # subset
+    tiny_lm_methods: list[str] = field(default_factory=lambda: ["random", "dsir", "heuristic"])  # subset
+    tiny_lm_seeds: list[int] = field(default_factory=lambda: [0])  # seeds of the transformer track
+    lm_steps: int = 200  # AdamW steps of the byte-level transformer
+    lm_context: int = 128  # bytes per training window
+    lm_batch: int = 32  # windows per step
+    lm_hidden: int = 128  # transformer width
+    lm_layers: int = 2  # transformer depth
+    lm_heads: int = 4  # attention heads
+    lm_lr: float = 3e-3  # peak learning rate (warm-up 10 %, cosine decay)
+    device: str = "cpu"  # "cpu" | "cuda" | "auto" for the transformer
+    threads: int = 1  # torch threads (1 was faster than 2 on the shared 2-core machine)
+    # Downstream classification (the paper's continued pretraining + target-task fine-tuning, at byte-LM scale):
+    classify: bool = False  # pretrain a base byte LM, continue it on each selection, probe the target's domain tags
+    classify_targets: list[str] = field(default_factory=lambda: ["foldoc-networking", "gcide-botany"])  # with a task
+    classify_methods: list[str] = field(default_factory=lambda: ["random", "dsir", "heuristic"])  # subset of methods
+    classify_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # selection + continued-pretraining seeds
+    classify_train: int = 40  # labelled chunks per tag to train the probe (5 tags: 200 examples)
+    classify_eval: int = 40  # labelled chunks per tag to evaluate it (disjoint from training and from the pool)
+    base_chunks: int = 5000  # random pool chunks (task chunks excluded) the base LM is pretrained on
+    base_steps: int = 300  # AdamW steps of base pretraining (lr = lm_lr); one base model per run
+    continue_steps: int = 150  # AdamW steps of continued pretraining on each selection
+    continue_lr: float = 1e-3  # peak learning rate of continued pretraining (warm-up 10 %, cosine decay)
+    probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe on mean-pooled hidden states
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_non_empty(self, "sources", "targets", "methods", "seeds")
+        require_subset("sources", self.sources, corpora.ALL_SOURCES)
+        require_subset("max_chunks", self.max_chunks, corpora.ALL_SOURCES)
+        require_subset("targets", self.targets, TARGETS)
+        require_subset("methods", self.methods, METHODS)
+        require_subset("tiny_lm_targets", self.tiny_lm_targets, TARGETS)
+        require_subset("tiny_lm_methods", self.tiny_lm_methods, METHODS)
+        require_subset("classify_targets", self.classify_targets, CLASSIFY_TASKS)
+        require_subset("classify_methods", self.classify_methods, METHODS)
+        require_choice(self, "downstream", ("bigram", "tiny_lm", "both"))
+        require_unique(self, "seeds", "tiny_lm_seeds", "classify_seeds")
+        require_non_negative(self, "seeds", "tiny_lm_seeds", "classify_seeds")
+        require_positive(self, "chunk_words", "n_fit", "n_eval", "budget_k", "num_buckets", "pseudocount",
+                         "temperature", "heuristic_alpha", "vocab_size", "lm_steps", "lm_context", "lm_batch",
+                         "lm_hidden", "lm_layers", "lm_heads", "lm_lr", "threads", "classify_train", "classify_eval",
+                         "base_chunks", "base_steps", "continue_steps", "continue_lr", "probe_c")
+        _require_positive_values("max_chunks", self.max_chunks)
+        require_within(self, "discount", 0, 1, "[)")
+        require_divisible(self, "lm_hidden", "lm_heads")
+        require_device(self)
+
+
+
+def _require_positive_values(name: str, caps: dict[str, int]) -> None:
+    bad = {k: v for k, v in caps.items() if v <= 0}
+    if bad:
+        raise ValueError(f"parameter {name!r} must map sources to chunk caps > 0, got {bad}")
+
+
+@dataclass
+class Prepared:
+    """The pool and everything computed once from it: hashed features, count matrix, LM vocabulary and ids."""
+
+    corpus: pd.DataFrame  # text, source, label
+    features: HashedFeatures | ShardedFeatures  # hashed n-grams of every chunk (mmap'd shards of the feature cache)
+    matrix: Any  # scipy CSR counts (N × num_buckets), for the classifier baselines
+    encoded: EncodedCorpus  # bigram-LM token ids of every chunk
+    vocab_size: int  # bigram-LM vocabulary size including <unk>
+    skipped_targets: dict[str, str]  # target -> why it was not run
+    _dsir: DSIR | None = None
+
+    def dsir(self, cfg: Config) -> DSIR:
+        """One DSIR over the whole corpus, reused across targets (its raw features and totals are computed once)."""
+        if self._dsir is None:
+            self._dsir = DSIR(num_buckets=cfg.num_buckets, cache_dir=feature_cache())
+        return self._dsir
+
+
+def feature_cache() -> Path:
+    """The folder of labkit.select's feature cache for the pool (``DSIR(cache_dir=...)``), under the labkit cache."""
+    return cache_dir() / "select"
+
+
+def prepare(cfg: Config, progress: bool = False) -> Prepared:
+    """Build (or load from the labkit cache) the pool and its features; targets with too few chunks are skipped."""
+    sources = [s for s in cfg.sources if s in corpora.available_sources()]
+    corpus = corpora.build_corpus(sources, chunk_words=cfg.chunk_words, max_chunks=cfg.max_chunks, progress=progress)
+    texts = corpus.text.tolist()
+    features = cached_features(texts, feature_cache(), cfg.num_buckets, progress=progress, name="pool")
+    vocab = build_vocabulary(texts, cfg.vocab_size)
+    encoded, vocab_size = encode(texts, vocab), len(vocab)
+    skipped = {}
+    labels = corpus.label.to_numpy()
+    for target in cfg.targets:
+        have = int(np.isin(labels, TARGETS[target]).sum())
+        if have < cfg.n_fit + cfg.n_eval + 1:
+            skipped[target] = (
+                f"{have} chunks with labels {TARGETS[target]} in sources {sources}; "
+                f"needs > n_fit + n_eval = {cfg.n_fit + cfg.n_eval}"
+            )
+    return Prepared(corpus, features, features.to_csr(), encoded, vocab_size, skipped)
+
+
+@dataclass
+class Split:
+    """One seed's view of one target: fit and held-out chunk ids, and the pool the methods select from."""
+
+    fit: np.ndarray
+    eval: np.ndarray
+    pool: np.ndarray
+    reserved: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # kept out of everything
+
+
+def split_target(
+    prepared: Prepared, target: str, n_fit: int, n_eval: int, seed: int, reserved: np.ndarray | None = None
+) -> Split:
+    """Draw the fit sample and the held-out set from the target's labels; everything else is the pool.
+
+    ``reserved`` chunk ids (e.g. a downstream task's labelled examples) are neither drawn nor left in the pool.
+    """
+    labels = prepared.corpus.label.to_numpy()
+    members = np.nonzero(np.isin(labels, TARGETS[target]))[0]
+    reserved = np.zeros(0, dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
+    if len(reserved):
+        members = np.setdiff1d(members, reserved)
+    rng = np.random.default_rng([seed, sorted(TARGETS).index(target)])
+    drawn = rng.permutation(members)[: n_fit + n_eval]
+    fit, held = np.sort(drawn[:n_fit]), np.sort(drawn[n_fit:])
+    pool = np.setdiff1d(np.arange(len(labels)), np.concatenate([drawn, reserved]))
+    return Split(fit, held, pool, reserved)
+
+
+def select(method: str, prepared: Prepared, split: Split, target: str, k: int, seed: int, cfg: Config) -> np.ndarray:
+    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``.
+
+    Every method sees the whole corpus with the target's fit and held-out chunks excluded (``exclude=``), which
+    equals selecting from the pool without copying it.
+    """
+    drawn = np.concatenate([split.fit, split.eval, split.reserved])
+    fit_feats = prepared.features.subset(split.fit)
+    if method == "random":
+        return split.pool[random_select(len(split.pool), k, seed)]
+    if method in ("dsir", "dsir-topk", "anti-dsir"):
+        dsir = prepared.dsir(cfg).fit(prepared.features, fit_feats, exclude=drawn)
+        if method == "anti-dsir":
+            weights = dsir.log_weights()
+            weights[drawn] = np.inf
+            return gumbel_top_k(-weights, k, top_k=True)
+        return dsir.resample(k, seed=seed, top_k=method == "dsir-topk", temperature=cfg.temperature)
+    if method == "heuristic":
+        return heuristic_select(
+            prepared.matrix,
+            fit_feats,
+            k,
+            seed,
+            pareto_alpha=cfg.heuristic_alpha,
+            num_buckets=cfg.num_buckets,
+            exclude=drawn,
+        )
+    if method == "target-likelihood":
+        return target_likelihood_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
+    if method == "tfidf":
+        return tfidf_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
+    if method == "expert":  # oracle: the target's own labels first, then its source, then random
+        corpus = prepared.corpus
+        own = np.isin(corpus.label.to_numpy(), TARGETS[target])
+        same_source = np.isin(corpus.source.to_numpy(), corpus.source.iloc[split.fit].unique())
+        rank = np.random.default_rng(seed).random(len(corpus)) - 2.0 * own - 1.0 * same_source
+        rank[drawn] = np.inf
+        return np.argsort(rank, kind="stable")[:k]
+    raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+
+
+def kl_scorer(prepared: Prepared, split: Split, cfg: Config, total_counts: np.ndarray | None = None):
+    """KL reduction of a selection (chunk ids -> float) toward the split's held-out chunks, against its pool.
+
+    The pool's counts leave out the split's fit, held-out and reserved chunks, which no method may select.
+    """
+    total = prepared.features.total_counts() if total_counts is None else total_counts
+    eval_counts = prepared.features.total_counts(split.eval)
+    pool_counts = total - prepared.features.total_counts(np.concatenate([split.fit, split.eval, split.reserved]))
+
+    def score(chosen: np.ndarray) -> float:
+        return kl_reduction(
+            prepared.features.total_counts(chosen),
+            eval_counts,
+            pool_counts,
+            pseudocount=cfg.pseudocount,
+            num_buckets=cfg.num_buckets,
+        )
+
+    return score
+
+
+def byte_lm(cfg: Config, seed: int):
+    """A fresh byte-level transformer of the config's size (``lm_hidden``, ``lm_layers``, ``lm_heads``)."""
+    return byte_lm_module.build_byte_lm(cfg.lm_hidden, cfg.lm_layers, cfg.lm_heads, cfg.lm_context, seed)
+
+
+def train_bytes(model, data, steps: int, lr: float, cfg: Config, seed: int) -> None:
+    """Train ``model`` on ``lm_batch`` windows of ``lm_context`` bytes of ``data`` per step."""
+    byte_lm_module.train_on_bytes(model, data, steps, lr, context=cfg.lm_context, batch=cfg.lm_batch, seed=seed)
+
+
+
+def paired_gaps(
+    scores: pd.DataFrame, method: str, reference: str, value: str = "bigram_nats_per_token", n_boot: int = 2000
+) -> pd.DataFrame:
+    """Per target and overall: mean of (method − reference) over seeds with a bootstrap 95 % interval.
+
+    Negative = ``method`` has the lower loss. The overall row pairs every (seed, target) cell.
+    """
+    from labkit.stats import bootstrap_ci
+
+    a = scores[scores.method == method].set_index(["seed", "target"])[value]
+    b = scores[scores.method == reference].set_index(["seed", "target"])[value]
+    diff = (a - b).dropna().reset_index()
+    rows = []
+    for target, group in diff.groupby("target", sort=False):
+        mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+        rows.append({"target": target, "mean_diff": mean, "low": low, "high": high, "n": len(group)})
+    mean, low, high = bootstrap_ci(diff[value].to_numpy(), n_boot=n_boot)
+    rows.append({"target": "all", "mean_diff": mean, "low": low, "high": high, "n": len(diff)})
+    out = pd.DataFrame(rows)
+    out.insert(0, "comparison", f"{method} − {reference}")
+    return out
+
+

@@ -1,0 +1,134 @@
+"""Selection baselines of the DSIR paper on the same hashed n-gram features: random, heuristic classification
+(GPT-3, The Pile), target likelihood (DSIR without the raw denominator) and TF-IDF retrieval.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from labkit.select.dsir import FEATURE_TYPES, _check_k, _check_number, _exclude_mask, gumbel_top_k
+from labkit.select.features import check_count, featurize
+
+
+def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """k distinct indices out of ``range(n)``, uniformly (the paper's random baseline)."""
+    k = _check_k(k, check_count("n", n, 0), "the pool size")
+    return np.random.default_rng(seed).choice(n, size=k, replace=False)
+
+
+def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
+    """Documents, :class:`HashedFeatures` or a scipy sparse (N × num_buckets) count matrix → CSR counts."""
+    from scipy import sparse
+
+    if sparse.issparse(data):
+        if data.shape[1] != num_buckets:
+            raise ValueError(f"{name}: expected a count matrix with {num_buckets} columns, got shape {data.shape}")
+        return sparse.csr_matrix(data)
+    if not isinstance(data, FEATURE_TYPES):
+        data = featurize(data, num_buckets, ngrams, hash, name=name)
+    return data.to_csr()
+
+
+def _allowed(n: int, k: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Mask of the raw documents a baseline may pick; checks 0 < k <= their number."""
+    allowed = ~_exclude_mask(exclude, n)
+    _check_k(k, int(allowed.sum()), f"the pool size less {n - int(allowed.sum())} excluded")
+    return allowed
+
+
+def _target_counts(target, num_buckets: int, ngrams: int, hash: str) -> np.ndarray:
+    """Summed bucket counts of the target; a target without any n-gram raises (it would rank nothing)."""
+    counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
+    if counts.sum() <= 0:
+        raise ValueError("target: has no n-grams (every document is empty or whitespace); expected some tokens")
+    return counts
+
+
+def heuristic_select(
+    raw,
+    target,
+    k: int,
+    seed: int = 0,
+    *,
+    negatives_per_target: float = 5.0,
+    pareto_alpha: float = 9.0,
+    exclude: np.ndarray | None = None,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
+) -> np.ndarray:
+    """Heuristic classification (GPT-3, The Pile): a target-vs-raw classifier plus Pareto acceptance.
+
+    Logistic regression on log1p hashed counts (fastText in the paper) separates the target from a random raw
+    sample ``negatives_per_target`` times its size; document i is kept when ``score_i + pareto(alpha) > 1``.
+    For a fixed budget the threshold 1 is moved so that exactly k pass: the top k of ``score + pareto noise``.
+    """
+    _check_number("negatives_per_target", negatives_per_target, 0.0)
+    _check_number("pareto_alpha", pareto_alpha, 0.0)
+    from sklearn.linear_model import LogisticRegression
+
+    x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
+    x_target = _as_matrix(target, num_buckets, ngrams, hash, "target").log1p()
+    allowed = _allowed(x_raw.shape[0], k, exclude)
+    rng = np.random.default_rng(seed)
+    candidates = np.nonzero(allowed)[0]
+    n_neg = min(len(candidates), max(1, int(round(negatives_per_target * x_target.shape[0]))))
+    negatives = rng.choice(candidates, size=n_neg, replace=False)
+    from scipy import sparse
+
+    x = sparse.vstack([x_target, x_raw[negatives]])
+    y = np.concatenate([np.ones(x_target.shape[0]), np.zeros(n_neg)])
+    clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
+    scores = clf.predict_proba(x_raw)[:, 1]
+    # keep iff score + pareto > 1; for a budget of exactly k, move the threshold: top-k of score + pareto noise
+    keys = np.where(allowed, scores + rng.pareto(pareto_alpha, size=len(scores)), -np.inf)
+    return gumbel_top_k(keys, k, top_k=True)
+
+
+def target_likelihood_select(
+    raw,
+    target,
+    k: int,
+    *,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
+    epsilon: float = 1e-8,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
+    _check_number("epsilon", epsilon, 0.0)
+    x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
+    counts = _target_counts(target, num_buckets, ngrams, hash)
+    lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
+    scores = (x @ np.log(counts / counts.sum() + epsilon)) / lengths
+    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
+
+
+def tfidf_select(
+    raw,
+    target,
+    k: int,
+    *,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid."""
+    x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
+    target_counts = _target_counts(target, num_buckets, ngrams, hash)
+    df = np.bincount(x.indices, minlength=num_buckets)
+    idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
+    weighted = x.copy()
+    weighted.data = weighted.data * idf[weighted.indices]  # tf-idf of the hashed counts, O(nnz)
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    squares = np.bincount(rows, weights=weighted.data**2, minlength=x.shape[0])
+    norms = np.sqrt(squares) + 1e-12
+    centroid = target_counts * idf
+    centroid /= np.linalg.norm(centroid) + 1e-12
+    x = weighted
+    scores = np.asarray(x @ centroid).ravel() / norms
+    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
+
+
