@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ VARIANTS = ("reference", "exact", "fast", "fast x2", "ray")
 CORES = {"reference": 1, "exact": 1, "fast": 1, "fast x2": 2, "ray": 2}  # processes doing the work
 
 
-def write_jsonl(path: Path, texts) -> None:
+def write_jsonl(path: Path, texts: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for t in texts:
             f.write(json.dumps({"text": t}) + "\n")

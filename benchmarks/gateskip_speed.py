@@ -14,8 +14,10 @@ import argparse
 import contextlib
 import datetime
 import os
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from labkit import gate, profile, skip
 from labkit.models.decoder_lm import build_causal_lm
@@ -47,13 +49,15 @@ def main() -> None:
     x = torch.randint(0, 1000, (batch, length), device=device)
     tokens = batch * length
 
-    def build():
+    def build() -> nn.Module:
         return (
             build_causal_lm("llama", 1000, hidden, layers, heads, max_positions=length, seed=0).to(device, dtype).eval()
         )
 
-    def forward(model, make_context=None):
-        def call():
+    def forward(
+        model: nn.Module, make_context: Callable[[], contextlib.AbstractContextManager] | None = None
+    ) -> Callable[[], None]:
+        def call() -> None:
             with torch.no_grad(), make_context() if make_context else contextlib.nullcontext():
                 model(x, use_cache=False)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -41,8 +42,12 @@ def main() -> None:
         enc_g, dec_g = to_layout(enc_l, "grouped"), to_layout(dec_l, "grouped")
         x = torch.randn(BATCH, n_vars, HEIGHT, WIDTH, device=device)
 
-        def step(enc, dec, x=x):
-            def run():
+        def step(
+            enc: PerVariableEncoder | PerVariableDecoder,
+            dec: PerVariableEncoder | PerVariableDecoder,
+            x: torch.Tensor = x,
+        ) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
                 out = dec(enc(x))
                 out.pow(2).mean().backward()
                 return out
@@ -66,7 +71,9 @@ def main() -> None:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             x = torch.randn(16, 6, n_vars, HEIGHT, WIDTH, device=device)
 
-            def train_step(model=model, opt=opt, x=x):
+            def train_step(
+                model: PerVariableForecaster = model, opt: torch.optim.Optimizer = opt, x: torch.Tensor = x
+            ) -> None:
                 opt.zero_grad()
                 model(x)[0].pow(2).mean().backward()
                 opt.step()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,14 @@ from labkit.experiments.dsir_setup import (
 from labkit.models.byte_lm import bits_per_byte, byte_tensor
 from labkit.stats import bootstrap_ci, interval_sign
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-def draw_task(labels: np.ndarray, tags: tuple[str, ...], per_tag_train: int, per_tag_eval: int):
+
+def draw_task(
+    labels: np.ndarray, tags: tuple[str, ...], per_tag_train: int, per_tag_eval: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
     """Labelled chunk ids of one classification task: ``per_tag_train`` + ``per_tag_eval`` chunks of every tag.
 
     The draw depends only on the tags (not on the seed), so every method and seed is probed on the same examples.
@@ -54,7 +61,7 @@ def draw_task(labels: np.ndarray, tags: tuple[str, ...], per_tag_train: int, per
     return np.concatenate(train), np.array(train_y), np.concatenate(held), np.array(held_y)
 
 
-def pooled_features(model, texts: list[str], context: int, batch_size: int = 64) -> np.ndarray:
+def pooled_features(model: nn.Module, texts: list[str], context: int, batch_size: int = 64) -> np.ndarray:
     """Mean over positions of the last hidden state for the first ``context`` UTF-8 bytes of each text."""
     import torch
 
@@ -127,7 +134,7 @@ def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -
     total_counts = prepared.features.total_counts()
     rows = []
 
-    def score(model, target: str, seed: int, method: str, held, extra: dict) -> None:
+    def score(model: nn.Module, target: str, seed: int, method: str, held: torch.Tensor, extra: dict) -> None:
         train_ids, train_y, eval_ids, eval_y = tasks[target]
         train_x = pooled_features(model, list(texts[train_ids]), cfg.lm_context)
         eval_x = pooled_features(model, list(texts[eval_ids]), cfg.lm_context)

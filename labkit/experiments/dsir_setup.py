@@ -7,9 +7,10 @@ cache (``<labkit cache>/select``, the folder ``DSIR(cache_dir=...)`` uses), feat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,10 @@ from labkit.select import (
 )
 from labkit.select.cache import ShardedFeatures, cached_features
 from labkit.select.features import HashedFeatures
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 TARGETS = {
     "foldoc-networking": ("foldoc/networking",),
@@ -263,7 +268,9 @@ def select(method: str, prepared: Prepared, split: Split, target: str, k: int, s
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
-def kl_scorer(prepared: Prepared, split: Split, cfg: Config, total_counts: np.ndarray | None = None):
+def kl_scorer(
+    prepared: Prepared, split: Split, cfg: Config, total_counts: np.ndarray | None = None
+) -> Callable[[np.ndarray], float]:
     """KL reduction of a selection (chunk ids -> float) toward the split's held-out chunks, against its pool.
 
     The pool's counts leave out the split's fit, held-out and reserved chunks, which no method may select.
@@ -284,12 +291,12 @@ def kl_scorer(prepared: Prepared, split: Split, cfg: Config, total_counts: np.nd
     return score
 
 
-def byte_lm(cfg: Config, seed: int):
+def byte_lm(cfg: Config, seed: int) -> nn.Module:
     """A fresh byte-level transformer of the config's size (``lm_hidden``, ``lm_layers``, ``lm_heads``)."""
     return byte_lm_module.build_byte_lm(cfg.lm_hidden, cfg.lm_layers, cfg.lm_heads, cfg.lm_context, seed)
 
 
-def train_bytes(model, data, steps: int, lr: float, cfg: Config, seed: int) -> None:
+def train_bytes(model: nn.Module, data: torch.Tensor, steps: int, lr: float, cfg: Config, seed: int) -> None:
     """Train ``model`` on ``lm_batch`` windows of ``lm_context`` bytes of ``data`` per step."""
     byte_lm_module.train_on_bytes(model, data, steps, lr, context=cfg.lm_context, batch=cfg.lm_batch, seed=seed)
 

@@ -4,10 +4,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from labkit.select.dsir import FEATURE_TYPES, _check_k, _check_number, _exclude_mask, gumbel_top_k
 from labkit.select.features import check_count, featurize
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from scipy import sparse
+
+    from labkit.select.dsir import DocumentsOrFeatures
+
+    # What a baseline accepts for raw and target: documents, features or a scipy sparse (N × num_buckets) count matrix.
+    DocumentsOrCounts: TypeAlias = DocumentsOrFeatures | sparse.spmatrix | sparse.sparray
 
 
 def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -16,7 +28,7 @@ def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).choice(n, size=k, replace=False)
 
 
-def _as_matrix(data, num_buckets: int, ngrams: int, hash: str, name: str):
+def _as_matrix(data: DocumentsOrCounts, num_buckets: int, ngrams: int, hash: str, name: str) -> sparse.csr_matrix:
     """Documents, :class:`HashedFeatures` or a scipy sparse (N × num_buckets) count matrix → CSR counts."""
     from scipy import sparse
 
@@ -36,7 +48,7 @@ def _allowed(n: int, k: int, exclude: np.ndarray | None) -> np.ndarray:
     return allowed
 
 
-def _target_counts(target, num_buckets: int, ngrams: int, hash: str) -> np.ndarray:
+def _target_counts(target: DocumentsOrCounts, num_buckets: int, ngrams: int, hash: str) -> np.ndarray:
     """Summed bucket counts of the target; a target without any n-gram raises (it would rank nothing)."""
     counts = np.asarray(_as_matrix(target, num_buckets, ngrams, hash, "target").sum(axis=0)).ravel()
     if counts.sum() <= 0:
@@ -45,8 +57,8 @@ def _target_counts(target, num_buckets: int, ngrams: int, hash: str) -> np.ndarr
 
 
 def heuristic_select(
-    raw,
-    target,
+    raw: DocumentsOrCounts,
+    target: DocumentsOrCounts,
     k: int,
     seed: int = 0,
     *,
@@ -86,8 +98,8 @@ def heuristic_select(
 
 
 def target_likelihood_select(
-    raw,
-    target,
+    raw: DocumentsOrCounts,
+    target: DocumentsOrCounts,
     k: int,
     *,
     num_buckets: int = 10000,
@@ -106,8 +118,8 @@ def target_likelihood_select(
 
 
 def tfidf_select(
-    raw,
-    target,
+    raw: DocumentsOrCounts,
+    target: DocumentsOrCounts,
     k: int,
     *,
     num_buckets: int = 10000,

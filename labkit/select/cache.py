@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +40,11 @@ from labkit.select.features import (
     _worker_init,
     iter_documents,
 )
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
+    from labkit.select.features import Documents
 
 FORMAT_VERSION = 1  # bump when the shard layout or the featurizer's output changes
 MAX_CACHED_NGRAMS = 20_000_000  # distinct n-grams the hasher may remember before it starts afresh (memory bound)
@@ -66,7 +73,7 @@ class ShardedFeatures:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def _iter(self, desc: str):
+    def _iter(self, desc: str) -> Iterable[HashedFeatures]:
         from tqdm.auto import tqdm
 
         return tqdm(self.shards, desc=desc, unit="shard", disable=not self.progress, leave=False)
@@ -82,7 +89,7 @@ class ShardedFeatures:
         """Hashed n-grams per document (int64)."""
         return np.concatenate([s.ngram_counts() for s in self.shards])
 
-    def _by_shard(self, indices: np.ndarray):
+    def _by_shard(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(shard number, positions in ``indices``, local indices) for every shard that ``indices`` touches."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
@@ -121,14 +128,14 @@ class ShardedFeatures:
         inverse[np.concatenate(order)] = np.arange(len(indices))
         return joined.subset(inverse)
 
-    def to_csr(self):
+    def to_csr(self) -> sparse.csr_matrix:
         """A scipy CSR matrix of bucket counts, shape (N, num_buckets) (in memory)."""
         from scipy import sparse
 
         return sparse.vstack([s.to_csr() for s in self.shards], format="csr")
 
 
-def describe_input(data, text_field: str, name: str) -> dict:
+def describe_input(data: Documents, text_field: str, name: str) -> dict:
     """What identifies ``data`` in a cache key: a file's path, size and mtime, or a sha256 of in-memory content."""
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -217,7 +224,7 @@ def open_cache(folder: str | Path, progress: bool = False) -> ShardedFeatures:
 
 
 def cached_features(
-    data,
+    data: Documents,
     cache_dir: str | Path,
     num_buckets: int = 10000,
     ngrams: int = 2,
@@ -273,7 +280,7 @@ def cached_features(
     batches = enumerate(_batches(iter_documents(data, text_field=text_field, name=name), shard_docs))
     sizes: dict[int, int] = {}
 
-    def todo():
+    def todo() -> Iterator[tuple[int, list[str]]]:
         for i, batch in batches:
             sizes[i] = len(batch)
             if _shard_paths(folder, i)[2].exists():
@@ -287,7 +294,7 @@ def cached_features(
         with mp.get_context("fork").Pool(workers, _worker_init, (num_buckets, ngrams, hash)) as pool:
             order: list[int] = []  # shard number of each batch handed to the pool, in order
 
-            def feed():
+            def feed() -> Iterator[list[str]]:
                 for i, batch in todo():
                     order.append(i)
                     yield batch

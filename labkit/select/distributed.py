@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,11 @@ from labkit.select.stream import (
     settings_for,
     target_counts,
 )
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+    from labkit.select.dsir import DocumentsOrFeatures
 
 LOCAL_START_TRIES = 3  # a local Ray node misses its fixed start-up deadline on a machine loaded past its cores
 
@@ -55,7 +61,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def select_files_ray(
     raw_files: Sequence[str | Path],
-    target,
+    target: DocumentsOrFeatures,
     k: int,
     *,
     cache_dir: str | Path,
@@ -89,7 +95,7 @@ def select_files_ray(
         count_task = ray.remote(num_cpus=settings.workers, max_retries=2)(file_counts)
         top_task = ray.remote(num_cpus=1, max_retries=2)(file_top_keys)
 
-        def gather(refs, desc):
+        def gather(refs: list[ObjectRef], desc: str) -> list[tuple[Any, ...]]:
             return [ray.get(r) for r in tqdm(refs, desc=desc, unit="file", disable=not progress)]
 
         counted = gather([count_task.remote(str(f), settings) for f in files], "featurize + count (ray)")

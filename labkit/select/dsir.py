@@ -15,6 +15,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,14 @@ from labkit.select.cache import ShardedFeatures, cached_features
 from labkit.select.features import HashedFeatures, NgramHasher, check_count, check_document_indices, featurize
 
 FEATURE_TYPES = (HashedFeatures, ShardedFeatures)  # precomputed features accepted wherever documents are
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from labkit.select.features import Documents
+
+    # Documents (see labkit.select.features.iter_documents) or their precomputed features.
+    DocumentsOrFeatures: TypeAlias = Documents | HashedFeatures | ShardedFeatures
 
 
 def _check_number(name: str, value: float, minimum: float, strict: bool = True) -> float:
@@ -81,7 +90,9 @@ class LengthFilter:
     eligible: int  # documents left to select from
 
 
-def _check_settings(features, expected: tuple[int, int, str], name: str):
+def _check_settings(
+    features: HashedFeatures | ShardedFeatures, expected: tuple[int, int, str], name: str
+) -> HashedFeatures | ShardedFeatures:
     """Precomputed features made with the expected (num_buckets, ngrams, hash); never mixed across settings."""
     made = (features.num_buckets, features.ngrams, features.hash)
     if made != expected:
@@ -89,7 +100,7 @@ def _check_settings(features, expected: tuple[int, int, str], name: str):
     return features
 
 
-def _features(data, dsir: DSIR, name: str) -> HashedFeatures | ShardedFeatures:
+def _features(data: DocumentsOrFeatures, dsir: DSIR, name: str) -> HashedFeatures | ShardedFeatures:
     if isinstance(data, FEATURE_TYPES):
         return _check_settings(data, (dsir.num_buckets, dsir.ngrams, dsir.hash), name)
     if dsir.cache_dir is not None and name == "raw":
@@ -204,7 +215,12 @@ class DSIR:
         self._excluded = None
 
     def fit(
-        self, raw, target, proportions: Mapping[str, float] | None = None, *, exclude: np.ndarray | None = None
+        self,
+        raw: DocumentsOrFeatures | None,
+        target: DocumentsOrFeatures | Mapping[str, DocumentsOrFeatures],
+        proportions: Mapping[str, float] | None = None,
+        *,
+        exclude: np.ndarray | None = None,
     ) -> DSIR:
         """Featurize ``raw`` (once) and the target(s), and fit p_raw, p_target and the log-ratio per bucket.
 
@@ -330,7 +346,7 @@ class DSIR:
         return np.concatenate(chosen)
 
 
-def _counts(data, num_buckets: int, ngrams: int, hash: str, name: str) -> np.ndarray:
+def _counts(data: DocumentsOrFeatures | np.ndarray, num_buckets: int, ngrams: int, hash: str, name: str) -> np.ndarray:
     if isinstance(data, FEATURE_TYPES):
         return _check_settings(data, (num_buckets, ngrams, hash), name).total_counts()
     if isinstance(data, np.ndarray) and data.ndim == 1 and data.dtype.kind in "fiu":
@@ -343,7 +359,14 @@ def _counts(data, num_buckets: int, ngrams: int, hash: str, name: str) -> np.nda
 
 
 def kl_reduction(
-    selected, target, raw, *, pseudocount: float = 1.0, num_buckets: int = 10000, ngrams: int = 2, hash: str = "sha256"
+    selected: DocumentsOrFeatures | np.ndarray,
+    target: DocumentsOrFeatures | np.ndarray | Mapping[str, DocumentsOrFeatures | np.ndarray],
+    raw: DocumentsOrFeatures | np.ndarray,
+    *,
+    pseudocount: float = 1.0,
+    num_buckets: int = 10000,
+    ngrams: int = 2,
+    hash: str = "sha256",
 ) -> float:
     """KL reduction (DSIR paper §4): mean over targets of KL(p̂‖q_raw) − KL(p̂‖p_selected), in nats.
 

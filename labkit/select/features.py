@@ -14,16 +14,26 @@ import hashlib
 import operator
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
 from operator import methodcaller
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labkit.select.fast import fast_ngram_buckets
 from labkit.select.files import iter_file
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pandas as pd
+    from scipy import sparse
+
+    # What every DSIR entry point accepts as documents: strings, a pandas Series, or a path to one file.
+    Documents: TypeAlias = Iterable[str] | pd.Series | str | Path
 
 try:  # NLTK >= 3.10 compiles WordPunctTokenizer's pattern with the third-party `regex` engine, whose \w also
     # matches combining marks ("i̇" stays one token; stdlib `re` splits it). Use the same engine when present.
@@ -67,7 +77,7 @@ def check_document_indices(indices: np.ndarray, n: int, name: str = "indices") -
     return indices
 
 
-def _bucket_function(hash_name: str, num_buckets: int):
+def _bucket_function(hash_name: str, num_buckets: int) -> Callable[[str], int] | None:
     if hash_name == "sha256":
         sha256 = hashlib.sha256
         return lambda s: int.from_bytes(sha256(s.encode("utf-8")).digest(), "big") % num_buckets
@@ -128,7 +138,7 @@ class HashedFeatures:
             out[nonempty] = sums
         return out
 
-    def to_csr(self):
+    def to_csr(self) -> sparse.csr_matrix:
         """A scipy CSR matrix of bucket counts, shape (N, num_buckets)."""
         from scipy import sparse
 
@@ -331,7 +341,7 @@ class NgramHasher:
         return out
 
 
-def iter_documents(data, text_field: str = "text", name: str = "documents") -> Iterator[str]:
+def iter_documents(data: Documents, text_field: str = "text", name: str = "documents") -> Iterator[str]:
     """Yield the strings of ``data``: an iterable of str, a pandas Series, or a path to one file.
 
     A file is jsonl (optionally gzipped; ``text_field`` of each record), parquet (column ``text_field``) or text
@@ -382,7 +392,7 @@ def _worker_featurize(batch: list[str]) -> HashedFeatures:
 
 
 def featurize(
-    data,
+    data: Documents,
     num_buckets: int = 10000,
     ngrams: int = 2,
     hash: str = "sha256",

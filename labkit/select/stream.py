@@ -12,14 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labkit.select.cache import cached_features
+from labkit.select.cache import ShardedFeatures, cached_features
 from labkit.select.dsir import FEATURE_TYPES, LengthFilter, _check_k, _check_number, log_importance_ratio
 from labkit.select.fast import splitmix64
 from labkit.select.features import HashedFeatures, NgramHasher, _batches, check_count, iter_documents
 from labkit.select.files import write_selected
+
+if TYPE_CHECKING:
+    from labkit.select.dsir import DocumentsOrFeatures
 
 _SEED_MIX = np.uint64(0xD1B54A32D192ED03)  # odd constant that spreads the seed over the 64-bit noise counter
 
@@ -117,7 +121,7 @@ class FileSettings:
     top_k: bool = False  # True: deterministic top-k of the log weights
 
 
-def file_features(path: str | Path, settings: FileSettings, progress: bool = False):
+def file_features(path: str | Path, settings: FileSettings, progress: bool = False) -> ShardedFeatures:
     """The cached, memory-mapped features of one raw file (featurized now if missing; resumes unfinished shards)."""
     return cached_features(
         str(path),
@@ -162,7 +166,7 @@ def file_top_keys(
     return keys, indices, eligible
 
 
-def target_counts(target, settings: FileSettings) -> np.ndarray:
+def target_counts(target: DocumentsOrFeatures, settings: FileSettings) -> np.ndarray:
     """Bucket counts of the target (documents, one file, or features made with the same settings), streamed."""
     if isinstance(target, FEATURE_TYPES):
         made = (target.num_buckets, target.ngrams, target.hash)
@@ -222,7 +226,7 @@ def settings_for(cache_dir: str | Path, **options) -> FileSettings:
 
 def select_files(
     raw_files: Sequence[str | Path],
-    target,
+    target: DocumentsOrFeatures,
     k: int,
     *,
     cache_dir: str | Path,

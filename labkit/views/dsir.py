@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from labkit import plots, widgets
-from labkit.select import gumbel_top_k, kl_reduction
+from labkit.select import HashedFeatures, ShardedFeatures, gumbel_top_k, kl_reduction
+
+if TYPE_CHECKING:
+    from ipywidgets import Widget
 
 METHOD_ORDER = ["random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir"]
 
 
-def _order(methods) -> list[str]:
+def _order(methods: Iterable[str]) -> list[str]:
     present = list(dict.fromkeys(methods))
     return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
 
@@ -94,7 +100,7 @@ def picks_histogram(picks: pd.DataFrame, target: str, seed: int = 0, top: int = 
 
 def explorer_figure(
     weights: dict,
-    features,
+    features: HashedFeatures | ShardedFeatures,
     labels: np.ndarray,
     target: str,
     k: int,
@@ -136,7 +142,14 @@ def explorer_figure(
     return fig
 
 
-def explorer(weights: dict, features, labels: np.ndarray, target: str, k: int, enabled: bool = True):
+def explorer(
+    weights: dict,
+    features: HashedFeatures | ShardedFeatures,
+    labels: np.ndarray,
+    target: str,
+    k: int,
+    enabled: bool = True,
+) -> Widget | None:
     """Widget: a target dropdown, a k slider and a temperature slider redrawing :func:`explorer_figure`."""
     if not enabled:
         return None
