@@ -15,9 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from labkit.select.dsir import log_importance_ratio
 from labkit.select.features import check_count
 from labkit.select.stream import (
     FileSelection,
@@ -25,8 +22,8 @@ from labkit.select.stream import (
     file_counts,
     file_top_keys,
     finish_selection,
+    fit_counts,
     settings_for,
-    target_counts,
 )
 
 if TYPE_CHECKING:
@@ -99,13 +96,8 @@ def select_files_ray(
             return [ray.get(r) for r in tqdm(refs, desc=desc, unit="file", disable=not progress)]
 
         counted = gather([count_task.remote(str(f), settings) for f in files], "featurize + count (ray)")
-        raw = np.zeros(settings.num_buckets)
-        for counts, _ in counted:  # same order as the single-process sum: file by file
-            raw += counts
-        documents = [n for _, n in counted]
-        log_diff = log_importance_ratio(raw, target_counts(target, settings), target_pseudocount, epsilon)
+        documents, log_diff, starts = fit_counts(counted, target, settings, target_pseudocount, epsilon)
         log_diff_ref = ray.put(log_diff)
-        starts = np.concatenate([[0], np.cumsum(documents)[:-1]]).astype(np.int64)
         refs = [
             top_task.remote(str(f), settings, log_diff_ref, int(start), k, seed)
             for f, start in zip(files, starts, strict=True)

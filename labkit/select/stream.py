@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from labkit.select.cache import ShardedFeatures, cached_features
-from labkit.select.dsir import FEATURE_TYPES, LengthFilter, _check_k, _check_number, log_importance_ratio
+from labkit.select.dsir import (
+    FEATURE_TYPES,
+    LengthFilter,
+    _check_k,
+    _check_number,
+    _check_settings,
+    log_importance_ratio,
+)
 from labkit.select.fast import splitmix64
 from labkit.select.features import HashedFeatures, NgramHasher, _batches, check_count, iter_documents
 from labkit.select.files import write_selected
@@ -148,7 +155,7 @@ def file_top_keys(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(keys, global indices, eligible count) of the best k documents of one file whose first document is ``start``."""
     features = file_features(path, settings)
-    parts, eligible = [], 0
+    best, eligible = (np.zeros(0), np.zeros(0, dtype=np.int64)), 0
     for shard, shard_start in zip(features.shards, features.starts, strict=False):
         keys, indices, n = shard_top_keys(
             shard,
@@ -160,25 +167,39 @@ def file_top_keys(
             temperature=settings.temperature,
             top_k=settings.top_k,
         )
-        parts = [merge_top_keys([*parts, (keys, indices)], k)]  # running top k: never more than 2k keys held
+        best = merge_top_keys([best, (keys, indices)], k)  # running top k: never more than 2k keys held
         eligible += n
-    keys, indices = parts[0]
-    return keys, indices, eligible
+    return *best, eligible
 
 
 def target_counts(target: DocumentsOrFeatures, settings: FileSettings) -> np.ndarray:
     """Bucket counts of the target (documents, one file, or features made with the same settings), streamed."""
     if isinstance(target, FEATURE_TYPES):
-        made = (target.num_buckets, target.ngrams, target.hash)
-        if made != (settings.num_buckets, settings.ngrams, settings.hash):
-            raise ValueError(f"target: features were made with (num_buckets, ngrams, hash)={made}, expected "
-                             f"{(settings.num_buckets, settings.ngrams, settings.hash)}")
-        return target.total_counts()
+        expected = (settings.num_buckets, settings.ngrams, settings.hash)
+        return _check_settings(target, expected, "target").total_counts()
     hasher = NgramHasher(settings.num_buckets, settings.ngrams, settings.hash)
     total = np.zeros(settings.num_buckets)
     for batch in _batches(iter_documents(target, settings.text_field, name="target"), settings.shard_docs):
         total += hasher.featurize(batch).total_counts()  # streamed: a large target file is never held whole
     return total
+
+
+def fit_counts(
+    counted: list[tuple[np.ndarray, int]],
+    target: DocumentsOrFeatures,
+    settings: FileSettings,
+    target_pseudocount: float,
+    epsilon: float,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """From per-file (counts, documents), in file order: documents per file, the log importance ratio per bucket,
+    and each file's first global document index. One fit for the single-process and the Ray path alike."""
+    raw = np.zeros(settings.num_buckets)
+    for counts, _ in counted:  # file by file: the same summation order wherever the counts were made
+        raw += counts
+    documents = [n for _, n in counted]
+    log_diff = log_importance_ratio(raw, target_counts(target, settings), target_pseudocount, epsilon)
+    starts = np.concatenate([[0], np.cumsum(documents)[:-1]]).astype(np.int64)
+    return documents, log_diff, starts
 
 
 def finish_selection(
@@ -250,13 +271,9 @@ def select_files(
     files = check_files(raw_files)
     settings = settings_for(cache_dir, **options)
     k = check_count("k", k)  # checked against the eligible documents once they are scored
-    raw, documents = np.zeros(settings.num_buckets), []
-    for path in tqdm(files, desc="featurize + count raw files", unit="file", disable=not progress):
-        counts, n = file_counts(path, settings, progress)
-        raw += counts
-        documents.append(n)
-    log_diff = log_importance_ratio(raw, target_counts(target, settings), target_pseudocount, epsilon)
-    starts = np.concatenate([[0], np.cumsum(documents)[:-1]]).astype(np.int64)
+    counted = [file_counts(path, settings, progress)
+               for path in tqdm(files, desc="featurize + count raw files", unit="file", disable=not progress)]
+    documents, log_diff, starts = fit_counts(counted, target, settings, target_pseudocount, epsilon)
     parts = [
         file_top_keys(path, settings, log_diff, int(start), k, seed)
         for path, start in tqdm(list(zip(files, starts, strict=True)), desc="score + top k", unit="file",
