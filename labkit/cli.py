@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from labkit import runner
+from labkit.experiments import type_name
+from labkit.report import atomic_write_text
 
 WAIT_HELP = "when another run is writing the same report folder, wait this long for it (default 0: fail at once)"
 
@@ -23,7 +25,7 @@ def _list(_: argparse.Namespace) -> int:
         defaults["widgets"] = True
         for name, tp in types_.items():
             by_preset = "  ".join(f"{p}={values[name]!r}" for p, values in module.PRESETS.items() if name in values)
-            line = f"  {name}: {runner.type_name(tp)} = {defaults[name]!r}"
+            line = f"  {name}: {type_name(tp)} = {defaults[name]!r}"
             print(line + (f"   [{by_preset}]" if by_preset else ""))
     return 0
 
@@ -96,7 +98,7 @@ def _explore(args: argparse.Namespace) -> int:
         if args.render:
             for path in sorted(runner.REPORTS_DIR.glob("*/explorations.md")):
                 if not args.specs or path.parent.name in args.specs:
-                    path.write_text(explorations.render_tables(path))
+                    atomic_write_text(path, explorations.render_tables(path))
                     print(f"labkit explore: re-rendered the tables of {path.relative_to(runner.ROOT)}")
             return 0
         if not args.specs:

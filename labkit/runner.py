@@ -209,9 +209,8 @@ STALE_REASONS = {"notebook": "notebook changed", "params": "preset or parameters
 def stale_reason(out_dir: Path, notebook: Path, preset: str, params: dict[str, Any]) -> str:
     """Why the report in ``out_dir`` is stale for these inputs (e.g. ``labkit code in its import closure changed``),
     or ``""`` when it is up to date."""
-    try:
-        meta = json.loads((Path(out_dir) / RESULTS_FILE).read_text()).get("meta", {})
-    except (OSError, ValueError, AttributeError):
+    meta = _read_meta(out_dir)
+    if meta is None:
         return f"no readable {RESULTS_FILE}"
     digests = input_digests(notebook, preset, params)
     digest = _combined(digests)
@@ -250,15 +249,23 @@ class RunResult:
     error: str = ""
 
 
+def _read_meta(out_dir: Path) -> dict[str, Any] | None:
+    """The ``meta`` of a report's ``results.json``; None when it is missing, unreadable or not a JSON object."""
+    try:
+        meta = json.loads((Path(out_dir) / RESULTS_FILE).read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def is_up_to_date(out_dir: Path, digest: str) -> bool:
     """A previous successful run with the same inputs left a complete report in ``out_dir``.
 
     Complete means ``results.json`` with status ok and this inputs hash, and the executed notebook and its HTML
     beside it: a folder that a killed run left half-way is never taken for a finished report.
     """
-    try:
-        meta = json.loads((Path(out_dir) / RESULTS_FILE).read_text()).get("meta", {})
-    except (OSError, ValueError, AttributeError):  # missing, unreadable, not JSON, not an object
+    meta = _read_meta(out_dir)
+    if meta is None:
         return False
     notebook = meta.get("notebook")
     if meta.get("inputs_hash") != digest or meta.get("status") != "ok" or not isinstance(notebook, str) or not notebook:
