@@ -1,13 +1,35 @@
-"""A coupled multi-variable weather-like system (u, v, z, T, RH) generated locally, for Met²Net-style forecasting.
+"""A coupled multi-variable weather-like system generated locally, for Met²Net-style forecasting.
 
 WeatherBench cannot be downloaded here, so this generates fields with the same character on a doubly periodic
-grid: a flow from a few random linear Rossby waves plus a zonal jet (u, v and a geopotential-like stream function
-z, analytic), temperature advected semi-Lagrangian and relaxed toward a latitude profile, and humidity advected
-with an evaporation source, a linear sink and rain-out at a temperature-dependent saturation, reported as relative
-humidity. T and RH cannot be forecast without u and v; RH depends on T through saturation.
-Outputs are in made-up physical units (m/s, m, K, %) so the five variables have heterogeneous statistics.
-Results are cached under ``cache_dir() / "fields"`` (written atomically) and are deterministic for a seed;
-trajectory ``i`` depends only on ``(seed, i)``, so a larger set extends a smaller one.
+grid. Met²Net (Li et al., ICCV 2025) is built for variables whose representations are genuinely inconsistent, which a
+per-variable z-score cannot equalise; so besides smooth Gaussian-like fields the menu has an intermittent
+heavy-tailed one, a bounded saturating one, a fine-scale one and a nonlocal one. The physics
+(:mod:`labkit.data.fields_physics`), variable by variable, in canonical order (``ALL_VARIABLES``):
+
+========  =====  ==================================================================================================
+name      unit   physical story
+========  =====  ==================================================================================================
+u, v      m/s    wind of a few random linear Rossby waves plus a zonal jet (analytic; |k| <= 3.6)
+z         m      geopotential-like stream function of the same flow (smooth, the largest scales)
+T         K      advected semi-Lagrangian by (u, v), relaxed toward a latitude profile, weakly diffused
+RH        %      humidity q advected like T with an evaporation source and a linear sink, rained out above a
+                 saturation q_sat(T) growing exponentially with T (Clausius-Clapeyron-like); 100 q / q_sat in [0, 100]
+precip    mm/h   rain rate over the frame before: the q condensed above saturation feeds advected cloud water, which
+                 falls out nonlinearly above a threshold (Kessler-like autoconversion) and otherwise evaporates;
+                 non-negative, mostly exactly 0 (~85 %), heavy-tailed (wet p99 / wet median ~13), fine-scale
+cloud     1      cloud fraction sigmoid((RH - 0.8) / 0.05) in [0, 1]: bounded, saturating, bimodal
+tracer    ppb    passive tracer emitted by fixed patchy sources with |k| = 4..7 (finer than the waves), decaying over
+                 a few frames and advected like T: fine-scale plumes that trail downwind, so its future needs u, v
+ps        hPa    surface pressure: the |k| <= 1 part of the stream function plus a thermal low under warm
+                 anomalies T - T_eq (smooth and nonlocal)
+========  =====  ==================================================================================================
+
+T, RH, precip, cloud and tracer cannot be forecast without u and v; RH, precip and cloud depend on T through
+saturation. ``generate(..., variables=...)`` selects a subset, always returned in canonical order; the default is
+the original five (u, v, z, T, RH), bitwise the same as generator version 1 (nothing new feeds back on them), and
+any variable is the same in every selection that contains it. Results are cached under ``cache_dir() / "fields"``
+(written atomically) and are deterministic for a seed; trajectory ``i`` depends only on ``(seed, i)``, so a larger
+set extends a smaller one.
 """
 
 from __future__ import annotations
@@ -21,37 +43,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from labkit.data.cache import cache_dir
+from labkit.data.fields_physics import ALL_VARIABLES, VARIABLE_UNITS, FieldPhysics, simulate
 
 if TYPE_CHECKING:
     import torch
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, "torch.Tensor")
 
-VARIABLES = ("u", "v", "z", "T", "RH")
-UNITS = ("m/s", "m/s", "m", "K", "%")
-_VERSION = 1  # bump when the physics changes, so stale caches are not reused
+__all__ = [
+    "ALL_VARIABLES",
+    "UNITS",
+    "VARIABLES",
+    "VARIABLE_UNITS",
+    "FieldPhysics",
+    "Fields",
+    "Normalizer",
+    "check_fields",
+    "generate",
+    "select_variables",
+]
 
-
-@dataclass(frozen=True)
-class FieldPhysics:
-    """Knobs of the generator (nondimensional; one frame = ``frame_interval`` time units)."""
-
-    n_waves: int = 6  # random linear Rossby waves per trajectory
-    wave_amplitude: float = 0.35  # stream-function amplitude scale of each wave (divided by |k|)
-    beta: float = 1.0  # Rossby dispersion omega = -beta kx / (k^2 + 1)
-    jet_speed: tuple[float, float] = (0.3, 0.7)  # zonal jet U0 cos(y), U0 drawn uniformly from this range
-    frame_interval: float = 1.0  # time between saved frames (0.2 made the task nearly trivial in the trial)
-    substeps: int = 8  # semi-Lagrangian steps per frame
-    spinup_frames: int = 60  # frames discarded so T and q forget their initial state
-    t_relax: float = 2.0  # temperature relaxation time toward T_eq(y) = -cos(y)
-    diffusion: float = 0.01  # weak diffusion of T and q
-    evaporation: float = 0.3  # humidity source E (1 - cos y) / 2
-    q_sink: float = 4.0  # linear humidity decay time
-    q_sat_scale: float = 0.6  # q_sat(T) = q_sat_scale * exp(q_sat_rate * T)
-    q_sat_rate: float = 1.5  # Clausius-Clapeyron-like rate
+VARIABLES = ("u", "v", "z", "T", "RH")  # the default selection (generator version 1)
+UNITS = tuple(VARIABLE_UNITS[name] for name in VARIABLES)  # units of the default selection
+_VERSION = 2  # bump when the physics changes, so stale caches are not reused (2: precip, cloud, tracer, ps)
 
 
 @dataclass
@@ -131,90 +147,17 @@ def check_fields(data: np.ndarray, n_vars: int | None = None, t_in: int = 0, t_o
         raise ValueError(f"non-finite value in fields at (trajectory, frame, variable, y, x) = {where}")
 
 
-def _advect(
-    f: np.ndarray, u: np.ndarray, v: np.ndarray, dt: float, dx: float, dy: float, rows: np.ndarray, cols: np.ndarray
-) -> np.ndarray:
-    """Semi-Lagrangian step: ``f`` at the departure points ``(x - u dt, y - v dt)``, bilinear and periodic."""
-    n, h, w = f.shape
-    ri = (rows - v * dt / dy) % h
-    ci = (cols - u * dt / dx) % w
-    r0, c0 = np.floor(ri).astype(np.int64), np.floor(ci).astype(np.int64)
-    fr, fc = ri - r0, ci - c0
-    r1, c1 = (r0 + 1) % h, (c0 + 1) % w
-    flat = f.reshape(n, h * w)
-
-    def at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(flat, (r * w + c).reshape(n, -1), axis=1).reshape(n, h, w)
-
-    return (1 - fr) * ((1 - fc) * at(r0, c0) + fc * at(r0, c1)) + fr * ((1 - fc) * at(r1, c0) + fc * at(r1, c1))
-
-
-def _laplacian(f: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    return (np.roll(f, 1, -1) + np.roll(f, -1, -1) - 2 * f) / dx**2 + (
-        np.roll(f, 1, -2) + np.roll(f, -1, -2) - 2 * f
-    ) / dy**2
-
-
-def _simulate(
-    n_traj: int, n_frames: int, height: int, width: int, seed: int, phys: FieldPhysics, progress: bool
-) -> np.ndarray:
-    y = np.arange(height) * (2 * np.pi / height)
-    x = np.arange(width) * (2 * np.pi / width)
-    yy, xx = np.meshgrid(y, x, indexing="ij")
-    dx, dy = 2 * np.pi / width, 2 * np.pi / height
-    rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
-    # per-trajectory random waves, jet and initial perturbations; trajectory i depends only on (seed, i)
-    kx = np.zeros((n_traj, phys.n_waves))
-    ky, amp, phase, jet = np.zeros_like(kx), np.zeros_like(kx), np.zeros_like(kx), np.zeros(n_traj)
-    t0 = np.zeros((n_traj, height, width))
-    q0 = np.zeros_like(t0)
-    for i in range(n_traj):
-        rng = np.random.default_rng([seed, i])
-        kx[i] = rng.integers(1, 4, phys.n_waves)
-        ky[i] = rng.integers(-2, 3, phys.n_waves)
-        amp[i] = phys.wave_amplitude * rng.uniform(0.5, 1.0, phys.n_waves) * rng.choice([-1, 1], phys.n_waves)
-        phase[i] = rng.uniform(0, 2 * np.pi, phys.n_waves)
-        jet[i] = rng.uniform(*phys.jet_speed)
-        t0[i] = 0.3 * rng.standard_normal() * np.cos(xx + rng.uniform(0, 2 * np.pi))
-        q0[i] = rng.uniform(0.2, 0.5)
-    k2 = kx**2 + ky**2
-    amp = amp / np.sqrt(k2)
-    omega = -phys.beta * kx / (k2 + 1)
-
-    def flow(t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        theta = (
-            kx[:, :, None, None] * xx
-            + ky[:, :, None, None] * yy
-            - omega[:, :, None, None] * t
-            + phase[:, :, None, None]
-        )
-        a = amp[:, :, None, None]
-        psi = (a * np.cos(theta)).sum(1) - jet[:, None, None] * np.sin(yy)
-        u = (a * ky[:, :, None, None] * np.sin(theta)).sum(1) + jet[:, None, None] * np.cos(yy)
-        v = -(a * kx[:, :, None, None] * np.sin(theta)).sum(1)
-        return u, v, psi
-
-    t_eq = -np.cos(yy)
-    source = phys.evaporation * (1 - np.cos(yy)) / 2
-    temp, q = t_eq + t0, q0.copy()
-    dt = phys.frame_interval / phys.substeps
-    out = np.zeros((n_traj, n_frames, len(VARIABLES), height, width), dtype=np.float32)
-    total = phys.spinup_frames + n_frames
-    for frame in tqdm(range(total), desc="generating fields", disable=not progress, leave=False):
-        if frame >= phys.spinup_frames:
-            u, v, psi = flow(frame * phys.frame_interval)
-            q_sat = phys.q_sat_scale * np.exp(phys.q_sat_rate * temp)
-            out[:, frame - phys.spinup_frames] = np.stack(
-                [10 * u, 10 * v, 5500 + 300 * psi, 273.15 + 15 * temp, 100 * q / q_sat], axis=1
-            )
-        for s in range(phys.substeps):
-            u, v, _ = flow(frame * phys.frame_interval + s * dt)
-            temp = _advect(temp, u, v, dt, dx, dy, rows, cols)
-            temp = temp + dt * ((t_eq - temp) / phys.t_relax + phys.diffusion * _laplacian(temp, dx, dy))
-            q = _advect(q, u, v, dt, dx, dy, rows, cols)
-            q = q + dt * (source - q / phys.q_sink + phys.diffusion * _laplacian(q, dx, dy))
-            q = np.minimum(np.maximum(q, 0.0), phys.q_sat_scale * np.exp(phys.q_sat_rate * temp))  # rain-out
-    return out
+def select_variables(variables: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``variables`` in canonical order (``ALL_VARIABLES``); raise for an unknown, repeated or empty selection."""
+    if isinstance(variables, str):
+        raise ValueError(f"variables must be a sequence of names, got the string {variables!r}")
+    names = tuple(variables)
+    for name in names:
+        if name not in VARIABLE_UNITS:
+            raise ValueError(f"unknown variable {name!r}; expected names from {ALL_VARIABLES}")
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"variables must be a non-empty selection without repeats, got {names}")
+    return tuple(name for name in ALL_VARIABLES if name in names)
 
 
 def generate(
@@ -225,14 +168,17 @@ def generate(
     seed: int,
     *,
     physics: FieldPhysics | None = None,
+    variables: tuple[str, ...] | list[str] = VARIABLES,
     cache: bool = True,
     progress: bool = True,
 ) -> Fields:
-    """Generate (or load from the cache) ``n_traj`` trajectories of ``n_frames`` frames of u, v, z, T, RH.
+    """Generate (or load from the cache) ``n_traj`` trajectories of ``n_frames`` frames of ``variables``.
 
+    ``variables`` are names from ``ALL_VARIABLES``, returned in that canonical order whatever the order given.
     Deterministic for ``seed``; the cache key covers every argument and the generator version.
     """
     phys = physics or FieldPhysics()
+    names = select_variables(variables)
     for name, val, low in (
         ("n_traj", n_traj, 1),
         ("n_frames", n_frames, 1),
@@ -243,6 +189,14 @@ def generate(
             raise ValueError(f"{name} must be an integer >= {low}, got {val!r}")
     if phys.substeps < 1 or phys.frame_interval <= 0:
         raise ValueError(f"expected substeps >= 1 and frame_interval > 0, got {phys.substeps}, {phys.frame_interval}")
+    for knob in ("autoconversion_threshold", "cloud_water_lifetime", "cloud_width", "tracer_lifetime"):
+        if getattr(phys, knob) <= 0:
+            raise ValueError(f"FieldPhysics.{knob} must be > 0, got {getattr(phys, knob)}")
+    k_lo, k_hi = phys.tracer_wavenumbers
+    if not 1 <= k_lo <= k_hi:
+        raise ValueError(
+            f"FieldPhysics.tracer_wavenumbers must be (low, high) with 1 <= low <= high, got {(k_lo, k_hi)}"
+        )
     key = json.dumps(
         {
             "v": _VERSION,
@@ -251,6 +205,7 @@ def generate(
             "height": height,
             "width": width,
             "seed": seed,
+            "variables": names,
             "physics": asdict(phys),
         },
         sort_keys=True,
@@ -259,10 +214,11 @@ def generate(
     if cache and path.exists():
         data = np.load(path)
     else:
-        data = _simulate(n_traj, n_frames, height, width, seed, phys, progress)
+        data = simulate(n_traj, n_frames, height, width, seed, phys, names, progress)
         if cache:
             _atomic_save(path, data)
-    return Fields(data=data, seed=seed, physics=phys)
+    units = tuple(VARIABLE_UNITS[name] for name in names)
+    return Fields(data=data, variables=names, units=units, seed=seed, physics=phys)
 
 
 def _atomic_save(path: Path, data: np.ndarray) -> None:
