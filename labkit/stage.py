@@ -8,7 +8,8 @@ translator, and the translator learns a latent loss through frozen copies of the
 Tensor conventions: one frame batch is ``N x V x H x W`` (V variables); latents are ``N x V x C x h x w``.
 The per-variable modules exist in two layouts that compute the same function: ``"modulelist"`` (V separate
 networks) and ``"grouped"`` (one convolution with ``groups=V``, GroupNorm with ``2V`` groups, PixelShuffle on
-contiguous channel blocks), which is one kernel call instead of V. :func:`to_layout` converts between them.
+contiguous channel blocks), which is one kernel call instead of V. :func:`to_layout` converts between them;
+:func:`resolve_layout` picks the faster one for a device.
 """
 
 from __future__ import annotations
@@ -22,12 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.models.tau import BLOCKS, check_choice, check_drop_path, translator_block
+from labkit.models.tau import ConvFeedForward as ConvFeedForward  # re-exported: it lived here before
+
 LAYOUTS = ("grouped", "modulelist")
+MIXINGS = ("attention", "none")  # how VariableAttention's blocks mix variables; "none" is the paper's ablation
 
 
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def resolve_layout(layout: str, device: str | torch.device | None = None) -> str:
+    """``"auto"`` -> the faster layout for ``device`` (None: CUDA when available): ``"grouped"`` on CUDA (one kernel
+    per layer instead of V), ``"modulelist"`` elsewhere (faster per training step on CPU, where small grouped
+    convolutions are slow: ``benchmarks/met2net_step.py``). Explicit layouts pass through."""
+    if layout == "auto":
+        cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        return "grouped" if cuda else "modulelist"
+    _check_layout(layout)
+    return layout
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -83,9 +99,22 @@ def _single_encoder(c_in: int, hid: int, n_layers: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class PointwiseConv(nn.Conv2d):
+    """``nn.Conv2d(c_in, c_out, 1)`` (same parameters) computed as one matrix product: on CPU, oneDNN's convolution
+    with a single output channel (the per-variable readout) takes several times longer, forward and backward."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (n, c, h, w), o = x.shape, self.out_channels
+        y = torch.baddbmm(self.bias.view(1, o, 1), self.weight.view(1, o, c).expand(n, o, c), x.reshape(n, c, h * w))
+        return y.view(n, o, h, w)
+
+
 def _single_decoder(hid: int, c_out: int, n_layers: int) -> nn.Sequential:
     ups = [s == 2 for s in reversed(_strides(n_layers))]
-    return nn.Sequential(*[ConvNormAct(hid, hid, upsample=u) for u in ups], nn.Conv2d(hid, c_out, 1))
+    return nn.Sequential(*[ConvNormAct(hid, hid, upsample=u) for u in ups], PointwiseConv(hid, c_out))
 
 
 class _PerVariable(nn.Module):
@@ -171,12 +200,16 @@ class PerVariableDecoder(_PerVariable):
 def to_layout(module: PerVariableEncoder | PerVariableDecoder, layout: str) -> PerVariableEncoder | PerVariableDecoder:
     """A copy of ``module`` in the other layout with the same weights, so both compute the same function.
 
-    Grouped weights are the V per-variable weights concatenated along the output-channel axis.
+    Grouped weights are the V per-variable weights concatenated along the output-channel axis. ``"auto"`` resolves
+    by :func:`resolve_layout` for the module's device. The global RNG is left as it was (the copy's throw-away
+    initialisation draws from a forked RNG), so converting does not shift later random draws.
     """
-    _check_layout(layout)
     if not isinstance(module, PerVariableEncoder | PerVariableDecoder):
         raise TypeError(f"expected a PerVariableEncoder or PerVariableDecoder, got {type(module).__name__}")
-    out = type(module)(module.n_vars, module.hid, module.n_layers, layout).to(next(module.parameters()).device)
+    device = next(module.parameters()).device
+    layout = resolve_layout(layout, device)
+    with torch.random.fork_rng(devices=[]):
+        out = type(module)(module.n_vars, module.hid, module.n_layers, layout).to(device)
     if layout == module.layout:
         out.load_state_dict(module.state_dict())
         return out
@@ -218,33 +251,18 @@ class _VariableSelfAttention(nn.Module):
         return self.out(mixed).view(b, n_vars, d, h, w), attn
 
 
-class ConvFeedForward(nn.Module):
-    """Per-variable spatial mixing shared across variables: 1x1 expand, depthwise 3x3, GELU, 1x1 project.
-
-    A compact stand-in for the TAU sub-block the official translator uses as its FFN.
-    """
-
-    def __init__(self, d_model: int, ratio: int = 2) -> None:
-        super().__init__()
-        inner = d_model * ratio
-        self.net = nn.Sequential(
-            nn.Conv2d(d_model, inner, 1),
-            nn.Conv2d(inner, inner, 3, padding=1, groups=inner),
-            nn.GELU(),
-            nn.Conv2d(inner, d_model, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 class VariableAttention(nn.Module):
     """Met²Net's translator (``CIMidNet``): fuse variables by self-attention across the variable axis.
 
     Input ``B x V x c_in x h x w`` (c_in = frames x hid); a 1x1 conv shared by all variables maps c_in to
-    ``d_model``; ``n_blocks`` of [variable attention, residual + GroupNorm; conv FFN, residual + GroupNorm];
-    a 1x1 conv to ``c_out``. Returns ``(latents, attn)`` with ``attn`` shaped ``B x n_blocks x heads x V x V``.
-    Variables interact only through the attention and carry no embedding (as in the official code).
+    ``d_model``; ``n_blocks`` of [variable attention, residual + GroupNorm; FFN, residual + GroupNorm]; a 1x1 conv
+    to ``c_out``. Returns ``(latents, attn)`` with ``attn`` shaped ``B x n_blocks x heads x V x V``. Variables
+    interact only through the attention and carry no embedding (as in the official code).
+
+    ``ffn``: ``"conv"`` (:class:`ConvFeedForward`) or ``"tau"`` (a :class:`~labkit.models.tau.TAUBlock` as in the
+    official code, expansion ``ffn_ratio``; BatchNorm statistics then pool over variables in training).
+    ``drop_path``: stochastic depth on the FFN branches. ``mixing="none"`` drops the attention (the paper's "without
+    variable attention" ablation): every variable then passes through the same FFNs alone and ``attn`` is None.
     """
 
     def __init__(
@@ -255,6 +273,9 @@ class VariableAttention(nn.Module):
         heads: int = 4,
         n_blocks: int = 2,
         ffn_ratio: int = 2,
+        ffn: str = "conv",
+        drop_path: float = 0.0,
+        mixing: str = "attention",
     ) -> None:
         super().__init__()
         _check_sizes(c_in=c_in, d_model=d_model, heads=heads, n_blocks=n_blocks, ffn_ratio=ffn_ratio)
@@ -262,26 +283,33 @@ class VariableAttention(nn.Module):
             _check_sizes(c_out=c_out)
         if d_model % heads:
             raise ValueError(f"d_model must be divisible by heads; got d_model={d_model}, heads={heads}")
-        self.c_in, self.c_out = c_in, c_out or c_in
+        check_choice("ffn", ffn, BLOCKS)
+        check_choice("mixing", mixing, MIXINGS)
+        check_drop_path(drop_path)
+        self.c_in, self.c_out, self.mixing = c_in, c_out or c_in, mixing
+        attend = range(n_blocks if mixing == "attention" else 0)
         self.proj_in = nn.Conv2d(c_in, d_model, 1)
-        self.attn = nn.ModuleList([_VariableSelfAttention(d_model, heads) for _ in range(n_blocks)])
-        self.ffn = nn.ModuleList([ConvFeedForward(d_model, ffn_ratio) for _ in range(n_blocks)])
-        self.norm_attn = nn.ModuleList([nn.GroupNorm(1, d_model) for _ in range(n_blocks)])
+        self.attn = nn.ModuleList([_VariableSelfAttention(d_model, heads) for _ in attend])
+        self.ffn = nn.ModuleList([translator_block(ffn, d_model, ffn_ratio, drop_path) for _ in range(n_blocks)])
+        self.norm_attn = nn.ModuleList([nn.GroupNorm(1, d_model) for _ in attend])
         self.norm_ffn = nn.ModuleList([nn.GroupNorm(1, d_model) for _ in range(n_blocks)])
         self.proj_out = nn.Conv2d(d_model, self.c_out, 1)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if z.dim() != 5 or z.shape[2] != self.c_in:
             raise ValueError(f"VariableAttention expected B x V x {self.c_in} x h x w, got {tuple(z.shape)}")
         b, n_vars, _, h, w = z.shape
         x = self.proj_in(z.flatten(0, 1))
         maps = []
-        for attn, ffn, n_a, n_f in zip(self.attn, self.ffn, self.norm_attn, self.norm_ffn, strict=True):
-            mixed, weights = attn(x.view(b, n_vars, -1, h, w))
-            x = n_a(x + mixed.flatten(0, 1))
-            x = n_f(x + ffn(x))
-            maps.append(weights)
+        for i, (ffn, n_f) in enumerate(zip(self.ffn, self.norm_ffn, strict=True)):
+            if self.mixing == "attention":
+                mixed, weights = self.attn[i](x.view(b, n_vars, -1, h, w))
+                x = self.norm_attn[i](x + mixed.flatten(0, 1))
+                maps.append(weights)
+            x = n_f(x + ffn(x))  # a TAU block is residual itself: x + tau(x) as in the official CIAttBlock
         out = self.proj_out(x).view(b, n_vars, self.c_out, h, w)
+        if self.mixing == "none":
+            return out, None
         attn_maps = torch.stack(maps, dim=1) if maps else z.new_zeros(b, 0, 1, n_vars, n_vars)
         return out, attn_maps
 
@@ -323,12 +351,14 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 def parameter_distance(a: nn.Module, b: nn.Module) -> float:
     """``||theta_a - theta_b||_2`` over all parameters (the EMA gap between online and target copies)."""
-    with torch.no_grad():
-        pa, pb = list(a.parameters()), list(b.parameters())
+    pa, pb = list(a.parameters()), list(b.parameters())
     if [p.shape for p in pa] != [p.shape for p in pb]:
-        raise ValueError(f"a and b must have the same parameters, got {len(pa)} and {len(pb)} tensors "
-                         f"({sum(p.numel() for p in pa)} and {sum(p.numel() for p in pb)} values)")
-    sq = sum(float((p - q).pow(2).sum()) for p, q in zip(pa, pb, strict=True))
+        raise ValueError(
+            f"a and b must have the same parameters, got {len(pa)} and {len(pb)} tensors "
+            f"({sum(p.numel() for p in pa)} and {sum(p.numel() for p in pb)} values)"
+        )
+    with torch.no_grad():  # a diagnostic: no autograd graph for the differences
+        sq = sum(float((p - q).pow(2).sum()) for p, q in zip(pa, pb, strict=True))
     return sq**0.5
 
 
@@ -439,8 +469,10 @@ def freeze_schedule(
     for name, entry in plan.items():
         ok = isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], int)
         if not (ok and (entry[1] is None or isinstance(entry[1], int))):
-            raise ValueError(f"freeze_schedule plan[{name!r}] must be (start, stop) with int start and int or None "
-                             f"stop, got {entry!r}")
+            raise ValueError(
+                f"freeze_schedule plan[{name!r}] must be (start, stop) with int start and int or None "
+                f"stop, got {entry!r}"
+            )
     for name, group in groups.items():
         start, stop = plan.get(name, (0, None))
         if stop is not None and stop < start:

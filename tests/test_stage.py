@@ -1,4 +1,5 @@
-"""Tests for labkit.stage: layouts agree, frozen copies stay frozen, EMA after the step, freeze_schedule."""
+"""Tests for labkit.stage: layouts agree, frozen copies stay frozen, EMA after the step, freeze_schedule; the TAU
+translator blocks and drop path (labkit.models.tau); the forecasters' block, mixing and layout options."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from labkit import seed_everything
 from labkit.models.forecaster import PerVariableForecaster, StackedForecaster
+from labkit.models.tau import DropPath, TAUBlock
 from labkit.stage import (
     ImplicitTwoStage,
     PerVariableDecoder,
@@ -17,6 +19,7 @@ from labkit.stage import (
     explicit_two_stage_losses,
     freeze_schedule,
     frozen_copy,
+    resolve_layout,
     to_layout,
 )
 
@@ -211,3 +214,112 @@ def test_met2net_experiment_two_steps_and_bad_config(tmp_path, monkeypatch):
         experiment.configure("smoke", {"arms": ("stacked", "unet")})
     with pytest.raises(ValueError, match="unknown parameter"):
         experiment.configure("smoke", {"epoch": 3})
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_tau_block_keeps_the_shape_and_trains_every_parameter(norm):
+    block = TAUBlock(8, mlp_ratio=2, norm=norm)
+    x = torch.randn(3, 8, 6, 10)
+    out = block(x)
+    assert out.shape == x.shape
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+    dilated = block.attn.dilated  # statical attention: depthwise 5x5 -> depthwise 7x7, dilation 3 -> 1x1
+    assert dilated.weight.shape == (8, 1, 7, 7) and dilated.dilation == (3, 3) and block.attn.local.groups == 8
+
+
+def test_drop_path_is_the_identity_in_eval_and_stochastic_in_training():
+    drop = DropPath(0.5)
+    x = torch.ones(2000, 3, 2, 2)
+    assert drop.eval()(x) is x
+    y = drop.train()(x)
+    kept = y[:, 0, 0, 0]
+    assert set(kept.unique().tolist()) == {0.0, 2.0}  # whole samples dropped, the rest scaled by 1 / (1 - p)
+    assert (y == y[:, :1, :1, :1]).all() and abs(kept.mean().item() - 1.0) < 0.1
+    block = TAUBlock(4, drop_path=0.5, layer_scale=1.0)
+    z = torch.randn(8, 4, 5, 5)
+    block.eval()
+    torch.testing.assert_close(block(z), block(z))
+    block.train()
+    assert not torch.allclose(block(z), block(z))
+
+
+@pytest.mark.parametrize("ffn", ["conv", "tau"])
+def test_mixing_none_keeps_variables_independent(ffn):
+    x = torch.randn(2, 2, 3, 8, 8)
+    x2 = x.clone()
+    x2[:, :, 0] += 1.0
+    for mixing in ("none", "attention"):
+        model = PerVariableForecaster(3, 2, 2, hid=4, d_model=8, heads=2, n_blocks=2, ffn=ffn, mixing=mixing).eval()
+        (pred, attn), (pred2, _) = model(x), model(x2)
+        assert not torch.allclose(pred[:, :, 0], pred2[:, :, 0])
+        if mixing == "none":
+            assert attn is None and len(model.translator.attn) == 0
+            torch.testing.assert_close(pred[:, :, 1:], pred2[:, :, 1:])
+        else:
+            assert attn.shape == (2, 2, 2, 3, 3) and not torch.allclose(pred[:, :, 1], pred2[:, :, 1])
+
+
+def test_layout_auto_resolves_per_device_and_keeps_the_function():
+    assert resolve_layout("auto", "cpu") == "modulelist" and resolve_layout("auto", "cuda") == "grouped"
+    assert resolve_layout("grouped", "cpu") == "grouped"
+    expected = "grouped" if torch.cuda.is_available() else "modulelist"
+    x = torch.randn(2, 3, 4, 8, 16)
+    seed_everything(1)
+    auto = PerVariableForecaster(4, 3, 2, hid=4, d_model=8, heads=2, n_blocks=1)
+    after_auto = torch.rand(3)
+    seed_everything(1)
+    grouped = PerVariableForecaster(4, 3, 2, hid=4, d_model=8, heads=2, n_blocks=1, layout="grouped")
+    assert auto.layout == expected and auto.encoder.encoder.layout == auto.decoder.decoder.layout == expected
+    torch.testing.assert_close(torch.rand(3), after_auto)  # same draws after construction: the RNG was not shifted
+    torch.testing.assert_close(auto(x)[0], grouped(x)[0], atol=1e-5, rtol=1e-5)
+    assert to_layout(grouped.encoder.encoder, "auto").layout == "modulelist"  # the module is on the CPU
+
+
+def test_stacked_forecaster_with_tau_blocks():
+    x = torch.randn(2, 3, 5, 16, 32)
+    for t_out in (3, 2):
+        model = StackedForecaster(5, 3, t_out, hid=4, hid_t=16, block="tau", drop_path=0.1)
+        pred, attn = model(x)
+        assert pred.shape == (2, t_out, 5, 16, 32) and attn is None and len(model.norms) == 0
+        pred.pow(2).mean().backward()
+        assert all(p.grad is not None for p in model.blocks.parameters())
+    conv, tau = StackedForecaster(5, 3, 2, hid=4, hid_t=16), StackedForecaster(5, 3, 2, hid=4, hid_t=16, block="tau")
+    assert isinstance(tau.blocks[0], TAUBlock) and not isinstance(conv.blocks[0], TAUBlock)
+
+
+def test_bad_block_mixing_and_drop_path_name_the_parameter():
+    with pytest.raises(ValueError, match=r"ffn must be one of \('conv', 'tau'\), got 'mlp'"):
+        VariableAttention(8, d_model=8, heads=2, ffn="mlp")
+    with pytest.raises(ValueError, match=r"mixing must be one of \('attention', 'none'\), got 'cross'"):
+        PerVariableForecaster(3, 2, 2, hid=4, d_model=8, heads=2, mixing="cross")
+    with pytest.raises(ValueError, match=r"block must be one of \('conv', 'tau'\), got 'unet'"):
+        StackedForecaster(3, 2, 2, block="unet")
+    for make in (
+        lambda: VariableAttention(8, d_model=8, heads=2, drop_path=-0.1),
+        lambda: StackedForecaster(3, 2, 2, drop_path=-0.1),
+        lambda: PerVariableForecaster(3, 2, 2, hid=4, d_model=8, heads=2, ffn="tau", drop_path=-0.1),
+    ):
+        with pytest.raises(ValueError, match=r"drop_path must be a number in \[0, 1\), got -0.1"):
+            make()
+    with pytest.raises(ValueError, match="norm must be one of"):
+        TAUBlock(8, norm="layer")
+    with pytest.raises(ValueError, match="unknown layout 'fast'"):
+        PerVariableForecaster(3, 2, 2, layout="fast")
+
+
+def test_implicit_two_stage_with_tau_translator_without_mixing():
+    model = PerVariableForecaster(
+        3, 2, 2, hid=4, d_model=8, heads=2, n_blocks=2, ffn="tau", drop_path=0.2, mixing="none"
+    )
+    its = ImplicitTwoStage(model.encoder, model.translator, model.decoder).train()
+    assert not its.translator_k.training  # frozen copies: BatchNorm running stats, no drop path
+    opt = torch.optim.AdamW([p for p in its.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(2, 2, 3, 8, 8), torch.randn(2, 2, 3, 8, 8)
+    losses = its.losses(x, y)
+    losses["loss"].backward()
+    opt.step()
+    its.after_step()
+    assert torch.isfinite(losses["loss"]) and its(x).shape == (2, 2, 3, 8, 8)
+    stats = [b for name, b in its.translator_k.named_buffers() if name.endswith("running_mean")]
+    assert stats and any(s.abs().sum() > 0 for s in stats)  # BatchNorm statistics follow the online translator

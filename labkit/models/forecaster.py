@@ -4,7 +4,8 @@
 convolutional translator over frames x channels, one decoder, and the encoder-to-decoder skip.
 ``PerVariableForecaster`` is Met²Net's network (Li et al., ICCV 2025) built from :mod:`labkit.stage` pieces:
 per-variable encoders/decoders (no skip) and the variable-attention translator. Both return
-``(prediction, attention or None)``. ``Persistence`` repeats the last input frame.
+``(prediction, attention or None)``. ``Persistence`` repeats the last input frame. Translator blocks are the
+compact conv FFN or TAU (:mod:`labkit.models.tau`), with optional drop path.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.stage import ConvFeedForward, ConvNormAct, PerVariableDecoder, PerVariableEncoder, VariableAttention
+from labkit.models.tau import BLOCKS, check_choice, check_drop_path, translator_block
+from labkit.stage import (
+    ConvNormAct,
+    PerVariableDecoder,
+    PerVariableEncoder,
+    VariableAttention,
+    resolve_layout,
+    to_layout,
+)
 
 
 class SequenceEncoder(nn.Module):
@@ -50,7 +59,13 @@ class SequenceDecoder(nn.Module):
 
 
 class PerVariableForecaster(nn.Module):
-    """Met²Net's network: per-variable encoders, variable attention over ``t_in*hid`` latents, per-variable decoders."""
+    """Met²Net's network: per-variable encoders, variable attention over ``t_in*hid`` latents, per-variable decoders.
+
+    ``layout="auto"`` runs the layout :func:`~labkit.stage.resolve_layout` picks for this machine (``self.layout``),
+    with weights drawn as in the grouped layout and converted, so a seed gives the same function on CPU and CUDA.
+    ``ffn``, ``drop_path`` and ``mixing`` go to :class:`~labkit.stage.VariableAttention`; with ``mixing="none"``
+    the forecaster returns ``(prediction, None)``.
+    """
 
     def __init__(
         self,
@@ -62,22 +77,43 @@ class PerVariableForecaster(nn.Module):
         d_model: int = 32,
         heads: int = 4,
         n_blocks: int = 2,
-        layout: str = "grouped",
+        layout: str = "auto",
+        ffn: str = "conv",
+        drop_path: float = 0.0,
+        mixing: str = "attention",
     ) -> None:
         super().__init__()
         self.n_vars, self.t_in, self.t_out = n_vars, t_in, t_out
-        self.encoder = SequenceEncoder(PerVariableEncoder(n_vars, hid, n_layers, layout))
-        self.translator = VariableAttention(t_in * hid, t_out * hid, d_model=d_model, heads=heads, n_blocks=n_blocks)
-        self.decoder = SequenceDecoder(PerVariableDecoder(n_vars, hid, n_layers, layout))
+        self.layout = resolve_layout(layout)
+        drawn = "grouped" if layout == "auto" else self.layout
+        self.encoder = SequenceEncoder(PerVariableEncoder(n_vars, hid, n_layers, drawn))
+        self.translator = VariableAttention(
+            t_in * hid,
+            t_out * hid,
+            d_model=d_model,
+            heads=heads,
+            n_blocks=n_blocks,
+            ffn=ffn,
+            drop_path=drop_path,
+            mixing=mixing,
+        )
+        self.decoder = SequenceDecoder(PerVariableDecoder(n_vars, hid, n_layers, drawn))
+        if self.layout != drawn:  # to_layout leaves the global RNG as it was
+            self.encoder.encoder = to_layout(self.encoder.encoder, self.layout)
+            self.decoder.decoder = to_layout(self.decoder.decoder, self.layout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         _check_input(x, self.n_vars, self.t_in)
         z, attn = self.translator(self.encoder(x))
         return self.decoder(z), attn
 
 
 class StackedForecaster(nn.Module):
-    """SimVP-like: variables stacked as channels, conv translator over ``t*hid`` channels, skip from encoder layer 1."""
+    """SimVP-like: variables stacked as channels, conv translator over ``t*hid`` channels, skip from encoder layer 1.
+
+    ``block="conv"``: [conv FFN, residual + GroupNorm] blocks; ``block="tau"``: TAU blocks as in SimVPv2 (Tan et al.,
+    CVPR 2023), each residual and normalised inside. ``drop_path``: stochastic depth on the blocks' branches.
+    """
 
     def __init__(
         self,
@@ -89,14 +125,18 @@ class StackedForecaster(nn.Module):
         hid_t: int = 64,
         n_blocks: int = 2,
         skip: bool = True,
+        block: str = "conv",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.n_vars, self.t_in, self.t_out, self.hid, self.skip = n_vars, t_in, t_out, hid, skip
+        check_choice("block", block, BLOCKS)
+        check_drop_path(drop_path)
+        self.n_vars, self.t_in, self.t_out, self.hid, self.skip, self.block = n_vars, t_in, t_out, hid, skip, block
         strides = [2 if i % 2 == 1 else 1 for i in range(n_layers)]
         self.enc = nn.ModuleList([ConvNormAct(n_vars if i == 0 else hid, hid, stride=s) for i, s in enumerate(strides)])
         self.proj_in = nn.Conv2d(t_in * hid, hid_t, 1)
-        self.blocks = nn.ModuleList([ConvFeedForward(hid_t) for _ in range(n_blocks)])
-        self.norms = nn.ModuleList([nn.GroupNorm(1, hid_t) for _ in range(n_blocks)])
+        self.blocks = nn.ModuleList([translator_block(block, hid_t, 2, drop_path) for _ in range(n_blocks)])
+        self.norms = nn.ModuleList([nn.GroupNorm(1, hid_t) for _ in range(n_blocks if block == "conv" else 0)])
         self.proj_out = nn.Conv2d(hid_t, t_out * hid, 1)
         self.dec = nn.ModuleList([ConvNormAct(hid, hid, upsample=s == 2) for s in reversed(strides)])
         self.readout = nn.Conv2d(hid, n_vars, 1)
@@ -112,8 +152,8 @@ class StackedForecaster(nn.Module):
                 first = z
         h, w = z.shape[-2:]
         z = self.proj_in(z.view(b, -1, h, w))
-        for block, norm in zip(self.blocks, self.norms, strict=True):
-            z = norm(z + block(z))
+        for i, block in enumerate(self.blocks):
+            z = self.norms[i](z + block(z)) if self.block == "conv" else block(z)
         z = self.proj_out(z).view(b * self.t_out, self.hid, h, w)
         for layer in self.dec[:-1]:
             z = layer(z)
