@@ -137,17 +137,28 @@ def t_summary(df: pd.DataFrame, by: str | Sequence[str], value: str, ci: float =
 
 
 # ----------------------------------------------------------------------------------------------------- sanity
-def converged(curve: Sequence[float] | np.ndarray, lower_is_better: bool = True, tail: float = 0.1) -> bool:
-    """True when the best value of a validation curve does not lie in its last ``tail`` share of entries.
+def converged(
+    curve: Sequence[float] | np.ndarray, lower_is_better: bool = True, tail: float = 0.1, rel_tol: float = 0.0
+) -> bool:
+    """True when a validation curve's last improvement comes before its last ``tail`` share of entries.
 
-    A best epoch at the very end means the run was still improving when it stopped: not a plateau.
+    A best epoch at the very end means the run was still improving when it stopped: not a plateau. An improvement is
+    a value better than every earlier one by more than ``rel_tol`` (relative; the early-stopping threshold), so gains
+    too small to count do not hide a plateau.
     """
     x = np.asarray(curve, dtype=np.float64)
     x = x[~np.isnan(x)]
     if x.size < 2:
         raise ValueError(f"a convergence check needs a validation curve of >= 2 points, got {x.size}")
-    best = int(np.argmin(x) if lower_is_better else np.argmax(x))
-    return best < x.size - max(1, math.ceil(tail * x.size))
+    if not 0 <= rel_tol < 1:
+        raise ValueError(f"rel_tol must be in [0, 1), got {rel_tol}")
+    x = x if lower_is_better else -x
+    last, best = 0, x[0]
+    for i, value in enumerate(x[1:], start=1):
+        if value < best - rel_tol * abs(best):
+            last = i
+        best = min(best, value)
+    return last < x.size - max(1, math.ceil(tail * x.size))
 
 
 def sanity(
@@ -157,8 +168,10 @@ def sanity(
     curves: Mapping[tuple[str, int], Sequence[float]] | None = None,
     lower_is_better: bool = True,
     arm_col: str = "arm",
+    rel_tol: float = 0.0,
 ) -> pd.DataFrame:
-    """Per arm: the share of seeds that converged, whether it beats ``trivial`` (paired t interval), and flags.
+    """Per arm: the share of seeds that converged (:func:`converged` with ``rel_tol``), whether it beats ``trivial``
+    (paired t interval), and flags.
 
     ``table`` has one row per (arm, seed) with ``metric``; ``curves`` maps (arm, seed) to its validation curve.
     An arm whose curve is missing is not flagged as unconverged (arms without training, such as baselines).
@@ -171,7 +184,7 @@ def sanity(
     for arm, group in table.groupby(arm_col, sort=False):
         seeds = list(group["seed"])
         runs = [curves[(arm, s)] for s in seeds if curves and (arm, s) in curves]
-        share = float(np.mean([converged(c, lower_is_better) for c in runs])) if runs else math.nan
+        share = float(np.mean([converged(c, lower_is_better, rel_tol=rel_tol) for c in runs])) if runs else math.nan
         flags = []
         if runs and share < 1:
             flags.append(f"{arm} not converged in {round((1 - share) * len(runs))}/{len(runs)} seeds")

@@ -73,6 +73,8 @@ def test_converged_means_best_not_in_the_last_tenth():
     assert protocol.converged([5, 4, 3, 2, 2.5, 2.6, 2.7, 2.8, 2.9, 3.0])
     assert not protocol.converged([5, 4, 3, 2, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0])
     assert protocol.converged([0.1, 0.5, 0.9, 0.8], lower_is_better=False)
+    creeping = [5, 3, 2.0, 1.999, 1.998, 1.997, 1.996, 1.995, 1.994, 1.993]
+    assert not protocol.converged(creeping) and protocol.converged(creeping, rel_tol=0.005)
     with pytest.raises(ValueError, match=">= 2 points"):
         protocol.converged([1.0])
 

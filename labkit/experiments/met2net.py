@@ -1,26 +1,30 @@
 """Met²Net (Li et al., ICCV 2025, arXiv 2507.17189): per-variable encoders + variable attention + implicit two-stage.
 
-Arms, all with the same optimiser, steps, data and seeds, on the locally generated u, v, z, T, RH fields
-(:mod:`labkit.data.fields`):
+Arms, all with the same optimiser, data, seeds and early-stopping rule, on locally generated fields whose variables
+differ in statistics and scale (wind, temperature, bounded humidity, intermittent heavy-tailed precipitation, cloud
+fraction, a fine-scale advected tracer; :mod:`labkit.data.fields`):
 
-- ``persistence``: the last input frame repeated;
+- ``persistence`` (the last input frame repeated) and ``climatology`` (the training mean per grid point);
 - ``stacked``: SimVP-like, variables stacked as channels, end-to-end;
 - ``stacked_wide``: the stacked model widened until its forward FLOPs reach Met²Net's (capacity control);
 - ``pervar_e2e``: Met²Net's network (per-variable enc/dec + variable attention) trained end-to-end;
-- ``met2net``: the same network trained with the implicit two-stage scheme (:class:`labkit.stage.ImplicitTwoStage`);
-- ``pervar_explicit``: the same network trained explicitly in two stages (autoencoder, then latent translator).
+- ``pervar_explicit``: the same network trained explicitly in two stages (autoencoder, then latent translator);
+- ``met2net``: the same network trained with the implicit two-stage scheme (:class:`labkit.stage.ImplicitTwoStage`),
+  its EMA momentum chosen on validation among ``cfg.momentums``;
+- ``met2net_noattn``: Met²Net without cross-variable attention (variables never interact), same momentum.
 
-Checkpoints are selected on the validation split (mean normalised MSE), never on test. Metrics are per variable,
-in the generator's physical units and in z-units; RMSE = sqrt(pooled MSE), not a mean of per-batch RMSEs.
-
-This module holds the config, presets, :func:`run` and the comparison with the paper; the fields, windows and
-scoring live in :mod:`labkit.experiments.met2net_data`, the arms' models and training in
-:mod:`labkit.experiments.met2net_arms`.
+Checkpoints and the momentum are selected on the validation split, never on test; claims are judged by
+:mod:`labkit.experiments.met2net_claims`. Metrics are per variable, in the generator's physical units and in z-units;
+RMSE = sqrt(pooled MSE). The fields, windows and scoring live in :mod:`labkit.experiments.met2net_data`, the arms'
+models and training in :mod:`labkit.experiments.met2net_arms`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from labkit import profile
+from labkit import profile, protocol
+from labkit.data.fields import ALL_VARIABLES
 from labkit.experiments import (
     check_types,
+    met2net_claims,
     require_device,
     require_divisible,
     require_non_empty,
@@ -43,21 +50,24 @@ from labkit.experiments import (
 from labkit.experiments import configure as _configure
 from labkit.experiments.met2net_arms import ARMS, ArmRun, build_model, forward_flops, train_arm
 from labkit.experiments.met2net_data import FieldData, batch, evaluate, forecast, load_data
+from labkit.stage import ImplicitTwoStage
 
 PAPER_RELATIVE_MSE = {"T": -28.82, "RH": -23.39}  # % MSE change reported in the abstract (temperature, humidity)
+VARIABLES = ("u", "v", "T", "RH", "precip", "tracer")  # heterogeneous statistics and scales: see labkit.data.fields
 
 
 @dataclass
 class Config:
     height: int = 16  # grid rows ("latitude"); the paper uses 32 (5.625 deg)
-    width: int = 32  # grid columns; the paper uses 64
-    t_in: int = 6  # input frames (paper: 12)
-    t_out: int = 6  # forecast frames (paper: 12)
+    width: int = 16  # grid columns; the paper uses 64
+    variables: tuple[str, ...] = VARIABLES  # generated variables (5-9), see labkit.data.fields.ALL_VARIABLES
+    t_in: int = 4  # input frames (paper: 12)
+    t_out: int = 4  # forecast frames (paper: 12)
     frames: int = 100  # frames per trajectory after spin-up
     n_train: int = 12  # training trajectories
-    n_val: int = 2  # validation trajectories (checkpoint selection only)
+    n_val: int = 3  # validation trajectories (checkpoints, early stopping and the momentum are chosen here)
     n_test: int = 4  # test trajectories
-    stride: int = 2  # frames between window starts
+    stride: int = 4  # frames between window starts
     frame_interval: float = 1.0  # generator time between frames (larger = harder, less persistent)
     data_seed: int = 0  # generator seed (the same data for every model seed)
     hid_s: int = 8  # encoder/decoder width per variable (paper: 32)
@@ -65,40 +75,58 @@ class Config:
     d_model: int = 32  # per-variable translator width hid_T (paper: 256)
     heads: int = 4  # variable-attention heads (paper: 8)
     n_blocks: int = 2  # translator blocks N_T (paper: 8)
+    translator: str = "conv"  # translator block: "conv" (light) or "tau" (TAU block, as in the paper's code)
+    drop_path: float = 0.0  # stochastic depth in translator blocks (paper: 0.1)
+    layout: str = "auto"  # per-variable conv layout: "grouped" | "modulelist" | "auto" (the faster one per device)
     stacked_hid_s: int = 16  # stacked encoder width (sees all variables at once)
     stacked_hid_t: int = 64  # stacked translator width
     stacked_blocks: int = 2  # stacked translator blocks
     wide_max_factor: float = 8.0  # stacked_wide: largest width multiplier tried when matching FLOPs
-    momentum: float = 0.9  # Met²Net EMA momentum of the frozen translator copy (paper config: 0.9)
+    momentum: float = 0.9  # EMA momentum of the frozen translator copy when none is swept (paper config: 0.9)
+    momentums: tuple[float, ...] = (0.9,)  # met2net: candidate momentums, the best on validation is reported
     enc_momentum: float = 0.0  # encoder/decoder copies: 0 = hard copy (official HEAD), >0 = EMA (first commit)
     latent_weight: float = 1.0  # weight of the latent loss (official: 1:1)
-    explicit_ae_fraction: float = 0.5  # pervar_explicit: share of steps spent on the autoencoder stage
-    arms: tuple[str, ...] = ("persistence", "stacked", "pervar_e2e", "met2net", "stacked_wide")  # see ARMS
-    seeds: int = 3  # model seeds per arm (0 .. seeds-1)
-    epochs: int = 8  # passes over the training windows
+    explicit_ae_epochs: int = 10  # pervar_explicit: epochs of autoencoder training before the translator stage
+    arms: tuple[str, ...] = ARMS  # see labkit.experiments.met2net_arms.ARMS
+    seeds: int = 5  # model seeds per arm (0 .. seeds-1)
+    epochs: int = 50  # maximum epochs (early stopping usually ends a run sooner)
+    patience: int = 5  # epochs without a clear validation improvement before stopping (>= 10 % of epochs: a plateau)
+    lr_patience: int = 1  # epochs without a clear validation improvement before the learning rate halves
+    min_improvement: float = 0.01  # relative drop of validation MSE that counts as an improvement
     batch_size: int = 16  # windows per step (paper: 16)
-    lr: float = 1e-3  # AdamW peak learning rate (paper: 1e-3, cosine)
+    lr: float = 2e-3  # AdamW initial learning rate (paper: 1e-3 with a cosine schedule)
     weight_decay: float = 0.0  # AdamW weight decay
-    eval_every: int = 1  # epochs between validation checks for checkpoint selection
     lat_weighted: bool = False  # weight metrics by cos(latitude), treating rows as -90..90 deg
     max_steps: int | None = None  # cap on optimiser steps (smoke runs)
     device: str = "auto"  # "auto": CUDA when present
-    threads: int = 1  # torch intra-op threads (1 is fastest for small models on 2 shared cores)
+    threads: int = 1  # torch intra-op threads per worker (1 is fastest for small models on 2 shared cores)
+    workers: int = 1  # processes training (arm, seed) jobs in parallel (2 on a 2-core machine)
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
         check_types(self)
         require_positive(self, "height", "width", "t_in", "t_out", "frames", "n_train", "n_val", "n_test", "stride",
                          "frame_interval", "hid_s", "n_layers", "d_model", "heads", "n_blocks", "stacked_hid_s",
-                         "stacked_hid_t", "stacked_blocks", "seeds", "epochs", "batch_size", "lr", "eval_every",
-                         "max_steps", "threads")
+                         "stacked_hid_t", "stacked_blocks", "seeds", "epochs", "patience", "lr_patience",
+                         "batch_size", "lr", "explicit_ae_epochs", "max_steps", "threads", "workers")
         require_non_negative(self, "data_seed", "latent_weight", "weight_decay")
+        require_within(self, "min_improvement", 0, 1, "[)")
         require_within(self, "momentum", 0, 1)
+        for m in self.momentums:
+            if not 0 <= m <= 1:
+                raise ValueError(f"parameter 'momentums' must hold values in [0, 1], got {m} in {self.momentums}")
+        require_non_empty(self, "momentums")
         require_within(self, "enc_momentum", 0, 1)
-        require_within(self, "explicit_ae_fraction", 0, 1, "()")
+        require_within(self, "drop_path", 0, 1, "[)")
         require_within(self, "wide_max_factor", 1, math.inf, "[)")
         require_non_empty(self, "arms")
         require_subset("arms", self.arms, ARMS)
+        require_subset("variables", self.variables, ALL_VARIABLES)
+        require_subset("translator", (self.translator,), ("conv", "tau"))
+        require_subset("layout", (self.layout,), ("auto", "grouped", "modulelist"))
+        if not 2 <= len(self.variables) <= len(ALL_VARIABLES) or len(set(self.variables)) != len(self.variables):
+            raise ValueError(f"parameter 'variables' must name 2..{len(ALL_VARIABLES)} distinct variables, got "
+                             f"{self.variables}")
         require_divisible(self, "d_model", "heads")
         for name in ("hid_s", "stacked_hid_s"):  # GroupNorm(2, hid) per variable
             if getattr(self, name) % 2:
@@ -119,6 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "height": 8,
         "width": 16,
+        "variables": ("u", "v", "T", "RH", "precip"),
         "t_in": 3,
         "t_out": 3,
         "frames": 20,
@@ -134,12 +163,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stacked_hid_t": 16,
         "stacked_blocks": 1,
         "wide_max_factor": 3.0,
+        "momentums": (0.5, 0.9),
+        "explicit_ae_epochs": 1,
         "seeds": 2,
-        "epochs": 1,
+        "epochs": 3,
+        "patience": 2,
         "batch_size": 8,
         "progress": False,
     },
-    "cpu": {"seeds": 3, "epochs": 6, "stride": 3},
+    "cpu": {"momentums": (0.9, 0.99), "workers": 2},
     "gpu": {
         "height": 32,
         "width": 64,
@@ -154,13 +186,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_model": 256,
         "heads": 8,
         "n_blocks": 8,
+        "translator": "tau",
+        "drop_path": 0.1,
         "stacked_hid_s": 64,
         "stacked_hid_t": 256,
         "stacked_blocks": 8,
-        "seeds": 5,
-        "epochs": 30,
-        "batch_size": 16,
-        "arms": ARMS,
+        "momentums": (0.5, 0.9, 0.99),
+        "epochs": 50,
+        "patience": 6,
         "threads": 8,
     },
 }
@@ -178,11 +211,15 @@ def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
 class Results:
     """Tidy tables from :func:`run` plus the seed-0 models for figures and widgets."""
 
-    metrics: pd.DataFrame  # seed, arm, variable, units, mse, mae, rmse  (units: "physical" | "normalised")
+    metrics: pd.DataFrame  # seed, arm, variable, units, unit, mse, mae, rmse, skill  (units: physical | normalised)
     lead: pd.DataFrame  # seed, arm, variable, lead, mse_z, mse_phys
     history: pd.DataFrame  # seed, arm, step, epoch, rec, latent, val_mse_z, ema_gap
     attention: pd.DataFrame  # seed, arm, query, key, weight (test-set mean over blocks and heads)
-    cost: pd.DataFrame  # arm, params, forward_flops, seconds (mean over seeds), best_epoch
+    cost: pd.DataFrame  # arm, params, forward_flops, seconds (mean over seeds), best_epoch, epochs_run
+    scores: pd.DataFrame  # arm, seed, mse_z, mse_<variable>, skill_vs_persistence, val_mse_z
+    sweep: pd.DataFrame  # met2net momentum sweep: momentum, seed, split (val | test), mse_z, selected
+    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, effect [interval], n, verdict, sanity, rule
+    sanity: pd.DataFrame  # arm, converged (share of seeds), beats_trivial, flags
     models: dict[str, nn.Module]  # seed-0 models by arm
     data: FieldData  # the splits used
 
@@ -196,32 +233,17 @@ def _metric_rows(seed: int, arm: str, scores: dict[str, Any], data: FieldData) -
     ):
         for v, name in enumerate(data.variables):
             m = float(mse[:, v].mean())
-            rows.append(
-                {
-                    "seed": seed,
-                    "arm": arm,
-                    "variable": name,
-                    "units": units,
-                    "unit": data.units[v] if units == "physical" else "z",
-                    "mse": m,
-                    "mae": float(mae[:, v].mean()),
-                    "rmse": math.sqrt(m),
-                }
-            )
+            rows.append({"seed": seed, "arm": arm, "variable": name, "units": units,
+                         "unit": data.units[v] if units == "physical" else "z", "mse": m,
+                         "mae": float(mae[:, v].mean()), "rmse": math.sqrt(m)})
     return rows
 
 
 def _lead_rows(seed: int, arm: str, scores: dict[str, Any], data: FieldData, t_out: int) -> list[dict[str, Any]]:
     """Rows of ``Results.lead``: test MSE per variable and lead time, in z-units and physical units."""
     return [
-        {
-            "seed": seed,
-            "arm": arm,
-            "variable": name,
-            "lead": lead + 1,
-            "mse_z": float(scores["mse_z"][lead, v]),
-            "mse_phys": float(scores["mse_phys"][lead, v]),
-        }
+        {"seed": seed, "arm": arm, "variable": name, "lead": lead + 1, "mse_z": float(scores["mse_z"][lead, v]),
+         "mse_phys": float(scores["mse_phys"][lead, v])}
         for v, name in enumerate(data.variables)
         for lead in range(t_out)
     ]
@@ -238,87 +260,150 @@ def _attention_rows(seed: int, arm: str, attention: np.ndarray | None, data: Fie
     ]
 
 
-def _cost_row(seed: int, result: ArmRun, flops: int) -> dict[str, Any]:
-    """One arm and seed's parameters, forward FLOPs, training seconds and selected epoch."""
-    return {
-        "seed": seed,
-        "arm": result.arm,
-        "params": result.params,
-        "forward_flops": flops,
-        "seconds": result.seconds,
-        "best_epoch": result.best_epoch,
-    }
+@dataclass
+class _Job:
+    """One trained and scored (arm, seed, momentum): everything :func:`run` keeps of it."""
+
+    arm: str
+    seed: int
+    momentum: float | None
+    metric_rows: list[dict[str, Any]]
+    lead_rows: list[dict[str, Any]]
+    attention_rows: list[dict[str, Any]]
+    history: pd.DataFrame
+    cost: dict[str, Any]
+    val_mse_z: float
+    test_mse_z: float
+    state: dict[str, torch.Tensor] | None  # seed 0 only
+
+
+def _run_job(args: tuple[Config, str, int, float | None]) -> _Job:
+    """Train one arm for one seed (and momentum), score it on validation and test (a worker process entry point)."""
+    cfg, arm, seed, momentum = args
+    data = load_data(cfg)
+    device = profile.resolve_device(cfg.device)
+    result: ArmRun = train_arm(arm, cfg, seed, data, momentum)
+    val = float(evaluate(result.model, data, "val", cfg, device)["mse_z"].mean())
+    scores = evaluate(result.model, data, "test", cfg, device)
+    cost = {"seed": seed, "arm": arm, "params": result.params, "seconds": result.seconds,
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    state = {k: v.cpu() for k, v in result.model.state_dict().items()} if seed == 0 else None
+    return _Job(arm, seed, momentum, _metric_rows(seed, arm, scores, data),
+                _lead_rows(seed, arm, scores, data, cfg.t_out), _attention_rows(seed, arm, scores["attention"], data),
+                result.history.assign(seed=seed, arm=arm), cost, val, float(scores["mse_z"].mean()), state)
+
+
+def _run_jobs(cfg: Config, jobs: list[tuple[str, int, float | None]], desc: str) -> list[_Job]:
+    """Run ``jobs`` in order, in ``cfg.workers`` spawned processes when more than one (results in job order)."""
+    args = [(dataclasses.replace(cfg, progress=False) if cfg.workers > 1 else cfg, *job) for job in jobs]
+    if cfg.workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
+            return list(tqdm(pool.map(_run_job, args), total=len(jobs), desc=desc, disable=not cfg.progress))
+    return [_run_job(a) for a in tqdm(args, desc=desc, disable=not cfg.progress)]
+
+
+def _momentum_sweep(jobs: list[_Job]) -> tuple[pd.DataFrame, float]:
+    """The met2net momentum sweep as a table, and the momentum with the best mean validation MSE."""
+    rows = [{"momentum": j.momentum, "seed": j.seed, "split": split, "mse_z": value}
+            for j in jobs for split, value in (("val", j.val_mse_z), ("test", j.test_mse_z))]
+    sweep = pd.DataFrame(rows)
+    chosen = float(protocol.select_best(sweep[sweep["split"] == "val"], "momentum", "mse_z")["momentum"])
+    return sweep.assign(selected=sweep["momentum"] == chosen), chosen
 
 
 def run(cfg: Config) -> Results:
-    """Every arm x seed: train, select on validation, score on test. Returns tidy tables."""
+    """Every arm x seed: train, select on validation, score on test, judge the claims. Returns tidy tables.
+
+    ``met2net`` runs once per momentum in ``cfg.momentums``; the one with the best mean validation MSE is reported
+    as ``met2net`` (and used by ``met2net_noattn``), the others stay in ``Results.sweep``.
+    """
     data = load_data(cfg)
     n_vars = len(data.variables)
-    device = profile.resolve_device(cfg.device)
-    metric_rows, lead_rows, hist, attn_rows, cost_rows = [], [], [], [], []
-    models: dict[str, nn.Module] = {}
-    flops = {arm: forward_flops(build_model(arm, cfg, n_vars), cfg, n_vars) for arm in cfg.arms}
-    for seed in range(cfg.seeds):
-        for arm in cfg.arms:
-            result = train_arm(arm, cfg, seed, data)
-            scores = evaluate(result.model, data, "test", cfg, device)
-            metric_rows += _metric_rows(seed, arm, scores, data)
-            lead_rows += _lead_rows(seed, arm, scores, data, cfg.t_out)
-            hist.append(result.history.assign(seed=seed, arm=arm))
-            attn_rows += _attention_rows(seed, arm, scores["attention"], data)
-            cost_rows.append(_cost_row(seed, result, flops[arm]))
-            if seed == 0:
-                models[arm] = result.model
+    seeds = range(cfg.seeds)
+    first = [a for a in cfg.arms if a != "met2net_noattn"]
+    jobs = [(arm, s, m) for arm in first for s in seeds
+            for m in (cfg.momentums if arm == "met2net" else (None,))]
+    jobs.sort(key=lambda j: ARMS.index(j[0]), reverse=True)  # slow per-variable arms first: better load balance
+    done = _run_jobs(cfg, jobs, "met2net arms x seeds")
+    sweep, momentum = pd.DataFrame(columns=["momentum", "seed", "split", "mse_z", "selected"]), cfg.momentum
+    if "met2net" in cfg.arms:
+        sweep, momentum = _momentum_sweep([j for j in done if j.arm == "met2net"])
+        done = [j for j in done if j.arm != "met2net" or j.momentum == momentum]
+    if "met2net_noattn" in cfg.arms:
+        done += _run_jobs(cfg, [("met2net_noattn", s, momentum) for s in seeds], "met2net without attention")
+    done.sort(key=lambda j: (j.seed, cfg.arms.index(j.arm)))
+    flops = {arm: forward_flops(build_model(arm, cfg, n_vars, data), cfg, n_vars) for arm in cfg.arms}
+    metrics = pd.DataFrame([r for j in done for r in j.metric_rows])
+    persistence = metrics[metrics["arm"] == "persistence"].set_index(["seed", "variable", "units"])["mse"]
+    if not persistence.empty:
+        key = pd.MultiIndex.from_frame(metrics[["seed", "variable", "units"]])
+        metrics["skill"] = 1 - metrics["mse"].to_numpy() / persistence.reindex(key).to_numpy()
+    history = pd.concat([j.history for j in done], ignore_index=True)
     cost = (
-        pd.DataFrame(cost_rows)
+        pd.DataFrame([{**j.cost, "forward_flops": flops[j.arm]} for j in done])
         .groupby("arm", sort=False)
-        .agg(
-            params=("params", "first"),
-            forward_flops=("forward_flops", "first"),
-            seconds=("seconds", "mean"),
-            best_epoch=("best_epoch", "mean"),
-        )
+        .agg(params=("params", "first"), forward_flops=("forward_flops", "first"), seconds=("seconds", "mean"),
+             best_epoch=("best_epoch", "mean"), epochs_run=("epochs_run", "mean"))
         .reset_index()
     )
-    return Results(
-        pd.DataFrame(metric_rows),
-        pd.DataFrame(lead_rows),
-        pd.concat(hist, ignore_index=True),
-        pd.DataFrame(attn_rows),
-        cost,
-        models,
-        data,
-    )
+    scores = met2net_claims.per_seed_scores(metrics, history)
+    claims, checks = met2net_claims.verdicts(scores, history, cfg.min_improvement)
+    models = {}
+    for j in done:
+        if j.state is not None:
+            model = build_model(j.arm, cfg, n_vars, data)
+            if j.arm.startswith("met2net"):
+                model = ImplicitTwoStage(model.encoder, model.translator, model.decoder, momentum)
+            model.load_state_dict(j.state)
+            models[j.arm] = model.to(profile.resolve_device(cfg.device)).eval()
+    return Results(metrics, pd.DataFrame([r for j in done for r in j.lead_rows]), history,
+                   pd.DataFrame([r for j in done for r in j.attention_rows]), cost, scores, sweep, claims, checks,
+                   models, data)
 
 
-def relative_change(
-    metrics: pd.DataFrame,
-    arm: str = "met2net",
-    units: str = "physical",
-    baselines: tuple[str, ...] = ("stacked", "stacked_wide", "pervar_e2e"),
-) -> pd.DataFrame:
-    """Per variable: % MSE change of ``arm`` vs the best baseline (lowest seed-mean MSE), next to the paper's."""
-    df = metrics[metrics["units"] == units]
-    mean = df.groupby(["variable", "arm"], sort=False)["mse"].mean().unstack("arm")
-    present = [b for b in baselines if b in mean.columns]
-    if arm not in mean.columns or not present:
-        raise ValueError(f"need arm {arm!r} and one of {baselines}; have {list(mean.columns)}")
+def relative_change(scores: pd.DataFrame, arm: str = "met2net", baseline: str = "stacked_wide") -> pd.DataFrame:
+    """Per variable: % MSE change of ``arm`` vs ``baseline`` (fixed in advance), paired by seed with a Student-t
+    interval, next to the paper's number where it reports one."""
     rows = []
-    for var, row in mean.iterrows():
-        best = min(present, key=lambda b: row[b])
-        rows.append(
-            {
-                "variable": var,
-                "arm": arm,
-                "best_baseline": best,
-                "baseline_mse": row[best],
-                "arm_mse": row[arm],
-                "relative_change_pct": 100 * (row[arm] / row[best] - 1),
-                "vs_stacked_pct": 100 * (row[arm] / row["stacked"] - 1) if "stacked" in mean else np.nan,
-                "paper_pct": PAPER_RELATIVE_MSE.get(var, np.nan),
-            }
-        )
+    for col in [c for c in scores.columns if c.startswith("mse_") and c != "mse_z"]:
+        a = scores[scores["arm"] == arm].set_index("seed")[col]
+        b = scores[scores["arm"] == baseline].set_index("seed")[col]
+        if a.empty or b.empty:
+            raise ValueError(f"need arms {arm!r} and {baseline!r} in the scores; have {sorted(set(scores['arm']))}")
+        mean, low, high = protocol.student_t_ci((100 * (a / b.loc[a.index] - 1)).to_numpy())
+        var = col.removeprefix("mse_")
+        rows.append({"variable": var, "arm": arm, "baseline": baseline, "relative_change_pct": mean, "low": low,
+                     "high": high, "n": len(a), "paper_pct": PAPER_RELATIVE_MSE.get(var, np.nan)})
     return pd.DataFrame(rows)
+
+
+def verdict_text(results: Results) -> str:
+    """The recorded verdict: every claim with its effect, interval, n and verdict, then the sanity flags."""
+    parts = [f"{r['claim']}: {r['verdict']} ({r['effect']}, n={r['n']}; paper {r['paper (reference)']})"
+             for r in results.claims.to_dict("records")]
+    flags = [f for f in results.sanity["flags"] if f]
+    parts.append("sanity: " + ("; ".join(flags) if flags else "every arm converged and beat persistence"))
+    chosen = results.sweep.loc[results.sweep["selected"], "momentum"]
+    if not chosen.empty:
+        parts.append(f"met2net momentum chosen on validation: {float(chosen.iloc[0]):g}")
+    return "; ".join(parts)
+
+
+def headline_metrics(results: Results) -> dict[str, float]:
+    """Seed means a rerun reproduces: per arm mean z-MSE and skill, per arm and variable z-MSE, each claim's effect."""
+    scores = results.scores.groupby("arm", sort=False).mean(numeric_only=True)
+    out = {f"mean_normalised_mse_{arm}": float(v) for arm, v in scores["mse_z"].items()}
+    if "skill_vs_persistence" in scores:
+        out |= {f"skill_vs_persistence_{arm}": float(v) for arm, v in scores["skill_vs_persistence"].items()}
+    norm = results.metrics[results.metrics["units"] == "normalised"]
+    out |= {f"normalised_mse_{arm}_{var}": float(v)
+            for (arm, var), v in norm.groupby(["arm", "variable"], sort=False)["mse"].mean().items()}
+    out |= {f"claim_{r.claim}_pct": float(r.mean) for r in results.claims.itertuples()}
+    chosen = results.sweep.loc[results.sweep["selected"], "momentum"]
+    if not chosen.empty:
+        out["met2net_momentum"] = float(chosen.iloc[0])
+    return out
 
 
 def sample_forecasts(results: Results, cfg: Config, n_samples: int = 4) -> dict[str, np.ndarray]:

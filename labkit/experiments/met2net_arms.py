@@ -1,7 +1,10 @@
 """The arms of the Met²Net experiment (:mod:`labkit.experiments.met2net`): their forecasters and how each is trained.
 
-Every arm gets the same optimiser (AdamW, cosine schedule), steps, data and seeds; the weights kept are those with
-the best validation MSE (z-units), never chosen on test.
+Every trained arm gets the same optimiser (AdamW; the learning rate halves when validation MSE stalls for
+``lr_patience`` epochs), data and seeds, and trains until its validation MSE has not improved by ``min_improvement``
+(relative) for ``patience`` epochs, or ``epochs`` run out; the weights kept are those with the best validation MSE
+(z-units), never chosen on test. A run that stopped early has its
+best epoch outside the last 10 % of its curve: converged by :func:`labkit.protocol.converged`.
 """
 
 from __future__ import annotations
@@ -26,17 +29,41 @@ from labkit.stage import ImplicitTwoStage, explicit_two_stage_losses, freeze_sch
 if TYPE_CHECKING:
     from labkit.experiments.met2net import Config
 
-ARMS = ("persistence", "stacked", "stacked_wide", "pervar_e2e", "met2net", "pervar_explicit")
+TRIVIAL = ("persistence", "climatology")  # forecasts without training
+PER_VARIABLE = ("pervar_e2e", "pervar_explicit", "met2net", "met2net_noattn")  # Met²Net's network, four trainings
+ARMS = (*TRIVIAL, "stacked", "stacked_wide", *PER_VARIABLE)
+
+
+class Climatology(nn.Module):
+    """The training-set mean of every variable at every grid point, forecast for every lead time (z-units)."""
+
+    def __init__(self, mean_field: torch.Tensor, t_in: int, t_out: int) -> None:
+        super().__init__()
+        if mean_field.dim() != 3:
+            raise ValueError(f"expected a V x H x W mean field, got shape {tuple(mean_field.shape)}")
+        self.register_buffer("mean_field", mean_field)
+        self.t_in, self.t_out = t_in, t_out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if x.dim() != 5 or x.shape[2:] != self.mean_field.shape:
+            raise ValueError(f"expected B x T x {tuple(self.mean_field.shape)}, got {tuple(x.shape)}")
+        return self.mean_field.expand(x.shape[0], self.t_out, *self.mean_field.shape), None
 
 
 # ---------------------------------------------------------------------------------------------------------- models
-def build_model(arm: str, cfg: Config, n_vars: int) -> nn.Module:
-    """The forecaster for ``arm`` (``stacked_wide`` is sized by :func:`wide_factor`)."""
+def build_model(arm: str, cfg: Config, n_vars: int, data: FieldData | None = None) -> nn.Module:
+    """The forecaster for ``arm`` (``stacked_wide`` is sized by :func:`wide_factor`; ``climatology`` needs ``data``)."""
     if arm == "persistence":
         return Persistence(n_vars, cfg.t_in, cfg.t_out)
-    if arm in ("pervar_e2e", "met2net", "pervar_explicit"):
+    if arm == "climatology":
+        if data is None:
+            raise ValueError("the climatology arm is built from the training split: pass data")
+        return Climatology(data.splits["train"].mean(dim=(0, 1)), cfg.t_in, cfg.t_out)
+    if arm in PER_VARIABLE:
         return PerVariableForecaster(
-            n_vars, cfg.t_in, cfg.t_out, cfg.hid_s, cfg.n_layers, cfg.d_model, cfg.heads, cfg.n_blocks
+            n_vars, cfg.t_in, cfg.t_out, cfg.hid_s, cfg.n_layers, cfg.d_model, cfg.heads, cfg.n_blocks,
+            layout=cfg.layout, ffn=cfg.translator, drop_path=cfg.drop_path,
+            mixing="none" if arm == "met2net_noattn" else "attention",
         )
     if arm == "stacked":
         return _stacked(cfg, n_vars, 1.0)
@@ -48,7 +75,8 @@ def build_model(arm: str, cfg: Config, n_vars: int) -> nn.Module:
 def _stacked(cfg: Config, n_vars: int, factor: float) -> StackedForecaster:
     hid = max(2, 2 * round(cfg.stacked_hid_s * factor / 2))
     return StackedForecaster(
-        n_vars, cfg.t_in, cfg.t_out, hid, cfg.n_layers, max(4, round(cfg.stacked_hid_t * factor)), cfg.stacked_blocks
+        n_vars, cfg.t_in, cfg.t_out, hid, cfg.n_layers, max(4, round(cfg.stacked_hid_t * factor)), cfg.stacked_blocks,
+        block=cfg.translator, drop_path=cfg.drop_path,
     )
 
 
@@ -77,85 +105,99 @@ class ArmRun:
     seed: int
     model: nn.Module
     history: pd.DataFrame  # step, epoch, rec, latent, val_mse_z, ema_gap
-    best_epoch: int
+    best_epoch: int  # 0 for arms without training
+    epochs_run: int
     params: int
     seconds: float
+    momentum: float | None = None  # met2net arms: the EMA momentum of the translator copy
 
 
-def _with_training_scheme(arm: str, net: nn.Module, cfg: Config) -> nn.Module:
-    """``met2net``: the network inside the implicit two-stage scheme (:class:`labkit.stage.ImplicitTwoStage`);
+def _with_training_scheme(arm: str, net: nn.Module, cfg: Config, momentum: float) -> nn.Module:
+    """``met2net*``: the network inside the implicit two-stage scheme (:class:`labkit.stage.ImplicitTwoStage`);
     every other arm trains the network itself."""
-    if arm != "met2net":
+    if not arm.startswith("met2net"):
         return net
-    return ImplicitTwoStage(net.encoder, net.translator, net.decoder, cfg.momentum, cfg.enc_momentum, cfg.latent_weight)
+    return ImplicitTwoStage(net.encoder, net.translator, net.decoder, momentum, cfg.enc_momentum, cfg.latent_weight)
 
 
 def _losses(
-    arm: str, model: nn.Module, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, ae_steps: int
+    arm: str, model: nn.Module, net: nn.Module, x: torch.Tensor, y: torch.Tensor, autoencoding: bool
 ) -> dict[str, torch.Tensor]:
     """The losses of one step (``"loss"`` is optimised): Met²Net's reconstruction + latent losses, the explicit
-    scheme's autoencoder then translator stage, or plain reconstruction MSE."""
-    if arm == "met2net":
+    scheme's autoencoder or translator stage, or plain forecast MSE."""
+    if arm.startswith("met2net"):
         return model.losses(x, y)
     if arm == "pervar_explicit":
-        phase = "autoencoder" if step < ae_steps else "translator"
-        groups = {"autoencoder": nn.ModuleList([net.encoder, net.decoder]), "translator": net.translator}
-        freeze_schedule(groups, {"autoencoder": (0, ae_steps), "translator": (ae_steps, None)}, step)
+        phase = "autoencoder" if autoencoding else "translator"
         return explicit_two_stage_losses(net.encoder, net.translator, net.decoder, x, y, phase)
     rec = F.mse_loss(model(x)[0], y)
     return {"rec": rec, "loss": rec}
 
 
-def train_arm(arm: str, cfg: Config, seed: int, data: FieldData) -> ArmRun:
-    """Train one arm with AdamW + cosine schedule; keep the weights with the best validation MSE (z-units)."""
+def train_arm(arm: str, cfg: Config, seed: int, data: FieldData, momentum: float | None = None) -> ArmRun:
+    """Train one arm until validation MSE plateaus; keep the weights with the best validation MSE (z-units).
+
+    ``pervar_explicit`` first trains the autoencoder alone for ``cfg.explicit_ae_epochs`` epochs, then the translator
+    on the frozen encoder's latents; only the second stage is early-stopped and selected.
+    """
     device = profile.resolve_device(cfg.device)
     seed_everything(seed, threads=cfg.threads)
-    net = build_model(arm, cfg, len(data.variables)).to(device)
-    model = _with_training_scheme(arm, net, cfg).to(device)
+    momentum = cfg.momentum if momentum is None else momentum
+    net = build_model(arm, cfg, len(data.variables), data).to(device)
+    model = _with_training_scheme(arm, net, cfg, momentum).to(device)
     params = count_parameters(net)
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    if arm == "persistence":
+    if arm in TRIVIAL:
         val = evaluate(model, data, "val", cfg, device)["mse_z"].mean().item()
-        rows.append({"step": 0, "epoch": 0, "val_mse_z": val})
-        return ArmRun(arm, seed, model, pd.DataFrame(rows), 0, 0, time.perf_counter() - t0)
+        history = pd.DataFrame([{"step": 0, "epoch": 0, "val_mse_z": val}])
+        return ArmRun(arm, seed, model, history, 0, 0, 0, time.perf_counter() - t0)
     n_win = len(data.windows["train"])
     steps_per_epoch = max(1, n_win // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    ae_epochs = cfg.explicit_ae_epochs if arm == "pervar_explicit" else 0
+    total = (cfg.epochs + ae_epochs) * steps_per_epoch
+    total = total if cfg.max_steps is None else min(cfg.max_steps, total)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg.lr_patience,
+                                                       threshold=cfg.min_improvement)
     gen = torch.Generator().manual_seed(seed)
-    ae_steps = int(cfg.explicit_ae_fraction * total)
-    best, best_state, best_epoch, step = math.inf, None, 0, 0
+    best, best_state, best_epoch, since_best, step, epoch = math.inf, None, 0, 0, 0, 0
+    rows: list[dict[str, Any]] = []
     bar = tqdm(total=total, desc=f"{arm} seed {seed}", disable=not cfg.progress, leave=False)
-    for epoch in range(1, cfg.epochs + 1):
+    while step < total and since_best < cfg.patience:
+        epoch += 1
+        autoencoding = epoch <= ae_epochs
+        if arm == "pervar_explicit":
+            groups = {"autoencoder": nn.ModuleList([net.encoder, net.decoder]), "translator": net.translator}
+            freeze_schedule(groups, {"autoencoder": (0, 1), "translator": (1, None)}, 0 if autoencoding else 1)
         model.train()
         order = torch.randperm(n_win, generator=gen).numpy()
         for i in range(min(steps_per_epoch, total - step)):
             x, y = batch(data, "train", order[i * cfg.batch_size : (i + 1) * cfg.batch_size], cfg, device)
-            losses = _losses(arm, model, net, x, y, step, ae_steps)
+            losses = _losses(arm, model, net, x, y, autoencoding)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
-            sched.step()
-            if arm == "met2net":
+            if arm.startswith("met2net"):
                 model.after_step()  # EMA / hard copy after the optimiser step
             step += 1
             bar.update(1)
-            rows.append(
-                {"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in losses.items() if k != "loss"}}
-            )
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or step >= total:
-            val = evaluate(model, data, "val", cfg, device)["mse_z"].mean().item()
-            rows[-1]["val_mse_z"] = val
-            if arm == "met2net":
-                rows[-1]["ema_gap"] = parameter_distance(model.translator_k, model.translator)
-            if val < best and (arm != "pervar_explicit" or step > ae_steps):
-                best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
-        if step >= total:
-            break
+            rows.append({"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in losses.items()
+                                                          if k != "loss"}})
+        if autoencoding:
+            continue
+        val = evaluate(model, data, "val", cfg, device)["mse_z"].mean().item()
+        sched.step(val)
+        rows[-1]["val_mse_z"] = val
+        if arm.startswith("met2net"):
+            rows[-1]["ema_gap"] = parameter_distance(model.translator_k, model.translator)
+        if val < best:  # keep the best weights; only a clear improvement resets the early-stopping count
+            since_best = 0 if val < best * (1 - cfg.min_improvement) else since_best + 1
+            best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
+        else:
+            since_best += 1
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    return ArmRun(arm, seed, model, pd.DataFrame(rows), best_epoch, params, time.perf_counter() - t0)
+    return ArmRun(arm, seed, model, pd.DataFrame(rows), best_epoch, epoch, params, time.perf_counter() - t0,
+                  momentum if arm.startswith("met2net") else None)

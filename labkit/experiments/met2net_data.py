@@ -1,8 +1,9 @@
 """The fields, windows and scores of the Met²Net experiment (:mod:`labkit.experiments.met2net`).
 
-Splits are whole trajectories of the locally generated u, v, z, T, RH fields (:mod:`labkit.data.fields`), normalised
-with training statistics. Scores are pooled per (lead, variable) squared and absolute errors, in z-units and in the
-generator's physical units; RMSE = sqrt(pooled MSE), not a mean of per-batch RMSEs.
+Splits are whole trajectories of the locally generated fields (:mod:`labkit.data.fields`; the variables are
+``cfg.variables``), normalised with training statistics. Scores are pooled per (lead, variable) squared and
+absolute errors, in z-units and in the generator's physical units; RMSE = sqrt(pooled MSE), not a mean of per-batch
+RMSEs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def load_data(cfg: Config) -> FieldData:
         cfg.width,
         cfg.data_seed,
         physics=FieldPhysics(frame_interval=cfg.frame_interval),
+        variables=cfg.variables,
         progress=cfg.progress,
     )
     check_fields(fields_.data, n_vars=len(fields_.variables), t_in=cfg.t_in, t_out=cfg.t_out)

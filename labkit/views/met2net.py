@@ -27,22 +27,39 @@ def sample_fields(
     return fig
 
 
+def squared_unit(unit: str) -> str:
+    """The unit of an MSE: ``K`` -> ``K²``, ``m/s`` -> ``(m/s)²`` (not m/s²), dimensionless ``1`` stays ``1``."""
+    if unit in ("", "1"):
+        return "1"
+    return f"({unit})²" if any(c in unit for c in "/ *") else f"{unit}²"
+
+
 def per_variable_mse(metrics: pd.DataFrame, arms: Sequence[str]) -> plt.Figure:
-    """Normalised MSE per variable by arm (bars: seed mean, bootstrap 95 % CI; dots: seeds), and physical MSE."""
+    """Per variable by arm: skill vs persistence (1 − MSE / persistence MSE), normalised MSE, and physical MSE.
+
+    Bars: seed mean with a bootstrap 95 % interval; dots: seeds. The verdicts use Student-t intervals.
+    """
     variables = list(dict.fromkeys(metrics["variable"]))
-    fig = plt.figure(figsize=(3 * len(variables), 6.5))
-    grid = fig.add_gridspec(2, len(variables))
-    ax = fig.add_subplot(grid[0, :])
+    fig = plt.figure(figsize=(3 * len(variables), 9))
+    grid = fig.add_gridspec(3, len(variables))
     norm = metrics[metrics["units"] == "normalised"]
-    plots.bars_ci(norm, "variable", "mse", hue="arm", ax=ax, order=variables, hue_order=arms)
-    ax.set_ylabel("test MSE (z-units)")
+    for row, (value, label) in enumerate((("skill", "skill vs persistence (1 − MSE/MSE_pers)"),
+                                          ("mse", "test MSE (z-units)"))):
+        if value not in norm.columns:
+            continue
+        ax = fig.add_subplot(grid[row, :])
+        plots.bars_ci(norm, "variable", value, hue="arm", ax=ax, order=variables,
+                      hue_order=[a for a in arms if value != "skill" or a != "persistence"])
+        ax.set_ylabel(label)
+        if value == "skill":
+            ax.axhline(0, color="grey", linewidth=0.8)
     phys = metrics[metrics["units"] == "physical"]
     for i, var in enumerate(variables):
         sub = phys[phys["variable"] == var]
-        a = fig.add_subplot(grid[1, i])
+        a = fig.add_subplot(grid[2, i])
         plots.bars_ci(sub, "arm", "mse", ax=a, order=[arm for arm in arms if arm in set(sub["arm"])])
         a.set_title(var)
-        a.set_ylabel(f"MSE [{sub['unit'].iloc[0]}²]")
+        a.set_ylabel(f"MSE [{squared_unit(sub['unit'].iloc[0])}]")
         a.tick_params(axis="x", labelsize=7, rotation=60)
     fig.tight_layout()
     return fig
@@ -104,7 +121,7 @@ def training_curves(history: pd.DataFrame, arms: Sequence[str]) -> plt.Figure:
         ax1.legend(fontsize="small")
         ax1.set_title("met2net stage losses")
     val = history.dropna(subset=["val_mse_z"])
-    val = val[val["arm"] != "persistence"]
+    val = val[~val["arm"].isin(["persistence", "climatology"])]
     plots.mean_ci(val, "epoch", "val_mse_z", hue="arm", ax=ax2, order=arms)
     ax2.set_yscale("log")
     ax2.set_title("validation MSE (z-units)")
@@ -113,18 +130,34 @@ def training_curves(history: pd.DataFrame, arms: Sequence[str]) -> plt.Figure:
 
 
 def relative_change(table: pd.DataFrame) -> plt.Figure:
-    """Measured % MSE change of Met²Net vs the best baseline per variable; the paper's T and RH as references."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    """% MSE change of Met²Net vs the FLOPs-matched stacked model per variable (seed mean, Student-t 95 % interval);
+    the paper's T and RH numbers as labelled references."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
     x = np.arange(len(table))
-    ax.bar(x - 0.2, table["relative_change_pct"], 0.4, label="measured vs best baseline")
-    ax.bar(x + 0.2, table["vs_stacked_pct"], 0.4, label="measured vs stacked")
+    mean = table["relative_change_pct"].to_numpy()
+    err = np.stack([mean - table["low"].to_numpy(), table["high"].to_numpy() - mean])
+    ax.bar(x, mean, 0.6, yerr=np.nan_to_num(err), capsize=3,
+           label=f"measured vs {table['baseline'].iloc[0]} (n={int(table['n'].iloc[0])})")
     paper = table["paper_pct"].to_numpy()
     has = ~np.isnan(paper)
-    ax.scatter(x[has], paper[has], marker="_", s=600, color="k", zorder=3, label="paper (reference)")
+    ax.scatter(x[has], paper[has], marker="_", s=600, color="k", zorder=3, label="paper (reference, WeatherBench)")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xticks(x, table["variable"])
-    ax.set_ylabel("MSE change of met2net (%)")
+    ax.set_ylabel(f"MSE change of {table['arm'].iloc[0]} (%)")
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def momentum_sweep(sweep: pd.DataFrame) -> plt.Figure:
+    """Met²Net's validation and test MSE against the EMA momentum of the translator copy (the choice is on val)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    plots.mean_ci(sweep, "momentum", "mse_z", hue="split", ax=ax)
+    chosen = sweep.loc[sweep["selected"], "momentum"]
+    if not chosen.empty:
+        ax.axvline(float(chosen.iloc[0]), color="grey", linestyle=":", label="chosen on validation")
+    ax.set_ylabel("mean MSE (z-units)")
+    ax.set_title("met2net momentum sweep")
     fig.tight_layout()
     return fig
 
