@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from labkit import index as reports_index
 from labkit import runner
 from labkit.experiments import type_name
 from labkit.report import atomic_write_text
@@ -64,7 +65,7 @@ def _report(args: argparse.Namespace) -> int:
         if not result.ok:
             failures.append(result)
             tqdm.write(result.error)
-    index = runner.write_index()
+    index = reports_index.write_index()
     print(f"index: {index}")
     return 1 if failures else 0
 

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import psutil
 import pytest
 
 from labkit import cli, runner, sweep
+from labkit import index as reports_index
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -158,9 +160,26 @@ def test_write_index_lists_only_committed_reports(tmp_path, notebook):
                    "cpu.failed"):
         _complete_report(reports / "held" / folder, notebook, {})
     _complete_report(reports / "held" / "sweeps" / "cpu-0123456789", notebook, {})
-    index = runner.write_index(reports).read_text()
+    index = reports_index.write_index(reports).read_text()
     rows = [line for line in index.splitlines() if line.startswith("| [held]")]
     assert [row.split(" | ")[1] for row in rows] == ["cpu", "cpu-cumsum"]
+    assert "Not yet under the protocol" in index and (reports / "index.html").is_file()
+
+
+def test_index_lists_every_claim_of_reports_with_a_claims_table(tmp_path, notebook):
+    reports = tmp_path / "reports"
+    _complete_report(reports / "held" / "cpu", notebook, {})
+    (reports / "held" / "cpu" / "tables").mkdir(exist_ok=True)
+    pd.DataFrame({"claim": ["a_beats_b", "c_beats_d"], "text": ["x", "y"], "paper (reference)": ["-5 %", ""],
+                  "effect": ["+3 % [+1, +5]", "-1 % [-4, +2]"], "n": [5, 5], "verdict": ["held", "inconclusive"],
+                  "sanity": ["ok", "b not converged in 1/5 seeds"]}).to_csv(reports / "held" / "cpu" / "tables" /
+                                                                           "claims.csv", index=False)
+    index = reports_index.write_index(reports).read_text()
+    assert "| held | cpu | a_beats_b | -5 % | +3 % [+1, +5] | 5 | held | ok |" in index
+    assert "c_beats_d" in (reports / "index.html").read_text() and "Not yet under the protocol" not in index
+    pd.DataFrame({"claim": ["a"]}).to_csv(reports / "held" / "cpu" / "tables" / "claims.csv", index=False)
+    with pytest.raises(ValueError, match="claims table lacks columns"):
+        reports_index.write_index(reports)
 
 
 @pytest.mark.notebook

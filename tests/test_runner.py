@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from labkit import cli, runner
+from labkit import index as reports_index
 from labkit.data import sources
 from labkit.experiments import configure, profiling
 
@@ -163,7 +164,7 @@ def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
         return runner.RunResult(path, out_dir, ok=True, skipped=True)
 
     monkeypatch.setattr(runner, "run_notebook", fake_run)
-    monkeypatch.setattr(runner, "write_index", lambda: tmp_path / "README.md")
+    monkeypatch.setattr(reports_index, "write_index", lambda: tmp_path / "README.md")
     assert cli.main(["report", "--preset", "cpu", "gateskip"]) == 0
     assert calls == [
         ("gateskip", "cpu", {}, "gateskip/cpu"),
