@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import tomllib
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -12,6 +14,7 @@ from labkit import runner
 
 NOTEBOOKS = runner.notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
+PINS = tomllib.loads((Path(__file__).parent / "smoke_pins.toml").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +70,19 @@ def test_notebook_is_deterministic(path, smoke_run, tmp_path):
     a, b = _results(first), _results(second)
     for key in ("params", "metrics", "tables", "held"):
         assert a[key] == b[key], f"{path.name}: {key} differ between two identical runs"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in PINS], ids=[i for i in IDS if i in PINS])
+def test_smoke_headline_metrics_are_pinned(path, smoke_run):
+    """The smoke preset's headline metrics match tests/smoke_pins.toml, so a change that flips a result fails CI
+    (regenerate deliberately with scripts/pin_smoke.py)."""
+    result = smoke_run(path)
+    assert result.ok, result.error
+    metrics, pins = _results(result)["metrics"], PINS[path.stem]
+    moved = {k: (v, metrics.get(k)) for k, v in pins["metrics"].items()
+             if metrics.get(k) is None or metrics[k] != pytest.approx(v, rel=pins["rel"], abs=1e-9)}
+    assert not moved, f"{path.name}: smoke metrics moved from their pins (pinned, now): {moved}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
