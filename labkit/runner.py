@@ -360,11 +360,21 @@ def _replace(staging: Path, out_dir: Path) -> None:
 
 
 def export_html(executed: Path, html_path: Path) -> None:
-    """The executed notebook as standalone HTML (figures embedded), written atomically."""
+    """The executed notebook as standalone HTML (figures embedded), written atomically.
+
+    A report reads as a paper: code cells are hidden (the executed ``.ipynb`` beside it keeps them) and stderr
+    (library progress bars and warnings) is left out, so the verdicts the notebook shows first open the page.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if not (o.output_type == "stream" and
+                                                                        o.get("name") == "stderr")]
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+                           ).from_notebook_node(nb)
     atomic_write_text(html_path, body)
 
 

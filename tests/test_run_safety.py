@@ -296,3 +296,16 @@ def test_kill9_sweep_takes_its_workers_and_kernels_and_a_rerun_finishes_only_the
     assert {o["point"]: o["reused"] for o in again.outcomes} == {"seed=0": True, "seed=1": False}
     assert list(again.table["value"]) == [1.0, 11.0]
     assert _leftovers(points[1].out_dir) == []
+
+
+def test_html_report_hides_code_and_stderr(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("import secret_module\nprint('verdict: held')")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="verdict: held\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="Loading weights: 100%|####|\n")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Claim"), cell]
+    nbformat.write(nb, tmp_path / "run.ipynb")
+    runner.export_html(tmp_path / "run.ipynb", tmp_path / "run.html")
+    page = (tmp_path / "run.html").read_text()
+    assert "verdict: held" in page and "Claim" in page
+    assert "secret_module" not in page and "Loading weights" not in page
