@@ -1,5 +1,5 @@
-"""Figures and widget views for the C-Mixup notebook: pairing heat-maps, results with intervals, RMSE vs σ,
-paired differences against ERM, relative improvements next to the paper's, and mixed RCF examples."""
+"""Figures and widget views for the C-Mixup notebook: pairing heat-maps, the claims with their intervals, results
+with Student-t intervals, RMSE vs the tuned parameter, training curves for the sanity checks, mixed RCF examples."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from matplotlib.colors import LogNorm
 
-from labkit import mixup, plots
+from labkit import mixup, protocol
 from labkit.data.regression import RegressionSplits
+from labkit.experiments import cmixup_claims
 from labkit.widgets import view
 
 if TYPE_CHECKING:
@@ -63,78 +64,88 @@ def pairing(labels: np.ndarray, sigma_std: float, n_show: int = 300, seed: int =
     return fig
 
 
-def results_bars(selected: pd.DataFrame, metric: str = "test_rmse") -> plt.Figure:
-    """One panel per dataset: mean ``metric`` per arm with bootstrap 95 % intervals and seeds as dots."""
-    names = list(dict.fromkeys(selected["dataset"]))
+def results_bars(scores: pd.DataFrame, metric: str = "test_rmse") -> plt.Figure:
+    """One panel per dataset: mean ``metric`` per arm with a Student-t 95 % interval over seeds, seeds as dots."""
+    scores = scores.dropna(subset=[metric])
+    names = list(dict.fromkeys(scores["dataset"]))
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        sub = selected[selected["dataset"] == name]
-        plots.bars_ci(sub, "arm", metric, ax=ax, order=_order(sub["arm"]))
-        ax.set_title(name, fontsize=10)
+        sub = scores[scores["dataset"] == name]
+        order = _order(sub["arm"])
+        summary = protocol.t_summary(sub, "arm", metric).set_index("arm").reindex(order)
+        pos = np.arange(len(order))
+        err = np.vstack([summary["mean"] - summary["low"], summary["high"] - summary["mean"]])
+        ax.bar(pos, summary["mean"], yerr=np.nan_to_num(err), capsize=3, color="tab:blue", alpha=0.6)
+        for i, arm in enumerate(order):
+            vals = sub.loc[sub["arm"] == arm, metric]
+            ax.plot(np.full(len(vals), i), vals, "k.", markersize=3)
+        ax.set_xticks(pos, order, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{name}: {metric}", fontsize=10)
         lo, hi = sub[metric].min(), sub[metric].max()
         ax.set_ylim(lo - 0.3 * (hi - lo), hi + 0.2 * (hi - lo))
     fig.tight_layout()
     return fig
 
 
-def paired_differences(diffs: pd.DataFrame, metric: str = "test_rmse") -> plt.Figure:
-    """Mean paired (per-seed) difference to ERM with bootstrap 95 % intervals; below 0 = better than ERM."""
-    names = list(dict.fromkeys(diffs["dataset"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        sub = diffs[diffs["dataset"] == name].set_index("arm").reindex(_order(diffs[diffs["dataset"] == name]["arm"]))
-        pos = np.arange(len(sub))
-        err = np.vstack([sub["mean_diff"] - sub["low"], sub["high"] - sub["mean_diff"]])
-        colors = [
-            "tab:green" if h < 0 else ("tab:red" if lo > 0 else "tab:gray")
-            for lo, h in zip(sub["low"], sub["high"], strict=True)
-        ]
-        ax.barh(pos, sub["mean_diff"], xerr=err, color=colors, capsize=3)
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_yticks(pos, sub.index)
-        ax.invert_yaxis()
-        ax.set_title(f"{name}: {metric} − ERM (paired)", fontsize=10)
+def claims_forest(claims: pd.DataFrame) -> plt.Figure:
+    """Every judged claim: C-Mixup's % improvement with its paired Student-t 95 % interval, coloured by verdict
+    (green held, red not held, grey inconclusive); the dashed line is the tolerance a claim must clear."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(claims) + 1.2))
+    pos = np.arange(len(claims))
+    colours = {"held": "tab:green", "not held": "tab:red", "inconclusive": "tab:gray"}
+    err = np.vstack([claims["mean"] - claims["low"], claims["high"] - claims["mean"]])
+    ax.errorbar(claims["mean"], pos, xerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=3)
+    ax.scatter(claims["mean"], pos, c=[colours[v] for v in claims["verdict"]], zorder=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.axvline(cmixup_claims.TOLERANCE_PCT, color="grey", linestyle="--", linewidth=1, label="tolerance")
+    ax.set_yticks(pos, claims["claim"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("C-Mixup improvement, % of RMSE (paired by seed)")
+    ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
 
 
-def sigma_curves(runs: pd.DataFrame, arm: str = "cmixup") -> plt.Figure:
-    """Validation and test RMSE against σ (in std(y) units) per dataset, with ERM and mixup as flat references."""
+def sigma_curves(runs: pd.DataFrame, arm: str = "cmixup", parameter: str = "sigma") -> plt.Figure:
+    """Validation and test RMSE against ``arm``'s tuned parameter per dataset (mean ± Student-t interval over
+    seeds), with ERM's test RMSE as a flat reference. Only validation chose the value."""
     names = [n for n in dict.fromkeys(runs["dataset"]) if (runs[(runs["dataset"] == n)]["arm"] == arm).any()]
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         sub = runs[(runs["dataset"] == name) & (runs["arm"] == arm)]
-        long = pd.concat(
-            [sub.assign(split="test", rmse=sub["test_rmse"]), sub.assign(split="val", rmse=sub["val_rmse"])]
-        )
-        plots.mean_ci(long, "sigma", "rmse", hue="split", ax=ax)
-        for ref, style in (("erm", "--"), ("mixup", ":")):
-            base = runs[(runs["dataset"] == name) & (runs["arm"] == ref)]
-            if len(base):
-                ax.axhline(base["test_rmse"].mean(), color="black", linestyle=style, linewidth=1, label=f"{ref} (test)")
+        for col, style in (("val_rmse", "o-"), ("test_rmse", "s--")):
+            summary = protocol.t_summary(sub, parameter, col).sort_values(parameter)
+            ax.plot(summary[parameter], summary["mean"], style, label=col)
+            ax.fill_between(summary[parameter], summary["low"], summary["high"], alpha=0.2)
+        base = runs[(runs["dataset"] == name) & (runs["arm"] == "erm")]
+        if len(base):
+            ax.axhline(base["test_rmse"].mean(), color="black", linestyle=":", linewidth=1, label="erm (test)")
         ax.set_xscale("log")
-        ax.set_xlabel("σ (units of std(y_train))")
+        ax.set_xlabel(f"{parameter}" + (" (units of std(y_train))" if arm.startswith("cmixup") else ""))
         ax.set_title(f"{name}: {arm}", fontsize=10)
         ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
 
 
-def relative_improvements(rel: pd.DataFrame, paper: dict[str, float], ood: set[str]) -> plt.Figure:
-    """Our C-Mixup improvement (%) over the best other arm and over ERM per dataset, with the paper's abstract
-    numbers as labelled reference lines (ID for in-distribution sets, OOD for shifted ones)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    pos = np.arange(len(rel))
-    ax.bar(pos - 0.2, rel["vs_best_other_pct"], 0.4, label="vs best other arm (ours)")
-    ax.bar(pos + 0.2, rel["vs_erm_pct"], 0.4, label="vs ERM (ours)")
-    ax.set_xticks(pos, [f"{d}\n({'OOD' if d in ood else 'ID'})" for d in rel["dataset"]], fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.8)
-    plots.reference_line(ax, paper["in-distribution"], f"ID +{paper['in-distribution']}% vs best prior")
-    plots.reference_line(
-        ax, paper["out-of-distribution"], f"OOD +{paper['out-of-distribution']}% vs best prior", linestyle=":"
-    )
-    ax.set_ylabel("C-Mixup improvement, % of RMSE")
-    ax.legend(fontsize="x-small")
+def training_curves(curves: pd.DataFrame, scores: pd.DataFrame, name: str) -> plt.Figure:
+    """Validation MSE per epoch of the chosen configuration of each arm on dataset ``name`` (one line per seed),
+    with the mean predictor's validation MSE: what the convergence and near-chance sanity checks read."""
+    chosen = scores[(scores["dataset"] == name) & ~scores["arm"].isin(["mean", "best_prior"])]
+    key = ["dataset", "arm", "seed", "sigma", "alpha"]
+    sub = curves.merge(chosen[key], on=key)
+    arms = _order(sub["arm"])
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.3 * len(arms), 3.0), squeeze=False, sharey=True)
+    trivial = scores[(scores["dataset"] == name) & (scores["arm"] == "mean")]["val_rmse"].mean() ** 2
+    for ax, arm in zip(axes[0], arms, strict=True):
+        for _, group in sub[sub["arm"] == arm].groupby("seed"):
+            ax.plot(group["epoch"], group["val_mse"], linewidth=0.8)
+        ax.axhline(trivial, color="black", linestyle="--", linewidth=1, label="mean predictor")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}: {arm}", fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("validation MSE")
+    axes[0][0].legend(fontsize="x-small")
     fig.tight_layout()
     return fig
 
@@ -177,9 +188,7 @@ def pairing_view(labels: np.ndarray, sigma_std: float, enabled: bool = True) -> 
     return view(lambda sigma: pairing(labels, sigma), {"sigma": slider})
 
 
-def examples_view(
-    data: RegressionSplits, sigma_std: float, lam: float = 0.5, enabled: bool = True
-) -> Widget | None:
+def examples_view(data: RegressionSplits, sigma_std: float, lam: float = 0.5, enabled: bool = True) -> Widget | None:
     """Widget: σ and λ sliders redrawing a few mixed RCF examples (uniform vs C-Mixup partners)."""
     if not enabled:
         return None
