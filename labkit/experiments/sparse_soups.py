@@ -1,13 +1,17 @@
 """Sparse Model Soups (Zimmer, Spiegel, Pokutta, ICLR 2024, arXiv 2306.16788) against IMP, at small scale.
 
 Arms, all at the same final sparsity and paired by seed: IMP (one prune-retrain chain); IMP m x (retrained m x
-longer per phase: equal compute); SMS with a uniform and with a greedy soup (each phase retrains m copies of one
-pruned model, soups them, and starts the next phase from the soup); the last phase's ingredients; their
-prediction ensemble (m x inference); and the naive average of independent IMP chains (different masks), before
-and after re-pruning it to the target. BatchNorm is recalibrated after every retrain and merge, for every arm.
+longer per phase: equal compute); SWA (per phase, m retraining cycles one after the other, their ends averaged:
+equal compute, the baseline an OpenReview reviewer asked for); SMS with a uniform and with a greedy soup, each its
+own chain (each phase retrains m copies of one pruned model, soups them, and starts the next phase from the soup);
+the last phase's ingredients (their mean, and the one with the best *validation* accuracy); their prediction
+ensemble (m x inference); and the naive average of independent IMP chains (different masks), before and after
+re-pruning it to the target. BatchNorm is recalibrated after every retrain and merge, for every arm.
 
-This module holds the config, presets, the arms of one seed and :func:`run`; the data, the retraining loop and the
-IMP and SMS chains live in :mod:`labkit.experiments.sparse_soups_arms`, the settings searched are declared in
+Every choice (greedy soup, best ingredient) sees the validation split only (carved from MNIST's training set); the
+claims are declared and judged in :mod:`labkit.experiments.sparse_soups_claims`. This module holds the config,
+presets, the (arm, seed) jobs and :func:`run`; the data, the retraining loop and the IMP, SWA and SMS chains live in
+:mod:`labkit.experiments.sparse_soups_arms`, the settings searched are declared in
 ``labkit/experiments/explorations/sparse_soups.toml`` (``labkit explore``).
 """
 
@@ -15,16 +19,18 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from labkit import merge, prune
+from labkit import merge, protocol, prune
 from labkit.experiments import (
     check_types,
     require_choice,
@@ -34,11 +40,13 @@ from labkit.experiments import (
     require_positive,
     require_unique,
     require_within,
+    sparse_soups_claims,
 )
 from labkit.experiments import configure as _configure
 from labkit.experiments.sparse_soups_arms import (
     Clock,
     Data,
+    cached_data,
     evaluate,
     imp_chain,
     load_data,
@@ -47,6 +55,7 @@ from labkit.experiments.sparse_soups_arms import (
     recalibrate,
     scores,
     sms_chain,
+    swa_chain,
     train,
 )
 from labkit.models.vision import VisionConfig, build, predict
@@ -77,12 +86,17 @@ class Config:
     greedy_chain: bool = False  # True: greedy soup as its own chain (2x SMS cost); False: greedy soups of the
     # uniform chain's ingredients, reported as "SMS greedy (uniform chain)" (keeps the cpu preset near 10 min)
     imp_mx: bool = True  # run the equal-compute IMP m x arm
+    swa: bool = True  # run the SWA arm (m retraining cycles per phase, cycle ends averaged: equal compute)
     naive_runs: int = 3  # independent IMP chains averaged naively (different masks); 0 or 1 skips the arm
     ood: str = "rotate:35+noise:0.25"  # corruption of the test set (labkit.data.corruptions spec)
     augment: float = 0.0  # training augmentation: random rotation up to this many degrees (+ shifts of 2/28)
     curve_points: int = 11  # alphas on the interpolation paths
     seeds: tuple[int, ...] = (0, 1, 2)  # paired seeds: each seed runs every arm
+    val_points: int = 10  # validation evaluations along each last-phase retrain (the convergence curve)
+    plateau_tol: float = 0.002  # relative val-accuracy gain that counts as an improvement in the convergence check:
+    # 0.002 ~ 0.19 pp at 97 %, one binomial standard error of accuracy on the 10k validation images
     threads: int = 1  # torch threads: 1 is fastest for a small MLP on 2 shared cores
+    workers: int = 1  # processes running (arm, seed) jobs in parallel (2 on a 2-core machine)
     device: str = "auto"  # "auto" -> CUDA when present
 
     def __post_init__(self) -> None:
@@ -91,13 +105,15 @@ class Config:
         require_choice(self, "arch", ("mlp", "cnn", "resnet"))
         require_choice(self, "vary", ("seed", "lr", "wd"))
         require_positive(self, "width", "depth", "pretrain_epochs", "phases", "retrain_epochs", "m", "spread", "lr",
-                         "batch_size", "threads")
+                         "batch_size", "threads", "val_points", "workers")
         require_non_negative(self, "n_train", "weight_decay", "naive_runs", "augment", "seeds")
         require_within(self, "goal_sparsity", 0, 1, "()")
         require_within(self, "momentum", 0, 1, "[)")
         require_within(self, "warmup_frac", 0, 1, "[)")
         require_within(self, "bn_frac", 0, 1, "(]")
         require_within(self, "curve_points", 2, math.inf, "[)")
+        require_within(self, "val_points", 2, math.inf, "[)")
+        require_within(self, "plateau_tol", 0, 1, "[)")
         if self.spread[0] > self.spread[1]:
             raise ValueError(f"parameter 'spread' must be (low, high) with low <= high, got {self.spread!r}")
         require_non_empty(self, "seeds")
@@ -116,11 +132,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "retrain_epochs": 1,
         "m": 2,
         "naive_runs": 2,
-        "seeds": (0,),
+        "greedy_chain": True,
+        "seeds": (0, 1, 2),
         "curve_points": 3,
         "batch_size": 64,
     },
-    "cpu": {},
+    # cpu: all 50k MNIST training images (the 10k subset saturated), 2 retrain epochs per phase (782 steps: twice the
+    # old 5 epochs on 10k), 10 dense epochs, 5 paired seeds, greedy soup and SWA as their own chains, 2 workers:
+    # ~12 min wall on 2 idle cores (estimate from timed jobs; see the notebook's cost cell)
+    "cpu": {
+        "n_train": 0,
+        "pretrain_epochs": 10,
+        "retrain_epochs": 2,
+        "seeds": (0, 1, 2, 3, 4),
+        "greedy_chain": True,
+        "workers": 2,
+    },
     "gpu": {
         "arch": "resnet",
         "width": 16,
@@ -146,6 +173,9 @@ def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     return _configure(Config, PRESETS, preset, overrides)
 
 
+TABLES = ("phases", "final", "naive", "curves", "soups", "val_curves", "selection")
+
+
 @dataclass
 class Results:
     """Tidy tables; ``final`` has one row per seed x arm at the last phase."""
@@ -155,48 +185,53 @@ class Results:
     naive: pd.DataFrame  # seed, mean_mask_iou, naive_sparsity, goal
     curves: pd.DataFrame  # seed, path, alpha, test_acc, ood_acc, sparsity
     soups: pd.DataFrame  # seed, chain, phase, chosen, max_l2, mean_l2, mean_angle_degrees, mean_to_average
+    val_curves: pd.DataFrame  # seed, arm, member, point, val_acc: the last phase's retraining curves
+    selection: pd.DataFrame  # seed, member, split (val | test), acc, selected: the best ingredient, chosen on val
+    scores: pd.DataFrame  # final + sparsity_pct + a chance row per seed: what the claims are judged on
+    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, effect [interval], n, verdict, sanity, rule
+    sanity: pd.DataFrame  # arm, converged (share of seeds), beats_trivial, flags
     checks: dict[str, bool] = field(default_factory=dict)  # sanity assertions that held
-    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per arm (all seeds)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per arm, summed over seeds (and workers)
 
 
-def _dense(cfg: Config, data: Data, seed: int, clock: Clock, rows: list[dict[str, Any]]) -> nn.Module:
-    """The dense model every chain of ``seed`` starts from (pretrained, BN recalibrated); logged as phase 0."""
+def _template(cfg: Config, data: Data) -> nn.Module:
+    """The untrained network for ``data`` (weights drawn from torch's global RNG)."""
     shape = tuple(data.train_x.shape[1:])
-    template = build(VisionConfig(cfg.arch, shape, int(data.train_y.max()) + 1, cfg.width, cfg.depth))
-    template = template.to(data.train_x.device)
-    start = time.perf_counter()
-    dense = train(
-        template, data, cfg, epochs=cfg.pretrain_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed * 7919
+    return build(VisionConfig(cfg.arch, shape, int(data.train_y.max()) + 1, cfg.width, cfg.depth)).to(
+        data.train_x.device
     )
-    recalibrate(dense, data, cfg)
-    clock.add("dense", start)
-    rows.append(phase_row(seed, "dense", 0, "dense", -1, dense, data))
-    return dense
 
 
-def _ingredient_rows(cfg: Config, seed: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Final rows read off the uniform chain's last phase: its greedy soup (without a greedy chain of its own) and
-    the mean and best of its ingredients."""
+def _final(seed: int, arm: str, model: nn.Module, data: Data) -> dict[str, Any]:
+    return {"seed": seed, "arm": arm, "sparsity": prune.sparsity(model), **evaluate(model, data)}
+
+
+def _curve_rows(seed: int, arm: str, curves: list[list[float]]) -> list[dict[str, Any]]:
+    """Rows of ``Results.val_curves``: one curve per member (SMS ingredients) or a single one (member -1)."""
+    one = len(curves) == 1
+    return [{"seed": seed, "arm": arm, "member": -1 if one else j, "point": k + 1, "val_acc": v}
+            for j, curve in enumerate(curves) for k, v in enumerate(curve)]
+
+
+def _ingredient_rows(cfg: Config, seed: int, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], int]:
+    """Final rows read off the uniform chain's last phase (its greedy soup without a greedy chain of its own, the
+    mean of its ingredients, the ingredient with the best validation accuracy), the selection rows and the choice."""
     last = [r for r in rows if r["chain"] == "SMS uniform" and r["phase"] == cfg.phases]
+    keep = ("seed", "sparsity", "test_acc", "ood_acc", "ece")
     out = []
     if not cfg.greedy_chain:
-        out += [
-            {k: r[k] for k in ("seed", "sparsity", "test_acc", "ood_acc", "ece")}
-            | {"arm": "SMS greedy (uniform chain)"}
-            for r in last
-            if r["arm"] == "SMS greedy (uniform chain)"
-        ]
+        out += [{k: r[k] for k in keep} | {"arm": "SMS greedy (uniform chain)"}
+                for r in last if r["arm"] == "SMS greedy (uniform chain)"]
     ing = [r for r in last if r["arm"] == "ingredient"]
-    for label, pick in (("ingredients (mean)", np.mean), ("ingredients (best)", np.max)):
-        out.append(
-            {
-                "seed": seed,
-                "arm": label,
-                "sparsity": float(np.mean([r["sparsity"] for r in ing])),
-                **{k: float(pick([r[k] for r in ing])) for k in ("test_acc", "ood_acc", "ece")},
-            }
-        )
-    return out
+    out.append({"seed": seed, "arm": "ingredients (mean)", "sparsity": float(np.mean([r["sparsity"] for r in ing])),
+                **{k: float(np.mean([r[k] for r in ing])) for k in ("test_acc", "ood_acc", "ece")}})
+    selection = [{"seed": seed, "member": r["member"], "split": split, "acc": r[col]}
+                 for r in ing for split, col in (("val", "val_acc"), ("test", "test_acc"))]
+    val = pd.DataFrame([s for s in selection if s["split"] == "val"])
+    best = int(protocol.select_best(val, "member", "acc", lower_is_better=False)["member"])
+    chosen = next(r for r in ing if r["member"] == best)
+    out.append({k: chosen[k] for k in keep} | {"arm": sparse_soups_claims.BEST_INGREDIENT})
+    return out, [s | {"selected": s["member"] == best} for s in selection], best
 
 
 def _ensemble_row(cfg: Config, data: Data, seed: int, ingredients: list[nn.Module]) -> dict[str, Any]:
@@ -218,80 +253,158 @@ def _naive_average(
     to the goal, and its row of ``Results.naive`` (how much the masks overlap)."""
     start = time.perf_counter()
     avg = loaded(dense, merge.average([m.state_dict() for m, _ in imp]), data, cfg)
-    out = [{"seed": seed, "arm": "naive average (different masks)", "sparsity": prune.sparsity(avg),
-            **evaluate(avg, data)}]
+    out = [_final(seed, sparse_soups_claims.NAIVE, avg, data)]
     pruned = copy.deepcopy(avg)
     prune.apply_masks(pruned, prune.magnitude_masks(pruned, cfg.goal_sparsity)).remove()
     recalibrate(pruned, data, cfg)
-    out.append({"seed": seed, "arm": "naive average re-pruned", "sparsity": prune.sparsity(pruned),
-                **evaluate(pruned, data)})
+    out.append(_final(seed, sparse_soups_claims.REPRUNED, pruned, data))
     ious = [prune.mask_iou(imp[a][1], imp[b][1]) for a in range(len(imp)) for b in range(a + 1, len(imp))]
-    naive = {
-        "seed": seed,
-        "mean_mask_iou": float(np.mean(ious)),
-        "runs": len(imp),
-        "naive_sparsity": prune.sparsity(avg),
-        "goal": cfg.goal_sparsity,
-    }
+    naive = {"seed": seed, "mean_mask_iou": float(np.mean(ious)), "runs": len(imp),
+             "naive_sparsity": prune.sparsity(avg), "goal": cfg.goal_sparsity}
     clock.add("naive average", start)
     return out, [naive]
 
 
-def _interpolation_curves(
-    cfg: Config, data: Data, seed: int, dense: nn.Module, ingredients: list[nn.Module],
-    imp: list[tuple[nn.Module, prune.Masks]], clock: Clock,
-) -> list[dict[str, Any]]:
-    """Scores along straight lines between two models with the same mask (SMS ingredients) and, with several IMP
-    chains, two with different masks (BN recalibrated at every point)."""
+def _path(cfg: Config, data: Data, seed: int, dense: nn.Module, path: str, a: nn.Module, b: nn.Module,
+          clock: Clock) -> list[dict[str, Any]]:
+    """Scores along the straight line between ``a`` and ``b`` (BN recalibrated at every point)."""
     start = time.perf_counter()
     rows = []
-    alphas = np.linspace(0, 1, cfg.curve_points)
-    paths = {"same mask (SMS ingredients 0, 1)": ingredients[:2]}
-    if len(imp) > 1:
-        paths["different masks (IMP runs 0, 1)"] = [imp[0][0], imp[1][0]]
-    for path, (a, b) in paths.items() if cfg.m > 1 else []:
-        for alpha in alphas:
-            mdl = loaded(dense, merge.lerp(a.state_dict(), b.state_dict(), float(alpha)), data, cfg)
-            rows.append(
-                {"seed": seed, "path": path, "alpha": float(alpha), "sparsity": prune.sparsity(mdl),
-                 **evaluate(mdl, data)}
-            )
+    for alpha in np.linspace(0, 1, cfg.curve_points):
+        mdl = loaded(dense, merge.lerp(a.state_dict(), b.state_dict(), float(alpha)), data, cfg)
+        rows.append({"seed": seed, "path": path, "alpha": float(alpha), "sparsity": prune.sparsity(mdl),
+                     **evaluate(mdl, data)})
     clock.add("curves", start)
     return rows
 
 
-def run_seed(cfg: Config, data: Data, seed: int, clock: Clock) -> dict[str, list[dict[str, Any]]]:
-    """Every arm for one seed; returns row lists for the Results tables."""
+def arms(cfg: Config) -> list[str]:
+    """The (arm) jobs run for every seed, longest first (better load balance over workers)."""
+    jobs = ["SMS uniform"] + ["SMS greedy"] * cfg.greedy_chain + [f"IMP {cfg.m}x"] * cfg.imp_mx + ["SWA"] * cfg.swa
+    return jobs + ["IMP"]
+
+
+def _dense_job(cfg: Config, seed: int, data: Data) -> dict[str, Any]:
+    """The dense model every chain of ``seed`` starts from (pretrained, BN recalibrated); logged as phase 0."""
     seed_everything(seed, threads=cfg.threads)
-    rows: list[dict[str, Any]] = []
-    soup_rows: list[dict[str, Any]] = []
-    dense = _dense(cfg, data, seed, clock, rows)
-    imp = [
-        imp_chain(dense, data, cfg, seed, c, cfg.retrain_epochs, clock, "IMP" if c == 0 else f"IMP run {c}", rows)
-        for c in range(max(1, cfg.naive_runs))
-    ]
-    final = {"IMP": imp[0][0]}
-    if cfg.imp_mx:
-        mx = f"IMP {cfg.m}x"
-        final[mx] = imp_chain(dense, data, cfg, seed, 0, cfg.m * cfg.retrain_epochs, clock, mx, rows)[0]
-    final["SMS uniform"], _, ingredients = sms_chain(dense, data, cfg, seed, "uniform", clock, rows, soup_rows)
-    if cfg.greedy_chain:
-        final["SMS greedy"] = sms_chain(dense, data, cfg, seed, "greedy", clock, rows, soup_rows)[0]
-    out = [{"seed": seed, "arm": a, "sparsity": prune.sparsity(mdl), **evaluate(mdl, data)} for a, mdl in final.items()]
-    out += _ingredient_rows(cfg, seed, rows)
-    out.append(_ensemble_row(cfg, data, seed, ingredients))
-    naive_rows: list[dict[str, Any]] = []
-    if len(imp) > 1:
-        averaged, naive_rows = _naive_average(cfg, data, seed, dense, imp, clock)
-        out += averaged
-    curve_rows = _interpolation_curves(cfg, data, seed, dense, ingredients, imp, clock)
-    return {"phases": rows, "final": out, "naive": naive_rows, "curves": curve_rows, "soups": soup_rows}
+    clock = Clock()
+    start = time.perf_counter()
+    dense = train(_template(cfg, data), data, cfg, epochs=cfg.pretrain_epochs, lr=cfg.lr,
+                  weight_decay=cfg.weight_decay, seed=seed * 7919)
+    recalibrate(dense, data, cfg)
+    clock.add("dense", start)
+    state = {k: v.detach().cpu().clone() for k, v in dense.state_dict().items()}
+    return {"state": state, "phases": [phase_row(seed, "dense", 0, "dense", -1, dense, data)], "timings": clock.seconds}
+
+
+def _arm_job(cfg: Config, arm: str, seed: int, dense_state: dict[str, Tensor], data: Data) -> dict[str, Any]:
+    """One arm of one seed from the seed's dense model: its rows of every ``Results`` table and its seconds."""
+    seed_everything(seed, threads=cfg.threads)
+    dense = _template(cfg, data)
+    dense.load_state_dict(dense_state)
+    clock = Clock()
+    out: dict[str, Any] = {k: [] for k in TABLES}
+    rows = out["phases"]
+    if arm == "IMP":
+        curve: list[float] = []
+        imp = [imp_chain(dense, data, cfg, seed, c, cfg.retrain_epochs, clock, "IMP" if c == 0 else f"IMP run {c}",
+                         rows, curve if c == 0 else None) for c in range(max(1, cfg.naive_runs))]
+        out["final"].append(_final(seed, arm, imp[0][0], data))
+        out["val_curves"] = _curve_rows(seed, arm, [curve])
+        if len(imp) > 1:
+            averaged, out["naive"] = _naive_average(cfg, data, seed, dense, imp, clock)
+            out["final"] += averaged
+            out["curves"] = _path(cfg, data, seed, dense, "different masks (IMP runs 0, 1)", imp[0][0], imp[1][0],
+                                  clock)
+    elif arm.startswith("IMP "):
+        curve = []
+        model = imp_chain(dense, data, cfg, seed, 0, cfg.m * cfg.retrain_epochs, clock, arm, rows, curve)[0]
+        out["final"].append(_final(seed, arm, model, data))
+        out["val_curves"] = _curve_rows(seed, arm, [curve])
+    elif arm == "SWA":
+        curve = []
+        out["final"].append(_final(seed, arm, swa_chain(dense, data, cfg, seed, clock, rows, curve), data))
+        out["val_curves"] = _curve_rows(seed, arm, [curve])
+    else:
+        curves: list[list[float]] = []
+        mode = arm.removeprefix("SMS ")
+        model, _, ingredients = sms_chain(dense, data, cfg, seed, mode, clock, rows, out["soups"], curves)
+        out["final"].append(_final(seed, arm, model, data))
+        out["val_curves"] = _curve_rows(seed, arm, curves)
+        if mode == "uniform":
+            extra, out["selection"], best = _ingredient_rows(cfg, seed, rows)
+            out["final"] += extra
+            out["val_curves"] += _curve_rows(seed, "ingredients (mean)", curves)
+            out["val_curves"] += _curve_rows(seed, sparse_soups_claims.BEST_INGREDIENT, [curves[best]])
+            out["final"].append(_ensemble_row(cfg, data, seed, ingredients))
+            if cfg.m > 1:
+                out["curves"] = _path(cfg, data, seed, dense, "same mask (SMS ingredients 0, 1)", *ingredients[:2],
+                                      clock)
+    out["timings"] = clock.seconds
+    return out
+
+
+def _job(args: tuple[Config, str, int, dict[str, Tensor] | None]) -> dict[str, Any]:
+    """A worker process's entry point: the data is loaded once per process."""
+    cfg, arm, seed, dense_state = args
+    data = cached_data(cfg)
+    return _dense_job(cfg, seed, data) if dense_state is None else _arm_job(cfg, arm, seed, dense_state, data)
+
+
+def _map(cfg: Config, data: Data, jobs: list[tuple[str, int, dict[str, Tensor] | None]], desc: str,
+         progress: bool) -> list[dict[str, Any]]:
+    """Run ``jobs`` in ``cfg.workers`` spawned processes when more than one, else here on ``data``; in job order."""
+    from tqdm.auto import tqdm
+
+    if cfg.workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
+            done = pool.map(_job, [(cfg, *job) for job in jobs])
+            return list(tqdm(done, total=len(jobs), desc=desc, disable=not progress))
+    return [_dense_job(cfg, seed, data) if state is None else _arm_job(cfg, arm, seed, state, data)
+            for arm, seed, state in tqdm(jobs, desc=desc, disable=not progress)]
+
+
+def run(cfg: Config, data: Data | None = None, progress: bool = True) -> Results:
+    """Every arm for every seed in ``cfg.seeds``, then the claims judged; sanity checks (exact sparsity, shared
+    masks) raise if violated. With ``cfg.workers > 1`` the workers load the data from ``cfg`` (``data`` is used for
+    the chance baseline only)."""
+    data = data if data is not None else load_data(cfg)
+    dense = _map(cfg, data, [("dense", s, None) for s in cfg.seeds], "dense models", progress)
+    jobs = [(arm, s, d["state"]) for arm in arms(cfg) for s, d in zip(cfg.seeds, dense, strict=True)]
+    done = dense + _map(cfg, data, jobs, "arms x seeds", progress)
+    timings: dict[str, float] = {}
+    tables: dict[str, list[dict]] = {k: [] for k in TABLES}
+    for out in done:
+        for k, v in out["timings"].items():
+            timings[k] = timings.get(k, 0.0) + v
+        for k in TABLES:
+            tables[k] += out.get(k, [])
+    frames = {k: pd.DataFrame(v) for k, v in tables.items()}
+    order = {a: i for i, a in enumerate(arms(cfg)[::-1])}
+    final = frames["final"]
+    final = final.iloc[np.lexsort((final.arm.map(order).fillna(len(order)), final.seed))].reset_index(drop=True)
+    exact = final[final.arm.isin(["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)", "SWA",
+                                  f"IMP {cfg.m}x"])]
+    checks = {
+        "final sparsity equals goal (1e-4) for IMP, SWA and SMS": bool(
+            (exact.sparsity - cfg.goal_sparsity).abs().max() < 1e-4
+        ),
+        "ingredients share one mask before every soup": bool(frames["soups"].masks_identical.all()),
+    }
+    failed = [k for k, v in checks.items() if not v]
+    if failed:
+        raise AssertionError(f"sanity checks failed: {failed}")
+    chance = 100 * float(torch.bincount(data.test_y).max() / len(data.test_y))
+    per_seed = sparse_soups_claims.per_seed_scores(final, chance)
+    claims, sanity = sparse_soups_claims.verdicts(per_seed, frames["val_curves"], cfg.m, cfg.plateau_tol)
+    return Results(frames["phases"], final, frames["naive"], frames["curves"], frames["soups"], frames["val_curves"],
+                   frames["selection"], per_seed, claims, sanity, checks, {k: round(v, 2) for k, v in timings.items()})
 
 
 def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
-    """Per arm: mean sparsity, clean/OOD accuracy (mean, sd over seeds) and the paired difference to ``ref``."""
-    from labkit.stats import paired_diff
-
+    """Per arm: mean sparsity, clean/OOD accuracy (mean, sd over seeds) and the paired difference to ``ref`` with a
+    Student-t 95 % interval."""
     stats = final.groupby("arm", sort=False).agg(
         sparsity=("sparsity", "mean"),
         test_acc=("test_acc", "mean"),
@@ -301,41 +414,35 @@ def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
         seeds=("seed", "nunique"),
     )
     for metric, short in (("test_acc", "test"), ("ood_acc", "ood")):
-        diff = paired_diff(final, "arm", ref, metric).set_index("arm")
-        stats[f"{short}_vs_{ref}"] = diff.mean_diff
-        stats[f"{short}_vs_{ref}_low"] = diff.low
-        stats[f"{short}_vs_{ref}_high"] = diff.high
+        base = final[final.arm == ref].set_index("seed")[metric]
+        diffs = {}
+        for arm, group in final.groupby("arm", sort=False):
+            if arm != ref:
+                d = group.set_index("seed")[metric] - base
+                diffs[arm] = protocol.student_t_ci(d.dropna().to_numpy())
+        ci = pd.DataFrame(diffs, index=["mean", "low", "high"]).T
+        stats[f"{short}_vs_{ref}"] = ci["mean"]
+        stats[f"{short}_vs_{ref}_low"] = ci["low"]
+        stats[f"{short}_vs_{ref}_high"] = ci["high"]
     return stats.reset_index()
 
 
-def run(cfg: Config, data: Data | None = None, progress: bool = True) -> Results:
-    """All arms for every seed in ``cfg.seeds``; sanity checks (exact sparsity, shared masks) raise if violated."""
-    from tqdm.auto import tqdm
+def verdict_text(results: Results) -> str:
+    """The recorded verdict: the rule, every claim with its effect, interval, n and verdict, then the sanity flags."""
+    return sparse_soups_claims.verdict_text(results.claims, results.sanity)
 
-    data = data if data is not None else load_data(cfg)
-    clock = Clock()
-    tables: dict[str, list[dict]] = {k: [] for k in ("phases", "final", "naive", "curves", "soups")}
-    for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress):
-        for name, rows in run_seed(cfg, data, seed, clock).items():
-            tables[name] += rows
-    frames = {k: pd.DataFrame(v) for k, v in tables.items()}
-    final = frames["final"]
-    exact = final[final.arm.isin(["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)", f"IMP {cfg.m}x"])]
-    checks = {
-        "final sparsity equals goal (1e-4) for IMP and SMS": bool(
-            (exact.sparsity - cfg.goal_sparsity).abs().max() < 1e-4
-        ),
-        "ingredients share one mask before every soup": bool(frames["soups"].masks_identical.all()),
-    }
-    failed = [k for k, v in checks.items() if not v]
-    if failed:
-        raise AssertionError(f"sanity checks failed: {failed}")
-    return Results(
-        frames["phases"],
-        final,
-        frames["naive"],
-        frames["curves"],
-        frames["soups"],
-        checks,
-        {k: round(v, 2) for k, v in clock.seconds.items()},
-    )
+
+def headline_metrics(results: Results) -> dict[str, float]:
+    """Seed means a rerun reproduces: per arm test/OOD accuracy and sparsity, the naive average's mask overlap, each
+    claim's effect."""
+    final = results.final.groupby("arm", sort=False).mean(numeric_only=True)
+    out = {}
+    for arm in final.index:
+        key = arm.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+        for col in ("test_acc", "ood_acc", "sparsity"):
+            out[f"{key}_{col}"] = float(final.loc[arm, col])
+    if len(results.naive):
+        out["naive_average_sparsity"] = float(results.naive.naive_sparsity.mean())
+        out["imp_mask_iou"] = float(results.naive.mean_mask_iou.mean())
+    out |= {f"claim_{r.claim}": float(r.mean) for r in results.claims.itertuples()}
+    return out

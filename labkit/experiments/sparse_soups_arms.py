@@ -1,8 +1,10 @@
 """The data, training and prune-retrain chains of the Sparse Model Soups experiment
 (:mod:`labkit.experiments.sparse_soups`).
 
-IMP (one prune-retrain chain) and SMS (per phase: prune the soup, retrain m copies, soup them) share one SGD
-retraining loop with SMS's linear schedule; BatchNorm is recalibrated after every retrain and every merge.
+IMP (one prune-retrain chain), SWA (one chain whose phases average the ends of m retraining cycles) and SMS (per
+phase: prune the soup, retrain m copies, soup them) share one SGD retraining loop with SMS's linear schedule;
+BatchNorm is recalibrated after every retrain and every merge. The last phase's retrains record a validation curve
+(the convergence check of :func:`labkit.protocol.sanity`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def load_data(cfg: Config) -> Data:
     return Data(*(v.to(device) for v in t.values()), ood.to(device), name, images)
 
 
+_CACHE: dict[tuple[Any, ...], Data] = {}
+
+
+def cached_data(cfg: Config) -> Data:
+    """:func:`load_data` once per process and data setting (worker processes run many jobs on the same data)."""
+    key = (cfg.data, cfg.n_train, cfg.ood, cfg.device)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_data(cfg)
+    return _CACHE[key]
+
+
 # ---------------------------------------------------------------------------------------------------------- scoring
 def scores(probs_test: Tensor, probs_ood: Tensor, data: Data) -> dict[str, float]:
     """Test and OOD accuracy (%) and test ECE from class probabilities (a model's, or an ensemble's mean)."""
@@ -133,10 +147,12 @@ def train(
     seed: int,
     masks: prune.Masks | None = None,
     warmup_frac: float = 0.0,
+    curve: list[float] | None = None,
 ) -> nn.Module:
     """SGD (Nesterov) with a linear schedule: ``warmup_frac`` warm-up to ``lr``, then linear to 0 (SMS's LLR).
 
     A fresh optimizer per call, as SMS; with ``masks`` pruned weights stay exactly zero (gradients and state masked).
+    With ``curve``, validation accuracy is appended at ``cfg.val_points`` evenly spaced steps (the last at the end).
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(
@@ -146,6 +162,8 @@ def train(
     n = len(data.train_y)
     per_epoch = math.ceil(n / cfg.batch_size)
     total, warm = epochs * per_epoch, int(warmup_frac * epochs * per_epoch)
+    points = cfg.val_points if curve is not None else 0
+    checks = {math.ceil(total * (k + 1) / points) for k in range(points)}
     step = 0
     model.train()
     for _ in range(epochs):
@@ -164,6 +182,11 @@ def train(
             F.cross_entropy(model(x), data.train_y[idx]).backward()
             opt.step()
             step += 1
+            if step in checks:
+                curve.append(val_acc(model, data))
+                model.train()
+    if curve is not None and checks and step < max(checks):  # the last batch was skipped (a single example)
+        curve.append(val_acc(model, data))
     if handle is not None:
         handle.remove()
     return model
@@ -205,8 +228,11 @@ def imp_chain(
     clock: Clock,
     name: str,
     rows: list[dict[str, Any]],
+    curve: list[float] | None = None,
 ) -> tuple[nn.Module, prune.Masks]:
-    """IMP: prune to each phase's target, retrain ``epochs`` with the chain's seeds; chain 0 logs its phases."""
+    """IMP: prune to each phase's target, retrain ``epochs`` with the chain's seeds; chain 0 logs its phases.
+
+    ``curve`` receives the last phase's validation curve."""
     start = time.perf_counter()
     model, masks = copy.deepcopy(dense), None
     for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
@@ -221,6 +247,7 @@ def imp_chain(
             seed=retrain_seed(seed, p, chain),
             masks=masks,
             warmup_frac=cfg.warmup_frac,
+            curve=curve if p == cfg.phases else None,
         )
         recalibrate(model, data, cfg)
         if chain == 0:
@@ -231,11 +258,13 @@ def imp_chain(
 
 def _ingredients(
     model: nn.Module, masks: prune.Masks, data: Data, cfg: Config, seed: int, phase: int, name: str,
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]], curves: list[list[float]] | None,
 ) -> list[nn.Module]:
-    """The m retrained copies of the pruned ``model`` of one SMS phase (each with its own seed and ``variant``)."""
+    """The m retrained copies of the pruned ``model`` of one SMS phase (each with its own seed and ``variant``);
+    with ``curves``, each ingredient's validation curve is appended to it."""
     ingredients = []
     for j in range(cfg.m):
+        curve: list[float] | None = [] if curves is not None else None
         lr, wd = variant(cfg, j)
         ing = train(
             copy.deepcopy(model),
@@ -247,7 +276,10 @@ def _ingredients(
             seed=retrain_seed(seed, phase, j),
             masks=masks,
             warmup_frac=cfg.warmup_frac,
+            curve=curve,
         )
+        if curves is not None:
+            curves.append(curve)
         recalibrate(ing, data, cfg)
         rows.append(phase_row(seed, name, phase, "ingredient", j, ing, data))
         ingredients.append(ing)
@@ -283,15 +315,18 @@ def sms_chain(
     clock: Clock,
     rows: list[dict[str, Any]],
     soup_rows: list[dict[str, Any]],
+    curves: list[list[float]] | None = None,
 ) -> tuple[nn.Module, prune.Masks, list[nn.Module]]:
-    """One SMS chain: per phase prune the soup, retrain m copies, soup them (``mode``), recalibrate."""
+    """One SMS chain: per phase prune the soup, retrain m copies, soup them (``mode``), recalibrate.
+
+    ``curves`` receives the last phase's ingredients' validation curves."""
     start = time.perf_counter()
     name = f"SMS {mode}"
     model, masks, ingredients = copy.deepcopy(dense), None, []
     for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
         masks = prune.magnitude_masks(model, target, prev_masks=masks)
         prune.apply_masks(model, masks).remove()
-        ingredients = _ingredients(model, masks, data, cfg, seed, p, name, rows)
+        ingredients = _ingredients(model, masks, data, cfg, seed, p, name, rows, curves if p == cfg.phases else None)
         sds = [i.state_dict() for i in ingredients]
         zeros = merge.shared_mask(sds, "zeros")  # raises unless the ingredients share one mask exactly
         soups = {"uniform": merge.average(sds, masks=masks)}
@@ -309,3 +344,26 @@ def sms_chain(
         model = loaded(model, soups[mode], data, cfg)
     clock.add(name, start)
     return model, masks, ingredients
+
+
+def swa_chain(
+    dense: nn.Module, data: Data, cfg: Config, seed: int, clock: Clock, rows: list[dict[str, Any]],
+    curve: list[float] | None = None,
+) -> nn.Module:
+    """SWA along one run (Izmailov et al. 2018, cyclical LR): per phase, prune, retrain m cycles of the same LLR
+    schedule one after the other, and average the m cycle ends (one mask, so no sparsity is lost); the same retrain
+    compute as SMS and IMP m x. ``curve`` receives the last phase's last cycle's validation curve."""
+    start = time.perf_counter()
+    model, masks = copy.deepcopy(dense), None
+    for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
+        masks = prune.magnitude_masks(model, target, prev_masks=masks)
+        ends = []
+        for c in range(cfg.m):
+            train(model, data, cfg, epochs=cfg.retrain_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                  seed=retrain_seed(seed, p, c), masks=masks, warmup_frac=cfg.warmup_frac,
+                  curve=curve if p == cfg.phases and c == cfg.m - 1 else None)
+            ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        model = loaded(model, merge.average(ends, masks=masks), data, cfg)
+        rows.append(phase_row(seed, "SWA", p, "SWA", -1, model, data))
+    clock.add("SWA", start)
+    return model

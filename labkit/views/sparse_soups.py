@@ -6,11 +6,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from labkit import plots
+from labkit import plots, protocol
 from labkit.experiments.sparse_soups_arms import Data
-from labkit.stats import paired_diff, summarize
+from labkit.stats import summarize
 
-HEADLINE = ["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"]  # arms always shown first
+HEADLINE = ["IMP", "SWA", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"]  # arms always shown first
 
 
 def arm_order(final: pd.DataFrame) -> list[str]:
@@ -55,12 +55,22 @@ def final_figure(final: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def paired_diffs(final: pd.DataFrame, ref: str, metric: str) -> pd.DataFrame:
+    """Per arm: mean paired difference to ``ref`` over seeds with its Student-t 95 % interval, and n."""
+    base = final[final.arm == ref].set_index("seed")[metric]
+    rows = []
+    for arm in [a for a in arm_order(final) if a != ref]:
+        d = (final[final.arm == arm].set_index("seed")[metric] - base).dropna()
+        mean, low, high = protocol.student_t_ci(d.to_numpy())
+        rows.append({"arm": arm, "mean_diff": mean, "low": low, "high": high, "n": len(d)})
+    return pd.DataFrame(rows)
+
+
 def paired_figure(final: pd.DataFrame, ref: str = "IMP") -> plt.Figure:
-    """Per-seed paired difference to ``ref`` (percentage points), mean and bootstrap 95 % CI, for each arm."""
+    """Per-seed paired difference to ``ref`` (percentage points), mean and Student-t 95 % interval, for each arm."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
     for ax, metric in zip(axes, ("test_acc", "ood_acc"), strict=True):
-        diff = paired_diff(final, "arm", ref, metric)
-        diff = diff.set_index("arm").reindex([a for a in arm_order(final) if a != ref]).reset_index()
+        diff = paired_diffs(final, ref, metric)
         y = np.arange(len(diff))
         ax.errorbar(diff.mean_diff, y, xerr=[diff.mean_diff - diff.low, diff.high - diff.mean_diff], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=1)
@@ -77,7 +87,7 @@ def phase_figure(phases: pd.DataFrame, phase: int, metric: str = "test_acc") -> 
     chains = phases[
         (phases.member < 0)
         & (
-            phases.arm.isin(["IMP", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"])
+            phases.arm.isin(["IMP", "SWA", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"])
             | phases.arm.str.match(r"IMP \d+x")
         )
     ]
@@ -151,5 +161,19 @@ def curves_figure(curves: pd.DataFrame, alpha: float | None = None, metric: str 
             ax.axvline(alpha, color="grey", ls=":", lw=1)
         at = curves[np.isclose(curves.alpha, alpha)].groupby("path")[metric].mean()
         left.set_title("; ".join(f"{p.split(' (')[0]}: {v:.2f}" for p, v in at.items()), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def convergence_figure(val_curves: pd.DataFrame) -> plt.Figure:
+    """The last phase's validation accuracy along its retraining, per arm (mean over seeds and ingredients): the
+    convergence check of the sanity table reads these curves."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for arm, group in val_curves.groupby("arm", sort=False):
+        curve = group.groupby("point")["val_acc"].mean()
+        ax.plot(curve.index / curve.index.max(), curve.to_numpy(), marker=".", label=arm)
+    ax.set_xlabel("fraction of the last phase's retraining (SWA: its last cycle)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
