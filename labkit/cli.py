@@ -52,12 +52,13 @@ def _report(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{path.stem} {name}")
         out = runner.default_out_dir(path, name)
         label = path.stem if name == args.preset else f"{path.stem} [{name}]"
-        reason = runner.stale_reason(out, path, args.preset, params)
+        digests = runner.input_digests(path, args.preset, params)
+        reason = runner.stale_reason(out, digests)
         tqdm.write(f"{label}: " + (f"stale ({reason})" if reason else "up to date")
                    + (", rerunning" if reason or args.force else ""))
         try:
             result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False,
-                                         wait=args.wait)
+                                         wait=args.wait, digests=digests)
         except runner.OutputLocked as err:  # another run is writing this report; the others can still go ahead
             result = runner.RunResult(path, out, ok=False, error=str(err))
         status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")

@@ -145,16 +145,11 @@ def check(exploration: Exploration) -> None:
     """Configure every grid point with the experiment (unknown names and bad values raise, naming the exploration)
     without running anything."""
     notebook = runner.resolve_notebook(exploration.notebook)
-    module = runner.experiment_module(notebook)
-    if exploration.preset not in module.PRESETS:
-        raise ExplorationError(f"{exploration.paper}/{exploration.name}: unknown preset {exploration.preset!r}; "
-                               f"expected one of {sorted(module.PRESETS)}")
     for grid in exploration.grids:
         for point in sweep.expand_grid(grid):
-            params = {k: v for k, v in {**exploration.fixed, **point}.items() if k not in runner.RUNNER_PARAMS}
             try:
-                module.configure(exploration.preset, params)
-            except (TypeError, ValueError) as err:
+                runner.check_params(notebook, exploration.preset, {**exploration.fixed, **point})
+            except runner.ParameterError as err:
                 raise ExplorationError(f"{exploration.paper}/{exploration.name} point {point}: {err}") from err
 
 

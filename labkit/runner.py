@@ -36,7 +36,7 @@ from labkit.data import sources
 from labkit.experiments import type_name
 from labkit.report import REPORT_DIR_ENV, RESULTS_FILE, atomic_write_text, to_jsonable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = sources.ROOT  # the repository (labkit is installed editable)
 NOTEBOOK_DIR = ROOT / "notebooks"
 REPORTS_DIR = ROOT / "reports"
 RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
@@ -178,6 +178,23 @@ def parse_parameters(module: types.ModuleType, pairs: list[tuple[str, str]]) -> 
     return parsed
 
 
+def check_params(notebook: Path, preset: str, params: dict[str, Any]) -> None:
+    """Raise ``ParameterError`` for an unknown preset or parameter name, or a value the experiment's ``configure``
+    rejects (type or range), before a kernel starts: ``labkit run``, ``labkit sweep`` (every point) and
+    ``labkit explore`` all check through here, so a bad value fails in seconds with the same message."""
+    module = experiment_module(notebook)
+    unknown = sorted(set(params) - set(parameter_types(module)))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {unknown} for {module.__name__}; "
+                             f"accepted: {sorted(parameter_types(module))}")
+    if preset not in module.PRESETS:
+        raise ParameterError(f"unknown preset {preset!r} for {notebook.stem}; expected one of {sorted(module.PRESETS)}")
+    try:
+        module.configure(preset, {k: v for k, v in params.items() if k not in RUNNER_PARAMS})
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"{notebook.stem} --preset {preset}: {err}") from err
+
+
 def input_digests(notebook: Path, preset: str, params: dict[str, Any]) -> dict[str, str]:
     """What decides a run's results, one sha256 each: the notebook file, the preset and parameters, the labkit code
     it can run (the import closure of its experiment module and of its own imports, ``labkit.closure``) and the data
@@ -206,13 +223,12 @@ STALE_REASONS = {"notebook": "notebook changed", "params": "preset or parameters
                  "code": "labkit code in its import closure changed", "catalogue": "data catalogue changed"}
 
 
-def stale_reason(out_dir: Path, notebook: Path, preset: str, params: dict[str, Any]) -> str:
-    """Why the report in ``out_dir`` is stale for these inputs (e.g. ``labkit code in its import closure changed``),
-    or ``""`` when it is up to date."""
+def stale_reason(out_dir: Path, digests: dict[str, str]) -> str:
+    """Why the report in ``out_dir`` is stale for a run with these ``input_digests`` (e.g. ``labkit code in its import
+    closure changed``), or ``""`` when it is up to date."""
     meta = _read_meta(out_dir)
     if meta is None:
         return f"no readable {RESULTS_FILE}"
-    digests = input_digests(notebook, preset, params)
     digest = _combined(digests)
     if is_up_to_date(out_dir, digest):
         return ""
@@ -401,7 +417,7 @@ def _literal(value: Any) -> Any:
 
 def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, Any] | None = None,
                  out_dir: str | Path | None = None, force: bool = True, progress: bool = True,
-                 wait: float = 0.0) -> RunResult:
+                 wait: float = 0.0, digests: dict[str, str] | None = None) -> RunResult:
     """Execute one notebook with papermill into ``out_dir`` (default ``reports/<notebook>/<preset>/``).
 
     Parameters are validated first. The run holds ``<out_dir>.lock`` throughout: while another live run holds it,
@@ -409,22 +425,13 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
     pid. It executes into its own ``<out_dir>.partial-<pid>-<token>/`` and replaces ``out_dir`` only on success, by
     renames, so a killed or failed run never leaves a half-written or half-deleted report; what killed runs left is
     cleaned (or put back) by the next run. A failure keeps the partial executed notebook in ``<out_dir>.failed/``.
+    ``digests`` are this run's ``input_digests`` when the caller has them already (``labkit report``).
     """
     path = resolve_notebook(notebook)
-    module = experiment_module(path)
     params = dict(params or {})
-    unknown = sorted(set(params) - set(parameter_types(module)))
-    if unknown:
-        raise ParameterError(f"unknown parameter(s) {unknown} for {module.__name__}; "
-                             f"accepted: {sorted(parameter_types(module))}")
-    if preset not in module.PRESETS:
-        raise ParameterError(f"unknown preset {preset!r} for {path.stem}; expected one of {sorted(module.PRESETS)}")
-    try:  # the experiment's own type and range checks, before a kernel starts (a bad value fails in seconds)
-        module.configure(preset, {k: v for k, v in params.items() if k not in RUNNER_PARAMS})
-    except (TypeError, ValueError) as err:
-        raise ParameterError(f"{path.stem} --preset {preset}: {err}") from err
+    check_params(path, preset, params)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path, preset)
-    digests = input_digests(path, preset, params)
+    digests = digests or input_digests(path, preset, params)
     digest = _combined(digests)
     with out_dir_lock(out, wait):
         _recover(out)

@@ -178,6 +178,7 @@ def plan(
     points = []
     for values in expand_grid(grid):
         params = {**fixed, **values}
+        runner.check_params(path, preset, params)  # every point, before anything runs
         label = point_name(values)
         points.append(Point(label, params, sweep_dir / label, runner.inputs_hash(path, preset, params)))
     return sweep_dir, points

@@ -70,9 +70,10 @@ def test_stale_reason_names_what_changed(tmp_path):
     (out / f"{nb.stem}.html").write_text("<html></html>")
     meta = {"inputs_hash": runner.inputs_hash(nb, "smoke", {}), "inputs": digests, "status": "ok", "notebook": nb.name}
     (out / "results.json").write_text(json.dumps({"meta": meta}))
-    assert runner.stale_reason(out, nb, "smoke", {}) == ""
-    assert runner.stale_reason(out, nb, "smoke", {"seed": 1}) == "preset or parameters changed"
+    assert runner.stale_reason(out, runner.input_digests(nb, "smoke", {})) == ""
+    assert runner.stale_reason(out, runner.input_digests(nb, "smoke", {"seed": 1})) == "preset or parameters changed"
     meta["inputs"] = {**digests, "code": "0" * 64}
     meta["inputs_hash"] = "old"
     (out / "results.json").write_text(json.dumps({"meta": meta}))
-    assert runner.stale_reason(out, nb, "smoke", {}) == "labkit code in its import closure changed"
+    reason = runner.stale_reason(out, runner.input_digests(nb, "smoke", {}))
+    assert reason == "labkit code in its import closure changed"

@@ -22,6 +22,6 @@ def test_committed_report_is_not_stale(folder):
     preset = json.loads((folder / RESULTS_FILE).read_text())["meta"]["preset"]
     variants = dict(runner.report_variants(notebook, preset))
     assert folder.name in variants, f"{folder} is no report variant of {notebook.name} [{preset}]: {sorted(variants)}"
-    reason = runner.stale_reason(folder, notebook, preset, variants[folder.name])
+    reason = runner.stale_reason(folder, runner.input_digests(notebook, preset, variants[folder.name]))
     assert not reason, (f"committed report {folder.relative_to(runner.ROOT)} is stale ({reason}); regenerate it with "
                         f"`labkit report --preset {preset} {notebook.stem}` (or `make report`) and commit it")

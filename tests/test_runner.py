@@ -159,7 +159,7 @@ def test_report_variants_add_named_reports_of_a_preset():
 def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
     calls = []
 
-    def fake_run(path, preset, params=None, out_dir=None, force=True, progress=True, wait=0.0):
+    def fake_run(path, preset, params=None, out_dir=None, force=True, progress=True, wait=0.0, digests=None):
         calls.append((path.stem, preset, params, out_dir.relative_to(runner.REPORTS_DIR).as_posix()))
         return runner.RunResult(path, out_dir, ok=True, skipped=True)
 

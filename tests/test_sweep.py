@@ -182,3 +182,10 @@ def test_cli_compare_on_a_sweep_table(local_sweep, tmp_path, capsys):
     code = cli.main(["compare", str(local_sweep.parquet_path), "--x", "sigma", "--y", "mean", "--out", str(out)])
     assert code == 0 and out.is_file()
     assert "figure ->" in capsys.readouterr().out
+
+
+def test_sweep_checks_every_point_with_the_experiments_configure(tmp_path):
+    """A value configure rejects fails the whole sweep before anything runs, naming the parameter."""
+    with pytest.raises(runner.ParameterError, match=r"seq_lens"):
+        sweep.plan("profiling", "smoke", {"seq_lens": [[64], [-1]]}, out_root=tmp_path)
+    assert not list(tmp_path.iterdir())
