@@ -8,7 +8,6 @@ apart from the weights (``save_masks`` writes safetensors next to a clean state 
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
+
+from labkit.checks import number_in_range
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Masks = dict[str, Tensor]
@@ -50,18 +51,6 @@ def check_mask(key: str, mask: object, shape: Sequence[int] | None = None) -> Te
             f"{mask[stray].flatten()[:3].tolist()}; a fractional mask would scale weights instead of pruning them"
         )
     return mask != 0
-
-
-def _fraction(name: str, value: object, high_open: bool) -> float:
-    """A number in [0, 1] (or [0, 1) when ``high_open``), else a TypeError/ValueError naming ``name``."""
-    interval = "[0, 1)" if high_open else "[0, 1]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    if not (0.0 <= value < 1.0 if high_open else 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return float(value)
 
 
 def _some_weights(weights: dict[str, Tensor], include: tuple[type[nn.Module], ...]) -> dict[str, Tensor]:
@@ -100,7 +89,7 @@ def imp_schedule(goal: float, phases: int) -> list[float]:
 
     Each phase removes the same fraction q = 1 - (1 - goal)^(1/phases) of the weights still alive (SMS/IMP).
     """
-    goal = _fraction("goal sparsity", goal, high_open=True)
+    goal = number_in_range("goal sparsity", goal, 0.0, 1.0, "[)")
     if isinstance(phases, bool) or not isinstance(phases, numbers.Integral) or phases < 1:
         raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
     return [1.0 - (1.0 - goal) ** (p / phases) for p in range(1, phases)] + [float(goal)]
@@ -120,7 +109,7 @@ def magnitude_masks(
     ``sparsity``. Weights already dead (zero, or False in ``prev_masks``) stay dead and count toward the total;
     if more are dead than ``sparsity`` asks for, nothing more is pruned. Exactly round(sparsity * n) are pruned.
     """
-    sparsity = _fraction("sparsity", sparsity, high_open=False)
+    sparsity = number_in_range("sparsity", sparsity, 0.0, 1.0, "[]")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     weights = _some_weights(prunable_weights(model_or_sd, include), include)
@@ -157,8 +146,8 @@ def magnitude_masks(
     return masks
 
 
-def _module_weights(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, nn.Parameter]:
-    """The parameters ``masks`` name, after checking every mask (bool or 0/1, the parameter's exact shape)."""
+def _module_weights(model: nn.Module, masks: Mapping[str, Tensor]) -> tuple[dict[str, nn.Parameter], Masks]:
+    """The parameters ``masks`` name, and the masks as bool tensors, each checked once (bool or 0/1, exact shape)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     if not isinstance(masks, Mapping):
@@ -169,9 +158,8 @@ def _module_weights(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, 
         raise KeyError(
             f"masks name parameters the model does not have: {missing[:5]}; model has e.g. {sorted(params)[:5]}"
         )
-    for key, mask in masks.items():
-        check_mask(key, mask, params[key].shape)
-    return {k: params[k] for k in masks}
+    checked = {key: check_mask(key, mask, params[key].shape) for key, mask in masks.items()}
+    return {k: params[k] for k in masks}, checked
 
 
 class MaskHandle:
@@ -210,8 +198,8 @@ def apply_masks(
     """
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
-    params = _module_weights(model, masks)
-    ready = {k: check_mask(k, m).to(device=params[k].device, dtype=params[k].dtype) for k, m in masks.items()}
+    params, checked = _module_weights(model, masks)
+    ready = {k: m.to(device=params[k].device, dtype=params[k].dtype) for k, m in checked.items()}
     handle = MaskHandle(params, ready, optimizer)
     handle.reapply()
     return handle
@@ -260,10 +248,10 @@ def mask_iou(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
 def to_torch_prune(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     """Install ``masks`` as ``torch.nn.utils.prune`` reparametrisations (``weight_orig`` + ``weight_mask``)."""
     modules = dict(model.named_modules())
-    _module_weights(model, masks)
-    for key, mask in masks.items():
+    _, checked = _module_weights(model, masks)
+    for key, mask in checked.items():
         owner, _, name = key.rpartition(".")
-        torch_prune.custom_from_mask(modules[owner], name, check_mask(key, mask))
+        torch_prune.custom_from_mask(modules[owner], name, mask)
     return model
 
 

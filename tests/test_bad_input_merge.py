@@ -395,7 +395,12 @@ CASES = [
     ),
     # --- merge: method parameters ---
     case("slerp t > 1", lambda f: merge.slerp(A, B, 1.5), ValueError, r"t must be in \[0, 1\], got 1\.5"),
-    case("slerp t NaN", lambda f: merge.slerp(A, B, float("nan")), ValueError, r"t must be a finite number, got nan"),
+    case(
+        "slerp t NaN",
+        lambda f: merge.slerp(A, B, float("nan")),
+        ValueError,
+        r"t must be a finite number in \[0, 1\], got nan",
+    ),
     case("lerp t NaN", lambda f: merge.lerp(A, B, float("nan")), ValueError, r"\bt must be a finite number, got nan"),
     case("lerp t a string", lambda f: merge.lerp(A, B, "0.5"), TypeError, r"\bt must be a finite number"),
     case(

@@ -134,3 +134,14 @@ def test_float_01_masks_are_accepted_like_bool_masks():
     prune.apply_masks(model, as_float)
     assert prune.sparsity(model) == pytest.approx(0.5, abs=1e-9)
     assert prune.check_mask("w", torch.tensor([0, 1], dtype=torch.uint8)).dtype == torch.bool
+
+
+@pytest.mark.parametrize("install", [prune.apply_masks, prune.to_torch_prune])
+def test_each_mask_is_checked_once_per_call(install, monkeypatch):
+    model = mlp()
+    masks = prune.magnitude_masks(model, 0.5)
+    seen = []
+    check = prune.check_mask
+    monkeypatch.setattr(prune, "check_mask", lambda key, *a, **kw: seen.append(key) or check(key, *a, **kw))
+    install(model, masks)
+    assert sorted(seen) == sorted(masks)

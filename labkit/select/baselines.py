@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labkit.select.dsir import FEATURE_TYPES, _check_k, _check_number, _exclude_mask, gumbel_top_k
+from labkit.checks import number_in_range
+from labkit.select.dsir import FEATURE_TYPES, _check_k, _exclude_mask, gumbel_top_k
 from labkit.select.features import check_count, featurize
 
 if TYPE_CHECKING:
@@ -75,8 +76,8 @@ def heuristic_select(
     sample ``negatives_per_target`` times its size; document i is kept when ``score_i + pareto(alpha) > 1``.
     For a fixed budget the threshold 1 is moved so that exactly k pass: the top k of ``score + pareto noise``.
     """
-    _check_number("negatives_per_target", negatives_per_target, 0.0)
-    _check_number("pareto_alpha", pareto_alpha, 0.0)
+    number_in_range("negatives_per_target", negatives_per_target, 0.0, interval="()")
+    number_in_range("pareto_alpha", pareto_alpha, 0.0, interval="()")
     from sklearn.linear_model import LogisticRegression
 
     x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
@@ -109,7 +110,7 @@ def target_likelihood_select(
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
-    _check_number("epsilon", epsilon, 0.0)
+    number_in_range("epsilon", epsilon, 0.0, interval="()")
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
     counts = _target_counts(target, num_buckets, ngrams, hash)
     lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)

@@ -10,8 +10,6 @@ featurizer (:mod:`labkit.select.fast`). Also here: the paper's KL-reduction metr
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from labkit.checks import number_in_range
 from labkit.select.cache import ShardedFeatures, cached_features
 from labkit.select.features import HashedFeatures, NgramHasher, check_count, check_document_indices, featurize
 
@@ -33,12 +32,10 @@ if TYPE_CHECKING:
     DocumentsOrFeatures: TypeAlias = Documents | HashedFeatures | ShardedFeatures
 
 
-def _check_number(name: str, value: float, minimum: float, strict: bool = True) -> float:
-    """A finite real ``value`` > ``minimum`` (``strict``) or >= it; raises naming ``name``."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (value > minimum if strict else value >= minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g} (a finite number), got {value!r}")
-    return float(value)
+def _check_smoothing(epsilon: float, target_pseudocount: float) -> None:
+    """DSIR's smoothing: ``epsilon`` > 0 (added inside the log), ``target_pseudocount`` >= 0 (added to targets)."""
+    number_in_range("epsilon", epsilon, 0.0, interval="()")
+    number_in_range("target_pseudocount", target_pseudocount, 0.0)
 
 
 def _check_k(k: int, available: int, what: str) -> int:
@@ -73,7 +70,7 @@ def gumbel_top_k(
         raise ValueError(f"log_weights must not be NaN; found NaN at indices {where}")
     n = len(log_weights)
     k = _check_k(k, n, "the number of candidates")
-    _check_number("temperature", temperature, 0.0)
+    number_in_range("temperature", temperature, 0.0, interval="()")
     keys = log_weights / temperature
     if not top_k:
         keys = keys + np.random.default_rng(seed).gumbel(size=n)
@@ -184,8 +181,7 @@ class DSIR:
         progress: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
-        _check_number("epsilon", epsilon, 0.0)
-        _check_number("target_pseudocount", target_pseudocount, 0.0, strict=False)
+        _check_smoothing(epsilon, target_pseudocount)
         check_count("min_length", min_length, 0)
         check_count("batch_size", batch_size)
         check_count("workers", workers)
@@ -320,7 +316,7 @@ class DSIR:
             f"documents with >= {self.min_length} tokens; {report.dropped} of {len(self.raw_features)} were shorter, "
             f"{int(self._excluded.sum())} excluded",
         )
-        _check_number("temperature", temperature, 0.0)
+        number_in_range("temperature", temperature, 0.0, interval="()")
         weights = self.log_weights()
         weights = weights[:, None] if weights.ndim == 1 else weights
         shares = [int(k * p) for p in self.target_proportions]
@@ -375,7 +371,7 @@ def kl_reduction(
     entropy cancels in the difference). Keep ``pseudocount * num_buckets`` small next to the selection's n-gram
     count. ``target`` may be a dict of targets (the paper's set 𝒯).
     """
-    _check_number("pseudocount", pseudocount, 0.0)  # > 0: empty buckets would give infinite KL
+    number_in_range("pseudocount", pseudocount, 0.0, interval="()")  # > 0: empty buckets would give infinite KL
     if isinstance(target, Mapping) and not target:
         raise ValueError("target: expected at least one named target, got an empty dict")
     args = (num_buckets, ngrams, hash)

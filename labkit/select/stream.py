@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from labkit.checks import number_in_range
 from labkit.select.cache import ShardedFeatures, cached_features
 from labkit.select.dsir import (
     FEATURE_TYPES,
     LengthFilter,
     _check_k,
-    _check_number,
     _check_settings,
+    _check_smoothing,
     log_importance_ratio,
 )
 from labkit.select.fast import splitmix64
@@ -241,7 +242,7 @@ def settings_for(cache_dir: str | Path, **options) -> FileSettings:
     check_count("shard_docs", settings.shard_docs)
     check_count("workers", settings.workers)
     check_count("min_length", settings.min_length, 0)
-    _check_number("temperature", settings.temperature, 0.0)
+    number_in_range("temperature", settings.temperature, 0.0, interval="()")
     return settings
 
 
@@ -268,6 +269,7 @@ def select_files(
     """
     from tqdm.auto import tqdm
 
+    _check_smoothing(epsilon, target_pseudocount)
     files = check_files(raw_files)
     settings = settings_for(cache_dir, **options)
     k = check_count("k", k)  # checked against the eligible documents once they are scored
