@@ -1,4 +1,4 @@
-"""Residual gates on the attention and MLP branches of Hugging Face decoder LMs (GateSkip).
+"""Residual gates on the attention and MLP branches of any Hugging Face decoder LM (GateSkip).
 
 Laitenberger et al., "What Layers When: Learning to Skip Compute in LLMs with Residual Gates", arXiv 2510.13876.
 Each branch F of every decoder layer is wrapped so that it returns ``g * F(u)`` with ``g = sigmoid(W stopgrad(u) + b)``
@@ -27,18 +27,26 @@ GATE_ATTR = "residual_gate"  # submodule name of the gate inside a wrapped branc
 
 @dataclass(frozen=True)
 class Architecture:
-    """Where a decoder family keeps its layers and branch modules (a small per-architecture adapter)."""
+    """Where a decoder keeps its layers and branches, as :func:`architecture` finds them by structure."""
 
-    layers: tuple[str, ...]  # attribute path from the causal-LM (or base) model to the ModuleList of decoder layers
+    layers: tuple[str, ...]  # attribute path from the given model to the ModuleList of decoder layers
     attention: str  # attribute of a decoder layer holding the self-attention branch
     mlp: str  # attribute of a decoder layer holding the MLP branch
+    attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
+    mlp_norm: str | None = None  # the same for the MLP output
+    parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
 
 
+# The layouts of the families labkit.models.decoder_lm builds (the gateskip experiment's `arch` choices).
+# add_gates does not consult this table: it finds every layout by structure (tests check it finds these).
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(("model", "layers"), "self_attn", "mlp"),
     "qwen2": Architecture(("model", "layers"), "self_attn", "mlp"),
     "gpt2": Architecture(("transformer", "h"), "attn", "mlp"),
 }
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
+MLP_NAMES = ("mlp", "feed_forward", "ffn")  # else: the one child class named *MLP
+ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)
 
 
 class ResidualGate(nn.Module):
@@ -98,7 +106,10 @@ class GatedBranch(nn.Module):
     """A decoder branch (attention or MLP) with a residual gate on its output.
 
     Returns what the branch returns, with the hidden-state output multiplied by the gate (and by the keep mask
-    when a skip policy is active). Saved under the original key names; the gate adds ``<name>.residual_gate.*``.
+    when a skip policy is active). Where the family normalises the branch output before the residual add (Gemma2/3,
+    OLMo2), the branch output is only masked here and the gate multiplies the post-norm's output instead (a forward
+    hook on that norm, see :meth:`attach_post_norm`), so the gate always scales what is added to the residual.
+    Saved under the original key names; the gate adds ``<name>.residual_gate.*``.
     """
 
     def __init__(self, branch: nn.Module, gate: ResidualGate | None, layer_index: int, role: str) -> None:
@@ -109,12 +120,27 @@ class GatedBranch(nn.Module):
         self.role = role  # "attn" or "mlp"
         self.policy: SkipPolicy | None = None  # set only inside a labkit.skip context
         self.last_gate: torch.Tensor | None = None  # gate values of the latest forward, for gate_penalty
+        self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
+        self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
     @property
     def name(self) -> str:
         return f"{self.layer_index}.{self.role}"
+
+    def attach_post_norm(self, norm: nn.Module) -> None:
+        """Scale ``norm``'s output (the branch's contribution to the residual) by this branch's gate and keep mask."""
+        self.post_norm_hook = norm.register_forward_hook(self._scale_post_norm)
+
+    def detach_post_norm(self) -> None:
+        if self.post_norm_hook is not None:
+            self.post_norm_hook.remove()
+            self.post_norm_hook = None
+
+    def _scale_post_norm(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        scale, self.pending_scale = self.pending_scale, None
+        return output if scale is None else output * scale
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -131,7 +157,10 @@ class GatedBranch(nn.Module):
             y, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, None)
             if keep is not None:
                 y = y * keep.unsqueeze(-1).to(y.dtype)
-        if g is not None:
+        if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that
+            mask = keep.unsqueeze(-1).to(y.dtype) if keep is not None else None
+            self.pending_scale = g if mask is None else mask if g is None else g * mask
+        elif g is not None:
             y = y * g
         if policy is not None:
             policy.after(self, keep, kwargs)
@@ -150,29 +179,142 @@ def _nest_branch_keys(module: nn.Module, state_dict: dict, prefix: str, *args: A
             state_dict[prefix + "branch." + rest] = state_dict.pop(key)
 
 
-def architecture(model: nn.Module) -> Architecture:
-    """The adapter for ``model``'s family; ValueError naming the class and the supported families otherwise."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ARCHITECTURES:
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.branch if isinstance(module, GatedBranch) else module
+
+
+def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
+    """The child of ``layer`` named one of ``names``, else the single child whose class name ends in ``suffix``."""
+    children = dict(layer.named_children())
+    for name in names:
+        if name in children:
+            return name
+    by_class = [n for n, c in children.items() if type(_unwrap(c)).__name__.endswith(suffix)]
+    return by_class[0] if len(by_class) == 1 else None
+
+
+def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
+    """The first ModuleList of identical blocks that each hold an attention and an MLP child (breadth first)."""
+    for path, module in sorted(model.named_modules(), key=lambda item: item[0].count(".") if item[0] else -1):
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(layer) for layer in module}) != 1:
+            continue
+        attrs = [(_branch_attr(layer, ATTENTION_NAMES, "Attention"), _branch_attr(layer, MLP_NAMES, "MLP"))
+                 for layer in module]
+        if all(a is not None and m is not None for a, m in attrs) and len(set(attrs)) == 1:
+            return tuple(path.split(".")), attrs[0][0], attrs[0][1]
+    raise ValueError(
+        f"no decoder layer ModuleList with attention and MLP submodules found in {type(model).__name__}; looked for "
+        f"an nn.ModuleList of identical blocks each with an attention child (named one of {ATTENTION_NAMES} or the "
+        f"one child class named *Attention) and an MLP child (named one of {MLP_NAMES} or the one class named *MLP)"
+    )
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) -> Architecture:
+    """Run two 3-token eval forwards with hooks on the first decoder layer to see how its branches reach the residual.
+
+    A child norm whose input is a branch's output is that branch's post-norm; if replacing the attention output
+    leaves the MLP input unchanged the layer is parallel; and the layer output must equal its input plus the two
+    branch contributions, otherwise the branches are not added to the residual stream and gating them would be wrong.
+    """
+    layer = _get(model, path)[0]
+    record: dict[str, Any] = {}
+    other = [(n, c) for n, c in layer.named_children() if n not in (attention, mlp)]
+
+    def first(args: tuple, kwargs: dict) -> Any:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def tensor(out: Any) -> Any:
+        return out[0] if isinstance(out, tuple) else out
+
+    def on_child(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if args or "hidden_states" in kwargs:
+                record.setdefault("children", []).append((name, first(args, kwargs), tensor(out)))
+
+        return hook
+
+    def on_attn(module: nn.Module, args: tuple, out: Any) -> Any:
+        record["attn"] = tensor(out)
+        if record.get("perturb"):
+            return (tensor(out) + 1.0, *out[1:]) if isinstance(out, tuple) else out + 1.0
+        return None
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, k: record.__setitem__("in", first(a, k)), with_kwargs=True),
+        layer.register_forward_hook(lambda m, a, out: record.__setitem__("out", tensor(out))),
+        getattr(layer, attention).register_forward_hook(on_attn),
+        getattr(layer, mlp).register_forward_hook(lambda m, a, out: record.__setitem__("mlp", tensor(out))),
+        getattr(layer, mlp).register_forward_pre_hook(
+            lambda m, a, k: record.__setitem__("mlp_in", first(a, k).clone()), with_kwargs=True
+        ),
+        *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
+    ]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    ref = next(model.parameters())
+    vocab = getattr(model.config, "vocab_size", None) or 2
+    ids = (torch.arange(3, device=ref.device) % vocab)[None]
+    try:
+        model(input_ids=ids, use_cache=False)
+        found = dict(record)
+        record.clear()
+        record["perturb"] = True
+        model(input_ids=ids, use_cache=False)
+    except Exception as error:
+        raise ValueError(f"could not run a probe forward of {type(model).__name__} on input_ids {ids.tolist()} to "
+                         f"find how its branches reach the residual stream: {error}") from error
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    children = found.get("children", [])
+    attention_norm = next((n for n, x, _ in children if x is found["attn"] and "norm" in n.lower()), None)
+    mlp_norm = next((n for n, x, _ in children if x is found["mlp"] and "norm" in n.lower()), None)
+    outputs = {n: y for n, _, y in children}
+    a = outputs[attention_norm] if attention_norm else found["attn"]
+    m = outputs[mlp_norm] if mlp_norm else found["mlp"]
+    h_in, h_out = found["in"], found["out"]
+    error = (h_out - (h_in + a + m)).abs().max()
+    scale = h_in.abs().max() + a.abs().max() + m.abs().max()
+    if not error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale:
         raise ValueError(
-            f"unsupported architecture {type(model).__name__} (model_type={model_type!r}); "
-            f"supported model types: {sorted(ARCHITECTURES)}"
+            f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
+            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to the residual stream: layer output - (input + "
+            f"branches) is {float(error):.3g}; looked for h_out = h_in + attention + mlp"
         )
-    return ARCHITECTURES[model_type]
+    parallel = torch.equal(record["mlp_in"], found["mlp_in"])
+    return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
+
+
+def _get(model: nn.Module, path: tuple[str, ...]) -> Any:
+    node = model
+    for attr in path:
+        node = getattr(node, attr)
+    return node
+
+
+def architecture(model: nn.Module) -> Architecture:
+    """Where ``model``'s decoder layers and branches are, found by structure (no list of model types).
+
+    Decoder layers: the first ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child;
+    post-branch norms and a parallel residual are read from a probe forward (:func:`_probe`). A model with gates
+    returns the layout found when they were added. ValueError naming the class and what was looked for otherwise.
+    """
+    found = model.__dict__.get(ARCH_ATTR)
+    if found is not None:
+        return found
+    path, attention, mlp = _find_layers(model)
+    return _probe(model, path, attention, mlp)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a supported causal LM (or its base model)."""
-    arch = architecture(model)
-    node = model
-    for attr in arch.layers:
-        if hasattr(node, attr):
-            node = getattr(node, attr)
-        elif attr != arch.layers[-1]:
-            continue  # a base model (e.g. LlamaModel) has the layers directly
-        else:
-            raise ValueError(f"{type(model).__name__} has no decoder layers at {'.'.join(arch.layers)}")
-    return node
+    """The decoder layers of a causal LM (or its base model)."""
+    found = model.__dict__.get(ARCH_ATTR)
+    return _get(model, found.layers if found is not None else _find_layers(model)[0])
 
 
 def gated_branches(model: nn.Module) -> list[GatedBranch]:
@@ -197,13 +339,16 @@ def add_gates(
         _check_init(init_bias, init_std)
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
     ref = next(model.parameters())
-    for index, layer in enumerate(decoder_layers(model)):
-        for role, attr in (("attn", arch.attention), ("mlp", arch.mlp)):
+    for index, layer in enumerate(_get(model, arch.layers)):
+        for role, attr, norm in (("attn", arch.attention, arch.attention_norm), ("mlp", arch.mlp, arch.mlp_norm)):
             gate = None
             if kind != "none":
                 gate = ResidualGate(hidden, kind, init_bias, init_std, detach_input).to(ref.device, ref.dtype)
             wrapped = GatedBranch(getattr(layer, attr), gate, index, role).train(layer.training)
+            if norm is not None:
+                wrapped.attach_post_norm(getattr(layer, norm))
             setattr(layer, attr, wrapped)
+    model.__dict__[ARCH_ATTR] = arch
     setattr(
         model.config,
         CONFIG_KEY,
@@ -214,14 +359,16 @@ def add_gates(
 
 def remove_gates(model: nn.Module) -> nn.Module:
     """Undo :func:`add_gates`: put the original branch modules back (their trained weights kept)."""
-    arch = architecture(model)
     if not gated_branches(model):
         raise ValueError(f"{type(model).__name__} has no gates to remove")
-    for layer in decoder_layers(model):
+    arch = architecture(model)
+    for layer in _get(model, arch.layers):
         for attr in (arch.attention, arch.mlp):
             wrapped = getattr(layer, attr)
             if isinstance(wrapped, GatedBranch):
+                wrapped.detach_post_norm()
                 setattr(layer, attr, wrapped.branch)
+    model.__dict__.pop(ARCH_ATTR, None)
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
     return model

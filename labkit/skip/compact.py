@@ -3,19 +3,23 @@
 GateSkip's default path computes every branch densely and zeroes skipped tokens (masked). Here the MLP runs on
 the kept tokens only, and attention computes K/V for every token (later tokens may attend to them) but queries,
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
-floating-point rounding (tested). Per-architecture adapters: Llama/Qwen2 (q/k/v/o projections with rotary
-embeddings) and GPT-2 (fused ``c_attn``).
+floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
+Qwen2/3, Gemma2/3, OLMo2; q/k norms per head or over the width), fused ``qkv_proj`` (Phi3), per-head fused
+``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); rotary through the family's own function; sliding
+windows and Gemma2's logit softcap in the mask and scores.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.skip.kv_cache import find_cache, self_attention_cache
+from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
 
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,69 +59,219 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _masked_sdpa(
+def _rotary(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their cos/sin (N, rot): the family's own
+    ``apply_rotary_pos_emb`` where its modeling module has one (partial rotary in GPT-NeoX/Phi3), else rotate-half."""
+    apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    x4, cos, sin = x.unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, hd) and (N, 1, rot)
+    if apply is not None:
+        return apply(x4, x4, cos, sin)[0].squeeze(2).to(x.dtype)
+    rot = cos.shape[-1]
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    done = x4[..., :rot] * c + _rotate_half(x4[..., :rot]) * s
+    return torch.cat([done, x4[..., rot:]], dim=-1).squeeze(2)
+
+
+def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(N, width) -> (N, heads, head_dim), with the family's q/k norm over the whole width (OLMo2) or per head
+    (Qwen3, Gemma3), chosen by the norm's weight size."""
+    if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() == x.shape[-1]:
+        return norm(x).view(x.shape[0], -1, head_dim)
+    x = x.view(x.shape[0], -1, head_dim)
+    return norm(x) if norm is not None else x
+
+
+def _rows(linear: nn.Module, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bias = linear.bias[rows] if linear.bias is not None else None
+    return linear.weight[rows], bias
+
+
+def _head_dim(attn: nn.Module) -> int:
+    return int(getattr(attn, "head_dim", None) or attn.head_size)
+
+
+def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Queries (N, heads, head_dim) of tokens x (N, d), before rotary."""
+    hd = _head_dim(attn)
+    if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
+        return _norm_heads(getattr(attn, "q_norm", None), attn.q_proj(x), hd)
+    if hasattr(attn, "qkv_proj"):  # Phi3: [q | k | v] rows
+        width = attn.config.num_attention_heads * hd
+        return F.linear(x, *_rows(attn.qkv_proj, slice(0, width))).view(x.shape[0], -1, hd)
+    if hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [q | k | v]
+        return F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0))).view(x.shape[0], -1, hd)
+    if hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
+        width = attn.split_size
+        return (x @ attn.c_attn.weight[:, :width] + attn.c_attn.bias[:width]).view(x.shape[0], -1, hd)
+    raise _no_adapter(attn)
+
+
+def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (N, kv heads, head_dim) of tokens x (N, d), before rotary."""
+    hd, n = _head_dim(attn), x.shape[0]
+    if hasattr(attn, "k_proj"):
+        return _norm_heads(getattr(attn, "k_norm", None), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
+    if hasattr(attn, "qkv_proj"):
+        width = attn.config.num_attention_heads * hd
+        k, v = F.linear(x, *_rows(attn.qkv_proj, slice(width, None))).chunk(2, dim=-1)
+        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
+    if hasattr(attn, "query_key_value"):
+        k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
+        v = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 2)))
+        return k.view(n, -1, hd), v.view(n, -1, hd)
+    if hasattr(attn, "c_attn"):
+        width = attn.split_size
+        k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
+        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
+    raise _no_adapter(attn)
+
+
+def _neox_rows(attn: nn.Module, part: int) -> torch.Tensor:
+    """Rows of GPT-NeoX's fused projection holding part 0 (q), 1 (k) or 2 (v) of every head."""
+    hd = _head_dim(attn)
+    heads = attn.query_key_value.out_features // (3 * hd)
+    return (
+        torch.arange(heads, device=attn.query_key_value.weight.device)[:, None] * 3 * hd
+        + part * hd
+        + torch.arange(hd, device=attn.query_key_value.weight.device)
+    ).reshape(-1)
+
+
+def _no_adapter(attn: nn.Module) -> ValueError:
+    return ValueError(
+        f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
+        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX) or c_attn/c_proj (GPT-2); "
+        "use execution='masked'"
+    )
+
+
+def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
+    if hasattr(attn, "o_proj"):
+        return attn.o_proj(o)
+    if hasattr(attn, "dense"):
+        return attn.dense(o)
+    return attn.resid_dropout(attn.c_proj(o))
+
+
+def _attention_settings(attn: nn.Module) -> tuple[float, float, int | None, float | None]:
+    """(scale, dropout, sliding window, logit softcap) of an attention module, as its own forward uses them."""
+    if hasattr(attn, "c_attn"):  # GPT-2
+        scale = 1.0 / math.sqrt(_head_dim(attn)) if attn.scale_attn_weights else 1.0
+        if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
+            scale /= float(attn.layer_idx + 1)
+        return scale, attn.attn_dropout.p if attn.training else 0.0, None, None
+    dropout = float(getattr(attn, "attention_dropout", 0.0) or 0.0) if attn.training else 0.0
+    if hasattr(attn, "sliding_window"):  # Qwen2/3, Gemma2/3: set on sliding layers only
+        window = attn.sliding_window
+    else:  # Mistral, Phi3: one window for every layer, in the config
+        window = getattr(getattr(attn, "config", None), "sliding_window", None)
+    return attn.scaling, dropout, window, getattr(attn, "attn_logit_softcapping", None)
+
+
+def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     qpos: torch.Tensor,
     key_valid: torch.Tensor | None,
-    scale: float,
-    dropout: float,
+    settings: tuple[float, float, int | None, float | None],
 ) -> torch.Tensor:
+    """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding;
+    Gemma2's logit softcap ``tanh(s / c) c`` computed explicitly (SDPA has none)."""
+    scale, dropout, window, softcap = settings
     S = k.shape[2]
-    allowed = torch.arange(S, device=q.device)[None, None, :] <= qpos[:, :, None]
-    if key_valid is not None and key_valid.shape[-1] == S:
-        allowed = allowed & key_valid[:, None, :].to(torch.bool)
+    kpos = torch.arange(S, device=q.device)[None, None, :]
+    allowed = kpos <= qpos[:, :, None]
+    if window is not None:
+        allowed = allowed & (kpos > qpos[:, :, None] - window)
+    if key_valid is not None and key_valid.shape[-1] >= S:
+        allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale)
-
-
-def compact_attention(
-    attn: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, kwargs: dict, key_valid: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Self-attention output for the kept queries only (zeros elsewhere); K/V of every token go to the cache."""
-    B, T, d = hidden.shape
-    index, valid = _kept_index(keep)
-    x_kept = _gather_rows(hidden, index)
-    _, cache = find_cache(kwargs)
-    dropout = getattr(attn, "attention_dropout", 0.0) if attn.training else 0.0
-    if hasattr(attn, "q_proj"):  # Llama / Qwen2
-        hd = attn.head_dim
-        q = attn.q_proj(x_kept).view(B, index.shape[1], attn.q_proj.out_features // hd, hd).transpose(1, 2)
-        k = attn.k_proj(hidden).view(B, T, -1, hd).transpose(1, 2)
-        v = attn.v_proj(hidden).view(B, T, -1, hd).transpose(1, 2)
-        cos, sin = kwargs["position_embeddings"]
-        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
-        cq, sq = _gather_rows(cos, index).unsqueeze(1), _gather_rows(sin, index).unsqueeze(1)
-        q = q * cq + _rotate_half(q) * sq
-        k = k * cos.unsqueeze(1) + _rotate_half(k) * sin.unsqueeze(1)
-        scale, out_proj = attn.scaling, attn.o_proj
-    elif hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
-        hd, width = attn.head_dim, attn.split_size
-        weight, bias = attn.c_attn.weight, attn.c_attn.bias
-        q = (x_kept @ weight[:, :width] + bias[:width]).view(B, index.shape[1], width // hd, hd).transpose(1, 2)
-        k, v = (hidden @ weight[:, width:] + bias[width:]).split(width, dim=2)
-        k, v = k.view(B, T, -1, hd).transpose(1, 2), v.view(B, T, -1, hd).transpose(1, 2)
-        scale = 1.0 / math.sqrt(hd) if attn.scale_attn_weights else 1.0
-        if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
-            scale /= float(attn.layer_idx + 1)
-        dropout = attn.attn_dropout.p if attn.training else 0.0
-
-        def out_proj(o: torch.Tensor) -> torch.Tensor:
-            return attn.resid_dropout(attn.c_proj(o))
-    else:
-        raise ValueError(
-            f"compact execution has no adapter for attention module {type(attn).__name__}; "
-            "supported: Llama/Qwen2 (q_proj..o_proj) and GPT-2 (c_attn/c_proj); use execution='masked'"
-        )
-    if cache is not None:
-        k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
-    if index.shape[1] == 0:
-        return hidden.new_zeros(B, T, d)
     if k.shape[1] != q.shape[1]:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale)
+    scores = torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap) * softcap
+    weights = scores.masked_fill(~allowed[:, None], -math.inf).softmax(-1, dtype=torch.float32).to(q.dtype)
+    return F.dropout(weights, p=dropout, training=dropout > 0) @ v
+
+
+def _needed(keep: torch.Tensor) -> torch.Tensor:
+    """Tokens whose K/V this forward needs: kept ones and skipped ones a later kept token of the row attends to."""
+    return keep.flip(1).to(torch.int8).cummax(1).values.flip(1).bool()
+
+
+def compact_attention(
+    attn: nn.Module,
+    hidden: torch.Tensor,
+    keep: torch.Tensor,
+    kwargs: dict,
+    key_valid: torch.Tensor | None = None,
+    copy_forward: bool = False,
+    model: Any = "model",
+) -> torch.Tensor:
+    """Self-attention output for the kept queries only (zeros elsewhere); K/V of every token go to the cache.
+
+    With ``copy_forward`` and a cache (decoding), a skipped token that no later kept token of its row attends to
+    (every skipped token of a one-token step) is not computed at all: its K/V at this layer are layer l-1's, as
+    GateSkip's copy-forward would leave them. The official code raises NotImplementedError for this case.
+    """
+    B, T, d = hidden.shape
+    _, cache = find_cache(kwargs)
+    settings = _attention_settings(attn)
+    rope = kwargs.get("position_embeddings")
+    cos, sin = (c.expand(B, -1, -1) for c in rope) if rope is not None else (None, None)
+    needed = torch.ones_like(keep)
+    prev = None
+    if copy_forward and cache is not None and attn.layer_idx > 0:
+        needed = _needed(keep)
+        if not bool(needed.all()):
+            keys, values = layer_kv(cache, attn.layer_idx - 1, model)
+            if keys.shape[2] >= T:  # layer l-1 holds this step's tokens (a short sliding window may not)
+                prev = keys[:, :, -T:].transpose(1, 2), values[:, :, -T:].transpose(1, 2)
+            else:
+                needed = torch.ones_like(keep)
+    flat = needed.reshape(-1).nonzero().squeeze(1)
+    k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
+    if cos is not None:
+        k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
+    if prev is None:
+        k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
+    else:
+        k = (
+            prev[0]
+            .reshape(B * T, *k_new.shape[1:])
+            .index_put((flat,), k_new.to(prev[0].dtype))
+            .view(B, T, -1, k_new.shape[-1])
+        )
+        v = (
+            prev[1]
+            .reshape(B * T, *v_new.shape[1:])
+            .index_put((flat,), v_new.to(prev[1].dtype))
+            .view(B, T, -1, v_new.shape[-1])
+        )
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    if cache is not None:
+        k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
+    rows = keep.any(1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return hidden.new_zeros(B, T, d)
+    index, valid = _kept_index(keep[rows])
+    n_rows, width = index.shape
+    q = _project_q(attn, _gather_rows(hidden[rows], index).reshape(n_rows * width, d))
+    if cos is not None:
+        q = _rotary(
+            attn,
+            q,
+            _gather_rows(cos[rows], index).reshape(n_rows * width, -1),
+            _gather_rows(sin[rows], index).reshape(n_rows * width, -1),
+        )
+    q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     past = k.shape[2] - T
-    o = _masked_sdpa(q, k, v, past + index, key_valid, scale, dropout)
-    o = out_proj(o.transpose(1, 2).reshape(B, index.shape[1], -1))
-    return _scatter_rows(o, index, valid, hidden.shape)
+    kv_rows = key_valid[rows] if key_valid is not None else None
+    o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
+    o = _out_proj(attn, o.transpose(1, 2).reshape(n_rows, width, -1))
+    out = hidden.new_zeros(B, T, d)
+    out[rows] = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
+    return out

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 CACHE_KWARGS = ("cache", "past_key_values")  # newest first: 5.24+ passes `cache=`, 5.17 `past_key_values=`
+BRANCH_CACHE_KWARGS = (*CACHE_KWARGS, "layer_past")  # GPT-NeoX hands its attention the cache as `layer_past=`
 
 
 class CacheLayoutError(RuntimeError):
@@ -28,8 +29,8 @@ def where(model: Any) -> str:
 
 
 def find_cache(kwargs: Mapping[str, Any]) -> tuple[str | None, Any]:
-    """``(kwarg name, cache)`` of the first non-None entry of ``CACHE_KWARGS`` in kwargs, else (None, None)."""
-    for name in CACHE_KWARGS:
+    """``(kwarg name, cache)`` of the first non-None entry of ``BRANCH_CACHE_KWARGS`` in kwargs, else (None, None)."""
+    for name in BRANCH_CACHE_KWARGS:
         if kwargs.get(name) is not None:
             return name, kwargs[name]
     return None, None

@@ -21,7 +21,7 @@ from torch import nn
 from labkit import gate as gate_lib
 from labkit.profile import count_flops
 from labkit.skip.compact import compact_attention, compact_mlp
-from labkit.skip.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, where
+from labkit.skip.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, self_attention_cache, where
 from labkit.skip.static import branch_names
 
 SCOPES = ("batch", "sequence")
@@ -191,7 +191,8 @@ class _Policy:
     ) -> torch.Tensor:
         if branch.role == "mlp":
             return compact_mlp(branch.branch, hidden, keep)
-        return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid)
+        copy = self.kv == "copy_forward" and not branch.training
+        return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
         if (
@@ -218,21 +219,31 @@ class _Policy:
 def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor, model: Any = "model") -> None:
     """Overwrite layer ``layer``'s cached K/V of the newest tokens marked ``skipped`` (B, T) with layer l-1's.
 
-    Raises CacheLayoutError (naming ``model`` and the transformers version) when either layer holds no K/V, their
-    shapes differ, or fewer than T tokens are cached: copy-forward never silently does nothing.
+    Sliding-window layers (Gemma2/3, Mistral) hold fewer tokens: only tokens both layers still hold are rewritten,
+    so a skipped token older than layer l-1's window keeps its own layer-l K/V. Raises CacheLayoutError (naming
+    ``model`` and the transformers version) when either layer holds no K/V, their head shapes differ, or a full
+    (non-sliding) layer lacks this step's tokens: copy-forward never silently does nothing.
     """
     keys, values = layer_kv(cache, layer, model)
     prev_keys, prev_values = layer_kv(cache, layer - 1, model)
-    T = skipped.shape[1]
-    if keys.shape != prev_keys.shape or keys.shape[-2] < T or keys.shape[0] != skipped.shape[0]:
+    layers = self_attention_cache(cache).layers
+    n = skipped.shape[1]
+    for index, held in ((layer, keys.shape[-2]), (layer - 1, prev_keys.shape[-2])):
+        if getattr(layers[index], "is_sliding", False):
+            n = min(n, held)  # the newest tokens a sliding-window layer still holds
+    same = keys.shape[:2] == prev_keys.shape[:2] and keys.shape[-1] == prev_keys.shape[-1]
+    held = keys.shape[-2] >= n and prev_keys.shape[-2] >= n
+    if not (same and held) or keys.shape[0] != skipped.shape[0]:
         raise CacheLayoutError(
-            f"{where(model)}: KV copy-forward from layer {layer - 1} to {layer} needs equal cached shapes holding the "
-            f"newest {T} tokens of a batch of {skipped.shape[0]}; found keys {tuple(prev_keys.shape)} and "
-            f"{tuple(keys.shape)}"
+            f"{where(model)}: KV copy-forward from layer {layer - 1} to {layer} needs equal cached head shapes holding "
+            f"the newest {skipped.shape[1]} tokens of a batch of {skipped.shape[0]}; found keys "
+            f"{tuple(prev_keys.shape)} and {tuple(keys.shape)}"
         )
-    mask = skipped[:, None, :, None]
-    keys[:, :, -T:] = torch.where(mask, prev_keys[:, :, -T:], keys[:, :, -T:])
-    values[:, :, -T:] = torch.where(mask, prev_values[:, :, -T:], values[:, :, -T:])
+    if n == 0:
+        return
+    mask = skipped[:, -n:, None][:, None]
+    keys[:, :, -n:] = torch.where(mask, prev_keys[:, :, -n:], keys[:, :, -n:])
+    values[:, :, -n:] = torch.where(mask, prev_values[:, :, -n:], values[:, :, -n:])
 
 
 def _exempt_token_ids(model: nn.Module) -> torch.Tensor:

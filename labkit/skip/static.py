@@ -82,7 +82,8 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_in(i), with_kwargs=True))
-        handles.append(getattr(layer, arch.attention).register_forward_hook(attn_out(i)))
+        added = getattr(layer, arch.attention_norm or arch.attention)  # what the residual receives (post-norm)
+        handles.append(added.register_forward_hook(attn_out(i)))
         handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
 
     def influence(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,7 +100,9 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
                     sums[str(i)] = sums.get(str(i), 0.0) + influence(h_in, h_out)
                 else:
                     sums[f"{i}.attn"] = sums.get(f"{i}.attn", 0.0) + influence(h_in, h_mid)
-                    sums[f"{i}.mlp"] = sums.get(f"{i}.mlp", 0.0) + influence(h_mid, h_out)
+                    h_before_mlp = h_in if arch.parallel else h_mid  # parallel residual: both read the layer input
+                    h_after_mlp = h_out - current[f"{i}.attn"] if arch.parallel else h_out
+                    sums[f"{i}.mlp"] = sums.get(f"{i}.mlp", 0.0) + influence(h_before_mlp, h_after_mlp)
             count += h_in.shape[0] * h_in.shape[1]
     finally:
         for h in handles:

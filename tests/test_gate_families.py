@@ -1,0 +1,272 @@
+"""Residual gates and budgeted skipping on every decoder family add_gates finds by structure (labkit issue #13).
+
+Each family is a tiny random model built from its config (hidden 32, 2 layers, vocab 64; nothing downloaded). The
+``expect`` column is the layout :func:`labkit.gate.architecture` must find: post-branch norms where the family
+normalises a branch output before the residual add, and GPT-NeoX's parallel residual.
+"""
+
+import pytest
+import torch
+import transformers
+
+from labkit import gate, skip
+from labkit.skip import compact, kv_cache
+
+V, EOS, PAD, BOS = 64, 61, 62, 60
+COMMON = dict(
+    vocab_size=V,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    eos_token_id=EOS,
+    pad_token_id=PAD,
+    bos_token_id=BOS,
+    tie_word_embeddings=True,
+)
+SEQ = ("self_attn", "mlp", None, None, False)  # attention, mlp, attention post-norm, mlp post-norm, parallel
+POST = ("self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm", False)
+GEMMA = dict(head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager")  # eager: Gemma2's logit softcap
+FAMILIES = {
+    # name: (config class, model class, config kwargs, expected layout)
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 2}, SEQ),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"num_key_value_heads": 2, "sliding_window": 5}, SEQ),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 1}, SEQ),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"num_key_value_heads": 2, "head_dim": 8}, SEQ),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"num_key_value_heads": 2, "sliding_window": 5, **GEMMA}, POST),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"num_key_value_heads": 2, **GEMMA}, POST),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"num_key_value_heads": 2}, SEQ),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {"num_key_value_heads": 2}, POST),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}, ("attn", "mlp", None, None, False)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}, ("attention", "mlp", None, None, True)),
+    "gpt_neox_sequential": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {"use_parallel_residual": False},
+        ("attention", "mlp", None, None, False),
+    ),
+}
+GPT2_NAMES = dict(n_embd=32, n_layer=2, n_head=4, n_inner=64)
+
+
+def build(family: str, seed: int = 0) -> torch.nn.Module:
+    """The tiny random causal LM of ``family`` in eval mode."""
+    torch.set_num_threads(1)
+    config_name, model_name, extra, _ = FAMILIES[family]
+    kwargs = {**COMMON, **extra}
+    if family == "gpt2":
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            kwargs.pop(key)
+        kwargs.update(GPT2_NAMES)
+    attn = kwargs.pop("attn_implementation", "sdpa")
+    config = getattr(transformers, config_name)(**kwargs)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)._from_config(config, attn_implementation=attn).eval()
+    model.generation_config.pad_token_id = PAD
+    return model
+
+
+def gated(family: str, kind: str = "vector") -> torch.nn.Module:
+    """Gated, with random gate weights so that importances differ between tokens."""
+    model = gate.add_gates(build(family), kind=kind)
+    if kind != "none":
+        with torch.no_grad():
+            for b in gate.gated_branches(model):
+                b.residual_gate.linear.weight.normal_(0.0, 1.0)
+                b.residual_gate.linear.bias.zero_()
+    return model
+
+
+def tokens(b: int = 3, t: int = 9, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, BOS, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return request.param
+
+
+def test_layout_found_by_structure_and_open_gates_equal_ungated(family):
+    model = build(family)
+    x = tokens()
+    dense = model(x).logits
+    arch = gate.architecture(model)
+    assert (arch.attention, arch.mlp, arch.attention_norm, arch.mlp_norm, arch.parallel) == FAMILIES[family][3]
+    assert len(gate.decoder_layers(model)) == 2
+    gate.add_gates(model)
+    assert [b.name for b in gate.gated_branches(model)] == ["0.attn", "0.mlp", "1.attn", "1.mlp"]
+    torch.testing.assert_close(model(x).logits, dense, atol=0.1, rtol=0.0)  # sigmoid(5) = 0.993
+    with torch.no_grad():
+        for b in gate.gated_branches(model):
+            b.residual_gate.linear.weight.zero_()
+            b.residual_gate.linear.bias.fill_(40.0)  # g = 1 exactly in float32
+    torch.testing.assert_close(model(x).logits, dense, atol=1e-6, rtol=0.0)
+    with torch.no_grad():
+        for b in gate.gated_branches(model):
+            b.residual_gate.linear.bias.fill_(-40.0)  # g = 0: every branch closed, the residual passes through
+    closed = model(x).logits
+    assert not torch.allclose(closed, dense, atol=1e-3)
+    gate.remove_gates(model)
+    torch.testing.assert_close(model(x).logits, dense, atol=0.0, rtol=0.0)
+    assert not gate.gated_branches(model)
+    for norm in (arch.attention_norm, arch.mlp_norm):  # the post-norm hooks are gone too
+        if norm is not None:
+            assert not getattr(gate.decoder_layers(model)[0], norm)._forward_hooks
+
+
+def test_gate_scales_what_the_residual_receives(family):
+    """With every gate at 0 each layer is the identity on the residual stream; a gate of 0.5 halves what it adds."""
+    model = gate.add_gates(build(family))
+    with torch.no_grad():
+        for b in gate.gated_branches(model):
+            b.residual_gate.linear.weight.zero_()
+            b.residual_gate.linear.bias.fill_(-40.0)
+    seen = []
+    layer = gate.decoder_layers(model)[1]
+    hook = layer.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    pre = layer.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k.get("hidden_states", a[0] if a else None)), with_kwargs=True
+    )
+    model(tokens())
+    hook.remove()
+    pre.remove()
+    torch.testing.assert_close(seen[1], seen[0], atol=1e-6, rtol=0.0)
+    # A scalar gate of 0.5 halves what layer 0's attention adds to the residual (its input is the same as without
+    # gates). Gating before a post-norm instead would be (partly) undone by the norm.
+    model = build(family)
+    arch = gate.architecture(model)
+
+    def contribution() -> torch.Tensor:
+        added = []
+        layer = gate.decoder_layers(model)[0]
+        hook = getattr(layer, arch.attention_norm or arch.attention).register_forward_hook(
+            lambda m, a, out: added.append(out[0] if isinstance(out, tuple) else out)
+        )
+        model(tokens())
+        hook.remove()
+        return added[0]
+
+    ungated = contribution()
+    gate.add_gates(model, kind="scalar")
+    with torch.no_grad():
+        for b in gate.gated_branches(model):
+            b.residual_gate.linear.weight.zero_()
+            b.residual_gate.linear.bias.zero_()  # g = sigmoid(0) = 0.5
+    torch.testing.assert_close(contribution(), 0.5 * ungated, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scope", ["batch", "sequence"])
+def test_compact_equals_masked(family, scope):
+    model = gated(family)
+    x = tokens()
+    mask = torch.ones_like(x)
+    mask[0, :2] = 0  # left padding in one row
+    with skip.budget(model, 0.4, scope=scope, record=True, measure_flops=False) as masked_stats:
+        masked = model(x, attention_mask=mask).logits
+    with skip.budget(model, 0.4, scope=scope, execution="compact", measure_flops=False) as compact_stats:
+        compact_logits = model(x, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(compact_logits[real], masked[real], atol=1e-5, rtol=1e-5)
+    assert compact_stats.skipped_fraction == masked_stats.skipped_fraction > 0.3
+    if scope == "batch":
+        assert masked_stats.skipped_fraction == pytest.approx(int(0.4 * 25) / 25)  # 25 real tokens
+    else:
+        for rec in masked_stats.records.values():
+            assert ((~rec["keep"] & real).sum(1) == torch.tensor([2, 3, 3])).all()  # floor(0.4 * 7 | 9) per row
+
+
+def test_compact_saves_flops(family):
+    model = gated(family)
+    with skip.budget(model, 0.5, execution="compact") as stats:
+        model(tokens())
+    assert stats.flops < 0.9 * stats.dense_flops
+
+
+def test_generate_copy_forward_and_compact_decoding(family, monkeypatch):
+    model = gated(family)
+    prompt = tokens(3, 4)
+    with skip.budget(model, 0.4, record=True, measure_flops=False) as stats:
+        out = model(prompt, use_cache=True)
+    cache = kv_cache.self_attention_cache(kv_cache.output_cache(out))
+    skipped = ~stats.records["1.attn"]["keep"]
+    assert skipped.any()
+    for b, t in skipped.nonzero().tolist():  # copy-forward: layer 1's K/V of a skipped token are layer 0's
+        torch.testing.assert_close(cache.layers[1].keys[b, :, t], cache.layers[0].keys[b, :, t], atol=0.0, rtol=0.0)
+        torch.testing.assert_close(cache.layers[1].values[b, :, t], cache.layers[0].values[b, :, t], atol=0, rtol=0)
+    b, t = (~skipped).nonzero()[0].tolist()
+    assert not torch.equal(cache.layers[1].keys[b, :, t], cache.layers[0].keys[b, :, t])
+
+    projected = []  # tokens whose K/V compact execution computes, per attention call
+    project_kv = compact._project_kv
+    monkeypatch.setattr(compact, "_project_kv", lambda attn, x: projected.append(x.shape[0]) or project_kv(attn, x))
+    runs = {}
+    for execution in ("masked", "compact"):
+        with skip.budget(model, 0.4, execution=execution, record=True, measure_flops=False) as stats:
+            runs[execution] = model.generate(
+                prompt,
+                max_new_tokens=5,
+                do_sample=False,
+                use_cache=True,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        assert 0.3 < stats.skipped_fraction < 0.5  # one of 3 tokens skipped per decoding step
+    assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
+    for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
+        torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
+    decode_calls = projected[len(projected) - 2 * 4 :]  # 4 decoding steps x 2 layers
+    assert decode_calls[1::2] == [2] * 4  # layer 1: the skipped token of each step is not computed
+    assert decode_calls[0::2] == [3] * 4  # layer 0 has no layer to copy from: every token computed
+
+
+def test_save_and_from_pretrained_round_trip(family, tmp_path):
+    model = gated(family, kind="vector")
+    x = tokens()
+    expected = model(x).logits
+    with skip.budget(model, 0.3, measure_flops=False):
+        expected_skipping = model(x).logits
+    model.save_pretrained(tmp_path)
+    restored = gate.from_pretrained(tmp_path, attn_implementation=model.config._attn_implementation).eval()
+    assert gate.architecture(restored) == gate.architecture(model)
+    torch.testing.assert_close(restored(x).logits, expected, atol=0.0, rtol=0.0)
+    with skip.budget(restored, 0.3, measure_flops=False):
+        torch.testing.assert_close(restored(x).logits, expected_skipping, atol=0.0, rtol=0.0)
+
+
+def test_static_skip_and_shortgpt(family):
+    model = build(family)
+    x = tokens()
+    order = skip.shortgpt_order(model, [x])
+    assert sorted(order) == ["0.attn", "0.mlp", "1.attn", "1.mlp"]
+    for layers in ([0], [order[0]]):
+        with skip.static_skip(model, layers, measure_flops=False):
+            masked = model(x).logits
+        with skip.static_skip(model, layers, execution="compact", measure_flops=False):
+            compact_logits = model(x).logits
+        torch.testing.assert_close(compact_logits, masked, atol=1e-5, rtol=1e-5)
+    assert not gate.gated_branches(model)
+
+
+def test_sliding_window_longer_than_the_window():
+    """Mistral (one window everywhere) and Gemma2 (sliding layer 0, global layer 1) past a window of 5 tokens."""
+    for family in ("mistral", "gemma2"):
+        model = gated(family)
+        x = tokens(2, 12)
+        with skip.budget(model, 0.4, measure_flops=False):
+            masked = model(x).logits
+        with skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            compact_logits = model(x).logits
+        torch.testing.assert_close(compact_logits, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_the_architectures_table_matches_detection_and_base_models_work():
+    from labkit.models.decoder_lm import build_causal_lm
+
+    for arch, expected in gate.ARCHITECTURES.items():
+        model = build_causal_lm(arch, vocab_size=16, hidden_size=32, n_layers=2, n_heads=2, seed=0).eval()
+        assert gate.architecture(model) == expected
+    base = build("llama").model  # LlamaModel: the layers sit directly on it
+    assert gate.architecture(base).layers == ("layers",)
+    gate.add_gates(base)
+    assert len(gate.gated_branches(base)) == 4
+    base(tokens())
