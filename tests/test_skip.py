@@ -242,3 +242,21 @@ def test_copy_forward_on_a_cache_without_keys_is_an_error():
         out = model(tokens(2, 4), use_cache=True)
     with pytest.raises(kv_cache.CacheLayoutError, match="newest 9 tokens"):
         skip.copy_forward_kv(kv_cache.output_cache(out), 1, torch.ones(2, 9, dtype=torch.bool), model=model)
+
+
+def test_compact_decoding_at_batch_1_equals_masked_when_a_step_skips_everything():
+    """A one-token decode step whose token skips attention at a layer copies all K/V forward: nothing to project."""
+    model = gate.add_gates(build_causal_lm("llama", 100, 32, 3, 4, seed=0).eval())
+    with torch.no_grad():
+        for branch in gate.gated_branches(model):
+            branch.residual_gate.linear.weight.normal_(0, 0.05)
+    thresholds = skip.calibrate_thresholds(model, [torch.randint(0, 100, (4, 12))], 0.5)
+    prompt = torch.randint(0, 100, (1, 6))
+    out = {}
+    for execution in ("masked", "compact"):
+        with skip.budget(model, 0.5, "sequence", execution, thresholds=thresholds, measure_flops=False):
+            out[execution] = model.generate(prompt, max_new_tokens=8, do_sample=False, output_scores=True,
+                                            return_dict_in_generate=True)
+    assert torch.equal(out["masked"].sequences, out["compact"].sequences)
+    for a, b in zip(out["masked"].scores, out["compact"].scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -233,24 +233,27 @@ def compact_attention(
             else:
                 needed = torch.ones_like(keep)
     flat = needed.reshape(-1).nonzero().squeeze(1)
-    k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
-    if cos is not None:
-        k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
-    if prev is None:
-        k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
+    if prev is not None and flat.numel() == 0:  # every token copied forward (a skipped one-token step)
+        k, v = prev
     else:
-        k = (
-            prev[0]
-            .reshape(B * T, *k_new.shape[1:])
-            .index_put((flat,), k_new.to(prev[0].dtype))
-            .view(B, T, -1, k_new.shape[-1])
-        )
-        v = (
-            prev[1]
-            .reshape(B * T, *v_new.shape[1:])
-            .index_put((flat,), v_new.to(prev[1].dtype))
-            .view(B, T, -1, v_new.shape[-1])
-        )
+        k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
+        if cos is not None:
+            k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
+        if prev is None:
+            k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
+        else:
+            k = (
+                prev[0]
+                .reshape(B * T, *k_new.shape[1:])
+                .index_put((flat,), k_new.to(prev[0].dtype))
+                .view(B, T, -1, k_new.shape[-1])
+            )
+            v = (
+                prev[1]
+                .reshape(B * T, *v_new.shape[1:])
+                .index_put((flat,), v_new.to(prev[1].dtype))
+                .view(B, T, -1, v_new.shape[-1])
+            )
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
         k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
