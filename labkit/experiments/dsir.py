@@ -5,7 +5,9 @@ For every seed × target: draw the target's fit sample and held-out evaluation c
 reduction (hashed n-grams, vs the held-out chunks) and by the held-out loss of a language model trained on it:
 a bigram LM (nats/token) and optionally a tiny byte-level transformer (bits/byte); with ``classify`` also the
 classification track (:mod:`labkit.experiments.dsir_classify`). The config, pool, splits and selection arms are in
-:mod:`labkit.experiments.dsir_setup` (arrows: dsir → dsir_classify → dsir_setup). Nothing here draws or prints.
+:mod:`labkit.experiments.dsir_setup` (arrows: dsir → dsir_classify → dsir_setup); the claims and their verdicts
+(labkit issue #14 protocol) in :mod:`labkit.experiments.dsir_claims`. DSIR's target pseudocount is chosen on
+validation chunks of each target, never on the held-out (test) chunks. Nothing here draws or prints.
 """
 
 from __future__ import annotations
@@ -84,7 +86,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base_steps": 2,
         "continue_steps": 2,
     },
-    "cpu": {  # ≥ 5 seeds, 2 workers; the classification track reduced to 2 targets × (random, DSIR) to fit
+    # cpu: ≥ 5 seeds, 2 workers; the classification track reduced to 2 targets × (random, DSIR), 100 continued steps.
+    # Measured per job (1 thread): a bigram cell (8 methods + 3 DSIR pseudocounts) ≈ 8.5 CPU-s, a tiny-LM run ≈ 55,
+    # a continued-pretraining job ≈ 27, the base LM ≈ 75: ≈ 1,300 CPU-s, ≈ 12 min wall on 2 idle cores.
+    "cpu": {
         "seeds": [0, 1, 2, 3, 4],
         "workers": 2,
         "classify": True,
