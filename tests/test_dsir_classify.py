@@ -116,6 +116,9 @@ def test_run_classification_end_to_end_and_summaries():
     held = classify_held(table, n_boot=200)
     assert held.startswith("classification after continued pretraining (linear probe, 1 targets × 2 seeds)")
     assert "DSIR − random accuracy" in held and "DSIR − heuristic accuracy" in held
+    _, _, curves = run_classification(cfg, tiny_prepared(), progress=False, with_curves=True)
+    assert set(curves) == {(m, f"python-topics/{s}") for m in ("random", "dsir", "heuristic") for s in (0, 1)}
+    assert all(len(c) == cfg.continue_steps for c in curves.values())  # fewer steps than bins: one point per step
     small, why = run_classification(tiny_config(classify_train=39), tiny_prepared(), progress=False)
     assert small.empty and "the task needs 44" in why["python-topics"]
 
@@ -125,4 +128,12 @@ def test_config_validates_classify_fields():
         dsir.configure("smoke", {"classify_methods": ["dsir", "nope"]})
     with pytest.raises(ValueError, match="unknown classify_targets"):
         dsir.configure("smoke", {"classify_targets": ["nope"]})
-    assert dsir.configure("smoke").classify and not dsir.configure("cpu").classify and dsir.configure("gpu").classify
+    assert all(dsir.configure(p).classify for p in ("smoke", "cpu", "gpu"))  # cpu: a reduced track (#14)
+
+
+def test_classification_in_two_forked_workers_matches_one_process():
+    cfg = tiny_config(classify_seeds=[0], classify_methods=["random", "dsir"])
+    one, _ = run_classification(cfg, tiny_prepared(), progress=False)
+    two, _ = run_classification(tiny_config(classify_seeds=[0], classify_methods=["random", "dsir"], workers=2),
+                                tiny_prepared(), progress=False)
+    pd.testing.assert_frame_equal(one, two)

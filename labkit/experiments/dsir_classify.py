@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +25,7 @@ from labkit.experiments.dsir_setup import (
     TARGETS,
     Config,
     Prepared,
+    Split,
     byte_lm,
     kl_scorer,
     paired_gaps,
@@ -34,7 +37,6 @@ from labkit.models.byte_lm import bits_per_byte, byte_tensor
 from labkit.stats import bootstrap_ci, interval_sign
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -96,12 +98,20 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: 
     return {"accuracy": float((pred == eval_y).mean()), "macro_f1": float(f1_score(eval_y, pred, average="macro"))}
 
 
-def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+def run_classification(
+    cfg: Config,
+    prepared: Prepared,
+    progress: bool = True,
+    target_pseudocount: float | None = None,
+    with_curves: bool = False,
+) -> tuple[pd.DataFrame, dict[str, str]] | tuple[pd.DataFrame, dict[str, str], dict[tuple[str, str], list[float]]]:
     """Base LM → per target × method × seed: continued pretraining on the selection, probe of the target's tags.
 
     Rows: seed, target, method, accuracy, macro_f1, bits_per_byte (held-out target chunks), kl_reduction, k, sizes.
     Method ``"base"`` is the base LM without continued pretraining (deterministic: the same value for every seed).
     Task chunks are reserved: never in a target's fit/held-out draw, a selection pool, or the base LM's sample.
+    DSIR uses ``target_pseudocount`` (default: the config's). With ``with_curves`` also returns each continued
+    pretraining's loss curve, keyed (method, "target/seed"), for :func:`labkit.protocol.sanity`.
     """
     from labkit.profile import resolve_device
 
@@ -123,52 +133,78 @@ def run_classification(cfg: Config, prepared: Prepared, progress: bool = True) -
             skipped[target] = f"{have} target chunks left after reserving the task; needs > n_fit + n_eval"
             continue
         tasks[target] = task
+    curves: dict[tuple[str, str], list[float]] = {}
     if not tasks:
-        return pd.DataFrame(), skipped
+        return (pd.DataFrame(), skipped, curves) if with_curves else (pd.DataFrame(), skipped)
     all_reserved = np.unique(np.concatenate([np.concatenate([t[0], t[2]]) for t in tasks.values()]))
     seed_everything(0, threads=cfg.threads)
     candidates = np.setdiff1d(np.arange(len(corpus)), all_reserved)
     sample = np.random.default_rng(0).choice(candidates, size=min(cfg.base_chunks, len(candidates)), replace=False)
     base = byte_lm(cfg, seed=0).to(device)
     train_bytes(base, byte_tensor(list(texts[sample])), cfg.base_steps, cfg.lm_lr, cfg, seed=0)
-    total_counts = prepared.features.total_counts()
-    rows = []
-
-    def score(model: nn.Module, target: str, seed: int, method: str, held: torch.Tensor, extra: dict) -> None:
-        train_ids, train_y, eval_ids, eval_y = tasks[target]
-        train_x = pooled_features(model, list(texts[train_ids]), cfg.lm_context)
-        eval_x = pooled_features(model, list(texts[eval_ids]), cfg.lm_context)
-        row = {"seed": seed, "target": target, "method": method}
-        row.update(probe(train_x, train_y, eval_x, eval_y, cfg.probe_c))
-        row["bits_per_byte"] = bits_per_byte(model, held, cfg.lm_context)
-        row.update(extra)
-        row.update({"n_tags": len(CLASSIFY_TASKS[target]), "n_train": len(train_ids), "n_eval": len(eval_ids)})
-        rows.append(row)
-
+    _SHARED.update(cfg=cfg, prepared=prepared, tasks=tasks, base=base, pc=target_pseudocount,
+                   total_counts=prepared.features.total_counts())
     cells = [(s, t) for s in cfg.classify_seeds for t in tasks]
-    base_rows: dict[str, dict] = {}
-    for seed, target in tqdm(cells, desc="dsir classification", disable=not progress):
-        train_ids, _, eval_ids, _ = tasks[target]
-        split = split_target(
-            prepared, target, cfg.n_fit, cfg.n_eval, seed, reserved=np.concatenate([train_ids, eval_ids])
-        )
-        held = byte_tensor(list(texts[split.eval]))
-        if target not in base_rows:
-            score(base, target, seed, "base", held, {"kl_reduction": float("nan"), "k": 0})
-            base_rows[target] = rows[-1]
+    jobs = [(s, t, m) for s, t in cells for m in cfg.classify_methods]
+    try:
+        first = {t: s for s, t in reversed(cells)}  # the base model is scored once per target, at its first seed
+        base_rows = {t: _score(base, t, s, "base", {"kl_reduction": float("nan"), "k": 0}) for t, s in first.items()}
+        if cfg.workers > 1 and len(jobs) > 1:  # forked: the pool, tasks and base model are inherited, not pickled
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
+                done = list(tqdm(pool.map(_classify_job, jobs), total=len(jobs), desc="dsir classification",
+                                 disable=not progress))
         else:
-            rows.append({**base_rows[target], "seed": seed})
-        k = min(cfg.budget_k, len(split.pool))
-        kl_of = kl_scorer(prepared, split, cfg, total_counts)
+            done = [_classify_job(j) for j in tqdm(jobs, desc="dsir classification", disable=not progress)]
+    finally:
+        _SHARED.clear()
+    by_job = dict(zip(jobs, done, strict=True))
+    rows = []
+    for seed, target in cells:
+        rows.append({**base_rows[target], "seed": seed})
         for method in cfg.classify_methods:
-            chosen = select(method, prepared, split, target, k, seed, cfg)
-            kl = kl_of(chosen)
-            seed_everything(seed, threads=cfg.threads)
-            model = copy.deepcopy(base)
-            train_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
-            score(model, target, seed, method, held, {"kl_reduction": kl, "k": k})
-            del model
-    return pd.DataFrame(rows), skipped
+            row, curves[(method, f"{target}/{seed}")] = by_job[(seed, target, method)]
+            rows.append(row)
+    return (pd.DataFrame(rows), skipped, curves) if with_curves else (pd.DataFrame(rows), skipped)
+
+
+_SHARED: dict = {}  # run_classification's state for its (forked) jobs: config, pool, tasks, base model
+
+
+def _split(seed: int, target: str) -> Split:
+    cfg, prepared, tasks = _SHARED["cfg"], _SHARED["prepared"], _SHARED["tasks"]
+    train_ids, _, eval_ids, _ = tasks[target]
+    return split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed, reserved=np.concatenate([train_ids, eval_ids]))
+
+
+def _score(model: nn.Module, target: str, seed: int, method: str, extra: dict) -> dict:
+    """Probe accuracy / macro-F1 of ``model`` on the target's task and its held-out bits per byte."""
+    cfg, prepared, tasks = _SHARED["cfg"], _SHARED["prepared"], _SHARED["tasks"]
+    texts = prepared.corpus.text.to_numpy()
+    train_ids, train_y, eval_ids, eval_y = tasks[target]
+    train_x = pooled_features(model, list(texts[train_ids]), cfg.lm_context)
+    eval_x = pooled_features(model, list(texts[eval_ids]), cfg.lm_context)
+    row = {"seed": seed, "target": target, "method": method}
+    row.update(probe(train_x, train_y, eval_x, eval_y, cfg.probe_c))
+    row["bits_per_byte"] = bits_per_byte(model, byte_tensor(list(texts[_split(seed, target).eval])), cfg.lm_context)
+    row.update(extra)
+    row.update({"n_tags": len(CLASSIFY_TASKS[target]), "n_train": len(train_ids), "n_eval": len(eval_ids)})
+    return row
+
+
+def _classify_job(job: tuple[int, str, str]) -> tuple[dict, list[float]]:
+    """One seed × target × method: select, continue pretraining the base LM on the selection, probe."""
+    seed, target, method = job
+    cfg, prepared = _SHARED["cfg"], _SHARED["prepared"]
+    split = _split(seed, target)
+    k = min(cfg.budget_k, len(split.pool))
+    chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=_SHARED["pc"])
+    kl = kl_scorer(prepared, split, cfg, _SHARED["total_counts"])(chosen)
+    seed_everything(seed, threads=cfg.threads)
+    model = copy.deepcopy(_SHARED["base"])
+    texts = prepared.corpus.text.to_numpy()
+    curve = train_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
+    return _score(model, target, seed, method, {"kl_reduction": kl, "k": k}), curve
 
 
 def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:

@@ -58,7 +58,9 @@ TARGETS = {
     "shakespeare-tragedies": ("shakespeare/hamlet", "shakespeare/lear", "shakespeare/othello"),
     "python-topics": ("python/topics",),
 }
-METHODS = ("random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir")
+METHODS = ("random", "dsir", "dsir-topk", "heuristic", "heuristic-words", "target-likelihood", "tfidf", "expert",
+           "anti-dsir")
+VARIANTS = ("dsir-topk", "heuristic-words")  # variants of a listed method: counted once in method-level statistics
 # Downstream classification task of each target: tell apart chunks of these labels (the target's own label among
 # its domain's other fine tags), e.g. GCIDE domain tags, FOLDOC sub-tags, man sections, fortune categories.
 CLASSIFY_TASKS = {
@@ -88,12 +90,16 @@ class Config:
     targets: list[str] = field(default_factory=lambda: [t for t in TARGETS if t != "python-topics"])  # see TARGETS
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # see METHODS
     n_fit: int = 150  # target chunks DSIR (and every method) may look at (FOLDOC networking has 413)
-    n_eval: int = 150  # held-out target chunks for KL reduction and LM loss
+    n_eval: int = 150  # held-out (test) target chunks for KL reduction and LM loss
+    n_val: int = 50  # validation target chunks: the only data the target-pseudocount choice sees
     budget_k: int = 3000  # chunks selected (≈ 192k words, ~2 % of the pool)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed redraws the target split and selection
     num_buckets: int = 10000  # hashed n-gram buckets (paper and data-selection default)
     pseudocount: float = 1.0  # added to every bucket of selected and pool counts in KL reduction
     temperature: float = 1.0  # DSIR Gumbel temperature (1 = the paper's importance resampling)
+    target_pseudocount: float = 0.0  # DSIR's additive smoothing of target bucket counts (0 = data-selection 1.0.3)
+    target_pseudocounts: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0])  # sweep; "dsir" = best on val
+    workers: int = 1  # processes running (seed, target) cells in parallel (2 on a 2-core machine)
     heuristic_alpha: float = 9.0  # Pareto shape of heuristic classification (GPT-3 / The Pile)
     vocab_size: int = 30000  # bigram-LM vocabulary: most frequent tokens of the pool
     discount: float = 0.75  # absolute discount of the bigram LM
@@ -125,7 +131,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_types(self)
-        require_non_empty(self, "sources", "targets", "methods", "seeds")
+        require_non_empty(self, "sources", "targets", "methods", "seeds", "target_pseudocounts")
         require_subset("sources", self.sources, corpora.ALL_SOURCES)
         require_subset("max_chunks", self.max_chunks, corpora.ALL_SOURCES)
         require_subset("targets", self.targets, TARGETS)
@@ -136,8 +142,10 @@ class Config:
         require_subset("classify_methods", self.classify_methods, METHODS)
         require_choice(self, "downstream", ("bigram", "tiny_lm", "both"))
         require_unique(self, "seeds", "tiny_lm_seeds", "classify_seeds")
-        require_non_negative(self, "seeds", "tiny_lm_seeds", "classify_seeds")
-        require_positive(self, "chunk_words", "n_fit", "n_eval", "budget_k", "num_buckets", "pseudocount",
+        require_non_negative(self, "seeds", "tiny_lm_seeds", "classify_seeds", "target_pseudocount",
+                             "target_pseudocounts", "n_val")
+        require_unique(self, "target_pseudocounts")
+        require_positive(self, "workers", "chunk_words", "n_fit", "n_eval", "budget_k", "num_buckets", "pseudocount",
                          "temperature", "heuristic_alpha", "vocab_size", "lm_steps", "lm_context", "lm_batch",
                          "lm_hidden", "lm_layers", "lm_heads", "lm_lr", "threads", "classify_train", "classify_eval",
                          "base_chunks", "base_steps", "continue_steps", "continue_lr", "probe_c")
@@ -164,13 +172,32 @@ class Prepared:
     encoded: EncodedCorpus  # bigram-LM token ids of every chunk
     vocab_size: int  # bigram-LM vocabulary size including <unk>
     skipped_targets: dict[str, str]  # target -> why it was not run
-    _dsir: DSIR | None = None
+    _dsir: dict[float, DSIR] = field(default_factory=dict)
+    _words: Any = None
 
-    def dsir(self, cfg: Config) -> DSIR:
-        """One DSIR over the whole corpus, reused across targets (its raw features and totals are computed once)."""
-        if self._dsir is None:
-            self._dsir = DSIR(num_buckets=cfg.num_buckets, cache_dir=feature_cache())
-        return self._dsir
+    def dsir(self, cfg: Config, target_pseudocount: float | None = None) -> DSIR:
+        """One DSIR over the whole corpus per target pseudocount (default ``cfg.target_pseudocount``), reused across
+        targets (its raw features and totals are computed once)."""
+        pc = cfg.target_pseudocount if target_pseudocount is None else target_pseudocount
+        if pc not in self._dsir:
+            self._dsir[pc] = DSIR(num_buckets=cfg.num_buckets, cache_dir=feature_cache(), target_pseudocount=pc)
+        return self._dsir[pc]
+
+    def words(self) -> Any:
+        """Word-unigram counts (N × vocabulary, CSR) from the bigram-LM token ids, ``<unk>`` left out: the word
+        features of the heuristic-classification baseline (fastText in the paper uses words, not hashed buckets)."""
+        if self._words is None:
+            from scipy import sparse
+
+            if self.encoded is None:
+                raise ValueError("word features need the encoded corpus (Prepared.encoded is None)")
+            ids, offsets = self.encoded.ids, self.encoded.offsets
+            counts = sparse.csr_matrix(
+                (np.ones(len(ids)), ids, offsets), shape=(len(offsets) - 1, self.vocab_size)
+            )
+            counts.sum_duplicates()
+            self._words = counts[:, 1:].tocsr()
+        return self._words
 
 
 def feature_cache() -> Path:
@@ -190,28 +217,40 @@ def prepare(cfg: Config, progress: bool = False) -> Prepared:
     labels = corpus.label.to_numpy()
     for target in cfg.targets:
         have = int(np.isin(labels, TARGETS[target]).sum())
-        if have < cfg.n_fit + cfg.n_eval + 1:
+        if have < cfg.n_fit + cfg.n_eval + cfg.n_val + 1:
             skipped[target] = (
                 f"{have} chunks with labels {TARGETS[target]} in sources {sources}; "
-                f"needs > n_fit + n_eval = {cfg.n_fit + cfg.n_eval}"
+                f"needs > n_fit + n_eval + n_val = {cfg.n_fit + cfg.n_eval + cfg.n_val}"
             )
     return Prepared(corpus, features, features.to_csr(), encoded, vocab_size, skipped)
 
 
 @dataclass
 class Split:
-    """One seed's view of one target: fit and held-out chunk ids, and the pool the methods select from."""
+    """One seed's view of one target: fit, held-out (test) and validation chunk ids, and the pool to select from."""
 
     fit: np.ndarray
     eval: np.ndarray
     pool: np.ndarray
     reserved: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # kept out of everything
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # for choices only, never test
+
+    def drawn(self) -> np.ndarray:
+        """Every chunk id no method may select: fit, held-out, validation and reserved."""
+        return np.concatenate([self.fit, self.eval, self.val, self.reserved])
 
 
 def split_target(
-    prepared: Prepared, target: str, n_fit: int, n_eval: int, seed: int, reserved: np.ndarray | None = None
+    prepared: Prepared,
+    target: str,
+    n_fit: int,
+    n_eval: int,
+    seed: int,
+    reserved: np.ndarray | None = None,
+    n_val: int = 0,
 ) -> Split:
-    """Draw the fit sample and the held-out set from the target's labels; everything else is the pool.
+    """Draw the fit sample, the held-out set and ``n_val`` validation chunks from the target's labels; everything
+    else is the pool (the fit and held-out draws do not depend on ``n_val``).
 
     ``reserved`` chunk ids (e.g. a downstream task's labelled examples) are neither drawn nor left in the pool.
     """
@@ -221,24 +260,33 @@ def split_target(
     if len(reserved):
         members = np.setdiff1d(members, reserved)
     rng = np.random.default_rng([seed, sorted(TARGETS).index(target)])
-    drawn = rng.permutation(members)[: n_fit + n_eval]
-    fit, held = np.sort(drawn[:n_fit]), np.sort(drawn[n_fit:])
+    drawn = rng.permutation(members)[: n_fit + n_eval + n_val]
+    fit, held, val = np.sort(drawn[:n_fit]), np.sort(drawn[n_fit : n_fit + n_eval]), np.sort(drawn[n_fit + n_eval :])
     pool = np.setdiff1d(np.arange(len(labels)), np.concatenate([drawn, reserved]))
-    return Split(fit, held, pool, reserved)
+    return Split(fit, held, pool, reserved, val)
 
 
-def select(method: str, prepared: Prepared, split: Split, target: str, k: int, seed: int, cfg: Config) -> np.ndarray:
+def select(
+    method: str,
+    prepared: Prepared,
+    split: Split,
+    target: str,
+    k: int,
+    seed: int,
+    cfg: Config,
+    target_pseudocount: float | None = None,
+) -> np.ndarray:
     """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``.
 
-    Every method sees the whole corpus with the target's fit and held-out chunks excluded (``exclude=``), which
-    equals selecting from the pool without copying it.
+    Every method sees the whole corpus with the target's fit, held-out and validation chunks excluded (``exclude=``),
+    which equals selecting from the pool without copying it. ``target_pseudocount`` overrides the config's for DSIR.
     """
-    drawn = np.concatenate([split.fit, split.eval, split.reserved])
+    drawn = split.drawn()
     fit_feats = prepared.features.subset(split.fit)
     if method == "random":
         return split.pool[random_select(len(split.pool), k, seed)]
     if method in ("dsir", "dsir-topk", "anti-dsir"):
-        dsir = prepared.dsir(cfg).fit(prepared.features, fit_feats, exclude=drawn)
+        dsir = prepared.dsir(cfg, target_pseudocount).fit(prepared.features, fit_feats, exclude=drawn)
         if method == "anti-dsir":
             weights = dsir.log_weights()
             weights[drawn] = np.inf
@@ -254,6 +302,10 @@ def select(method: str, prepared: Prepared, split: Split, target: str, k: int, s
             num_buckets=cfg.num_buckets,
             exclude=drawn,
         )
+    if method == "heuristic-words":
+        words = prepared.words()
+        return heuristic_select(words, words[split.fit], k, seed, pareto_alpha=cfg.heuristic_alpha,
+                                num_buckets=words.shape[1], exclude=drawn)
     if method == "target-likelihood":
         return target_likelihood_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
     if method == "tfidf":
@@ -277,7 +329,7 @@ def kl_scorer(
     """
     total = prepared.features.total_counts() if total_counts is None else total_counts
     eval_counts = prepared.features.total_counts(split.eval)
-    pool_counts = total - prepared.features.total_counts(np.concatenate([split.fit, split.eval, split.reserved]))
+    pool_counts = total - prepared.features.total_counts(split.drawn())
 
     def score(chosen: np.ndarray) -> float:
         return kl_reduction(
@@ -296,9 +348,31 @@ def byte_lm(cfg: Config, seed: int) -> nn.Module:
     return byte_lm_module.build_byte_lm(cfg.lm_hidden, cfg.lm_layers, cfg.lm_heads, cfg.lm_context, seed)
 
 
-def train_bytes(model: nn.Module, data: torch.Tensor, steps: int, lr: float, cfg: Config, seed: int) -> None:
-    """Train ``model`` on ``lm_batch`` windows of ``lm_context`` bytes of ``data`` per step."""
-    byte_lm_module.train_on_bytes(model, data, steps, lr, context=cfg.lm_context, batch=cfg.lm_batch, seed=seed)
+def train_bytes(
+    model: nn.Module, data: torch.Tensor, steps: int, lr: float, cfg: Config, seed: int, bins: int = 20
+) -> list[float]:
+    """Train ``model`` on ``lm_batch`` windows of ``lm_context`` bytes of ``data`` per step (AdamW, warm-up 10 %,
+    cosine decay, as :func:`labkit.models.byte_lm.train_on_bytes`).
+
+    Returns the loss curve for :func:`labkit.protocol.sanity`: the mean next-byte loss in ``bins`` equal blocks of
+    steps. Every window is freshly drawn and a run sees less than one pass of its text, so it tracks held-out loss.
+    """
+    import torch
+
+    from labkit.train import train_causal_lm
+
+    window = cfg.lm_context + 1
+    if len(data) <= window:
+        raise ValueError(f"need more than {window} bytes of training text, got {len(data)}")
+    generator = torch.Generator().manual_seed(seed)
+
+    def windows(step: int) -> torch.Tensor:
+        starts = torch.randint(0, len(data) - window, (cfg.lm_batch,), generator=generator)
+        return torch.stack([data[s : s + window] for s in starts.tolist()])
+
+    history = train_causal_lm(model, windows, steps, lr, warmup_steps=max(1, steps // 10), progress=False)
+    blocks = np.array_split(history["loss"].to_numpy(dtype=np.float64), min(bins, max(1, steps)))
+    return [float(b.mean()) for b in blocks if len(b)]
 
 
 

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots, widgets
+from labkit.experiments.dsir_setup import VARIANTS
 from labkit.select import HashedFeatures, ShardedFeatures, gumbel_top_k, kl_reduction
 
 if TYPE_CHECKING:
     from ipywidgets import Widget
 
-METHOD_ORDER = ["random", "dsir", "dsir-topk", "heuristic", "target-likelihood", "tfidf", "expert", "anti-dsir"]
+METHOD_ORDER = ["random", "dsir", "dsir-topk", "heuristic", "heuristic-words", "target-likelihood", "tfidf", "expert",
+                "anti-dsir"]
 
 
 def _order(methods: Iterable[str]) -> list[str]:
@@ -46,8 +48,8 @@ def kl_vs_loss(
     value: str = "bigram_nats_per_token",
     paper_r: dict[str, float] | None = None,
 ) -> plt.Figure:
-    """One point per method (mean over targets and seeds): KL reduction vs −loss, with r printed."""
-    per_method = scores.groupby("method", sort=False)[["kl_reduction", value]].mean()
+    """One point per method (mean over targets and seeds, variants left out): KL reduction vs −loss, r printed."""
+    per_method = scores[~scores.method.isin(VARIANTS)].groupby("method", sort=False)[["kl_reduction", value]].mean()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, drop in zip(axes, ([], ["random", "anti-dsir"]), strict=True):
         frame = per_method.drop(index=[d for d in drop if d in per_method.index])
