@@ -83,3 +83,12 @@ def test_an_arm_near_chance_or_unconverged_makes_its_claims_inconclusive():
     assert verdict["overall (ID): beats_erm"] == "inconclusive"  # rests on toy's flagged arms
     flags = set(sanity["flags"])
     assert "toy: cmixup does not beat mean" in flags and "flat: erm not converged in 6/6 seeds" in flags
+
+
+def test_the_pooled_reading_ignores_flags_of_datasets_it_does_not_pool():
+    """An out-of-distribution dataset near chance must not make the in-distribution pooled claims inconclusive."""
+    selected, trivial, validation, curves = _tables()
+    trivial.loc[trivial["dataset"] == "shift", "val_rmse"] = 0.01  # every arm worse than the mean on shift (OOD)
+    _, verdict, _, _ = _verdicts(selected, trivial, validation, curves)
+    assert verdict["shift: beats_erm"] == "inconclusive"
+    assert verdict["overall (ID): beats_erm"] == "held"

@@ -146,9 +146,11 @@ def verdicts(
         for claim in CLAIMS + (OOD_CLAIMS if ood else ()):
             judged += _judge(claim, name, table, check)
     sanity = pd.concat(checks, ignore_index=True) if checks else pd.DataFrame()
-    if (scores["dataset"] == OVERALL_ID).any():
+    if (scores["dataset"] == OVERALL_ID).any():  # flags of the pooled in-distribution datasets only
+        pooled = [n for n in datasets if scores.loc[scores["dataset"] == n, "worst_rmse"].isna().all()]
+        pooled_checks = sanity[sanity["dataset"].isin(pooled)]
         for claim in OVERALL_CLAIMS:
-            judged += _judge(claim, OVERALL_ID, scores[scores["dataset"] == OVERALL_ID], sanity)
+            judged += _judge(claim, OVERALL_ID, scores[scores["dataset"] == OVERALL_ID], pooled_checks)
     columns = ["dataset", "arm", "converged", "beats_trivial", "flags"]
     return protocol.claims_table(judged), sanity.reindex(columns=columns)
 
