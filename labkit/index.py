@@ -45,7 +45,7 @@ def claims(reports_dir: Path = REPORTS_DIR) -> pd.DataFrame:
     for rel, _ in _reports(reports_dir):
         path = reports_dir / rel / "tables" / "claims.csv"
         if path.is_file():
-            table = pd.read_csv(path)
+            table = pd.read_csv(path, keep_default_na=False)  # an empty paper reference stays empty
             missing = [c for c in CLAIM_COLUMNS if c not in table.columns]
             if missing:
                 raise ValueError(f"{path}: claims table lacks columns {missing}; expected {list(CLAIM_COLUMNS)}")
