@@ -262,7 +262,7 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      r"init_bias.*finite.*nan"),
     ("gate.add_gates twice", lambda: gate.add_gates(gate.add_gates(_fresh_lm())), ValueError, r"already has gates"),
     ("gate.add_gates unsupported model", lambda: gate.add_gates(nn.Linear(2, 2)), ValueError,
-     r"unsupported architecture Linear"),
+     r"no decoder layer ModuleList with attention and MLP submodules found in Linear"),
     ("gate.ResidualGate hidden_size=0", lambda: gate.ResidualGate(0), ValueError, r"hidden_size.*>= 1.*0"),
     ("gate.load_gates missing checkpoint", lambda: gate.load_gates(gate.add_gates(_fresh_lm()), "/nonexistent/x"),
      FileNotFoundError, r"/nonexistent/x"),
