@@ -423,6 +423,8 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("cmixup min_improvement=1", _configure(cmixup, {"min_improvement": 1.0}), ValueError, r"min_improvement.*1"),
     ("cmixup image_exclude_digits=[-1]", _configure(cmixup, {"image_exclude_digits": [-1]}), ValueError,
      r"image_exclude_digits.*>= 0"),
+    ("cmixup image_minority='flipped'", _configure(cmixup, {"image_minority": "flipped"}), ValueError,
+     r"image_minority.*'flipped'"),
     ("met2net seeds=0", _configure(met2net, {"seeds": 0}), ValueError, r"seeds.*> 0.*0"),
     ("met2net momentum=1.5", _configure(met2net, {"momentum": 1.5}), ValueError, r"momentum.*\[0, 1\].*1\.5"),
     ("met2net explicit_ae_epochs=0", _configure(met2net, {"explicit_ae_epochs": 0}), ValueError,

@@ -80,6 +80,24 @@ def test_rcf_replica_colours_by_label_and_inverts_at_test():
     np.testing.assert_allclose(np.mean(d.test_domain == 0), majority_test, atol=0.05)
     r_val = _colour_ratio(d.val_x)
     assert np.mean(np.abs(r_val - d.val_y[:, 0]) < 0.02) < 0.2  # validation colour is random
+    assert np.mean(np.abs(r_train - (1 - y_train)) < 0.02) < 0.1  # the training minority is random, not inverted
+
+
+def test_rcf_colour_follows_angle_range_and_minority_rule():
+    d = regression.rcf(images.digits(0), seed=0, rotations=2, size=12, angle_range=180.0)
+    r_train, u_train = _colour_ratio(d.train_x), d.train_y[:, 0] * 2  # u = θ / angle_range spans [0, 1)
+    assert (d.train_y < 0.5).all() and d.notes["minority"] == "random"
+    majority = np.abs(r_train - u_train) < 0.02
+    assert 0.7 < majority.mean() < 0.9
+    # no colour shortcut left in training: off the majority rule, |r - 0.5| does not track |u - 0.5|
+    magnitude = np.abs(np.abs(r_train - 0.5) - np.abs(u_train - 0.5)) < 0.02
+    assert np.mean(magnitude[~majority]) < 0.2
+    r_test, u_test = _colour_ratio(d.test_x), d.test_y[:, 0] * 2
+    inverted = np.abs(r_test - (1 - u_test)) < 0.02
+    np.testing.assert_allclose(inverted.mean(), np.mean(d.test_domain == 0), atol=0.05)
+    official = regression.rcf(images.digits(0), seed=0, rotations=2, size=12, angle_range=180.0, minority="inverted")
+    r_off, u_off = _colour_ratio(official.train_x), official.train_y[:, 0] * 2
+    assert np.mean((np.abs(r_off - u_off) < 0.02) | (np.abs(r_off - (1 - u_off)) < 0.02)) > 0.97
 
 
 def test_rcf_bad_arguments():
@@ -87,6 +105,8 @@ def test_rcf_bad_arguments():
         regression.rcf(images.digits(0), spurious=1.5)
     with pytest.raises(ValueError, match="angle_range"):
         regression.rcf(images.digits(0), angle_range=0)
+    with pytest.raises(ValueError, match="minority.*'flipped'"):
+        regression.rcf(images.digits(0), minority="flipped")
 
 
 def test_regressors_shapes_and_manifold_layer():
