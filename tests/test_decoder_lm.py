@@ -47,6 +47,27 @@ def test_running_sum_sequences_are_consistent():
         sequences.running_sum_batch(2, n_digits=0)
 
 
+def test_running_sum_splits_are_disjoint_and_pinned():
+    import itertools
+
+    from labkit.data import sequences
+
+    every = torch.tensor(list(itertools.product(range(10), repeat=3)))
+    split = sequences.running_sum_split(every)
+    assert {s: split.count(s) for s in sequences.SPLITS} == pytest.approx(
+        {"train": 800, "val": 100, "test": 100}, abs=30
+    )
+    assert sequences.running_sum_split(every[:5]) == split[:5]  # a prompt's split does not depend on its batch
+    gen = torch.Generator().manual_seed(0)
+    for name in sequences.SPLITS:
+        x = sequences.running_sum_batch(50, 3, gen, split=name)
+        assert set(sequences.running_sum_split(x[:, 1:4])) == {name}
+    with pytest.raises(ValueError, match="split must be one of"):
+        sequences.running_sum_batch(2, 3, split="dev")
+    assert not set(sequences.STDLIB_SPLIT_FILES["train"]) & set(sequences.STDLIB_SPLIT_FILES["val"])
+    assert not set(sequences.STDLIB_SPLIT_FILES["val"]) & set(sequences.STDLIB_SPLIT_FILES["test"])
+
+
 def test_stdlib_bytes_are_pinned_and_windowed():
     from labkit.data import sequences
 

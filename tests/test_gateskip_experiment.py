@@ -1,3 +1,5 @@
+import dataclasses
+
 import matplotlib
 import pandas as pd
 import pytest
@@ -47,23 +49,49 @@ def test_train_causal_lm_parameter_groups_get_their_own_peak_lr():
         train_causal_lm(model, batches, 1, 1e-3, parameters=[{"params": rest, "lr": 0.0}], progress=False)
 
 
-def test_config_gate_lr_default_and_override():
-    assert experiment.Config().gate_lr == 0.0  # 0: the gates train at finetune_lr
-    assert experiment.configure("smoke", {"gate_lr": 1e-2}).gate_lr == 1e-2
+def test_config_grids_need_an_equal_tuning_budget():
+    cfg = experiment.Config()
+    assert len(experiment.tuning_grid(cfg)) == 3 * len(cfg.dense_lrs)  # dense, GateSkip and random skip alike
+    with pytest.raises(ValueError, match="same tuning budget"):
+        experiment.configure("smoke", {"dense_lrs": (1e-3, 3e-3)})
+    assert experiment.test_seeds(cfg)[0] > experiment.tune_seeds(cfg)[-1]  # fresh seeds on test
 
 
-def test_pretrain_once_finetune_arms_reuse_is_deterministic(tmp_path):
-    cfg = experiment.configure("smoke", {"budgets": (0.0, 0.2), "eval_size": 32, "gate_lr": 1e-2})
+def test_run_arm_is_deterministic_and_scores_the_split_it_is_given(tmp_path):
+    cfg = experiment.configure("smoke", {"budgets": (0.0, 0.2), "eval_size": 32, "tasks": ("cumsum",)})
     pre = experiment.pretrain(cfg, "cumsum", 0, tmp_path)
-    only_gates = pd.DataFrame(experiment.finetune_arms(cfg, pre, tmp_path, baselines=False).rows)
-    full = experiment.finetune_arms(cfg, pre, tmp_path)
-    rows = pd.DataFrame(full.rows)
-    assert set(only_gates.arm) == {"gateskip λ=0.01", "gateskip λ=0.01 + random rank"}
-    assert {"dense", "random_skip", "shortgpt", "uls"} <= set(rows.arm)
-    same = rows[rows.arm.isin(only_gates.arm)].reset_index(drop=True)
-    pd.testing.assert_frame_equal(same[only_gates.columns], only_gates)  # an arm does not depend on the others
-    assert 0.5 < only_gates.gate_mean.iloc[0] < 1.0
-    assert full.model_path is not None
+    spec = next(s for s in experiment.tuning_grid(cfg) if s.family == "gateskip")
+    first = pd.DataFrame(experiment.run_arm(cfg, pre, spec, "val", tmp_path).rows)
+    again = pd.DataFrame(experiment.run_arm(cfg, pre, spec, "val", tmp_path).rows)
+    pd.testing.assert_frame_equal(first, again)  # a job does not depend on what ran before it
+    assert set(first.split) == {"val"} and "flops" not in first  # tuning never measures test FLOPs
+    assert 0.5 < first.gate_mean.iloc[0] < 1.0
+    test = experiment.run_arm(cfg, pre, spec, "test", tmp_path)
+    rows = pd.DataFrame(test.rows)
+    assert set(rows.arm) == {"gateskip", "gateskip + random rank"} and rows.flops_saved.notna().all()
+    generation = pd.DataFrame(test.generation)
+    assert set(generation.scope) == {"batch", "sequence"} and generation.gen_em.between(0, 1).all()
+    assert test.model_path is not None
+    dense = next(s for s in experiment.tuning_grid(cfg) if s.family == "dense")
+    static = pd.DataFrame(experiment.run_arm(cfg, pre, dense, "test", tmp_path, roles=("shortgpt",)).rows)
+    assert set(static.arm) == {"shortgpt"} and static.budget.max() > 0
+
+
+def test_generated_chains_and_the_trivial_predictor(tmp_path):
+    from labkit.experiments import gateskip_tasks as tasks
+
+    cfg = experiment.configure("smoke", {"eval_size": 32, "tasks": ("cumsum",)})
+    task = tasks.Task("cumsum", cfg, 0, torch.device("cpu"))
+    model = tiny()
+    forced = tasks.evaluate(model, task, split="val")
+    generated = tasks.generate_chains(model, task, split="val")
+    assert generated["gen_em"] <= forced["token_acc"] + 1e-9  # an untrained model: both near zero, never above
+    with pytest.raises(ValueError, match="running-sum task"):
+        tasks.generate_chains(
+            model, tasks.Task("text", dataclasses.replace(cfg, text_length=16), 0, torch.device("cpu"))
+        )
+    trivial = tasks.trivial_quality(task, "test")
+    assert trivial["seq_em"] < 0.05 and 0.2 < trivial["token_acc"] < 0.6  # per-position frequencies: '=' and EOS
 
 
 def test_draw_tokens_figure():
@@ -89,4 +117,3 @@ def test_token_skip_map_shapes_and_budget():
     assert closed["keep"].all()  # r = 0 skips nothing
     half = views.token_skip_map(model, examples, 0.5, example=2)
     assert 0 < (~half["keep"]).sum() < half["keep"].size
-

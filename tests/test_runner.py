@@ -147,13 +147,16 @@ def test_tuple_parameters_reach_the_notebook_as_tuples(tmp_path):
 
 
 
-def test_report_variants_add_named_reports_of_a_preset():
+def test_report_variants_add_named_reports_of_a_preset(monkeypatch):
     gateskip = runner.resolve_notebook("gateskip")
+    module = runner.experiment_module(gateskip)
+    assert runner.report_variants(gateskip, "cpu") == [("cpu", {})]  # both tasks in one run since the protocol
+    monkeypatch.setattr(module, "REPORT_VARIANTS", {"cpu": {"cumsum": {"tasks": ("cumsum",)}}}, raising=False)
     assert runner.report_variants(gateskip, "cpu") == [("cpu", {}), ("cpu-cumsum", {"tasks": ("cumsum",)})]
     assert runner.report_variants(gateskip, "smoke") == [("smoke", {})]
     assert runner.report_variants(runner.resolve_notebook("profiling"), "cpu") == [("cpu", {})]
     for _name, params in runner.report_variants(gateskip, "cpu"):  # every variant's parameters are valid
-        runner.experiment_module(gateskip).configure("cpu", params)
+        module.configure("cpu", params)
 
 
 def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
@@ -165,6 +168,8 @@ def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "run_notebook", fake_run)
     monkeypatch.setattr(reports_index, "write_index", lambda: tmp_path / "README.md")
+    module = runner.experiment_module(runner.resolve_notebook("gateskip"))
+    monkeypatch.setattr(module, "REPORT_VARIANTS", {"cpu": {"cumsum": {"tasks": ("cumsum",)}}}, raising=False)
     assert cli.main(["report", "--preset", "cpu", "gateskip"]) == 0
     assert calls == [
         ("gateskip", "cpu", {}, "gateskip/cpu"),

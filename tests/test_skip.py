@@ -123,6 +123,14 @@ def test_single_sequence_decoding_batch_scope_skips_nothing_sequence_scope_uses_
     assert 0.0 < stats.skipped_fraction < 1.0
 
 
+def test_random_ranking_decodes_one_token_steps_without_thresholds():
+    model = gated(kind="none")
+    prompt = tokens(64, 2)
+    with skip.budget(model, 0.5, scope="sequence", ranking="random", measure_flops=False) as stats:
+        model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert 0.3 < stats.skipped_fraction < 0.7  # each one-token step skips with probability r (no calibration)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_generate_copy_forward_kv_and_compact_agree(arch):
     model = gated(arch)

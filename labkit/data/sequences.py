@@ -3,9 +3,10 @@
 - Running sums (GateSkip notebook, track R): ``BOS d1 .. dN | s1 .. sN = sN EOS`` with ``s_i = (d_1+..+d_i) mod 10``.
   Every chain token needs a positional lookup of ``d_i`` plus ``s_{i-1}``, so errors compound as in long-form
   reasoning; accuracy is measurable exactly (token accuracy and exact match of the whole chain and answer).
+  Train / validation / test are disjoint sets of prompts, pinned by a hash of the digits (:func:`running_sum_split`).
 - Byte-level text (track T): CPython standard-library sources read from the running interpreter
-  (``sysconfig.get_paths()["stdlib"]``), pinned by a file list; the SHA-256 of the bytes is reported because
-  versions differ between machines.
+  (``sysconfig.get_paths()["stdlib"]``), pinned by one file list per split; the SHA-256 of the bytes is reported
+  because versions differ between machines.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 BOS, SEP, EQ, EOS, PAD = 10, 11, 12, 13, 14  # digits are tokens 0..9
 VOCAB_SIZE = 16  # 15 used tokens, rounded up
+SPLITS = ("train", "val", "test")
+_SPLIT_BUCKETS = 10  # a prompt's hash bucket: 0 -> test, 1 -> validation, 2..9 -> train (80 / 10 / 10 %)
 TOKEN_NAMES = [str(d) for d in range(10)] + ["<s>", "|", "=", "</s>", "<pad>", "?"]
 
 
@@ -26,11 +29,34 @@ def running_sum_length(n_digits: int) -> int:
     return 2 * n_digits + 5
 
 
-def running_sum_batch(n: int, n_digits: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` running-sum sequences (n, 2N+5) of token ids."""
+def running_sum_split(digits: torch.Tensor) -> list[str]:
+    """The split ("train" | "val" | "test") of each row of prompt ``digits`` (n, N): a fixed multiplicative hash of
+    the digits, so the three splits never share a prompt, whatever seed draws them."""
+    value = torch.zeros(digits.shape[0], dtype=torch.long)
+    for column in digits.long().unbind(1):
+        value = (value * 10 + column + 1) % 2_147_483_647
+    buckets = (value * 2_654_435_761 % 2_147_483_647) % _SPLIT_BUCKETS
+    return ["test" if b == 0 else "val" if b == 1 else "train" for b in buckets.tolist()]
+
+
+def running_sum_batch(
+    n: int, n_digits: int = 8, generator: torch.Generator | None = None, split: str | None = None
+) -> torch.Tensor:
+    """``n`` running-sum sequences (n, 2N+5) of token ids; ``split`` draws only prompts of that split (None: any)."""
     if n < 1 or n_digits < 1:
         raise ValueError(f"expected n >= 1 and n_digits >= 1, got n={n}, n_digits={n_digits}")
-    digits = torch.randint(0, 10, (n, n_digits), generator=generator)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    if split is None:
+        digits = torch.randint(0, 10, (n, n_digits), generator=generator)
+    else:
+        kept, have = [], 0
+        while have < n:  # rejection sampling: each split holds >= 10 % of the prompts
+            draw = torch.randint(0, 10, (2 * n, n_digits), generator=generator)
+            rows = draw[[s == split for s in running_sum_split(draw)]]
+            kept.append(rows)
+            have += rows.shape[0]
+        digits = torch.cat(kept)[:n]
     sums = digits.cumsum(1) % 10
     col = torch.full((n, 1), 0, dtype=torch.long)
     return torch.cat([col + BOS, digits, col + SEP, sums, col + EQ, sums[:, -1:], col + EOS], dim=1)
@@ -85,7 +111,13 @@ STDLIB_TRAIN_FILES: tuple[str, ...] = (
     "inspect.py",
     "ipaddress.py",
 )
-STDLIB_EVAL_FILES: tuple[str, ...] = ("heapq.py", "bisect.py", "shlex.py", "textwrap.py", "string.py")
+STDLIB_VAL_FILES: tuple[str, ...] = ("pprint.py", "queue.py", "sched.py", "statistics.py", "tokenize.py")
+STDLIB_TEST_FILES: tuple[str, ...] = ("heapq.py", "bisect.py", "shlex.py", "textwrap.py", "string.py")
+STDLIB_SPLIT_FILES: dict[str, tuple[str, ...]] = {
+    "train": STDLIB_TRAIN_FILES,
+    "val": STDLIB_VAL_FILES,
+    "test": STDLIB_TEST_FILES,
+}
 
 
 def stdlib_dir() -> Path:

@@ -1,12 +1,14 @@
-"""GateSkip's arms (:mod:`labkit.experiments.gateskip`): one pretrained LM per task and seed, then every arm
-fine-tuned from it and scored at every budget.
+"""GateSkip's arms (:mod:`labkit.experiments.gateskip`): one pretrained LM per task and seed, then one fine-tune per
+arm configuration, scored at every budget on validation (tuning) or test (the frozen choice).
 
-Each arm starts from the same checkpoint, gate initialisation and fine-tuning batches, so one arm's numbers do not
-depend on which other arms ran (explorations reuse one pretrained checkpoint across many configs).
+Every configuration starts from the same checkpoint, gate initialisation and fine-tuning batches of its seed, so
+one job's numbers do not depend on which other jobs ran, and jobs run in any order or process.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +20,15 @@ import torch
 from torch import nn
 
 from labkit import gate, profile, seed_everything, skip
-from labkit.experiments.gateskip_tasks import SkipContext, Task, evaluate, executed_flops, gate_maps, mean_gate
+from labkit.experiments.gateskip_tasks import (
+    SkipContext,
+    Task,
+    evaluate,
+    executed_flops,
+    gate_maps,
+    generate_chains,
+    mean_gate,
+)
 from labkit.models.decoder_lm import build_causal_lm, load_lm, n_parameters, save_lm
 from labkit.train import train_causal_lm
 
@@ -28,56 +38,74 @@ if TYPE_CHECKING:
     from labkit.experiments.gateskip import Config
 
 T = TypeVar("T")
-BudgetPoint = tuple[float, SkipContext, SkipContext]  # (budget, masked context for quality, compact one for FLOPs)
+FAMILIES = ("dense", "gateskip", "random_skip")  # fine-tuned families, each tuned on a grid of the same size
+STATIC = ("shortgpt", "uls")  # static skipping on a dense fine-tune (its learning rate tuned for them)
+CONTROL = "gateskip + random rank"  # the chosen GateSkip model with tokens ranked at random
+SCOPES = ("batch", "sequence")  # generation: quantile over the step's batch, or calibrated per-branch thresholds
 
 
-@dataclass
-class SeedLog:
-    """Wall seconds and training losses of one task and seed, in the order the phases ran."""
+@dataclass(frozen=True)
+class Spec:
+    """One fine-tuning configuration of a family (the unit of tuning)."""
 
-    task: str
-    seed: int
-    cost: list[dict[str, Any]] = field(default_factory=list)  # task, seed, phase, seconds
-    history: list[pd.DataFrame] = field(default_factory=list)  # training losses, labelled by task, seed, phase
+    family: str  # one of FAMILIES
+    finetune_lr: float  # peak lr of the LM's weights
+    gate_lr: float = 0.0  # peak lr of the gates (GateSkip); 0 = finetune_lr
+    sparsity_weight: float = 0.0  # gate-penalty weight λ (GateSkip)
+    train_skip_end: float = 0.0  # training budget at the end of the ramp (GateSkip and random skip)
 
-    def timed(self, phase: str, fn: Callable[[], T]) -> T:
-        """``fn()``, its wall seconds recorded under ``phase``."""
-        start = time.perf_counter()
-        out = fn()
-        self.cost.append({"task": self.task, "seed": self.seed, "phase": phase, "seconds": time.perf_counter() - start})
-        return out
+    @property
+    def config(self) -> str:
+        """A short label of the settings that vary within the family."""
+        if self.family == "gateskip":
+            return f"gate lr={self.gate_lr or self.finetune_lr:g}, λ={self.sparsity_weight:g}"
+        if self.family == "random_skip":
+            return f"lr={self.finetune_lr:g}, ramp to {self.train_skip_end:g}"
+        return f"lr={self.finetune_lr:g}"
 
-    def trained(self, phase: str, fn: Callable[[], pd.DataFrame]) -> None:
-        """Run the training ``fn``: its losses kept under ``phase``, its time under ``"finetune " + phase``."""
-        frame = self.timed(f"finetune {phase}", fn)
-        self.history.append(frame.assign(task=self.task, seed=self.seed, phase=phase))
+    def columns(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "config": self.config}
+
+
+def tuning_grid(cfg: Config) -> list[Spec]:
+    """Every configuration tuned on validation: the same number per family (the equal tuning budget)."""
+    return (
+        [Spec("dense", lr) for lr in cfg.dense_lrs]
+        + [
+            Spec("gateskip", cfg.finetune_lr, g, w, cfg.train_skip_end)
+            for g, w in itertools.product(cfg.gate_lrs, cfg.sparsity_weights)
+        ]
+        + [
+            Spec("random_skip", lr, 0.0, 0.0, end)
+            for lr, end in itertools.product(cfg.random_lrs, cfg.random_skip_ends)
+        ]
+    )
 
 
 @dataclass
 class Pretrained:
     """One task and seed's pretrained checkpoint, reused by every fine-tune of that seed (see :func:`pretrain`)."""
 
-    task: Task  # data and metrics of the task for this seed
+    task: str  # task name
     seed: int  # the seed of pretraining, fine-tuning data and evaluation data
     checkpoint: Path  # save_pretrained folder of the pretrained LM
-    history: list[pd.DataFrame]  # pretraining losses
-    cost: list[dict[str, Any]]  # wall seconds of pretraining
+    history: pd.DataFrame  # pretraining losses
+    seconds: float  # wall seconds of pretraining
     parameters: int  # parameters of the LM
+    provenance: dict[str, Any]  # data provenance of the task (text: stdlib files and SHA-256 per split)
 
 
 @dataclass
-class FinetuneResults:
-    """Every arm of one task and seed (:func:`finetune_arms`): row lists for the tables of ``gateskip.Results``."""
+class ArmResults:
+    """What one fine-tuning job returns: row lists for the tables of ``gateskip.Results``."""
 
-    rows: list[dict[str, Any]]  # curve rows: task, arm, family, sparsity_weight, budget, quality, flops, seed
-    gates: list[dict[str, Any]]  # mean gate importance per layer x branch x position (headline GateSkip arm, r = 0)
-    skips: list[dict[str, Any]]  # skip fraction per branch x position at r = train_skip_end (headline arm)
-    history: list[pd.DataFrame]  # training losses per phase
-    cost: list[dict[str, Any]]  # wall seconds per phase
-    model_path: str | None  # saved headline GateSkip model (None when no GateSkip arm ran)
-    examples: torch.Tensor  # the first evaluation batch
-    provenance: dict[str, Any]  # data provenance of the task (text: stdlib files and SHA-256)
-    parameters: int  # parameters of the LM
+    rows: list[dict[str, Any]]  # teacher-forced curve rows: task, seed, split, arm, spec columns, budget, quality
+    generation: list[dict[str, Any]] = field(default_factory=list)  # generated-chain rows (cumsum, test)
+    gates: list[dict[str, Any]] = field(default_factory=list)  # mean gate per layer x branch x position (GateSkip)
+    skips: list[dict[str, Any]] = field(default_factory=list)  # skip fraction per branch x position (GateSkip)
+    history: pd.DataFrame | None = None  # fine-tuning losses
+    cost: list[dict[str, Any]] = field(default_factory=list)  # wall seconds per phase
+    model_path: str | None = None  # saved GateSkip model (test split)
 
 
 def pretrain(cfg: Config, task_name: str, seed: int, workdir: Path) -> Pretrained:
@@ -85,231 +113,246 @@ def pretrain(cfg: Config, task_name: str, seed: int, workdir: Path) -> Pretraine
     seed_everything(seed, threads=cfg.threads)
     device = profile.resolve_device(cfg.device)
     task = Task(task_name, cfg, seed, device)
-    log = SeedLog(task_name, seed)
     base = build_causal_lm(
         cfg.arch,
         task.vocab,
         cfg.d_model,
         cfg.n_layers,
         cfg.n_heads,
-        max_positions=task.eval_tokens.shape[1],
+        max_positions=task.tokens("test").shape[1],
         eos_token_id=task.eos,
         pad_token_id=task.pad,
         seed=seed,
     ).to(device)
     steps = cfg.pretrain_steps if task_name == "cumsum" else cfg.text_pretrain_steps
-    frame = log.timed(
-        "pretrain",
-        lambda: train_causal_lm(
-            base,
-            lambda s: task.batch(cfg.batch_size),
-            steps,
-            cfg.pretrain_lr,
-            warmup_steps=steps // 20,
-            progress=cfg.progress,
-            desc=f"pretrain {task_name} s{seed}",
-        ),
+    start = time.perf_counter()
+    frame = train_causal_lm(
+        base,
+        lambda s: task.batch(cfg.batch_size),
+        steps,
+        cfg.pretrain_lr,
+        warmup_steps=steps // 20,
+        progress=cfg.progress,
+        desc=f"pretrain {task_name} s{seed}",
     )
+    seconds = time.perf_counter() - start
     checkpoint = save_lm(base, Path(workdir) / f"{task_name}-pretrained-{seed}")
-    history = [frame.assign(task=task_name, seed=seed, phase="pretrain")]
-    return Pretrained(task, seed, checkpoint, history, log.cost, n_parameters(base))
+    history = frame.assign(task=task_name, seed=seed, phase="pretrain")
+    return Pretrained(task_name, seed, checkpoint, history, seconds, n_parameters(base), task.provenance)
 
 
-def _ramp(cfg: Config, step: int) -> float:
-    """The training budget at ``step``: linear from 0 to ``train_skip_end`` over fine-tuning (the paper's ramp)."""
-    return cfg.train_skip_end * step / max(1, cfg.finetune_steps - 1)
-
-
-def _finetune(
-    model: nn.Module, task: Task, cfg: Config, kind: str, weight: float, desc: str, seed: int
-) -> pd.DataFrame:
-    """Fine-tune ``model`` densely (``kind="dense"``) or with skipping ramped in, ranked by its gates ("gateskip",
-    with the gate penalty of weight ``weight``) or at random ("random")."""
+def _finetune(model: nn.Module, task: Task, cfg: Config, spec: Spec, seed: int) -> pd.DataFrame:
+    """Fine-tune ``model`` as ``spec`` says: densely, or with skipping ramped in over fine-tuning (the paper's ramp
+    0 -> ``train_skip_end``), ranked by its gates with the gate penalty ("gateskip") or at random ("random_skip")."""
     gen = torch.Generator().manual_seed(30_000 + seed)  # every arm of a seed sees the same fine-tuning batches
+    desc = f"{spec.family} {spec.config}"
 
     def batches(step: int) -> torch.Tensor:
         return task.batch(cfg.batch_size, gen)
 
-    if kind == "dense":
-        return train_causal_lm(model, batches, cfg.finetune_steps, cfg.finetune_lr, progress=cfg.progress, desc=desc)
-    ranking = "gate" if kind == "gateskip" else "random"
+    if spec.family == "dense":
+        return train_causal_lm(model, batches, cfg.finetune_steps, spec.finetune_lr, progress=cfg.progress, desc=desc)
+    ranking = "gate" if spec.family == "gateskip" else "random"
 
     def context(step: int) -> AbstractContextManager[skip.SkipStats]:
-        return skip.budget(model, _ramp(cfg, step), scope=cfg.scope, ranking=ranking, seed=step, measure_flops=False)
+        ratio = spec.train_skip_end * step / max(1, cfg.finetune_steps - 1)
+        return skip.budget(model, ratio, scope=cfg.scope, ranking=ranking, seed=step, measure_flops=False)
 
     def penalty(m: nn.Module) -> torch.Tensor:
-        return weight * gate.gate_penalty(m, cfg.penalty, target_keep=1 - cfg.train_skip_end)
+        return spec.sparsity_weight * gate.gate_penalty(m, cfg.penalty, target_keep=1 - spec.train_skip_end)
 
     return train_causal_lm(
         model,
         batches,
         cfg.finetune_steps,
-        cfg.finetune_lr,
+        spec.finetune_lr,
         step_context=context,
-        extra_loss=penalty if kind == "gateskip" else None,
-        parameters=gate.parameter_groups(model, cfg.finetune_lr, cfg.gate_lr),
+        extra_loss=penalty if spec.family == "gateskip" else None,
+        parameters=gate.parameter_groups(model, spec.finetune_lr, spec.gate_lr),
         progress=cfg.progress,
         desc=desc,
     )
 
 
-def _budget_contexts(model: nn.Module, cfg: Config, ranking: str, seed: int) -> list[BudgetPoint]:
-    """One point per inference budget r of ``cfg.budgets``, tokens ranked by ``ranking`` ("gate" or "random")."""
+@dataclass
+class _Job:
+    """One fine-tuning job: its config, task, spec, split and what it records."""
 
+    cfg: Config
+    pre: Pretrained
+    task: Task
+    spec: Spec
+    split: str  # "val" (tuning) or "test" (the frozen configuration)
+    workdir: Path
+    cost: list[dict[str, Any]] = field(default_factory=list)
+    dense_flops: int = 0  # FLOPs of the pretrained model's forward (test only): the 0 % saved reference
+
+    def timed(self, phase: str, fn: Callable[[], T]) -> T:
+        """``fn()``, its wall seconds recorded under ``phase``."""
+        start = time.perf_counter()
+        out = fn()
+        row = {"task": self.task.name, "seed": self.pre.seed, "split": self.split, "phase": phase}
+        self.cost.append({**row, "seconds": time.perf_counter() - start})
+        return out
+
+    def row(self, arm: str, budget: float, quality: dict[str, float], flops: int | None) -> dict[str, Any]:
+        out = {"task": self.task.name, "seed": self.pre.seed, "split": self.split, "arm": arm, **self.spec.columns()}
+        out.update(budget=budget, **quality)
+        if flops is not None:
+            out.update(flops=flops, flops_saved=1.0 - flops / self.dense_flops)
+        return out
+
+    def points(self, model: nn.Module, arm: str, make: Callable[[Any, str, bool], SkipContext], budgets: list) -> list:
+        """Teacher-forced rows of ``model`` at each budget (FLOPs of compact execution on test only)."""
+        rows = []
+        for budget in budgets:
+            quality = evaluate(model, self.task, make(budget, "masked", False), self.split)
+            flops = executed_flops(model, self.task, make(budget, "compact", True)) if self.split == "test" else None
+            rows.append(self.row(arm, budget, quality, flops))
+        return rows
+
+
+def _budget_maker(model: nn.Module, cfg: Config, ranking: str, seed: int) -> Callable[[Any, str, bool], SkipContext]:
     def make(r: float, execution: str, flops: bool) -> SkipContext:
         return lambda: skip.budget(
             model, r, scope=cfg.scope, execution=execution, ranking=ranking, seed=seed, measure_flops=flops
         )
 
-    return [(r, make(r, "masked", False), make(r, "compact", True)) for r in cfg.budgets]
+    return make
 
 
-def _static_contexts(model: nn.Module, sets: list[list[Any]]) -> list[BudgetPoint]:
-    """One point per set of removed layers or branches (its budget: the set's size, replaced by the saved fraction)."""
-
+def _static_maker(model: nn.Module) -> Callable[[Any, str, bool], SkipContext]:
     def make(layers: list[Any], execution: str, flops: bool) -> SkipContext:
         return lambda: skip.static_skip(model, layers, execution, measure_flops=flops)
 
-    return [(len(layers), make(layers, "masked", False), make(layers, "compact", True)) for layers in sets]
+    return make
 
 
-@dataclass
-class _SeedArms:
-    """What every arm of one task and seed shares: the config, the checkpoint, the dense FLOPs and the log."""
-
-    cfg: Config
-    pre: Pretrained
-    workdir: Path
-    dense_flops: int  # FLOPs of the pretrained dense model's forward: the 0 % saved reference
-    log: SeedLog
-
-    def fresh(self, kind: str) -> nn.Module:
-        """The pretrained LM with gates of ``kind``, initialised the same whatever ran before."""
-        torch.manual_seed(40_000 + self.pre.seed)
-        return gate.add_gates(load_lm(self.pre.checkpoint, self.pre.task.device), kind=kind)
-
-    def points(
-        self, model: nn.Module, arm: str, family: str, weight: float, contexts: list[BudgetPoint]
-    ) -> list[dict[str, Any]]:
-        """Evaluate ``model`` under each (budget, masked context, compact context) and return curve rows."""
-        rows = []
-        for budget, masked, compact in contexts:
-            quality = evaluate(model, self.pre.task, masked)
-            flops = executed_flops(model, self.pre.task, compact)
-            rows.append(
-                {
-                    "task": self.pre.task.name,
-                    "arm": arm,
-                    "family": family,
-                    "sparsity_weight": weight,
-                    "budget": budget,
-                    **quality,
-                    "flops": flops,
-                    "flops_saved": 1.0 - flops / self.dense_flops,
-                }
+def _generation(job: _Job, model: nn.Module, arm: str, ranking: str | None, sets: list | None = None) -> list:
+    """Generated-chain rows: per budget and scope (gate or random ranking) or per static set (``sets``)."""
+    cfg, task, seed = job.cfg, job.task, job.pre.seed
+    base = {"task": task.name, "seed": seed, "split": job.split, "arm": arm, "config": job.spec.config}
+    rows = []
+    if sets is not None:
+        for layers in sets:
+            out = generate_chains(
+                model, task, lambda layers=layers: skip.static_skip(model, layers, measure_flops=False)
             )
+            rows += [{**base, "scope": scope, "budget": out["skipped_fraction"], **out} for scope in SCOPES]
         return rows
+    val = [task.tokens("val")[i : i + cfg.eval_batch].to(task.device) for i in range(0, cfg.eval_size, cfg.eval_batch)]
+    for budget in cfg.budgets:
+        for scope in SCOPES:
+            thresholds = None
+            if scope == "sequence" and ranking == "gate" and budget > 0:
+                thresholds = skip.calibrate_thresholds(model, val, budget)  # calibrated on validation
+            out = generate_chains(
+                model,
+                task,
+                lambda b=budget, s=scope, t=thresholds: skip.budget(
+                    model, b, scope=s, ranking=ranking, thresholds=t, seed=seed, measure_flops=False
+                ),
+            )
+            rows.append({**base, "scope": scope, "budget": budget, **out})
+    return rows
 
 
-def _dense_arm(run: _SeedArms) -> tuple[nn.Module, dict[str, Any]]:
-    """The dense fine-tune (the quality reference) and its single full-compute row."""
-    cfg, task, seed = run.cfg, run.pre.task, run.pre.seed
-    model = load_lm(run.pre.checkpoint, task.device)
-    run.log.trained("dense", lambda: _finetune(model, task, cfg, "dense", 0.0, "dense", seed))
-    row = {
-        "task": task.name,
-        "arm": "dense",
-        "family": "dense",
-        "sparsity_weight": 0.0,
-        "budget": 0.0,
-        **evaluate(model, task),
-        "flops": run.dense_flops,
-        "flops_saved": 0.0,
-    }
-    return model, row
-
-
-def _gateskip_arm(run: _SeedArms, weight: float, headline: bool) -> tuple[nn.Module, Path, list[dict[str, Any]]]:
-    """Fine-tune the GateSkip arm of penalty weight ``weight``, save and reload it as users do, and score it at every
-    budget; the ``headline`` arm is also scored with random ranking (the control isolating the learned ranking)."""
-    cfg, task, seed = run.cfg, run.pre.task, run.pre.seed
-    arm = f"gateskip λ={weight:g}"
-    trained = run.fresh(cfg.gate_kind)
-    run.log.trained(arm, lambda: _finetune(trained, task, cfg, "gateskip", weight, arm, seed))
-    saved = run.workdir / f"{task.name}-gateskip-{weight:g}-{seed}"
-    trained.save_pretrained(saved)
-    model = gate.from_pretrained(saved).to(task.device).eval()  # the reload path users take
-    gate_value = mean_gate(model, task)
-    gated = _budget_contexts(model, cfg, "gate", seed)
-    rows = run.log.timed(f"eval {arm}", lambda: run.points(model, arm, "gateskip", weight, gated))
-    if headline:
-        shuffled = _budget_contexts(model, cfg, "random", seed)
-        rows += run.log.timed(
-            f"eval {arm} + random rank",
-            lambda: run.points(model, f"{arm} + random rank", "gateskip random rank", weight, shuffled),
-        )
-    return model, saved, [dict(row, gate_mean=gate_value) for row in rows]
-
-
-def _random_skip_arm(run: _SeedArms) -> list[dict[str, Any]]:
-    """Fine-tuned with random hard skipping on the same ramp (no gates), scored with random ranking."""
-    cfg, task, seed = run.cfg, run.pre.task, run.pre.seed
-    model = run.fresh("none")
-    run.log.trained("random_skip", lambda: _finetune(model, task, cfg, "random", 0.0, "random skip", seed))
-    contexts = _budget_contexts(model, cfg, "random", seed)
-    return run.log.timed("eval random_skip", lambda: run.points(model, "random_skip", "random_skip", 0.0, contexts))
-
-
-def _static_arms(run: _SeedArms, dense_model: nn.Module, dense_row: dict[str, Any]) -> list[dict[str, Any]]:
-    """ShortGPT and ULS points on the dense fine-tune, each at its own saved fraction, plus their 0 % point."""
-    cfg, task = run.cfg, run.pre.task
-    order = run.log.timed("shortgpt order", lambda: skip.shortgpt_order(dense_model, task.calibration()))
+def _static_sets(cfg: Config, model: nn.Module, task: Task) -> dict[str, list[list[Any]]]:
+    """ShortGPT's branch sets (lowest block influence on training calibration batches) and ULS's layer sets, one per
+    budget of ``cfg.budgets`` that removes at least one and not every branch."""
+    order = skip.shortgpt_order(model, task.calibration())
     n_branches = 2 * cfg.n_layers
     ks = sorted({round(r * n_branches) for r in cfg.budgets} - {0})
-    shortgpt_sets = [order[:k] for k in ks if k < n_branches]
-    rows = run.points(dense_model, "shortgpt", "static", 0.0, _static_contexts(dense_model, shortgpt_sets))
-    uls_sets = sorted(s for s in {tuple(skip.uls_layers(cfg.n_layers, 1.0 / (1.0 - r))) for r in cfg.budgets if r > 0}
-                      if s)
-    rows += run.points(dense_model, "uls", "static", 0.0, _static_contexts(dense_model, [list(s) for s in uls_sets]))
-    for row in rows:
-        row["budget"] = row["skipped_fraction"]  # static points sit at their own saved fraction
-    return rows + [{**dense_row, "arm": arm, "family": "static"} for arm in ("shortgpt", "uls")]
+    uls = sorted({tuple(skip.uls_layers(cfg.n_layers, 1.0 / (1.0 - r))) for r in cfg.budgets if r > 0} - {()})
+    return {"shortgpt": [order[:k] for k in ks if k < n_branches], "uls": [list(s) for s in uls]}
 
 
-def finetune_arms(cfg: Config, pre: Pretrained, workdir: Path, baselines: bool = True) -> FinetuneResults:
-    """Every arm of ``cfg`` fine-tuned from ``pre``'s checkpoint; ``baselines=False``: only the GateSkip arms.
+def _dense(job: _Job, roles: tuple[str, ...]) -> ArmResults:
+    """A dense fine-tune: its full-compute row (role "dense") and static skipping on it (roles "shortgpt", "uls")."""
+    cfg, task = job.cfg, job.task
+    model = load_lm(job.pre.checkpoint, task.device)
+    history = job.timed(f"finetune {job.spec.family}", lambda: _finetune(model, task, cfg, job.spec, job.pre.seed))
+    full = evaluate(model, task, split=job.split)
+    flops = job.dense_flops if job.split == "test" else None
+    rows = [job.row(role, 0.0, full, flops) for role in roles]
+    generation = []
+    if job.split == "test" and task.name == "cumsum":
+        out = generate_chains(model, task)
+        generation = [
+            {
+                "task": task.name,
+                "seed": job.pre.seed,
+                "split": "test",
+                "arm": role,
+                "config": job.spec.config,
+                "scope": scope,
+                "budget": 0.0,
+                **out,
+            }
+            for role in roles
+            for scope in SCOPES
+        ]
+    sets = job.timed("static orders", lambda: _static_sets(cfg, model, task))
+    for arm in (r for r in roles if r in STATIC):
+        points = job.timed(f"eval {arm}", lambda arm=arm: job.points(model, arm, _static_maker(model), sets[arm]))
+        for row, layers in zip(points, sets[arm], strict=True):
+            row["budget"] = row["skipped_fraction"]  # static points sit at their own saved fraction
+            row["removed"] = str(layers)
+        rows += points
+        if job.split == "test" and task.name == "cumsum":
+            generation += job.timed(f"generate {arm}", lambda arm=arm: _generation(job, model, arm, None, sets[arm]))
+    return ArmResults(rows, generation, history=history)
 
-    Order: dense, one GateSkip arm per λ of ``sparsity_weights`` (the first is the headline arm), random skip, then
-    ShortGPT and ULS on the dense fine-tune.
+
+def _fresh(job: _Job, kind: str) -> nn.Module:
+    """The pretrained LM with gates of ``kind``, initialised the same whatever ran before."""
+    torch.manual_seed(40_000 + job.pre.seed)
+    return gate.add_gates(load_lm(job.pre.checkpoint, job.task.device), kind=kind)
+
+
+def _skipping(job: _Job) -> ArmResults:
+    """A GateSkip or random-skip fine-tune scored at every budget; on test, the GateSkip model is saved and reloaded
+    as users do, also scored with random ranking (the control isolating the learned ranking) and mapped."""
+    cfg, task, spec, seed = job.cfg, job.task, job.spec, job.pre.seed
+    gated = spec.family == "gateskip"
+    model = _fresh(job, cfg.gate_kind if gated else "none")
+    history = job.timed(f"finetune {spec.family}", lambda: _finetune(model, task, cfg, spec, seed))
+    out = ArmResults([], history=history)
+    if gated and job.split == "test":
+        saved = job.workdir / f"{task.name}-gateskip-{seed}"
+        model.save_pretrained(saved)
+        model = gate.from_pretrained(saved).to(task.device).eval()  # the reload path users take
+        out.model_path = str(saved)
+        out.gates, out.skips = gate_maps(model, task, cfg)
+    arms = [(spec.family, "gate" if gated else "random")]
+    if gated and job.split == "test":
+        arms.append((CONTROL, "random"))
+    for arm, ranking in arms:
+        make = _budget_maker(model, cfg, ranking, seed)
+        out.rows += job.timed(f"eval {arm}", lambda a=arm, m=make: job.points(model, a, m, list(cfg.budgets)))
+        if job.split == "test" and task.name == "cumsum":
+            out.generation += job.timed(f"generate {arm}", lambda a=arm, r=ranking: _generation(job, model, a, r))
+    if gated:
+        gate_value = mean_gate(model, task)
+        out.rows = [dict(row, gate_mean=gate_value) for row in out.rows]
+    return out
+
+
+def run_arm(
+    cfg: Config, pre: Pretrained, spec: Spec, split: str, workdir: Path, roles: tuple[str, ...] = ()
+) -> ArmResults:
+    """Fine-tune ``spec`` from ``pre``'s checkpoint and score it on ``split``.
+
+    A dense spec is scored in each of its ``roles`` ("dense", "shortgpt", "uls"; default all three).
     """
-    task, seed = pre.task, pre.seed
-    seed_everything(seed, threads=cfg.threads)
-    dense_flops = executed_flops(load_lm(pre.checkpoint, task.device), task)
-    run = _SeedArms(cfg, pre, Path(workdir), dense_flops, SeedLog(task.name, seed))
-    rows: list[dict[str, Any]] = []
-    if baselines:
-        dense_model, dense_row = _dense_arm(run)
-        rows.append(dense_row)
-    headline: Path | None = None
-    gate_rows: list[dict[str, Any]] = []
-    skip_rows: list[dict[str, Any]] = []
-    for weight in cfg.sparsity_weights:
-        model, saved, arm_rows = _gateskip_arm(run, weight, headline=headline is None)
-        if headline is None:
-            headline = saved  # reloaded by run() (workers cannot hand back modules cheaply)
-            gate_rows, skip_rows = gate_maps(model, task, cfg)
-        rows += arm_rows
-    if baselines:
-        rows += _random_skip_arm(run)
-        rows += _static_arms(run, dense_model, dense_row)
-    return FinetuneResults(
-        rows=[dict(row, seed=seed) for row in rows],
-        gates=[dict(r, seed=seed) for r in gate_rows],
-        skips=[dict(r, seed=seed) for r in skip_rows],
-        history=run.log.history,
-        cost=run.log.cost,
-        model_path=str(headline) if headline is not None else None,
-        examples=task.eval_tokens[: cfg.eval_batch],
-        provenance=task.provenance,
-        parameters=pre.parameters,
-    )
+    seed_everything(pre.seed, threads=cfg.threads)
+    device = profile.resolve_device(cfg.device)
+    task = Task(pre.task, cfg, pre.seed, device)
+    job = _Job(cfg, pre, task, spec, split, Path(workdir))
+    if split == "test":
+        job.dense_flops = executed_flops(load_lm(pre.checkpoint, device), task)
+    out = _dense(job, roles or ("dense", *STATIC)) if spec.family == "dense" else _skipping(job)
+    label = {"task": task.name, "seed": pre.seed, "split": split, "phase": f"{spec.family} {spec.config}"}
+    out.history = out.history.assign(**label)
+    out.cost = job.cost
+    return out

@@ -1,18 +1,24 @@
-"""GateSkip summaries (Laitenberger et al., arXiv 2510.13876): compute saved at a quality level, quality at equal
-compute saved, and the verdict of a run, over the tidy curves of :func:`labkit.experiments.gateskip.run`.
+"""GateSkip summaries (Laitenberger et al., arXiv 2510.13876): compute saved at a quality level, the choices made on
+validation, and the per-seed scores the claims are judged on, over the tidy tables of
+:func:`labkit.experiments.gateskip.run`.
 
 "Compute saved at 90 %" is the official ``collect_results.py`` statistic (largest saving whose quality stays within
-90 % of a reference, linear interpolation); here it is also taken against the dense fine-tune, which a damaged model
-cannot flatter.
+90 % of a reference, linear interpolation); here it is taken against the dense fine-tune of the same seed, which a
+damaged model cannot flatter, at every level of ``cfg.levels``, in the paper's token x branch fraction and in
+executed FLOPs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from labkit import protocol
+from labkit.experiments.gateskip_arms import CONTROL, STATIC, Spec
+
+MEASURES = {"tokens": "skipped_fraction", "flops": "flops_saved"}  # compute-saved measures and their columns
 
 
 def quality_column(task: str) -> str:
@@ -33,97 +39,179 @@ def _saved_at(xs: np.ndarray, ys: np.ndarray, threshold: float, higher_is_better
     return float(xs[-1])
 
 
+def _keys(curves: pd.DataFrame) -> list[str]:
+    return [c for c in ("task", "split", "seed", "arm", "config", "scope") if c in curves.columns]
+
+
 def saved_at_quality(
     curves: pd.DataFrame, metric: str, x: str = "skipped_fraction", fraction: float = 0.9, reference: str = "dense"
 ) -> pd.DataFrame:
-    """Compute saved while keeping ``fraction`` of the quality, per task x seed x arm (the official statistic).
+    """Compute saved while keeping ``fraction`` of the quality, per task x (split) x seed x arm (x config, scope).
 
     ``reference="own"``: relative to the arm's own 0 % point (the paper's; flatters a damaged model);
-    ``"dense"``: relative to the dense fine-tune of the same seed. Bits per byte: within 1/fraction of the reference.
+    ``"dense"``: relative to the single dense row of the same task, split and seed. Bits per byte (lower is
+    better): within 1/fraction of the reference. Also returns ``area``: mean quality relative to the reference.
     """
     if reference not in ("own", "dense"):
         raise ValueError(f"reference must be 'own' or 'dense', got {reference!r}")
     higher = metric != "bpb"
+    keys = _keys(curves)
+    base = [k for k in ("task", "split", "seed") if k in keys]
+    dense = curves[curves.arm == "dense"]
+    counts = dense.groupby(base).size()
+    if reference == "dense" and (counts > 1).any():
+        raise ValueError(f"saved_at_quality needs one dense row per {base}; found {int(counts.max())}: filter first")
+    refs = dense.set_index(base)[metric]
     out = []
-    data = curves[curves.arm != "dense"].dropna(subset=[metric])
-    for (task, seed, arm), group in data.groupby(["task", "seed", "arm"], sort=False):
+    for key, group in curves[curves.arm != "dense"].dropna(subset=[metric]).groupby(keys, sort=False):
+        row = dict(zip(keys, key, strict=True))
         group = group.groupby(x, as_index=False)[metric].mean().sort_values(x)
         xs, ys = group[x].to_numpy(), group[metric].to_numpy()
         if reference == "own":
             ref = ys[0]
         else:
-            ref = curves[(curves.task == task) & (curves.seed == seed) & (curves.arm == "dense")][metric].iloc[0]
+            at = tuple(row[k] for k in base)
+            if at not in refs.index:
+                raise ValueError(f"no dense row for {dict(zip(base, at, strict=True))} to take {metric} from")
+            ref = float(refs.loc[at])
         threshold = fraction * ref if higher else ref / fraction
+        rel = (ys / ref if ref > 0 else ys) if higher else ref / ys
         out.append(
             {
-                "task": task,
-                "seed": seed,
-                "arm": arm,
+                **row,
                 "reference": reference,
                 "x": x,
+                "level": fraction,
                 "saved": _saved_at(xs, ys, threshold, higher),
+                "area": float(np.mean(rel)),
             }
         )
     return pd.DataFrame(out)
 
 
-def quality_at(curves: pd.DataFrame, metric: str, at: float, x: str = "skipped_fraction") -> pd.DataFrame:
-    """Quality of every arm interpolated at a common saved fraction ``at`` (per task x seed x arm)."""
-    out = []
-    for (task, seed, arm), group in curves[curves.arm != "dense"].groupby(["task", "seed", "arm"], sort=False):
-        group = group.groupby(x, as_index=False)[metric].mean().sort_values(x)
-        if group[x].max() < at:
-            continue
-        out.append(
-            {"task": task, "seed": seed, "arm": arm, "at": at, metric: float(np.interp(at, group[x], group[metric]))}
-        )
-    return pd.DataFrame(out)
+def choose(val: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+    """Each role's configuration, chosen on the validation rows ``val`` only (:func:`labkit.protocol.select_best`).
 
-
-def verdict(curves: pd.DataFrame, task: str = "cumsum") -> dict[str, Any]:
-    """Did learned gates keep more quality than random and static skipping at equal compute saved?
-
-    Compares "saved at 90 % of the dense model's quality" of the first GateSkip arm (first λ) with each baseline,
-    seed by seed; returns the numbers and a one-line statement.
+    Dense: best full-compute quality. GateSkip, random skip, ShortGPT and ULS (the last two each choose the dense
+    fine-tune they act on): most compute saved at ``level`` of the chosen dense model's quality (token x branch), exact
+    ties (all at 0 %, or all at the largest budget) broken by the mean relative quality over budgets. Returns task,
+    role, config, spec (a :class:`Spec`) and val_score (its mean validation quality or saved fraction).
     """
-    metric = quality_column(task)
-    sub = curves[curves.task == task]
-    saved = saved_at_quality(sub, metric, reference="dense")
-    gate_arms = [a for a in dict.fromkeys(sub.arm) if a.startswith("gateskip") and "random" not in a]
-    head = gate_arms[0]
-    pivot = saved.pivot(index="seed", columns="arm", values="saved")
-    baselines = [a for a in ("random_skip", "shortgpt", "uls", f"{head} + random rank") if a in pivot]
-    wins = {b: int((pivot[head] > pivot[b]).sum()) for b in baselines}
-    means = pivot.mean().to_dict()
-    held = all(means[head] > means[b] for b in baselines) and all(w * 2 > len(pivot) for w in wins.values())
-    parts = [f"{b} {means[b]:.1%} (GateSkip ahead on {wins[b]}/{len(pivot)} seeds)" for b in baselines]
-    text = (
-        f"{'HELD' if held else 'DID NOT HOLD'} on {task}: compute saved at 90 % of dense {metric}, "
-        f"{head} {means[head]:.1%} vs " + "; ".join(parts)
-    )
-    return {"held": held, "statement": text, "means": means, "wins": wins, "head": head, "per_seed": pivot}
-
-
-def lambda_table(curves: pd.DataFrame, saved: pd.DataFrame) -> pd.DataFrame:
-    """One row per task x λ of the GateSkip arms: quality at r = 0 and 0.2, saved at 90 % vs dense and own point.
-
-    ``saved`` holds :func:`saved_at_quality` rows for both references (column ``reference``).
-    """
+    if set(val["split"]) != {"val"}:
+        raise ValueError(f"choose() takes validation rows only; got splits {sorted(set(val['split']))}")
     rows = []
-    for (task, weight), group in curves[curves.family == "gateskip"].groupby(["task", "sparsity_weight"]):
+    for task, sub in val.groupby("task", sort=False):
         metric = quality_column(task)
-        s = saved[(saved.task == task) & (saved.arm == group.arm.iloc[0])]
-        rows.append(
-            {
-                "task": task,
-                "λ": weight,
-                "quality at r=0": group[group.budget == 0][metric].mean(),
-                "quality at r=0.2": group[group.budget.round(3) == 0.2][metric].mean(),
-                "saved@90 (dense)": s[s.reference == "dense"].saved.mean(),
-                "saved@90 (own)": s[s.reference == "own"].saved.mean(),
-            }
-        )
+        dense = sub[sub.arm == "dense"][["config", "seed", metric, "split"]]
+        best = protocol.select_best(dense, "config", metric, lower_is_better=metric == "bpb")["config"]
+        rows.append(_chosen(task, "dense", best, sub, dense.groupby("config")[metric].mean()[best]))
+        ref = sub[(sub.arm != "dense") | (sub.config == best)]
+        saved = saved_at_quality(ref, metric, fraction=level)
+        for role in ("gateskip", "random_skip", *STATIC):
+            table = saved[saved.arm == role]
+            if table.empty:
+                raise ValueError(f"no validation rows of {role!r} for task {task!r} to choose from")
+            means = table.groupby("config").saved.mean()
+            tied = table[table.config.isin(means[means == means.max()].index)]
+            pick = protocol.select_best(tied, "config", "area", lower_is_better=False)["config"]
+            rows.append(_chosen(task, role, pick, sub[sub.arm == role], means[pick]))
     return pd.DataFrame(rows)
+
+
+def validation_table(val: pd.DataFrame, chosen: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+    """Every configuration run on validation (mean over tuning seeds): full-compute quality, compute saved at
+    ``level`` of the chosen dense model's quality (token x branch, %), and which one was chosen for each role."""
+    rows = []
+    for task, sub in val.groupby("task", sort=False):
+        metric = quality_column(task)
+        picks = chosen[chosen.task == task].set_index("role").config
+        full = sub[sub.budget == 0].groupby(["arm", "config"], sort=False)[metric].mean()
+        ref = sub[(sub.arm != "dense") | (sub.config == picks["dense"])]
+        saved = saved_at_quality(ref, metric, fraction=level).groupby(["arm", "config"], sort=False).saved.mean()
+        for (arm, config), quality in full.items():
+            rows.append(
+                {
+                    "task": task,
+                    "arm": arm,
+                    "config": config,
+                    "metric": metric,
+                    "quality at r=0": quality,
+                    f"saved at {level:.0%} (%)": 100 * saved.get((arm, config), 0.0),
+                    "chosen": "yes" if picks.get(arm) == config else "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _chosen(task: str, role: str, config: str, rows: pd.DataFrame, score: float) -> dict[str, Any]:
+    first = rows[rows.config == config].iloc[0]
+    spec = Spec(first.family, first.finetune_lr, first.gate_lr, first.sparsity_weight, first.train_skip_end)
+    return {"task": task, "role": role, "config": config, "spec": spec, "val_score": float(score)}
+
+
+def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[float, ...]) -> pd.DataFrame:
+    """Per task x arm x seed on test: compute saved (in %) at each quality level, in token x branch fraction and
+    executed FLOPs (``saved_90_tokens``, ``saved_90_flops``, ...), and for generated chains per scope
+    (``gen_saved_90_batch``, ...); the dense rows save 0 by definition (the "saves anything" reference)."""
+    test = curves[curves.split == "test"]
+    parts = []
+    for task, sub in test.groupby("task", sort=False):
+        metric = quality_column(task)
+        for level in levels:
+            for name, column in MEASURES.items():
+                saved = saved_at_quality(sub, metric, x=column, fraction=level)
+                parts.append(saved.assign(metric=f"saved_{round(100 * level)}_{name}"))
+    gen = generation[generation.split == "test"] if len(generation) else generation
+    for (task, scope), sub in gen.groupby(["task", "scope"], sort=False) if len(gen) else []:
+        for level in levels:
+            saved = saved_at_quality(sub.drop(columns="scope"), "gen_em", fraction=level)
+            parts.append(saved.assign(task=task, metric=f"gen_saved_{round(100 * level)}_{scope}"))
+    long = pd.concat(parts, ignore_index=True)
+    wide = long.pivot_table(index=["task", "arm", "seed"], columns="metric", values="saved").mul(100).reset_index()
+    measured = wide.drop(columns=["arm", "seed"]).groupby("task").count() > 0  # which columns each task has
+    dense = test[test.arm == "dense"][["task", "seed"]].drop_duplicates().assign(arm="dense")
+    zeros = pd.concat(
+        [
+            group.assign(**{m: 0.0 for m, ok in measured.loc[task].items() if ok})
+            for task, group in dense.groupby("task")
+        ]
+    )
+    quality = _full_quality(test)
+    scores = pd.concat([wide, zeros], ignore_index=True).merge(quality, on=["task", "arm", "seed"], how="left")
+    scores.columns.name = None
+    return scores
+
+
+def _full_quality(test: pd.DataFrame) -> pd.DataFrame:
+    """Full-compute test quality per task x arm x seed (r = 0; static arms: the dense model they act on)."""
+    rows = []
+    for (task, arm, seed), group in test.groupby(["task", "arm", "seed"], sort=False):
+        at_zero = group[group.budget == 0]
+        if at_zero.empty and arm in STATIC:
+            at_zero = test[(test.task == task) & (test.arm == "dense") & (test.seed == seed)]
+        rows.append({"task": task, "arm": arm, "seed": seed, "quality": float(at_zero[quality_column(task)].mean())})
+    return pd.DataFrame(rows)
+
+
+def side_by_side(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95 % Student-t interval of every saved-at-level column, per task x arm (the verdict's table)."""
+    columns = [c for c in scores.columns if c.startswith(("saved_", "gen_saved_"))]
+    rows = []
+    for (task, arm), group in scores.groupby(["task", "arm"], sort=False):
+        row: dict[str, Any] = {"task": task, "arm": arm, "n": len(group)}
+        for column in columns:
+            values = group[column].dropna().to_numpy()
+            if len(values):
+                mean, low, high = protocol.student_t_ci(values)
+                row[column] = f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def arm_order(arms: list[str]) -> list[str]:
+    """Arms in the report's order: GateSkip, its control, the trained and static baselines, dense."""
+    order = ["gateskip", CONTROL, "random_skip", *STATIC, "dense"]
+    return [a for a in order if a in arms] + sorted(a for a in arms if a not in order)
 
 
 def position_importance(gates: pd.DataFrame, task: str, n_digits: int) -> dict[str, float]:
@@ -135,28 +223,3 @@ def position_importance(gates: pd.DataFrame, task: str, n_digits: int) -> dict[s
         "prompt": float(by_pos.loc[prompt].mean()),
         "later": float(by_pos.loc[by_pos.index > max(prompt)].mean()),
     }
-
-
-def held_lines(
-    curves: pd.DataFrame, tasks: Sequence[str], lambdas: pd.DataFrame, anchor: dict[str, float]
-) -> list[str]:
-    """The report's "what held": each task's verdict, the headline arm's full-compute cost, every λ's numbers and
-    (running sums only: text windows start mid-file) the BOS-anchor check."""
-    verdicts = {task: verdict(curves, task) for task in tasks}
-    head_task = tasks[0]
-    v = verdicts[head_task]
-    metric = quality_column(head_task)
-    dense_q = curves[(curves.task == head_task) & (curves.arm == "dense")][metric].mean()
-    head_q0 = curves[(curves.task == head_task) & (curves.arm == v["head"]) & (curves.budget == 0)][metric].mean()
-    lines = [x["statement"] for x in verdicts.values()]
-    lines.append(f"full-compute {metric}: {v['head']} {head_q0:.3f} vs dense {dense_q:.3f}")
-    for row in lambdas.to_dict("records"):
-        lines.append(
-            f"{row['task']} λ={row['λ']:g}: {quality_column(row['task'])} at r=0 {row['quality at r=0']:.3f}, "
-            f"saved@90 vs dense {row['saved@90 (dense)']:.1%}"
-        )
-    if head_task == "cumsum":
-        lines.append(
-            f"BOS anchor: mean gate {anchor['bos']:.3f} at BOS vs {anchor['prompt']:.3f} other prompt positions"
-        )
-    return lines

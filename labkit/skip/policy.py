@@ -173,6 +173,8 @@ class _Policy:
         if self.scope == "batch":
             k = min(int(math.floor(self.ratio * int(n_real.sum()))), int(eligible.sum()))
             skip = _lowest_k(score, k, None)
+        elif T == 1 and self.ranking == "random":  # a one-token step ranked at random: skip with probability r
+            skip = score < self.ratio  # uniform scores: the calibrated threshold of a fraction r is r itself
         elif T == 1:  # a one-token decoding step: per-branch calibrated thresholds
             if not self.thresholds or branch.name not in self.thresholds:
                 raise ValueError(

@@ -15,6 +15,7 @@ from matplotlib.colors import LogNorm
 from labkit import mixup, protocol
 from labkit.data.regression import RegressionSplits
 from labkit.experiments import cmixup_claims
+from labkit.views.claims import claims_forest as forest
 from labkit.widgets import view
 
 if TYPE_CHECKING:
@@ -88,22 +89,8 @@ def results_bars(scores: pd.DataFrame, metric: str = "test_rmse") -> plt.Figure:
 
 
 def claims_forest(claims: pd.DataFrame) -> plt.Figure:
-    """Every judged claim: C-Mixup's % improvement with its paired Student-t 95 % interval, coloured by verdict
-    (green held, red not held, grey inconclusive); the dashed line is the tolerance a claim must clear."""
-    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(claims) + 1.2))
-    pos = np.arange(len(claims))
-    colours = {"held": "tab:green", "not held": "tab:red", "inconclusive": "tab:gray"}
-    err = np.vstack([claims["mean"] - claims["low"], claims["high"] - claims["mean"]])
-    ax.errorbar(claims["mean"], pos, xerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=3)
-    ax.scatter(claims["mean"], pos, c=[colours[v] for v in claims["verdict"]], zorder=3)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.axvline(cmixup_claims.TOLERANCE_PCT, color="grey", linestyle="--", linewidth=1, label="tolerance")
-    ax.set_yticks(pos, claims["claim"], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("C-Mixup improvement, % of RMSE (paired by seed)")
-    ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    return fig
+    """Every judged claim: C-Mixup's % improvement, paired by seed (see :func:`labkit.views.claims.claims_forest`)."""
+    return forest(claims, cmixup_claims.TOLERANCE_PCT, "C-Mixup improvement, % of RMSE (paired by seed)")
 
 
 def sigma_curves(runs: pd.DataFrame, arm: str = "cmixup", parameter: str = "sigma") -> plt.Figure:

@@ -10,25 +10,26 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit import plots, skip
+from labkit import plots, protocol, skip
 from labkit.data import sequences
-from labkit.stats import bootstrap_ci
+from labkit.experiments.gateskip_claims import TOLERANCE_PP
+from labkit.views.claims import claims_forest as forest
 
 
 def _curve(group: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     rows = []
     for _, pts in group.groupby("budget", sort=True):
-        mean, low, high = bootstrap_ci(pts[y].to_numpy())
+        mean, low, high = protocol.student_t_ci(pts[y].to_numpy())
         rows.append({"x": pts[x].mean(), "mean": mean, "low": low, "high": high})
     return pd.DataFrame(rows).sort_values("x")
 
 
 def quality_vs_saved(curves: pd.DataFrame, task: str, metric: str, dense_label: str = "dense fine-tune") -> plt.Figure:
-    """Quality against compute saved, all arms, in the paper's token x branch fraction and in executed FLOPs.
+    """Quality against compute saved on test, all arms, in the paper's token x branch fraction and in executed FLOPs.
 
-    Lines: mean over seeds, bands: bootstrap 95 % interval; x is the mean measured saving at each budget.
+    Lines: mean over seeds, bands: Student-t 95 % interval; x is the mean measured saving at each budget.
     """
-    sub = curves[curves.task == task]
+    sub = curves[(curves.task == task) & (curves.split == "test")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, x, label in zip(
         axes,
@@ -44,32 +45,59 @@ def quality_vs_saved(curves: pd.DataFrame, task: str, metric: str, dense_label: 
             ax.fill_between(stats.x, stats.low, stats.high, color=color, alpha=0.15, linewidth=0)
         dense = sub[sub.arm == "dense"][metric].mean()
         ax.axhline(dense, color=plots.color("dense"), lw=0.8, ls=":", label=dense_label)
-        ax.axhline(
-            0.9 * dense if metric != "bpb" else dense / 0.9,
-            color="grey",
-            lw=0.8,
-            ls="-.",
-            label="90 % of dense" if metric != "bpb" else "dense / 0.9",
-        )
+        for level, style in ((0.9, "-."), (0.95, "--")):
+            ax.axhline(
+                level * dense if metric != "bpb" else dense / level,
+                color="grey",
+                lw=0.8,
+                ls=style,
+                label=f"{level:.0%} of dense" if metric != "bpb" else f"dense / {level:g}",
+            )
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)
     axes[1].legend(fontsize="small", loc="best")
-    fig.suptitle(f"{task}: quality vs compute saved (mean and 95 % CI over seeds)")
+    fig.suptitle(f"{task}: test quality vs compute saved (mean and Student-t 95 % interval over seeds)")
     fig.tight_layout()
     return fig
 
 
-def saved_at_90(saved: pd.DataFrame, paper: float | None = None) -> plt.Figure:
-    """Bars: compute saved at 90 % quality per arm, relative to the arm's own 0 % point and to the dense model."""
-    fig, ax = plt.subplots(figsize=(9, 4))
-    order = list(dict.fromkeys(saved.arm))
-    plots.bars_ci(saved, "arm", "saved", hue="reference", ax=ax, order=order, hue_order=["own", "dense"])
-    if paper is not None:
-        plots.reference_line(ax, paper, f"up to {paper:.0%} saved at >90 % (LLMs, long-form reasoning)")
-    ax.set_ylabel("compute saved at 90 % quality (token x branch)")
+def generation_curves(generation: pd.DataFrame) -> plt.Figure:
+    """Exact match of chains generated with a KV cache against the token x branch fraction skipped (prefill and
+    decoding), per scope: batch quantile per step, or per-branch thresholds calibrated on validation."""
+    scopes = list(dict.fromkeys(generation.scope))
+    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4), sharey=True, squeeze=False)
+    for ax, scope in zip(axes[0], scopes, strict=True):
+        sub = generation[generation.scope == scope]
+        for arm, group in sub[sub.arm != "dense"].groupby("arm", sort=False):
+            stats = _curve(group, "skipped_fraction", "gen_em")
+            ax.plot(
+                stats.x,
+                stats["mean"],
+                "--" if "random rank" in arm else "-",
+                marker="o",
+                ms=3,
+                color=plots.color(arm),
+                label=arm,
+            )
+            ax.fill_between(stats.x, stats.low, stats.high, color=plots.color(arm), alpha=0.15, linewidth=0)
+        dense = sub[sub.arm == "dense"].gen_em.mean()
+        ax.axhline(dense, color=plots.color("dense"), lw=0.8, ls=":", label="dense fine-tune")
+        ax.axhline(0.9 * dense, color="grey", lw=0.8, ls="-.", label="90 % of dense")
+        ax.set_xlabel("compute saved: token x branch fraction (prefill + decoding)")
+        ax.set_title(f"{scope} scope")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact match of the generated chain")
+    axes[0][-1].legend(fontsize="small")
+    fig.suptitle("running sums generated with a KV cache under the budget (test)")
     fig.tight_layout()
     return fig
+
+
+def claims_forest(claims: pd.DataFrame) -> plt.Figure:
+    """Every judged claim: GateSkip's extra compute saved over a baseline, paired by seed (see
+    :func:`labkit.views.claims.claims_forest`)."""
+    return forest(claims, TOLERANCE_PP, "GateSkip minus baseline: compute saved, percentage points (paired by seed)")
 
 
 def gate_heatmap(gates: pd.DataFrame, task: str, tokens: list[str] | None = None) -> plt.Figure:
@@ -157,8 +185,8 @@ def draw_tokens(
 
 
 def training_curves(history: pd.DataFrame, task: str) -> plt.Figure:
-    """Task loss during pretraining and each fine-tune (mean over seeds)."""
-    sub = history[history.task == task]
+    """Task loss during pretraining and each test fine-tune (mean over the test seeds)."""
+    sub = history[(history.task == task) & history.split.isin(["pretrain", "test"])]
     phases = list(dict.fromkeys(sub.phase))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     pre = sub[sub.phase == "pretrain"].groupby("step").loss.mean()
