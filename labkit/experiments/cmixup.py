@@ -72,6 +72,7 @@ TUNED = {
     "cmixup_manifold": ("sigma", "sigmas", "image_sigmas"),
 }
 KERNEL_ARMS = {arm: grids[1] for arm, grids in TUNED.items() if grids[0] == "sigma"}
+GRIDS = tuple(dict.fromkeys(field for _, *fields in TUNED.values() for field in fields))  # every grid field
 
 # The paper's abstract: C-Mixup's improvement over the best prior approach (labelled references only). Its third
 # number (+4.76 % task generalization, meta-regression) is not tested here.
@@ -123,29 +124,14 @@ class Config:
 
     def __post_init__(self) -> None:
         check_types(self)
-        require_non_empty(
-            self,
-            "datasets",
-            "arms",
-            "sigmas",
-            "alphas",
-            "feature_sigmas",
-            "image_sigmas",
-            "image_alphas",
-            "image_feature_sigmas",
-        )
+        require_non_empty(self, "datasets", "arms", *GRIDS)
         require_subset("datasets", self.datasets, DATASETS)
         require_subset("arms", self.arms, ARMS)
         require_positive(
             self,
             "seeds",
             "image_seeds",
-            "sigmas",
-            "alphas",
-            "feature_sigmas",
-            "image_sigmas",
-            "image_alphas",
-            "image_feature_sigmas",
+            *GRIDS,
             "alpha",
             "epochs",
             "patience",
@@ -166,9 +152,7 @@ class Config:
             "threads",
             "workers",
         )
-        require_unique(
-            self, "sigmas", "alphas", "feature_sigmas", "image_sigmas", "image_alphas", "image_feature_sigmas"
-        )
+        require_unique(self, *GRIDS)
         require_non_negative(self, "image_exclude_digits")
         require_within(self, "min_improvement", 0, 1, "[)")
         require_within(self, "angle_range", 0, 360, "(]")
