@@ -117,3 +117,30 @@ def test_token_skip_map_shapes_and_budget():
     assert closed["keep"].all()  # r = 0 skips nothing
     half = views.token_skip_map(model, examples, 0.5, example=2)
     assert 0 < (~half["keep"]).sum() < half["keep"].size
+
+
+def test_claims_forest_and_generation_figures():
+    from labkit.views import gateskip as views
+
+    claims = pd.DataFrame(
+        {
+            "claim": ["a", "b", "c"],
+            "mean": [3.0, -2.0, 0.5],
+            "low": [1.5, -4.0, float("nan")],
+            "high": [4.5, -0.5, float("nan")],
+            "verdict": ["held", "not held", "inconclusive"],
+        }
+    )
+    fig = views.claims_forest(claims)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b", "c"]
+    matplotlib.pyplot.close(fig)
+    rows = [
+        {"arm": arm, "scope": scope, "seed": seed, "budget": b, "skipped_fraction": b, "gen_em": 1 - b}
+        for arm in ("dense", "gateskip")
+        for scope in ("batch", "sequence")
+        for seed in (0, 1)
+        for b in (0.0, 0.2)
+    ]
+    fig = views.generation_curves(pd.DataFrame(rows))
+    assert [ax.get_title() for ax in fig.axes] == ["batch scope", "sequence scope"]
+    matplotlib.pyplot.close(fig)
