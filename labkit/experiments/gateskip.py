@@ -336,19 +336,24 @@ def run(cfg: Config) -> Results:
     )
 
 
-def verdict_text(results: Results) -> str:
-    """The recorded verdict: every claim with its effect (percentage points), interval, n and verdict, then sanity
-    flags and the configurations chosen on validation."""
-    parts = [
+def verdict_lines(results: Results) -> list[str]:
+    """Every claim with its effect (percentage points), interval, n and verdict, then the sanity flags and the
+    configurations chosen on validation: one line each."""
+    lines = [
         f"{r['claim']}: {r['verdict']} ({r['effect']} pp, n={r['n']}"
         + (f"; paper {r['paper (reference)']})" if r["paper (reference)"] else ")")
         for r in results.claims.to_dict("records")
     ]
     flags = [f for f in results.sanity["flags"] if f]
-    parts.append("sanity: " + ("; ".join(flags) if flags else "every arm beat the trivial predictor, dense converged"))
+    lines.append("sanity: " + ("; ".join(flags) if flags else "every arm beat the trivial predictor, dense converged"))
     picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
-    parts.append("chosen on validation: " + ", ".join(picks))
-    return "; ".join(parts)
+    lines.append("chosen on validation: " + ", ".join(picks))
+    return lines
+
+
+def verdict_text(results: Results) -> str:
+    """The recorded verdict: :func:`verdict_lines` joined."""
+    return "; ".join(verdict_lines(results))
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
