@@ -147,11 +147,17 @@ def test_tuple_parameters_reach_the_notebook_as_tuples(tmp_path):
 
 
 
+def _with_cumsum_variant(monkeypatch):
+    """The gateskip experiment with a named cpu variant (no experiment declares one today)."""
+    module = runner.experiment_module(runner.resolve_notebook("gateskip"))
+    monkeypatch.setattr(module, "REPORT_VARIANTS", {"cpu": {"cumsum": {"tasks": ("cumsum",)}}}, raising=False)
+    return module
+
+
 def test_report_variants_add_named_reports_of_a_preset(monkeypatch):
     gateskip = runner.resolve_notebook("gateskip")
-    module = runner.experiment_module(gateskip)
     assert runner.report_variants(gateskip, "cpu") == [("cpu", {})]  # both tasks in one run since the protocol
-    monkeypatch.setattr(module, "REPORT_VARIANTS", {"cpu": {"cumsum": {"tasks": ("cumsum",)}}}, raising=False)
+    module = _with_cumsum_variant(monkeypatch)
     assert runner.report_variants(gateskip, "cpu") == [("cpu", {}), ("cpu-cumsum", {"tasks": ("cumsum",)})]
     assert runner.report_variants(gateskip, "smoke") == [("smoke", {})]
     assert runner.report_variants(runner.resolve_notebook("profiling"), "cpu") == [("cpu", {})]
@@ -168,8 +174,7 @@ def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "run_notebook", fake_run)
     monkeypatch.setattr(reports_index, "write_index", lambda: tmp_path / "README.md")
-    module = runner.experiment_module(runner.resolve_notebook("gateskip"))
-    monkeypatch.setattr(module, "REPORT_VARIANTS", {"cpu": {"cumsum": {"tasks": ("cumsum",)}}}, raising=False)
+    _with_cumsum_variant(monkeypatch)
     assert cli.main(["report", "--preset", "cpu", "gateskip"]) == 0
     assert calls == [
         ("gateskip", "cpu", {}, "gateskip/cpu"),
