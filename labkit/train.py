@@ -2,14 +2,14 @@
 
 Hooks make it reusable without copies: ``step_context(step)`` wraps each forward (e.g. a skip budget that ramps),
 ``extra_loss(model)`` adds a term after the forward (e.g. a gate penalty), ``loss_fn(model, batch)`` replaces the
-default next-token cross-entropy.
+default next-token cross-entropy, ``on_checkpoint(done)`` scores the model part-way (early stopping on validation).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import pandas as pd
@@ -66,6 +66,9 @@ def train_causal_lm(
     step_context: Callable[[int], Any] | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]] | None = None,
+    schedule_steps: int | None = None,
+    checkpoints: Collection[int] = (),
+    on_checkpoint: Callable[[int], None] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> pd.DataFrame:
@@ -73,11 +76,24 @@ def train_causal_lm(
 
     ``parameters`` may also be AdamW parameter groups (dicts with ``"params"`` and an optional peak ``"lr"``, default
     ``lr``): every group follows the same warm-up/cosine schedule scaled to its own peak.
+    ``schedule_steps`` (default ``steps``) is the schedule's horizon: training may stop before it, as a run stopped
+    early on validation does. After ``done`` steps for each ``done`` in ``checkpoints``, ``on_checkpoint(done)`` runs
+    with the model in eval mode and the RNG state restored afterwards, so a run stopped at ``done`` trains exactly as
+    one checkpointed there.
     Returns one row per step: ``step``, ``loss`` (the task loss), ``extra`` (the added term, 0 without one), ``lr``
     (the schedule applied to ``lr``).
     """
     if steps < 0 or lr <= 0:
         raise ValueError(f"expected steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    horizon = steps if schedule_steps is None else schedule_steps
+    if horizon < steps:
+        raise ValueError(f"schedule_steps={horizon} is shorter than steps={steps}: the schedule must cover the run")
+    outside = sorted(c for c in checkpoints if not 1 <= c <= steps)
+    if outside or (checkpoints and on_checkpoint is None):
+        raise ValueError(
+            f"checkpoints must lie in 1..steps={steps} and need on_checkpoint; got {sorted(checkpoints)}"
+            + (f" (outside: {outside})" if outside else ", no on_checkpoint")
+        )
     groups = _param_groups(model, parameters, lr)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
@@ -92,7 +108,7 @@ def train_causal_lm(
             batch = batch.to(device)
         elif isinstance(batch, dict):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        scale = cosine_lr(step, steps, warmup_steps, min_lr_ratio)
+        scale = cosine_lr(step, horizon, warmup_steps, min_lr_ratio)
         for group, peak in zip(optimizer.param_groups, peaks, strict=True):
             group["lr"] = peak * scale
         with step_context(step) if step_context is not None else contextlib.nullcontext():
@@ -104,5 +120,11 @@ def train_causal_lm(
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         rows.append({"step": step, "loss": float(loss.detach()), "extra": float(extra.detach()), "lr": lr * scale})
+        if step + 1 in checkpoints and on_checkpoint is not None:
+            model.eval()
+            cuda = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # scoring draws no random numbers the training would see
+                on_checkpoint(step + 1)
+            model.train()
     model.eval()
     return pd.DataFrame(rows)

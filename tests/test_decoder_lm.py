@@ -99,3 +99,39 @@ def test_train_causal_lm_reduces_loss_and_runs_hooks():
     assert list(history.columns) == ["step", "loss", "extra", "lr"] and len(history) == 30 == len(calls)
     assert history.loss.iloc[-5:].mean() < history.loss.iloc[:5].mean()
     assert (history.extra == 0.5).all() and not model.training
+
+
+def test_train_causal_lm_checkpoints_and_early_stop_match():
+    """A run stopped after 6 of a 10-step schedule equals the same schedule checkpointed at 6, whatever the checkpoint
+    does (here it draws random numbers); the schedule follows the horizon, not the stop."""
+    from labkit.data import sequences
+    from labkit.train import train_causal_lm
+
+    model = build_causal_lm("llama", sequences.VOCAB_SIZE, 32, 2, 2, seed=0)
+
+    def train(steps, **kwargs):
+        model.load_state_dict(build_causal_lm("llama", sequences.VOCAB_SIZE, 32, 2, 2, seed=0).state_dict())
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(1)
+        batches = lambda step: sequences.running_sum_batch(8, 4, gen)  # noqa: E731
+        return train_causal_lm(model, batches, steps, 3e-3, schedule_steps=10, progress=False, **kwargs)
+
+    seen, snapshots = [], {}
+
+    def score(done):
+        seen.append((done, model.training))
+        torch.rand(100)  # must not shift the training's random stream
+        snapshots[done] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    train(10, checkpoints=(3, 6), on_checkpoint=score)
+    assert seen == [(3, False), (6, False)] and not model.training
+    history = train(6)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(snapshots[6][name], value)
+    assert history.lr.iloc[-1] > 3e-3 * 0.5  # still high at step 6 of a 10-step cosine: the horizon sets it
+    with pytest.raises(ValueError, match="schedule_steps=10 is shorter than steps=11"):
+        train(11)
+    with pytest.raises(ValueError, match=r"outside: \[7\]"):
+        train(6, checkpoints=(7,), on_checkpoint=score)
+    with pytest.raises(ValueError, match="no on_checkpoint"):
+        train(6, checkpoints=(3,))

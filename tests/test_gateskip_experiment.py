@@ -51,21 +51,35 @@ def test_train_causal_lm_parameter_groups_get_their_own_peak_lr():
 
 def test_config_grids_need_an_equal_tuning_budget():
     cfg = experiment.Config()
-    assert len(experiment.tuning_grid(cfg)) == 3 * len(cfg.dense_lrs)  # dense, GateSkip and random skip alike
+    grid = experiment.tuning_grid(cfg)
+    assert len(grid) == 3 * len(cfg.dense_lrs) * len(cfg.finetune_stops)  # dense, GateSkip and random skip alike
+    assert experiment.stop_steps(cfg) == [100, 150, 200]
+    runs = experiment.tuning_runs(grid)  # one fine-tune per configuration, scored at every stop on the way
+    assert len(runs) == 3 * len(cfg.dense_lrs) and all(r.steps == 200 and stops == (100, 150) for r, stops in runs)
     with pytest.raises(ValueError, match="same tuning budget"):
         experiment.configure("smoke", {"dense_lrs": (1e-3, 3e-3)})
+    with pytest.raises(ValueError, match="round to the same step"):
+        experiment.configure("smoke", {"finetune_stops": (0.5, 0.52)})
+    with pytest.raises(ValueError, match="finetune_stops"):
+        experiment.configure("smoke", {"finetune_stops": (0.0, 1.0)})
     assert experiment.test_seeds(cfg)[0] > experiment.tune_seeds(cfg)[-1]  # fresh seeds on test
 
 
 def test_run_arm_is_deterministic_and_scores_the_split_it_is_given(tmp_path):
     cfg = experiment.configure("smoke", {"budgets": (0.0, 0.2), "eval_size": 32, "tasks": ("cumsum",)})
     pre = experiment.pretrain(cfg, "cumsum", 0, tmp_path)
-    spec = next(s for s in experiment.tuning_grid(cfg) if s.family == "gateskip")
-    first = pd.DataFrame(experiment.run_arm(cfg, pre, spec, "val", tmp_path).rows)
-    again = pd.DataFrame(experiment.run_arm(cfg, pre, spec, "val", tmp_path).rows)
+    spec, stops = next(r for r in experiment.tuning_runs(experiment.tuning_grid(cfg)) if r[0].family == "gateskip")
+    first = pd.DataFrame(experiment.run_arm(cfg, pre, spec, "val", tmp_path, stops=stops).rows)
+    again = pd.DataFrame(experiment.run_arm(cfg, pre, spec, "val", tmp_path, stops=stops).rows)
     pd.testing.assert_frame_equal(first, again)  # a job does not depend on what ran before it
     assert set(first.split) == {"val"} and "flops" not in first  # tuning never measures test FLOPs
+    assert sorted(set(first.steps)) == [5, 10] and first.config.str.endswith(" steps").all()  # both stops scored
     assert 0.5 < first.gate_mean.iloc[0] < 1.0
+    early = dataclasses.replace(spec, steps=5)  # stopping early trains exactly as the checkpointed run did
+    alone = pd.DataFrame(experiment.run_arm(cfg, pre, early, "val", tmp_path).rows)
+    pd.testing.assert_frame_equal(first[first.steps == 5].reset_index(drop=True), alone)
+    with pytest.raises(ValueError, match="do not lie before the run's end"):
+        experiment.run_arm(cfg, pre, early, "val", tmp_path, stops=(5,))
     test = experiment.run_arm(cfg, pre, spec, "test", tmp_path)
     rows = pd.DataFrame(test.rows)
     assert set(rows.arm) == {"gateskip", "gateskip + random rank"} and rows.flops_saved.notna().all()

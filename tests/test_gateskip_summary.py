@@ -30,6 +30,7 @@ def _curves(metric: str = "seq_em", split: str = "test", seeds=(0, 1, 2)) -> pd.
             "gate_lr": 0.0,
             "sparsity_weight": 0.0,
             "train_skip_end": 0.0,
+            "steps": 200,
         }
         rows.append({**base, "arm": "dense", "budget": 0.0, "skipped_fraction": 0.0, "flops_saved": 0.0, metric: 1.0})
         for arm, points in arms.items():
@@ -72,14 +73,18 @@ def test_choose_sees_validation_only_and_breaks_ties_by_quality():
     better = val[val.arm == "gateskip"].assign(config="better", seq_em=lambda d: d.seq_em + 0.04)
     dense2 = val[val.arm == "dense"].assign(config="worse", seq_em=0.5)
     val = pd.concat([val, better, dense2], ignore_index=True)
-    chosen = summary.choose(val).set_index("role")
+    chosen, table = summary.choose(val)
+    chosen = chosen.set_index("role")
     assert chosen.loc["dense", "config"] == "c"  # higher exact match at full compute
     assert chosen.loc["gateskip", "config"] == "better"  # saves more at 90 % of the chosen dense quality
-    assert chosen.loc["gateskip", "spec"].family == "dense"  # rebuilt from the row's spec columns
+    spec = chosen.loc["gateskip", "spec"]
+    assert (spec.family, spec.steps) == ("dense", 200)  # rebuilt from the row's spec columns, stopping step included
     with pytest.raises(ValueError, match="validation rows only"):
         summary.choose(_curves(split="test"))
-    table = summary.validation_table(val, summary.choose(val))
     assert set(table[table.chosen == "yes"].config) == {"c", "better"}
+    row = table.set_index(["arm", "config"]).loc[("gateskip", "better")]
+    assert row["saved at 90% (%)"] == pytest.approx(100 * chosen.loc["gateskip", "val_score"])
+    assert table.set_index(["arm", "config"]).loc[("dense", "worse"), "chosen"] == ""
 
 
 def test_scores_claims_and_sanity():

@@ -3,7 +3,7 @@ reproduced under the protocol (:mod:`labkit.protocol`).
 
 Every arm starts from the same small decoder LM, pretrained here from a ``transformers`` config, saved with
 ``save_pretrained`` and reloaded with ``from_pretrained`` (as the paper fine-tunes a pretrained model), and gets the
-same number of fine-tuning steps:
+same fine-tuning schedule (``finetune_steps``; where to stop in it is tuned on validation):
 
 - ``gateskip``: vector gates (bias 5, std 0.01, detached input), L2 gate penalty of weight λ, training budget ramped
   0 -> ``train_skip_end``; evaluated with the per-branch batch quantile of gate importance;
@@ -14,8 +14,9 @@ same number of fine-tuning steps:
   calibration batches; Unified Layer Skipping's evenly spaced middle layers).
 
 Protocol: three disjoint splits (training stream, validation, test). Each family is tuned on validation over a grid
-of the same size (GateSkip: gate lr x λ; random skip: lr x ramp end; dense, ShortGPT and ULS: the dense lr), on
-``tune_seeds`` seeds; the frozen choices then run on test with ``seeds`` fresh seeds (pretraining included).
+of the same size (GateSkip: gate lr x λ; random skip: lr x ramp end; dense, ShortGPT and ULS: the dense lr; each
+times the stopping points ``finetune_stops``), on ``tune_seeds`` seeds; the frozen choices then run on test with
+``seeds`` fresh seeds (pretraining included).
 Tasks: ``text`` (byte-level LM on pinned CPython stdlib sources: bits per byte) and ``cumsum`` (running sums mod 10:
 exact match teacher-forced and of chains generated with a KV cache). Compute saved is reported as the paper's
 token x branch fraction and as FLOPs actually executed in compact execution, at 90 % and 95 % of dense quality.
@@ -56,7 +57,16 @@ from labkit.experiments import (
 )
 from labkit.experiments import configure as _configure
 from labkit.experiments import gateskip_summary as summary
-from labkit.experiments.gateskip_arms import ArmResults, Pretrained, Spec, pretrain, run_arm, tuning_grid
+from labkit.experiments.gateskip_arms import (
+    ArmResults,
+    Pretrained,
+    Spec,
+    pretrain,
+    run_arm,
+    stop_steps,
+    tuning_grid,
+    tuning_runs,
+)
 from labkit.experiments.gateskip_tasks import Task, trivial_quality
 
 T = TypeVar("T")
@@ -78,7 +88,10 @@ class Config:
     pretrain_steps: int = 300  # steps to pretrain the shared checkpoint on running sums (trial: EM 1.0 after 300)
     pretrain_lr: float = 3e-3  # AdamW peak lr, cosine (trial value)
     text_pretrain_steps: int = 600  # pretraining steps on the text task (harder than the toy)
-    finetune_steps: int = 200  # fine-tuning steps of every configuration (the paper: 6,800 steps on 1B models)
+    finetune_steps: int = 200  # fine-tuning schedule of every configuration (the paper: 6,800 steps on 1B models)
+    # Stopping points tuned on validation, as fractions of finetune_steps: one run per configuration is scored at
+    # each (early stopping); the test run stops at the chosen one. The cosine lr and skip ramp span finetune_steps.
+    finetune_stops: tuple[float, ...] = (0.5, 0.75, 1.0)
     finetune_lr: float = 1e-3  # GateSkip's LM weights' peak lr (the paper: 3e-6 on 1B models)
     # Tuning grids, chosen on validation; every fine-tuned family gets the same number of configurations.
     gate_lrs: tuple[float, ...] = (0.0, 3e-2)  # GateSkip gate peak lrs; 0 = finetune_lr (paper: gates 33x)
@@ -113,6 +126,7 @@ class Config:
             "dense_lrs",
             "random_lrs",
             "random_skip_ends",
+            "finetune_stops",
             "budgets",
             "levels",
         )
@@ -150,6 +164,12 @@ class Config:
         require_within(self, "random_skip_ends", 0, 1, "()")
         require_within(self, "budgets", 0, 1, "[)")
         require_within(self, "levels", 0, 1, "()")
+        require_within(self, "finetune_stops", 0, 1, "(]")
+        if len(stop_steps(self)) != len(self.finetune_stops):
+            raise ValueError(
+                f"finetune_stops {self.finetune_stops} of {self.finetune_steps} steps round to the same step: "
+                f"{stop_steps(self)}; use fewer stops or more finetune_steps"
+            )
         require_divisible(self, "d_model", "n_heads")
         require_device(self)
         sizes = {
@@ -172,6 +192,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain_steps": 20,
         "text_pretrain_steps": 20,
         "finetune_steps": 10,
+        "finetune_stops": (0.5, 1.0),
         "gate_lrs": (0.0,),
         "sparsity_weights": (0.01,),
         "dense_lrs": (1e-3,),
@@ -233,6 +254,7 @@ class Results:
     curves: pd.DataFrame  # one row per task x split x seed x arm x config x budget: quality and compute saved
     generation: pd.DataFrame  # cumsum, test: generated-chain exact match per seed x arm x scope x budget
     chosen: pd.DataFrame  # per task x role: the configuration chosen on validation
+    validation: pd.DataFrame  # every configuration run on validation: quality, saving, which role chose it
     trivial: pd.DataFrame  # per task x seed: the trivial predictor's test quality
     gates: pd.DataFrame  # mean gate importance per task x seed x layer x branch x position (GateSkip, r = 0)
     skips: pd.DataFrame  # skip fraction per task x seed x branch x position at r = train_skip_end
@@ -251,9 +273,9 @@ def _pretrain_job(args: tuple[Config, str, int, str]) -> Pretrained:
     return pretrain(cfg, task_name, seed, Path(workdir))
 
 
-def _arm_job(args: tuple[Config, Pretrained, Spec, str, str, tuple[str, ...]]) -> ArmResults:
-    cfg, pre, spec, split, workdir, roles = args
-    return run_arm(cfg, pre, spec, split, Path(workdir), roles)
+def _arm_job(args: tuple[Config, Pretrained, Spec, str, str, tuple[str, ...], tuple[int, ...]]) -> ArmResults:
+    cfg, pre, spec, split, workdir, roles, stops = args
+    return run_arm(cfg, pre, spec, split, Path(workdir), roles, stops)
 
 
 def _test_jobs(cfg: Config, chosen: pd.DataFrame) -> list[tuple[str, Spec, tuple[str, ...]]]:
@@ -278,16 +300,16 @@ def run(cfg: Config) -> Results:
         pre_args = [(cfg, t, s, tmp) for t in cfg.tasks for s in seeds]
         pretrained = {(p.task, p.seed): p for p in pool(_pretrain_job, pre_args, "pretrain")}
         tune_args = [
-            (cfg, pretrained[t, s], spec, "val", tmp, ())
+            (cfg, pretrained[t, s], spec, "val", tmp, (), stops)
             for t in cfg.tasks
             for s in tune_seeds(cfg)
-            for spec in tuning_grid(cfg)
+            for spec, stops in tuning_runs(tuning_grid(cfg))
         ]
         tuned = pool(_arm_job, tune_args, "tune")
         val = pd.DataFrame([row for out in tuned for row in out.rows])
-        chosen = summary.choose(val, cfg.levels[0])
+        chosen, validation = summary.choose(val, cfg.levels[0])
         test_args = [
-            (cfg, pretrained[t, s], spec, "test", tmp, roles)
+            (cfg, pretrained[t, s], spec, "test", tmp, roles, ())
             for t, spec, roles in _test_jobs(cfg, chosen)
             for s in test_seeds(cfg)
         ]
@@ -319,13 +341,11 @@ def run(cfg: Config) -> Results:
         curves=curves,
         generation=generation,
         chosen=chosen.drop(columns="spec"),
+        validation=validation,
         trivial=trivial,
         gates=pd.DataFrame([row for out in tested for row in out.gates]),
         skips=pd.DataFrame([row for out in tested for row in out.skips]),
-        history=pd.concat(
-            [p.history.assign(split="pretrain") for p in pretrained.values()] + [out.history for out in outs],
-            ignore_index=True,
-        ),
+        history=history,
         cost=pd.DataFrame(cost + [row for out in outs for row in out.cost]),
         provenance=provenance,
         model=model,

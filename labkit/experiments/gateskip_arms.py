@@ -1,6 +1,10 @@
 """GateSkip's arms (:mod:`labkit.experiments.gateskip`): one pretrained LM per task and seed, then one fine-tune per
 arm configuration, scored at every budget on validation (tuning) or test (the frozen choice).
 
+The number of fine-tuning steps is tuned as early stopping: every run follows the same ``cfg.finetune_steps``
+schedule (cosine lr and skip ramp) and a validation run is scored at each stopping point of ``cfg.finetune_stops``; a
+test run stops at the chosen one, which trains exactly as the checkpointed run did up to there.
+
 Every configuration starts from the same checkpoint, gate initialisation and fine-tuning batches of its seed, so
 one job's numbers do not depend on which other jobs ran, and jobs run in any order or process.
 """
@@ -53,23 +57,32 @@ class Spec:
     gate_lr: float = 0.0  # peak lr of the gates (GateSkip); 0 = finetune_lr
     sparsity_weight: float = 0.0  # gate-penalty weight λ (GateSkip)
     train_skip_end: float = 0.0  # training budget at the end of the ramp (GateSkip and random skip)
+    steps: int = 0  # fine-tuning steps before stopping; 0 = the whole schedule (cfg.finetune_steps)
 
     @property
     def config(self) -> str:
         """A short label of the settings that vary within the family."""
         if self.family == "gateskip":
-            return f"gate lr={self.gate_lr or self.finetune_lr:g}, λ={self.sparsity_weight:g}"
-        if self.family == "random_skip":
-            return f"lr={self.finetune_lr:g}, ramp to {self.train_skip_end:g}"
-        return f"lr={self.finetune_lr:g}"
+            label = f"gate lr={self.gate_lr or self.finetune_lr:g}, λ={self.sparsity_weight:g}"
+        elif self.family == "random_skip":
+            label = f"lr={self.finetune_lr:g}, ramp to {self.train_skip_end:g}"
+        else:
+            label = f"lr={self.finetune_lr:g}"
+        return f"{label}, {self.steps} steps" if self.steps else label
 
     def columns(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": self.config}
 
 
+def stop_steps(cfg: Config) -> list[int]:
+    """The fine-tuning steps at which a run may stop (``cfg.finetune_stops`` of the schedule), ascending."""
+    return sorted({max(1, round(f * cfg.finetune_steps)) for f in cfg.finetune_stops})
+
+
 def tuning_grid(cfg: Config) -> list[Spec]:
-    """Every configuration tuned on validation: the same number per family (the equal tuning budget)."""
-    return (
+    """Every configuration tuned on validation, stopping points included: the same number per family (the equal
+    tuning budget)."""
+    runs = (
         [Spec("dense", lr) for lr in cfg.dense_lrs]
         + [
             Spec("gateskip", cfg.finetune_lr, g, w, cfg.train_skip_end)
@@ -80,6 +93,15 @@ def tuning_grid(cfg: Config) -> list[Spec]:
             for lr, end in itertools.product(cfg.random_lrs, cfg.random_skip_ends)
         ]
     )
+    return [dataclasses.replace(spec, steps=steps) for spec in runs for steps in stop_steps(cfg)]
+
+
+def tuning_runs(specs: list[Spec]) -> list[tuple[Spec, tuple[int, ...]]]:
+    """``specs`` grouped into fine-tuning runs: (the longest spec, the earlier stops scored on the way)."""
+    runs: dict[Spec, list[int]] = {}
+    for spec in specs:
+        runs.setdefault(dataclasses.replace(spec, steps=0), []).append(spec.steps)
+    return [(dataclasses.replace(base, steps=max(s)), tuple(sorted(s)[:-1])) for base, s in runs.items()]
 
 
 @dataclass
@@ -141,17 +163,27 @@ def pretrain(cfg: Config, task_name: str, seed: int, workdir: Path) -> Pretraine
     return Pretrained(task_name, seed, checkpoint, history, seconds, n_parameters(base), task.provenance)
 
 
-def _finetune(model: nn.Module, task: Task, cfg: Config, spec: Spec, seed: int) -> pd.DataFrame:
-    """Fine-tune ``model`` as ``spec`` says: densely, or with skipping ramped in over fine-tuning (the paper's ramp
+def _finetune(
+    model: nn.Module, task: Task, cfg: Config, spec: Spec, seed: int, stops: tuple[int, ...], on_stop: Callable
+) -> pd.DataFrame:
+    """Fine-tune ``model`` as ``spec`` says for ``spec.steps`` of the ``cfg.finetune_steps`` schedule, calling
+    ``on_stop(done)`` at the earlier ``stops``: densely, or with skipping ramped in over the schedule (the paper's ramp
     0 -> ``train_skip_end``), ranked by its gates with the gate penalty ("gateskip") or at random ("random_skip")."""
     gen = torch.Generator().manual_seed(30_000 + seed)  # every arm of a seed sees the same fine-tuning batches
-    desc = f"{spec.family} {spec.config}"
+    common = {
+        "schedule_steps": cfg.finetune_steps,
+        "checkpoints": stops,
+        "on_checkpoint": on_stop,
+        "progress": cfg.progress,
+        "desc": f"{spec.family} {spec.config}",
+    }
+    steps = spec.steps or cfg.finetune_steps
 
     def batches(step: int) -> torch.Tensor:
         return task.batch(cfg.batch_size, gen)
 
     if spec.family == "dense":
-        return train_causal_lm(model, batches, cfg.finetune_steps, spec.finetune_lr, progress=cfg.progress, desc=desc)
+        return train_causal_lm(model, batches, steps, spec.finetune_lr, **common)
     ranking = "gate" if spec.family == "gateskip" else "random"
 
     def context(step: int) -> AbstractContextManager[skip.SkipStats]:
@@ -164,13 +196,12 @@ def _finetune(model: nn.Module, task: Task, cfg: Config, spec: Spec, seed: int) 
     return train_causal_lm(
         model,
         batches,
-        cfg.finetune_steps,
+        steps,
         spec.finetune_lr,
         step_context=context,
         extra_loss=penalty if spec.family == "gateskip" else None,
         parameters=gate.parameter_groups(model, spec.finetune_lr, spec.gate_lr),
-        progress=cfg.progress,
-        desc=desc,
+        **common,
     )
 
 
@@ -184,31 +215,41 @@ class _Job:
     spec: Spec
     split: str  # "val" (tuning) or "test" (the frozen configuration)
     workdir: Path
+    stops: tuple[int, ...] = ()  # earlier stopping points scored on the way (validation)
     cost: list[dict[str, Any]] = field(default_factory=list)
     dense_flops: int = 0  # FLOPs of the pretrained model's forward (test only): the 0 % saved reference
+    _nested: float = 0.0  # seconds of timed phases run inside other timed phases (not counted twice)
 
     def timed(self, phase: str, fn: Callable[[], T]) -> T:
-        """``fn()``, its wall seconds recorded under ``phase``."""
-        start = time.perf_counter()
+        """``fn()``, its wall seconds recorded under ``phase`` (less those of timed phases run inside it)."""
+        start, nested = time.perf_counter(), self._nested
         out = fn()
+        seconds = time.perf_counter() - start
         row = {"task": self.task.name, "seed": self.pre.seed, "split": self.split, "phase": phase}
-        self.cost.append({**row, "seconds": time.perf_counter() - start})
+        self.cost.append({**row, "seconds": seconds - (self._nested - nested)})
+        self._nested = nested + seconds
         return out
 
-    def row(self, arm: str, budget: float, quality: dict[str, float], flops: int | None) -> dict[str, Any]:
-        out = {"task": self.task.name, "seed": self.pre.seed, "split": self.split, "arm": arm, **self.spec.columns()}
+    def at(self, done: int) -> Spec:
+        """The job's spec stopped after ``done`` fine-tuning steps."""
+        return dataclasses.replace(self.spec, steps=done)
+
+    def row(self, spec: Spec, arm: str, budget: float, quality: dict[str, float], flops: int | None) -> dict:
+        out = {"task": self.task.name, "seed": self.pre.seed, "split": self.split, "arm": arm, **spec.columns()}
         out.update(budget=budget, **quality)
         if flops is not None:
             out.update(flops=flops, flops_saved=1.0 - flops / self.dense_flops)
         return out
 
-    def points(self, model: nn.Module, arm: str, make: Callable[[Any, str, bool], SkipContext], budgets: list) -> list:
+    def points(
+        self, model: nn.Module, spec: Spec, arm: str, make: Callable[[Any, str, bool], SkipContext], budgets: list
+    ) -> list:
         """Teacher-forced rows of ``model`` at each budget (FLOPs of compact execution on test only)."""
         rows = []
         for budget in budgets:
             quality = evaluate(model, self.task, make(budget, "masked", False), self.split)
             flops = executed_flops(model, self.task, make(budget, "compact", True)) if self.split == "test" else None
-            rows.append(self.row(arm, budget, quality, flops))
+            rows.append(self.row(spec, arm, budget, quality, flops))
         return rows
 
 
@@ -229,7 +270,8 @@ def _static_maker(model: nn.Module) -> Callable[[Any, str, bool], SkipContext]:
 
 
 def _generation(job: _Job, model: nn.Module, arm: str, ranking: str | None, sets: list | None = None) -> list:
-    """Generated-chain rows: per budget and scope (gate or random ranking) or per static set (``sets``)."""
+    """Generated-chain rows (test: the job's own spec): per budget and scope (gate or random ranking) or per static
+    set (``sets``)."""
     cfg, task, seed = job.cfg, job.task, job.pre.seed
     base = {"task": task.name, "seed": seed, "split": job.split, "arm": arm, "config": job.spec.config}
     rows = []
@@ -268,40 +310,54 @@ def _static_sets(cfg: Config, model: nn.Module, task: Task) -> dict[str, list[li
 
 
 def _dense(job: _Job, roles: tuple[str, ...]) -> ArmResults:
-    """A dense fine-tune: its full-compute row (role "dense") and static skipping on it (roles "shortgpt", "uls")."""
+    """A dense fine-tune: at each stop its full-compute row (role "dense") and static skipping on it (roles
+    "shortgpt", "uls")."""
+    model = load_lm(job.pre.checkpoint, job.task.device)
+    out = ArmResults([])
+
+    def score(done: int) -> None:
+        _score_dense(job, model, job.at(done), roles, out)
+
+    out.history = job.timed(
+        f"finetune {job.spec.family}",
+        lambda: _finetune(model, job.task, job.cfg, job.spec, job.pre.seed, job.stops, score),
+    )
+    score(job.spec.steps)
+    return out
+
+
+def _score_dense(job: _Job, model: nn.Module, spec: Spec, roles: tuple[str, ...], out: ArmResults) -> None:
     cfg, task = job.cfg, job.task
-    model = load_lm(job.pre.checkpoint, task.device)
-    history = job.timed(f"finetune {job.spec.family}", lambda: _finetune(model, task, cfg, job.spec, job.pre.seed))
     full = evaluate(model, task, split=job.split)
     flops = job.dense_flops if job.split == "test" else None
-    rows = [job.row(role, 0.0, full, flops) for role in roles]
-    generation = []
+    out.rows += [job.row(spec, role, 0.0, full, flops) for role in roles]
     if job.split == "test" and task.name == "cumsum":
-        out = generate_chains(model, task)
-        generation = [
+        chains = generate_chains(model, task)
+        out.generation += [
             {
                 "task": task.name,
                 "seed": job.pre.seed,
                 "split": "test",
                 "arm": role,
-                "config": job.spec.config,
+                "config": spec.config,
                 "scope": scope,
                 "budget": 0.0,
-                **out,
+                **chains,
             }
             for role in roles
             for scope in SCOPES
         ]
     sets = job.timed("static orders", lambda: _static_sets(cfg, model, task))
     for arm in (r for r in roles if r in STATIC):
-        points = job.timed(f"eval {arm}", lambda arm=arm: job.points(model, arm, _static_maker(model), sets[arm]))
+        points = job.timed(f"eval {arm}", lambda arm=arm: job.points(model, spec, arm, _static_maker(model), sets[arm]))
         for row, layers in zip(points, sets[arm], strict=True):
             row["budget"] = row["skipped_fraction"]  # static points sit at their own saved fraction
             row["removed"] = str(layers)
-        rows += points
+        out.rows += points
         if job.split == "test" and task.name == "cumsum":
-            generation += job.timed(f"generate {arm}", lambda arm=arm: _generation(job, model, arm, None, sets[arm]))
-    return ArmResults(rows, generation, history=history)
+            out.generation += job.timed(
+                f"generate {arm}", lambda arm=arm: _generation(job, model, arm, None, sets[arm])
+            )
 
 
 def _fresh(job: _Job, kind: str) -> nn.Module:
@@ -311,44 +367,66 @@ def _fresh(job: _Job, kind: str) -> nn.Module:
 
 
 def _skipping(job: _Job) -> ArmResults:
-    """A GateSkip or random-skip fine-tune scored at every budget; on test, the GateSkip model is saved and reloaded
-    as users do, also scored with random ranking (the control isolating the learned ranking) and mapped."""
+    """A GateSkip or random-skip fine-tune scored at every budget and stop; on test, the GateSkip model is saved and
+    reloaded as users do, also scored with random ranking (the control isolating the learned ranking) and mapped."""
     cfg, task, spec, seed = job.cfg, job.task, job.spec, job.pre.seed
     gated = spec.family == "gateskip"
     model = _fresh(job, cfg.gate_kind if gated else "none")
-    history = job.timed(f"finetune {spec.family}", lambda: _finetune(model, task, cfg, spec, seed))
-    out = ArmResults([], history=history)
+    out = ArmResults([])
+    out.history = job.timed(
+        f"finetune {spec.family}",
+        lambda: _finetune(model, task, cfg, spec, seed, job.stops, lambda done: _score_skipping(job, model, done, out)),
+    )
     if gated and job.split == "test":
         saved = job.workdir / f"{task.name}-gateskip-{seed}"
         model.save_pretrained(saved)
         model = gate.from_pretrained(saved).to(task.device).eval()  # the reload path users take
         out.model_path = str(saved)
         out.gates, out.skips = gate_maps(model, task, cfg)
+    _score_skipping(job, model, spec.steps, out)
+    return out
+
+
+def _score_skipping(job: _Job, model: nn.Module, done: int, out: ArmResults) -> None:
+    cfg, task, spec = job.cfg, job.task, job.at(done)
+    gated = spec.family == "gateskip"
     arms = [(spec.family, "gate" if gated else "random")]
     if gated and job.split == "test":
         arms.append((CONTROL, "random"))
+    rows = []
     for arm, ranking in arms:
-        make = _budget_maker(model, cfg, ranking, seed)
-        out.rows += job.timed(f"eval {arm}", lambda a=arm, m=make: job.points(model, a, m, list(cfg.budgets)))
+        make = _budget_maker(model, cfg, ranking, job.pre.seed)
+        rows += job.timed(f"eval {arm}", lambda a=arm, m=make: job.points(model, spec, a, m, list(cfg.budgets)))
         if job.split == "test" and task.name == "cumsum":
             out.generation += job.timed(f"generate {arm}", lambda a=arm, r=ranking: _generation(job, model, a, r))
     if gated:
         gate_value = mean_gate(model, task)
-        out.rows = [dict(row, gate_mean=gate_value) for row in out.rows]
-    return out
+        rows = [dict(row, gate_mean=gate_value) for row in rows]
+    out.rows += rows
 
 
 def run_arm(
-    cfg: Config, pre: Pretrained, spec: Spec, split: str, workdir: Path, roles: tuple[str, ...] = ()
+    cfg: Config,
+    pre: Pretrained,
+    spec: Spec,
+    split: str,
+    workdir: Path,
+    roles: tuple[str, ...] = (),
+    stops: tuple[int, ...] = (),
 ) -> ArmResults:
-    """Fine-tune ``spec`` from ``pre``'s checkpoint and score it on ``split``.
+    """Fine-tune ``spec`` from ``pre``'s checkpoint and score it on ``split`` after ``spec.steps`` steps and at the
+    earlier ``stops`` (each stop's rows carry its own steps in their spec columns).
 
     A dense spec is scored in each of its ``roles`` ("dense", "shortgpt", "uls"; default all three).
     """
+    spec = spec if spec.steps else dataclasses.replace(spec, steps=cfg.finetune_steps)
+    late = [s for s in stops if not 1 <= s < spec.steps]
+    if late:
+        raise ValueError(f"stops {late} do not lie before the run's end (steps={spec.steps}) of {spec.config!r}")
     seed_everything(pre.seed, threads=cfg.threads)
     device = profile.resolve_device(cfg.device)
     task = Task(pre.task, cfg, pre.seed, device)
-    job = _Job(cfg, pre, task, spec, split, Path(workdir))
+    job = _Job(cfg, pre, task, spec, split, Path(workdir), tuple(sorted(stops)))
     if split == "test":
         job.dense_flops = executed_flops(load_lm(pre.checkpoint, device), task)
     out = _dense(job, roles or ("dense", *STATIC)) if spec.family == "dense" else _skipping(job)

@@ -25,7 +25,10 @@ from labkit.protocol import Claim
 TOLERANCE_PP = 1.0  # a difference below 1 percentage point of compute saved does not count
 TRIVIAL = "trivial"  # per-position token frequencies of the training data
 CONVERGED_REL_TOL = 0.01  # a fine-tune's loss (means of tenths) improving by < 1 % no longer counts
-_COMPUTE = "equal fine-tuning steps; every family tuned on validation with the same number of configurations"
+_COMPUTE = (
+    "one fine-tuning schedule, its stopping point tuned on validation; every family tuned there with the same number "
+    "of configurations"
+)
 _PAPER = "up to 15 % saved at > 90 % of baseline accuracy (abstract, 1B-8B LLMs)"
 _BASELINES = {
     "dense": "saves compute at all (the dense model saves 0)",

@@ -89,63 +89,57 @@ def saved_at_quality(
     return pd.DataFrame(out)
 
 
-def choose(val: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
-    """Each role's configuration, chosen on the validation rows ``val`` only (:func:`labkit.protocol.select_best`).
+def choose(val: pd.DataFrame, level: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each role's configuration, chosen on the validation rows ``val`` only (:func:`labkit.protocol.select_best`),
+    and the table of every configuration run there.
 
     Dense: best full-compute quality. GateSkip, random skip, ShortGPT and ULS (the last two each choose the dense
     fine-tune they act on): most compute saved at ``level`` of the chosen dense model's quality (token x branch), exact
-    ties (all at 0 %, or all at the largest budget) broken by the mean relative quality over budgets. Returns task,
-    role, config, spec (a :class:`Spec`) and val_score (its mean validation quality or saved fraction).
+    ties (all at 0 %, or all at the largest budget) broken by the mean relative quality over budgets. Returns
+    ``chosen`` (task, role, config, spec (a :class:`Spec`), val_score: its mean validation quality or saved fraction)
+    and ``table`` (per task x arm x config, means over tuning seeds: quality at r = 0, saved at ``level`` in %, and
+    whether the role chose it).
     """
     if set(val["split"]) != {"val"}:
         raise ValueError(f"choose() takes validation rows only; got splits {sorted(set(val['split']))}")
-    rows = []
+    rows, table = [], []
     for task, sub in val.groupby("task", sort=False):
         metric = quality_column(task)
         dense = sub[sub.arm == "dense"][["config", "seed", metric, "split"]]
         best = protocol.select_best(dense, "config", metric, lower_is_better=metric == "bpb")["config"]
-        rows.append(_chosen(task, "dense", best, sub, dense.groupby("config")[metric].mean()[best]))
-        ref = sub[(sub.arm != "dense") | (sub.config == best)]
-        saved = saved_at_quality(ref, metric, fraction=level)
+        picks = {"dense": _chosen(task, "dense", best, sub, dense.groupby("config")[metric].mean()[best])}
+        saved = saved_at_quality(sub[(sub.arm != "dense") | (sub.config == best)], metric, fraction=level)
         for role in ("gateskip", "random_skip", *STATIC):
-            table = saved[saved.arm == role]
-            if table.empty:
+            candidates = saved[saved.arm == role]
+            if candidates.empty:
                 raise ValueError(f"no validation rows of {role!r} for task {task!r} to choose from")
-            means = table.groupby("config").saved.mean()
-            tied = table[table.config.isin(means[means == means.max()].index)]
+            means = candidates.groupby("config").saved.mean()
+            tied = candidates[candidates.config.isin(means[means == means.max()].index)]
             pick = protocol.select_best(tied, "config", "area", lower_is_better=False)["config"]
-            rows.append(_chosen(task, role, pick, sub[sub.arm == role], means[pick]))
-    return pd.DataFrame(rows)
-
-
-def validation_table(val: pd.DataFrame, chosen: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
-    """Every configuration run on validation (mean over tuning seeds): full-compute quality, compute saved at
-    ``level`` of the chosen dense model's quality (token x branch, %), and which one was chosen for each role."""
-    rows = []
-    for task, sub in val.groupby("task", sort=False):
-        metric = quality_column(task)
-        picks = chosen[chosen.task == task].set_index("role").config
+            picks[role] = _chosen(task, role, pick, sub[sub.arm == role], means[pick])
+        rows += picks.values()
+        mean_saved = saved.groupby(["arm", "config"], sort=False).saved.mean()
         full = sub[sub.budget == 0].groupby(["arm", "config"], sort=False)[metric].mean()
-        ref = sub[(sub.arm != "dense") | (sub.config == picks["dense"])]
-        saved = saved_at_quality(ref, metric, fraction=level).groupby(["arm", "config"], sort=False).saved.mean()
-        for (arm, config), quality in full.items():
-            rows.append(
-                {
-                    "task": task,
-                    "arm": arm,
-                    "config": config,
-                    "metric": metric,
-                    "quality at r=0": quality,
-                    f"saved at {level:.0%} (%)": 100 * saved.get((arm, config), 0.0),
-                    "chosen": "yes" if picks.get(arm) == config else "",
-                }
-            )
-    return pd.DataFrame(rows)
+        table += [
+            {
+                "task": task,
+                "arm": arm,
+                "config": config,
+                "metric": metric,
+                "quality at r=0": quality,
+                f"saved at {level:.0%} (%)": 100 * mean_saved.get((arm, config), 0.0),
+                "chosen": "yes" if arm in picks and picks[arm]["config"] == config else "",
+            }
+            for (arm, config), quality in full.items()
+        ]
+    return pd.DataFrame(rows), pd.DataFrame(table)
 
 
 def _chosen(task: str, role: str, config: str, rows: pd.DataFrame, score: float) -> dict[str, Any]:
     first = rows[rows.config == config].iloc[0]
-    spec = Spec(first.family, first.finetune_lr, first.gate_lr, first.sparsity_weight, first.train_skip_end)
+    spec = Spec(
+        first.family, first.finetune_lr, first.gate_lr, first.sparsity_weight, first.train_skip_end, int(first.steps)
+    )
     return {"task": task, "role": role, "config": config, "spec": spec, "val_score": float(score)}
 
 
@@ -196,16 +190,12 @@ def _full_quality(test: pd.DataFrame) -> pd.DataFrame:
 def side_by_side(scores: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % Student-t interval of every saved-at-level column, per task x arm (the verdict's table)."""
     columns = [c for c in scores.columns if c.startswith(("saved_", "gen_saved_"))]
-    rows = []
-    for (task, arm), group in scores.groupby(["task", "arm"], sort=False):
-        row: dict[str, Any] = {"task": task, "arm": arm, "n": len(group)}
-        for column in columns:
-            values = group[column].dropna().to_numpy()
-            if len(values):
-                mean, low, high = protocol.student_t_ci(values)
-                row[column] = f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
-        rows.append(row)
-    return pd.DataFrame(rows)
+    table = scores.groupby(["task", "arm"], sort=False).size().rename("n").reset_index()
+    for column in columns:
+        summary = protocol.t_summary(scores.dropna(subset=[column]), ["task", "arm"], column)
+        summary[column] = [f"{r.mean:+.1f} [{r.low:+.1f}, {r.high:+.1f}]" for r in summary.itertuples()]
+        table = table.merge(summary[["task", "arm", column]], on=["task", "arm"], how="left")
+    return table
 
 
 def arm_order(arms: list[str]) -> list[str]:
