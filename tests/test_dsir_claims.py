@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from labkit.experiments import dsir, dsir_claims
 from labkit.models.ngram_lm import build_vocabulary, encode
@@ -84,3 +85,21 @@ def test_run_sweeps_target_pseudocount_on_validation_and_workers_agree():
     split = dsir.split_target(prepared, "python-topics", 8, 8, 0, n_val=6)
     assert len(split.val) == 6 and not set(split.val) & set(split.pool) and not set(split.val) & set(split.eval)
     assert prepared.words().shape == (len(prepared.corpus), prepared.vocab_size - 1)
+
+
+def test_headline_metrics_gaps_and_targets_below():
+    table = scores().assign(label_precision=0.5)
+    gaps = dsir.dsir_gaps(table)
+    assert set(gaps.comparison) == {"dsir − random", "dsir − heuristic", "dsir − heuristic-words"}
+    assert dsir.targets_below(gaps, "random") == (len(TARGETS), len(TARGETS))  # 1 nat/token lower on every target
+    claims, _ = dsir_claims.verdicts(table, n_boot=200)
+    results = dsir.Results(table, pd.DataFrame(), pd.DataFrame(), {}, chosen_pseudocount=0.1)
+    classify = pd.DataFrame({"target": ["t0"], "method": ["dsir"], "accuracy": [0.7], "macro_f1": [0.6]})
+    metrics = dsir.headline_metrics(results, claims, dsir.method_correlation(table), gaps, classify)
+    assert metrics["dsir/bigram_nats_per_token"] == table[table.method == "dsir"].bigram_nats_per_token.mean()
+    assert metrics["dsir − random/all/mean_diff"] < 0 and metrics["dsir_beats_random_targets"] == len(TARGETS)
+    assert metrics["claim/loss_vs_random/effect"] == claims.set_index("claim").loc["loss_vs_random", "mean"]
+    assert metrics["classify/t0/dsir/macro_f1"] == 0.6 and metrics["dsir_target_pseudocount"] == 0.1
+    assert 0 < metrics["pearson_r/all methods"] <= 1
+    with pytest.raises(ValueError, match="dsir_gaps needs DSIR"):
+        dsir.dsir_gaps(table[table.method != "dsir"])

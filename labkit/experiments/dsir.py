@@ -45,10 +45,12 @@ from labkit.models.ngram_lm import BigramLM
 
 __all__ = [  # the setup's names are part of this experiment's API (the notebook reads them from here)
     "CLASSIFY_TASKS", "CONTROLS", "METHODS", "PAPER_R", "PRESETS", "TARGETS", "VARIANTS", "Config", "Prepared",
-    "Results", "Split", "byte_lm", "byte_lm_bits_per_byte", "config_dict", "configure", "explorer_weights",
-    "feature_cache", "kl_scorer", "method_correlation", "paired_gaps", "prepare", "run", "select", "split_target",
-    "train_bytes",
+    "Results", "Split", "byte_lm", "byte_lm_bits_per_byte", "config_dict", "configure", "dsir_gaps",
+    "explorer_weights", "feature_cache", "headline_metrics", "kl_scorer", "method_correlation", "paired_gaps",
+    "prepare", "run", "select", "split_target", "targets_below", "train_bytes",
 ]
+GAP_REFERENCES = ("random", "heuristic", "heuristic-words")  # DSIR's per-target detail is paired against these
+SCORE_COLUMNS = ("kl_reduction", "bigram_nats_per_token", "label_precision")  # per-method means in the headline
 
 CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
 # KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
@@ -308,6 +310,54 @@ def method_correlation(
             pearson = spearman = float("nan")
         rows.append({"methods": name, "n_methods": n, "pearson_r": pearson, "spearman_r": spearman, "loss": loss})
     return pd.DataFrame(rows)
+
+
+def dsir_gaps(scores: pd.DataFrame) -> pd.DataFrame:
+    """DSIR minus each of :data:`GAP_REFERENCES` that ran, per target and overall (:func:`paired_gaps`, bootstrap
+    95 %): the per-target detail behind the verdicts (which use Student-t intervals over targets)."""
+    refs = [ref for ref in GAP_REFERENCES if ref in set(scores.method)]
+    if "dsir" not in set(scores.method) or not refs:
+        methods = sorted(set(scores.method))
+        raise ValueError(f"dsir_gaps needs DSIR and one of {GAP_REFERENCES} in scores; got methods {methods}")
+    return pd.concat([paired_gaps(scores, "dsir", ref) for ref in refs], ignore_index=True)
+
+
+def targets_below(gaps: pd.DataFrame, reference: str = "random") -> tuple[int, int]:
+    """(targets whose whole DSIR − ``reference`` interval lies below 0, i.e. DSIR's loss is lower; targets)."""
+    rows = gaps[(gaps.comparison == f"dsir − {reference}") & (gaps.target != "all")]
+    return int((rows.high < 0).sum()), len(rows)
+
+
+def headline_metrics(
+    results: Results,
+    claims: pd.DataFrame,
+    correlation: pd.DataFrame,
+    gaps: pd.DataFrame,
+    classify_table: pd.DataFrame,
+) -> dict[str, float]:
+    """Numbers a rerun reproduces: per method the mean KL reduction, bigram loss and label precision; the correlations;
+    DSIR's paired gaps; each claim's effect and interval; the tiny-LM and classification tracks per cell."""
+    out: dict[str, float] = {}
+    means = results.scores.groupby("method", sort=False)[list(SCORE_COLUMNS)].mean()
+    for method, row in means.iterrows():
+        out |= {f"{method}/{column}": float(value) for column, value in row.items()}
+    for r in correlation.itertuples():
+        out[f"pearson_r/{r.methods}"] = float(r.pearson_r)
+        out[f"spearman_r/{r.methods}"] = float(r.spearman_r)
+    for r in gaps.itertuples():
+        key = f"{r.comparison}/{r.target}"
+        out |= {f"{key}/mean_diff": float(r.mean_diff), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
+    out["dsir_beats_random_targets"] = float(targets_below(gaps)[0])
+    out["dsir_target_pseudocount"] = float(results.chosen_pseudocount)
+    for r in claims.itertuples():
+        out |= {f"claim/{r.claim}/effect": float(r.mean), f"claim/{r.claim}/ci_low": float(r.low),
+                f"claim/{r.claim}/ci_high": float(r.high)}
+    for r in results.tiny_lm.itertuples():
+        out[f"tiny_lm/{r.target}/{r.method}/seed{r.seed}/bits_per_byte"] = float(r.bits_per_byte)
+    for r in classify_table.itertuples():
+        out[f"classify/{r.target}/{r.method}/accuracy"] = float(r.accuracy)
+        out[f"classify/{r.target}/{r.method}/macro_f1"] = float(r.macro_f1)
+    return out
 
 
 def explorer_weights(cfg: Config, prepared: Prepared, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
