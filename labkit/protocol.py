@@ -262,6 +262,38 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+RULE = (
+    "each claim: the improvement of its arm over its baseline with a 95 % interval (Student-t over seeds unless its "
+    "rule in the claims table says otherwise): held if the interval lies above the claim's tolerance, not held if "
+    "below, else inconclusive; inconclusive too when a sanity check fails on an arm it rests on"
+)
+
+
+def verdict_lines(
+    claims: pd.DataFrame, sanity: pd.DataFrame, ok: str, units: str = "", notes: Iterable[str] = ()
+) -> list[str]:
+    """The recorded verdict, one line each: the rule, every claim of :func:`claims_table` with its effect (``units``
+    appended), n, verdict and the paper's reference where it has one, the failed sanity checks (``ok`` when none),
+    then ``notes`` (e.g. the configurations chosen on validation)."""
+    _require_columns(claims, ["claim", "verdict", "effect", "n", "paper (reference)"], "verdict_lines")
+    if len(sanity):
+        _require_columns(sanity, ["flags"], "verdict_lines (sanity table)")
+    lines = [f"rule: {RULE}"]
+    for r in claims.to_dict("records"):
+        paper = f"; paper {r['paper (reference)']}" if r["paper (reference)"] else ""
+        lines.append(f"{r['claim']}: {r['verdict']} ({r['effect']}{units}, n={r['n']}{paper})")
+    flags = [f for f in sanity["flags"] if f] if len(sanity) else []
+    lines.append("sanity: " + ("; ".join(flags) if flags else ok))
+    return lines + list(notes)
+
+
+def verdict_text(
+    claims: pd.DataFrame, sanity: pd.DataFrame, ok: str, units: str = "", notes: Iterable[str] = ()
+) -> str:
+    """:func:`verdict_lines` in one string (the ``held`` field of a report)."""
+    return "; ".join(verdict_lines(claims, sanity, ok, units, notes))
+
+
 # ------------------------------------------------------------------------------------------------------ selection
 def select_best(
     validation: pd.DataFrame, by: str | Sequence[str], metric: str, lower_is_better: bool = True

@@ -460,6 +460,8 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("dsir seeds=[]", _configure(dsir, {"seeds": []}), ValueError, r"seeds.*empty"),
     ("dsir seeds=[0, 0]", _configure(dsir, {"seeds": [0, 0]}), ValueError, r"seeds.*repeat.*0"),
     ("dsir temperature=0", _configure(dsir, {"temperature": 0.0}), ValueError, r"temperature.*> 0.*0"),
+    ("dsir max_chunks={'man': 0}", _configure(dsir, {"max_chunks": {"man": 0}}), ValueError,
+     r"max_chunks.*> 0.*'man': 0.*\(0 is not\)"),
     ("dsir discount=1", _configure(dsir, {"discount": 1.0}), ValueError, r"discount.*\[0, 1\).*1"),
     ("dsir sources=['wiki']", _configure(dsir, {"sources": ["wiki"]}), ValueError, r"sources.*'wiki'"),
     ("dsir lm_hidden % lm_heads", _configure(dsir, {"lm_hidden": 30, "lm_heads": 4}), ValueError,

@@ -35,7 +35,8 @@ def test_lm_claims_pair_by_target_and_hold_or_tie():
     assert by.loc["loss_vs_random", "n"] == len(TARGETS)  # one pair per target, not per (seed, target)
     assert "interval over targets" in by.loc["loss_vs_random", "rule"]
     assert by.loc["loss_vs_heuristic", "verdict"] == "held"  # 0.05 nats/token on every target
-    assert "n=6" in dsir_claims.verdict_text(claims) and "rule:" in dsir_claims.verdict_text(claims)
+    text = dsir_claims.verdict_text(claims, sanity)
+    assert "n=6" in text and text.startswith("rule:") and "kl_tracks_quality: held" in text
     assert by.loc["kl_tracks_quality", "verdict"] == "held" and by.loc["kl_tracks_quality", "n"] == len(TARGETS)
     assert "dsir-topk" not in by.loc["kl_tracks_quality", "rule"].split("(")[1].split(";")[0]  # counted once
     assert list(claims.columns[:3]) == ["claim", "text", "paper (reference)"]

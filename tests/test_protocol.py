@@ -106,3 +106,18 @@ def test_select_best_takes_validation_rows_only():
 def test_t_summary_per_group():
     out = protocol.t_summary(_table({"a": [1.0, 2.0, 3.0], "b": [1.0, 1.0, 1.0]}), "arm", "mse")
     assert list(out["n"]) == [3, 3] and out.loc[1, "low"] == out.loc[1, "high"] == 1.0
+
+
+def test_verdict_lines_rule_claims_sanity_and_notes():
+    t = _table({"a": [1.0, 1.1, 0.9, 1.0, 1.05], "b": [2.0, 2.1, 1.9, 2.05, 2.0], "mean": [2.5] * 5})
+    checks = protocol.sanity(t, "mse", trivial="mean")
+    table = protocol.claims_table([protocol.judge(CLAIM, t, checks)])
+    lines = protocol.verdict_lines(table, checks, "all fine", " pp", ["chosen on validation: x"])
+    assert lines[0].startswith("rule: ") and "Student-t" in lines[0]
+    assert lines[1].startswith(f"{CLAIM.name}: held (") and " pp, n=5" in lines[1] and "paper" not in lines[1]
+    assert lines[2:] == ["sanity: all fine", "chosen on validation: x"]
+    flagged = checks.assign(flags=["", "b does not beat mean", ""])
+    assert "sanity: b does not beat mean" in protocol.verdict_text(table, flagged, "all fine")
+    assert protocol.verdict_lines(table, pd.DataFrame(), "no checks ran")[-1] == "sanity: no checks ran"
+    with pytest.raises(KeyError, match="flags"):
+        protocol.verdict_lines(table, checks.drop(columns="flags"), "all fine")

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labkit import protocol
 from labkit.experiments import sparse_soups, sparse_soups_claims
 from labkit.experiments.sparse_soups_claims import BEST_INGREDIENT, CHANCE, NAIVE, REPRUNED
 
@@ -75,9 +76,10 @@ def test_per_seed_scores_add_chance_and_sparsity_in_percent():
 
 def test_verdict_text_has_rule_n_and_sanity():
     scores = sparse_soups_claims.per_seed_scores(_final(), chance_acc=11.35)
-    text = sparse_soups_claims.verdict_text(*sparse_soups_claims.verdicts(scores, _curves(), plateau_tol=0.002))
+    claims, sanity = sparse_soups_claims.verdicts(scores, _curves(), plateau_tol=0.002)
+    text = protocol.verdict_text(claims, sanity, "every trained arm converged and beat chance", " pp")
     assert text.startswith("rule: ") and "Student-t" in text and "sms_beats_imp_mx: not held" in text
-    assert "n=5" in text and "sanity: every trained arm converged" in text
+    assert "n=5" in text and "sanity: every trained arm converged" in text and " pp, n=5" in text
 
 
 def test_best_ingredient_is_chosen_on_validation_not_test():

@@ -136,11 +136,15 @@ def require_subset(name: str, values: Iterable[Any], allowed: Iterable[Any]) -> 
 
 
 def _elements(value: Any) -> list[Any]:
+    """The numbers a field holds: a sequence's elements, a mapping's values, or the value itself."""
+    if isinstance(value, dict):
+        return list(value.values())
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
 def _require(cfg: Any, names: tuple[str, ...], ok: Any, expected: str) -> None:
-    """Each named field (each element of a sequence field; ``None`` skipped) must satisfy ``ok``."""
+    """Each named field (each element of a sequence field, each value of a mapping; ``None`` skipped) must satisfy
+    ``ok``."""
     for name in names:
         value = getattr(cfg, name)
         for item in _elements(value):

@@ -379,18 +379,12 @@ def run(cfg: Config, progress: bool = True) -> Results:
 
 # ------------------------------------------------------------------------------------------------------ reading
 def verdict_text(results: Results) -> str:
-    """The recorded verdict: every claim with its effect, interval, n and verdict, then sanity flags and choices."""
-    parts = [
-        f"{r['claim']}: {r['verdict']} ({r['effect']}, n={r['n']}"
-        + (f"; paper {r['paper (reference)']})" if r["paper (reference)"] else ")")
-        for r in results.claims.to_dict("records")
-    ]
-    flags = [f for f in results.sanity["flags"] if f]
-    parts.append("sanity: " + ("; ".join(flags) if flags else "every arm converged and beat the mean predictor"))
+    """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, every claim with its effect, interval, n
+    and verdict, then sanity flags and the choices made on validation."""
     picks = [f"{r.dataset}/{r.arm} {r.parameter}={r.value:g}" for r in results.chosen.itertuples()]
-    if picks:
-        parts.append("chosen on validation: " + ", ".join(picks))
-    return "; ".join(parts)
+    notes = ["chosen on validation: " + ", ".join(picks)] if picks else []
+    ok = "every arm converged and beat the mean predictor"
+    return protocol.verdict_text(results.claims, results.sanity, ok, notes=notes)
 
 
 def headline_metrics(results: Results) -> dict[str, float]:

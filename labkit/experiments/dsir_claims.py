@@ -152,9 +152,8 @@ def verdicts(
     return table, sanity
 
 
-def verdict_text(claims: pd.DataFrame) -> str:
-    """Every verdict in one string: claim, verdict, effect with interval, n and the rule."""
-    return " | ".join(
-        f"{r.claim}: {str(r.verdict).upper()}, {r.effect} (n={r.n}; sanity: {r.sanity}; rule: {r.rule})"
-        for r in claims.itertuples()
-    )
+def verdict_text(claims: pd.DataFrame, sanity: pd.DataFrame) -> str:
+    """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, every claim with its effect, interval,
+    n and verdict, then the failed sanity checks (each claim's own rule is in the claims table)."""
+    ok = "continued pretraining converged and beat chance; the tiny transformer converged and beat random selection"
+    return protocol.verdict_text(claims, sanity, ok)

@@ -148,18 +148,11 @@ class Config:
         require_positive(self, "workers", "chunk_words", "n_fit", "n_eval", "budget_k", "num_buckets", "pseudocount",
                          "temperature", "heuristic_alpha", "vocab_size", "lm_steps", "lm_context", "lm_batch",
                          "lm_hidden", "lm_layers", "lm_heads", "lm_lr", "threads", "classify_train", "classify_eval",
-                         "base_chunks", "base_steps", "continue_steps", "continue_lr", "probe_c")
-        _require_positive_values("max_chunks", self.max_chunks)
+                         "base_chunks", "base_steps", "continue_steps", "continue_lr", "probe_c", "max_chunks")
         require_within(self, "discount", 0, 1, "[)")
         require_divisible(self, "lm_hidden", "lm_heads")
         require_device(self)
 
-
-
-def _require_positive_values(name: str, caps: dict[str, int]) -> None:
-    bad = {k: v for k, v in caps.items() if v <= 0}
-    if bad:
-        raise ValueError(f"parameter {name!r} must map sources to chunk caps > 0, got {bad}")
 
 
 @dataclass

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from labkit import gate, profile, skip
+from labkit import gate, profile, protocol, skip
 from labkit.experiments import (
     check_types,
     gateskip_claims,
@@ -356,24 +356,21 @@ def run(cfg: Config) -> Results:
     )
 
 
-def verdict_lines(results: Results) -> list[str]:
-    """Every claim with its effect (percentage points), interval, n and verdict, then the sanity flags and the
-    configurations chosen on validation: one line each."""
-    lines = [
-        f"{r['claim']}: {r['verdict']} ({r['effect']} pp, n={r['n']}"
-        + (f"; paper {r['paper (reference)']})" if r["paper (reference)"] else ")")
-        for r in results.claims.to_dict("records")
-    ]
-    flags = [f for f in results.sanity["flags"] if f]
-    lines.append("sanity: " + ("; ".join(flags) if flags else "every arm beat the trivial predictor, dense converged"))
+def _verdict_args(results: Results) -> tuple[Any, ...]:
     picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
-    lines.append("chosen on validation: " + ", ".join(picks))
-    return lines
+    ok = "every arm beat the trivial predictor, dense converged"
+    return results.claims, results.sanity, ok, " pp", ["chosen on validation: " + ", ".join(picks)]
+
+
+def verdict_lines(results: Results) -> list[str]:
+    """The rule, every claim with its effect (percentage points), interval, n and verdict, then the sanity flags and
+    the configurations chosen on validation: one line each (:func:`labkit.protocol.verdict_lines`)."""
+    return protocol.verdict_lines(*_verdict_args(results))
 
 
 def verdict_text(results: Results) -> str:
     """The recorded verdict: :func:`verdict_lines` joined."""
-    return "; ".join(verdict_lines(results))
+    return protocol.verdict_text(*_verdict_args(results))
 
 
 def headline_metrics(results: Results) -> dict[str, float]:

@@ -379,15 +379,12 @@ def relative_change(scores: pd.DataFrame, arm: str = "met2net", baseline: str = 
 
 
 def verdict_text(results: Results) -> str:
-    """The recorded verdict: every claim with its effect, interval, n and verdict, then the sanity flags."""
-    parts = [f"{r['claim']}: {r['verdict']} ({r['effect']}, n={r['n']}; paper {r['paper (reference)']})"
-             for r in results.claims.to_dict("records")]
-    flags = [f for f in results.sanity["flags"] if f]
-    parts.append("sanity: " + ("; ".join(flags) if flags else "every arm converged and beat persistence"))
+    """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, every claim with its effect, interval, n
+    and verdict, then the sanity flags and the momentum chosen on validation."""
     chosen = results.sweep.loc[results.sweep["selected"], "momentum"]
-    if not chosen.empty:
-        parts.append(f"met2net momentum chosen on validation: {float(chosen.iloc[0]):g}")
-    return "; ".join(parts)
+    notes = [] if chosen.empty else [f"met2net momentum chosen on validation: {float(chosen.iloc[0]):g}"]
+    ok = "every arm converged and beat persistence"
+    return protocol.verdict_text(results.claims, results.sanity, ok, notes=notes)
 
 
 def headline_metrics(results: Results) -> dict[str, float]:

@@ -428,8 +428,10 @@ def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
 
 
 def verdict_text(results: Results) -> str:
-    """The recorded verdict: the rule, every claim with its effect, interval, n and verdict, then the sanity flags."""
-    return sparse_soups_claims.verdict_text(results.claims, results.sanity)
+    """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, every claim with its effect (percentage
+    points), interval, n and verdict, then the sanity flags."""
+    ok = "every trained arm converged and beat chance"
+    return protocol.verdict_text(results.claims, results.sanity, ok, " pp")
 
 
 def headline_metrics(results: Results) -> dict[str, float]:

@@ -102,14 +102,3 @@ def verdicts(
     arms = set(scores["arm"])
     ran = [c for c in claims(m) if {c.arm, c.baseline} <= arms and c.metric in scores.columns]
     return protocol.claims_table([protocol.judge(c, scores, checks) for c in ran]), checks
-
-
-def verdict_text(claims_table: pd.DataFrame, sanity: pd.DataFrame) -> str:
-    """The recorded verdict: the rule, then every claim with its effect, interval, n and verdict, then sanity."""
-    rule = ("rule: improvement of arm over baseline, paired by seed, 95 % Student-t interval; held if it lies above "
-            f"{TOLERANCE_PP:g}, not held if below, else inconclusive (also when a sanity check fails on either arm)")
-    parts = [rule] + [f"{r['claim']}: {r['verdict']} ({r['effect']} pp, n={r['n']})"
-                      for r in claims_table.to_dict("records")]
-    flags = [f for f in sanity["flags"] if f]
-    parts.append("sanity: " + ("; ".join(flags) if flags else "every trained arm converged and beat chance"))
-    return "; ".join(parts)
