@@ -356,21 +356,19 @@ def run(cfg: Config) -> Results:
     )
 
 
-def _verdict_args(results: Results) -> tuple[Any, ...]:
-    picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
-    ok = "every arm beat the trivial predictor, dense converged"
-    return results.claims, results.sanity, ok, " pp", ["chosen on validation: " + ", ".join(picks)]
-
-
 def verdict_lines(results: Results) -> list[str]:
     """The rule, every claim with its effect (percentage points), interval, n and verdict, then the sanity flags and
     the configurations chosen on validation: one line each (:func:`labkit.protocol.verdict_lines`)."""
-    return protocol.verdict_lines(*_verdict_args(results))
+    picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
+    ok = "every arm beat the trivial predictor, dense converged"
+    return protocol.verdict_lines(
+        results.claims, results.sanity, ok, " pp", ["chosen on validation: " + ", ".join(picks)]
+    )
 
 
 def verdict_text(results: Results) -> str:
-    """The recorded verdict: :func:`verdict_lines` joined."""
-    return protocol.verdict_text(*_verdict_args(results))
+    """The recorded verdict: :func:`verdict_lines` joined as :func:`labkit.protocol.verdict_text` joins them."""
+    return "; ".join(verdict_lines(results))
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
