@@ -198,15 +198,31 @@ def check_params(notebook: Path, preset: str, params: dict[str, Any]) -> None:
 def input_digests(notebook: Path, preset: str, params: dict[str, Any]) -> dict[str, str]:
     """What decides a run's results, one sha256 each: the notebook file, the preset and parameters, the labkit code
     it can run (the import closure of its experiment module and of its own imports, ``labkit.closure``) and the data
-    catalogue (a new pinned data version makes the run stale too). An edit outside the closure changes none."""
+    catalogue entries that notebook or that code reads (a new pinned data version makes the run stale too). An edit
+    outside the closure, or of a source it does not read, changes none."""
     files = closure.closure_files(experiment_name(notebook), notebook)
     return {
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
         "params": hashlib.sha256(json.dumps({"preset": preset, "params": to_jsonable(params)},
                                             sort_keys=True).encode()).hexdigest(),
         "code": closure.source_hash(files),
-        "catalogue": hashlib.sha256(sources.CATALOGUE.read_bytes()).hexdigest(),
+        "catalogue": catalogue_digest({notebook, *files}),
     }
+
+
+def catalogue_digest(readers: set[Path]) -> str:
+    """A sha256 over the catalogue entries whose ``used_by`` names one of ``readers`` (a notebook and its closure):
+    pinning a new source, or a new version of a source another notebook reads, leaves this run's inputs unchanged."""
+    names = {_repo_path(path) for path in readers}
+    used = [dataclasses.asdict(source) for name, source in sorted(sources.load_catalogue(sources.CATALOGUE).items())
+            if names.intersection(source.used_by)]
+    return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
+
+
+def _repo_path(path: Path) -> str:
+    """``path`` relative to the repository, as the catalogue's ``used_by`` writes it (absolute when outside it)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def inputs_hash(notebook: Path, preset: str, params: dict[str, Any]) -> str:
@@ -220,7 +236,8 @@ def _combined(digests: dict[str, str]) -> str:
 
 
 STALE_REASONS = {"notebook": "notebook changed", "params": "preset or parameters changed",
-                 "code": "labkit code in its import closure changed", "catalogue": "data catalogue changed"}
+                 "code": "labkit code in its import closure changed",
+                 "catalogue": "a data source it reads changed in the catalogue"}
 
 
 def stale_reason(out_dir: Path, digests: dict[str, str]) -> str:

