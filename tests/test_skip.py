@@ -268,3 +268,71 @@ def test_compact_decoding_at_batch_1_equals_masked_when_a_step_skips_everything(
     assert torch.equal(out["masked"].sequences, out["compact"].sequences)
     for a, b in zip(out["masked"].scores, out["compact"].scores, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _branch_calls(model):
+    """Counts of forwards of each gated branch's inner module (its weights read), by branch name."""
+    calls = {}
+    for branch in gate.gated_branches(model):
+        calls[branch.name] = 0
+        branch.branch.register_forward_hook(lambda m, a, o, n=branch.name: calls.__setitem__(n, calls[n] + 1))
+        for child in branch.branch.modules():
+            if isinstance(child, torch.nn.Linear):
+                child.register_forward_hook(lambda m, a, o, n=branch.name: calls.__setitem__(n, calls[n] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_step_scope_skips_a_branch_for_every_row_of_a_decoding_step_and_compact_equals_masked(arch):
+    model = gated(arch)
+    prompt = tokens(4, 5)
+    thresholds = skip.calibrate_thresholds(model, [tokens(4, 9, seed=1), tokens(4, 9, seed=2)], 0.5, scope="step")
+    out = {}
+    for execution in ("masked", "compact"):
+        with skip.budget(model, 0.5, "step", execution, thresholds=thresholds, measure_flops=False) as stats:
+            out[execution] = model.generate(prompt, max_new_tokens=6, do_sample=False, output_scores=True,
+                                            return_dict_in_generate=True)
+        assert 0.0 < stats.skipped_fraction < 1.0
+    assert torch.equal(out["masked"].sequences, out["compact"].sequences)
+    for a, b in zip(out["masked"].scores, out["compact"].scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    decisions = []
+    with torch.no_grad():
+        step = model(prompt, use_cache=True)
+        cache = kv_cache.output_cache(step)
+        for i in range(6):  # one context per step, to read each step's decisions; varied tokens fed
+            with skip.budget(model, 0.5, "step", thresholds=thresholds, record=True, measure_flops=False) as stats:
+                model(tokens(4, 1, seed=10 + i), cache=cache, use_cache=True)
+            decisions += [rec["keep"] for rec in stats.records.values()]
+    assert all(keep.shape == (4, 1) and (keep.all() or not keep.any()) for keep in decisions)
+    assert any(not keep.any() for keep in decisions) and any(keep.all() for keep in decisions)
+
+
+def test_a_skipped_decoding_step_reads_no_branch_weights_and_copies_one_position_forward():
+    model = gated("llama", kind="scalar")
+    thresholds = skip.calibrate_thresholds(model, [tokens(2, 9, seed=1)], 0.5, scope="step")
+    prompt = tokens(2, 5)
+    with torch.no_grad():
+        cache = kv_cache.output_cache(model(prompt, use_cache=True))
+        calls = _branch_calls(model)
+        with skip.budget(model, 0.5, "step", "compact", thresholds=thresholds, record=True,
+                         measure_flops=False) as stats:
+            model(tokens(2, 1, seed=3), cache=cache, use_cache=True)
+    for name, rec in stats.records.items():
+        assert (calls[name] == 0) == (not rec["keep"].any()), name  # skipped: nothing ran; kept: the branch ran
+        if name.endswith("attn") and not rec["keep"].any() and name != "0.attn":
+            layer = int(name.split(".")[0])
+            torch.testing.assert_close(cache.layers[layer].keys[:, :, -1], cache.layers[layer - 1].keys[:, :, -1],
+                                       atol=0.0, rtol=0.0)
+            assert cache.layers[layer].keys.shape[2] == 6
+
+
+def test_step_thresholds_at_batch_1_are_the_sequence_thresholds_and_bad_scopes_fail():
+    model = gated()
+    batch = [tokens(1, 12, seed=4)]
+    assert skip.calibrate_thresholds(model, batch, 0.3, "step") == skip.calibrate_thresholds(model, batch, 0.3)
+    with pytest.raises(ValueError, match="calibrated for scope 'sequence' or 'step'.*'batch'"):
+        skip.calibrate_thresholds(model, batch, 0.3, "batch")
+    with pytest.raises(ValueError, match="scope='step' on a one-token decoding step needs a threshold"):
+        with skip.budget(model, 0.3, "step", measure_flops=False):
+            model.generate(tokens(2, 3), max_new_tokens=2, do_sample=False)

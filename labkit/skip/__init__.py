@@ -4,10 +4,13 @@ Laitenberger et al., arXiv 2510.13876. Inside ``with budget(model, r) as stats:`
 tokens with the lowest importance (``mean(g)``) so that a fraction ``r`` of the tokens skips that branch: over the
 whole batch (``scope="batch"``, the paper's choice, so one sequence decoded one token at a time skips nothing) or
 per sequence (``scope="sequence"``; one-token decoding steps then use per-branch thresholds from
-:func:`calibrate_thresholds`). A skipped token's branch output is zero, so its residual stream passes through; in a
-cached forward its K/V at layer l are copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped.
-Baselines share the machinery: random ranking (``ranking="random"``), static branch/layer skipping
-(:func:`static_skip` with :func:`shortgpt_order` or :func:`uls_layers`).
+:func:`calibrate_thresholds`), or per decoding step (``scope="step"``: the step's rows skip a branch together when
+their mean importance is at or below its calibrated threshold, so compact execution does not read the branch's
+weights at all; decoding is memory-bound, and skipping half the rows of a step saves almost nothing). A skipped
+token's branch output is zero, so its residual stream passes through; in a cached forward its K/V at layer l are
+copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped. Baselines share the machinery: random
+ranking (``ranking="random"``), static branch/layer skipping (:func:`static_skip` with :func:`shortgpt_order` or
+:func:`uls_layers`).
 
 Modules: :mod:`~labkit.skip.policy` (the skip contexts and their accounting), :mod:`~labkit.skip.compact` (compact
 execution of a branch on its kept tokens), :mod:`~labkit.skip.static` (ShortGPT and ULS orders),

@@ -202,6 +202,13 @@ def _needed(keep: torch.Tensor) -> torch.Tensor:
     return keep.flip(1).to(torch.int8).cummax(1).values.flip(1).bool()
 
 
+def copy_forward_step(attn: nn.Module, cache: Any, model: Any = "model") -> None:
+    """A one-token decoding step that skips attention at layer l for every row: the layer's new K/V are layer
+    l-1's newest position (GateSkip's copy-forward), appended to the cache; no projection runs, one position moves."""
+    keys, values = layer_kv(cache, attn.layer_idx - 1, model)
+    self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], attn.layer_idx)
+
+
 def compact_attention(
     attn: nn.Module,
     hidden: torch.Tensor,
@@ -219,6 +226,9 @@ def compact_attention(
     """
     B, T, d = hidden.shape
     _, cache = find_cache(kwargs)
+    if copy_forward and cache is not None and T == 1 and attn.layer_idx > 0 and not bool(keep.any()):
+        copy_forward_step(attn, cache, model)
+        return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
     rope = kwargs.get("position_embeddings")
     cos, sin = (c.expand(B, -1, -1) for c in rope) if rope is not None else (None, None)

@@ -20,11 +20,11 @@ from torch import nn
 
 from labkit import gate as gate_lib
 from labkit.profile import count_flops
-from labkit.skip.compact import compact_attention, compact_mlp
+from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step
 from labkit.skip.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, self_attention_cache, where
 from labkit.skip.static import branch_names
 
-SCOPES = ("batch", "sequence")
+SCOPES = ("batch", "sequence", "step")
 EXECUTIONS = ("masked", "compact")
 
 RANKINGS = ("gate", "random")
@@ -88,7 +88,8 @@ class _Policy:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.exempt_ids = _exempt_token_ids(model)
         self.valid: torch.Tensor | None = None  # (B, T) real tokens of the current forward
-        self.exempt: torch.Tensor | None = None  # (B, T) pad/EOS tokens of the current forward
+        self.n_valid = 0  # how many (valid.sum(), counted once per forward rather than per branch)
+        self.eligible: torch.Tensor | None = None  # (B, T) tokens that may be skipped (real, not pad/EOS); None: all
         self.key_valid: torch.Tensor | None = None  # (B, S) attention mask over past + current tokens
         self.skipped: dict[str, int] = {}
         self.total: dict[str, int] = {}
@@ -98,18 +99,22 @@ class _Policy:
         self.replay: list[torch.Tensor | None] | None = None  # when set, decisions are popped from here
         self.dense = False  # when set, nothing is skipped (dense FLOP replay)
         self.use_cache = False  # whether the current top-level forward asked for a KV cache
+        self.uniform: bool | None = None  # the latest decision kept every row (True), none (False), or varied (None)
+        self.constants: dict[tuple, torch.Tensor] = {}  # reused keep masks and zero outputs of one-token steps
 
     # -- context of one top-level forward -------------------------------------------------------------------------
     def capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
         self.key_valid = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
+        self.valid = self.eligible = None
         if torch.is_tensor(ids):
             T = ids.shape[1]
-            self.exempt = torch.isin(ids, self.exempt_ids.to(ids.device)) if self.exempt_ids.numel() else None
+            exempt = torch.isin(ids, self.exempt_ids.to(ids.device)) if self.exempt_ids.numel() else None
             self.valid = self.key_valid[:, -T:] if self.key_valid is not None else None
-        else:
-            self.exempt = self.valid = None
+            self.n_valid = int(self.valid.sum()) if self.valid is not None else ids.numel()
+            eligible = self.valid if exempt is None else ~exempt if self.valid is None else self.valid & ~exempt
+            self.eligible = None if eligible is None or bool(eligible.all()) else eligible
         name, cache = find_cache(kwargs)
         use_cache = kwargs.get("use_cache")
         default = getattr(getattr(module, "config", None), "use_cache", False)
@@ -127,14 +132,21 @@ class _Policy:
         if self.replay is not None:
             return self.replay.pop(0)
         B, T = hidden.shape[:2]
-        valid = self.valid if self.valid is not None and self.valid.shape == (B, T) else None
-        exempt = self.exempt if self.exempt is not None and self.exempt.shape == (B, T) else None
-        keep = self._keep(branch, importance, hidden, valid, exempt)
-        real = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+        here = self.valid is not None and self.valid.shape == (B, T)  # this forward's tokens (not a nested call's)
+        valid = self.valid if here else None
+        eligible = self.eligible if self.eligible is not None and self.eligible.shape == (B, T) else None
+        n_real = self.n_valid if here else B * T
+        self.uniform = None
+        keep = self._keep(branch, importance, hidden, valid, eligible)
+        if self.uniform is not None:  # known without looking at the mask: count it without tensor ops
+            dropped = 0 if self.uniform else n_real
+        elif keep is not None:
+            dropped = int((~keep if valid is None else ~keep & valid).sum())
         if keep is not None:
-            self.skipped[branch.name] = self.skipped.get(branch.name, 0) + int((~keep & real).sum())
-        self.total[branch.name] = self.total.get(branch.name, 0) + int(real.sum())
+            self.skipped[branch.name] = self.skipped.get(branch.name, 0) + dropped
+        self.total[branch.name] = self.total.get(branch.name, 0) + n_real
         if self.record:
+            real = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=hidden.device)
             score = importance if importance is not None else torch.ones(B, T, device=hidden.device)
             self.records[branch.name] = {
                 "importance": score.detach().float().cpu(),
@@ -150,7 +162,7 @@ class _Policy:
         importance: torch.Tensor | None,
         hidden: torch.Tensor,
         valid: torch.Tensor | None,
-        exempt: torch.Tensor | None,
+        eligible: torch.Tensor | None,
     ) -> torch.Tensor | None:
         B, T = hidden.shape[:2]
         if self.static is not None:
@@ -163,37 +175,75 @@ class _Policy:
             score = torch.rand(B, T, generator=self.generator, device=hidden.device)
         else:
             score = importance.detach().float()
-        eligible = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
-        if valid is not None:
-            eligible &= valid
-        if exempt is not None:
-            eligible &= ~exempt
+        if T == 1 and self.scope != "batch":
+            return self._one_token_keep(branch, score, eligible)
+        eligible = eligible if eligible is not None else torch.ones(B, T, dtype=torch.bool, device=hidden.device)
         n_real = valid.sum(1) if valid is not None else torch.full((B,), T, device=hidden.device)
         score = score.masked_fill(~eligible, math.inf)
         if self.scope == "batch":
             k = min(int(math.floor(self.ratio * int(n_real.sum()))), int(eligible.sum()))
             skip = _lowest_k(score, k, None)
-        elif T == 1 and self.ranking == "random":  # a one-token step ranked at random: skip with probability r
-            skip = score < self.ratio  # uniform scores: the calibrated threshold of a fraction r is r itself
-        elif T == 1:  # a one-token decoding step: per-branch calibrated thresholds
-            if not self.thresholds or branch.name not in self.thresholds:
-                raise ValueError(
-                    f"scope='sequence' on a one-token decoding step needs a threshold for branch "
-                    f"{branch.name!r}: pass thresholds=calibrate_thresholds(model, batches, ratio)"
-                )
-            skip = score <= self.thresholds[branch.name]
-        else:
+        else:  # sequence and step scopes: the same fraction of every row (a prompt forward)
             k = torch.minimum(torch.floor(self.ratio * n_real.float()).long(), eligible.sum(1))
             skip = _lowest_k(score, k, 1)
         return ~(skip & eligible)
+
+    def _one_token_keep(
+        self, branch: gate_lib.GatedBranch, score: torch.Tensor, eligible: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, 1) keep mask of a one-token decoding step: per row (``sequence``), or one decision for the whole step
+        (``step``, and any single row: the mean score of the step's eligible rows decides, so a skipped branch's
+        weights are not read). A whole-step decision is a reused constant mask, known in Python (``self.uniform``)."""
+        if self.ranking == "random":  # uniform scores: the calibrated threshold of a fraction r is r itself
+            threshold = self.ratio
+        elif self.thresholds and branch.name in self.thresholds:
+            threshold = self.thresholds[branch.name]
+        else:
+            raise ValueError(
+                f"scope={self.scope!r} on a one-token decoding step needs a threshold for branch {branch.name!r}: "
+                f"pass thresholds=calibrate_thresholds(model, batches, ratio, scope={self.scope!r})"
+            )
+        B = score.shape[0]
+        if self.scope == "sequence" and B > 1:
+            skip = score < threshold if self.ranking == "random" else score <= threshold
+            return ~skip if eligible is None else ~(skip & eligible)
+        rows = score if eligible is None else score[eligible]
+        if not rows.numel():
+            skipped = False
+        elif self.ranking == "random":  # one uniform draw decides the step: skipped with probability r
+            skipped = float(rows[0]) < threshold
+        else:
+            skipped = float(rows.mean() if rows.numel() > 1 else rows) <= threshold
+        if eligible is not None and skipped:
+            return ~eligible  # pad and EOS rows still run the branch
+        self.uniform = not skipped
+        return self._constant(("keep", B, not skipped), lambda: torch.full((B, 1), not skipped, device=score.device))
+
+    def _constant(self, key: tuple, make: Any) -> torch.Tensor:
+        """A tensor made once per skip context and reused by every step (never written to)."""
+        if key not in self.constants:
+            self.constants[key] = make()
+        return self.constants[key]
 
     # -- execution --------------------------------------------------------------------------------------------------
     def compact(
         self, branch: gate_lib.GatedBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
     ) -> torch.Tensor:
+        one_token = hidden.shape[1] == 1
+        if self.uniform or (self.uniform is None and one_token and bool(keep.all())):
+            out = branch.branch(*args, **kwargs)  # a decoding step that keeps every row: the branch as it is
+            return out[0] if isinstance(out, tuple) else out
+        copy = self.kv == "copy_forward" and not branch.training
+        if self.uniform is False:  # a decoding step that skips every row: nothing of the branch runs
+            zeros = self._constant(("zeros", *hidden.shape, hidden.dtype), lambda: hidden.new_zeros(hidden.shape))
+            _, cache = find_cache(kwargs)
+            if branch.role == "attn" and copy and cache is not None and branch.layer_index > 0:
+                copy_forward_step(branch.branch, cache, self.model)
+                return zeros
+            if branch.role == "mlp":
+                return zeros
         if branch.role == "mlp":
             return compact_mlp(branch.branch, hidden, keep)
-        copy = self.kv == "copy_forward" and not branch.training
         return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
@@ -207,6 +257,8 @@ class _Policy:
         ):
             return
         _, cache = find_cache(kwargs)
+        if cache is not None and self.execution == "compact" and keep.shape[1] == 1:
+            return  # compact attention already stored layer l-1's K/V for this step's skipped rows
         if cache is None:
             if self.use_cache:
                 raise CacheLayoutError(
@@ -331,6 +383,11 @@ def budget(
 ) -> Iterator[SkipStats]:
     """Skip the lowest-importance fraction ``ratio`` of tokens in every gated branch inside the block.
 
+    ``scope``: ``"batch"`` (one quantile over the batch's tokens, the paper's), ``"sequence"`` (the same fraction of
+    every row; one-token steps compare each row with ``thresholds``) or ``"step"`` (as ``"sequence"`` in a prompt
+    forward; a one-token step skips a branch for all its rows or none, by their mean importance against
+    ``thresholds``, calibrated with ``calibrate_thresholds(..., scope="step")``).
+
     ``ranking="random"`` ranks tokens at random instead (the paper's random-skip baseline; works on
     ``add_gates(kind="none")`` wrappers). After the block the yielded :class:`SkipStats` holds the paper's
     ``skipped_fraction``, the executed ``flops`` (forwards replayed under ``labkit.profile.count_flops`` when
@@ -387,18 +444,25 @@ def static_skip(
 
 
 @torch.no_grad()
-def calibrate_thresholds(model: nn.Module, batches: Iterable[torch.Tensor | dict], ratio: float) -> dict[str, float]:
-    """Per-branch importance thresholds that skip ``ratio`` of held-out prompt tokens (sequence-scope decoding).
+def calibrate_thresholds(
+    model: nn.Module, batches: Iterable[torch.Tensor | dict], ratio: float, scope: str = "sequence"
+) -> dict[str, float]:
+    """Per-branch importance thresholds that skip ``ratio`` of held-out decoding steps (``sequence`` / ``step`` scope).
 
     Runs ``budget(model, ratio, scope="sequence")`` over ``batches`` and takes each branch's ``ratio``-quantile of
-    the importances it saw, so a later one-token step skips iff its importance is at or below.
+    what a decoding step compares: a token's importance (``scope="sequence"``), or the mean importance of the rows
+    of a step (``scope="step"``: the batch's tokens at each position, so calibrate on batches of the decoding batch
+    size). A later one-token step skips iff that value is at or below the threshold.
     """
+    if scope not in ("sequence", "step"):
+        raise ValueError(f"thresholds are calibrated for scope 'sequence' or 'step' (one-token steps), got {scope!r}")
     seen: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         with budget(model, ratio, scope="sequence", measure_flops=False, record=True) as stats:
             model(**batch) if isinstance(batch, dict) else model(batch)
         for name, rec in stats.records.items():
-            seen.setdefault(name, []).append(rec["importance"].reshape(-1))
+            values = rec["importance"].mean(0) if scope == "step" else rec["importance"].reshape(-1)
+            seen.setdefault(name, []).append(values)
     if not seen:
         raise ValueError("calibrate_thresholds got no batches")
     return {name: float(torch.quantile(torch.cat(v), ratio)) if ratio > 0 else -math.inf for name, v in seen.items()}
