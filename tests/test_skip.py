@@ -336,3 +336,26 @@ def test_step_thresholds_at_batch_1_are_the_sequence_thresholds_and_bad_scopes_f
     with pytest.raises(ValueError, match="scope='step' on a one-token decoding step needs a threshold"):
         with skip.budget(model, 0.3, "step", measure_flops=False):
             model.generate(tokens(2, 3), max_new_tokens=2, do_sample=False)
+
+
+def test_flops_of_a_decoding_step_replay_its_own_decisions():
+    """The FLOP replay re-runs each forward with its recorded masks; a one-token step's whole-step decision must not
+    leak into the replay of the next branch (the replay counts what the step executed)."""
+    import copy
+
+    from labkit.profile import count_flops
+
+    model = gated("llama", kind="scalar")
+    thresholds = skip.calibrate_thresholds(model, [tokens(2, 9, seed=1)], 0.5, scope="step")
+    with torch.no_grad():
+        cache = kv_cache.output_cache(model(tokens(2, 5), use_cache=True))
+        token = tokens(2, 1, seed=3)
+
+        def step(measure: bool) -> skip.SkipStats:
+            with skip.budget(model, 0.5, "step", "compact", thresholds=thresholds, measure_flops=measure) as stats:
+                model(token, cache=copy.deepcopy(cache), use_cache=True)
+            return stats
+
+        measured = step(True)
+        executed = count_flops(lambda: step(False))
+    assert 0 < measured.flops == executed < measured.dense_flops

@@ -127,6 +127,7 @@ class _Policy:
     def decide(
         self, branch: gate_lib.GatedBranch, importance: torch.Tensor | None, hidden: torch.Tensor
     ) -> torch.Tensor | None:
+        self.uniform = None
         if self.dense:
             return None
         if self.replay is not None:
@@ -136,7 +137,6 @@ class _Policy:
         valid = self.valid if here else None
         eligible = self.eligible if self.eligible is not None and self.eligible.shape == (B, T) else None
         n_real = self.n_valid if here else B * T
-        self.uniform = None
         keep = self._keep(branch, importance, hidden, valid, eligible)
         if self.uniform is not None:  # known without looking at the mask: count it without tensor ops
             dropped = 0 if self.uniform else n_real
