@@ -124,6 +124,7 @@ class GatedBranch(nn.Module):
         self.last_gate: torch.Tensor | None = None  # gate values of the latest forward, for gate_penalty
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
+        self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -153,10 +154,13 @@ class GatedBranch(nn.Module):
         keep = policy.decide(self, importance, hidden) if policy is not None else None
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
-            rest: tuple | None = (None,) if self.role == "attn" else None
+            arity = self.arity if self.arity is not None else 2 if self.role == "attn" else 0
+            rest: tuple | None = (None,) * (arity - 1) if arity else None  # extras (attention weights) not computed
         else:
             out = self.branch(*args, **kwargs)
             y, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, None)
+            self.arity = len(out) if isinstance(out, tuple) else 0
+            y = y.view(hidden.shape) if y.shape != hidden.shape else y  # Llama4's MoE returns tokens flattened
             if keep is not None:
                 y = y * keep.unsqueeze(-1).to(y.dtype)
         if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that
@@ -254,25 +258,18 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         ),
         *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
     ]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    ref = next(model.parameters())
-    vocab = getattr(model.config, "vocab_size", None) or 2
-    ids = (torch.arange(3, device=ref.device) % vocab)[None]
     try:
-        model(input_ids=ids, use_cache=False)
+        _probe_forward(model)
         found = dict(record)
         record.clear()
         record["perturb"] = True
-        model(input_ids=ids, use_cache=False)
+        _probe_forward(model)
     except Exception as error:
-        raise ValueError(f"could not run a probe forward of {type(model).__name__} on input_ids {ids.tolist()} to "
-                         f"find how its branches reach the residual stream: {error}") from error
+        raise ValueError(f"could not run a probe forward of {type(model).__name__} on three tokens to find how its "
+                         f"branches reach the residual stream: {error}") from error
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     children = found.get("children", [])
     attention_norm = next((n for n, x, _ in children if x is found["attn"] and "norm" in n.lower()), None)
     mlp_norm = next((n for n, x, _ in children if x is found["mlp"] and "norm" in n.lower()), None)
@@ -290,6 +287,18 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         )
     parallel = torch.equal(record["mlp_in"], found["mlp_in"])
     return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
+
+
+def _probe_forward(model: nn.Module) -> None:
+    """One eval forward of three tokens (0, 1, 2) without a cache; training flags restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    vocab = getattr(model.config, "vocab_size", None) or 2
+    try:
+        model(input_ids=(torch.arange(3, device=next(model.parameters()).device) % vocab)[None], use_cache=False)
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def _get(model: nn.Module, path: tuple[str, ...]) -> Any:
@@ -351,6 +360,8 @@ def add_gates(
                 wrapped.attach_post_norm(getattr(layer, norm))
             setattr(layer, attr, wrapped)
     model.__dict__[ARCH_ATTR] = arch
+    with torch.no_grad():  # every branch sees one forward, so it knows what it returns before anything is skipped
+        _probe_forward(model)
     setattr(
         model.config,
         CONFIG_KEY,
@@ -437,6 +448,22 @@ def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _renamed_branch(key: str, saved: dict, expected: set[str]) -> str:
+    """The model's name of a saved gate key. transformers may save a branch under its checkpoint name (Mixtral's
+    ``mlp`` as ``block_sparse_moe``): within one layer, the one saved branch name the model lacks is the one model
+    branch name the checkpoint lacks."""
+    if key in expected:
+        return key
+    head, _, tail = key.partition(f".{GATE_ATTR}.")
+    layer, _, branch = head.rpartition(".")
+    ours = {k.partition(f".{GATE_ATTR}.")[0].rpartition(".")[2] for k in expected if k.startswith(layer + ".")}
+    theirs = {k.partition(f".{GATE_ATTR}.")[0].rpartition(".")[2] for k in saved if k.startswith(layer + ".")}
+    lacking, extra = ours - theirs, theirs - ours
+    if len(lacking) == 1 and extra == {branch}:
+        return f"{layer}.{lacking.pop()}.{GATE_ATTR}.{tail}"
+    return key
+
+
 def load_gates(model: nn.Module, path: str | Path) -> nn.Module:
     """Load the gate weights saved at ``path`` into a model that already has matching gates."""
     branches = gated_branches(model)
@@ -445,8 +472,9 @@ def load_gates(model: nn.Module, path: str | Path) -> nn.Module:
             f"{type(model).__name__} has no gates to load into; call add_gates(model, kind=...) first, "
             "or use labkit.gate.from_pretrained(path) to rebuild the gated model"
         )
-    gate_state = {k: v for k, v in _checkpoint_tensors(Path(path)).items() if f".{GATE_ATTR}." in k}
+    saved = {k: v for k, v in _checkpoint_tensors(Path(path)).items() if f".{GATE_ATTR}." in k}
     expected = {k for k in model.state_dict() if f".{GATE_ATTR}." in k}
+    gate_state = {_renamed_branch(k, saved, expected): v for k, v in saved.items()}
     missing = sorted(expected - set(gate_state))
     if missing:
         raise ValueError(

@@ -39,6 +39,17 @@ FAMILIES = {
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {"num_key_value_heads": 2}, POST),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}, ("attn", "mlp", None, None, False)),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}, ("attention", "mlp", None, None, True)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", {"num_key_value_heads": 2, "partial_rotary_factor": 0.25},
+                 SEQ),
+    "phi": ("PhiConfig", "PhiForCausalLM", {"partial_rotary_factor": 0.5}, ("self_attn", "mlp", None, None, True)),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", {"rotary_dim": 4, "n_inner": 64}, ("attn", "mlp", None, None, True)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2}, SEQ),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",  # its config's sliding_window=0 means none
+                  {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                   "shared_expert_intermediate_size": 32}, SEQ),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2},
+              SEQ),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -270,3 +281,23 @@ def test_the_architectures_table_matches_detection_and_base_models_work():
     gate.add_gates(base)
     assert len(gate.gated_branches(base)) == 4
     base(tokens())
+
+
+def test_llama4_moe_runs_masked_and_refuses_compact_clearly_falcon_is_refused():
+    """Llama4's MoE feed-forward returns (flattened tokens, router logits) and its attention takes one complex rotary
+    tensor: masked skipping works, compact execution names what it lacks. Falcon's new layout is refused at once."""
+    torch.manual_seed(0)
+    config = transformers.Llama4TextConfig(**{**COMMON, "num_key_value_heads": 2, "num_local_experts": 4,
+                                              "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8})
+    model = gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval())
+    x = tokens()
+    with skip.budget(model, 0.4, measure_flops=False) as stats:
+        masked = model(x).logits
+    assert stats.skipped_fraction > 0.3 and masked.shape == (3, 9, V)
+    with pytest.raises(ValueError, match="no adapter for Llama4TextAttention's rotary embedding.*execution='masked'"):
+        with skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            model(x)
+    falcon = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(
+        **{**COMMON, "num_kv_heads": 2, "new_decoder_architecture": True})).eval()
+    with pytest.raises(ValueError, match="FalconDecoderLayer in FalconForCausalLM does not add its"):
+        gate.add_gates(falcon)

@@ -4,13 +4,16 @@ GateSkip's default path computes every branch densely and zeroes skipped tokens 
 the kept tokens only, and attention computes K/V for every token (later tokens may attend to them) but queries,
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
-Qwen2/3, Gemma2/3, OLMo2; q/k norms per head or over the width), fused ``qkv_proj`` (Phi3), per-head fused
-``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); rotary through the family's own function; sliding
-windows and Gemma2's logit softcap in the mask and scores.
+Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
+over the width), fused ``qkv_proj`` (Phi3), per-head fused ``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn``
+(GPT-2); rotary through the family's own function, partial rotary included; sliding windows and Gemma2's logit
+softcap in the mask and scores. An MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP.
+Llama4's complex rotary embedding has no adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from typing import Any
@@ -49,8 +52,9 @@ def compact_mlp(branch: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> 
     out = hidden.new_zeros(B * T, d)
     if bool(flat_keep.any()):
         positions = flat_keep.nonzero().squeeze(1)
-        y = branch(hidden.reshape(B * T, d)[positions].unsqueeze(0)).squeeze(0)
-        out = out.index_put((positions,), y)
+        y = branch(hidden.reshape(B * T, d)[positions].unsqueeze(0))
+        y = y[0] if isinstance(y, tuple) else y  # an MoE block's router logits are not kept (Llama4)
+        out = out.index_put((positions,), y.reshape(-1, d))
     return out.view(B, T, d)
 
 
@@ -60,16 +64,27 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rotary(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their cos/sin (N, rot): the family's own
-    ``apply_rotary_pos_emb`` where its modeling module has one (partial rotary in GPT-NeoX/Phi3), else rotate-half."""
+    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their cos/sin (N, width): the family's own
+    ``apply_rotary_pos_emb`` where its modeling module has one, else rotate-half. Partial rotary (GPT-NeoX, Phi,
+    Phi3, StableLM, GPT-J) rotates the first ``rot`` dimensions and passes the rest through; GPT-J's function takes
+    ``(tensor, sin, cos)`` of half width and rotates interleaved pairs."""
     apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
-    x4, cos, sin = x.unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, hd) and (N, 1, rot)
-    if apply is not None:
-        return apply(x4, x4, cos, sin)[0].squeeze(2).to(x.dtype)
+    if apply is not None and _gptj_style(apply):
+        rot = 2 * cos.shape[-1]
+        done = apply(x[..., :rot].unsqueeze(1), sin.unsqueeze(1), cos.unsqueeze(1)).squeeze(1)
+        return torch.cat([done.to(x.dtype), x[..., rot:]], dim=-1)
     rot = cos.shape[-1]
-    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-    done = x4[..., :rot] * c + _rotate_half(x4[..., :rot]) * s
-    return torch.cat([done, x4[..., rot:]], dim=-1).squeeze(2)
+    x4, c, s = x[..., :rot].unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, rot) and (N, 1, rot)
+    if apply is not None:
+        done = apply(x4, x4, c, s)[0].squeeze(2).to(x.dtype)
+    else:
+        done = (x4 * c.unsqueeze(1) + _rotate_half(x4) * s.unsqueeze(1)).squeeze(2)
+    return done if rot == x.shape[-1] else torch.cat([done, x[..., rot:]], dim=-1)
+
+
+def _gptj_style(apply: Any) -> bool:
+    """Whether a family's ``apply_rotary_pos_emb`` is GPT-J's ``(tensor, sin, cos)``, not ``(q, k, cos, sin, ...)``."""
+    return list(inspect.signature(apply).parameters)[:3] == ["tensor", "sin", "cos"]
 
 
 def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -148,6 +163,8 @@ def _no_adapter(attn: nn.Module) -> ValueError:
 def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
     if hasattr(attn, "o_proj"):
         return attn.o_proj(o)
+    if hasattr(attn, "out_proj"):  # GPT-J
+        return attn.out_proj(o)
     if hasattr(attn, "dense"):
         return attn.dense(o)
     return attn.resid_dropout(attn.c_proj(o))
@@ -161,11 +178,20 @@ def _attention_settings(attn: nn.Module) -> tuple[float, float, int | None, floa
             scale /= float(attn.layer_idx + 1)
         return scale, attn.attn_dropout.p if attn.training else 0.0, None, None
     dropout = float(getattr(attn, "attention_dropout", 0.0) or 0.0) if attn.training else 0.0
-    if hasattr(attn, "sliding_window"):  # Qwen2/3, Gemma2/3: set on sliding layers only
-        window = attn.sliding_window
-    else:  # Mistral, Phi3: one window for every layer, in the config
-        window = getattr(getattr(attn, "config", None), "sliding_window", None)
-    return attn.scaling, dropout, window, getattr(attn, "attn_logit_softcapping", None)
+    return attn.scaling, dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None)
+
+
+def _sliding_window(attn: nn.Module) -> int | None:
+    """The attention's sliding window, or None for full attention: set on the module for sliding layers only (Qwen2/3,
+    Gemma2/3); else the config's, unless the config switches it off (``use_sliding_window=False``, Qwen2-MoE) or
+    types this layer as full attention. A window of 0 or None means none (Qwen2-MoE's config says 0)."""
+    if hasattr(attn, "sliding_window"):
+        return attn.sliding_window or None
+    config = getattr(attn, "config", None)
+    types = getattr(config, "layer_types", None)
+    if getattr(config, "use_sliding_window", True) is False or (types and types[attn.layer_idx] != "sliding_attention"):
+        return None
+    return getattr(config, "sliding_window", None) or None
 
 
 def _attend(
@@ -195,6 +221,21 @@ def _attend(
     scores = torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap) * softcap
     weights = scores.masked_fill(~allowed[:, None], -math.inf).softmax(-1, dtype=torch.float32).to(q.dtype)
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
+
+
+def _cos_sin(attn: nn.Module, rope: Any, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The ``position_embeddings`` a decoder layer hands its attention as (cos, sin), each (B, T, width); GPT-J
+    hands (sin, cos)."""
+    if rope is None:
+        return None, None
+    if not (isinstance(rope, tuple | list) and len(rope) == 2):  # Llama4: one complex freqs_cis tensor
+        raise ValueError(
+            f"compact execution has no adapter for {type(attn).__name__}'s rotary embedding (position_embeddings "
+            f"{type(rope).__name__}, expected a (cos, sin) pair); use execution='masked'"
+        )
+    first, second = (c.expand(batch, -1, -1) for c in rope)
+    apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    return (second, first) if apply is not None and _gptj_style(apply) else (first, second)
 
 
 def _needed(keep: torch.Tensor) -> torch.Tensor:
@@ -230,8 +271,7 @@ def compact_attention(
         copy_forward_step(attn, cache, model)
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
-    rope = kwargs.get("position_embeddings")
-    cos, sin = (c.expand(B, -1, -1) for c in rope) if rope is not None else (None, None)
+    cos, sin = _cos_sin(attn, kwargs.get("position_embeddings"), B)
     needed = torch.ones_like(keep)
     prev = None
     if copy_forward and cache is not None and attn.layer_idx > 0:
