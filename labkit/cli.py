@@ -18,7 +18,11 @@ WAIT_HELP = "when another run is writing the same report folder, wait this long 
 
 def _list(_: argparse.Namespace) -> int:
     for path in runner.notebooks():
-        module = runner.experiment_module(path)
+        try:
+            module = runner.experiment_module(path)
+        except runner.MissingExtra as err:  # listed all the same, with the extra to install
+            print(f"{path.stem}  ({path.relative_to(runner.ROOT)})\n  {err}")
+            continue
         print(f"{path.stem}  ({path.relative_to(runner.ROOT)})  presets: {', '.join(module.PRESETS)}")
         types_ = runner.parameter_types(module)
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -46,8 +50,13 @@ def _report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     paths = [runner.resolve_notebook(n) for n in args.notebooks] if args.notebooks else runner.notebooks()
-    jobs = [(path, name, params) for path in paths for name, params in runner.report_variants(path, args.preset)]
-    failures = []
+    jobs, failures = [], []
+    for path in paths:
+        try:
+            jobs += [(path, name, params) for name, params in runner.report_variants(path, args.preset)]
+        except runner.MissingExtra as err:  # the other notebooks can still be reported
+            failures.append(runner.RunResult(path, runner.default_out_dir(path, args.preset), ok=False, error=str(err)))
+            print(f"{path.stem}: FAILED: {err}")
     for path, name, params in (bar := tqdm(jobs, desc=f"labkit report [{args.preset}]", unit="report")):
         bar.set_postfix_str(f"{path.stem} {name}")
         out = runner.default_out_dir(path, name)
@@ -229,8 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (runner.ParameterError, FileNotFoundError, KeyError) as err:
+    except (runner.ParameterError, runner.MissingExtra, FileNotFoundError, KeyError) as err:
         print(f"labkit {args.command}: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # e.g. papermill, for `labkit run` without the notebooks extra
+        missing = runner.missing_extra(err, "this command")
+        if missing is None:
+            raise
+        print(f"labkit {args.command}: {missing}", file=sys.stderr)
         return 2
     except runner.OutputLocked as err:
         print(f"labkit {args.command}: {err}", file=sys.stderr)

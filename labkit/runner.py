@@ -24,6 +24,7 @@ import resource
 import secrets
 import shutil
 import time
+import tomllib
 import types
 import typing
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ REPORTS_DIR = ROOT / "reports"
 RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
 LOCK_POLL_SECONDS = 0.2  # how often a run waiting for a report folder's lock tries again
 UNINDEXED_REPORTS = ("smoke", "sweeps")  # report folders (and their ``-variant``s) that are not committed
+PYPROJECT = ROOT / "pyproject.toml"  # its ``optional-dependencies`` say which extra installs which package
+IMPORT_NAMES = {"scikit-learn": "sklearn"}  # extras' packages imported under another name (others: name, - as _)
 
 
 class ParameterError(ValueError):
@@ -50,6 +53,33 @@ class ParameterError(ValueError):
 
 class OutputLocked(RuntimeError):
     """Another live run is writing the same report folder."""
+
+
+class MissingExtra(ImportError):
+    """Code needs a package that one of labkit's optional extras installs, and that extra is not installed."""
+
+
+def extra_providing(module: str) -> str | None:
+    """The first optional extra in ``pyproject.toml`` that installs the top-level module ``module`` (``scipy`` ->
+    ``data``, ``ray`` -> ``sweep``), or None when no extra does."""
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    for extra, requirements in extras.items():
+        for requirement in requirements:
+            package = re.match(r"[A-Za-z0-9._-]+", requirement).group().lower()
+            if IMPORT_NAMES.get(package, package.replace("-", "_").replace(".", "_")) == module:
+                return extra
+    return None
+
+
+def missing_extra(err: ModuleNotFoundError, needed_by: str) -> MissingExtra | None:
+    """``err`` as the sentence a user acts on (``notebook cmixup.ipynb needs the 'data' extra (scipy is not
+    installed): pip install -e ".[data]"``), or None when the missing module comes with no extra."""
+    missing = (err.name or "").partition(".")[0]
+    extra = extra_providing(missing) if missing else None
+    if extra is None:
+        return None
+    return MissingExtra(f"{needed_by} needs the {extra!r} extra ({missing} is not installed): "
+                        f'pip install -e ".[{extra}]"')
 
 
 def notebooks() -> list[Path]:
@@ -75,11 +105,17 @@ def experiment_name(notebook: Path) -> str:
 
 def experiment_module(notebook: Path) -> types.ModuleType:
     """The experiment module of a notebook: ``labkit.experiments.<stem>``, or the module named in the notebook's
-    metadata ``{"labkit": {"experiment": "package.module"}}`` (for notebooks outside ``notebooks/``)."""
+    metadata ``{"labkit": {"experiment": "package.module"}}`` (for notebooks outside ``notebooks/``).
+
+    Raises ``MissingExtra`` naming the extra to install when the module imports a package of one that is missing.
+    """
     name = experiment_name(notebook)
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as err:
+        missing = missing_extra(err, f"notebook {notebook.name}")
+        if missing is not None:
+            raise missing from err
         raise ParameterError(f"notebook {notebook.name} has no experiment module {name}: {err}") from err
     for attr in ("Config", "PRESETS"):
         if not hasattr(module, attr):
