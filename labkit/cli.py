@@ -63,15 +63,17 @@ def _report(args: argparse.Namespace) -> int:
         label = path.stem if name == args.preset else f"{path.stem} [{name}]"
         digests = runner.input_digests(path, args.preset, params)
         reason = runner.stale_reason(out, digests)
-        tqdm.write(f"{label}: " + (f"stale ({reason})" if reason else "up to date")
-                   + (", rerunning" if reason or args.force else ""))
         try:
             result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False,
                                          wait=args.wait, digests=digests)
         except runner.OutputLocked as err:  # another run is writing this report; the others can still go ahead
             result = runner.RunResult(path, out, ok=False, error=str(err))
-        status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")
-        tqdm.write(f"{label}: {status}" + (f" ({result.wall_seconds:.0f} s)" if not result.skipped else ""))
+        if result.skipped:  # one line per report: what it was and what was done
+            status = "up to date, kept"
+        else:
+            status = ((f"stale ({reason})" if reason else "up to date") + ", rerun: "
+                      + f"{'ok' if result.ok else 'FAILED'} ({result.wall_seconds:.0f} s)")
+        tqdm.write(f"{label}: {status}")
         if not result.ok:
             failures.append(result)
             tqdm.write(result.error)

@@ -14,6 +14,7 @@ import ast
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import glob
 import hashlib
 import importlib
@@ -43,6 +44,7 @@ REPORTS_DIR = ROOT / "reports"
 RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
 LOCK_POLL_SECONDS = 0.2  # how often a run waiting for a report folder's lock tries again
 UNINDEXED_REPORTS = ("smoke", "sweeps")  # report folders (and their ``-variant``s) that are not committed
+KERNEL_LOG = "kernel.log"  # the kernel process's own stdout and stderr, in the staging folder; kept on failure only
 PYPROJECT = ROOT / "pyproject.toml"  # its ``optional-dependencies`` say which extra installs which package
 IMPORT_NAMES = {"scikit-learn": "sklearn"}  # extras' packages imported under another name (others: name, - as _)
 
@@ -483,6 +485,8 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                 staging.rename(failed)
                 if (failed / path.name).is_file():
                     error += f"\npartial executed notebook: {failed / path.name}"
+                if (failed / KERNEL_LOG).is_file():
+                    error += f"\nthe kernel process's own output: {failed / KERNEL_LOG}"
                 return RunResult(path, out, ok=False, wall_seconds=wall, error=error)
             _replace(staging, out)
             return RunResult(path, out, ok=True, wall_seconds=wall)
@@ -490,11 +494,33 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@functools.cache
+def _kernel_manager_class() -> type:
+    """A jupyter_client kernel manager that starts the kernel with its process's stdout and stderr in a file (its
+    ``log_path``) instead of this console's: there ipykernel logs its own noise ("KeyboardInterrupt caught in kernel"
+    when jupyter_client interrupts it to shut it down, a warning about TCP) and echoes C-level output (torch's
+    profiler "USDT ... profiler_start" lines) that it also forwards to the notebook. Made on first use:
+    jupyter_client comes with the notebooks extra."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import Unicode
+
+    class LoggedKernelManager(AsyncKernelManager):
+        log_path = Unicode(help="the file that receives the kernel process's stdout and stderr").tag(config=True)
+
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(self.log_path, "ab") as log:  # the kernel keeps its own copy of the descriptor
+                await super().start_kernel(**{"stdout": log, "stderr": log, **kw})
+
+    return LoggedKernelManager
+
+
 def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str, str], staging: Path,
              progress: bool) -> tuple[str, float]:
     """Papermill into ``staging``, then stamp its results and export HTML: ``("", wall seconds)`` on success, else
-    the error and the wall seconds."""
+    the error and the wall seconds. The kernel process's own output goes to ``staging/kernel.log``, not the
+    console; a successful run deletes it."""
     import papermill
+    from traitlets.config import Config
 
     executed = staging / path.name
     overrides = {k: _literal(v) for k, v in params.items() if k not in RUNNER_PARAMS}
@@ -504,8 +530,10 @@ def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str,
     os.environ.pop("MPLBACKEND", None)  # the kernel picks the inline backend itself
     start, children_before = time.perf_counter(), _children_cpu_seconds()
     try:
+        manager = _kernel_manager_class()
         papermill.execute_notebook(str(path), str(executed), parameters=notebook_params, kernel_name="python3",
-                                   progress_bar=progress, cwd=str(path.parent))
+                                   progress_bar=progress, cwd=str(path.parent), kernel_manager_class=manager,
+                                   config=Config({manager.__name__: {"log_path": str(staging / KERNEL_LOG)}}))
     except Exception as err:  # papermill raises its own error for a failing cell; keep the evidence
         return f"{type(err).__name__}: {str(err).strip()[-2000:]}", time.perf_counter() - start
     finally:
@@ -515,6 +543,7 @@ def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str,
             else:
                 os.environ[key] = value
     wall, cpu = time.perf_counter() - start, _children_cpu_seconds() - children_before
+    (staging / KERNEL_LOG).unlink(missing_ok=True)
     results_path = staging / RESULTS_FILE
     if not results_path.is_file():
         return f"{path.name} ran but never called labkit.report.record (no {RESULTS_FILE})", wall
