@@ -483,10 +483,10 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                 failed = out.with_name(out.name + ".failed")  # kept for inspection, replacing an older one
                 shutil.rmtree(failed, ignore_errors=True)
                 staging.rename(failed)
-                if (failed / path.name).is_file():
-                    error += f"\npartial executed notebook: {failed / path.name}"
-                if (failed / KERNEL_LOG).is_file():
-                    error += f"\nthe kernel process's own output: {failed / KERNEL_LOG}"
+                kept = {"partial executed notebook": failed / path.name,
+                        "the kernel process's own output": failed / KERNEL_LOG}
+                where = [f"{what}: {file}" for what, file in kept.items() if file.is_file()]
+                error = "\n".join([*where, error])  # the error last: its last line is the exception
                 return RunResult(path, out, ok=False, wall_seconds=wall, error=error)
             _replace(staging, out)
             return RunResult(path, out, ok=True, wall_seconds=wall)
