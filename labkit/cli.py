@@ -18,7 +18,11 @@ WAIT_HELP = "when another run is writing the same report folder, wait this long 
 
 def _list(_: argparse.Namespace) -> int:
     for path in runner.notebooks():
-        module = runner.experiment_module(path)
+        try:
+            module = runner.experiment_module(path)
+        except runner.MissingExtra as err:  # listed all the same, with the extra to install
+            print(f"{path.stem}  ({path.relative_to(runner.ROOT)})\n  {err}")
+            continue
         print(f"{path.stem}  ({path.relative_to(runner.ROOT)})  presets: {', '.join(module.PRESETS)}")
         types_ = runner.parameter_types(module)
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -46,23 +50,30 @@ def _report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     paths = [runner.resolve_notebook(n) for n in args.notebooks] if args.notebooks else runner.notebooks()
-    jobs = [(path, name, params) for path in paths for name, params in runner.report_variants(path, args.preset)]
-    failures = []
+    jobs, failures = [], []
+    for path in paths:
+        try:
+            jobs += [(path, name, params) for name, params in runner.report_variants(path, args.preset)]
+        except runner.MissingExtra as err:  # the other notebooks can still be reported
+            failures.append(runner.RunResult(path, runner.default_out_dir(path, args.preset), ok=False, error=str(err)))
+            print(f"{path.stem}: FAILED: {err}")
     for path, name, params in (bar := tqdm(jobs, desc=f"labkit report [{args.preset}]", unit="report")):
         bar.set_postfix_str(f"{path.stem} {name}")
         out = runner.default_out_dir(path, name)
         label = path.stem if name == args.preset else f"{path.stem} [{name}]"
         digests = runner.input_digests(path, args.preset, params)
         reason = runner.stale_reason(out, digests)
-        tqdm.write(f"{label}: " + (f"stale ({reason})" if reason else "up to date")
-                   + (", rerunning" if reason or args.force else ""))
         try:
             result = runner.run_notebook(path, args.preset, params, out_dir=out, force=args.force, progress=False,
                                          wait=args.wait, digests=digests)
         except runner.OutputLocked as err:  # another run is writing this report; the others can still go ahead
             result = runner.RunResult(path, out, ok=False, error=str(err))
-        status = "unchanged, kept" if result.skipped else ("ok" if result.ok else "FAILED")
-        tqdm.write(f"{label}: {status}" + (f" ({result.wall_seconds:.0f} s)" if not result.skipped else ""))
+        if result.skipped:  # one line per report: what it was and what was done
+            status = "up to date, kept"
+        else:
+            status = ((f"stale ({reason})" if reason else "up to date") + ", rerun: "
+                      + f"{'ok' if result.ok else 'FAILED'} ({result.wall_seconds:.0f} s)")
+        tqdm.write(f"{label}: {status}")
         if not result.ok:
             failures.append(result)
             tqdm.write(result.error)
@@ -229,8 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (runner.ParameterError, FileNotFoundError, KeyError) as err:
+    except (runner.ParameterError, runner.MissingExtra, FileNotFoundError, KeyError) as err:
         print(f"labkit {args.command}: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # e.g. papermill, for `labkit run` without the notebooks extra
+        missing = runner.missing_extra(err, "this command")
+        if missing is None:
+            raise
+        print(f"labkit {args.command}: {missing}", file=sys.stderr)
         return 2
     except runner.OutputLocked as err:
         print(f"labkit {args.command}: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ import ast
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import glob
 import hashlib
 import importlib
@@ -24,6 +25,7 @@ import resource
 import secrets
 import shutil
 import time
+import tomllib
 import types
 import typing
 from collections.abc import Iterator
@@ -42,6 +44,9 @@ REPORTS_DIR = ROOT / "reports"
 RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
 LOCK_POLL_SECONDS = 0.2  # how often a run waiting for a report folder's lock tries again
 UNINDEXED_REPORTS = ("smoke", "sweeps")  # report folders (and their ``-variant``s) that are not committed
+KERNEL_LOG = "kernel.log"  # the kernel process's own stdout and stderr, in the staging folder; kept on failure only
+PYPROJECT = ROOT / "pyproject.toml"  # its ``optional-dependencies`` say which extra installs which package
+IMPORT_NAMES = {"scikit-learn": "sklearn"}  # extras' packages imported under another name (others: name, - as _)
 
 
 class ParameterError(ValueError):
@@ -50,6 +55,33 @@ class ParameterError(ValueError):
 
 class OutputLocked(RuntimeError):
     """Another live run is writing the same report folder."""
+
+
+class MissingExtra(ImportError):
+    """Code needs a package that one of labkit's optional extras installs, and that extra is not installed."""
+
+
+def extra_providing(module: str) -> str | None:
+    """The first optional extra in ``pyproject.toml`` that installs the top-level module ``module`` (``scipy`` ->
+    ``data``, ``ray`` -> ``sweep``), or None when no extra does."""
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    for extra, requirements in extras.items():
+        for requirement in requirements:
+            package = re.match(r"[A-Za-z0-9._-]+", requirement).group().lower()
+            if IMPORT_NAMES.get(package, package.replace("-", "_").replace(".", "_")) == module:
+                return extra
+    return None
+
+
+def missing_extra(err: ModuleNotFoundError, needed_by: str) -> MissingExtra | None:
+    """``err`` as the sentence a user acts on (``notebook cmixup.ipynb needs the 'data' extra (scipy is not
+    installed): pip install -e ".[data]"``), or None when the missing module comes with no extra."""
+    missing = (err.name or "").partition(".")[0]
+    extra = extra_providing(missing) if missing else None
+    if extra is None:
+        return None
+    return MissingExtra(f"{needed_by} needs the {extra!r} extra ({missing} is not installed): "
+                        f'pip install -e ".[{extra}]"')
 
 
 def notebooks() -> list[Path]:
@@ -75,11 +107,17 @@ def experiment_name(notebook: Path) -> str:
 
 def experiment_module(notebook: Path) -> types.ModuleType:
     """The experiment module of a notebook: ``labkit.experiments.<stem>``, or the module named in the notebook's
-    metadata ``{"labkit": {"experiment": "package.module"}}`` (for notebooks outside ``notebooks/``)."""
+    metadata ``{"labkit": {"experiment": "package.module"}}`` (for notebooks outside ``notebooks/``).
+
+    Raises ``MissingExtra`` naming the extra to install when the module imports a package of one that is missing.
+    """
     name = experiment_name(notebook)
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as err:
+        missing = missing_extra(err, f"notebook {notebook.name}")
+        if missing is not None:
+            raise missing from err
         raise ParameterError(f"notebook {notebook.name} has no experiment module {name}: {err}") from err
     for attr in ("Config", "PRESETS"):
         if not hasattr(module, attr):
@@ -462,8 +500,10 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                 failed = out.with_name(out.name + ".failed")  # kept for inspection, replacing an older one
                 shutil.rmtree(failed, ignore_errors=True)
                 staging.rename(failed)
-                if (failed / path.name).is_file():
-                    error += f"\npartial executed notebook: {failed / path.name}"
+                kept = {"partial executed notebook": failed / path.name,
+                        "the kernel process's own output": failed / KERNEL_LOG}
+                where = [f"{what}: {file}" for what, file in kept.items() if file.is_file()]
+                error = "\n".join([*where, error])  # the error last: its last line is the exception
                 return RunResult(path, out, ok=False, wall_seconds=wall, error=error)
             _replace(staging, out)
             return RunResult(path, out, ok=True, wall_seconds=wall)
@@ -471,11 +511,33 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@functools.cache
+def _kernel_manager_class() -> type:
+    """A jupyter_client kernel manager that starts the kernel with its process's stdout and stderr in a file (its
+    ``log_path``) instead of this console's: there ipykernel logs its own noise ("KeyboardInterrupt caught in kernel"
+    when jupyter_client interrupts it to shut it down, a warning about TCP) and echoes C-level output (torch's
+    profiler "USDT ... profiler_start" lines) that it also forwards to the notebook. Made on first use:
+    jupyter_client comes with the notebooks extra."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import Unicode
+
+    class LoggedKernelManager(AsyncKernelManager):
+        log_path = Unicode(help="the file that receives the kernel process's stdout and stderr").tag(config=True)
+
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(self.log_path, "ab") as log:  # the kernel keeps its own copy of the descriptor
+                await super().start_kernel(**{"stdout": log, "stderr": log, **kw})
+
+    return LoggedKernelManager
+
+
 def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str, str], staging: Path,
              progress: bool) -> tuple[str, float]:
     """Papermill into ``staging``, then stamp its results and export HTML: ``("", wall seconds)`` on success, else
-    the error and the wall seconds."""
+    the error and the wall seconds. The kernel process's own output goes to ``staging/kernel.log``, not the
+    console; a successful run deletes it."""
     import papermill
+    from traitlets.config import Config
 
     executed = staging / path.name
     overrides = {k: _literal(v) for k, v in params.items() if k not in RUNNER_PARAMS}
@@ -485,8 +547,10 @@ def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str,
     os.environ.pop("MPLBACKEND", None)  # the kernel picks the inline backend itself
     start, children_before = time.perf_counter(), _children_cpu_seconds()
     try:
+        manager = _kernel_manager_class()
         papermill.execute_notebook(str(path), str(executed), parameters=notebook_params, kernel_name="python3",
-                                   progress_bar=progress, cwd=str(path.parent))
+                                   progress_bar=progress, cwd=str(path.parent), kernel_manager_class=manager,
+                                   config=Config({manager.__name__: {"log_path": str(staging / KERNEL_LOG)}}))
     except Exception as err:  # papermill raises its own error for a failing cell; keep the evidence
         return f"{type(err).__name__}: {str(err).strip()[-2000:]}", time.perf_counter() - start
     finally:
@@ -496,6 +560,7 @@ def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str,
             else:
                 os.environ[key] = value
     wall, cpu = time.perf_counter() - start, _children_cpu_seconds() - children_before
+    (staging / KERNEL_LOG).unlink(missing_ok=True)
     results_path = staging / RESULTS_FILE
     if not results_path.is_file():
         return f"{path.name} ran but never called labkit.report.record (no {RESULTS_FILE})", wall

@@ -4,8 +4,9 @@ Each point runs through ``labkit.runner.run_notebook`` into its own folder under
 ``reports/<notebook>/sweeps/<sweep-id>/``. Engines are existing ones, never a scheduler of our own: a local
 ``concurrent.futures`` process pool, or Ray (``ray.remote`` tasks on a cluster or a local instance). A point
 whose previous run left a complete report with the same inputs hash is reused; a failing point is recorded with
-its error. Pool workers die with the sweep process (even on SIGKILL), and their notebook kernels with them, so a
-killed sweep leaves nothing computing and a rerun recomputes exactly the unfinished points.
+its error. A point whose worker process dies (killed, out of memory) is rerun, a bounded number of times, while one
+that fails in its own code fails once. Pool workers die with the sweep process (even on SIGKILL), and their notebook
+kernels with them, so a killed sweep leaves nothing computing and a rerun recomputes exactly the unfinished points.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,12 +44,14 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUM
 LOCAL_RAY_RETRIES = 1  # a local Ray node can miss its start-up deadline (~15 s for its agents) on a loaded machine
 RESERVED_COLUMNS = ("point", "status", "reused", "error", "out_dir")  # table columns that are not params/metrics
 POINT_LOCK_WAIT_SECONDS = 10.0  # a point still locked by a dying worker of a killed sweep: wait, do not fail
+POINT_RETRIES = 2  # reruns of a point whose worker process died (killed, out of memory); its own errors: none
 PARENT_POLL_SECONDS = 0.5  # how often a pool worker checks that its sweep process is alive
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class SweepError(ValueError):
-    """A sweep that cannot start: unknown or empty grid, bad engine or an unreachable Ray address."""
+    """A sweep that cannot start: unknown or empty grid, bad engine, an unreachable Ray address, or workers that die
+    as they start."""
 
 
 @dataclass
@@ -336,24 +341,72 @@ def start_ray(address: str | None, num_cpus: int) -> bool:
     return True
 
 
-def _run_local(
-    todo: list[Point], submit_args: Callable[[Point], tuple], jobs: int, done: Callable[[Point, dict[str, Any]], None]
-) -> None:
-    """A process pool (spawned workers: no forked kernel or ZMQ state) running ``run_point`` per grid point; the
-    workers die with this process (``die_with_parent``)."""
+def _run_pool(
+    points: deque[Point],
+    submit_args: Callable[[Point], tuple],
+    jobs: int,
+    done: Callable[[Point, dict[str, Any]], None],
+) -> list[tuple[Point, BrokenProcessPool]]:
+    """Run ``points`` (taken from the left) on one fresh pool of ``jobs`` workers, one point per free worker, until
+    they are done or a worker dies; return the points lost with the pool (those it was running)."""
+    lost: list[tuple[Point, BrokenProcessPool]] = []
+    jobs = min(jobs, len(points))
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=die_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_point, *submit_args(p)): p for p in todo}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        # The pool starts a worker per submit, and its manager thread watches only the workers it knew when it began
+        # waiting: a worker started meanwhile could die unnoticed. Start all of them before the first point.
+        try:
+            for future in [pool.submit(os.getpid) for _ in range(jobs)]:
+                future.result()
+        except BrokenProcessPool as err:
+            raise SweepError(f"the sweep's worker processes die as they start ({err}); a script that calls run_sweep "
+                             "needs `if __name__ == '__main__':` (workers are spawned: they import it)") from err
+        running: dict[Future, Point] = {}
+        while running or (points and not lost):
+            while points and len(running) < jobs and not lost:  # one per free worker: a break loses only those
+                point = points.popleft()
+                try:
+                    running[pool.submit(run_point, *submit_args(point))] = point
+                except BrokenProcessPool as err:  # a worker died since the last wait, maybe an idle one
+                    lost.append((point, err))
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
+                point = running.pop(future)
                 try:
                     outcome = future.result()
-                except Exception as err:  # the worker process died (killed, out of memory)
-                    hint = " (a script that calls run_sweep needs `if __name__ == '__main__':`: workers are spawned)"
-                    outcome = {"ok": False, "reused": False, "error": f"worker died: {type(err).__name__}: {err}{hint}"}
-                done(futures[future], outcome)
+                except BrokenProcessPool as err:  # a worker died (killed, out of memory): every running point is lost
+                    lost.append((point, err))
+                    continue
+                except Exception as err:  # run_point returns its point's errors; this is the pool's (pickling)
+                    outcome = {"ok": False, "reused": False, "error": f"{type(err).__name__}: {err}"}
+                done(point, outcome)
+    return lost
+
+
+def _run_local(
+    todo: list[Point],
+    submit_args: Callable[[Point], tuple],
+    jobs: int,
+    done: Callable[[Point, dict[str, Any]], None],
+    note: Callable[[str], None],
+) -> None:
+    """A process pool (spawned workers: no forked kernel or ZMQ state) running ``run_point`` per grid point; the
+    workers die with this process (``die_with_parent``).
+
+    A worker that dies breaks the whole pool (``concurrent.futures`` fails every point it was running), so those points
+    run again on a fresh pool, each at most ``POINT_RETRIES`` times; the next run of a point cleans what the killed one
+    left (``runner.run_notebook``). A point that fails in its own code returns its error and is not rerun.
+    """
+    points, crashes = deque(todo), Counter()
+    while points:
+        for point, err in _run_pool(points, submit_args, jobs, done):
+            crashes[point.name] += 1
+            if crashes[point.name] <= POINT_RETRIES:
+                note(f"{point.name}: its worker died ({err}); running it again ({crashes[point.name]}/{POINT_RETRIES})")
+                points.appendleft(point)
+                continue
+            done(point, {"ok": False, "reused": False,
+                         "error": f"worker died {crashes[point.name]} times: {type(err).__name__}: {err}"})
 
 
 def _run_ray(
@@ -362,10 +415,12 @@ def _run_ray(
     threads: int,
     done: Callable[[Point, dict[str, Any]], None],
 ) -> None:
-    """Ray tasks, one per grid point, each reserving ``threads`` CPUs; Ray schedules them."""
+    """Ray tasks, one per grid point, each reserving ``threads`` CPUs; Ray schedules them. A task whose worker dies is
+    retried by Ray up to ``POINT_RETRIES`` times (``max_retries`` counts system failures only: a point's own error is
+    returned by ``run_point``, never raised), its next run cleaning what the killed one left."""
     import ray
 
-    task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
+    task = ray.remote(num_cpus=threads, max_retries=POINT_RETRIES)(run_point)
     refs = {task.remote(*submit_args(p)): p for p in todo}
     pending = list(refs)
     while pending:
@@ -373,7 +428,7 @@ def _run_ray(
         for ref in finished:
             try:
                 outcome = ray.get(ref)
-            except Exception as err:  # the task's worker died
+            except Exception as err:  # its worker died, and again on each retry
                 outcome = {"ok": False, "reused": False, "error": f"Ray task failed: {type(err).__name__}: {err}"}
             done(refs[ref], outcome)
 
@@ -474,7 +529,7 @@ def run_sweep(
     try:
         flush(force=True)
         if todo and engine == "local":
-            _run_local(todo, submit_args, jobs, done)
+            _run_local(todo, submit_args, jobs, done, bar.write)
         elif todo:
             _run_ray(todo, submit_args, threads, done)
     finally:

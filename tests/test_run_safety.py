@@ -298,6 +298,107 @@ def test_kill9_sweep_takes_its_workers_and_kernels_and_a_rerun_finishes_only_the
     assert _leftovers(points[1].out_dir) == []
 
 
+FAILS_ON_SEED_2 = """import os
+from pathlib import Path
+
+import held_run
+
+cfg = held_run.configure(preset, overrides)
+if cfg.seed == 2:  # a point that fails in its own code: each run is counted
+    with open(Path(os.environ["LABKIT_TEST_HOLD_DIR"]) / "runs-2", "a") as runs:
+        runs.write("run\\n")
+    raise ValueError("seed 2 fails in its own code")
+held_run.record(cfg, held_run.run(cfg))"""
+
+
+@pytest.fixture
+def failing_notebook(tmp_path, notebook) -> Path:
+    """``notebook`` whose point seed=2 raises in the notebook (a failure of the point itself, not of its worker)."""
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[1].source = FAILS_ON_SEED_2
+    path = tmp_path / "fails_on_2.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _kill_a_worker_mid_sweep(hold: Path, notebook: Path, root: Path, engine: str) -> tuple[subprocess.Popen, list[int]]:
+    """`labkit sweep` of seed=0,1,2 with two parallel runs: seed=0 and seed=1 are held, the worker process running
+    seed=1 (its kernel's parent) is killed with SIGKILL, the points are let go once they run again; the finished
+    sweep process and the pids of the killed worker and its kernel are returned."""
+    for seed in (0, 1):
+        (hold / f"hold-{seed}").touch()
+    run = _labkit("sweep", str(notebook), "--preset", "smoke", "--grid", "seed=0,1,2", "--jobs", "2", "--engine",
+                  engine, "--out", str(root))
+    try:
+        kernel = int(_wait_for(hold / "started-1", run, timeout=120))
+        worker = psutil.Process(kernel).ppid()
+        assert worker not in (run.pid, os.getpid()), "the kernel's parent must be the worker running the point"
+        os.kill(worker, signal.SIGKILL)
+        (hold / "started-1").unlink()
+        assert int(_wait_for(hold / "started-1", run, timeout=120)) != kernel, "seed=1 never ran again"
+        for seed in (0, 1):
+            (hold / f"hold-{seed}").unlink()
+        run.wait(timeout=120)
+    finally:
+        run.kill()
+    return run, [worker, kernel]
+
+
+def _check_the_sweep_survived(hold: Path, notebook: Path, root: Path, run: subprocess.Popen, killed: list[int]) -> str:
+    """The sweep finished in one go: seed=0 and seed=1 computed, seed=2 failed once with its own error; its stdout."""
+    out, err = run.stdout.read(), run.stderr.read()
+    assert run.returncode == 1, err  # seed=2's own failure
+    assert "labkit sweep: 3 points (0 reused, 1 failed)" in out, out + err
+    assert "FAILED seed=2: ValueError: seed 2 fails in its own code" in err
+    assert (hold / "runs-2").read_text() == "run\n", "a point failing in its own code must run once"
+    assert _still_running(killed, timeout=10) == []
+    sweep_dir, points = sweep.plan(notebook, "smoke", {"seed": [0, 1, 2]}, out_root=root)
+    table = pd.read_csv(sweep_dir / sweep.TABLE_CSV)
+    assert list(table["status"]) == ["ok", "ok", "failed"] and list(table["value"][:2]) == [1.0, 11.0]
+    for point in points[:2]:
+        assert runner.is_up_to_date(point.out_dir, point.digest) and _leftovers(point.out_dir) == []
+    return out
+
+
+@pytest.mark.notebook
+def test_local_sweep_reruns_the_points_of_a_killed_pool_worker(tmp_path, hold, failing_notebook):
+    root = tmp_path / "sweeps"
+    run, killed = _kill_a_worker_mid_sweep(hold, failing_notebook, root, "local")
+    out = _check_the_sweep_survived(hold, failing_notebook, root, run, killed)
+    assert "seed=1: its worker died" in out and "running it again (1/2)" in out
+
+
+@pytest.mark.notebook
+def test_ray_sweep_retries_the_task_of_a_killed_worker(tmp_path, hold, failing_notebook):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'labkit[sweep]')")
+    root = tmp_path / "sweeps"
+    try:
+        run, killed = _kill_a_worker_mid_sweep(hold, failing_notebook, root, "ray")
+    except pytest.fail.Exception as err:  # the sweep exited before its first point started
+        if "Ray did not start" not in str(err):
+            raise
+        # Ray's raylet gives its agents a fixed ~15 s to come up; a machine loaded far past its cores misses that
+        pytest.skip(f"the local Ray node did not start in time on this loaded machine (twice): {err}")
+    _check_the_sweep_survived(hold, failing_notebook, root, run, killed)
+
+
+@pytest.mark.notebook
+def test_a_pool_worker_that_keeps_dying_fails_its_point_after_the_retries(tmp_path, hold, notebook, monkeypatch):
+    """Every run of seed=1 kills its own worker: the point fails after 1 + POINT_RETRIES runs, the others finish."""
+    monkeypatch.setattr(sweep, "POINT_RETRIES", 1)
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[1].source = ("import os, signal\n\nif overrides['seed'] == 1:\n"
+                          "    os.kill(os.getppid(), signal.SIGKILL)  # the worker running this point\n"
+                          "import held_run\n\ncfg = held_run.configure(preset, overrides)\n"
+                          "held_run.record(cfg, held_run.run(cfg))")
+    path = tmp_path / "kills_its_worker.ipynb"
+    nbformat.write(nb, path)
+    result = sweep.run_sweep(path, "smoke", {"seed": [0, 1, 2]}, jobs=1, out_root=tmp_path / "sweeps", progress=False)
+    outcomes = {o["point"]: o for o in result.outcomes}
+    assert [p for p, o in outcomes.items() if o["ok"]] == ["seed=0", "seed=2"]
+    assert outcomes["seed=1"]["error"].startswith("worker died 2 times: BrokenProcessPool")
+
+
 def test_html_report_hides_code_and_stderr(tmp_path):
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("import secret_module\nprint('verdict: held')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -145,6 +146,26 @@ def test_ray_sweep_gives_the_same_table(local_sweep, tmp_path):
         pytest.skip(f"the local Ray node did not start in time on this loaded machine (twice): {err}")
     pd.testing.assert_frame_equal(result.table[DETERMINISTIC], local_sweep.table[DETERMINISTIC])
     assert len(result.failed) == 2
+
+
+NO_MAIN_GUARD = """import sys
+from labkit import sweep
+try:
+    sweep.run_sweep(sys.argv[1], "smoke", {"seed": [0]}, jobs=1, out_root=sys.argv[2], progress=False)
+except sweep.SweepError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_a_script_without_main_guard_fails_with_the_fix(fixture_path, tmp_path):
+    """Spawned workers import the calling script; without `if __name__ == '__main__':` each dies as it starts."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(NO_MAIN_GUARD)
+    result = subprocess.run([sys.executable, str(script), str(NOTEBOOK), str(tmp_path / "sweeps")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert "worker processes die as they start" in result.stdout and "if __name__ == '__main__':" in result.stdout
 
 
 def _two_arm_table() -> pd.DataFrame:
