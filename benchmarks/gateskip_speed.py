@@ -1,15 +1,26 @@
-"""GateSkip throughput: ungated dense vs gated masked vs gated compact execution, prefill and KV-cache decoding.
+"""GateSkip speed beside quality: ungated dense vs gated masked vs gated compact, prefill and KV-cache decoding.
 
-Random-weight Llama built from a config (no download). Masked execution (the paper's default) computes every branch
-and zeroes skipped tokens, so it cannot be faster than dense; compact execution gathers the kept tokens. Vector gates
-add a d x d matmul per branch, scalar gates a d x 1 one. Decoding is greedy, one token per forward with the KV cache;
-a skipped token's attention K/V are copied forward from the layer below (GateSkip §3.3, Laitenberger et al., arXiv
-2510.13876). One-token steps skip by per-branch thresholds calibrated on held-out prompts (``scope="sequence"``),
-since the paper's batch-scope budget skips nothing in a batch of one. Everything, prefill and decode, is timed
-round-robin in one process.
+Two models: ``--model smollm2`` (SmolLM2-135M-Instruct, the catalogued real pretrained LLM; run
+``labkit fetch smollm2`` first) or ``--model toy`` (a random-weight Llama built from a config). Gates are added
+untrained (init bias 5, weights spread so importances differ), so this measures speed and the quality cost of
+*untrained* rankings; trained gates come from the GateSkip SmolLM2 run.
 
-    .venv/bin/python benchmarks/gateskip_speed.py                 # CPU-sized model
-    .venv/bin/python benchmarks/gateskip_speed.py --size gpu      # Llama d=2048, 8 layers, batch 8 x 512, bf16
+Masked execution (the paper's default) computes every branch and zeroes skipped tokens, so it cannot be faster than
+dense; compact execution gathers the kept tokens. Prefill uses the paper's batch-scope budget. Decoding is greedy,
+one token per forward with the KV cache; a skipped token's K/V are copied forward from the layer below (GateSkip
+§3.3, Laitenberger et al., arXiv 2510.13876). Two decoding policies, both with per-branch thresholds calibrated on
+held-out text: ``row`` (``scope="sequence"``: each row decides for itself, so a step still reads a branch's weights
+when any row keeps it) and ``step`` (``scope="step"``: the step's rows skip a branch together when their mean
+importance is at or below the threshold, so its weights are not read); at batch 1 they are the same policy.
+
+Quality (held-out stdlib text for SmolLM2, random tokens for the toy model): teacher-forced decoding of held-out
+windows at the decoding batch size, one token per forward with the same policy, gives the loss (nats/token) and
+the agreement of the greedy next token with the ungated dense model's. ShortGPT (the dense model with its least
+influential branches removed, the same fraction) is the static reference a decoding policy must match.
+
+    .venv/bin/python benchmarks/gateskip_speed.py --model smollm2 --threads 2
+    .venv/bin/python benchmarks/gateskip_speed.py --model toy                  # random Llama, seconds
+    .venv/bin/python benchmarks/gateskip_speed.py --model smollm2 --profile    # where batch-1 decode time goes
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import contextlib
 import datetime
 import inspect
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -27,32 +39,59 @@ import transformers
 from torch import nn
 
 from labkit import gate, profile, skip
+from labkit.data import sequences
+from labkit.models import pretrained
 from labkit.models.decoder_lm import build_causal_lm
 from labkit.skip.kv_cache import output_cache
 
-SIZES = {  # hidden, layers, heads, prefill batch, tokens per sequence
-    "cpu": (256, 4, 4, 4, 256),
-    "gpu": (2048, 8, 16, 8, 512),
-}
-DECODE = {  # prompt tokens, new tokens per timed call
-    "cpu": (128, 16),
-    "gpu": (512, 64),
+SHAPES = {  # prefill batch, prefill tokens, decode prompt tokens, decoded tokens per timed call, quality windows
+    "smollm2": (4, 256, 64, 32, (8, 32, 64)),  # quality: 8 windows, 32 prompt tokens, 64 teacher-forced steps
+    "toy": (4, 256, 64, 16, (8, 16, 32)),
 }
 Context = Callable[[], contextlib.AbstractContextManager]
+_POLICY = {"sequence": "row policy", "step": "step policy"}
 
 
-def _rewind(cache: Any, tokens: int) -> None:
-    """Drop the newest ``tokens`` from a KV cache: a negative ``crop`` removes that many on every transformers
-    release (4.x reads it as a negative max_length, 5.x as tokens to remove and rejects positive values)."""
-    cache.crop(-tokens)
+def load_models(name: str, device: torch.device, dtype: torch.dtype, gates: list[str]) -> tuple[dict, Any]:
+    """The ungated dense model and one gated copy per gate kind (weights spread so importances differ); tokenizer."""
+    tokenizer = None
+    if name == "smollm2":
+        base, tokenizer = pretrained.load("smollm2")
+    else:
+        base = build_causal_lm("llama", 1000, 256, 4, 4, max_positions=512, seed=0).eval()
+    with tempfile.TemporaryDirectory() as tmp:  # independent copies of the weights (a deepcopy shares nothing too,
+        base.save_pretrained(tmp)  # but re-loading keeps tied embeddings tied)
+        models = {"dense": base.to(device, dtype)}
+        for kind in gates:
+            model = type(base).from_pretrained(tmp, dtype=torch.float32).eval()
+            gate.add_gates(model, kind=kind)
+            with torch.no_grad():
+                for b in gate.gated_branches(model):
+                    b.residual_gate.linear.weight.normal_(0.0, 0.05)
+            models[kind] = model.to(device, dtype)
+    return models, tokenizer
 
 
-def _decoder(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: Context | None) -> Callable[[], Any]:
-    """A call that greedily decodes ``new_tokens`` after ``prompt`` (prefilled once, here) and rewinds the cache.
+def held_out_tokens(tokenizer: Any, vocab: int, n: int, length: int, part: int, device: torch.device) -> torch.Tensor:
+    """``n`` windows of ``length`` tokens: held-out stdlib source (test files, tokenized) or random ids (toy model);
+    ``part`` 0 and 1 are disjoint (calibration and evaluation)."""
+    if tokenizer is None:
+        return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(part), device=device)
+    data, _ = sequences.stdlib_bytes(sequences.STDLIB_TEST_FILES)
+    ids = torch.tensor(tokenizer(bytes(data.tolist()).decode("utf-8", "replace")).input_ids)
+    half = ids[part * len(ids) // 2: (part + 1) * len(ids) // 2]
+    starts = torch.linspace(0, len(half) - length - 1, n).long()
+    return torch.stack([half[s: s + length] for s in starts]).to(device)
 
-    Returns the context's SkipStats (None for dense) so the achieved skipped fraction can be read afterwards.
-    """
-    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+def _cache_kwarg(model: nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def decoder(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: Context | None) -> Callable[[], Any]:
+    """A call that greedily decodes ``new_tokens`` after ``prompt`` (prefilled once, here) and rewinds the cache
+    (a negative ``crop`` drops the newest tokens on every transformers release). Returns the context's stats."""
+    name = _cache_kwarg(model)
     with torch.no_grad(), context() if context else contextlib.nullcontext():
         out = model(prompt, use_cache=True, logits_to_keep=1)
     cache, first = output_cache(out), out.logits[:, -1:].argmax(-1)
@@ -61,119 +100,213 @@ def _decoder(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: C
         token = first
         with torch.no_grad(), context() if context else contextlib.nullcontext() as stats:
             for _ in range(new_tokens):
-                token = model(token, use_cache=True, **{cache_kwarg: cache}).logits[:, -1:].argmax(-1)
-        _rewind(cache, new_tokens)
+                token = model(token, use_cache=True, **{name: cache}).logits[:, -1:].argmax(-1)
+        cache.crop(-new_tokens)
         return stats
 
     return call
 
 
+@torch.no_grad()
+def teacher_forced(model: nn.Module, windows: torch.Tensor, prompt: int, context: Context) -> tuple[torch.Tensor, Any]:
+    """Logits (B, steps, vocab) of one-token decoding steps fed the held-out tokens after a ``prompt``-token prefill,
+    inside ``context`` (the decoding policy's quality, without compounding its own mistakes), and its SkipStats."""
+    name = _cache_kwarg(model)
+    with context() as stats:
+        out = model(windows[:, :prompt], use_cache=True, logits_to_keep=1)
+        cache, logits = output_cache(out), [out.logits[:, -1]]
+        for t in range(prompt, windows.shape[1] - 1):
+            logits.append(model(windows[:, t: t + 1], use_cache=True, **{name: cache}).logits[:, -1])
+    return torch.stack(logits, 1).float(), stats
+
+
+@torch.no_grad()
+def prefill_logits(model: nn.Module, windows: torch.Tensor, context: Context) -> tuple[torch.Tensor, Any]:
+    """Next-token logits (B, T-1, vocab) of one prompt forward over the windows inside ``context``, and its stats."""
+    with context() as stats:
+        logits = model(windows, use_cache=False).logits[:, :-1].float()
+    return logits, stats
+
+
+def quality(logits: torch.Tensor, dense: torch.Tensor, windows: torch.Tensor, prompt: int) -> tuple[float, float]:
+    """(held-out loss in nats/token, share of steps whose greedy token equals the dense model's)."""
+    target = windows[:, prompt:]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+    return float(loss), float((logits.argmax(-1) == dense.argmax(-1)).float().mean())
+
+
 def _rate(tokens: int, t: profile.Timing) -> str:
     """Tokens/s at the median time, with the IQR as a percentage of the median."""
-    return f"{tokens / t.median:,.0f} ±{100 * t.iqr / t.median:.0f}%"
+    return f"{tokens / t.median:,.1f} ±{100 * t.iqr / t.median:.0f}%"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default=None, help="default: gpu on CUDA, cpu otherwise")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    parser.add_argument("--model", choices=sorted(SHAPES), default="toy")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7], help="prefill")
-    parser.add_argument("--decode-ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5])
+    parser.add_argument("--gates", nargs="+", default=["scalar", "vector"], choices=["scalar", "vector"])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--profile", action="store_true", help="only profile batch-1 compact decoding at r = 0.5")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = profile.resolve_device("auto")
-    size = args.size or ("gpu" if device.type == "cuda" else "cpu")
-    hidden, layers, heads, batch, length = SIZES[size]
-    prompt_len, new_tokens = DECODE[size]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    batch, length, prompt_len, new_tokens, (q_rows, q_prompt, q_steps) = SHAPES[args.model]
+    models, tokenizer = load_models(args.model, device, dtype, args.gates)
+    dense, vocab = models["dense"], models["dense"].config.vocab_size
+    n_branches = 2 * len(gate.decoder_layers(dense))
+    calibration = held_out_tokens(tokenizer, vocab, 16, q_prompt + q_steps, 0, device)
+    windows = held_out_tokens(tokenizer, vocab, q_rows, q_prompt + q_steps, 1, device)
+    ratios = [r for r in args.ratios if r > 0]
+
+    def thresholds(model: nn.Module, r: float, scope: str, b: int) -> dict[str, float]:
+        """Calibrated on held-out batches of the decoding batch size ``b`` (what a step scope compares)."""
+        return skip.calibrate_thresholds(model, list(calibration.split(b)), r, scope)
+
+    def policy(model: nn.Module, r: float, scope: str, execution: str, th: dict | None) -> Context:
+        return lambda: skip.budget(model, r, scope, execution, thresholds=th, measure_flops=False)
+
+    if args.profile:
+        model, b = models[args.gates[0]], 1
+        prompt = held_out_tokens(tokenizer, vocab, b, prompt_len, 1, device)
+        call = decoder(model, prompt, new_tokens, policy(model, 0.5, "sequence", "compact",
+                                                         thresholds(model, 0.5, "sequence", b)))
+        call()
+        with profile.trace(os.path.join(tempfile.gettempdir(), "gateskip_decode_trace.json")) as trace:
+            call()
+        print(f"batch-1 compact decoding, {args.gates[0]} gates, r = 0.5, {new_tokens} tokens, "
+              f"{torch.get_num_threads()} threads")
+        print(trace.table(row_limit=25))
+        return
+
     load_start = os.getloadavg()[0]
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print("device:", profile.device_info())
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}")
-    print(f"model: llama d={hidden} layers={layers} heads={heads}; {dtype}")
-    print(f"prefill: batch {batch} x {length} tokens, no cache")
-    print(
-        f"decode: greedy, KV cache, prompt {prompt_len} tokens then {new_tokens} one-token forwards per timed call; "
-        f"batches {args.decode_batches}; vector gates, scope='sequence' with calibrated thresholds"
-    )
-    x = torch.randint(0, 1000, (batch, length), device=device)
-    tokens = batch * length
+    print(f"model: {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f} M parameters, "
+          f"{len(gate.decoder_layers(dense))} layers, d={dense.config.hidden_size}); {dtype}; gates {args.gates}, "
+          "untrained")
 
-    def build() -> nn.Module:
-        positions = max(length, prompt_len + new_tokens + 1)
-        model = build_causal_lm("llama", 1000, hidden, layers, heads, max_positions=positions, seed=0)
-        return model.to(device, dtype).eval()
+    # -- speed: every variant timed round-robin in one process -------------------------------------------------------
+    x = held_out_tokens(tokenizer, vocab, batch, length, 1, device)
+    calls: dict[Any, Callable[[], Any]] = {}
 
-    def forward(model: nn.Module, make_context: Context | None = None) -> Callable[[], None]:
+    def forward(model: nn.Module, context: Context | None = None) -> Callable[[], None]:
         def call() -> None:
-            with torch.no_grad(), make_context() if make_context else contextlib.nullcontext():
-                model(x, use_cache=False)
+            with torch.no_grad(), context() if context else contextlib.nullcontext():
+                model(x, use_cache=False, logits_to_keep=1)
 
         return call
 
-    models = {"dense": build()}
-    for kind in ("vector", "scalar"):
-        models[kind] = gate.add_gates(build(), kind=kind)
-        with torch.no_grad():  # spread the gates so the batch quantile is not a tie
-            for b in gate.gated_branches(models[kind]):
-                b.residual_gate.linear.weight.normal_(0.0, 0.05)
-    calls: dict[Any, Callable[[], Any]] = {"dense": forward(models["dense"])}
-    for kind in ("vector", "scalar"):
-        m = models[kind]
+    calls["prefill", "dense"] = forward(dense)
+    for kind in args.gates:
         for r in args.ratios:
             for execution in ("masked", "compact"):
-                calls[kind, r, execution] = forward(
-                    m, lambda m=m, r=r, e=execution: skip.budget(m, r, execution=e, measure_flops=False)
-                )
-
-    # Decoding: thresholds that skip a fraction r of held-out prompt tokens in each branch.
-    gated = models["vector"]
-    held_out = [torch.randint(0, 1000, (8, prompt_len), device=device) for _ in range(2)]
-    thresholds = {r: skip.calibrate_thresholds(gated, held_out, r) for r in args.decode_ratios if r > 0}
+                calls["prefill", kind, r, execution] = forward(
+                    models[kind], lambda m=models[kind], r=r, e=execution: skip.budget(m, r, execution=e,
+                                                                                     measure_flops=False))
+    decode_thresholds = {}
     for b in args.decode_batches:
-        prompt = torch.randint(0, 1000, (b, prompt_len), device=device)
-        calls["decode", b, "dense"] = _decoder(models["dense"], prompt, new_tokens, None)
-        for r in args.decode_ratios:
-            for execution in ("masked", "compact"):
-                context = lambda r=r, e=execution: skip.budget(
-                    gated, r, "sequence", e, thresholds=thresholds.get(r), measure_flops=False
-                )
-                calls["decode", b, r, execution] = _decoder(gated, prompt, new_tokens, context)
-
-    # Round-robin over every variant, so load changes on a shared machine hit all of them alike.
+        prompt = held_out_tokens(tokenizer, vocab, b, prompt_len, 1, device)
+        calls["decode", b, "dense"] = decoder(dense, prompt, new_tokens, None)
+        for kind in args.gates:
+            model = models[kind]
+            for scope in ("sequence", "step") if b > 1 else ("sequence",):
+                for r in args.ratios:
+                    th = decode_thresholds[kind, scope, b, r] = thresholds(model, r, scope, b) if r else None
+                    for execution in ("masked", "compact"):
+                        calls["decode", b, kind, scope, r, execution] = decoder(
+                            model, prompt, new_tokens, policy(model, r, scope, execution, th))
     timings = profile.measure_many(calls, warmup=2, repeat=args.repeat, device=device)
-    rate = {name: tokens / t.median for name, t in timings.items()}
-    print(f"\n== prefill ==\nungated dense: {_rate(tokens, timings['dense'])} tok/s ({timings['dense']})")
-    for kind in ("vector", "scalar"):
-        print(f"\n{kind} gates")
-        print(f"{'ratio':>6} {'masked tok/s':>14} {'compact tok/s':>14} {'compact/masked':>15} {'compact/dense':>14}")
-        for r in args.ratios:
-            masked, compact = rate[kind, r, "masked"], rate[kind, r, "compact"]
-            ratios = f"{compact / masked:>14.2f}x {compact / rate['dense']:>13.2f}x"
-            print(f"{r:>6.2f} {masked:>14,.0f} {compact:>14,.0f} {ratios}")
 
-    print("\n== decode (vector gates; tok/s = batch x new tokens / median call time, ± IQR/median) ==")
+    tokens = batch * length
+    dense_prefill = timings["prefill", "dense"]
+    print(f"\n== prefill: batch {batch} x {length} tokens, no cache, batch-scope budget ==")
+    print(f"ungated dense: {_rate(tokens, dense_prefill)} tok/s")
+    for kind in args.gates:
+        print(f"\n{kind} gates\n{'ratio':>6} {'masked tok/s':>14} {'compact tok/s':>14} {'compact/dense':>14}")
+        for r in args.ratios:
+            masked, compact = timings["prefill", kind, r, "masked"], timings["prefill", kind, r, "compact"]
+            print(f"{r:>6.2f} {_rate(tokens, masked):>14} {_rate(tokens, compact):>14} "
+                  f"{dense_prefill.median / compact.median:>13.2f}x")
+
+    # -- quality: teacher-forced decoding of held-out windows at the largest decoding batch -------------------------
+    q_batch = max(args.decode_batches)
+    reference, _ = teacher_forced(dense, windows, q_prompt, contextlib.nullcontext)
+    dense_loss, _ = quality(reference, reference, windows, q_prompt)
+    order = skip.shortgpt_order(dense, list(calibration.split(q_batch)))
+    quality_rows: dict[Any, tuple[float, float, float]] = {}  # arm -> loss, agreement, skipped fraction
+    prefill_reference, _ = prefill_logits(dense, windows, contextlib.nullcontext)
+    for r in ratios:
+        removed = order[: round(r * n_branches)]
+        logits, stats = prefill_logits(
+            dense, windows, lambda k=removed: skip.static_skip(dense, k, "compact", measure_flops=False))
+        quality_rows["prefill", "shortgpt", r] = (*quality(logits, prefill_reference, windows, 1),
+                                                  stats.skipped_fraction)
+        for kind in args.gates:
+            logits, stats = prefill_logits(models[kind], windows, lambda m=models[kind], r=r: skip.budget(
+                m, r, execution="compact", measure_flops=False))
+            quality_rows["prefill", kind, r] = (*quality(logits, prefill_reference, windows, 1),
+                                                stats.skipped_fraction)
+        logits, stats = teacher_forced(
+            dense, windows, q_prompt, lambda k=removed: skip.static_skip(dense, k, "compact", measure_flops=False))
+        quality_rows["shortgpt", r] = (*quality(logits, reference, windows, q_prompt), stats.skipped_fraction)
+        for kind in args.gates:
+            model = models[kind]
+            for scope in ("sequence", "step"):
+                context = policy(model, r, scope, "compact", thresholds(model, r, scope, q_batch))
+                logits, stats = teacher_forced(model, windows, q_prompt, context)
+                quality_rows[kind, scope, r] = (*quality(logits, reference, windows, q_prompt), stats.skipped_fraction)
+
+    print(f"\n== decode: greedy, KV cache, prompt {prompt_len} tokens then {new_tokens} one-token forwards per timed "
+          f"call; tok/s = batch x new tokens / median call time (± IQR/median) ==")
     for b in args.decode_batches:
         n = b * new_tokens
-        dense = timings["decode", b, "dense"]
-        print(f"\nbatch {b}: ungated dense {_rate(n, dense)} tok/s ({dense})")
-        header = f"{'ratio':>6} {'skipped':>8} {'masked tok/s':>16} {'compact tok/s':>16}"
-        print(f"{header} {'masked/dense':>13} {'compact/dense':>14} {'compact/masked':>15}")
-        for r in args.decode_ratios:
-            masked, compact = timings["decode", b, r, "masked"], timings["decode", b, r, "compact"]
-            skipped = calls["decode", b, r, "compact"]().skipped_fraction  # one more call, to read its stats
-            ratios = [dense.median / masked.median, dense.median / compact.median, masked.median / compact.median]
-            print(
-                f"{r:>6.2f} {skipped:>8.2f} {_rate(n, masked):>16} {_rate(n, compact):>16} "
-                f"{ratios[0]:>12.2f}x {ratios[1]:>13.2f}x {ratios[2]:>14.2f}x"
-            )
-    print(
-        f"\nAll variants timed round-robin in one process ({args.repeat} rounds, medians); load average "
-        f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. Absolute rates vary with machine load; "
-        "compare the ratios. 'skipped' is the achieved fraction of (token, branch) pairs skipped while decoding."
-    )
+        base = timings["decode", b, "dense"]
+        print(f"\nbatch {b}: ungated dense {_rate(n, base)} tok/s")
+        for kind in args.gates:
+            for scope in ("sequence", "step") if b > 1 else ("sequence",):
+                print(f"\n{kind} gates, {_POLICY[scope]} (scope={scope!r})")
+                print(f"{'ratio':>6} {'skipped':>8} {'masked tok/s':>14} {'compact tok/s':>14} {'compact/dense':>14}")
+                for r in args.ratios:
+                    masked = timings["decode", b, kind, scope, r, "masked"]
+                    compact = timings["decode", b, kind, scope, r, "compact"]
+                    skipped = calls["decode", b, kind, scope, r, "compact"]().skipped_fraction  # one more call
+                    print(f"{r:>6.2f} {skipped:>8.2f} {_rate(n, masked):>14} {_rate(n, compact):>14} "
+                          f"{base.median / compact.median:>13.2f}x")
+    print(f"\n== quality of prefill: one forward over the {q_rows} held-out windows ({q_prompt + q_steps} tokens), "
+          "loss of every next token and agreement with the dense model's greedy token ==")
+    print(f"{'ratio':>6} {'arm':>24} {'skipped':>8} {'loss':>8} {'agree':>7}")
+    for r in ratios:
+        for arm in ["shortgpt", *args.gates]:
+            loss, agree, skipped = quality_rows["prefill", arm, r]
+            label = "ShortGPT (static)" if arm == "shortgpt" else f"{arm} gates, batch scope"
+            print(f"{r:>6.2f} {label:>24} {skipped:>8.2f} {loss:>8.3f} {agree:>7.3f}")
+    print(f"\n== quality of decoding: teacher-forced decoding of {q_rows} held-out windows at batch {q_batch} "
+          f"({q_prompt} prompt tokens, {q_steps} one-token steps; the row policy decides each row as at batch 1); "
+          "ungated dense loss "
+          f"{dense_loss:.3f} nats/token ==")
+    print(f"{'ratio':>6} {'arm':>24} {'skipped':>8} {'loss':>8} {'agree':>7}")
+    for r in ratios:
+        for key in [("shortgpt", r)] + [(kind, scope, r) for kind in args.gates for scope in ("sequence", "step")]:
+            loss, agree, skipped = quality_rows[key]
+            arm = "ShortGPT (static)" if key[0] == "shortgpt" else f"{key[0]} gates, {_POLICY[key[1]]}"
+            print(f"{r:>6.2f} {arm:>24} {skipped:>8.2f} {loss:>8.3f} {agree:>7.3f}")
+    if "scalar" in args.gates and 0.0 in args.ratios and 0.5 in args.ratios:
+        print("\n== issue #26 targets (scalar gates, r = 0.5 unless stated; compact / ungated dense) ==")
+        ratio = lambda *key: timings[key[:2] + ("dense",)].median / timings[key].median  # noqa: E731
+        prefill = dense_prefill.median / timings["prefill", "scalar", 0.5, "compact"].median
+        print(f"prefill >= 1.5x: {prefill:.2f}x")
+        for b in args.decode_batches:
+            scope = "step" if b > 1 else "sequence"
+            print(f"batch-{b} decode, {_POLICY[scope]} >= {1.4 if b == 1 else 1.2}x: "
+                  f"{ratio('decode', b, 'scalar', scope, 0.5, 'compact'):.2f}x; at r = 0 within 5 % of dense: "
+                  f"{ratio('decode', b, 'scalar', scope, 0.0, 'compact'):.2f}x")
+    print(f"\nAll speed variants timed round-robin in one process ({args.repeat} rounds, medians); load average "
+          f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. Absolute rates vary with machine load; "
+          "compare the ratios. 'skipped' is the achieved fraction of (token, branch) pairs skipped while decoding.")
 
 
 if __name__ == "__main__":
