@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import inspect
 import os
@@ -59,17 +60,14 @@ def load_models(name: str, device: torch.device, dtype: torch.dtype, gates: list
         base, tokenizer = pretrained.load("smollm2")
     else:
         base = build_causal_lm("llama", 1000, 256, 4, 4, max_positions=512, seed=0).eval()
-    with tempfile.TemporaryDirectory() as tmp:  # independent copies of the weights (a deepcopy shares nothing too,
-        base.save_pretrained(tmp)  # but re-loading keeps tied embeddings tied)
-        models = {"dense": base.to(device, dtype)}
-        for kind in gates:
-            model = type(base).from_pretrained(tmp, dtype=torch.float32).eval()
-            gate.add_gates(model, kind=kind)
-            with torch.no_grad():
-                for b in gate.gated_branches(model):
-                    b.residual_gate.linear.weight.normal_(0.0, 0.05)
-            models[kind] = model.to(device, dtype)
-    return models, tokenizer
+    models = {}
+    for kind in gates:  # a deepcopy keeps tied embeddings tied
+        model = gate.add_gates(copy.deepcopy(base), kind=kind)
+        with torch.no_grad():
+            for b in gate.gated_branches(model):
+                b.residual_gate.linear.weight.normal_(0.0, 0.05)
+        models[kind] = model.to(device, dtype)
+    return {"dense": base.to(device, dtype), **models}, tokenizer
 
 
 def held_out_tokens(tokenizer: Any, vocab: int, n: int, length: int, part: int, device: torch.device) -> torch.Tensor:

@@ -56,8 +56,8 @@ def _from_gguf(name: str) -> tuple[nn.Module, object]:
 
     spec = MODELS[name]
     path = sources.source_path(spec.source) / spec.gguf
-    if not path.is_file() or sources.sha256_of(path) != spec.gguf_sha256:
-        found = sources.sha256_of(path) if path.is_file() else "no such file"
+    found = sources.sha256_of(path) if path.is_file() else "no such file"
+    if found != spec.gguf_sha256:
         raise sources.ChecksumError(f"pretrained model {name!r}: expected {path} with sha256 {spec.gguf_sha256}, "
                                     f"found {found}; run `labkit fetch --force {spec.source}`")
     folder, file = str(path.parent), path.name
