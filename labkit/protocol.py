@@ -1,30 +1,44 @@
-"""The reproduction protocol every notebook follows: claims as data, Student-t intervals, validation-only selection.
+"""The reproduction protocol every notebook follows (v2): claims as data, Student-t intervals, checks that can fail,
+the paper's premise judged first, multiplicity stated, validation-only selection.
 
-A paper's claims are declared as :class:`Claim` records (metric, direction, compared arms, compute measure, the
-smallest effect that counts). :func:`judge` turns per-seed results into a :class:`Verdict` with a Student-t interval
-(paired by seed where both arms ran the same seeds) and one printed rule:
+A paper's claims are declared as :class:`Claim` records (metric, direction, compared arms, every other arm the score
+rests on, compute measure, the smallest effect that counts). :func:`judge` turns per-seed results into a
+:class:`Verdict` with a Student-t interval (paired by seed where both arms ran the same seeds) and one printed rule:
 
 - **held**: the whole 95 % interval of the improvement lies above the claim's ``tolerance``;
 - **not held**: the whole interval lies below it (the arm is not better by that much, or is worse);
 - **inconclusive**: the interval contains it, fewer than two seeds, or a sanity check failed on an arm it rests on.
 
-Sanity checks (:func:`sanity`) flag an arm that did not converge (its best validation epoch lies in the last 10 % of
-the epochs it ran) or does not beat the trivial baseline (mean predictor, chance, persistence). Selection
-(:func:`select_best`) accepts only a validation table, so no choice can see test data.
+Then :func:`conclude` orders a report's verdicts: **premise** claims (``kind="premise"``: what the paper presupposes,
+e.g. a soup beats its own ingredients) come first, and when one is not held the claims it governs read **premise not
+met**; the **main** claims (those carrying the paper's reference) are adjusted for multiplicity with Holm–Bonferroni
+(the raw verdict stays beside the adjusted one); the rest are **secondary** and say so.
+
+Sanity checks (:func:`sanity`) can fail: an arm is *converged* only if one seed rerun at twice the budget
+(:func:`budget_check`) does not improve its validation metric by more than a declared tolerance; *healthy* if its
+full-compute quality is within a declared tolerance of a reference (:func:`health`); and it must beat the trivial
+baseline (mean predictor, chance, persistence) — with fewer than 3 units that check reports "not enough units"
+instead of running a t interval. Selection (:func:`select_best`) accepts only a validation table, so no choice can see
+test data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-VERDICTS = ("held", "not held", "inconclusive")
+VERDICTS = ("held", "not held", "inconclusive", "premise not met")
+ROLES = ("premise", "main", "secondary")  # the order a report shows them in
+KINDS = ("claim", "premise")
 VALIDATION = "val"  # the one split name :func:`select_best` accepts
+ALPHA = 0.05  # two-sided level of every interval (95 %) and of the Holm–Bonferroni family
+MIN_UNITS = 3  # fewer units than this: no t-interval sanity check ("not enough units")
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,10 @@ class Claim:
     relative: bool = False  # judge the % change vs the baseline instead of the raw difference
     tolerance: float = 0.0  # the improvement must exceed this (metric units, or % if relative); < 0: non-inferiority
     compute: str = "equal steps"  # what the two arms are matched on (steps, FLOPs, tuning budget)
-    paper: str = ""  # the paper's number, shown as a labelled reference only
+    paper: str = ""  # the paper's number, shown as a labelled reference only; a claim with one is a *main* claim
+    kind: str = "claim"  # "premise": what the paper presupposes, judged and shown first (see :func:`conclude`)
+    rests_on: tuple[str, ...] = ()  # further arms the score depends on (e.g. the dense model that normalises it)
+    group: str = ""  # a premise governs the claims of its group ("" governs every claim of the report)
 
     def __post_init__(self) -> None:
         for name in ("name", "text", "metric", "arm", "baseline"):
@@ -50,6 +67,21 @@ class Claim:
             raise ValueError(f"claim {self.name!r} compares arm {self.arm!r} with itself")
         if not math.isfinite(self.tolerance):
             raise ValueError(f"claim {self.name!r}: tolerance must be finite, got {self.tolerance}")
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if isinstance(self.rests_on, str) or not all(isinstance(a, str) and a for a in self.rests_on):
+            raise ValueError(f"claim {self.name!r}: rests_on must be a tuple of arm names, got {self.rests_on!r}")
+        object.__setattr__(self, "rests_on", tuple(self.rests_on))
+
+    @property
+    def role(self) -> str:
+        """``premise``, ``main`` (carries the paper's reference: adjusted for multiplicity) or ``secondary``."""
+        return "premise" if self.kind == "premise" else "main" if self.paper else "secondary"
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """Every arm the claim's score rests on: a sanity flag on any of them makes it inconclusive."""
+        return tuple(dict.fromkeys((self.arm, self.baseline, *self.rests_on)))
 
     def rule(self) -> str:
         """The decision rule in words, printed with every verdict."""
@@ -59,7 +91,8 @@ class Claim:
         return (
             f"{what} of {self.arm} over {self.baseline} in {self.metric} ({direction} is better), 95 % Student-t "
             f"interval over seeds: held if it lies above {self.tolerance:g}{unit}, "
-            f"not held if below, else inconclusive; inconclusive if a sanity check fails"
+            f"not held if below, else inconclusive; inconclusive if a sanity check fails on "
+            f"{', '.join(self.arms)}"
         )
 
 
@@ -73,8 +106,10 @@ class Verdict:
     high: float
     n: int  # seeds (pairs when paired)
     paired: bool  # paired by seed
-    verdict: str  # one of VERDICTS
+    verdict: str  # one of VERDICTS: after :func:`conclude`, the adjusted verdict
     flags: tuple[str, ...] = field(default_factory=tuple)  # failed sanity checks behind an "inconclusive"
+    p: float = math.nan  # two-sided p of "the improvement equals the tolerance" (same t statistic as the interval)
+    raw: str = ""  # the verdict before premise and multiplicity (set by :func:`conclude`; "" until then)
 
     def summary(self) -> str:
         """One line: claim, effect with interval and n, verdict, and flags."""
@@ -124,6 +159,26 @@ def welch_ci(a: np.ndarray, b: np.ndarray, ci: float = 0.95) -> tuple[float, flo
     return d, d - half, d + half
 
 
+def welch_dof(a: np.ndarray, b: np.ndarray) -> float:
+    """Welch–Satterthwaite degrees of freedom of ``a − b`` (two independent samples of >= 2 values each)."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    if va + vb == 0:
+        return float(len(a) + len(b) - 2)
+    return float((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)))
+
+
+def t_p_value(estimate: float, low: float, high: float, null: float, dof: float, ci: float = 0.95) -> float:
+    """Two-sided p of ``estimate == null`` from a symmetric Student-t interval ``[low, high]`` at level ``ci`` with
+    ``dof`` degrees of freedom: p < 1 − ci exactly when the interval excludes ``null`` (same statistic)."""
+    if math.isnan(low) or not dof > 0:
+        return math.nan
+    crit = float(scipy_stats.t.ppf(0.5 + ci / 2, dof))
+    se = (high - low) / (2 * crit)
+    if se == 0:
+        return 0.0 if estimate != null else 1.0
+    return float(2 * scipy_stats.t.sf(abs(estimate - null) / se, dof))
+
+
 def t_summary(df: pd.DataFrame, by: str | Sequence[str], value: str, ci: float = 0.95) -> pd.DataFrame:
     """Mean, Student-t interval and n of ``value`` per group (typically per arm over seeds)."""
     by = [by] if isinstance(by, str) else list(by)
@@ -137,44 +192,90 @@ def t_summary(df: pd.DataFrame, by: str | Sequence[str], value: str, ci: float =
 
 
 # ----------------------------------------------------------------------------------------------------- sanity
-def converged(
-    curve: Sequence[float] | np.ndarray, lower_is_better: bool = True, tail: float = 0.1, rel_tol: float = 0.0
-) -> bool:
-    """True when a validation curve's last improvement comes before its last ``tail`` share of entries.
+def budget_check(
+    table: pd.DataFrame,
+    metric: str,
+    tolerance: float,
+    lower_is_better: bool = True,
+    relative: bool = False,
+    arm_col: str = "arm",
+) -> pd.DataFrame:
+    """Convergence that can fail: per (arm, seed) run at the report's budget (``budget == 1``) and again at a longer
+    one (``budget >= 2``: epochs or steps, same schedule shape), the arm is *converged* only if the longer run does
+    not improve the validation ``metric`` by more than ``tolerance`` (metric units, or % of the 1× value if
+    ``relative``).
 
-    A best epoch at the very end means the run was still improving when it stopped: not a plateau. An improvement is
-    a value better than every earlier one by more than ``rel_tol`` (relative; the early-stopping threshold), so gains
-    too small to count do not hide a plateau.
+    ``table`` has columns ``arm_col``, ``seed``, ``budget`` and ``metric``. Returns one row per rerun arm and seed:
+    the metric at 1× and at the longer budget, the improvement, ``converged`` and ``flags``.
     """
-    x = np.asarray(curve, dtype=np.float64)
-    x = x[~np.isnan(x)]
-    if x.size < 2:
-        raise ValueError(f"a convergence check needs a validation curve of >= 2 points, got {x.size}")
-    if not 0 <= rel_tol < 1:
-        raise ValueError(f"rel_tol must be in [0, 1), got {rel_tol}")
-    x = x if lower_is_better else -x
-    last, best = 0, x[0]
-    for i, value in enumerate(x[1:], start=1):
-        if value < best - rel_tol * abs(best):
-            last = i
-        best = min(best, value)
-    return last < x.size - max(1, math.ceil(tail * x.size))
+    _require_columns(table, [arm_col, "seed", "budget", metric], "budget_check")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"budget_check: tolerance must be a finite number >= 0, got {tolerance}")
+    longer = table[table["budget"] > 1]
+    rows = []
+    for (arm, seed), group in longer.groupby([arm_col, "seed"], sort=False):
+        base = table[(table[arm_col] == arm) & (table["seed"] == seed) & (table["budget"] == 1)]
+        if base.empty:
+            raise ValueError(f"budget_check: arm {arm!r} seed {seed} ran at budget {list(group['budget'])} but "
+                             "not at budget 1; the check compares the same seed at both")
+        short, budget = float(base[metric].iloc[0]), float(group["budget"].max())
+        long = float(group.loc[group["budget"].idxmax(), metric])
+        gain = float(_improvement(pd.Series([long]), pd.Series([short]), lower_is_better, relative).iloc[0])
+        ok = bool(gain <= tolerance)
+        unit = " %" if relative else ""
+        flag = "" if ok else (f"{arm} not converged (seed {seed}: {metric} {short:.4g} at 1x, {long:.4g} at "
+                              f"{budget:g}x, improvement {gain:+.3g}{unit} > {tolerance:g}{unit})")
+        rows.append({arm_col: arm, "seed": seed, "budget": budget, f"{metric}_1x": short, f"{metric}_long": long,
+                     "improvement": gain, "converged": ok, "flags": flag})
+    columns = [arm_col, "seed", "budget", f"{metric}_1x", f"{metric}_long", "improvement", "converged", "flags"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def health(
+    table: pd.DataFrame,
+    metric: str,
+    reference: pd.Series | float,
+    tolerance: float,
+    lower_is_better: bool = True,
+    relative: bool = False,
+    what: str = "reference",
+    arm_col: str = "arm",
+) -> pd.DataFrame:
+    """Every arm at its full-compute setting against a reference quality (its own pre-fine-tuning model, or the dense
+    model): a row per (arm, seed) is *healthy* if it is worse than ``reference`` (a number, or a Series indexed by
+    seed) by at most ``tolerance`` (metric units, or % if ``relative``). Failures are flagged with their seed."""
+    _require_columns(table, [arm_col, "seed", metric], "health")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"health: tolerance must be a finite number >= 0, got {tolerance}")
+    rows = []
+    for r in table.to_dict("records"):
+        ref = float(reference) if not isinstance(reference, pd.Series) else float(reference.get(r["seed"], math.nan))
+        if math.isnan(ref):
+            raise ValueError(f"health: no {what} for seed {r['seed']} (arm {r[arm_col]!r})")
+        loss = -float(_improvement(pd.Series([r[metric]]), pd.Series([ref]), lower_is_better, relative).iloc[0])
+        ok = bool(loss <= tolerance)
+        unit = " %" if relative else ""
+        flag = "" if ok else (f"{r[arm_col]} unhealthy (seed {r['seed']}: {metric} {r[metric]:.4g} vs {what} "
+                              f"{ref:.4g}, worse by {loss:.3g}{unit} > {tolerance:g}{unit})")
+        rows.append({arm_col: r[arm_col], "seed": r["seed"], metric: r[metric], what: ref, "healthy": ok,
+                     "flags": flag})
+    return pd.DataFrame(rows, columns=[arm_col, "seed", metric, what, "healthy", "flags"])
 
 
 def sanity(
     table: pd.DataFrame,
     metric: str,
     trivial: str,
-    curves: Mapping[tuple[str, int], Sequence[float]] | None = None,
+    budget: pd.DataFrame | None = None,
+    healthy: pd.DataFrame | None = None,
     lower_is_better: bool = True,
     arm_col: str = "arm",
-    rel_tol: float = 0.0,
 ) -> pd.DataFrame:
-    """Per arm: the share of seeds that converged (:func:`converged` with ``rel_tol``), whether it beats ``trivial``
-    (paired t interval), and flags.
+    """Per arm: converged (:func:`budget_check` rows; NaN for an arm not rerun, e.g. one without training), the
+    metric at 1× and at the longer budget, healthy (:func:`health` rows; NaN where not checked), whether it beats
+    ``trivial`` (paired t interval; "not enough units" below :data:`MIN_UNITS`), and every failure as a flag.
 
-    ``table`` has one row per (arm, seed) with ``metric``; ``curves`` maps (arm, seed) to its validation curve.
-    An arm whose curve is missing is not flagged as unconverged (arms without training, such as baselines).
+    ``table`` has one row per (arm, seed) with ``metric`` (the measure the trivial baseline is compared on).
     """
     _require_columns(table, [arm_col, "seed", metric], "sanity")
     if trivial not in set(table[arm_col]):
@@ -182,29 +283,39 @@ def sanity(
     ref = table[table[arm_col] == trivial].set_index("seed")[metric]
     rows = []
     for arm, group in table.groupby(arm_col, sort=False):
-        seeds = list(group["seed"])
-        runs = [curves[(arm, s)] for s in seeds if curves and (arm, s) in curves]
-        share = float(np.mean([converged(c, lower_is_better, rel_tol=rel_tol) for c in runs])) if runs else math.nan
+        row: dict[str, object] = {arm_col: arm, "converged": math.nan, "budget_1x": math.nan,
+                                  "budget_long": math.nan, "healthy": math.nan}
         flags = []
-        if runs and share < 1:
-            flags.append(f"{arm} not converged in {round((1 - share) * len(runs))}/{len(runs)} seeds")
-        beats = True
+        if budget is not None and len(budget):
+            mine = budget[budget[arm_col] == arm]
+            if len(mine):
+                row["converged"] = bool(mine["converged"].all())
+                long_col = next(c for c in mine.columns if c.endswith("_long"))
+                row["budget_1x"] = float(mine[long_col.removesuffix("_long") + "_1x"].mean())
+                row["budget_long"] = float(mine[long_col].mean())
+                flags += [f for f in mine["flags"] if f]
+        if healthy is not None and len(healthy):
+            mine = healthy[healthy[arm_col] == arm]
+            if len(mine):
+                row["healthy"] = bool(mine["healthy"].all())
+                flags += [f for f in mine["flags"] if f]
+        beats: object = True
         if arm != trivial:
             gain = _improvement(group.set_index("seed")[metric], ref, lower_is_better).dropna()
-            mean, low, _ = student_t_ci(gain.to_numpy()) if len(gain) else (math.nan, math.nan, math.nan)
-            beats = bool(low > 0) if not math.isnan(low) else bool(mean > 0)
-            if not beats:
-                flags.append(f"{arm} does not beat {trivial}")
-        rows.append({arm_col: arm, "converged": share, "beats_trivial": beats, "flags": "; ".join(flags)})
+            if len(gain) < MIN_UNITS:
+                beats = "not enough units"
+            else:
+                beats = bool(student_t_ci(gain.to_numpy())[1] > 0)
+                if not beats:
+                    flags.append(f"{arm} does not beat {trivial}")
+        rows.append({**row, "beats_trivial": beats, "flags": "; ".join(flags)})
     return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------------ verdicts
 def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None, arm_col: str = "arm") -> Verdict:
-    """Judge ``claim`` on a per-seed ``table`` (one row per arm and seed); ``checks`` from :func:`sanity`.
-
-    Paired by seed when both arms share their seeds, else a Welch interval.
-    """
+    """Judge ``claim`` on a per-seed ``table`` (one row per arm and seed); ``checks`` from :func:`sanity` (a flag on
+    any arm of ``claim.arms`` makes it inconclusive). Paired by seed when both arms share their seeds, else Welch."""
     _require_columns(table, [arm_col, "seed", claim.metric], f"claim {claim.name!r}")
     arms = set(table[arm_col])
     for arm in (claim.arm, claim.baseline):
@@ -217,13 +328,15 @@ def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None,
         gain = _improvement(a, b.loc[a.index], claim.lower_is_better, claim.relative)
         mean, low, high = student_t_ci(gain.to_numpy())
         n = len(gain)
+        dof = float(n - 1)
     else:
         sign = -1.0 if claim.lower_is_better else 1.0
         scale = 100 / abs(b.mean()) if claim.relative else 1.0
         mean, low, high = (sign * scale * v for v in welch_ci(a.to_numpy(), b.to_numpy()))
         low, high = min(low, high), max(low, high)
         n = min(len(a), len(b))
-    flags = _flags(checks, (claim.arm, claim.baseline), arm_col)
+        dof = welch_dof(a.to_numpy(), b.to_numpy()) if n >= 2 else math.nan
+    flags = _flags(checks, claim.arms, arm_col)
     if flags or math.isnan(low):
         verdict = "inconclusive"
     elif low > claim.tolerance:
@@ -234,18 +347,58 @@ def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None,
         verdict = "inconclusive"
     if math.isnan(low) and not flags:
         flags = (f"n={n}: no interval",)
-    return Verdict(claim, mean, low, high, n, paired, verdict, flags)
+    p = t_p_value(mean, low, high, claim.tolerance, dof)
+    return Verdict(claim, mean, low, high, n, paired, verdict, flags, p)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (step-down; NaN stays NaN and is not counted in the family)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    out = np.full(p.shape, math.nan)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def conclude(verdicts: Iterable[Verdict]) -> list[Verdict]:
+    """A report's final verdicts, premises first: each keeps its interval verdict as ``raw``; the *main* claims (those
+    with a paper reference) are adjusted with Holm–Bonferroni at :data:`ALPHA` (a held or not-held whose adjusted p
+    is not below it becomes inconclusive); and every non-premise claim governed by a premise that is not held (same
+    ``group``, or a premise of group "") reads "premise not met"."""
+    verdicts = list(verdicts)
+    main = [i for i, v in enumerate(verdicts) if v.claim.role == "main"]
+    adjusted = dict(zip(main, holm([verdicts[i].p for i in main]), strict=True))
+    unmet = {v.claim.group for v in verdicts if v.claim.role == "premise" and v.verdict != "held"}
+    out = []
+    for i, v in enumerate(verdicts):
+        final = v.verdict
+        if i in adjusted and final in ("held", "not held") and not adjusted[i] < ALPHA:
+            final = "inconclusive"
+        if v.claim.role != "premise" and ("" in unmet or (v.claim.group and v.claim.group in unmet)):
+            final = "premise not met"
+        out.append(dataclasses.replace(v, verdict=final, raw=v.raw or v.verdict))
+    order = {role: k for k, role in enumerate(ROLES)}
+    return [v for _, v in sorted(enumerate(out), key=lambda kv: (order[kv[1].claim.role], kv[0]))]
 
 
 def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
-    """The table every report opens with: claim, paper reference, measured effect with interval and n, verdict, flags,
-    compute measure and rule."""
+    """The full claims table of a report, after :func:`conclude`: claim, role, paper reference, measured effect with
+    interval and n, the tolerance it must clear, p (raw and Holm-adjusted for main claims), the raw and the final
+    verdict, flags, compute measure and rule."""
+    verdicts = conclude(verdicts)
+    main = [v for v in verdicts if v.claim.role == "main"]
+    adjusted = dict(zip((id(v) for v in main), holm([v.p for v in main]), strict=True))
     rows = []
     for v in verdicts:
         unit = " %" if v.claim.relative else ""
         rows.append(
             {
                 "claim": v.claim.name,
+                "role": v.claim.role,
                 "text": v.claim.text,
                 "paper (reference)": v.claim.paper,
                 "effect": f"{v.mean:+.3g}{unit} [{v.low:+.3g}, {v.high:+.3g}]",
@@ -253,6 +406,10 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
                 "low": v.low,
                 "high": v.high,
                 "n": v.n,
+                "tolerance": f"{v.claim.tolerance:g}{unit}",
+                "p": v.p,
+                "p (Holm)": adjusted.get(id(v), math.nan),
+                "raw verdict": v.raw,
                 "verdict": v.verdict,
                 "sanity": "; ".join(v.flags) or "ok",
                 "compute": v.claim.compute,
@@ -265,7 +422,10 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
 RULE = (
     "each claim: the improvement of its arm over its baseline with a 95 % interval (Student-t over seeds unless its "
     "rule in the claims table says otherwise): held if the interval lies above the claim's tolerance, not held if "
-    "below, else inconclusive; inconclusive too when a sanity check fails on an arm it rests on"
+    "below, else inconclusive; inconclusive too when a sanity check (converged at 2x budget, healthy, beats trivial) "
+    "fails on any arm it rests on; premises are judged first and a premise not held makes the claims it governs "
+    "'premise not met'; main claims (those with a paper reference) are Holm-Bonferroni adjusted at 5 % (raw verdict "
+    "beside the adjusted one), the others are secondary"
 )
 
 
@@ -281,7 +441,10 @@ def verdict_lines(
     lines = [f"rule: {RULE}"]
     for r in claims.to_dict("records"):
         paper = f"; paper {r['paper (reference)']}" if r["paper (reference)"] else ""
-        lines.append(f"{r['claim']}: {r['verdict']} ({r['effect']}{units}, n={r['n']}{paper})")
+        raw = r.get("raw verdict", r["verdict"])
+        before = f", raw {raw}" if raw and raw != r["verdict"] else ""
+        role = f"{r['role']} " if "role" in r else ""
+        lines.append(f"{role}{r['claim']}: {r['verdict']} ({r['effect']}{units}, n={r['n']}{paper}{before})")
     flags = [f for f in sanity["flags"] if f] if len(sanity) else []
     lines.append("sanity: " + ("; ".join(flags) if flags else ok))
     return lines + list(notes)

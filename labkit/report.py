@@ -101,6 +101,16 @@ def git_sha(path: str | Path | None = None) -> str | None:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def settings_table(settings: Any) -> pd.DataFrame:
+    """A Config (dataclass) or a mapping (``profile.device_info()``) as a small two-column table, one row per
+    setting, so a report shows its parameters and device formatted instead of as a repr."""
+    values = to_jsonable(settings)
+    if not isinstance(values, dict):
+        raise TypeError(f"settings_table takes a dataclass or a mapping, got {type(settings).__name__}")
+    rows = [{"setting": k, "value": v if isinstance(v, str) else json.dumps(v)} for k, v in values.items()]
+    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
+
+
 def run_meta() -> dict[str, Any]:
     """What a result depends on besides its parameters: code version, library versions, device, threads, and the
     machine's load when it ran (timings on a shared 2-core machine are only comparable within one run)."""
