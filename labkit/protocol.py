@@ -443,8 +443,8 @@ def verdict_lines(
         paper = f"; paper {r['paper (reference)']}" if r["paper (reference)"] else ""
         raw = r.get("raw verdict", r["verdict"])
         before = f", raw {raw}" if raw and raw != r["verdict"] else ""
-        role = f"{r['role']} " if "role" in r else ""
-        lines.append(f"{role}{r['claim']}: {r['verdict']} ({r['effect']}{units}, n={r['n']}{paper}{before})")
+        role = f", {r['role']}" if "role" in r else ""
+        lines.append(f"{r['claim']}: {r['verdict']} ({r['effect']}{units}, n={r['n']}{paper}{before}{role})")
     flags = [f for f in sanity["flags"] if f] if len(sanity) else []
     lines.append("sanity: " + ("; ".join(flags) if flags else ok))
     return lines + list(notes)

@@ -433,11 +433,14 @@ def _replace(staging: Path, out_dir: Path) -> None:
 def export_html(executed: Path, html_path: Path) -> None:
     """The executed notebook as standalone HTML (figures embedded), written atomically.
 
-    A report reads as a paper: code cells are hidden (the executed ``.ipynb`` beside it keeps them) and stderr
-    (library progress bars and warnings) is left out, so the verdicts the notebook shows first open the page.
+    A report reads as a paper: it opens with the headline (:mod:`labkit.headline`: one sentence per claim family and
+    the claims forest, from the ``tables/claims.csv`` beside it), code cells are hidden (the executed ``.ipynb``
+    keeps them) and stderr (library progress bars and warnings) is left out.
     """
     import nbformat
     from nbconvert import HTMLExporter
+
+    from labkit import headline
 
     nb = nbformat.read(executed, as_version=4)
     for cell in nb.cells:
@@ -446,6 +449,13 @@ def export_html(executed: Path, html_path: Path) -> None:
                                                                         o.get("name") == "stderr")]
     body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
                            ).from_notebook_node(nb)
+    claims = headline.read_claims(html_path.parent)
+    if claims is not None:
+        top = headline.html_block(claims, f"{executed.stem}: the answer first")
+        anchor = "<main>" if "<main>" in body else "<body"
+        at = body.index(anchor)
+        at = body.index(">", at) + 1
+        body = body[:at] + top + body[at:]
     atomic_write_text(html_path, body)
 
 

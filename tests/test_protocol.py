@@ -1,5 +1,6 @@
 """The protocol: Student-t intervals, the verdict rule, sanity checks and validation-only selection."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -69,28 +70,114 @@ def test_judge_errors_name_missing_arms_and_columns():
         Claim("x", "x", "mse", "a", "a")
 
 
-def test_converged_means_best_not_in_the_last_tenth():
-    assert protocol.converged([5, 4, 3, 2, 2.5, 2.6, 2.7, 2.8, 2.9, 3.0])
-    assert not protocol.converged([5, 4, 3, 2, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0])
-    assert protocol.converged([0.1, 0.5, 0.9, 0.8], lower_is_better=False)
-    creeping = [5, 3, 2.0, 1.999, 1.998, 1.997, 1.996, 1.995, 1.994, 1.993]
-    assert not protocol.converged(creeping) and protocol.converged(creeping, rel_tol=0.005)
-    with pytest.raises(ValueError, match=">= 2 points"):
-        protocol.converged([1.0])
+def _budget(short: list[float], long: list[float]) -> pd.DataFrame:
+    rows = [{"arm": a, "seed": 0, "budget": 1, "mse": v} for a, v in zip("ab", short, strict=True)]
+    return pd.DataFrame(rows + [{"arm": a, "seed": 0, "budget": 2, "mse": v} for a, v in zip("ab", long, strict=True)])
 
 
-def test_sanity_flags_make_a_verdict_inconclusive():
+def test_budget_check_fires_on_a_curve_still_falling_and_not_on_a_plateau():
+    # a: twice the budget still lowers the validation loss by 0.3 (> tolerance 0.05); b: within noise of 1x
+    out = protocol.budget_check(_budget([1.0, 2.0], [0.7, 1.98]), "mse", tolerance=0.05).set_index("arm")
+    assert not out.loc["a", "converged"] and "a not converged (seed 0" in out.loc["a", "flags"]
+    assert out.loc["b", "converged"] and out.loc["b", "flags"] == ""
+    assert out.loc["a", "mse_1x"] == 1.0 and out.loc["a", "mse_long"] == 0.7
+    rel = protocol.budget_check(_budget([1.0, 2.0], [0.995, 1.9]), "mse", tolerance=1.0, relative=True)
+    assert list(rel["converged"]) == [True, False]  # 0.5 % vs 5 % gain at 2x
+    with pytest.raises(ValueError, match="not at budget 1"):
+        protocol.budget_check(_budget([1.0, 2.0], [0.7, 1.9]).query("budget == 2"), "mse", tolerance=0.0)
+
+
+def test_health_flags_a_collapsed_seed_against_its_reference():
+    t = _table({"gated": [0.90, 0.46, 0.89]})
+    dense = pd.Series([0.91, 0.90, 0.90])  # per seed
+    out = protocol.health(t, "mse", dense, tolerance=0.05, lower_is_better=False, what="dense")
+    assert list(out["healthy"]) == [True, False, True]
+    assert "gated unhealthy (seed 1: mse 0.46 vs dense 0.9" in out.loc[1, "flags"]
+    assert protocol.health(t, "mse", 0.95, tolerance=0.5, lower_is_better=False)["healthy"].all()
+
+
+def test_sanity_flags_from_budget_health_and_trivial_make_a_verdict_inconclusive():
     t = _table({"a": [1.0, 1.1, 0.9, 1.0, 1.05], "b": [2.0, 2.1, 1.9, 2.05, 2.0], "mean": [1.5] * 5})
-    curves = {("a", s): [3, 2, 1] for s in range(5)} | {("b", s): [3, 2, 2.5, 2.6] for s in range(5)}
-    checks = protocol.sanity(t, "mse", trivial="mean", curves=curves)
+    budget = protocol.budget_check(_budget([1.0, 2.0], [0.7, 1.98]), "mse", tolerance=0.05)
+    checks = protocol.sanity(t, "mse", trivial="mean", budget=budget)
     row = checks.set_index("arm")
-    assert row.loc["a", "converged"] == 0 and "a not converged in 5/5 seeds" in row.loc["a", "flags"]
-    assert row.loc["b", "converged"] == 1 and "does not beat mean" in row.loc["b", "flags"]
-    assert bool(row.loc["a", "beats_trivial"]) and not bool(row.loc["b", "beats_trivial"])
+    assert not row.loc["a", "converged"] and "a not converged" in row.loc["a", "flags"]
+    assert row.loc["b", "converged"] and "does not beat mean" in row.loc["b", "flags"]
+    assert math.isnan(row.loc["mean", "converged"])  # not rerun: not checked, not flagged
+    assert row.loc["a", "beats_trivial"] and not row.loc["b", "beats_trivial"]
     v = protocol.judge(CLAIM, t, checks)
     assert v.verdict == "inconclusive" and len(v.flags) == 2
     table = protocol.claims_table([v])
     assert list(table["verdict"]) == ["inconclusive"] and "Student-t" in table["rule"][0]
+    clean = protocol.sanity(t, "mse", trivial="mean", budget=protocol.budget_check(
+        _budget([1.0, 2.0], [0.99, 1.99]), "mse", tolerance=0.05))
+    assert clean.set_index("arm").loc["a", "flags"] == ""
+
+
+def test_a_flag_on_a_rests_on_arm_makes_the_claim_inconclusive():
+    t = _table({"a": [1.0, 1.1, 0.9, 1.0, 1.05], "b": [2.0, 2.1, 1.9, 2.05, 2.0], "dense": [0.5] * 5,
+                "mean": [3.0] * 5})
+    healthy = protocol.health(t[t.arm == "a"], "mse", 0.5, tolerance=0.1, what="dense")  # a is 0.5 worse
+    checks = protocol.sanity(t, "mse", trivial="mean", healthy=healthy)
+    resting = Claim("r", "a beats b, normalised by dense", "mse", "a", "b", rests_on=("dense",))
+    assert protocol.judge(resting, t, checks).verdict == "inconclusive"
+    flag_on_dense = checks.assign(flags=[f if arm == "dense" else "" for arm, f in
+                                         zip(checks.arm, ["", "", "dense broke", ""], strict=True)])
+    assert protocol.judge(CLAIM, t, flag_on_dense).verdict == "held"  # CLAIM does not rest on dense
+    assert protocol.judge(resting, t, flag_on_dense).verdict == "inconclusive"
+    assert resting.arms == ("a", "b", "dense")
+
+
+def test_sanity_reports_not_enough_units_instead_of_a_t_interval_below_three():
+    t = _table({"dsir": [1.0, 1.1], "random": [1.2, 1.15]})  # lower in both cells: n = 2 has no honest interval
+    row = protocol.sanity(t, "mse", trivial="random").set_index("arm")
+    assert row.loc["dsir", "beats_trivial"] == "not enough units" and row.loc["dsir", "flags"] == ""
+    three = protocol.sanity(_table({"dsir": [1.3, 1.1, 1.0], "random": [1.2, 1.15, 1.1]}), "mse", trivial="random")
+    assert "dsir does not beat random" in three.set_index("arm").loc["dsir", "flags"]
+
+
+PREMISE = Claim("soup_beats_ingredients", "the soup beats its ingredients", "mse", "a", "b", kind="premise")
+
+
+def test_a_premise_not_held_makes_the_claims_it_governs_premise_not_met_and_is_shown_first():
+    good = _table({"a": [1.0, 1.1, 0.9, 1.0, 1.05], "b": [2.0, 2.1, 1.9, 2.05, 2.0], "c": [1.5] * 5})
+    main = Claim("c_beats_b", "c beats b", "mse", "c", "b", paper="+1 pp (Table 2)")
+    verdicts = [protocol.judge(main, good), protocol.judge(PREMISE, good)]
+    table = protocol.claims_table(verdicts)
+    assert list(table["role"]) == ["premise", "main"] and list(table["verdict"]) == ["held", "held"]
+    bad = good.assign(mse=[{"a": 3.0}.get(a, m) for a, m in zip(good.arm, good.mse, strict=True)])
+    table = protocol.claims_table([protocol.judge(main, bad), protocol.judge(PREMISE, bad)])
+    assert list(table["verdict"]) == ["not held", "premise not met"]
+    assert list(table["raw verdict"]) == ["not held", "held"]  # the interval verdict stays visible
+    # a premise of one group governs only that group
+    grouped = [protocol.judge(dataclasses.replace(PREMISE, group="x"), bad),
+               protocol.judge(dataclasses.replace(main, name="x: c", group="x"), bad),
+               protocol.judge(dataclasses.replace(main, name="y: c", group="y"), bad)]
+    assert list(protocol.claims_table(grouped)["verdict"]) == ["not held", "premise not met", "held"]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Claim("x", "x", "mse", "a", "b", kind="assumption")
+
+
+def test_holm_adjusts_main_claims_only_and_keeps_the_raw_verdict():
+    assert protocol.holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+    rng = np.random.default_rng(0)
+    b = rng.normal(0, 1, 5)
+    t = _table({"b": list(b), "a": list(b - 0.6 + rng.normal(0, 0.35, 5))})  # a raw "held" with p ~ 0.02
+    mains = [Claim(f"m{i}", "a beats b", "mse", "a", "b", paper="ref") for i in range(5)]
+    verdicts = [protocol.judge(c, t) for c in mains]
+    assert verdicts[0].verdict == "held" and 0.001 < verdicts[0].p < 0.05
+    table = protocol.claims_table(verdicts)
+    assert set(table["raw verdict"]) == {"held"} and set(table["verdict"]) == {"inconclusive"}
+    assert (table["p (Holm)"] >= table["p"]).all()
+    secondary = protocol.claims_table([protocol.judge(dataclasses.replace(c, paper=""), t) for c in mains])
+    assert set(secondary["verdict"]) == {"held"} and set(secondary["role"]) == {"secondary"}
+
+
+def test_p_value_agrees_with_the_interval_verdict():
+    for shift in (0.0, 0.5, 1.0, 2.0):
+        t = _table({"a": [1.0 - shift, 1.2 - shift, 0.7 - shift, 1.1 - shift], "b": [1.0] * 4})
+        v = protocol.judge(CLAIM, t)
+        assert (v.verdict != "inconclusive") == (v.p < 0.05)
 
 
 def test_select_best_takes_validation_rows_only():
@@ -115,6 +202,7 @@ def test_verdict_lines_rule_claims_sanity_and_notes():
     lines = protocol.verdict_lines(table, checks, "all fine", " pp", ["chosen on validation: x"])
     assert lines[0].startswith("rule: ") and "Student-t" in lines[0]
     assert lines[1].startswith(f"{CLAIM.name}: held (") and " pp, n=5" in lines[1] and "paper" not in lines[1]
+    assert lines[1].endswith(", secondary)")
     assert lines[2:] == ["sanity: all fine", "chosen on validation: x"]
     flagged = checks.assign(flags=["", "b does not beat mean", ""])
     assert "sanity: b does not beat mean" in protocol.verdict_text(table, flagged, "all fine")

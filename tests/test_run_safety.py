@@ -174,9 +174,20 @@ def test_index_lists_every_claim_of_reports_with_a_claims_table(tmp_path, notebo
                   "effect": ["+3 % [+1, +5]", "-1 % [-4, +2]"], "n": [5, 5], "verdict": ["held", "inconclusive"],
                   "sanity": ["ok", "b not converged in 1/5 seeds"]}).to_csv(reports / "held" / "cpu" / "tables" /
                                                                            "claims.csv", index=False)
-    index = reports_index.write_index(reports).read_text()
-    assert "| held | cpu | a_beats_b | -5 % | +3 % [+1, +5] | 5 | held | ok |" in index
+    index = reports_index.write_index(reports).read_text()  # a report made before protocol v2: no headline
+    assert "| held | cpu | a_beats_b |  | -5 % | +3 % [+1, +5] | 5 |  |  | held | ok |" in index
     assert "c_beats_d" in (reports / "index.html").read_text() and "Not yet under the protocol" not in index
+    pd.DataFrame({"claim": ["prem", "a_beats_b"], "role": ["premise", "main"], "text": ["soup beats ingredients", "x"],
+                  "paper (reference)": ["", "-5 %"], "effect": ["-1 [-2, +0.5]", "+3 % [+1, +5]"], "mean": [-1, 3],
+                  "low": [-2, 1], "high": [0.5, 5], "n": [5, 5], "tolerance": ["0", "0 %"],
+                  "raw verdict": ["inconclusive", "held"], "verdict": ["inconclusive", "premise not met"],
+                  "sanity": ["ok", "ok"]}).to_csv(reports / "held" / "cpu" / "tables" / "claims.csv", index=False)
+    index = reports_index.write_index(reports).read_text()
+    assert index.index("## Headlines") < index.index("## Every claim")
+    assert "- Premise — soup beats ingredients [prem]: unconfirmed: -1 [-2, +0.5] (n=5)." in index
+    assert "- Claim — x [a_beats_b]: premise not met (1 raw verdict(s) changed by premise or Holm)." in index
+    page = (reports / "index.html").read_text()
+    assert page.index("labkit-headline") < page.index("Every claim and its verdict") and "data:image/png" in page
     pd.DataFrame({"claim": ["a"]}).to_csv(reports / "held" / "cpu" / "tables" / "claims.csv", index=False)
     with pytest.raises(ValueError, match="claims table lacks columns"):
         reports_index.write_index(reports)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import pandas as pd
 import pytest
 
 from labkit import cli, runner
@@ -181,3 +182,21 @@ def test_cli_report_runs_each_variant_into_its_folder(monkeypatch, tmp_path):
         ("gateskip", "cpu", {}, "gateskip/cpu"),
         ("gateskip", "cpu", {"tasks": ("cumsum",)}, "gateskip/cpu-cumsum"),
     ]
+
+
+def test_exported_html_opens_with_the_headline_when_the_report_has_a_v2_claims_table(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# The notebook's own title")])
+    executed = tmp_path / "paper.ipynb"
+    nbformat.write(nb, executed)
+    runner.export_html(executed, tmp_path / "plain.html")  # no claims table: the notebook as it is
+    assert "labkit-headline" not in (tmp_path / "plain.html").read_text()
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame({"claim": ["soup_beats_ingredients"], "role": ["premise"], "text": ["the soup beats its parts"],
+                  "paper (reference)": [""], "effect": ["+1 [+0.5, +1.5]"], "mean": [1.0], "low": [0.5],
+                  "high": [1.5], "n": [5], "tolerance": ["0"], "raw verdict": ["held"], "verdict": ["held"],
+                  "sanity": ["ok"]}).to_csv(tmp_path / "tables" / "claims.csv", index=False)
+    runner.export_html(executed, tmp_path / "paper.html")
+    page = (tmp_path / "paper.html").read_text()
+    assert page.index("labkit-headline") < page.index("own title") and "Premise — the soup beats its parts" in page

@@ -1,0 +1,86 @@
+"""The answer first: a report's headline, built from its claims table (``tables/claims.csv``).
+
+One sentence per claim family (a claim judged per task or dataset is one family: ``<group>: <name>``) in plain
+words — premise met or not, then held / not held / inconclusive with the effect and its interval — and the claims
+forest. :mod:`labkit.runner` puts it at the top of every HTML report and :mod:`labkit.index` at the top of
+``reports/index.html``; the full claims table follows in the report itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import pandas as pd
+
+PREMISE_WORDS = {"held": "met", "not held": "NOT met", "inconclusive": "unconfirmed"}
+
+
+def family(name: str) -> str:
+    """The claim's family: its name without the ``<group>: `` prefix a per-task claim carries."""
+    return name.rsplit(": ", 1)[-1]
+
+
+def _member(row: pd.Series, verdict: str) -> str:
+    group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
+    return f"{group}{row['effect']} (n={row['n']})" if verdict != "premise not met" else group.strip()
+
+
+def sentences(claims: pd.DataFrame) -> list[str]:
+    """One plain sentence per claim family, premises first, in the table's order."""
+    out = []
+    claims = claims.assign(_family=[family(n) for n in claims["claim"]])
+    for name, rows in claims.groupby("_family", sort=False):
+        role, text = rows["role"].iloc[0], rows["text"].iloc[0]
+        words = PREMISE_WORDS if role == "premise" else {}
+        parts = []
+        for verdict, group in rows.groupby("verdict", sort=False):
+            said = words.get(verdict, verdict)
+            members = "; ".join(_member(r, verdict) for _, r in group.iterrows())
+            count = f" in {len(group)} of {len(rows)}" if len(rows) > 1 else ""
+            parts.append(f"{said}{count}" + (f": {members}" if members else ""))
+        label = "Premise" if role == "premise" else "Claim" if role == "main" else "Secondary"
+        adjusted = rows["raw verdict"] != rows["verdict"]
+        note = f" ({int(adjusted.sum())} raw verdict(s) changed by premise or Holm)" if adjusted.any() else ""
+        out.append(f"{label} — {text} [{name}]: " + " | ".join(parts) + note + ".")
+    return out
+
+
+def forest_png(claims: pd.DataFrame) -> bytes:
+    """The claims forest (:func:`labkit.views.claims.claims_forest`) as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.views.claims import claims_forest
+
+    fig = claims_forest(claims, xlabel="improvement (each claim's units; tick: its tolerance)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def read_claims(report: Path) -> pd.DataFrame | None:
+    """A report folder's claims table, or None when the notebook records none (not under the protocol)."""
+    path = report / "tables" / "claims.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for column in ("text", "paper (reference)", "raw verdict", "sanity"):
+        if column in table:
+            table[column] = table[column].fillna("")
+    return table if "role" in table.columns else None
+
+
+def html_block(claims: pd.DataFrame, title: str, link: str | None = None) -> str:
+    """The headline as an HTML section: title (linked), one sentence per claim family, the forest figure."""
+    heading = html.escape(title) if link is None else f'<a href="{html.escape(link)}">{html.escape(title)}</a>'
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences(claims))
+    image = base64.b64encode(forest_png(claims)).decode()
+    return (f'<section class="labkit-headline"><h2>{heading}</h2><ul>{items}</ul>'
+            f'<img alt="claims forest of {html.escape(title)}" src="data:image/png;base64,{image}" '
+            'style="max-width:100%"></section>')
