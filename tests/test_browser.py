@@ -272,6 +272,27 @@ def test_paper_notebook_in_jupyterlab(browser, lab):
     _check_notebook(browser, lab, names[0])
 
 
+@pytest.mark.notebook
+@needs_chromium
+def test_reports_index_opens_with_the_headlines(browser):
+    """The committed index answers first: a headline section per paper (sentences and the claims forest) is the first
+    thing on the page, above the full claims table; a screenshot of the top goes with the others."""
+    page = browser.new_page()
+    try:
+        page.goto((runner.REPORTS_DIR / "index.html").resolve().as_uri())
+        first = page.locator("h1 + section.labkit-headline")
+        assert first.count() == 1, "the index does not open with a headline section"
+        heads = page.locator("section.labkit-headline")
+        assert heads.count() == 5 and heads.first.locator("li").count() >= 1
+        assert heads.first.locator("img").evaluate("img => img.naturalWidth") > 0
+        top = heads.first.bounding_box()
+        assert top["y"] < page.locator("text=Every claim and its verdict").bounding_box()["y"]
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "index-top.png"))
+    finally:
+        page.close()
+
+
 def test_view_redraws_on_release_and_checks_its_controls():
     """What the browser showed: a drag of a continuously updating slider queues one matplotlib redraw per step."""
     import ipywidgets
