@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.models.tau import BLOCKS, check_choice, check_drop_path, translator_block
-from labkit.models.tau import ConvFeedForward as ConvFeedForward  # re-exported: it lived here before
+from labkit.tau import BLOCKS, check_choice, check_drop_path, translator_block
+from labkit.tau import ConvFeedForward as ConvFeedForward  # re-exported: it lived here before
 
 LAYOUTS = ("grouped", "modulelist")
 MIXINGS = ("attention", "none")  # how VariableAttention's blocks mix variables; "none" is the paper's ablation
@@ -259,7 +259,7 @@ class VariableAttention(nn.Module):
     to ``c_out``. Returns ``(latents, attn)`` with ``attn`` shaped ``B x n_blocks x heads x V x V``. Variables
     interact only through the attention and carry no embedding (as in the official code).
 
-    ``ffn``: ``"conv"`` (:class:`ConvFeedForward`) or ``"tau"`` (a :class:`~labkit.models.tau.TAUBlock` as in the
+    ``ffn``: ``"conv"`` (:class:`ConvFeedForward`) or ``"tau"`` (a :class:`~labkit.tau.TAUBlock` as in the
     official code, expansion ``ffn_ratio``; BatchNorm statistics then pool over variables in training).
     ``drop_path``: stochastic depth on the FFN branches. ``mixing="none"`` drops the attention (the paper's "without
     variable attention" ablation): every variable then passes through the same FFNs alone and ``attn`` is None.

@@ -1,5 +1,5 @@
 """Tests for labkit.stage: layouts agree, frozen copies stay frozen, EMA after the step, freeze_schedule; the TAU
-translator blocks and drop path (labkit.models.tau); the forecasters' block, mixing and layout options."""
+translator blocks and drop path (labkit.tau); the forecasters' block, mixing and layout options."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from labkit import seed_everything
 from labkit.models.forecaster import PerVariableForecaster, StackedForecaster
-from labkit.models.tau import DropPath, TAUBlock
+from labkit.tau import DropPath, TAUBlock
 from labkit.stage import (
     ImplicitTwoStage,
     PerVariableDecoder,

@@ -5,7 +5,7 @@ convolutional translator over frames x channels, one decoder, and the encoder-to
 ``PerVariableForecaster`` is Met²Net's network (Li et al., ICCV 2025) built from :mod:`labkit.stage` pieces:
 per-variable encoders/decoders (no skip) and the variable-attention translator. Both return
 ``(prediction, attention or None)``. ``Persistence`` repeats the last input frame. Translator blocks are the
-compact conv FFN or TAU (:mod:`labkit.models.tau`), with optional drop path.
+compact conv FFN or TAU (:mod:`labkit.tau`), with optional drop path.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.models.tau import BLOCKS, check_choice, check_drop_path, translator_block
+from labkit.tau import BLOCKS, check_choice, check_drop_path, translator_block
 from labkit.stage import (
     ConvNormAct,
     PerVariableDecoder,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labkit.select.dsir import _check_smoothing
+from labkit.select.dsir import check_smoothing
 from labkit.select.features import check_count
 from labkit.select.stream import (
     FileSelection,
@@ -77,7 +77,7 @@ def select_files_ray(
     Uses the running Ray instance, else connects to ``address``, else starts a local one with ``num_cpus`` (shut
     down again at the end). ``options``: the fields of :class:`~labkit.select.stream.FileSettings`.
     """
-    _check_smoothing(epsilon, target_pseudocount)
+    check_smoothing(epsilon, target_pseudocount)
     try:
         import ray
     except ImportError as err:  # pragma: no cover - ray is in the lock

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     DocumentsOrFeatures: TypeAlias = Documents | HashedFeatures | ShardedFeatures
 
 
-def _check_smoothing(epsilon: float, target_pseudocount: float) -> None:
+def check_smoothing(epsilon: float, target_pseudocount: float) -> None:
     """DSIR's smoothing: ``epsilon`` > 0 (added inside the log), ``target_pseudocount`` >= 0 (added to targets)."""
     number_in_range("epsilon", epsilon, 0.0, interval="()")
     number_in_range("target_pseudocount", target_pseudocount, 0.0)
@@ -181,7 +181,7 @@ class DSIR:
         progress: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
-        _check_smoothing(epsilon, target_pseudocount)
+        check_smoothing(epsilon, target_pseudocount)
         check_count("min_length", min_length, 0)
         check_count("batch_size", batch_size)
         check_count("workers", workers)

@@ -23,7 +23,7 @@ from labkit.select.dsir import (
     LengthFilter,
     _check_k,
     _check_settings,
-    _check_smoothing,
+    check_smoothing,
     log_importance_ratio,
 )
 from labkit.select.fast import splitmix64
@@ -269,7 +269,7 @@ def select_files(
     """
     from tqdm.auto import tqdm
 
-    _check_smoothing(epsilon, target_pseudocount)
+    check_smoothing(epsilon, target_pseudocount)
     files = check_files(raw_files)
     settings = settings_for(cache_dir, **options)
     k = check_count("k", k)  # checked against the eligible documents once they are scored
