@@ -8,7 +8,6 @@ import torch
 
 from labkit import seed_everything
 from labkit.models.forecaster import PerVariableForecaster, StackedForecaster
-from labkit.tau import DropPath, TAUBlock
 from labkit.stage import (
     ImplicitTwoStage,
     PerVariableDecoder,
@@ -22,6 +21,7 @@ from labkit.stage import (
     resolve_layout,
     to_layout,
 )
+from labkit.tau import DropPath, TAUBlock
 
 
 @pytest.fixture(autouse=True)

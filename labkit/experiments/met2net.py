@@ -14,9 +14,14 @@ fraction, a fine-scale advected tracer; :mod:`labkit.data.fields`):
 - ``met2net_noattn``: Met²Net without cross-variable attention (variables never interact), same momentum.
 
 Checkpoints and the momentum are selected on the validation split, never on test; claims are judged by
-:mod:`labkit.experiments.met2net_claims`. Metrics are per variable, in the generator's physical units and in z-units;
-RMSE = sqrt(pooled MSE). The fields, windows and scoring live in :mod:`labkit.experiments.met2net_data`, the arms'
-models and training in :mod:`labkit.experiments.met2net_arms`.
+:mod:`labkit.experiments.met2net_claims`, premise (attention beats no attention) first. Every trained arm also runs
+its first seed at ``cfg.budget_factor`` times the budget (the epoch cap, patiences and stages stretched alike:
+:func:`labkit.experiments.met2net_arms.longer_budget`); an arm whose validation MSE still drops there by more than the
+claims' tolerance is not converged, and the claims resting on it are inconclusive.
+
+Metrics are per variable, in the generator's physical units and in z-units; RMSE = sqrt(pooled MSE). The fields,
+windows and scoring live in :mod:`labkit.experiments.met2net_data`, the arms' models and training in
+:mod:`labkit.experiments.met2net_arms`.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from labkit.experiments import (
     require_within,
 )
 from labkit.experiments import configure as _configure
-from labkit.experiments.met2net_arms import ARMS, ArmRun, build_model, forward_flops, train_arm
+from labkit.experiments.met2net_arms import ARMS, TRIVIAL, ArmRun, build_model, forward_flops, longer_budget, train_arm
 from labkit.experiments.met2net_data import FieldData, batch, evaluate, forecast, load_data
 from labkit.stage import ImplicitTwoStage
 
@@ -89,9 +94,10 @@ class Config:
     explicit_ae_epochs: int = 10  # pervar_explicit: epochs of autoencoder training before the translator stage
     arms: tuple[str, ...] = ARMS  # see labkit.experiments.met2net_arms.ARMS
     seeds: int = 5  # model seeds per arm (0 .. seeds-1)
+    budget_factor: float = 2.0  # convergence check: seed 0 of every trained arm rerun at this x the budget (>= 2)
     epochs: int = 50  # maximum epochs (early stopping usually ends a run sooner)
-    patience: int = 5  # epochs without a clear validation improvement before stopping (>= 10 % of epochs: a plateau)
-    lr_patience: int = 1  # epochs without a clear validation improvement before the learning rate halves
+    patience: int = 5  # epochs without a clear validation improvement before stopping
+    lr_patience: int = 1  # the learning rate halves on the (lr_patience + 1)-th epoch without a clear improvement
     min_improvement: float = 0.01  # relative drop of validation MSE that counts as an improvement
     batch_size: int = 16  # windows per step (paper: 16)
     lr: float = 2e-3  # AdamW initial learning rate (paper: 1e-3 with a cosine schedule)
@@ -111,6 +117,7 @@ class Config:
                          "batch_size", "lr", "explicit_ae_epochs", "max_steps", "threads", "workers")
         require_non_negative(self, "data_seed", "latent_weight", "weight_decay")
         require_within(self, "min_improvement", 0, 1, "[)")
+        require_within(self, "budget_factor", 2, math.inf, "[)")
         require_within(self, "momentum", 0, 1)
         for m in self.momentums:
             if not 0 <= m <= 1:
@@ -218,8 +225,9 @@ class Results:
     cost: pd.DataFrame  # arm, params, forward_flops, seconds (mean over seeds), best_epoch, epochs_run
     scores: pd.DataFrame  # arm, seed, mse_z, mse_<variable>, skill_vs_persistence, val_mse_z
     sweep: pd.DataFrame  # met2net momentum sweep: momentum, seed, split (val | test), mse_z, selected
-    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, effect [interval], n, verdict, sanity, rule
-    sanity: pd.DataFrame  # arm, converged (share of seeds), beats_trivial, flags
+    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, role, effect [interval], tolerance, verdicts, rule
+    sanity: pd.DataFrame  # arm, converged (at the longer budget), budget_1x, budget_long, beats_trivial, flags
+    budget: pd.DataFrame  # arm, seed, budget, val_mse_z at 1x and longer, improvement (%), converged, epochs, seconds
     models: dict[str, nn.Module]  # seed-0 models by arm
     data: FieldData  # the splits used
 
@@ -274,27 +282,31 @@ class _Job:
     cost: dict[str, Any]
     val_mse_z: float
     test_mse_z: float
-    state: dict[str, torch.Tensor] | None  # seed 0 only
+    state: dict[str, torch.Tensor] | None  # seed 0 at budget 1 only
+    budget: float = 1.0  # x the configured training budget (see longer_budget)
 
 
-def _run_job(args: tuple[Config, str, int, float | None]) -> _Job:
-    """Train one arm for one seed (and momentum), score it on validation and test (a worker process entry point)."""
-    cfg, arm, seed, momentum = args
+def _run_job(args: tuple[Config, str, int, float | None, float]) -> _Job:
+    """Train one arm for one seed (and momentum) at ``budget`` x the configured budget, score it on validation and
+    test (a worker process entry point)."""
+    cfg, arm, seed, momentum, budget = args
     data = load_data(cfg)
+    cfg = cfg if budget == 1 else longer_budget(cfg, budget)
     device = profile.resolve_device(cfg.device)
     result: ArmRun = train_arm(arm, cfg, seed, data, momentum)
     val = float(evaluate(result.model, data, "val", cfg, device)["mse_z"].mean())
     scores = evaluate(result.model, data, "test", cfg, device)
     cost = {"seed": seed, "arm": arm, "params": result.params, "seconds": result.seconds,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    state = {k: v.cpu() for k, v in result.model.state_dict().items()} if seed == 0 else None
+    state = {k: v.cpu() for k, v in result.model.state_dict().items()} if seed == 0 and budget == 1 else None
     return _Job(arm, seed, momentum, _metric_rows(seed, arm, scores, data),
                 _lead_rows(seed, arm, scores, data, cfg.t_out), _attention_rows(seed, arm, scores["attention"], data),
-                result.history.assign(seed=seed, arm=arm), cost, val, float(scores["mse_z"].mean()), state)
+                result.history.assign(seed=seed, arm=arm), cost, val, float(scores["mse_z"].mean()), state, budget)
 
 
-def _run_jobs(cfg: Config, jobs: list[tuple[str, int, float | None]], desc: str) -> list[_Job]:
-    """Run ``jobs`` in order, in ``cfg.workers`` spawned processes when more than one (results in job order)."""
+def _run_jobs(cfg: Config, jobs: list[tuple[str, int, float | None, float]], desc: str) -> list[_Job]:
+    """Run ``jobs`` (arm, seed, momentum, budget) in order, in ``cfg.workers`` spawned processes when more than one
+    (results in job order)."""
     args = [(dataclasses.replace(cfg, progress=False) if cfg.workers > 1 else cfg, *job) for job in jobs]
     if cfg.workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
@@ -312,26 +324,55 @@ def _momentum_sweep(jobs: list[_Job]) -> tuple[pd.DataFrame, float]:
     return sweep.assign(selected=sweep["momentum"] == chosen), chosen
 
 
+def _budget_table(done: list[_Job]) -> pd.DataFrame:
+    """The budget check's runs: arm, seed, budget, validation MSE (what the check judges), epochs and seconds, for
+    every (arm, seed) that also ran at a longer budget."""
+    longer = {(j.arm, j.seed) for j in done if j.budget > 1}
+    rows = [{"arm": j.arm, "seed": j.seed, "budget": j.budget, "val_mse_z": j.val_mse_z,
+             "best_epoch": j.cost["best_epoch"], "epochs_run": j.cost["epochs_run"], "seconds": j.cost["seconds"]}
+            for j in done if (j.arm, j.seed) in longer]
+    return pd.DataFrame(rows, columns=["arm", "seed", "budget", "val_mse_z", "best_epoch", "epochs_run", "seconds"])
+
+
+def _budget_report(converged: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The budget check (:func:`labkit.protocol.budget_check` rows) with the epochs each run took and the seconds
+    the longer run cost."""
+    short = runs[runs["budget"] == 1].set_index(["arm", "seed"])
+    long = runs[runs["budget"] > 1].set_index(["arm", "seed"])
+    extra = pd.DataFrame({"best_epoch_1x": short["best_epoch"], "best_epoch_long": long["best_epoch"],
+                          "epochs_run_1x": short["epochs_run"], "epochs_run_long": long["epochs_run"],
+                          "seconds_long": long["seconds"]})
+    return converged.merge(extra.rename_axis(["arm", "seed"]).reset_index(), on=["arm", "seed"], how="left")
+
+
 def run(cfg: Config) -> Results:
     """Every arm x seed: train, select on validation, score on test, judge the claims. Returns tidy tables.
 
     ``met2net`` runs once per momentum in ``cfg.momentums``; the one with the best mean validation MSE is reported
-    as ``met2net`` (and used by ``met2net_noattn``), the others stay in ``Results.sweep``.
+    as ``met2net`` (and used by ``met2net_noattn``), the others stay in ``Results.sweep``. The first seed of every
+    trained arm (met2net at the chosen momentum) also runs at ``cfg.budget_factor`` x the budget for the
+    convergence check; those runs feed only ``Results.budget`` and the sanity table.
     """
     data = load_data(cfg)
     n_vars = len(data.variables)
     seeds = range(cfg.seeds)
+    long = cfg.budget_factor
     first = [a for a in cfg.arms if a != "met2net_noattn"]
-    jobs = [(arm, s, m) for arm in first for s in seeds
+    jobs = [(arm, s, m, 1.0) for arm in first for s in seeds
             for m in (cfg.momentums if arm == "met2net" else (None,))]
-    jobs.sort(key=lambda j: ARMS.index(j[0]), reverse=True)  # slow per-variable arms first: better load balance
+    jobs += [(arm, seeds[0], None, long) for arm in first if arm not in (*TRIVIAL, "met2net")]
+    jobs.sort(key=lambda j: (ARMS.index(j[0]), j[3]), reverse=True)  # slow arms and long runs first: load balance
     done = _run_jobs(cfg, jobs, "met2net arms x seeds")
     sweep, momentum = pd.DataFrame(columns=["momentum", "seed", "split", "mse_z", "selected"]), cfg.momentum
     if "met2net" in cfg.arms:
         sweep, momentum = _momentum_sweep([j for j in done if j.arm == "met2net"])
         done = [j for j in done if j.arm != "met2net" or j.momentum == momentum]
-    if "met2net_noattn" in cfg.arms:
-        done += _run_jobs(cfg, [("met2net_noattn", s, momentum) for s in seeds], "met2net without attention")
+    second = [(arm, seeds[0], momentum, long) for arm in ("met2net", "met2net_noattn") if arm in cfg.arms]
+    second += [("met2net_noattn", s, momentum, 1.0) for s in seeds if "met2net_noattn" in cfg.arms]
+    if second:
+        done += _run_jobs(cfg, second, "met2net at the chosen momentum")
+    budget_runs = _budget_table(done)
+    done = [j for j in done if j.budget == 1]
     done.sort(key=lambda j: (j.seed, cfg.arms.index(j.arm)))
     flops = {arm: forward_flops(build_model(arm, cfg, n_vars, data), cfg, n_vars) for arm in cfg.arms}
     metrics = pd.DataFrame([r for j in done for r in j.metric_rows])
@@ -348,7 +389,7 @@ def run(cfg: Config) -> Results:
         .reset_index()
     )
     scores = met2net_claims.per_seed_scores(metrics, history)
-    claims, checks = met2net_claims.verdicts(scores, history, cfg.min_improvement)
+    claims, checks, converged = met2net_claims.verdicts(scores, budget_runs)
     models = {}
     for j in done:
         if j.state is not None:
@@ -359,7 +400,7 @@ def run(cfg: Config) -> Results:
             models[j.arm] = model.to(profile.resolve_device(cfg.device)).eval()
     return Results(metrics, pd.DataFrame([r for j in done for r in j.lead_rows]), history,
                    pd.DataFrame([r for j in done for r in j.attention_rows]), cost, scores, sweep, claims, checks,
-                   models, data)
+                   _budget_report(converged, budget_runs), models, data)
 
 
 def relative_change(scores: pd.DataFrame, arm: str = "met2net", baseline: str = "stacked_wide") -> pd.DataFrame:
@@ -383,7 +424,7 @@ def verdict_text(results: Results) -> str:
     and verdict, then the sanity flags and the momentum chosen on validation."""
     chosen = results.sweep.loc[results.sweep["selected"], "momentum"]
     notes = [] if chosen.empty else [f"met2net momentum chosen on validation: {float(chosen.iloc[0]):g}"]
-    ok = "every arm converged and beat persistence"
+    ok = "every trained arm converged at the longer budget; every arm beat persistence"
     return protocol.verdict_text(results.claims, results.sanity, ok, notes=notes)
 
 

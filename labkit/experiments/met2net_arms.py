@@ -1,15 +1,17 @@
 """The arms of the Met²Net experiment (:mod:`labkit.experiments.met2net`): their forecasters and how each is trained.
 
 Every trained arm gets the same optimiser (AdamW; the learning rate halves when validation MSE stalls for
-``lr_patience`` epochs), data and seeds, and trains until its validation MSE has not improved by ``min_improvement``
+``lr_patience + 1`` epochs), data and seeds, and trains until its validation MSE has not improved by ``min_improvement``
 (relative) for ``patience`` epochs, or ``epochs`` run out; the weights kept are those with the best validation MSE
-(z-units), never chosen on test. A run that stopped early has its
-best epoch outside the last 10 % of its curve: converged by :func:`labkit.protocol.converged`.
+(z-units), never chosen on test. Whether that budget suffices is checked by rerunning one seed at a longer one
+(:func:`longer_budget`, judged by :func:`labkit.protocol.budget_check`): the stopping rule itself cannot tell a plateau
+from a slow descent.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -132,6 +134,28 @@ def _losses(
         return explicit_two_stage_losses(net.encoder, net.translator, net.decoder, x, y, phase)
     rec = F.mse_loss(model(x)[0], y)
     return {"rec": rec, "loss": rec}
+
+
+def longer_budget(cfg: Config, factor: float) -> Config:
+    """``cfg`` with every duration of the training schedule scaled by ``factor``: the epoch cap, the epochs without a
+    clear gain before early stopping (``patience``) and before the learning rate halves (``ReduceLROnPlateau`` halves
+    it on the ``lr_patience + 1``-th such epoch), the explicit scheme's autoencoder stage and ``max_steps``.
+
+    The run is the same schedule stretched in time, and a genuinely longer budget: with only the cap raised, early
+    stopping and the halving learning rate would end it where the 1x run ended. ``min_improvement`` (a relative
+    threshold, not a duration) stays.
+    """
+    if not factor >= 1:
+        raise ValueError(f"a longer budget needs factor >= 1, got {factor}")
+
+    def scale(epochs: int) -> int:
+        return math.ceil(epochs * factor)
+
+    return dataclasses.replace(
+        cfg, epochs=scale(cfg.epochs), patience=scale(cfg.patience), lr_patience=scale(cfg.lr_patience + 1) - 1,
+        explicit_ae_epochs=scale(cfg.explicit_ae_epochs),
+        max_steps=None if cfg.max_steps is None else scale(cfg.max_steps),
+    )
 
 
 def train_arm(arm: str, cfg: Config, seed: int, data: FieldData, momentum: float | None = None) -> ArmRun:

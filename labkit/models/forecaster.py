@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.tau import BLOCKS, check_choice, check_drop_path, translator_block
 from labkit.stage import (
     ConvNormAct,
     PerVariableDecoder,
@@ -22,6 +21,7 @@ from labkit.stage import (
     resolve_layout,
     to_layout,
 )
+from labkit.tau import BLOCKS, check_choice, check_drop_path, translator_block
 
 
 class SequenceEncoder(nn.Module):
