@@ -1,5 +1,7 @@
-"""Sparse Model Soups' claims, per-seed scores, validation-only selection and verdicts on hand-made tables, plus one
-tiny run (smoke preset, 2 seeds)."""
+"""Sparse Model Soups' premise, claims, per-seed scores, budget and health checks, validation-only selection and
+verdicts on hand-made tables, plus one tiny run (smoke preset, 2 seeds)."""
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -7,79 +9,156 @@ import pytest
 
 from labkit import protocol
 from labkit.experiments import sparse_soups, sparse_soups_claims
-from labkit.experiments.sparse_soups_claims import BEST_INGREDIENT, CHANCE, NAIVE, REPRUNED
+from labkit.experiments.sparse_soups_claims import (
+    BEST_INGREDIENT,
+    BUDGET_TOLERANCE_PP,
+    CHANCE,
+    DENSE,
+    HEALTH_TOLERANCE_PP,
+    MEAN_INGREDIENT,
+    NAIVE,
+    REPRUNED,
+)
 
 # test accuracy (%) per arm: SMS beats IMP clearly, loses to IMP 4x, ties its best ingredient
 ARM_ACC = {"IMP": 96.0, "IMP 4x": 96.8, "SWA": 96.3, "SMS uniform": 96.5, "SMS greedy": 96.5, BEST_INGREDIENT: 96.5,
-           NAIVE: 97.0, REPRUNED: 95.0}
-TRAINED = ("IMP", "IMP 4x", "SWA", "SMS uniform", "SMS greedy", BEST_INGREDIENT)
+           MEAN_INGREDIENT: 96.2, NAIVE: 97.0, REPRUNED: 92.0}
+TRAINED = ("IMP", "IMP 4x", "SWA", "SMS uniform", "SMS greedy", BEST_INGREDIENT, MEAN_INGREDIENT, DENSE)
+MAIN = {c.name for c in sparse_soups_claims.claims(4) if c.role == "main"}
 
 
-def _final(seeds: int = 5) -> pd.DataFrame:
+def _final(seeds: int = 5, soup_val_gain: float = 1.0) -> pd.DataFrame:
+    """Per-seed final rows; validation accuracy equals test accuracy except the soup's, ``soup_val_gain`` higher (1:
+    the premise holds; 0: the soup ties its ingredients on validation)."""
     rng = np.random.default_rng(0)
     rows = []
     for seed in range(seeds):
         shift = rng.normal(0, 0.3)  # a seed effect shared by all arms: pairing removes it
         for arm, acc in ARM_ACC.items():
             noise = rng.normal(0, 0.3) if arm == BEST_INGREDIENT else rng.normal(0, 0.01)
-            rows.append({"seed": seed, "arm": arm, "sparsity": 0.981 if arm == NAIVE else 0.99,
-                         "test_acc": acc + shift + noise, "ood_acc": acc - 40 + shift + noise, "ece": 0.01})
+            test = acc + shift + noise
+            rows.append({"seed": seed, "arm": arm, "sparsity": 0.981 if arm == NAIVE else 0.99, "test_acc": test,
+                         "ood_acc": test - 40, "ece": 0.01,
+                         "val_acc": test + (soup_val_gain if arm == "SMS uniform" else 0.0)})
     return pd.DataFrame(rows)
 
 
-def _curves(seeds: int = 5, still_improving: str | None = None) -> pd.DataFrame:
-    plateau = [90.0, 95.0, 96.0, 96.2, 96.3, 96.3, 96.31, 96.3, 96.32, 96.3]
-    rising = [90.0 + k for k in range(10)]
-    return pd.DataFrame([{"seed": s, "arm": arm, "member": -1, "point": k + 1, "val_acc": v}
-                         for s in range(seeds) for arm in TRAINED
-                         for k, v in enumerate(rising if arm == still_improving else plateau)])
+def _dense(seeds: int = 5) -> pd.DataFrame:
+    return pd.DataFrame([{"seed": s, "sparsity": 0.0, "test_acc": 98.0, "ood_acc": 60.0, "ece": 0.01,
+                          "val_acc": 97.5} for s in range(seeds)])
 
 
-def test_every_claim_is_judged_paired_over_five_seeds_with_student_t():
-    scores = sparse_soups_claims.per_seed_scores(_final(), chance_acc=11.35)
-    claims, sanity = sparse_soups_claims.verdicts(scores, _curves(), m=4, plateau_tol=0.002)
-    verdict = dict(zip(claims["claim"], claims["verdict"], strict=True))
+def _scores(final: pd.DataFrame | None = None) -> pd.DataFrame:
+    return sparse_soups_claims.per_seed_scores(_final() if final is None else final, _dense(), chance_acc=11.35)
+
+
+def _longer(scores: pd.DataFrame, still_improving: str | None = None, gain: float = 1.0) -> pd.DataFrame:
+    """Seed 0 of every trained arm rerun at 2x: it plateaued (+0.05 pp) except ``still_improving`` (+``gain`` pp)."""
+    first = scores[(scores.seed == 0) & scores.arm.isin(TRAINED)]
+    return pd.DataFrame([{"arm": r.arm, "seed": 0, "budget": 2.0,
+                          "val_acc": r.val_acc + (gain if r.arm == still_improving else 0.05)}
+                         for r in first.itertuples()])
+
+
+def _verdicts(scores: pd.DataFrame | None = None, **longer) -> tuple[dict[str, str], pd.DataFrame, pd.DataFrame]:
+    scores = _scores() if scores is None else scores
+    claims, sanity, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores, **longer), m=4)
+    return dict(zip(claims["claim"], claims["verdict"], strict=True)), claims, sanity
+
+
+def test_premises_come_first_and_every_claim_is_judged_paired_over_five_seeds():
+    verdict, claims, sanity = _verdicts()
     assert set(verdict) == {c.name for c in sparse_soups_claims.claims(4)}
+    assert list(claims["role"][:2]) == ["premise", "premise"]
+    assert verdict["soup_beats_mean_ingredient_val"] == "held" and verdict["soup_beats_best_ingredient_val"] == "held"
     assert verdict["sms_beats_imp"] == "held" and verdict["sms_beats_imp_ood"] == "held"  # +0.5 pp
     assert verdict["sms_beats_imp_mx"] == "not held" and verdict["sms_beats_imp_mx_ood"] == "not held"  # -0.3 pp
-    assert verdict["soup_beats_best_ingredient"] == "inconclusive"  # equal means, noisy ingredient
+    assert verdict["soup_beats_best_ingredient"] == "inconclusive"  # equal means on test, noisy ingredient
     assert verdict["sms_beats_swa"] == "held"
     assert verdict["naive_average_loses_sparsity"] == "held"  # 99 % vs 98.1 %
     assert verdict["repruned_average_loses_accuracy"] == "held"
     assert (claims["n"] == 5).all() and claims["rule"].str.contains("Student-t").all()
+    assert (claims["tolerance"] == "0").all() and (claims["raw verdict"] == claims["verdict"]).all()
+    roles = dict(zip(claims["claim"], claims["role"], strict=True))
+    assert roles["sms_beats_swa"] == "secondary" and roles["repruned_average_loses_accuracy"] == "secondary"
+    assert claims.loc[claims.role == "main", "p (Holm)"].notna().all()
     assert set(sanity["flags"]) == {""} and sanity.set_index("arm").loc[CHANCE, "beats_trivial"]
 
 
-def test_an_unconverged_arm_makes_its_claims_inconclusive():
-    scores = sparse_soups_claims.per_seed_scores(_final(), chance_acc=11.35)
-    claims, sanity = sparse_soups_claims.verdicts(scores, _curves(still_improving="IMP"), plateau_tol=0.002)
-    verdict = dict(zip(claims["claim"], claims["verdict"], strict=True))
+def test_a_premise_not_held_makes_the_accuracy_claims_premise_not_met():
+    verdict, claims, _ = _verdicts(_scores(_final(soup_val_gain=-1.0)))  # the soup trails its ingredients on val
+    assert verdict["soup_beats_mean_ingredient_val"] == "not held"
+    governed = claims[claims.role != "premise"].set_index("claim")
+    assert (governed.drop(index="naive_average_loses_sparsity")["verdict"] == "premise not met").all()
+    assert governed.loc["sms_beats_imp", "raw verdict"] == "held"  # the interval verdict stays beside it
+    assert verdict["naive_average_loses_sparsity"] == "held"  # structural: not governed by the soup premise
+    tied, _, _ = _verdicts(_scores(_final(soup_val_gain=0.0)))  # a tie is inconclusive: the premise is still not met
+    assert tied["soup_beats_best_ingredient_val"] == "inconclusive" and tied["sms_beats_imp"] == "premise not met"
+
+
+def test_the_budget_check_fires_on_an_arm_still_improving_at_twice_the_budget():
+    verdict, _, sanity = _verdicts(still_improving="IMP")
+    row = sanity.set_index("arm").loc["IMP"]
+    assert not row["converged"] and math.isclose(row["budget_long"] - row["budget_1x"], 1.0)
+    assert any("IMP not converged (seed 0" in f for f in sanity["flags"])
     assert verdict["sms_beats_imp"] == "inconclusive" and verdict["sms_beats_imp_mx"] == "not held"
-    assert "IMP not converged in 5/5 seeds" in set(sanity["flags"])
+    assert verdict["naive_average_loses_sparsity"] == "inconclusive"  # rests on IMP: the naive average merges it
+    plateau, _, sanity = _verdicts(still_improving="IMP", gain=BUDGET_TOLERANCE_PP / 2)  # a gain within tolerance
+    assert sanity.set_index("arm").loc["IMP", "converged"] and plateau["sms_beats_imp"] == "held"
+    assert sanity.set_index("arm").loc[DENSE, "converged"]  # the dense pretraining is rerun too
+
+
+def test_health_flags_an_arm_far_below_its_dense_model_but_not_the_naive_baselines():
+    final = _final()
+    final.loc[(final.arm == "SWA") & (final.seed == 3), "val_acc"] -= 5.0
+    verdict, _, sanity = _verdicts(_scores(final))
+    assert any(f.startswith("SWA unhealthy (seed 3") for f in sanity["flags"])
+    assert verdict["sms_beats_swa"] == "inconclusive" and verdict["sms_beats_imp"] == "held"
+    checks = sanity.set_index("arm")
+    assert not checks.loc["SWA", "healthy"] and checks.loc["IMP", "healthy"]
+    assert math.isnan(checks.loc[REPRUNED, "healthy"])  # 6 pp below dense by design: its loss is the claim
+    _, _, _, health = sparse_soups_claims.verdicts(_scores(), _longer(_scores()))
+    assert set(health.arm) == set(TRAINED) - {DENSE} and health.healthy.all()
+    assert (health[DENSE] - health.val_acc).max() < HEALTH_TOLERANCE_PP
 
 
 def test_claims_skip_arms_that_did_not_run_and_name_the_equal_compute_arm():
     final = _final().replace({"arm": {"IMP 4x": "IMP 3x"}})
     final = final[final.arm != "SMS greedy"]
-    claims, _ = sparse_soups_claims.verdicts(sparse_soups_claims.per_seed_scores(final, 10.0), _curves(), m=3)
+    scores = _scores(final)
+    claims, _, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores), m=3)
     assert "greedy_beats_imp" not in set(claims["claim"]) and "sms_beats_imp_mx" in set(claims["claim"])
     assert all("IMP 3x" in c.baseline for c in sparse_soups_claims.claims(3) if c.name.startswith("sms_beats_imp_mx"))
 
 
-def test_per_seed_scores_add_chance_and_sparsity_in_percent():
-    scores = sparse_soups_claims.per_seed_scores(_final(3), chance_acc=11.35)
+def test_per_seed_scores_add_dense_chance_and_sparsity_in_percent():
+    scores = sparse_soups_claims.per_seed_scores(_final(3), _dense(3), chance_acc=11.35)
     assert (scores[scores.arm == CHANCE].test_acc == 11.35).all() and len(scores[scores.arm == CHANCE]) == 3
-    assert np.allclose(scores[scores.arm == "IMP"].sparsity_pct, 99.0)
+    assert np.allclose(scores[scores.arm == "IMP"].sparsity_pct, 99.0) and len(scores[scores.arm == DENSE]) == 3
     with pytest.raises(KeyError, match="ood_acc"):
-        sparse_soups_claims.per_seed_scores(_final().drop(columns="ood_acc"), 10.0)
+        sparse_soups_claims.per_seed_scores(_final().drop(columns="ood_acc"), _dense(), 10.0)
+    with pytest.raises(KeyError, match="val_acc.*dense"):
+        sparse_soups_claims.per_seed_scores(_final(), _dense().drop(columns="val_acc"), 10.0)
 
 
-def test_verdict_text_has_rule_n_and_sanity():
-    scores = sparse_soups_claims.per_seed_scores(_final(), chance_acc=11.35)
-    claims, sanity = sparse_soups_claims.verdicts(scores, _curves(), plateau_tol=0.002)
+def test_verdict_text_has_rule_roles_n_and_sanity():
+    scores = _scores(_final(soup_val_gain=0.0))
+    claims, sanity, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores))
     text = protocol.verdict_text(claims, sanity, "every trained arm converged and beat chance", " pp")
-    assert text.startswith("rule: ") and "Student-t" in text and "sms_beats_imp_mx: not held" in text
+    assert text.startswith("rule: ") and "Student-t" in text and "soup_beats_best_ingredient_val: inconclusive" in text
+    assert "sms_beats_imp_mx: premise not met" in text and "raw not held" in text and "premise" in text
     assert "n=5" in text and "sanity: every trained arm converged" in text and " pp, n=5" in text
+
+
+def test_longer_doubles_every_retrain_and_the_pretraining_and_drops_the_naive_chains():
+    cfg = sparse_soups.configure("cpu")
+    long = sparse_soups.longer(cfg)
+    assert (long.retrain_epochs, long.pretrain_epochs) == (2 * cfg.retrain_epochs, 2 * cfg.pretrain_epochs)
+    assert long.naive_runs == 0 and long.warmup_frac == cfg.warmup_frac and long.m == cfg.m and long.seeds == cfg.seeds
+    odd = sparse_soups.longer(sparse_soups.configure("smoke", {"budget_factor": 2.5}))
+    assert (odd.retrain_epochs, odd.pretrain_epochs) == (3, 8)  # rounded up: at least the factor
+    with pytest.raises(ValueError, match="budget_factor"):
+        sparse_soups.configure("smoke", {"budget_factor": 1.5})
 
 
 def test_best_ingredient_is_chosen_on_validation_not_test():
@@ -89,18 +168,26 @@ def test_best_ingredient_is_chosen_on_validation_not_test():
             for j, (test, val) in enumerate([(99.0, 90.0), (91.0, 95.0)])]
     out, selection, best = sparse_soups._ingredient_rows(cfg, 0, rows)
     chosen = next(r for r in out if r["arm"] == BEST_INGREDIENT)
-    assert best == 1 and chosen["test_acc"] == 91.0  # the test-best ingredient 0 is not chosen
+    assert best == 1 and chosen["test_acc"] == 91.0 and chosen["val_acc"] == 95.0  # not the test-best ingredient 0
+    assert next(r for r in out if r["arm"] == MEAN_INGREDIENT)["val_acc"] == 92.5
     assert {s["member"] for s in selection if s["selected"]} == {1}
 
 
-def test_smoke_run_judges_the_claims_and_records_validation_curves():
+def test_smoke_run_judges_premise_and_claims_and_reruns_the_first_seed_at_twice_the_budget():
     cfg = sparse_soups.configure("smoke", {"seeds": (0, 1), "curve_points": 2, "naive_runs": 2})
     results = sparse_soups.run(cfg, progress=False)
     assert set(results.claims["claim"]) == {c.name for c in sparse_soups_claims.claims(cfg.m)}
-    assert (results.claims["n"] == 2).all()
+    assert (results.claims["n"] == 2).all() and list(results.claims["role"][:2]) == ["premise", "premise"]
     lengths = results.val_curves.groupby(["arm", "seed", "member"]).size()
     assert (lengths == cfg.val_points).all()
     assert {"IMP", "SWA", "SMS uniform", "SMS greedy", f"IMP {cfg.m}x"} <= set(results.val_curves.arm)
     assert set(results.selection.split) == {"val", "test"} and results.selection.selected.sum() == 2 * 2
-    assert results.final.groupby("seed").size().nunique() == 1
+    assert results.final.groupby("seed").size().nunique() == 1 and results.final.val_acc.notna().all()
+    budget = results.budget
+    assert set(budget.seed) == {0} and (budget.budget == 2.0).all()
+    assert set(budget.arm) == set(sparse_soups.arms(cfg)) | {DENSE, MEAN_INGREDIENT, BEST_INGREDIENT,
+                                                              f"prediction ensemble ({cfg.m}x inference)"}
+    assert any(k.endswith("(2x budget)") for k in results.timings)
+    assert set(results.health.arm) == set(results.final.arm) - {NAIVE, REPRUNED} and len(results.health) > 0
+    assert set(results.sanity.arm) >= set(budget.arm) and results.sanity.converged.notna().sum() == len(set(budget.arm))
     assert "rule: " in sparse_soups.verdict_text(results)

@@ -9,15 +9,17 @@ ensemble (m x inference); and the naive average of independent IMP chains (diffe
 re-pruning it to the target. BatchNorm is recalibrated after every retrain and merge, for every arm.
 
 Every choice (greedy soup, best ingredient) sees the validation split only (carved from MNIST's training set); the
-claims are declared and judged in :mod:`labkit.experiments.sparse_soups_claims`. This module holds the config,
-presets, the (arm, seed) jobs and :func:`run`; the data, the retraining loop and the IMP, SWA and SMS chains live in
-:mod:`labkit.experiments.sparse_soups_arms`, the settings searched are declared in
+premise and claims are declared and judged in :mod:`labkit.experiments.sparse_soups_claims`. Convergence is checked by
+rerunning the first seed's trained arms at ``budget_factor`` x the budget (:func:`longer`). This module holds the
+config, presets, the (arm, seed) jobs and :func:`run`; the data, the retraining loop and the IMP, SWA and SMS chains
+live in :mod:`labkit.experiments.sparse_soups_arms`, the settings searched are declared in
 ``labkit/experiments/explorations/sparse_soups.toml`` (``labkit explore``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import multiprocessing
 import time
@@ -57,6 +59,7 @@ from labkit.experiments.sparse_soups_arms import (
     sms_chain,
     swa_chain,
     train,
+    val_acc,
 )
 from labkit.models.vision import VisionConfig, build, predict
 from labkit.profile import seed_everything
@@ -92,9 +95,9 @@ class Config:
     augment: float = 0.0  # training augmentation: random rotation up to this many degrees (+ shifts of 2/28)
     curve_points: int = 11  # alphas on the interpolation paths
     seeds: tuple[int, ...] = (0, 1, 2)  # paired seeds: each seed runs every arm
-    val_points: int = 10  # validation evaluations along each last-phase retrain (the convergence curve)
-    plateau_tol: float = 0.002  # relative val-accuracy gain that counts as an improvement in the convergence check:
-    # 0.002 ~ 0.19 pp at 97 %, one binomial standard error of accuracy on the 10k validation images
+    val_points: int = 10  # validation evaluations along each last-phase retrain (a figure; convergence: budget)
+    budget_factor: float = 2.0  # convergence check: the first seed's trained arms rerun with every retrain (and the
+    # dense pretraining) this many times longer in epochs, rounded up; the same LLR shape (see `longer`)
     threads: int = 1  # torch threads: 1 is fastest for a small MLP on 2 shared cores
     workers: int = 1  # processes running (arm, seed) jobs in parallel (2 on a 2-core machine)
     device: str = "auto"  # "auto" -> CUDA when present
@@ -113,7 +116,7 @@ class Config:
         require_within(self, "bn_frac", 0, 1, "(]")
         require_within(self, "curve_points", 2, math.inf, "[)")
         require_within(self, "val_points", 2, math.inf, "[)")
-        require_within(self, "plateau_tol", 0, 1, "[)")
+        require_within(self, "budget_factor", 2, math.inf, "[)")
         if self.spread[0] > self.spread[1]:
             raise ValueError(f"parameter 'spread' must be (low, high) with low <= high, got {self.spread!r}")
         require_non_empty(self, "seeds")
@@ -173,7 +176,7 @@ def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     return _configure(Config, PRESETS, preset, overrides)
 
 
-TABLES = ("phases", "final", "naive", "curves", "soups", "val_curves", "selection")
+TABLES = ("phases", "final", "naive", "curves", "soups", "val_curves", "selection", "longer")
 
 
 @dataclass
@@ -181,15 +184,17 @@ class Results:
     """Tidy tables; ``final`` has one row per seed x arm at the last phase."""
 
     phases: pd.DataFrame  # seed, chain, phase, sparsity, arm, member, test_acc, ood_acc, ece, val_acc
-    final: pd.DataFrame  # seed, arm, sparsity, test_acc, ood_acc, ece
+    final: pd.DataFrame  # seed, arm, sparsity, test_acc, ood_acc, ece, val_acc
     naive: pd.DataFrame  # seed, mean_mask_iou, naive_sparsity, goal
     curves: pd.DataFrame  # seed, path, alpha, test_acc, ood_acc, sparsity
     soups: pd.DataFrame  # seed, chain, phase, chosen, max_l2, mean_l2, mean_angle_degrees, mean_to_average
     val_curves: pd.DataFrame  # seed, arm, member, point, val_acc: the last phase's retraining curves
     selection: pd.DataFrame  # seed, member, split (val | test), acc, selected: the best ingredient, chosen on val
-    scores: pd.DataFrame  # final + sparsity_pct + a chance row per seed: what the claims are judged on
-    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, effect [interval], n, verdict, sanity, rule
-    sanity: pd.DataFrame  # arm, converged (share of seeds), beats_trivial, flags
+    scores: pd.DataFrame  # final + sparsity_pct + the dense model and a chance row per seed: what claims are judged on
+    claims: pd.DataFrame  # labkit.protocol.claims_table: premises first; role, effect [interval], n, verdicts, rule
+    sanity: pd.DataFrame  # arm, converged (budget check), budget_1x, budget_long, healthy, beats_trivial, flags
+    budget: pd.DataFrame  # protocol.budget_check: arm, seed, budget, val_acc_1x, val_acc_long, improvement, converged
+    health: pd.DataFrame  # protocol.health: arm, seed, val_acc, dense (its seed's dense model), healthy, flags
     checks: dict[str, bool] = field(default_factory=dict)  # sanity assertions that held
     timings: dict[str, float] = field(default_factory=dict)  # seconds per arm, summed over seeds (and workers)
 
@@ -203,7 +208,8 @@ def _template(cfg: Config, data: Data) -> nn.Module:
 
 
 def _final(seed: int, arm: str, model: nn.Module, data: Data) -> dict[str, Any]:
-    return {"seed": seed, "arm": arm, "sparsity": prune.sparsity(model), **evaluate(model, data)}
+    return {"seed": seed, "arm": arm, "sparsity": prune.sparsity(model), **evaluate(model, data),
+            "val_acc": val_acc(model, data)}
 
 
 def _curve_rows(seed: int, arm: str, curves: list[list[float]]) -> list[dict[str, Any]]:
@@ -217,14 +223,14 @@ def _ingredient_rows(cfg: Config, seed: int, rows: list[dict[str, Any]]) -> tupl
     """Final rows read off the uniform chain's last phase (its greedy soup without a greedy chain of its own, the
     mean of its ingredients, the ingredient with the best validation accuracy), the selection rows and the choice."""
     last = [r for r in rows if r["chain"] == "SMS uniform" and r["phase"] == cfg.phases]
-    keep = ("seed", "sparsity", "test_acc", "ood_acc", "ece")
+    keep = ("seed", "sparsity", "test_acc", "ood_acc", "ece", "val_acc")
     out = []
     if not cfg.greedy_chain:
         out += [{k: r[k] for k in keep} | {"arm": "SMS greedy (uniform chain)"}
                 for r in last if r["arm"] == "SMS greedy (uniform chain)"]
     ing = [r for r in last if r["arm"] == "ingredient"]
     out.append({"seed": seed, "arm": "ingredients (mean)", "sparsity": float(np.mean([r["sparsity"] for r in ing])),
-                **{k: float(np.mean([r[k] for r in ing])) for k in ("test_acc", "ood_acc", "ece")}})
+                **{k: float(np.mean([r[k] for r in ing])) for k in ("test_acc", "ood_acc", "ece", "val_acc")}})
     selection = [{"seed": seed, "member": r["member"], "split": split, "acc": r[col]}
                  for r in ing for split, col in (("val", "val_acc"), ("test", "test_acc"))]
     val = pd.DataFrame([s for s in selection if s["split"] == "val"])
@@ -238,11 +244,13 @@ def _ensemble_row(cfg: Config, data: Data, seed: int, ingredients: list[nn.Modul
     """The last phase's ingredients as a prediction ensemble (mean probabilities: m x the inference cost)."""
     probs_t = torch.stack([predict(i, data.test_x) for i in ingredients]).mean(0)
     probs_o = torch.stack([predict(i, data.ood_x) for i in ingredients]).mean(0)
+    probs_v = torch.stack([predict(i, data.val_x) for i in ingredients]).mean(0)
     return {
         "seed": seed,
         "arm": f"prediction ensemble ({cfg.m}x inference)",
         "sparsity": prune.sparsity(ingredients[0]),
         **scores(probs_t, probs_o, data),
+        "val_acc": 100 * float((probs_v.argmax(-1) == data.val_y).float().mean()),
     }
 
 
@@ -284,6 +292,15 @@ def arms(cfg: Config) -> list[str]:
     return jobs + ["IMP"]
 
 
+def longer(cfg: Config) -> Config:
+    """The budget check's config: every phase's retraining ``budget_factor`` x longer in epochs (rounded up), so IMP
+    m x, each SWA cycle and each SMS ingredient retrain that much longer too, with the same LLR shape (the warm-up is
+    a fraction of each retrain and the decay reaches 0 at its end); the dense pretraining likewise (its own rerun).
+    The reruns skip what is not a trained arm: IMP's extra chains of the naive average (``naive_runs=0``)."""
+    return dataclasses.replace(cfg, retrain_epochs=math.ceil(cfg.budget_factor * cfg.retrain_epochs),
+                               pretrain_epochs=math.ceil(cfg.budget_factor * cfg.pretrain_epochs), naive_runs=0)
+
+
 def _dense_job(cfg: Config, seed: int, data: Data) -> dict[str, Any]:
     """The dense model every chain of ``seed`` starts from (pretrained, BN recalibrated); logged as phase 0."""
     seed_everything(seed, threads=cfg.threads)
@@ -297,8 +314,10 @@ def _dense_job(cfg: Config, seed: int, data: Data) -> dict[str, Any]:
     return {"state": state, "phases": [phase_row(seed, "dense", 0, "dense", -1, dense, data)], "timings": clock.seconds}
 
 
-def _arm_job(cfg: Config, arm: str, seed: int, dense_state: dict[str, Tensor], data: Data) -> dict[str, Any]:
-    """One arm of one seed from the seed's dense model: its rows of every ``Results`` table and its seconds."""
+def _arm_job(cfg: Config, arm: str, seed: int, dense_state: dict[str, Tensor], data: Data,
+             paths: bool = True) -> dict[str, Any]:
+    """One arm of one seed from the seed's dense model: its rows of every ``Results`` table and its seconds
+    (``paths``: also the interpolation paths between two models, which the budget reruns skip)."""
     seed_everything(seed, threads=cfg.threads)
     dense = _template(cfg, data)
     dense.load_state_dict(dense_state)
@@ -314,8 +333,9 @@ def _arm_job(cfg: Config, arm: str, seed: int, dense_state: dict[str, Tensor], d
         if len(imp) > 1:
             averaged, out["naive"] = _naive_average(cfg, data, seed, dense, imp, clock)
             out["final"] += averaged
-            out["curves"] = _path(cfg, data, seed, dense, "different masks (IMP runs 0, 1)", imp[0][0], imp[1][0],
-                                  clock)
+            if paths:
+                out["curves"] = _path(cfg, data, seed, dense, "different masks (IMP runs 0, 1)", imp[0][0],
+                                      imp[1][0], clock)
     elif arm.startswith("IMP "):
         curve = []
         model = imp_chain(dense, data, cfg, seed, 0, cfg.m * cfg.retrain_epochs, clock, arm, rows, curve)[0]
@@ -337,42 +357,61 @@ def _arm_job(cfg: Config, arm: str, seed: int, dense_state: dict[str, Tensor], d
             out["val_curves"] += _curve_rows(seed, "ingredients (mean)", curves)
             out["val_curves"] += _curve_rows(seed, sparse_soups_claims.BEST_INGREDIENT, [curves[best]])
             out["final"].append(_ensemble_row(cfg, data, seed, ingredients))
-            if cfg.m > 1:
+            if cfg.m > 1 and paths:
                 out["curves"] = _path(cfg, data, seed, dense, "same mask (SMS ingredients 0, 1)", *ingredients[:2],
                                       clock)
     out["timings"] = clock.seconds
     return out
 
 
-def _job(args: tuple[Config, str, int, dict[str, Tensor] | None]) -> dict[str, Any]:
+Job = tuple[Config, str, int, dict[str, Tensor] | None, float]  # cfg, arm, seed, dense state (None: dense), budget
+
+
+def _run_job(job: Job, data: Data) -> dict[str, Any]:
+    """One job: the dense model of a seed (no state) or one arm from it; at a budget > 1 (a rerun of
+    :func:`longer`), only its rows of ``Results.budget`` (arm, seed, budget, val_acc) and its seconds."""
+    cfg, arm, seed, state, budget = job
+    out = _dense_job(cfg, seed, data) if state is None else _arm_job(cfg, arm, seed, state, data, paths=budget == 1)
+    if budget == 1:
+        return out
+    rows = out["phases"] if state is None else out["final"]
+    return {"longer": [{"arm": r["arm"], "seed": seed, "budget": budget, "val_acc": r["val_acc"]} for r in rows],
+            "timings": {f"{k} ({budget:g}x budget)": v for k, v in out["timings"].items()}}
+
+
+def _job(job: Job) -> dict[str, Any]:
     """A worker process's entry point: the data is loaded once per process."""
-    cfg, arm, seed, dense_state = args
-    data = cached_data(cfg)
-    return _dense_job(cfg, seed, data) if dense_state is None else _arm_job(cfg, arm, seed, dense_state, data)
+    return _run_job(job, cached_data(job[0]))
 
 
-def _map(cfg: Config, data: Data, jobs: list[tuple[str, int, dict[str, Tensor] | None]], desc: str,
-         progress: bool) -> list[dict[str, Any]]:
+def _map(cfg: Config, data: Data, jobs: list[Job], desc: str, progress: bool) -> list[dict[str, Any]]:
     """Run ``jobs`` in ``cfg.workers`` spawned processes when more than one, else here on ``data``; in job order."""
     from tqdm.auto import tqdm
 
     if cfg.workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
-            done = pool.map(_job, [(cfg, *job) for job in jobs])
-            return list(tqdm(done, total=len(jobs), desc=desc, disable=not progress))
-    return [_dense_job(cfg, seed, data) if state is None else _arm_job(cfg, arm, seed, state, data)
-            for arm, seed, state in tqdm(jobs, desc=desc, disable=not progress)]
+            return list(tqdm(pool.map(_job, jobs), total=len(jobs), desc=desc, disable=not progress))
+    return [_run_job(job, data) for job in tqdm(jobs, desc=desc, disable=not progress)]
+
+
+def _budget_jobs(cfg: Config, dense_state: dict[str, Tensor]) -> list[Job]:
+    """The budget check's reruns of the first seed (:func:`longer`): every trained arm from the same dense model as
+    its report run (its retraining longer), and the dense pretraining itself."""
+    long, seed = longer(cfg), cfg.seeds[0]
+    retrain, pretrain = long.retrain_epochs / cfg.retrain_epochs, long.pretrain_epochs / cfg.pretrain_epochs
+    return [(long, arm, seed, dense_state, retrain) for arm in arms(cfg)] + [(long, "dense", seed, None, pretrain)]
 
 
 def run(cfg: Config, data: Data | None = None, progress: bool = True) -> Results:
-    """Every arm for every seed in ``cfg.seeds``, then the claims judged; sanity checks (exact sparsity, shared
-    masks) raise if violated. With ``cfg.workers > 1`` the workers load the data from ``cfg`` (``data`` is used for
-    the chance baseline only)."""
+    """Every arm for every seed in ``cfg.seeds``, the budget check's reruns of the first seed, then the premise and
+    claims judged; sanity checks (exact sparsity, shared masks) raise if violated. With ``cfg.workers > 1`` the
+    workers load the data from ``cfg`` (``data`` is used for the chance baseline only)."""
     data = data if data is not None else load_data(cfg)
-    dense = _map(cfg, data, [("dense", s, None) for s in cfg.seeds], "dense models", progress)
-    jobs = [(arm, s, d["state"]) for arm in arms(cfg) for s, d in zip(cfg.seeds, dense, strict=True)]
-    done = dense + _map(cfg, data, jobs, "arms x seeds", progress)
+    dense = _map(cfg, data, [(cfg, "dense", s, None, 1.0) for s in cfg.seeds], "dense models", progress)
+    jobs = _budget_jobs(cfg, dense[0]["state"])  # the longest jobs first: better load balance over workers
+    jobs += [(cfg, arm, s, d["state"], 1.0) for arm in arms(cfg) for s, d in zip(cfg.seeds, dense, strict=True)]
+    done = dense + _map(cfg, data, jobs, "arms x seeds (+ budget check)", progress)
     timings: dict[str, float] = {}
     tables: dict[str, list[dict]] = {k: [] for k in TABLES}
     for out in done:
@@ -396,10 +435,13 @@ def run(cfg: Config, data: Data | None = None, progress: bool = True) -> Results
     if failed:
         raise AssertionError(f"sanity checks failed: {failed}")
     chance = 100 * float(torch.bincount(data.test_y).max() / len(data.test_y))
-    per_seed = sparse_soups_claims.per_seed_scores(final, chance)
-    claims, sanity = sparse_soups_claims.verdicts(per_seed, frames["val_curves"], cfg.m, cfg.plateau_tol)
-    return Results(frames["phases"], final, frames["naive"], frames["curves"], frames["soups"], frames["val_curves"],
-                   frames["selection"], per_seed, claims, sanity, checks, {k: round(v, 2) for k, v in timings.items()})
+    phases = frames["phases"]
+    dense_rows = phases[phases.chain == "dense"][["seed", "sparsity", "test_acc", "ood_acc", "ece", "val_acc"]]
+    per_seed = sparse_soups_claims.per_seed_scores(final, dense_rows, chance)
+    claims, sanity, budget, health = sparse_soups_claims.verdicts(per_seed, frames["longer"], cfg.m)
+    return Results(phases, final, frames["naive"], frames["curves"], frames["soups"], frames["val_curves"],
+                   frames["selection"], per_seed, claims, sanity, budget, health, checks,
+                   {k: round(v, 2) for k, v in timings.items()})
 
 
 def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
@@ -428,15 +470,18 @@ def comparison(final: pd.DataFrame, ref: str = "IMP") -> pd.DataFrame:
 
 
 def verdict_text(results: Results) -> str:
-    """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, every claim with its effect (percentage
-    points), interval, n and verdict, then the sanity flags."""
-    ok = "every trained arm converged and beat chance"
+    """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, the premises then every claim with its
+    role, effect (percentage points), interval, n and verdict (and raw verdict where it differs), then the sanity
+    flags."""
+    budget, health = sparse_soups_claims.BUDGET_TOLERANCE_PP, sparse_soups_claims.HEALTH_TOLERANCE_PP
+    ok = (f"every trained arm converged (gained at most {budget:g} pp of validation accuracy at a longer budget), "
+          f"stayed within {health:g} pp of its dense model and beat chance")
     return protocol.verdict_text(results.claims, results.sanity, ok, " pp")
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
     """Seed means a rerun reproduces: per arm test/OOD accuracy and sparsity, the naive average's mask overlap, each
-    claim's effect."""
+    premise's and claim's effect."""
     final = results.final.groupby("arm", sort=False).mean(numeric_only=True)
     out = {}
     for arm in final.index:

@@ -4,7 +4,7 @@
 IMP (one prune-retrain chain), SWA (one chain whose phases average the ends of m retraining cycles) and SMS (per
 phase: prune the soup, retrain m copies, soup them) share one SGD retraining loop with SMS's linear schedule;
 BatchNorm is recalibrated after every retrain and every merge. The last phase's retrains record a validation curve
-(the convergence check of :func:`labkit.protocol.sanity`).
+for the figures; convergence is checked by a rerun at a longer budget (:func:`labkit.experiments.sparse_soups.longer`).
 """
 
 from __future__ import annotations

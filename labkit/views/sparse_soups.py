@@ -127,6 +127,21 @@ def phase_figure(phases: pd.DataFrame, phase: int, metric: str = "test_acc") -> 
     return fig
 
 
+def soup_vs_ingredients(phases: pd.DataFrame, chain: str = "SMS uniform") -> pd.DataFrame:
+    """Per seed and phase of ``chain``: its soup minus the mean of its ingredients and minus the ingredient with the
+    best validation accuracy, on validation (what the premise is judged on, at the last phase) and on test (pp)."""
+    rows = phases[(phases.chain == chain) & (phases.phase > 0)]
+    ing = rows[rows.arm == "ingredient"]
+    soup = rows[rows.arm == chain].set_index(["seed", "phase"])
+    best = ing.loc[ing.groupby(["seed", "phase"]).val_acc.idxmax()].set_index(["seed", "phase"])
+    mean = ing.groupby(["seed", "phase"])[["val_acc", "test_acc"]].mean()
+    out = {}
+    for metric, split in (("val_acc", "val"), ("test_acc", "test")):
+        out[f"{split}: soup − mean ingredient"] = soup[metric] - mean[metric]
+        out[f"{split}: soup − best ingredient"] = soup[metric] - best[metric]
+    return pd.DataFrame(out)
+
+
 def naive_figure(final: pd.DataFrame, naive: pd.DataFrame) -> plt.Figure:
     """Naive averaging of differently-masked IMP runs: the sparsity it loses, and accuracy before/after re-pruning."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -166,8 +181,8 @@ def curves_figure(curves: pd.DataFrame, alpha: float | None = None, metric: str 
 
 
 def convergence_figure(val_curves: pd.DataFrame) -> plt.Figure:
-    """The last phase's validation accuracy along its retraining, per arm (mean over seeds and ingredients): the
-    convergence check of the sanity table reads these curves."""
+    """The last phase's validation accuracy along its retraining, per arm (mean over seeds and ingredients): a picture
+    only; the sanity table's *converged* comes from the rerun at a longer budget (``Results.budget``)."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for arm, group in val_curves.groupby("arm", sort=False):
         curve = group.groupby("point")["val_acc"].mean()
