@@ -3,17 +3,23 @@ regression, under the reproduction protocol (:mod:`labkit.protocol`).
 
 - Every arm trains with the same loop (:mod:`labkit.experiments.cmixup_train`: Adam, MSE, λ ~ Beta(α, α) per batch,
   the best-validation-MSE checkpoint, early stopping on validation so each run reaches its plateau).
+- Convergence that can fail: the first seed of every trained arm at its chosen configuration is rerun at
+  ``budget_factor`` × the budget (:func:`longer`: epoch cap *and* patience scaled, since early stopping, not the cap,
+  ends every run), and :func:`labkit.protocol.budget_check` compares the two validation RMSEs.
 - Equal tuning budget: C-Mixup's σ, feature-similarity mixup's σ and vanilla mixup's α are each chosen on
   validation rows only (:func:`labkit.protocol.select_best`) from grids of the same size.
 - The trivial baseline ``mean`` (predict the training mean) and ``best_prior`` (per dataset, the non-C-Mixup arm
   with the best validation RMSE: the paper's "best prior approach") join the per-seed scores.
-- Claims are data in :mod:`labkit.experiments.cmixup_claims`, judged with paired Student-t intervals.
+- Claims are data in :mod:`labkit.experiments.cmixup_claims`, judged with paired Student-t intervals; a mixup arm
+  whose chosen kernel mostly pairs a sample with itself is flagged there (it is ERM under another name).
 
 (dataset, seed, arm, configuration) jobs run in ``cfg.workers`` spawned processes. Nothing here draws or prints.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -100,6 +106,7 @@ class Config:
     epochs: int = 400  # most tabular epochs (early stopping usually ends a run sooner; official: 100 fixed)
     patience: int = 40  # tabular: epochs without a clear validation improvement before stopping (>= 10 % of a run)
     min_improvement: float = 0.01  # relative drop of validation MSE that counts as an improvement
+    budget_factor: float = 2.0  # convergence check: seed 0 of each chosen arm rerun with epoch caps and patience × this
     batch_size: int = 32  # tabular minibatch (official: 16 Airfoil, 32 NO2/SkillCraft)
     lr: float = 1e-2  # Adam learning rate for the tabular MLP (official Airfoil / SkillCraft: 1e-2)
     hidden: int = 128  # MLP width (official: 128)
@@ -155,6 +162,7 @@ class Config:
         require_unique(self, *GRIDS)
         require_non_negative(self, "image_exclude_digits")
         require_within(self, "min_improvement", 0, 1, "[)")
+        require_within(self, "budget_factor", 2, math.inf, "[)")  # the protocol's longer run is >= 2x the budget
         require_within(self, "angle_range", 0, 360, "(]")
         require_choice(self, "lam_per", ("batch", "sample"))
         require_choice(self, "image_scope", ("batch", "dataset"))
@@ -244,6 +252,22 @@ def is_image(name: str) -> bool:
     return name.startswith("rcf")
 
 
+def longer(cfg: Config) -> Config:
+    """``cfg`` at ``budget_factor`` × the training budget, for the convergence check: the tabular and image epoch caps
+    *and* patiences are scaled (rounded up). Early stopping, not the cap, ends every run today, so scaling the cap
+    alone would change nothing; with the patience scaled too, a run whose validation MSE still creeps down (less than
+    ``min_improvement`` per patience window, more per scaled window) trains on. Same seed, optimiser, constant
+    learning rate and stopping rule (same schedule shape): the longer run replays the report's run and continues it."""
+    f = cfg.budget_factor
+    return dataclasses.replace(
+        cfg,
+        epochs=math.ceil(cfg.epochs * f),
+        patience=math.ceil(cfg.patience * f),
+        image_epochs=math.ceil(cfg.image_epochs * f),
+        image_patience=math.ceil(cfg.image_patience * f),
+    )
+
+
 def grid(arm: str, cfg: Config, image: bool) -> tuple[str | None, list[float | None]]:
     """The tuned hyper-parameter of ``arm`` (``"sigma"``, ``"alpha"`` or None) and its validation grid."""
     if arm not in TUNED:
@@ -258,12 +282,14 @@ class Results:
     """Tidy tables from :func:`run`."""
 
     runs: pd.DataFrame  # every trained configuration: dataset, arm, seed, sigma, alpha, metrics, epochs, seconds
-    curves: pd.DataFrame  # dataset, arm, seed, sigma, alpha, epoch, val_mse (validation curve of every run)
+    curves: pd.DataFrame  # dataset, arm, seed, sigma, alpha, budget, epoch, val_mse (every run and every rerun)
     validation: pd.DataFrame  # the selection table: dataset, arm, seed, sigma, alpha, split ("val"), val_rmse
     chosen: pd.DataFrame  # dataset, arm, parameter, value, grid: the configuration chosen on validation
     scores: pd.DataFrame  # per (dataset, arm, seed) of the chosen configurations, plus "mean" and "best_prior"
-    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, effect [interval], n, verdict, sanity, rule
-    sanity: pd.DataFrame  # dataset, arm, converged (share of seeds), beats_trivial, flags
+    claims: pd.DataFrame  # labkit.protocol.claims_table: claim, role, effect [interval], verdicts, sanity, rule
+    sanity: pd.DataFrame  # dataset, arm, converged, budget_1x / budget_long, self_pair_rate, beats_trivial, flags
+    budget: pd.DataFrame  # the convergence check: dataset, arm, seed, budget, val RMSE at 1x and longer, epochs run
+    reruns: pd.DataFrame  # the longer runs themselves (columns of ``runs`` plus budget)
 
 
 _SPLITS: dict[tuple[str, int], regression.RegressionSplits] = {}  # per-process cache of the last loaded split
@@ -306,7 +332,11 @@ def _jobs(cfg: Config) -> list[tuple[str, int, str, float | None, float | None]]
 
 
 def _run_jobs(
-    cfg: Config, jobs: list[tuple[str, int, str, float | None, float | None]], progress: bool
+    cfg: Config,
+    jobs: list[tuple[str, int, str, float | None, float | None]],
+    progress: bool,
+    chunksize: int = 4,
+    desc: str = "C-Mixup runs",
 ) -> list[dict[str, Any]]:
     """Run ``jobs`` in ``cfg.workers`` spawned processes when more than one (results in job order)."""
     args = [(cfg, *job) for job in jobs]
@@ -314,9 +344,43 @@ def _run_jobs(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
             return list(
-                tqdm(pool.map(_run_job, args, chunksize=4), total=len(jobs), desc="C-Mixup runs", disable=not progress)
+                tqdm(pool.map(_run_job, args, chunksize=chunksize), total=len(jobs), desc=desc, disable=not progress)
             )
-    return [_run_job(a) for a in tqdm(args, desc="C-Mixup runs", disable=not progress)]
+    return [_run_job(a) for a in tqdm(args, desc=desc, disable=not progress)]
+
+
+def _rerun_longer(cfg: Config, selected: pd.DataFrame, progress: bool) -> list[dict[str, Any]]:
+    """The convergence check's runs: the first seed of every trained arm at its chosen configuration, trained again
+    under :func:`longer` (image jobs first and one job per task, so two workers finish together)."""
+    def value(v: float) -> float | None:
+        return None if pd.isna(v) else float(v)
+
+    first = selected[selected["seed"] == 0]
+    jobs = [(r.dataset, 0, r.arm, value(r.sigma), value(r.alpha)) for r in first.itertuples()]
+    jobs.sort(key=lambda job: not is_image(job[0]))
+    rows = _run_jobs(longer(cfg), jobs, progress, chunksize=1, desc=f"C-Mixup runs at {cfg.budget_factor:g}x")
+    return [{**r, "budget": cfg.budget_factor} for r in rows]
+
+
+def _curves(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The validation MSE per epoch of every run in ``rows`` (budget 1 unless the row says otherwise)."""
+    key = ["dataset", "arm", "seed", "sigma", "alpha"]
+    curves = pd.DataFrame(
+        [
+            {**{k: r[k] for k in key}, "budget": r.get("budget", 1.0), "epoch": e, "val_mse": v}
+            for r in rows
+            for e, v in enumerate(r["val_curve"])
+        ]
+    )
+    curves[["sigma", "alpha"]] = curves[["sigma", "alpha"]].astype(float)
+    return curves
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run in ``rows`` (its curve left out), σ and α as floats (NaN where the arm has none)."""
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "val_curve"} for r in rows])
+    table[["sigma", "alpha"]] = table[["sigma", "alpha"]].astype(float)
+    return table
 
 
 def _select(runs: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -345,36 +409,22 @@ def _select(runs: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def run(cfg: Config, progress: bool = True) -> Results:
-    """Every dataset × seed × arm × grid value: train, select on validation, judge the claims (tidy tables)."""
+    """Every dataset × seed × arm × grid value: train, select on validation, rerun the first seed of each chosen arm
+    at ``budget_factor`` × the budget, judge the claims (tidy tables)."""
     rows = _run_jobs(cfg, _jobs(cfg), progress)
-    curves = pd.DataFrame(
-        [
-            {
-                "dataset": r["dataset"],
-                "arm": r["arm"],
-                "seed": r["seed"],
-                "sigma": r["sigma"],
-                "alpha": r["alpha"],
-                "epoch": e,
-                "val_mse": v,
-            }
-            for r in rows
-            for e, v in enumerate(r["val_curve"])
-        ]
-    )
-    runs = pd.DataFrame([{k: v for k, v in r.items() if k != "val_curve"} for r in rows])
-    runs[["sigma", "alpha"]] = runs[["sigma", "alpha"]].astype(float)
-    curves[["sigma", "alpha"]] = curves[["sigma", "alpha"]].astype(float)
+    runs = _table(rows)
     validation, chosen, selected = _select(runs, cfg)
+    longer_rows = _rerun_longer(cfg, selected, progress)
+    reruns = _table(longer_rows)
+    curves = _curves(rows + longer_rows)
     trivial = []
     for name in cfg.datasets:
         for seed in range(cfg.image_seeds if is_image(name) else cfg.seeds):
             trivial.append({"dataset": name, "arm": "mean", "seed": seed, **mean_predictor(_split(name, seed, cfg))})
     scores = cmixup_claims.per_seed_scores(selected, pd.DataFrame(trivial), validation)
-    claims, checks = cmixup_claims.verdicts(
-        scores, cmixup_claims.validation_curves(curves, selected), cfg.min_improvement
-    )
-    return Results(runs, curves, validation, chosen, scores, claims, checks)
+    budget_runs = pd.concat([selected[selected["seed"] == 0].assign(budget=1.0), reruns], ignore_index=True)
+    claims, checks, budget = cmixup_claims.verdicts(scores, budget_runs)
+    return Results(runs, curves, validation, chosen, scores, claims, checks, budget, reruns)
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -383,16 +433,18 @@ def verdict_text(results: Results) -> str:
     and verdict, then sanity flags and the choices made on validation."""
     picks = [f"{r.dataset}/{r.arm} {r.parameter}={r.value:g}" for r in results.chosen.itertuples()]
     notes = ["chosen on validation: " + ", ".join(picks)] if picks else []
-    ok = "every arm converged and beat the mean predictor"
+    ok = (f"every trained arm converged (seed 0 at {results.budget['budget'].max():g}x the budget), every mixup arm "
+          "mixed and every arm beat the mean predictor")
     return protocol.verdict_text(results.claims, results.sanity, ok, notes=notes)
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
-    """Seed means a rerun reproduces: per dataset and arm test (and worst-domain) RMSE, each claim's effect."""
+    """Seed means a rerun reproduces: per dataset and arm test (and worst-domain) RMSE and the self-pair rate of
+    mixup arms, each claim's effect."""
     out = {}
     means = results.scores.groupby(["dataset", "arm"], sort=False).mean(numeric_only=True)
     for (name, arm), row in means.iterrows():
-        for col in ("test_rmse", "worst_rmse"):
+        for col in ("test_rmse", "worst_rmse", "self_pair_rate"):
             if col in row and pd.notna(row[col]):
                 out[f"{name}/{arm}/{col}"] = float(row[col])
     for r in results.claims.itertuples():

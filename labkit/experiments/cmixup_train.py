@@ -4,7 +4,9 @@ mixup, manifold mixup, feature-similarity mixup or C-Mixup on one split, with ea
 One loop serves every arm: Adam, MSE, λ ~ Beta(α, α) per batch, partners from the whole training set (or, for
 images with ``image_scope="batch"``, the official batch-level kernel), the best-validation-MSE checkpoint. Unlike the
 official fixed 100 epochs, a run stops once validation MSE has not improved by ``min_improvement`` (relative) for
-``patience`` epochs, so every arm is trained to its plateau (the protocol's convergence check reads the curve).
+``patience`` epochs, so every arm is trained to its plateau. Whether that plateau is real is checked by rerunning with
+cap and patience scaled (:func:`labkit.experiments.cmixup.longer`): with the same seed the longer run replays this one
+and continues it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Figures and widget views for the C-Mixup notebook: pairing heat-maps, the claims with their intervals, results
-with Student-t intervals, RMSE vs the tuned parameter, training curves for the sanity checks, mixed RCF examples."""
+with Student-t intervals, RMSE vs the tuned parameter, training curves with the longer reruns of the convergence check,
+mixed RCF examples."""
 
 from __future__ import annotations
 
@@ -116,17 +117,23 @@ def sigma_curves(runs: pd.DataFrame, arm: str = "cmixup", parameter: str = "sigm
 
 
 def training_curves(curves: pd.DataFrame, scores: pd.DataFrame, name: str) -> plt.Figure:
-    """Validation MSE per epoch of the chosen configuration of each arm on dataset ``name`` (one line per seed),
-    with the mean predictor's validation MSE: what the convergence and near-chance sanity checks read."""
+    """Validation MSE per epoch of the chosen configuration of each arm on dataset ``name`` (one line per seed; the
+    longer rerun of the convergence check dotted), with the mean predictor's validation MSE: what the budget and
+    near-chance sanity checks compare."""
     chosen = scores[(scores["dataset"] == name) & ~scores["arm"].isin(["mean", "best_prior"])]
     key = ["dataset", "arm", "seed", "sigma", "alpha"]
     sub = curves.merge(chosen[key], on=key)
+    if "budget" not in sub.columns:
+        sub = sub.assign(budget=1.0)
     arms = _order(sub["arm"])
     fig, axes = plt.subplots(1, len(arms), figsize=(3.3 * len(arms), 3.0), squeeze=False, sharey=True)
     trivial = scores[(scores["dataset"] == name) & (scores["arm"] == "mean")]["val_rmse"].mean() ** 2
     for ax, arm in zip(axes[0], arms, strict=True):
-        for _, group in sub[sub["arm"] == arm].groupby("seed"):
+        mine = sub[sub["arm"] == arm]
+        for _, group in mine[mine["budget"] == 1].groupby("seed"):
             ax.plot(group["epoch"], group["val_mse"], linewidth=0.8)
+        for (seed, budget), group in mine[mine["budget"] > 1].groupby(["seed", "budget"]):
+            ax.plot(group["epoch"], group["val_mse"], "k:", linewidth=1.2, label=f"seed {seed} at {budget:g}x")
         ax.axhline(trivial, color="black", linestyle="--", linewidth=1, label="mean predictor")
         ax.set_yscale("log")
         ax.set_title(f"{name}: {arm}", fontsize=9)
