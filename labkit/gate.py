@@ -38,13 +38,6 @@ class Architecture:
     parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
 
 
-# The layouts of the families labkit.models.decoder_lm builds (the gateskip experiment's `arch` choices).
-# add_gates does not consult this table: it finds every layout by structure (tests check it finds these).
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture(("model", "layers"), "self_attn", "mlp"),
-    "qwen2": Architecture(("model", "layers"), "self_attn", "mlp"),
-    "gpt2": Architecture(("transformer", "h"), "attn", "mlp"),
-}
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
 MLP_NAMES = ("mlp", "feed_forward", "ffn")  # else: the one child class named *MLP
 ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)

@@ -270,10 +270,14 @@ def test_sliding_window_longer_than_the_window():
         torch.testing.assert_close(compact_logits, masked, atol=1e-5, rtol=1e-5)
 
 
-def test_the_architectures_table_matches_detection_and_base_models_work():
-    from labkit.models.decoder_lm import build_causal_lm
+def test_detection_finds_the_layout_of_every_family_decoder_lm_builds_and_base_models_work():
+    from labkit.models.decoder_lm import ARCHS, build_causal_lm
 
-    for arch, expected in gate.ARCHITECTURES.items():
+    layouts = {"llama": gate.Architecture(("model", "layers"), "self_attn", "mlp"),
+               "qwen2": gate.Architecture(("model", "layers"), "self_attn", "mlp"),
+               "gpt2": gate.Architecture(("transformer", "h"), "attn", "mlp")}
+    assert set(layouts) == set(ARCHS)
+    for arch, expected in layouts.items():
         model = build_causal_lm(arch, vocab_size=16, hidden_size=32, n_layers=2, n_heads=2, seed=0).eval()
         assert gate.architecture(model) == expected
     base = build("llama").model  # LlamaModel: the layers sit directly on it

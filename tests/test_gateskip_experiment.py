@@ -1,6 +1,7 @@
 import dataclasses
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -74,7 +75,7 @@ def test_run_arm_is_deterministic_and_scores_the_split_it_is_given(tmp_path):
     pd.testing.assert_frame_equal(first, again)  # a job does not depend on what ran before it
     assert set(first.split) == {"val"} and "flops" not in first  # tuning never measures test FLOPs
     assert sorted(set(first.steps)) == [5, 10] and first.config.str.endswith(" steps").all()  # both stops scored
-    assert 0.5 < first.gate_mean.iloc[0] < 1.0
+    assert 0.5 < first.gate_mean.iloc[0] < 1.0 and (first.gate_shift >= 0).all()  # mean |g - g0| after training
     early = dataclasses.replace(spec, steps=5)  # stopping early trains exactly as the checkpointed run did
     alone = pd.DataFrame(experiment.run_arm(cfg, pre, early, "val", tmp_path).rows)
     pd.testing.assert_frame_equal(first[first.steps == 5].reset_index(drop=True), alone)
@@ -89,6 +90,28 @@ def test_run_arm_is_deterministic_and_scores_the_split_it_is_given(tmp_path):
     dense = next(s for s in experiment.tuning_grid(cfg) if s.family == "dense")
     static = pd.DataFrame(experiment.run_arm(cfg, pre, dense, "test", tmp_path, roles=("shortgpt",)).rows)
     assert set(static.arm) == {"shortgpt"} and static.budget.max() > 0
+    long_cfg, long_spec = experiment.longer(cfg, dense, 2.0)  # the convergence check's run: same schedule, stretched
+    assert (long_cfg.finetune_steps, long_spec.steps) == (2 * cfg.finetune_steps, 2 * dense.steps)
+    short = experiment.run_arm(cfg, pre, dense, "val", tmp_path, roles=("dense",)).history
+    long = experiment.run_arm(long_cfg, pre, long_spec, "val", tmp_path, roles=("dense",)).history
+    assert len(long) == 2 * len(short)
+    np.testing.assert_allclose(long.lr.to_numpy()[::2], short.lr.to_numpy())  # the same lr at the same fraction
+
+
+def test_budget_jobs_rerun_every_trained_choice_at_1x_and_longer():
+    cfg = experiment.configure("smoke", {"budget_factor": 3.0})
+    grid = experiment.tuning_grid(cfg)
+    dense, gated = (next(s for s in grid if s.family == f and s.steps == 5) for f in ("dense", "gateskip"))
+    chosen = pd.DataFrame(
+        {"task": "cumsum", "role": ["dense", "shortgpt", "uls", "gateskip"], "spec": [dense, dense, dense, gated]}
+    )
+    jobs = experiment.budget_jobs(cfg, chosen)  # one dense fine-tune serves dense, ShortGPT and ULS
+    runs = [(spec.family, b) for _, spec, _, _, b in jobs]
+    assert runs == [("dense", 1), ("dense", 3), ("gateskip", 1), ("gateskip", 3)]
+    _, _, long_cfg, long_spec, _ = jobs[-1]
+    assert (long_cfg.finetune_steps, long_spec.steps) == (30, 15)  # stopped at half of a 3x schedule, as chosen
+    with pytest.raises(ValueError, match="budget_factor"):
+        experiment.configure("smoke", {"budget_factor": 1.5})
 
 
 def test_generated_chains_and_the_trivial_predictor(tmp_path):
@@ -143,6 +166,8 @@ def test_claims_forest_and_generation_figures():
             "low": [1.5, -4.0, float("nan")],
             "high": [4.5, -0.5, float("nan")],
             "verdict": ["held", "not held", "inconclusive"],
+            "role": ["premise", "main", "secondary"],
+            "tolerance": ["0.01", "1", "1"],
         }
     )
     fig = views.claims_forest(claims)

@@ -42,6 +42,7 @@ def _curves(metric: str = "seq_em", split: str = "test", seeds=(0, 1, 2)) -> pd.
                     "skipped_fraction": x,
                     "flops_saved": x - 0.13 * (arm not in ("shortgpt", "uls")),
                     metric: y - 0.01 * seed,
+                    **({"gate_shift": 0.2} if arm in ("gateskip", CONTROL) else {}),
                 }
                 for x, y in points
             ]
@@ -97,28 +98,107 @@ def test_scores_claims_and_sanity():
     assert head.loc[("gateskip", 0), "saved_90_tokens"] == pytest.approx(10.0)  # in percentage points
     assert head.loc[("dense", 1), "saved_90_tokens"] == 0.0
     assert head.loc[("gateskip", 0), "gen_saved_90_batch"] == pytest.approx(10.0)
-    trivial = pd.DataFrame({"task": "cumsum", "seed": [0, 1, 2], "arm": "trivial", "seq_em": 0.0})
-    history = pd.DataFrame(
-        {
-            "task": "cumsum",
-            "split": "test",
-            "seed": 0,
-            "phase": "dense c",
-            "step": range(50),
-            "loss": [2.0 - 0.02 * min(s, 30) for s in range(50)],
-        }
-    )
-    chosen = pd.DataFrame({"task": "cumsum", "role": ["dense", "shortgpt", "uls"], "config": "c"})
-    table, sanity = claims.verdicts(scores, trivial, history, chosen, (0.9,))
-    verdict = table.set_index("claim").verdict
-    assert verdict["cumsum: saved_90_tokens vs random_skip"] == "held"  # +8 pp on every seed
-    assert verdict["cumsum: saved_90_tokens vs dense"] == "held"
-    assert "cumsum: gen_saved_90_batch vs shortgpt" in verdict.index
-    assert "cumsum: gen_saved_90_sequence vs dense" not in verdict.index  # no sequence-scope rows: not judged
-    checks = sanity.set_index("arm")
-    assert checks.loc["dense", "converged"] == 1.0 and checks.loc["gateskip", "beats_trivial"]
+    assert head.loc[("gateskip", 2), "gate_shift"] == pytest.approx(0.2)
+    assert pd.isna(head.loc[("dense", 0), "gate_shift"])  # no gates
     side = summary.side_by_side(scores).set_index("arm")
     assert side.loc["gateskip", "saved_90_tokens"] == "+8.0 [+3.0, +13.0]"  # seeds save 10, 8 and 6 %
+    health = claims.health(scores)
+    sick = health[~health.healthy]
+    assert set(sick.arm) == {"gateskip", CONTROL} and {1, 2} <= set(sick.seed)  # 6 and 7 % below dense at r = 0
+    assert "gateskip unhealthy (seed 2: seq_em 0.93 vs dense 1" in " ".join(sick["flags"])
+    budget = claims.convergence(pd.DataFrame(columns=["task", "arm", "seed", "budget", "measure", "value"]))
+    table, sanity = claims.verdicts(scores, TRIVIAL, budget, health, (0.9,))
+    rows = table.set_index("claim")
+    assert list(table.role[:2]) == ["premise", "premise"]  # judged and shown first
+    assert rows.loc["cumsum: gates move from init", "verdict"] == "held"  # 0.2 on every seed, above 0.01
+    assert rows.loc["cumsum: dense beats trivial", "verdict"] == "held"
+    versus = rows.loc["cumsum: saved_90_tokens vs random_skip"]  # +6.4 pp on every seed, but GateSkip is unhealthy
+    assert versus["verdict"] == "inconclusive" and "gateskip unhealthy (seed 2" in versus["sanity"]
+    assert "cumsum: gen_saved_90_batch vs shortgpt" in rows.index
+    assert "cumsum: gen_saved_90_sequence vs dense" not in rows.index  # no sequence-scope rows: not judged
+    checks = sanity.set_index("arm")
+    assert not checks.loc["gateskip", "healthy"] and checks.loc["random_skip", "healthy"]
+    assert checks.loc["gateskip", "beats_trivial"] and pd.isna(checks.loc["dense", "converged"])  # no budget rows
+
+
+TRIVIAL = pd.DataFrame({"task": "cumsum", "seed": [0, 1, 2], "arm": "trivial", "seq_em": 0.0})
+
+
+def _scores(gate_shift: float, seeds=(0, 1, 2)) -> pd.DataFrame:
+    """Per-seed test scores: GateSkip saves 10-12 % at 90 %, random skip 2 %, dense 0; all at dense quality."""
+    rows = []
+    for seed in seeds:
+        rows += [
+            {"task": "cumsum", "arm": "dense", "seed": seed, "saved_90_tokens": 0.0, "quality": 1.0},
+            {"task": "cumsum", "arm": "gateskip", "seed": seed, "saved_90_tokens": 10.0 + seed, "quality": 1.0,
+             "gate_shift": gate_shift},
+            {"task": "cumsum", "arm": "random_skip", "seed": seed, "saved_90_tokens": 2.0, "quality": 1.0},
+        ]
+    return pd.DataFrame(rows)
+
+
+def _budget(gain: float, quality_gain: float) -> pd.DataFrame:
+    """Validation measures of the first seed at 1x and 2x: GateSkip's saving and dense quality gain by these."""
+    rows = [
+        ("dense", 1.0, "seq_em", 0.90),
+        ("dense", 2.0, "seq_em", 0.90 + quality_gain),
+        ("gateskip", 1.0, "saved_90_tokens", 10.0),
+        ("gateskip", 2.0, "saved_90_tokens", 10.0 + gain),
+    ]
+    return pd.DataFrame(
+        [{"task": "cumsum", "arm": a, "seed": 0, "budget": b, "measure": m, "value": v} for a, b, m, v in rows]
+    )
+
+
+def _verdicts(scores: pd.DataFrame, budget: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return claims.verdicts(scores, TRIVIAL, claims.convergence(budget), claims.health(scores), (0.9,))
+
+
+def test_premise_not_met_makes_the_main_claims_premise_not_met():
+    table, _ = _verdicts(_scores(gate_shift=0.2), _budget(0.0, 0.0))
+    moved = table.set_index("claim")
+    assert moved.loc["cumsum: saved_90_tokens vs random_skip", "role"] == "main"  # carries the paper's reference
+    assert moved.loc["cumsum: saved_90_tokens vs random_skip", "verdict"] == "held"
+    table, _ = _verdicts(_scores(gate_shift=0.001), _budget(0.0, 0.0))  # gates still at their initial value
+    still = table.set_index("claim")
+    assert still.loc["cumsum: gates move from init", "verdict"] == "not held"
+    main = still[still.role == "main"]
+    assert len(main) and (main.verdict == "premise not met").all()
+    assert still.loc["cumsum: saved_90_tokens vs random_skip", "raw verdict"] == "held"  # the interval says held
+
+
+def test_budget_check_fires_on_a_run_still_improving_at_twice_the_budget():
+    _, plateau = _verdicts(_scores(0.2), _budget(gain=0.5, quality_gain=0.005))  # +0.5 pp, +0.56 %: within tolerance
+    assert plateau.set_index("arm").loc[["dense", "gateskip"], "converged"].all()
+    table, improving = _verdicts(_scores(0.2), _budget(gain=3.0, quality_gain=0.05))  # +3 pp, +5.6 %
+    checks = improving.set_index("arm")
+    assert not checks.loc["gateskip", "converged"] and not checks.loc["dense", "converged"]
+    flag = "gateskip not converged (seed 0: val saved_90_tokens (%) 10 at 1x, 13 at 2x"
+    assert flag in checks.loc["gateskip", "flags"]
+    versus = table.set_index("claim").loc["cumsum: saved_90_tokens vs random_skip"]
+    assert versus["verdict"] == "inconclusive" and "dense not converged" in versus["sanity"]  # rests on dense
+
+
+def test_budget_values_hold_the_threshold_at_the_1x_dense_model():
+    def rows(config, budget, arm, points):
+        return [
+            {"task": "cumsum", "split": "val", "seed": 100, "arm": arm, "config": f"{config} {budget}",
+             "chosen_config": config, "run_budget": budget, "budget": x, "skipped_fraction": x, "seq_em": y}
+            for x, y in points
+        ]
+
+    runs = pd.DataFrame(
+        rows("d", 1.0, "dense", [(0.0, 1.0)])
+        + rows("d", 2.0, "dense", [(0.0, 0.5)])  # a worse dense model at 2x must not move GateSkip's threshold
+        + rows("g", 1.0, "gateskip", [(0.0, 1.0), (0.1, 0.9), (0.2, 0.5)])
+        + rows("g", 2.0, "gateskip", [(0.0, 1.0), (0.2, 0.9), (0.3, 0.5)])
+    )
+    chosen = pd.DataFrame({"task": "cumsum", "role": ["dense", "gateskip"], "config": ["d", "g"]})
+    values = summary.budget_values(runs, chosen, 0.9).set_index(["arm", "budget"])
+    assert values.loc[("dense", 2.0), "value"] == 0.5 and values.loc[("dense", 1.0), "measure"] == "seq_em"
+    assert values.loc[("gateskip", 1.0), "value"] == pytest.approx(10.0)  # 90 % of the 1x dense model's 1.0
+    assert values.loc[("gateskip", 2.0), "value"] == pytest.approx(20.0)
+    assert values.loc[("gateskip", 2.0), "measure"] == "saved_90_tokens"
 
 
 def test_bos_check():

@@ -16,7 +16,9 @@ same fine-tuning schedule (``finetune_steps``; where to stop in it is tuned on v
 Protocol: three disjoint splits (training stream, validation, test). Each family is tuned on validation over a grid
 of the same size (GateSkip: gate lr x λ; random skip: lr x ramp end; dense, ShortGPT and ULS: the dense lr; each
 times the stopping points ``finetune_stops``), on ``tune_seeds`` seeds; the frozen choices then run on test with
-``seeds`` fresh seeds (pretraining included).
+``seeds`` fresh seeds (pretraining included). Convergence is checked by budget: every trained choice (the dense
+fine-tunes, GateSkip, random skip) is rerun on the first test seed at 1x and at ``budget_factor`` x its schedule,
+both scored on validation (:func:`budget_jobs`).
 Tasks: ``text`` (byte-level LM on pinned CPython stdlib sources: bits per byte) and ``cumsum`` (running sums mod 10:
 exact match teacher-forced and of chains generated with a KV cache). Compute saved is reported as the paper's
 token x branch fraction and as FLOPs actually executed in compact execution, at 90 % and 95 % of dense quality.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +64,7 @@ from labkit.experiments.gateskip_arms import (
     ArmResults,
     Pretrained,
     Spec,
+    longer,
     pretrain,
     run_arm,
     stop_steps,
@@ -68,6 +72,7 @@ from labkit.experiments.gateskip_arms import (
     tuning_runs,
 )
 from labkit.experiments.gateskip_tasks import Task, trivial_quality
+from labkit.models import decoder_lm
 
 T = TypeVar("T")
 TASKS = ("cumsum", "text")
@@ -78,7 +83,7 @@ PAPER_SAVED_AT_90 = 0.15  # abstract: "up to 15 % compute saved while keeping > 
 @dataclass
 class Config:
     tasks: tuple[str, ...] = ("text", "cumsum")  # "text" (stdlib bytes, bpb) and "cumsum" (running sums, exact match)
-    arch: str = "llama"  # transformers family of the tiny LM (any of gate.ARCHITECTURES)
+    arch: str = "llama"  # transformers family of the tiny LM (any of models.decoder_lm.ARCHS)
     n_digits: int = 8  # running-sum digits N: sequences of 2N+5 tokens (21 for N=8)
     text_length: int = 128  # bytes per text window
     d_model: int = 128  # hidden size (0.8 M parameters at 4 layers: the trial's size)
@@ -104,6 +109,7 @@ class Config:
     train_skip_end: float = 0.2  # GateSkip's training budget ramps linearly 0 -> this over fine-tuning (paper: 0.2)
     budgets: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # inference skip ratios r
     levels: tuple[float, ...] = (0.9, 0.95)  # compute saved is read where quality falls below these x dense
+    budget_factor: float = 2.0  # convergence check: the first test seed of every trained choice rerun this x longer
     scope: str = "batch"  # teacher-forced budget quantile over the whole eval batch (paper) or per "sequence"
     tune_seeds: int = 1  # validation seeds 0 .. tune_seeds-1 on which every choice is made
     seeds: int = 5  # fresh test seeds 100 .. 100+seeds-1 running the frozen choice
@@ -131,7 +137,7 @@ class Config:
             "levels",
         )
         require_subset("tasks", self.tasks, TASKS)
-        require_choice(self, "arch", sorted(gate.ARCHITECTURES))
+        require_choice(self, "arch", sorted(decoder_lm.ARCHS))
         require_choice(self, "penalty", gate.PENALTY_KINDS)
         require_choice(self, "gate_kind", ("vector", "scalar"))
         require_choice(self, "scope", skip.SCOPES)
@@ -165,6 +171,7 @@ class Config:
         require_within(self, "budgets", 0, 1, "[)")
         require_within(self, "levels", 0, 1, "()")
         require_within(self, "finetune_stops", 0, 1, "(]")
+        require_within(self, "budget_factor", 2, math.inf, "[)")  # the protocol's longer run: at least twice
         if len(stop_steps(self)) != len(self.finetune_stops):
             raise ValueError(
                 f"finetune_stops {self.finetune_stops} of {self.finetune_steps} steps round to the same step: "
@@ -263,9 +270,11 @@ class Results:
     provenance: dict[str, Any]  # model size, data provenance (text: stdlib files and SHA-256 per split)
     model: nn.Module  # the first test seed's GateSkip model (first task) for the widget
     examples: torch.Tensor  # its first test batch
-    scores: pd.DataFrame  # per task x arm x test seed: compute saved (%) at each level and measure, quality
-    claims: pd.DataFrame  # every claim judged (protocol.claims_table)
-    sanity: pd.DataFrame  # per task x arm: converged (dense fine-tunes), beats the trivial predictor
+    scores: pd.DataFrame  # per task x arm x test seed: compute saved (%) at each level and measure, quality, gate shift
+    budget: pd.DataFrame  # convergence: per task x trained arm, the first test seed's validation measure at 1x and 2x
+    health: pd.DataFrame  # per task x arm x test seed: full-compute quality against the dense fine-tune's
+    claims: pd.DataFrame  # every claim judged, premises first (protocol.claims_table)
+    sanity: pd.DataFrame  # per task x arm: converged at 2x budget, healthy, beats the trivial predictor
 
 
 def _pretrain_job(args: tuple[Config, str, int, str]) -> Pretrained:
@@ -289,8 +298,24 @@ def _test_jobs(cfg: Config, chosen: pd.DataFrame) -> list[tuple[str, Spec, tuple
     return jobs
 
 
+def budget_jobs(cfg: Config, chosen: pd.DataFrame) -> list[tuple[str, Spec, Config, Spec, float]]:
+    """The convergence check's runs: (task, chosen spec, config and spec of the run, budget) for every trained choice
+    (one dense fine-tune per distinct dense spec, GateSkip, random skip), at 1x and at ``cfg.budget_factor`` x.
+
+    Both run on the first test seed and are scored on its validation split: the 1x run trains exactly as that seed's
+    test run (same checkpoint, batches and schedule; jobs do not depend on each other), the longer one stretches the
+    schedule, skip ramp and chosen stopping step together (:func:`~labkit.experiments.gateskip_arms.longer`). There is
+    no patience to scale: the stopping step is a fraction of the schedule, chosen on validation.
+    """
+    jobs = []
+    for task, spec, _ in _test_jobs(cfg, chosen):
+        jobs += [(task, spec, cfg, spec, 1.0), (task, spec, *longer(cfg, spec, cfg.budget_factor), cfg.budget_factor)]
+    return jobs
+
+
 def run(cfg: Config) -> Results:
-    """Tune every family on validation, freeze the choices, and run them on test with fresh seeds.
+    """Tune every family on validation, freeze the choices, run them on test with fresh seeds, and rerun the first
+    test seed of every trained choice at ``budget_factor`` x its schedule (the convergence check).
 
     Jobs (pretraining per task and seed, then one fine-tune per configuration) run in ``cfg.workers`` spawned
     processes of ``cfg.threads`` threads when ``workers > 1``.
@@ -313,30 +338,50 @@ def run(cfg: Config) -> Results:
             for t, spec, roles in _test_jobs(cfg, chosen)
             for s in test_seeds(cfg)
         ]
-        tested = pool(_arm_job, test_args, "test")
+        reruns = budget_jobs(cfg, chosen)
+        first = test_seeds(cfg)[0]
+        rerun_args = [
+            (run_cfg, pretrained[t, first], run_spec, "val", tmp, ("dense",), ())
+            for t, _, run_cfg, run_spec, _ in reruns
+        ]
+        done = pool(_arm_job, rerun_args + test_args, "test and budget")  # the longest jobs first: none ends last
+        checked, tested = done[: len(rerun_args)], done[len(rerun_args) :]
         outs = tuned + tested
         device = profile.resolve_device(cfg.device)
         trivial = []
         for t in cfg.tasks:
             for s in test_seeds(cfg):
                 trivial.append({"task": t, "seed": s, "arm": "trivial", **trivial_quality(Task(t, cfg, s, device))})
-        first = next(o for o in tested if o.model_path is not None)
-        model = gate.from_pretrained(first.model_path).to(device).eval()
+        saved_model = next(o for o in tested if o.model_path is not None)
+        model = gate.from_pretrained(saved_model.model_path).to(device).eval()
         examples = Task(cfg.tasks[0], cfg, test_seeds(cfg)[0], device).tokens("test")[: cfg.eval_batch]
     curves = pd.DataFrame([row for out in outs for row in out.rows])
     generation = pd.DataFrame([row for out in outs for row in out.generation])
+    checked_runs = list(zip(checked, reruns, strict=True))
+    budget_runs = pd.DataFrame(
+        [
+            dict(row, chosen_config=spec.config, run_budget=factor)
+            for out, (_, spec, *_, factor) in checked_runs
+            for row in out.rows
+        ]
+    )
     history = pd.concat(
-        [p.history.assign(split="pretrain") for p in pretrained.values()] + [out.history for out in outs],
+        [p.history.assign(split="pretrain") for p in pretrained.values()]
+        + [out.history for out in outs]
+        + [out.history.assign(split="budget", run_budget=job[-1]) for out, job in checked_runs],
         ignore_index=True,
     )
     trivial = pd.DataFrame(trivial)
     scores = summary.test_scores(curves, generation, cfg.levels)
-    claims, sanity = gateskip_claims.verdicts(scores, trivial, history, chosen, cfg.levels)
+    budget = gateskip_claims.convergence(summary.budget_values(budget_runs, chosen, cfg.levels[0]))
+    health = gateskip_claims.health(scores)
+    claims, sanity = gateskip_claims.verdicts(scores, trivial, budget, health, cfg.levels)
     provenance = {t: {"parameters": p.parameters, **p.provenance} for (t, _), p in pretrained.items()}
     cost = [
         {"task": p.task, "seed": p.seed, "split": "pretrain", "phase": "pretrain", "seconds": p.seconds}
         for p in pretrained.values()
     ]
+    cost += [dict(row, split="budget", phase=f"budget {row['phase']}") for out in checked for row in out.cost]
     return Results(
         curves=curves,
         generation=generation,
@@ -351,19 +396,25 @@ def run(cfg: Config) -> Results:
         model=model,
         examples=examples,
         scores=scores,
+        budget=budget,
+        health=health,
         claims=claims,
         sanity=sanity,
     )
 
 
 def verdict_lines(results: Results) -> list[str]:
-    """The rule, every claim with its effect (percentage points), interval, n and verdict, then the sanity flags and
-    the configurations chosen on validation: one line each (:func:`labkit.protocol.verdict_lines`)."""
+    """The rule, every claim with its effect (percentage points; premises in their own units), interval, n and
+    verdict, then the sanity flags and the configurations chosen on validation: one line each
+    (:func:`labkit.protocol.verdict_lines`)."""
     picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
-    ok = "every arm beat the trivial predictor, dense converged"
-    return protocol.verdict_lines(
-        results.claims, results.sanity, ok, " pp", ["chosen on validation: " + ", ".join(picks)]
+    premise = results.claims.role == "premise"
+    claims = results.claims.assign(effect=results.claims.effect.where(premise, results.claims.effect + " pp"))
+    ok = (
+        "every trained arm converged at the longer budget, every arm within "
+        f"{gateskip_claims.HEALTH_TOLERANCE_PCT:g} % of dense at full compute and beat the trivial predictor"
     )
+    return protocol.verdict_lines(claims, results.sanity, ok, notes=["chosen on validation: " + ", ".join(picks)])
 
 
 def verdict_text(results: Results) -> str:
@@ -372,8 +423,8 @@ def verdict_text(results: Results) -> str:
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
-    """Seed means a rerun reproduces: per task and arm the saved fractions (%) and full-compute quality, and each
-    claim's effect."""
+    """Seed means a rerun reproduces: per task and arm the saved fractions (%), full-compute quality and gate shift;
+    each claim's effect (pp); each premise's effect (in its own units) and whether it was met (1 or 0)."""
     out = {}
     means = results.scores.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
     for (task, arm), row in means.iterrows():
@@ -381,7 +432,12 @@ def headline_metrics(results: Results) -> dict[str, float]:
             if pd.notna(value):
                 out[f"{task}/{arm}/{column}"] = float(value)
     for r in results.claims.itertuples():
-        out[f"claim/{r.claim.replace(': ', '/')}_pp"] = float(r.mean)
+        name = r.claim.replace(": ", "/")
+        if r.role == "premise":
+            out[f"premise/{name}"] = float(r.mean)
+            out[f"premise/{name}/met"] = float(r.verdict == "held")
+        else:
+            out[f"claim/{name}_pp"] = float(r.mean)
     return out
 
 
@@ -394,10 +450,8 @@ def _pool(cfg: Config) -> Iterator[Callable[[Callable[[Any], T], list[Any], str]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    quiet = dataclasses.replace(cfg, progress=False)
-
     def mapper(fn: Callable[[Any], T], args: list[Any], desc: str) -> list[T]:
-        args = [(quiet, *a[1:]) for a in args]
+        args = [(dataclasses.replace(a[0], progress=False), *a[1:]) for a in args]  # each job keeps its own config
         return list(tqdm(pool.map(fn, args), total=len(args), desc=f"gateskip {desc}", disable=not cfg.progress))
 
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -3,7 +3,8 @@ arm configuration, scored at every budget on validation (tuning) or test (the fr
 
 The number of fine-tuning steps is tuned as early stopping: every run follows the same ``cfg.finetune_steps``
 schedule (cosine lr and skip ramp) and a validation run is scored at each stopping point of ``cfg.finetune_stops``; a
-test run stops at the chosen one, which trains exactly as the checkpointed run did up to there.
+test run stops at the chosen one, which trains exactly as the checkpointed run did up to there. The convergence check
+reruns a chosen configuration on a longer schedule of the same shape (:func:`longer`).
 
 Every configuration starts from the same checkpoint, gate initialisation and fine-tuning batches of its seed, so
 one job's numbers do not depend on which other jobs ran, and jobs run in any order or process.
@@ -29,7 +30,9 @@ from labkit.experiments.gateskip_tasks import (
     Task,
     evaluate,
     executed_flops,
+    gate_importance,
     gate_maps,
+    gate_shift,
     generate_chains,
     mean_gate,
 )
@@ -94,6 +97,17 @@ def tuning_grid(cfg: Config) -> list[Spec]:
         ]
     )
     return [dataclasses.replace(spec, steps=steps) for spec in runs for steps in stop_steps(cfg)]
+
+
+def longer(cfg: Config, spec: Spec, factor: float) -> tuple[Config, Spec]:
+    """``spec`` trained ``factor`` times as long, for the convergence check: the schedule (its cosine lr horizon and
+    its skip ramp both span ``finetune_steps``) and the stopping step chosen on validation are stretched together, so
+    the longer run has the same shape at every fraction of it and stops at the same fraction of its schedule."""
+    steps = spec.steps or cfg.finetune_steps
+    return (
+        dataclasses.replace(cfg, finetune_steps=round(cfg.finetune_steps * factor)),
+        dataclasses.replace(spec, steps=round(steps * factor)),
+    )
 
 
 def tuning_runs(specs: list[Spec]) -> list[tuple[Spec, tuple[int, ...]]]:
@@ -218,6 +232,7 @@ class _Job:
     stops: tuple[int, ...] = ()  # earlier stopping points scored on the way (validation)
     cost: list[dict[str, Any]] = field(default_factory=list)
     dense_flops: int = 0  # FLOPs of the pretrained model's forward (test only): the 0 % saved reference
+    initial_gates: torch.Tensor | None = None  # gate importance before fine-tuning (GateSkip): the shift's reference
     _nested: float = 0.0  # seconds of timed phases run inside other timed phases (not counted twice)
 
     def timed(self, phase: str, fn: Callable[[], T]) -> T:
@@ -372,6 +387,8 @@ def _skipping(job: _Job) -> ArmResults:
     cfg, task, spec, seed = job.cfg, job.task, job.spec, job.pre.seed
     gated = spec.family == "gateskip"
     model = _fresh(job, cfg.gate_kind if gated else "none")
+    if gated:
+        job.initial_gates = gate_importance(model, task)
     out = ArmResults([])
     out.history = job.timed(
         f"finetune {spec.family}",
@@ -400,8 +417,9 @@ def _score_skipping(job: _Job, model: nn.Module, done: int, out: ArmResults) -> 
         if job.split == "test" and task.name == "cumsum":
             out.generation += job.timed(f"generate {arm}", lambda a=arm, r=ranking: _generation(job, model, a, r))
     if gated:
-        gate_value = mean_gate(model, task)
-        rows = [dict(row, gate_mean=gate_value) for row in rows]
+        importance = gate_importance(model, task)
+        gates = {"gate_mean": mean_gate(importance), "gate_shift": gate_shift(importance, job.initial_gates)}
+        rows = [dict(row, **gates) for row in rows]
     out.rows += rows
 
 

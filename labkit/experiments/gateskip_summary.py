@@ -146,7 +146,8 @@ def _chosen(task: str, role: str, config: str, rows: pd.DataFrame, score: float)
 def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[float, ...]) -> pd.DataFrame:
     """Per task x arm x seed on test: compute saved (in %) at each quality level, in token x branch fraction and
     executed FLOPs (``saved_90_tokens``, ``saved_90_flops``, ...), and for generated chains per scope
-    (``gen_saved_90_batch``, ...); the dense rows save 0 by definition (the "saves anything" reference)."""
+    (``gen_saved_90_batch``, ...); the dense rows save 0 by definition (the "saves anything" reference); full-compute
+    ``quality`` and, for gated arms, ``gate_shift``."""
     test = curves[curves.split == "test"]
     parts = []
     for task, sub in test.groupby("task", sort=False):
@@ -176,14 +177,46 @@ def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[fl
     return scores
 
 
+def budget_values(runs: pd.DataFrame, chosen: pd.DataFrame, level: float) -> pd.DataFrame:
+    """The validation measure each chosen arm is judged on for the convergence check, per task x role x budget (the
+    rows of the 1x and longer runs of :func:`labkit.experiments.gateskip.budget_jobs`, tagged ``chosen_config`` and
+    ``run_budget``).
+
+    Dense, ShortGPT and ULS: the full-compute validation quality of the dense fine-tune each chose (ShortGPT and ULS
+    train nothing else). GateSkip and random skip: compute saved (%, token x branch) at ``level`` of the 1x dense
+    fine-tune's validation quality, the statistic they were chosen on; the threshold stays at the 1x dense model so
+    the check measures the arm's own gain. Returns task, arm, seed, budget, measure, value.
+    """
+    rows = []
+    for task, sub in runs.groupby("task", sort=False):
+        metric = quality_column(task)
+        picks = chosen[chosen.task == task].set_index("role").config
+        full = sub[(sub.arm == "dense") & (sub.budget == 0)]
+        reference = full[(full.chosen_config == picks["dense"]) & (full.run_budget == 1)]
+        for role, config in picks.items():
+            for (seed, budget), run in sub[sub.chosen_config == config].groupby(["seed", "run_budget"], sort=False):
+                if role in ("gateskip", "random_skip"):
+                    curve = pd.concat([reference[reference.seed == seed], run[run.arm == role]], ignore_index=True)
+                    value = 100 * float(saved_at_quality(curve, metric, fraction=level).saved.iloc[0])
+                    measure = f"saved_{round(100 * level)}_tokens"
+                else:
+                    value, measure = float(run[(run.arm == "dense") & (run.budget == 0)][metric].iloc[0]), metric
+                rows.append({"task": task, "arm": role, "seed": seed, "budget": budget, "measure": measure,
+                             "value": value})
+    return pd.DataFrame(rows, columns=["task", "arm", "seed", "budget", "measure", "value"])
+
+
 def _full_quality(test: pd.DataFrame) -> pd.DataFrame:
-    """Full-compute test quality per task x arm x seed (r = 0; static arms: the dense model they act on)."""
+    """Full-compute test quality per task x arm x seed (r = 0; static arms: the dense model they act on), and the
+    gate shift of the gated arms (mean |g - g0|: how far training moved the gates from their initialisation)."""
     rows = []
     for (task, arm, seed), group in test.groupby(["task", "arm", "seed"], sort=False):
         at_zero = group[group.budget == 0]
         if at_zero.empty and arm in STATIC:
             at_zero = test[(test.task == task) & (test.arm == "dense") & (test.seed == seed)]
-        rows.append({"task": task, "arm": arm, "seed": seed, "quality": float(at_zero[quality_column(task)].mean())})
+        shift = float(at_zero["gate_shift"].mean()) if "gate_shift" in at_zero else np.nan
+        rows.append({"task": task, "arm": arm, "seed": seed, "quality": float(at_zero[quality_column(task)].mean()),
+                     "gate_shift": shift})
     return pd.DataFrame(rows)
 
 

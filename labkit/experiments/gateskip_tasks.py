@@ -179,12 +179,27 @@ def executed_flops(model: nn.Module, task: Task, context: SkipContext | None = N
 
 
 @torch.no_grad()
-def mean_gate(model: nn.Module, task: Task) -> float:
-    """Mean gate value over every branch and token of the first test batch at r = 0 (init: sigmoid(5))."""
+def gate_importance(model: nn.Module, task: Task) -> torch.Tensor:
+    """Gate importance of every branch and token of the first test batch at r = 0, as (branches, batch, tokens)."""
     x = task.tokens("test")[: task.cfg.eval_batch].to(task.device)
     with skip.budget(model, 0.0, measure_flops=False, record=True) as stats:
         model(x, use_cache=False)
-    return float(torch.stack([rec["importance"].float().mean() for rec in stats.records.values()]).mean())
+    return torch.stack([rec["importance"].float() for rec in stats.records.values()])
+
+
+def mean_gate(importance: torch.Tensor) -> float:
+    """Mean gate value over branches and tokens of :func:`gate_importance` (init: sigmoid(5) = 0.9933)."""
+    return float(importance.mean(dim=(1, 2)).mean())
+
+
+def gate_shift(importance: torch.Tensor, initial: torch.Tensor) -> float:
+    """How far the gates moved from their initial value: mean |g - g0| over branches and tokens of the same batch
+    (:func:`gate_importance` of the trained and of the freshly gated model); the premise that GateSkip's gates are
+    trained at all."""
+    if importance.shape != initial.shape:
+        raise ValueError(f"gate_shift needs importances of the same batch: {tuple(importance.shape)} vs "
+                         f"{tuple(initial.shape)}")
+    return float((importance - initial).abs().mean())
 
 
 def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -12,7 +12,6 @@ from torch import nn
 
 from labkit import plots, protocol, skip
 from labkit.data import sequences
-from labkit.experiments.gateskip_claims import TOLERANCE_PP
 from labkit.views.claims import claims_forest as forest
 
 
@@ -95,9 +94,14 @@ def generation_curves(generation: pd.DataFrame) -> plt.Figure:
 
 
 def claims_forest(claims: pd.DataFrame) -> plt.Figure:
-    """Every judged claim: GateSkip's extra compute saved over a baseline, paired by seed (see
-    :func:`labkit.views.claims.claims_forest`)."""
-    return forest(claims, TOLERANCE_PP, "GateSkip minus baseline: compute saved, percentage points (paired by seed)")
+    """Every judged claim: GateSkip's extra compute saved over a baseline, paired by seed, each with a tick at its
+    tolerance; the premises (squares) in their own units (see :func:`labkit.views.claims.claims_forest`)."""
+    return forest(
+        claims,
+        None,
+        "GateSkip minus baseline: compute saved, percentage points (paired by seed); premises (squares): gate shift, "
+        "quality over the trivial predictor",
+    )
 
 
 def gate_heatmap(gates: pd.DataFrame, task: str, tokens: list[str] | None = None) -> plt.Figure:
