@@ -1,4 +1,5 @@
-"""DSIR downstream classification track: task draws are reserved everywhere, the probe, and one tiny end-to-end run."""
+"""DSIR downstream classification track: task draws are reserved everywhere, the probe, one tiny end-to-end run with
+its budget check."""
 
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ def test_probe_and_pooled_features():
 
 def test_run_classification_end_to_end_and_summaries():
     cfg = tiny_config()
-    table, skipped = run_classification(cfg, tiny_prepared(), progress=False)
+    track = run_classification(cfg, tiny_prepared(), progress=False)
+    table, skipped = track.table, track.skipped
     assert skipped == {}
     assert len(table) == 2 * 4  # seeds × (base + 3 methods)
     assert set(table.method) == {"base", "random", "dsir", "heuristic"}
@@ -109,18 +111,25 @@ def test_run_classification_end_to_end_and_summaries():
     assert (table.n_train == 20).all() and (table.n_eval == 20).all() and (table.n_tags == 4).all()
     base = table[table.method == "base"]
     assert base.accuracy.nunique() == 1 and base.kl_reduction.isna().all()
-    again, _ = run_classification(cfg, tiny_prepared(), progress=False)
-    pd.testing.assert_frame_equal(table, again)  # deterministic for the seeds
+    again = run_classification(cfg, tiny_prepared(), progress=False)
+    pd.testing.assert_frame_equal(table, again.table)  # deterministic for the seeds
+    pd.testing.assert_frame_equal(track.budget, again.budget)
     summary = classify_summary(table, n_boot=200)
     assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1"} <= set(summary.columns) and len(summary) == 4
     held = classify_held(table, n_boot=200)
     assert held.startswith("classification after continued pretraining (linear probe, 1 targets × 2 seeds)")
     assert "DSIR − random accuracy" in held and "DSIR − heuristic accuracy" in held
-    _, _, curves = run_classification(cfg, tiny_prepared(), progress=False, with_curves=True)
-    assert set(curves) == {(m, f"python-topics/{s}") for m in ("random", "dsir", "heuristic") for s in (0, 1)}
-    assert all(len(c) == cfg.continue_steps for c in curves.values())  # fewer steps than bins: one point per step
-    small, why = run_classification(tiny_config(classify_train=39), tiny_prepared(), progress=False)
-    assert small.empty and "the task needs 44" in why["python-topics"]
+    # the budget check: the first seed × target of every method, at 1x and 2x continue_steps, on the fit sample
+    budget = track.budget
+    assert list(budget.columns) == ["track", "arm", "seed", "budget", "steps", "validation_bits_per_byte"]
+    assert set(budget.arm) == {"random", "dsir", "heuristic"} and set(budget.seed) == {"python-topics/0"}
+    assert sorted(budget.budget) == [1.0] * 3 + [2.0] * 3 and sorted(set(budget.steps)) == [2, 4]
+    assert budget.validation_bits_per_byte.between(0, 9).all()
+    assert set(track.budget_curves) == {("continued pretraining", m, b) for m in ("random", "dsir", "heuristic")
+                                        for b in (1.0, 2.0)}
+    assert all(len(c) == 4 for (_, _, b), c in track.budget_curves.items() if b == 2.0)  # one point per step
+    small = run_classification(tiny_config(classify_train=39), tiny_prepared(), progress=False)
+    assert small.table.empty and "the task needs 44" in small.skipped["python-topics"]
 
 
 def test_config_validates_classify_fields():
@@ -131,9 +140,19 @@ def test_config_validates_classify_fields():
     assert all(dsir.configure(p).classify for p in ("smoke", "cpu", "gpu"))  # cpu: a reduced track (#14)
 
 
+def test_config_validates_budget_fields():
+    assert dsir.configure("cpu").budget_factor == 2.0
+    with pytest.raises(ValueError, match=r"budget_factor.*\[2, inf\).*1\.5"):
+        dsir.configure("smoke", {"budget_factor": 1.5})
+    with pytest.raises(ValueError, match="n_val.*budget check"):
+        dsir.configure("smoke", {"n_val": 0})
+    assert dsir.configure("smoke", {"n_val": 0, "downstream": "bigram"}).n_val == 0
+
+
 def test_classification_in_two_forked_workers_matches_one_process():
     cfg = tiny_config(classify_seeds=[0], classify_methods=["random", "dsir"])
-    one, _ = run_classification(cfg, tiny_prepared(), progress=False)
-    two, _ = run_classification(tiny_config(classify_seeds=[0], classify_methods=["random", "dsir"], workers=2),
-                                tiny_prepared(), progress=False)
-    pd.testing.assert_frame_equal(one, two)
+    one = run_classification(cfg, tiny_prepared(), progress=False)
+    two = run_classification(tiny_config(classify_seeds=[0], classify_methods=["random", "dsir"], workers=2),
+                             tiny_prepared(), progress=False)
+    pd.testing.assert_frame_equal(one.table, two.table)
+    pd.testing.assert_frame_equal(one.budget, two.budget)

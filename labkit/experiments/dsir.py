@@ -3,11 +3,13 @@
 For every seed × target: draw the target's fit sample and held-out evaluation chunks from its labelled domain
 (the rest of the domain stays in the pool), let each method pick k chunks, then score the selection by KL
 reduction (hashed n-grams, vs the held-out chunks) and by the held-out loss of a language model trained on it:
-a bigram LM (nats/token) and optionally a tiny byte-level transformer (bits/byte); with ``classify`` also the
-classification track (:mod:`labkit.experiments.dsir_classify`). The config, pool, splits and selection arms are in
+a bigram LM (nats/token) and optionally a tiny byte-level transformer (bits/byte), which also trains on the target's
+own held-in text (the premise arm, "target"); with ``classify`` also the classification track
+(:mod:`labkit.experiments.dsir_classify`). The config, pool, splits and selection arms are in
 :mod:`labkit.experiments.dsir_setup` (arrows: dsir → dsir_classify → dsir_setup); the claims and their verdicts
-(labkit issue #14 protocol) in :mod:`labkit.experiments.dsir_claims`. DSIR's target pseudocount is chosen on
-validation chunks of each target, never on the held-out (test) chunks. Nothing here draws or prints.
+(protocol v2, labkit issue #24) in :mod:`labkit.experiments.dsir_claims`. DSIR's target pseudocount is chosen on
+validation chunks of each target, never on the held-out (test) chunks; the budget check scores validation text too.
+Nothing here draws or prints.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from labkit import seed_everything
 from labkit.data import corpora
@@ -27,12 +28,16 @@ from labkit.experiments.dsir_setup import (
     CLASSIFY_TASKS,
     METHODS,
     TARGETS,
+    TINY_TRACK,
     VARIANTS,
     Config,
     Prepared,
     Split,
+    budget_steps,
     byte_lm,
     feature_cache,
+    fork_map,
+    held_in_target,
     kl_scorer,
     paired_gaps,
     prepare,
@@ -44,14 +49,15 @@ from labkit.models import byte_lm as byte_lm_module
 from labkit.models.ngram_lm import BigramLM
 
 __all__ = [  # the setup's names are part of this experiment's API (the notebook reads them from here)
-    "CLASSIFY_TASKS", "CONTROLS", "METHODS", "PAPER_R", "PRESETS", "TARGETS", "VARIANTS", "Config", "Prepared",
-    "Results", "Split", "byte_lm", "byte_lm_bits_per_byte", "config_dict", "configure", "dsir_gaps",
-    "explorer_weights", "feature_cache", "headline_metrics", "kl_scorer", "method_correlation", "paired_gaps",
-    "prepare", "run", "select", "split_target", "targets_below", "train_bytes",
+    "CLASSIFY_TASKS", "CONTROLS", "METHODS", "PAPER_R", "PREMISE_ARM", "PRESETS", "TARGETS", "VARIANTS", "Config",
+    "Prepared", "Results", "Split", "byte_lm", "config_dict", "configure", "dsir_gaps", "explorer_weights",
+    "feature_cache", "headline_metrics", "held_in_target", "kl_scorer", "method_correlation", "paired_gaps",
+    "prepare", "run", "select", "split_target", "targets_below", "train_bytes", "train_byte_lm",
 ]
 GAP_REFERENCES = ("random", "heuristic", "heuristic-words")  # DSIR's per-target detail is paired against these
 SCORE_COLUMNS = ("kl_reduction", "bigram_nats_per_token", "label_precision")  # per-method means in the headline
 
+PREMISE_ARM = "target"  # the tiny transformer trained on the target's own held-in text (the premise claim's arm)
 CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
 # KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
 PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
@@ -89,8 +95,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "continue_steps": 2,
     },
     # cpu: ≥ 5 seeds, 2 workers; the classification track reduced to 2 targets × (random, DSIR), 100 continued steps.
-    # Measured per job (1 thread): a bigram cell (8 methods + 3 DSIR pseudocounts) ≈ 8.5 CPU-s, a tiny-LM run ≈ 55,
-    # a continued-pretraining job ≈ 27, the base LM ≈ 75: ≈ 1,300 CPU-s, ≈ 12 min wall on 2 idle cores.
+    # Measured per job (1 thread): a bigram cell (8 methods + 3 DSIR pseudocounts) ≈ 8.5 CPU-s, a tiny-LM run ≈ 45–55,
+    # a continued-pretraining job ≈ 27, the base LM ≈ 75. Tiny transformer: 2 cells × (3 methods + target) and the
+    # budget check's 4 runs at 2× steps; classification: 20 jobs and 2 at 2× steps. v1 took 650 s wall; v2 adds an
+    # estimated ≈ 175 s, +27 % (the budget reruns ≈ 205 s, the premise arm ≈ 40 s, less ≈ 80 s no longer spent
+    # training a transformer at the two DSIR pseudocounts not chosen).
     "cpu": {
         "seeds": [0, 1, 2, 3, 4],
         "workers": 2,
@@ -130,22 +139,16 @@ def configure(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     return _configure(Config, PRESETS, preset, overrides)
 
 
-def byte_lm_bits_per_byte(
-    train_texts: list[str], eval_texts: list[str], cfg: Config, seed: int, with_curve: bool = False
-) -> float | tuple[float, list[float]]:
-    """Train a tiny byte-level causal transformer on ``train_texts``; held-out bits per byte on ``eval_texts``
-    (and its training-loss curve with ``with_curve``)."""
+def train_byte_lm(train_texts: list[str], cfg: Config, seed: int, budget: float = 1.0) -> tuple[Any, list[float]]:
+    """A tiny byte-level causal transformer trained on ``train_texts`` for ``budget`` × ``lm_steps`` steps, and its
+    training-loss curve (score it with :func:`labkit.models.byte_lm.bits_per_byte`)."""
     from labkit.profile import resolve_device
 
     seed_everything(seed, threads=cfg.threads)
-    data, held = byte_lm_module.byte_tensor(train_texts), byte_lm_module.byte_tensor(eval_texts)
-    window = cfg.lm_context + 1
-    if len(data) <= window or len(held) <= window:
-        raise ValueError(f"need more than {window} bytes of training and held-out text, got {len(data)}/{len(held)}")
     model = byte_lm(cfg, seed).to(resolve_device(cfg.device))
-    curve = train_bytes(model, data, cfg.lm_steps, cfg.lm_lr, cfg, seed)
-    bpb = byte_lm_module.bits_per_byte(model, held, cfg.lm_context)
-    return (bpb, curve) if with_curve else bpb
+    curve = train_bytes(model, byte_lm_module.byte_tensor(train_texts), budget_steps(cfg.lm_steps, budget), cfg.lm_lr,
+                        cfg, seed)
+    return model, curve
 
 
 @dataclass
@@ -154,14 +157,16 @@ class Results:
 
     scores: pd.DataFrame  # seed, target, method, kl_reduction, bigram_nats_per_token, label_precision (test split)
     picks: pd.DataFrame  # seed, target, method, label, count: what each selection contained
-    tiny_lm: pd.DataFrame  # seed, target, method, bits_per_byte, kl_reduction
+    tiny_lm: pd.DataFrame  # seed, target, method (+ "target", the premise arm), bits_per_byte, kl_reduction
     skipped_targets: dict[str, str]  # target -> reason
     classify: pd.DataFrame = field(default_factory=pd.DataFrame)  # seed, target, method, accuracy, macro_f1, ...
     classify_skipped: dict[str, str] = field(default_factory=dict)  # classification target -> reason
     sweep: pd.DataFrame = field(default_factory=pd.DataFrame)  # DSIR per target pseudocount: split val and test
     chosen_pseudocount: float = 0.0  # the target pseudocount of the "dsir" arm, chosen on validation
-    curves: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (method, "target/seed") -> loss curve
-    classify_curves: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # same, continued pretraining
+    # the budget check's runs, both tracks: track, arm, seed ("target/seed"), budget (1 or budget_factor), steps,
+    # validation_bits_per_byte; and their training-loss curves keyed (track, arm, budget), for figures only
+    budget: pd.DataFrame = field(default_factory=pd.DataFrame)
+    budget_curves: dict[tuple[str, str, float], list[float]] = field(default_factory=dict)
 
 
 _SHARED: dict[str, Any] = {}  # the prepared pool for forked workers (inherited, never pickled)
@@ -176,7 +181,7 @@ def _run_cell(args: tuple[Config, int, str]) -> dict[str, list]:
     k = min(cfg.budget_k, len(split.pool))
     kl_of = kl_scorer(prepared, split, cfg, _SHARED["total_counts"])
     held, val = prepared.encoded.subset(split.eval), prepared.encoded.subset(split.val)
-    out: dict[str, list] = {"rows": [], "picks": [], "tiny": [], "sweep": [], "curves": []}
+    out: dict[str, list] = {"rows": [], "picks": [], "sweep": []}
     bigram = cfg.downstream in ("bigram", "both")
     chosen_of = {}
     for pc in cfg.target_pseudocounts if "dsir" in cfg.methods else []:
@@ -203,10 +208,6 @@ def _run_cell(args: tuple[Config, int, str]) -> dict[str, list]:
             tag = {} if pc is None else {"target_pseudocount": pc}
             out["rows"].append({**row, **tag})
             out["picks"] += [{**r, **tag} for r in _pick_rows(labels[chosen], seed, target, method)]
-            curves: list = []
-            out["tiny"] += [{**r, **tag} for r in _tiny_rows(cfg, prepared, split, chosen, seed, target, method, kl,
-                                                             curves)]
-            out["curves"] += [(key, curve, pc) for key, curve in curves]
     return out
 
 
@@ -217,28 +218,70 @@ def _pick_rows(picked: np.ndarray, seed: int, target: str, method: str) -> list[
             for label, count in [*counts.iloc[:12].items(), ("other", int(counts.iloc[12:].sum()))] if count]
 
 
-def _tiny_rows(cfg: Config, prepared: Prepared, split: Split, chosen: np.ndarray, seed: int, target: str,
-               method: str, kl: float, curves: list) -> list[dict]:
-    """The transformer track's row for this cell and method when the config asks for it (its curve into curves)."""
-    if not (cfg.downstream in ("tiny_lm", "both") and target in cfg.tiny_lm_targets
-            and method in cfg.tiny_lm_methods and seed in cfg.tiny_lm_seeds):
-        return []
+def _tiny_job(args: tuple[Config, int, str, str, float, bool, float]) -> dict[str, Any]:
+    """One tiny-transformer run: ``method``'s selection (DSIR at target pseudocount ``pc``), or the target's held-in
+    text for the premise arm, at ``budget`` × ``lm_steps``. At budget 1 its row (held-out bits per byte, the test
+    split); with ``validate`` the bits per byte of the split's validation chunks (the budget check's metric)."""
+    cfg, seed, target, method, budget, validate, pc = args
+    prepared: Prepared = _SHARED["prepared"]
+    split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed, n_val=cfg.n_val)
+    if method == PREMISE_ARM:
+        chosen = held_in_target(prepared, split, target)
+    else:
+        k = min(cfg.budget_k, len(split.pool))
+        dsir_pc = pc if method == "dsir" else None  # the other DSIR-based methods keep the config's
+        chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=dsir_pc)
     texts = prepared.corpus.text.to_numpy()
-    bpb, curve = byte_lm_bits_per_byte(list(texts[chosen]), list(texts[split.eval]), cfg, seed, with_curve=True)
-    curves.append(((method, f"{target}/{seed}"), curve))
-    return [{"seed": seed, "target": target, "method": method, "bits_per_byte": bpb, "kl_reduction": kl}]
+    model, curve = train_byte_lm(list(texts[chosen]), cfg, seed, budget)
+    out: dict[str, Any] = {"curve": curve, "validation": float("nan"), "row": None}
+    if validate:
+        out["validation"] = byte_lm_module.bits_per_byte(model, byte_lm_module.byte_tensor(list(texts[split.val])),
+                                                         cfg.lm_context)
+    if budget == 1:
+        held = byte_lm_module.bits_per_byte(model, byte_lm_module.byte_tensor(list(texts[split.eval])), cfg.lm_context)
+        kl = kl_scorer(prepared, split, cfg, _SHARED["total_counts"])(chosen)
+        out["row"] = {"seed": seed, "target": target, "method": method, "bits_per_byte": held, "kl_reduction": kl}
+    return out
+
+
+def _tiny_track(
+    cfg: Config, targets: list[str], pc: float, progress: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str, float], list[float]]]:
+    """The transformer track: every configured (seed, target) cell × method, plus the premise arm (the target's
+    held-in text, same steps × windows of bytes) where random selection runs; and the budget check, which reruns the
+    first cell's arms at ``budget_factor`` × the steps. Returns the rows, the budget runs and their curves."""
+    empty = (pd.DataFrame(), pd.DataFrame(), {})
+    if cfg.downstream not in ("tiny_lm", "both"):
+        return empty
+    cells = [(s, t) for s in cfg.seeds if s in cfg.tiny_lm_seeds for t in targets if t in cfg.tiny_lm_targets]
+    arms = [m for m in cfg.methods if m in cfg.tiny_lm_methods]
+    arms += [PREMISE_ARM] if "random" in arms else []
+    if not cells or not arms:
+        return empty
+    first = cells[0]
+    jobs = [(cfg, *first, arm, cfg.budget_factor, True, pc) for arm in arms]  # the longest first
+    jobs += [(cfg, s, t, arm, 1.0, (s, t) == first, pc) for s, t in cells for arm in arms]
+    done = fork_map(_tiny_job, jobs, cfg.workers, "dsir tiny transformer", progress)
+    rows, budget, curves = [], [], {}
+    for (_, seed, target, arm, factor, validate, _), out in zip(jobs, done, strict=True):
+        if out["row"] is not None:
+            rows.append(out["row"])
+        if validate:
+            budget.append({"track": TINY_TRACK, "arm": arm, "seed": f"{target}/{seed}", "budget": factor,
+                           "steps": budget_steps(cfg.lm_steps, factor), "validation_bits_per_byte": out["validation"]})
+            curves[(TINY_TRACK, arm, factor)] = out["curve"]
+    budget = pd.DataFrame(budget).sort_values(["budget"], kind="stable", ignore_index=True)
+    return pd.DataFrame(rows), budget, curves
 
 
 def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) -> Results:
-    """Every seed × target × method: selection, KL reduction, bigram-LM loss, label precision (+ transformer).
+    """Every seed × target × method: selection, KL reduction, bigram-LM loss, label precision; then the transformer
+    and classification tracks with their budget checks.
 
     DSIR runs at every ``target_pseudocount``; the one with the lowest mean validation bigram loss
-    (:func:`labkit.protocol.select_best` on the validation rows) becomes the "dsir" arm. Cells run in ``cfg.workers``
-    forked processes when more than one.
+    (:func:`labkit.protocol.select_best` on the validation rows) becomes the "dsir" arm, and only it trains a
+    transformer. Jobs run in ``cfg.workers`` forked processes when more than one.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from labkit import protocol
 
     seed_everything(0, threads=cfg.threads)
@@ -247,23 +290,19 @@ def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) ->
         prepared.words()  # built once, before forking
     _SHARED.update(prepared=prepared, total_counts=prepared.features.total_counts())
     targets = [t for t in cfg.targets if t not in prepared.skipped_targets]
-    jobs = [(cfg, s, t) for s in cfg.seeds for t in targets]
     try:
-        if cfg.workers > 1 and len(jobs) > 1:
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
-                cells = list(tqdm(pool.map(_run_cell, jobs), total=len(jobs), desc="dsir cells", disable=not progress))
-        else:
-            cells = [_run_cell(j) for j in tqdm(jobs, desc="dsir seeds × targets", disable=not progress)]
+        cells = fork_map(_run_cell, [(cfg, s, t) for s in cfg.seeds for t in targets], cfg.workers,
+                         "dsir seeds × targets", progress)
+        sweep = pd.DataFrame([r for c in cells for r in c["sweep"]])
+        chosen = cfg.target_pseudocount
+        if len(sweep) and cfg.n_val > 0 and cfg.downstream in ("bigram", "both"):
+            chosen = float(protocol.select_best(sweep[sweep.split == "val"], "target_pseudocount",
+                                                "bigram_nats_per_token")["target_pseudocount"])
+        elif len(sweep):  # nothing to choose on: the first value of the sweep
+            chosen = cfg.target_pseudocounts[0]
+        tiny, budget, budget_curves = _tiny_track(cfg, targets, chosen, progress)
     finally:
         _SHARED.clear()
-    sweep = pd.DataFrame([r for c in cells for r in c["sweep"]])
-    chosen = cfg.target_pseudocount
-    if len(sweep) and cfg.n_val > 0 and cfg.downstream in ("bigram", "both"):
-        chosen = float(protocol.select_best(sweep[sweep.split == "val"], "target_pseudocount",
-                                            "bigram_nats_per_token")["target_pseudocount"])
-    elif len(sweep):  # nothing to choose on: the first value of the sweep
-        chosen = cfg.target_pseudocounts[0]
 
     def keep(rows: list[dict]) -> pd.DataFrame:  # drop the DSIR rows at pseudocounts not chosen
         frame = pd.DataFrame(rows)
@@ -273,13 +312,13 @@ def run(cfg: Config, prepared: Prepared | None = None, progress: bool = True) ->
         return frame[pc.isna() | (pc == chosen)].reset_index(drop=True)
 
     scores = keep([r for c in cells for r in c["rows"]])
-    curves = {key: curve for c in cells for key, curve, pc in c["curves"] if pc is None or pc == chosen}
-    results = Results(scores, keep([r for c in cells for r in c["picks"]]), keep([r for c in cells for r in c["tiny"]]),
-                      prepared.skipped_targets, sweep=sweep, chosen_pseudocount=chosen, curves=curves)
+    results = Results(scores, keep([r for c in cells for r in c["picks"]]), tiny, prepared.skipped_targets,
+                      sweep=sweep, chosen_pseudocount=chosen, budget=budget, budget_curves=budget_curves)
     if cfg.classify:
-        results.classify, results.classify_skipped, results.classify_curves = run_classification(
-            cfg, prepared, progress=progress, target_pseudocount=chosen, with_curves=True
-        )
+        track = run_classification(cfg, prepared, progress=progress, target_pseudocount=chosen)
+        results.classify, results.classify_skipped = track.table, track.skipped
+        results.budget = pd.concat([results.budget, track.budget], ignore_index=True)
+        results.budget_curves |= track.budget_curves
     return results
 
 

@@ -4,29 +4,32 @@ The paper continues pretraining RoBERTa on each method's selection and fine-tune
 domain (Xie et al., NeurIPS 2023, §6). Here: one base byte-level transformer is pretrained on a random sample of the
 pool; for every target × method × seed it is continued on that method's selection, and a **linear probe** (logistic
 regression on mean-pooled last hidden states, the transformer frozen) learns to tell apart the target domain's fine
-tags (``CLASSIFY_TASKS``). Accuracy and macro-F1 on a disjoint labelled evaluation set. Nothing here draws or prints.
+tags (``CLASSIFY_TASKS``). Accuracy and macro-F1 on a disjoint labelled evaluation set. The budget check reruns the
+first seed × target's continued pretraining at ``budget_factor`` × the steps and scores both runs on the target's fit
+sample (validation text: never selectable, never tested). Nothing here draws or prints.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from labkit import seed_everything
 from labkit.experiments.dsir_setup import (
     CLASSIFY_TASKS,
+    CLASSIFY_TRACK,
     TARGETS,
     Config,
     Prepared,
     Split,
+    budget_steps,
     byte_lm,
+    fork_map,
     kl_scorer,
     paired_gaps,
     select,
@@ -38,6 +41,17 @@ from labkit.stats import bootstrap_ci, interval_sign
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+@dataclass
+class ClassifyRun:
+    """The classification track of one run."""
+
+    table: pd.DataFrame  # seed, target, method (+ "base"), accuracy, macro_f1, bits_per_byte, kl_reduction, k, sizes
+    skipped: dict[str, str]  # classification target -> why it was not run
+    # the budget check's runs: track, arm, seed ("target/seed"), budget, steps, validation_bits_per_byte (fit sample)
+    budget: pd.DataFrame = field(default_factory=pd.DataFrame)
+    budget_curves: dict[tuple[str, str, float], list[float]] = field(default_factory=dict)  # (track, arm, budget)
 
 
 def draw_task(
@@ -99,19 +113,16 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: 
 
 
 def run_classification(
-    cfg: Config,
-    prepared: Prepared,
-    progress: bool = True,
-    target_pseudocount: float | None = None,
-    with_curves: bool = False,
-) -> tuple[pd.DataFrame, dict[str, str]] | tuple[pd.DataFrame, dict[str, str], dict[tuple[str, str], list[float]]]:
+    cfg: Config, prepared: Prepared, progress: bool = True, target_pseudocount: float | None = None
+) -> ClassifyRun:
     """Base LM → per target × method × seed: continued pretraining on the selection, probe of the target's tags.
 
     Rows: seed, target, method, accuracy, macro_f1, bits_per_byte (held-out target chunks), kl_reduction, k, sizes.
     Method ``"base"`` is the base LM without continued pretraining (deterministic: the same value for every seed).
     Task chunks are reserved: never in a target's fit/held-out draw, a selection pool, or the base LM's sample.
-    DSIR uses ``target_pseudocount`` (default: the config's). With ``with_curves`` also returns each continued
-    pretraining's loss curve, keyed (method, "target/seed"), for :func:`labkit.protocol.sanity`.
+    DSIR uses ``target_pseudocount`` (default: the config's). The budget check reruns the first seed × target of
+    every method at ``budget_factor`` × ``continue_steps`` (warm-up and cosine horizon scaled with it, from the same
+    base model and selection); both runs are scored on the target's fit sample.
     """
     from labkit.profile import resolve_device
 
@@ -133,9 +144,8 @@ def run_classification(
             skipped[target] = f"{have} target chunks left after reserving the task; needs > n_fit + n_eval"
             continue
         tasks[target] = task
-    curves: dict[tuple[str, str], list[float]] = {}
     if not tasks:
-        return (pd.DataFrame(), skipped, curves) if with_curves else (pd.DataFrame(), skipped)
+        return ClassifyRun(pd.DataFrame(), skipped)
     all_reserved = np.unique(np.concatenate([np.concatenate([t[0], t[2]]) for t in tasks.values()]))
     seed_everything(0, threads=cfg.threads)
     candidates = np.setdiff1d(np.arange(len(corpus)), all_reserved)
@@ -145,27 +155,26 @@ def run_classification(
     _SHARED.update(cfg=cfg, prepared=prepared, tasks=tasks, base=base, pc=target_pseudocount,
                    total_counts=prepared.features.total_counts())
     cells = [(s, t) for s in cfg.classify_seeds for t in tasks]
-    jobs = [(s, t, m) for s, t in cells for m in cfg.classify_methods]
+    jobs = [(*cells[0], m, cfg.budget_factor, True) for m in cfg.classify_methods]  # the longest first
+    jobs += [(s, t, m, 1.0, (s, t) == cells[0]) for s, t in cells for m in cfg.classify_methods]
     try:
         first = {t: s for s, t in reversed(cells)}  # the base model is scored once per target, at its first seed
         base_rows = {t: _score(base, t, s, "base", {"kl_reduction": float("nan"), "k": 0}) for t, s in first.items()}
-        if cfg.workers > 1 and len(jobs) > 1:  # forked: the pool, tasks and base model are inherited, not pickled
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
-                done = list(tqdm(pool.map(_classify_job, jobs), total=len(jobs), desc="dsir classification",
-                                 disable=not progress))
-        else:
-            done = [_classify_job(j) for j in tqdm(jobs, desc="dsir classification", disable=not progress)]
+        done = fork_map(_classify_job, jobs, cfg.workers, "dsir classification", progress)
     finally:
         _SHARED.clear()
-    by_job = dict(zip(jobs, done, strict=True))
+    by_cell = {(s, t, m): out["row"] for (s, t, m, factor, _), out in zip(jobs, done, strict=True) if factor == 1}
     rows = []
     for seed, target in cells:
         rows.append({**base_rows[target], "seed": seed})
-        for method in cfg.classify_methods:
-            row, curves[(method, f"{target}/{seed}")] = by_job[(seed, target, method)]
-            rows.append(row)
-    return (pd.DataFrame(rows), skipped, curves) if with_curves else (pd.DataFrame(rows), skipped)
+        rows += [by_cell[(seed, target, method)] for method in cfg.classify_methods]
+    checked = [(job, out) for job, out in zip(jobs, done, strict=True) if job[4]]  # the budget cell's runs
+    budget = pd.DataFrame([{"track": CLASSIFY_TRACK, "arm": m, "seed": f"{t}/{s}", "budget": factor,
+                            "steps": budget_steps(cfg.continue_steps, factor),
+                            "validation_bits_per_byte": out["validation"]} for (s, t, m, factor, _), out in checked])
+    budget = budget.sort_values("budget", kind="stable", ignore_index=True)
+    curves = {(CLASSIFY_TRACK, m, factor): out["curve"] for (_, _, m, factor, _), out in checked}
+    return ClassifyRun(pd.DataFrame(rows), skipped, budget, curves)
 
 
 _SHARED: dict = {}  # run_classification's state for its (forked) jobs: config, pool, tasks, base model
@@ -192,19 +201,26 @@ def _score(model: nn.Module, target: str, seed: int, method: str, extra: dict) -
     return row
 
 
-def _classify_job(job: tuple[int, str, str]) -> tuple[dict, list[float]]:
-    """One seed × target × method: select, continue pretraining the base LM on the selection, probe."""
-    seed, target, method = job
+def _classify_job(job: tuple[int, str, str, float, bool]) -> dict[str, Any]:
+    """One seed × target × method: select, continue pretraining the base LM on the selection for ``budget`` ×
+    ``continue_steps``; at budget 1 probe it (its row); with ``validate`` score the fit sample (the budget check)."""
+    seed, target, method, budget, validate = job
     cfg, prepared = _SHARED["cfg"], _SHARED["prepared"]
     split = _split(seed, target)
     k = min(cfg.budget_k, len(split.pool))
     chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=_SHARED["pc"])
-    kl = kl_scorer(prepared, split, cfg, _SHARED["total_counts"])(chosen)
     seed_everything(seed, threads=cfg.threads)
     model = copy.deepcopy(_SHARED["base"])
     texts = prepared.corpus.text.to_numpy()
-    curve = train_bytes(model, byte_tensor(list(texts[chosen])), cfg.continue_steps, cfg.continue_lr, cfg, seed)
-    return _score(model, target, seed, method, {"kl_reduction": kl, "k": k}), curve
+    steps = budget_steps(cfg.continue_steps, budget)
+    curve = train_bytes(model, byte_tensor(list(texts[chosen])), steps, cfg.continue_lr, cfg, seed)
+    out: dict[str, Any] = {"curve": curve, "row": None, "validation": float("nan")}
+    if budget == 1:
+        kl = kl_scorer(prepared, split, cfg, _SHARED["total_counts"])(chosen)
+        out["row"] = _score(model, target, seed, method, {"kl_reduction": kl, "k": k})
+    if validate:
+        out["validation"] = bits_per_byte(model, byte_tensor(list(texts[split.fit])), cfg.lm_context)
+    return out
 
 
 def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:

@@ -7,6 +7,7 @@ cache (``<labkit cache>/select``, the folder ``DSIR(cache_dir=...)`` uses), feat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ TARGETS = {
 METHODS = ("random", "dsir", "dsir-topk", "heuristic", "heuristic-words", "target-likelihood", "tfidf", "expert",
            "anti-dsir")
 VARIANTS = ("dsir-topk", "heuristic-words")  # variants of a listed method: counted once in method-level statistics
+TINY_TRACK, CLASSIFY_TRACK = "tiny transformer", "continued pretraining"  # the trained tracks (budget-table names)
 # Downstream classification task of each target: tell apart chunks of these labels (the target's own label among
 # its domain's other fine tags), e.g. GCIDE domain tags, FOLDOC sub-tags, man sections, fortune categories.
 CLASSIFY_TASKS = {
@@ -128,6 +130,9 @@ class Config:
     continue_steps: int = 150  # AdamW steps of continued pretraining on each selection
     continue_lr: float = 1e-3  # peak learning rate of continued pretraining (warm-up 10 %, cosine decay)
     probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe on mean-pooled hidden states
+    # Budget check (protocol v2): the first seed × target of every trained arm (tiny transformer, continued
+    # pretraining) rerun at budget_factor × the steps, same warm-up fraction and cosine horizon scaled with it
+    budget_factor: float = 2.0  # >= 2: the longer run must be a genuinely longer budget (issue #24)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -150,6 +155,10 @@ class Config:
                          "lm_hidden", "lm_layers", "lm_heads", "lm_lr", "threads", "classify_train", "classify_eval",
                          "base_chunks", "base_steps", "continue_steps", "continue_lr", "probe_c", "max_chunks")
         require_within(self, "discount", 0, 1, "[)")
+        require_within(self, "budget_factor", 2, math.inf, "[)")
+        if self.downstream in ("tiny_lm", "both") and self.n_val == 0:
+            raise ValueError("parameter 'n_val' is 0; the tiny transformer's budget check scores validation chunks, "
+                             "expected n_val > 0 with downstream 'tiny_lm' or 'both'")
         require_divisible(self, "lm_hidden", "lm_heads")
         require_device(self)
 
@@ -259,6 +268,13 @@ def split_target(
     return Split(fit, held, pool, reserved, val)
 
 
+def held_in_target(prepared: Prepared, split: Split, target: str) -> np.ndarray:
+    """The target text a model may train on (the premise arm): every chunk with the target's labels except the
+    split's held-out, validation and reserved chunks, i.e. its fit sample and the rest of its domain in the pool."""
+    members = np.nonzero(np.isin(prepared.corpus.label.to_numpy(), TARGETS[target]))[0]
+    return np.setdiff1d(members, np.concatenate([split.eval, split.val, split.reserved]))
+
+
 def select(
     method: str,
     prepared: Prepared,
@@ -347,8 +363,8 @@ def train_bytes(
     """Train ``model`` on ``lm_batch`` windows of ``lm_context`` bytes of ``data`` per step (AdamW, warm-up 10 %,
     cosine decay, as :func:`labkit.models.byte_lm.train_on_bytes`).
 
-    Returns the loss curve for :func:`labkit.protocol.sanity`: the mean next-byte loss in ``bins`` equal blocks of
-    steps. Every window is freshly drawn and a run sees less than one pass of its text, so it tracks held-out loss.
+    Returns the loss curve, for figures: the mean next-byte loss in ``bins`` equal blocks of steps (convergence is
+    judged by the budget check on validation text, not on this curve).
     """
     import torch
 
@@ -367,6 +383,26 @@ def train_bytes(
     blocks = np.array_split(history["loss"].to_numpy(dtype=np.float64), min(bins, max(1, steps)))
     return [float(b.mean()) for b in blocks if len(b)]
 
+
+def budget_steps(steps: int, budget: float) -> int:
+    """Steps of a run at ``budget`` × ``steps`` (the budget check's longer run; :func:`train_bytes` scales its warm-up
+    and cosine horizon with them, so the schedule keeps its shape)."""
+    return int(round(steps * budget))
+
+
+def fork_map(fn: Callable[[Any], Any], jobs: list, workers: int, desc: str, progress: bool = True) -> list:
+    """``[fn(job) for job in jobs]`` in order, in ``workers`` forked processes when more than one: they inherit the
+    prepared pool (a module-level dict set before the call) instead of pickling it. Put the longest jobs first."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            return list(tqdm(pool.map(fn, jobs), total=len(jobs), desc=desc, disable=not progress))
+    return [fn(job) for job in tqdm(jobs, desc=desc, disable=not progress)]
 
 
 def paired_gaps(

@@ -210,3 +210,25 @@ def classify_bars(classify: pd.DataFrame) -> plt.Figure:
     fig.suptitle("Linear probe of the target's domain tags after continued pretraining on each selection", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def budget_curves(budget: pd.DataFrame, curves: dict[tuple[str, str, float], list[float]]) -> plt.Figure:
+    """The budget check's runs, one panel per trained track: each arm's training loss at 1x (solid) and at the longer
+    budget (dashed) against the step, the same schedule stretched; the check itself reads validation text."""
+    tracks = list(dict.fromkeys(budget.track))
+    fig, axes = plt.subplots(1, len(tracks), figsize=(6 * len(tracks), 4), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, track in zip(axes[0], tracks, strict=True):
+        rows = budget[budget.track == track]
+        for j, arm in enumerate(_order(rows.arm)):
+            for r in rows[rows.arm == arm].itertuples():
+                curve = np.asarray(curves[(track, arm, r.budget)])
+                steps = (np.arange(len(curve)) + 0.5) * r.steps / len(curve)  # each point: the mean of a block of steps
+                ax.plot(steps, curve, color=colors(j % 10), linestyle="-" if r.budget == 1 else "--",
+                        label=f"{arm} ({r.budget:g}x: {r.steps} steps)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (nats/byte)")
+        ax.set_title(f"{track}, {rows.seed.iloc[0]}: 1x and longer budget", fontsize=10)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
