@@ -69,8 +69,9 @@ def read_claims(report: Path) -> pd.DataFrame | None:
     path = report / "tables" / "claims.csv"
     if not path.is_file():
         return None
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    for column in ("text", "paper (reference)", "raw verdict", "sanity"):
+    text = ("claim", "role", "text", "paper (reference)", "effect", "tolerance", "raw verdict", "verdict", "sanity")
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={c: str for c in text})
+    for column in text:
         if column in table:
             table[column] = table[column].fillna("")
     return table if "role" in table.columns else None
