@@ -4,7 +4,7 @@
 # `make lock` regenerates requirements.lock.
 PY := .venv/bin/python
 
-.PHONY: setup test report lab clean-cache screenshots lock test-latest
+.PHONY: setup test report lab clean-cache screenshots lock test-latest test-families
 
 setup:
 	bash scripts/setup.sh
@@ -28,7 +28,11 @@ screenshots: setup  # refresh the committed browser screenshots in reports/brows
 lock:  # re-resolve pyproject.toml's ranges into requirements.lock (exact versions, sha256 hashes)
 	bash scripts/lock.sh
 
-test-latest:  # the same tests in .venv-latest, built with the newest releases the ranges allow
+test-latest:  # the same tests in .venv-latest, built with the newest releases the ranges allow, and every family
 	bash scripts/setup.sh latest
 	.venv-latest/bin/ruff check .
 	bash scripts/offline.sh .venv-latest/bin/python -m pytest
+	bash scripts/offline.sh .venv-latest/bin/python -m pytest -m families -rP tests/test_families.py
+
+test-families: setup  # GateSkip on every decoder family of the installed transformers (tests/test_families.py)
+	bash scripts/offline.sh $(PY) -m pytest -m families -rP tests/test_families.py

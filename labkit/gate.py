@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +119,10 @@ class GatedBranch(nn.Module):
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
+        self.record_probe = False  # set by add_gates around its probe forward
+        self.probe: tuple[torch.Tensor, dict, torch.Tensor] | None = None  # (input, kwargs, output) of that forward
+        self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
+        self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -145,15 +150,18 @@ class GatedBranch(nn.Module):
         importance = None if g is None else g.squeeze(-1) if g.shape[-1] == 1 else g.mean(-1)  # scalar: a view
         policy = self.policy
         keep = policy.decide(self, importance, hidden) if policy is not None else None
+        out: Any = None
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
             arity = self.arity if self.arity is not None else 2 if self.role == "attn" else 0
             rest: tuple | None = (None,) * (arity - 1) if arity else None  # extras (attention weights) not computed
         else:
             out = self.branch(*args, **kwargs)
-            y, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, None)
-            self.arity = len(out) if isinstance(out, tuple) else 0
+            y, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
+            self.arity = len(out) if isinstance(out, (tuple, list)) else 0
             y = y.view(hidden.shape) if y.shape != hidden.shape else y  # Llama4's MoE returns tokens flattened
+            if self.record_probe:  # what compact execution must reproduce (checked by labkit.skip before first use)
+                self.probe = (hidden.detach(), _detached(kwargs), y.detach())
             if keep is not None:
                 y = y * keep.unsqueeze(-1).to(y.dtype)
         if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that
@@ -163,7 +171,28 @@ class GatedBranch(nn.Module):
             y = y * g
         if policy is not None:
             policy.after(self, keep, kwargs)
-        return (y, *rest) if rest is not None else y
+        if rest is None:
+            return y
+        return with_first(out, y) if out is not None else (y, *rest)  # the branch's own container (named tuples)
+
+
+def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
+    """A branch's output container (tuple, list or named tuple) with ``first`` in place of its leading tensor."""
+    if hasattr(out, "_fields"):
+        return type(out)(first, *out[1:])
+    return type(out)([first, *out[1:]])
+
+
+def _detached(kwargs: dict) -> dict:
+    """A probe's keyword arguments with every tensor (and tensor pair, e.g. rotary cos/sin) detached."""
+    def detach(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.detach()
+        if isinstance(value, tuple):
+            return tuple(detach(v) for v in value)
+        return value
+
+    return {k: detach(v) for k, v in kwargs.items()}
 
 
 def _flatten_branch_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
@@ -226,7 +255,12 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     def tensor(out: Any) -> Any:
-        return out[0] if isinstance(out, tuple) else out
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"a branch or layer of {type(model).__name__} returns {type(out).__name__}; labkit gates "
+                             "decoder layers whose branches return a tensor or a tuple/list starting with one")
+        return out
 
     def on_child(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
@@ -238,7 +272,7 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     def on_attn(module: nn.Module, args: tuple, out: Any) -> Any:
         record["attn"] = tensor(out)
         if record.get("perturb"):
-            return (tensor(out) + 1.0, *out[1:]) if isinstance(out, tuple) else out + 1.0
+            return with_first(out, tensor(out) + 1.0) if isinstance(out, (tuple, list)) else out + 1.0
         return None
 
     handles = [
@@ -263,6 +297,10 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     finally:
         for h in handles:
             h.remove()
+    missing = [k for k in ("in", "out", "attn", "mlp", "mlp_in") if k not in found]
+    if missing:
+        raise ValueError(f"the probe forward of {type(model).__name__} never ran {missing} of {type(layer).__name__} "
+                         f"as single modules (its {attention!r} / {mlp!r} children are containers, not branches)")
     children = found.get("children", [])
     attention_norm = next((n for n, x, _ in children if x is found["attn"] and "norm" in n.lower()), None)
     mlp_norm = next((n for n, x, _ in children if x is found["mlp"] and "norm" in n.lower()), None)
@@ -270,6 +308,12 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     a = outputs[attention_norm] if attention_norm else found["attn"]
     m = outputs[mlp_norm] if mlp_norm else found["mlp"]
     h_in, h_out = found["in"], found["out"]
+    a, m = (x.reshape(h_out.shape) if x.numel() == h_out.numel() else x for x in (a, m))  # Llama4's MoE: flattened
+    if not h_in.shape == h_out.shape == a.shape == m.shape:
+        raise ValueError(
+            f"{type(layer).__name__} in {type(model).__name__} does not map one residual stream to one: layer input "
+            f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
+            f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
     error = (h_out - (h_in + a + m)).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
     if not error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale:
@@ -353,8 +397,15 @@ def add_gates(
                 wrapped.attach_post_norm(getattr(layer, norm))
             setattr(layer, attr, wrapped)
     model.__dict__[ARCH_ATTR] = arch
-    with torch.no_grad():  # every branch sees one forward, so it knows what it returns before anything is skipped
-        _probe_forward(model)
+    branches = gated_branches(model)
+    for b in branches:
+        b.record_probe = True
+    try:  # every branch sees one forward: it knows what it returns, and what compact execution must reproduce
+        with torch.no_grad():
+            _probe_forward(model)
+    finally:
+        for b in branches:
+            b.record_probe = False
     setattr(
         model.config,
         CONFIG_KEY,
@@ -441,6 +492,31 @@ def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _checkpoint_renamings(model: nn.Module) -> list[tuple[str, str]]:
+    """transformers' checkpoint-to-model key renamings for this model class, as (regex, replacement) pairs: a family
+    such as EXAONE is saved under its original checkpoint names (``transformer.h.N.attn.attention``), gate keys too.
+    None on a transformers without conversion mappings."""
+    try:
+        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+    except ImportError:
+        return []
+    pairs = []
+    for r in get_model_conversion_mapping(model):
+        if isinstance(r, WeightRenaming):  # several sources may share one target
+            targets = r.target_patterns if len(r.target_patterns) == len(r.source_patterns) else r.target_patterns[:1]
+            pairs += [(source, targets[min(i, len(targets) - 1)]) for i, source in enumerate(r.source_patterns)]
+    return pairs
+
+
+def _model_key(key: str, expected: set[str], renamings: list[tuple[str, str]]) -> str:
+    """A saved gate key under the model's name, after transformers' renamings where it is not one already."""
+    if key in expected:
+        return key
+    for source, target in renamings:
+        key = re.sub(source, lambda _, target=target: target, key)
+    return key
+
+
 def _renamed_branch(key: str, saved: dict, expected: set[str]) -> str:
     """The model's name of a saved gate key. transformers may save a branch under its checkpoint name (Mixtral's
     ``mlp`` as ``block_sparse_moe``): within one layer, the one saved branch name the model lacks is the one model
@@ -465,8 +541,10 @@ def load_gates(model: nn.Module, path: str | Path) -> nn.Module:
             f"{type(model).__name__} has no gates to load into; call add_gates(model, kind=...) first, "
             "or use labkit.gate.from_pretrained(path) to rebuild the gated model"
         )
-    saved = {k: v for k, v in _checkpoint_tensors(Path(path)).items() if f".{GATE_ATTR}." in k}
     expected = {k for k in model.state_dict() if f".{GATE_ATTR}." in k}
+    renamings = _checkpoint_renamings(model)
+    saved = {_model_key(k, expected, renamings): v for k, v in _checkpoint_tensors(Path(path)).items()
+             if f".{GATE_ATTR}." in k}
     gate_state = {_renamed_branch(k, saved, expected): v for k, v in saved.items()}
     missing = sorted(expected - set(gate_state))
     if missing:
@@ -502,8 +580,11 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the gate keys are expected to be "unexpected" for the plain model
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    import transformers
+
+    saved_as = next((getattr(transformers, name, None) for name in getattr(config, "architectures", None) or []), None)
+    try:  # the class it was saved from where transformers has it (Emu3's text model has no auto-mapping entry)
+        model = (saved_as or AutoModelForCausalLM).from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
     if hasattr(model.config, CONFIG_KEY):

@@ -42,4 +42,14 @@ def _block_network():
     socket.socket.connect = _connect
 
 
+def pytest_collection_modifyitems(config, items):
+    """Deselect the ``families`` tests unless the -m expression names them (``make test-families``)."""
+    if "families" in (config.getoption("markexpr") or ""):
+        return
+    families = [item for item in items if item.get_closest_marker("families")]
+    if families:
+        config.hook.pytest_deselected(items=families)
+        items[:] = [item for item in items if not item.get_closest_marker("families")]
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

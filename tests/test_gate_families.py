@@ -11,8 +11,8 @@ import transformers
 
 from labkit import gate, skip
 from labkit.skip import compact, kv_cache
+from tests.gate_helpers import BOS, EOS, PAD, V, randomize_gates, tokens
 
-V, EOS, PAD, BOS = 64, 61, 62, 60
 COMMON = dict(
     vocab_size=V,
     hidden_size=32,
@@ -80,16 +80,7 @@ def build(family: str, seed: int = 0) -> torch.nn.Module:
 def gated(family: str, kind: str = "vector") -> torch.nn.Module:
     """Gated, with random gate weights so that importances differ between tokens."""
     model = gate.add_gates(build(family), kind=kind)
-    if kind != "none":
-        with torch.no_grad():
-            for b in gate.gated_branches(model):
-                b.residual_gate.linear.weight.normal_(0.0, 1.0)
-                b.residual_gate.linear.bias.zero_()
-    return model
-
-
-def tokens(b: int = 3, t: int = 9, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, BOS, (b, t), generator=torch.Generator().manual_seed(seed))
+    return randomize_gates(model) if kind != "none" else model
 
 
 @pytest.fixture(params=sorted(FAMILIES))

@@ -314,6 +314,8 @@ def test_a_skipped_decoding_step_reads_no_branch_weights_and_copies_one_position
     prompt = tokens(2, 5)
     with torch.no_grad():
         cache = kv_cache.output_cache(model(prompt, use_cache=True))
+        for branch in gate.gated_branches(model):  # the one-time check a compact budget makes, not this step's reads
+            skip.verify_compact(branch)
         calls = _branch_calls(model)
         with skip.budget(model, 0.5, "step", "compact", thresholds=thresholds, record=True,
                          measure_flops=False) as stats:
@@ -359,3 +361,40 @@ def test_flops_of_a_decoding_step_replay_its_own_decisions():
         measured = step(True)
         executed = count_flops(lambda: step(False))
     assert 0 < measured.flops == executed < measured.dense_flops
+
+
+class _GatedOutput(torch.nn.Module):
+    """An attention wrapper that gates its output (as AFMoE / Laguna do); labkit's adapter reads its projections."""
+
+    def __init__(self, attn: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = attn
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.config, self.layer_idx, self.head_dim = attn.config, attn.layer_idx, attn.head_dim
+        self.scaling, self.attention_dropout = attn.scaling, attn.attention_dropout
+        self.is_causal = True
+
+    def forward(self, *args, **kwargs):
+        out, weights = self.inner(*args, **kwargs)
+        return torch.sigmoid(out) * out, weights
+
+
+def test_compact_refuses_clearly_where_it_would_not_reproduce_the_family_and_masked_still_works():
+    model = build_causal_lm("llama", vocab_size=16, hidden_size=32, n_layers=2, n_heads=2, seed=0,
+                            eos_token_id=EOS, pad_token_id=PAD).eval()
+    for layer in model.model.layers:
+        layer.self_attn = _GatedOutput(layer.self_attn)
+    gate.add_gates(model)
+    x = tokens()
+    with pytest.raises(ValueError, match=r"compact execution does not reproduce _GatedOutput \(branch 0.attn\)"):
+        with skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            model(x)
+    with pytest.raises(ValueError, match="does not reproduce"):  # refused again, not silently run
+        with skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            model(x)
+    with skip.budget(model, 0.4, measure_flops=False):  # masked execution runs the module itself
+        model(x)
+    plain = gated("llama")
+    with skip.budget(plain, 0.4, execution="compact", measure_flops=False):
+        plain(x)
+    assert all(b.compact_checked and b.compact_error is None and b.probe is None for b in gate.gated_branches(plain))

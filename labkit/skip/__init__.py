@@ -10,7 +10,9 @@ weights at all; decoding is memory-bound, and skipping half the rows of a step s
 token's branch output is zero, so its residual stream passes through; in a cached forward its K/V at layer l are
 copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped. Baselines share the machinery: random
 ranking (``ranking="random"``), static branch/layer skipping (:func:`static_skip` with :func:`shortgpt_order` or
-:func:`uls_layers`).
+:func:`uls_layers`). Compact execution runs a family's attention from its projections; :func:`verify_compact`
+checks once per branch (when a compact budget opens) that it reproduces the module's own output, and refuses clearly
+where it does not.
 
 Modules: :mod:`~labkit.skip.policy` (the skip contexts and their accounting), :mod:`~labkit.skip.compact` (compact
 execution of a branch on its kept tokens), :mod:`~labkit.skip.static` (ShortGPT and ULS orders),
@@ -27,6 +29,7 @@ from labkit.skip.policy import (
     calibrate_thresholds,
     copy_forward_kv,
     static_skip,
+    verify_compact,
 )
 from labkit.skip.static import branch_names, shortgpt_order, uls_layers
 
@@ -43,4 +46,5 @@ __all__ = [
     "shortgpt_order",
     "static_skip",
     "uls_layers",
+    "verify_compact",
 ]

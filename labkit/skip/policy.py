@@ -367,6 +367,48 @@ def _check_common(model: nn.Module, execution: str, kv: str) -> None:
         raise ValueError(f"{type(model).__name__} has no gated branches; call labkit.gate.add_gates(model) first")
 
 
+@torch.no_grad()
+def verify_compact(branch: gate_lib.GatedBranch) -> None:
+    """Before a budget first runs a branch compact: its compact execution, keeping every token of add_gates' probe
+    forward, must reproduce the branch's own output there, else ValueError (and every later try raises the same).
+
+    labkit's compact adapters re-implement attention from a family's projections; a family that does something more
+    (an output gate, q/k norms after rotary, attention sinks, latent attention) would otherwise give silently wrong
+    logits. Compared once per branch; the probe is 3 tokens without a cache.
+    """
+    if branch.compact_error is not None:
+        raise ValueError(branch.compact_error)
+    if branch.compact_checked or branch.probe is None:
+        return
+    hidden, kwargs, own = branch.probe
+    module = branch.branch
+    what = f"{type(module).__name__} (branch {branch.name})"
+    keep = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    try:
+        if branch.role == "mlp":
+            out = compact_mlp(module, hidden, keep)
+        else:
+            out = compact_attention(module, hidden, keep, {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS})
+    except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
+        branch.compact_error = str(error)
+    except Exception as error:
+        branch.compact_error = (f"compact execution cannot run {what}: its adapter failed with {type(error).__name__}: "
+                                f"{error}; use execution='masked'")
+    else:
+        tol = max(1e-5, 64 * torch.finfo(own.dtype).eps) * (1 + float(own.abs().max()))
+        err = float((out.to(own.dtype) - own).abs().max()) if out.shape == own.shape else math.inf
+        if not err <= tol:
+            branch.compact_error = (
+                f"compact execution does not reproduce {what}: keeping every token of a 3-token probe it differs from "
+                f"the module's own output by {err:.3g} (tolerance {tol:.3g}); this family does something labkit's "
+                "adapter does not (e.g. an output gate, q/k norms, attention sinks, latent attention); use "
+                "execution='masked'")
+    branch.probe = None  # checked once; the probe's tensors are not kept
+    branch.compact_checked = True
+    if branch.compact_error is not None:
+        raise ValueError(branch.compact_error)
+
+
 @contextlib.contextmanager
 def budget(
     model: nn.Module,
@@ -400,6 +442,9 @@ def budget(
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     _check_common(model, execution, kv)
+    if execution == "compact":  # refuse a family whose compact execution would differ, before anything runs
+        for branch in gate_lib.gated_branches(model):
+            verify_compact(branch)
     if ranking == "gate" and any(b.residual_gate is None for b in gate_lib.gated_branches(model)):
         raise ValueError(
             "ranking='gate' needs gates with weights; this model was wrapped with kind='none' "

@@ -1,0 +1,20 @@
+"""Helpers shared by the decoder-family tests (tests/test_gate_families.py, tests/test_families.py)."""
+
+import torch
+
+from labkit import gate
+
+V, EOS, PAD, BOS = 64, 61, 62, 60  # tiny vocabulary and its special tokens (tokens() draws below BOS)
+
+
+def randomize_gates(model: torch.nn.Module) -> torch.nn.Module:
+    """Random gate weights (zero bias), so that importances differ between tokens; returns ``model``."""
+    with torch.no_grad():
+        for b in gate.gated_branches(model):
+            b.residual_gate.linear.weight.normal_(0.0, 1.0)
+            b.residual_gate.linear.bias.zero_()
+    return model
+
+
+def tokens(b: int = 3, t: int = 9, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, BOS, (b, t), generator=torch.Generator().manual_seed(seed))
