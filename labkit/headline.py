@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-PREMISE_WORDS = {"held": "met", "not held": "NOT met", "inconclusive": "unconfirmed"}
+PREMISE_WORDS = {"held": "met", "not held": "NOT met (refuted)", "inconclusive": "not met (unconfirmed)"}
 
 
 def family(name: str) -> str:
@@ -23,13 +23,17 @@ def family(name: str) -> str:
     return name.rsplit(": ", 1)[-1]
 
 
-def _member(row: pd.Series, verdict: str) -> str:
+def _member(row: pd.Series) -> str:
     group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
-    return f"{group}{row['effect']} (n={row['n']})" if verdict != "premise not met" else group.strip()
+    raw = row.get("raw verdict", "") or row["verdict"]
+    before = f", raw {raw}" if raw != row["verdict"] else ""
+    return f"{group}{row['effect']} (n={row['n']}{before})"
 
 
-def sentences(claims: pd.DataFrame) -> list[str]:
-    """One plain sentence per claim family, premises first, in the table's order."""
+def sentences(claims: pd.DataFrame, sanity: pd.DataFrame | None = None) -> list[str]:
+    """One plain sentence per claim family, premises first, in the table's order, each member with its effect,
+    interval, n and (where the premise or Holm changed it) its raw verdict; then one sentence on the failed sanity
+    checks when ``sanity`` (the report's ``sanity.csv``) is given."""
     out = []
     claims = claims.assign(_family=[family(n) for n in claims["claim"]])
     for name, rows in claims.groupby("_family", sort=False):
@@ -37,14 +41,18 @@ def sentences(claims: pd.DataFrame) -> list[str]:
         words = PREMISE_WORDS if role == "premise" else {}
         parts = []
         for verdict, group in rows.groupby("verdict", sort=False):
-            said = words.get(verdict, verdict)
-            members = "; ".join(_member(r, verdict) for _, r in group.iterrows())
             count = f" in {len(group)} of {len(rows)}" if len(rows) > 1 else ""
-            parts.append(f"{said}{count}" + (f": {members}" if members else ""))
+            members = "; ".join(_member(r) for _, r in group.iterrows())
+            parts.append(f"{words.get(verdict, verdict)}{count}: {members}")
         label = "Premise" if role == "premise" else "Claim" if role == "main" else "Secondary"
-        adjusted = rows["raw verdict"] != rows["verdict"]
-        note = f" ({int(adjusted.sum())} raw verdict(s) changed by premise or Holm)" if adjusted.any() else ""
-        out.append(f"{label} — {text} [{name}]: " + " | ".join(parts) + note + ".")
+        out.append(f"{label} — {text} [{name}]: " + " | ".join(parts) + ".")
+    if sanity is not None and "flags" in sanity:
+        flags = [f for text in sanity["flags"].fillna("") for f in str(text).split("; ") if f]
+        if flags:
+            shown = "; ".join(flags[:6]) + (f"; and {len(flags) - 6} more" if len(flags) > 6 else "")
+            out.append(f"Sanity — {len(flags)} failed check(s): {shown}.")
+        else:
+            out.append("Sanity — every check passed.")
     return out
 
 
@@ -64,6 +72,12 @@ def forest_png(claims: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def read_sanity(report: Path) -> pd.DataFrame | None:
+    """A report folder's sanity table, or None when it records none."""
+    path = report / "tables" / "sanity.csv"
+    return pd.read_csv(path, keep_default_na=False, dtype={"flags": str}) if path.is_file() else None
+
+
 def read_claims(report: Path) -> pd.DataFrame | None:
     """A report folder's claims table, or None when the notebook records none (not under the protocol)."""
     path = report / "tables" / "claims.csv"
@@ -77,10 +91,11 @@ def read_claims(report: Path) -> pd.DataFrame | None:
     return table if "role" in table.columns else None
 
 
-def html_block(claims: pd.DataFrame, title: str, link: str | None = None) -> str:
-    """The headline as an HTML section: title (linked), one sentence per claim family, the forest figure."""
+def html_block(claims: pd.DataFrame, title: str, link: str | None = None, sanity: pd.DataFrame | None = None) -> str:
+    """The headline as an HTML section: title (linked), one sentence per claim family and one on the failed sanity
+    checks, the forest figure."""
     heading = html.escape(title) if link is None else f'<a href="{html.escape(link)}">{html.escape(title)}</a>'
-    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences(claims))
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences(claims, sanity))
     image = base64.b64encode(forest_png(claims)).decode()
     return (f'<section class="labkit-headline"><h2>{heading}</h2><ul>{items}</ul>'
             f'<img alt="claims forest of {html.escape(title)}" src="data:image/png;base64,{image}" '

@@ -451,7 +451,8 @@ def export_html(executed: Path, html_path: Path) -> None:
                            ).from_notebook_node(nb)
     claims = headline.read_claims(html_path.parent)
     if claims is not None:
-        top = headline.html_block(claims, f"{executed.stem}: the answer first")
+        top = headline.html_block(claims, f"{executed.stem}: the answer first",
+                                  sanity=headline.read_sanity(html_path.parent))
         anchor = "<main>" if "<main>" in body else "<body"
         at = body.index(anchor)
         at = body.index(">", at) + 1
