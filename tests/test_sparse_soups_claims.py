@@ -191,3 +191,24 @@ def test_smoke_run_judges_premise_and_claims_and_reruns_the_first_seed_at_twice_
     assert set(results.health.arm) == set(results.final.arm) - {NAIVE, REPRUNED} and len(results.health) > 0
     assert set(results.sanity.arm) >= set(budget.arm) and results.sanity.converged.notna().sum() == len(set(budget.arm))
     assert "rule: " in sparse_soups.verdict_text(results)
+
+
+def test_accuracy_is_exact_at_the_split_resolution_so_a_tie_with_the_budget_tolerance_is_not_a_flag():
+    """20 more correct of 10,000 images is exactly 0.2 pp: a float32 mean made it 0.20000339 > 0.2, a false alarm."""
+    import torch
+
+    from labkit import protocol
+    from labkit.experiments.sparse_soups_arms import accuracy
+
+    labels = torch.arange(10_000) % 10
+    right = torch.nn.functional.one_hot(labels, 10).float()
+
+    def wrong(k: int) -> torch.Tensor:
+        probs = right.clone()
+        probs[:k] = torch.roll(probs[:k], 1, 1)
+        return probs
+
+    short, long = accuracy(wrong(296), labels), accuracy(wrong(276), labels)
+    assert (short, long) == (97.04, 97.24)
+    table = pd.DataFrame({"arm": ["IMP", "IMP"], "seed": [0, 0], "budget": [1, 2], "val_acc": [short, long]})
+    assert protocol.budget_check(table, "val_acc", 0.2, lower_is_better=False)["converged"].all()

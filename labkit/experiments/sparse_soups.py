@@ -48,6 +48,7 @@ from labkit.experiments import configure as _configure
 from labkit.experiments.sparse_soups_arms import (
     Clock,
     Data,
+    accuracy,
     cached_data,
     evaluate,
     imp_chain,
@@ -250,7 +251,7 @@ def _ensemble_row(cfg: Config, data: Data, seed: int, ingredients: list[nn.Modul
         "arm": f"prediction ensemble ({cfg.m}x inference)",
         "sparsity": prune.sparsity(ingredients[0]),
         **scores(probs_t, probs_o, data),
-        "val_acc": 100 * float((probs_v.argmax(-1) == data.val_y).float().mean()),
+        "val_acc": accuracy(probs_v, data.val_y),
     }
 
 
