@@ -23,10 +23,19 @@ def family(name: str) -> str:
     return name.rsplit(": ", 1)[-1]
 
 
+def _interval_alone(row: pd.Series) -> str:
+    """What the interval says against the tolerance, before sanity flags, premise and multiplicity."""
+    tolerance = float(str(row["tolerance"]).replace("%", "").strip() or 0)
+    return "held" if row["low"] > tolerance else "not held" if row["high"] < tolerance else "inconclusive"
+
+
 def _member(row: pd.Series) -> str:
     group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
     raw = row.get("raw verdict", "") or row["verdict"]
     before = f", raw {raw}" if raw != row["verdict"] else ""
+    flags = [f for f in str(row.get("sanity", "ok")).split("; ") if f and f != "ok"]
+    if flags:
+        before += f", {len(flags)} sanity flag(s); the interval alone: {_interval_alone(row)}"
     return f"{group}{row['effect']} (n={row['n']}{before})"
 
 
@@ -47,7 +56,7 @@ def sentences(claims: pd.DataFrame, sanity: pd.DataFrame | None = None) -> list[
         label = "Premise" if role == "premise" else "Claim" if role == "main" else "Secondary"
         out.append(f"{label} — {text} [{name}]: " + " | ".join(parts) + ".")
     if sanity is not None and "flags" in sanity:
-        flags = [f for text in sanity["flags"].fillna("") for f in str(text).split("; ") if f]
+        flags = list(dict.fromkeys(f for text in sanity["flags"].fillna("") for f in str(text).split("; ") if f))
         if flags:
             shown = "; ".join(flags[:6]) + (f"; and {len(flags) - 6} more" if len(flags) > 6 else "")
             out.append(f"Sanity — {len(flags)} failed check(s): {shown}.")
