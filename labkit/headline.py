@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from labkit.protocol import ALPHA
+
 PREMISE_WORDS = {"held": "met", "not held": "NOT met (refuted)", "inconclusive": "not met (unconfirmed)"}
 
 
@@ -33,6 +35,9 @@ def _member(row: pd.Series) -> str:
     group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
     raw = row.get("raw verdict", "") or row["verdict"]
     before = f", raw {raw}" if raw != row["verdict"] else ""
+    holm = row.get("p (Holm)", float("nan"))
+    if raw in ("held", "not held") and pd.notna(holm) and holm >= ALPHA:
+        before += f"; Holm-adjusted p {holm:.2g}: inconclusive"
     flags = [f for f in str(row.get("sanity", "ok")).split("; ") if f and f != "ok"]
     if flags:
         before += f", {len(flags)} sanity flag(s); the interval alone: {_interval_alone(row)}"
