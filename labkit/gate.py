@@ -120,7 +120,7 @@ class GatedBranch(nn.Module):
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
         self.record_probe = False  # set by add_gates around its probe forward
-        self.probe: tuple[torch.Tensor, dict, torch.Tensor] | None = None  # (input, kwargs, output) of that forward
+        self.probe: tuple[torch.Tensor, dict] | None = None  # (input, keyword arguments) of that forward
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
         self.register_state_dict_post_hook(_flatten_branch_keys)
@@ -160,8 +160,8 @@ class GatedBranch(nn.Module):
             y, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
             self.arity = len(out) if isinstance(out, (tuple, list)) else 0
             y = y.view(hidden.shape) if y.shape != hidden.shape else y  # Llama4's MoE returns tokens flattened
-            if self.record_probe:  # what compact execution must reproduce (checked by labkit.skip before first use)
-                self.probe = (hidden.detach(), _detached(kwargs), y.detach())
+            if self.record_probe:  # an input compact execution is checked on (by labkit.skip, before first use)
+                self.probe = (hidden.detach(), _detached(kwargs))
             if keep is not None:
                 y = y * keep.unsqueeze(-1).to(y.dtype)
         if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that

@@ -395,6 +395,11 @@ def test_compact_refuses_clearly_where_it_would_not_reproduce_the_family_and_mas
     with skip.budget(model, 0.4, measure_flops=False):  # masked execution runs the module itself
         model(x)
     plain = gated("llama")
+    with torch.no_grad():  # fine-tuned after add_gates recorded its probe: checked against today's weights
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with skip.budget(plain, 0.4, measure_flops=False):
+        masked = plain(x).logits
     with skip.budget(plain, 0.4, execution="compact", measure_flops=False):
-        plain(x)
+        torch.testing.assert_close(plain(x).logits, masked, atol=1e-5, rtol=1e-5)
     assert all(b.compact_checked and b.compact_error is None and b.probe is None for b in gate.gated_branches(plain))

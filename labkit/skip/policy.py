@@ -374,21 +374,27 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
 
     labkit's compact adapters re-implement attention from a family's projections; a family that does something more
     (an output gate, q/k norms after rotary, attention sinks, latent attention) would otherwise give silently wrong
-    logits. Compared once per branch; the probe is 3 tokens without a cache.
+    logits. Compared once per branch, with the module's weights at that moment (it may have been fine-tuned since
+    add_gates recorded the probe input: 3 tokens, no cache).
     """
     if branch.compact_error is not None:
         raise ValueError(branch.compact_error)
     if branch.compact_checked or branch.probe is None:
         return
-    hidden, kwargs, own = branch.probe
+    hidden, kwargs = branch.probe
     module = branch.branch
     what = f"{type(module).__name__} (branch {branch.name})"
     keep = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS}
+    training = module.training
+    module.eval()  # the module's weights now (it may have been fine-tuned since the probe), without dropout
     try:
+        own = module(**kwargs) if "hidden_states" in kwargs else module(hidden, **kwargs)
+        own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
         if branch.role == "mlp":
             out = compact_mlp(module, hidden, keep)
         else:
-            out = compact_attention(module, hidden, keep, {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS})
+            out = compact_attention(module, hidden, keep, kwargs)
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
         branch.compact_error = str(error)
     except Exception as error:
@@ -403,6 +409,8 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
                 f"the module's own output by {err:.3g} (tolerance {tol:.3g}); this family does something labkit's "
                 "adapter does not (e.g. an output gate, q/k norms, attention sinks, latent attention); use "
                 "execution='masked'")
+    finally:
+        module.train(training)
     branch.probe = None  # checked once; the probe's tensors are not kept
     branch.compact_checked = True
     if branch.compact_error is not None:
