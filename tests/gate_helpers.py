@@ -2,7 +2,7 @@
 
 import torch
 
-from labkit import gate
+from labkit import gate, skip
 
 V, EOS, PAD, BOS = 64, 61, 62, 60  # tiny vocabulary and its special tokens (tokens() draws below BOS)
 
@@ -18,3 +18,12 @@ def randomize_gates(model: torch.nn.Module) -> torch.nn.Module:
 
 def tokens(b: int = 3, t: int = 9, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, BOS, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def budget_generate(model: torch.nn.Module, prompt: torch.Tensor, execution: str, **budget_kw):
+    """Greedy generation of 5 tokens with a KV cache inside ``skip.budget(model, 0.4, execution)``; the output (with
+    scores) and the budget's stats."""
+    with skip.budget(model, 0.4, execution=execution, measure_flops=False, **budget_kw) as stats:
+        out = model.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, output_scores=True,
+                             return_dict_in_generate=True)
+    return out, stats

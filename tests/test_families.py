@@ -32,7 +32,7 @@ from transformers.utils import logging as hf_logging
 import labkit
 from labkit import gate, skip
 from labkit.skip import compact, kv_cache
-from tests.gate_helpers import BOS, EOS, PAD, V, randomize_gates, tokens
+from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, randomize_gates, tokens
 
 MULTIMODAL = "multimodal"
 RECURRENT = "state-space / hybrid-recurrent"
@@ -293,15 +293,7 @@ def check_generate(model: torch.nn.Module) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compact, "_project_kv", lambda attn, h: projected.append(h.shape[0]) or project_kv(attn, h))
         for execution in ("masked", "compact"):
-            with skip.budget(model, 0.4, execution=execution, measure_flops=False) as stats:
-                runs[execution] = model.generate(
-                    prompt,
-                    max_new_tokens=5,
-                    do_sample=False,
-                    use_cache=True,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
+            runs[execution], stats = budget_generate(model, prompt, execution)
             assert 0.3 < stats.skipped_fraction < 0.5
     assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
     for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):

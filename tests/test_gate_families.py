@@ -11,7 +11,7 @@ import transformers
 
 from labkit import gate, skip
 from labkit.skip import compact, kv_cache
-from tests.gate_helpers import BOS, EOS, PAD, V, randomize_gates, tokens
+from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, randomize_gates, tokens
 
 COMMON = dict(
     vocab_size=V,
@@ -203,15 +203,7 @@ def test_generate_copy_forward_and_compact_decoding(family, monkeypatch):
     monkeypatch.setattr(compact, "_project_kv", lambda attn, x: projected.append(x.shape[0]) or project_kv(attn, x))
     runs = {}
     for execution in ("masked", "compact"):
-        with skip.budget(model, 0.4, execution=execution, record=True, measure_flops=False) as stats:
-            runs[execution] = model.generate(
-                prompt,
-                max_new_tokens=5,
-                do_sample=False,
-                use_cache=True,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
+        runs[execution], stats = budget_generate(model, prompt, execution, record=True)
         assert 0.3 < stats.skipped_fraction < 0.5  # one of 3 tokens skipped per decoding step
     assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
     for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
