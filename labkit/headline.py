@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from labkit.protocol import ALPHA
-
 PREMISE_WORDS = {"held": "met", "not held": "NOT met (refuted)", "inconclusive": "not met (unconfirmed)"}
 
 
@@ -35,6 +33,8 @@ def _member(row: pd.Series) -> str:
     group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
     raw = row.get("raw verdict", "") or row["verdict"]
     before = f", raw {raw}" if raw != row["verdict"] else ""
+    from labkit.protocol import ALPHA  # here, not at import: `labkit list` works without scipy (the data extra)
+
     holm = row.get("p (Holm)", float("nan"))
     if raw in ("held", "not held") and pd.notna(holm) and holm >= ALPHA:
         before += f"; Holm-adjusted p {holm:.2g}: inconclusive"
