@@ -1,5 +1,7 @@
 """Helpers shared by the decoder-family tests (tests/test_gate_families.py, tests/test_families.py)."""
 
+from pathlib import Path
+
 import torch
 
 from labkit import gate, skip
@@ -27,3 +29,17 @@ def budget_generate(model: torch.nn.Module, prompt: torch.Tensor, execution: str
         out = model.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, output_scores=True,
                              return_dict_in_generate=True)
     return out, stats
+
+
+def check_round_trip(model: torch.nn.Module, folder: Path | str) -> None:
+    """save_pretrained into ``folder``, then gate.from_pretrained: the same logits, with and without a budget."""
+    x = tokens()
+    expected = model(x).logits
+    with skip.budget(model, 0.3, measure_flops=False):
+        expected_skipping = model(x).logits
+    model.save_pretrained(folder)
+    restored = gate.from_pretrained(folder, attn_implementation=model.config._attn_implementation).eval()
+    assert gate.architecture(restored) == gate.architecture(model)
+    torch.testing.assert_close(restored(x).logits, expected, atol=0.0, rtol=0.0)
+    with skip.budget(restored, 0.3, measure_flops=False):
+        torch.testing.assert_close(restored(x).logits, expected_skipping, atol=0.0, rtol=0.0)

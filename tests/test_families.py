@@ -32,7 +32,7 @@ from transformers.utils import logging as hf_logging
 import labkit
 from labkit import gate, skip
 from labkit.skip import compact, kv_cache
-from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, randomize_gates, tokens
+from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
 MULTIMODAL = "multimodal"
 RECURRENT = "state-space / hybrid-recurrent"
@@ -301,26 +301,17 @@ def check_generate(model: torch.nn.Module) -> None:
     assert projected[len(projected) - 8 :] == [3, 2] * 4, "compact decoding computed a skipped token's K/V"
 
 
-def check_round_trip(model: torch.nn.Module) -> None:
-    """save_pretrained then gate.from_pretrained: the same logits, with and without a budget."""
-    x = tokens()
-    expected = model(x).logits
-    with skip.budget(model, 0.3, measure_flops=False):
-        expected_skipping = model(x).logits
+def check_save_and_load(model: torch.nn.Module) -> None:
+    """The save / from_pretrained round trip (:func:`tests.gate_helpers.check_round_trip`) in a temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        restored = gate.from_pretrained(folder, attn_implementation=model.config._attn_implementation).eval()
-    assert gate.architecture(restored) == gate.architecture(model)
-    torch.testing.assert_close(restored(x).logits, expected, atol=0.0, rtol=0.0)
-    with skip.budget(restored, 0.3, measure_flops=False):
-        torch.testing.assert_close(restored(x).logits, expected_skipping, atol=0.0, rtol=0.0)
+        check_round_trip(model, folder)
 
 
 CHECKS = {
     "gated forward": check_gated_forward,
     "masked == compact": check_compact_equals_masked,
     "generate": check_generate,
-    "round trip": check_round_trip,
+    "round trip": check_save_and_load,
 }
 
 

@@ -11,7 +11,7 @@ import transformers
 
 from labkit import gate, skip
 from labkit.skip import compact, kv_cache
-from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, randomize_gates, tokens
+from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
 COMMON = dict(
     vocab_size=V,
@@ -214,17 +214,7 @@ def test_generate_copy_forward_and_compact_decoding(family, monkeypatch):
 
 
 def test_save_and_from_pretrained_round_trip(family, tmp_path):
-    model = gated(family, kind="vector")
-    x = tokens()
-    expected = model(x).logits
-    with skip.budget(model, 0.3, measure_flops=False):
-        expected_skipping = model(x).logits
-    model.save_pretrained(tmp_path)
-    restored = gate.from_pretrained(tmp_path, attn_implementation=model.config._attn_implementation).eval()
-    assert gate.architecture(restored) == gate.architecture(model)
-    torch.testing.assert_close(restored(x).logits, expected, atol=0.0, rtol=0.0)
-    with skip.budget(restored, 0.3, measure_flops=False):
-        torch.testing.assert_close(restored(x).logits, expected_skipping, atol=0.0, rtol=0.0)
+    check_round_trip(gated(family, kind="vector"), tmp_path)
 
 
 def test_static_skip_and_shortgpt(family):
