@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 import pandas as pd
@@ -30,11 +29,11 @@ def _interval_alone(row: pd.Series) -> str:
 
 
 def _member(row: pd.Series) -> str:
+    from labkit.protocol import ALPHA  # here, not at import: `labkit list` works without scipy (the data extra)
+
     group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
     raw = row.get("raw verdict", "") or row["verdict"]
     before = f", raw {raw}" if raw != row["verdict"] else ""
-    from labkit.protocol import ALPHA  # here, not at import: `labkit list` works without scipy (the data extra)
-
     holm = row.get("p (Holm)", float("nan"))
     if raw in ("held", "not held") and pd.notna(holm) and holm >= ALPHA:
         before += f"; Holm-adjusted p {holm:.2g}: inconclusive"
@@ -75,15 +74,10 @@ def forest_png(claims: pd.DataFrame) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from labkit.views.claims import claims_forest
+    from labkit.widgets import figure_png
 
-    fig = claims_forest(claims, xlabel="improvement (each claim's units; tick: its tolerance)")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(claims_forest(claims, xlabel="improvement (each claim's units; tick: its tolerance)"))
 
 
 def read_sanity(report: Path) -> pd.DataFrame | None:
