@@ -117,7 +117,7 @@ def agreement(k: int = 3000) -> list[dict]:
     from scipy import stats
 
     from labkit.data import corpora
-    from labkit.experiments import dsir_setup
+    from labkit.experiments.dsir import config as dsir_setup
     from labkit.select import DSIR, featurize
     from labkit.select.stream import indexed_gumbel, top_keys
 

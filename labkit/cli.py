@@ -10,7 +10,7 @@ from pathlib import Path
 
 from labkit import index as reports_index
 from labkit import runner
-from labkit.experiments import type_name
+from labkit.config import type_name
 from labkit.report import atomic_write_text
 
 WAIT_HELP = "when another run is writing the same report folder, wait this long for it (default 0: fail at once)"
@@ -27,7 +27,7 @@ def _list(_: argparse.Namespace) -> int:
         types_ = runner.parameter_types(module)
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(module.Config)}
-        defaults["widgets"] = True
+        defaults.update(runner.RUNNER_DEFAULTS)
         for name, tp in types_.items():
             by_preset = "  ".join(f"{p}={values[name]!r}" for p, values in module.PRESETS.items() if name in values)
             line = f"  {name}: {type_name(tp)} = {defaults[name]!r}"
@@ -71,7 +71,8 @@ def _report(args: argparse.Namespace) -> int:
         if result.skipped:  # one line per report: what it was and what was done
             status = "up to date, kept"
         else:
-            status = ((f"stale ({reason})" if reason else "up to date") + ", rerun: "
+            done = "re-judged from its computed tables" if result.rejudged else "rerun"
+            status = ((f"stale ({reason})" if reason else "up to date") + f", {done}: "
                       + f"{'ok' if result.ok else 'FAILED'} ({result.wall_seconds:.0f} s)")
         tqdm.write(f"{label}: {status}")
         if not result.ok:
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     report = sub.add_parser("report", help="run every notebook whose inputs changed, then index reports/")
     report.add_argument("--preset", default="cpu")
-    report.add_argument("--force", action="store_true", help="re-run notebooks whose inputs are unchanged too")
+    report.add_argument("--force", action="store_true", help="retrain every notebook, even up-to-date ones")
     report.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=WAIT_HELP)
     report.add_argument("notebooks", nargs="*", help="only these notebooks (default: all)")
     report.set_defaults(func=_report)

@@ -31,7 +31,7 @@ def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
-def _module_name(path: Path, package_dir: Path) -> str:
+def module_name(path: Path, package_dir: Path) -> str:
     """``labkit/x/y.py`` -> ``labkit.x.y``; ``labkit/x/__init__.py`` -> ``labkit.x``."""
     rel = path.relative_to(package_dir).with_suffix("")
     parts = [package_dir.name, *rel.parts]
@@ -69,13 +69,19 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def import_closure(roots: set[str], package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """The labkit source files that importing the modules ``roots`` can execute, transitively, sorted."""
+def import_closure(
+    roots: set[str], package_dir: Path = PACKAGE_DIR, assembly: frozenset[str] = frozenset()
+) -> list[Path]:
+    """The labkit source files that importing the modules ``roots`` can execute, transitively, sorted.
+
+    ``assembly`` names packages whose ``__init__`` only assembles its modules (an experiment package wires its compute
+    to its judgement): it is neither counted nor followed, so the compute closure does not include judgement code.
+    """
     seen: dict[str, Path] = {}
     todo = [n for root in roots for n in _with_parents(root)]
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name in assembly:
             continue
         path = module_file(name, package_dir)
         if path is None:
@@ -113,6 +119,15 @@ def closure_files(experiment: str, notebook: Path | None = None, package_dir: Pa
         if spec is not None and spec.origin and spec.origin.endswith(".py"):
             files.append(Path(spec.origin))
     return files
+
+
+def compute_files(experiment: str, package_dir: Path = PACKAGE_DIR) -> list[Path] | None:
+    """The files an experiment's *training* can run: the closure of its ``arms`` module (``<experiment>.arms``),
+    leaving out the experiment package's own ``__init__`` (assembly only). None when the experiment has no ``arms``
+    room (an experiment outside the contract): then every change retrains."""
+    if module_file(f"{experiment}.arms", package_dir) is None:
+        return None
+    return import_closure({f"{experiment}.arms"}, package_dir, assembly=frozenset({experiment}))
 
 
 def source_hash(files: list[Path], package_dir: Path = PACKAGE_DIR) -> str:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.config import number_in_range, renamed
+
 GATE_KINDS = ("vector", "scalar", "none")
 PENALTY_KINDS = ("l2", "l1", "kl")
 CONFIG_KEY = "labkit_gates"  # attribute added to the HF config so a saved gated model says how to rebuild its gates
@@ -431,26 +433,26 @@ def remove_gates(model: nn.Module) -> nn.Module:
     return model
 
 
-def gate_penalty(model: nn.Module, kind: str = "l2", target_keep: float = 0.8) -> torch.Tensor:
+@renamed(kind="penalty", target_keep="keep_fraction")
+def gate_penalty(model: nn.Module, penalty: str = "l2", keep_fraction: float = 0.8) -> torch.Tensor:
     """Mean over branches of the gate penalty of the latest forward: l2 mean(g^2) (paper), l1 mean(g), or
-    kl = KL(Bernoulli(g) || Bernoulli(target_keep)) as in the official ablations."""
-    if kind not in PENALTY_KINDS:
-        raise ValueError(f"penalty kind must be one of {PENALTY_KINDS}, got {kind!r}")
-    if kind == "kl" and not (isinstance(target_keep, (int, float)) and 0 < target_keep < 1):
-        raise ValueError(f"target_keep must be a keep rate in (0, 1) for the kl penalty (at 0 or 1 it is infinite), "
-                         f"got {target_keep!r}")
+    kl = KL(Bernoulli(g) || Bernoulli(keep_fraction)) as in the official ablations."""
+    if penalty not in PENALTY_KINDS:
+        raise ValueError(f"penalty must be one of {PENALTY_KINDS}, got {penalty!r}")
+    if penalty == "kl":  # at 0 or 1 the KL is infinite
+        number_in_range("keep_fraction (the kl penalty's target keep rate)", keep_fraction, 0.0, 1.0, "()")
     values = [b.last_gate for b in gated_branches(model) if b.last_gate is not None]
     if not values:
         raise ValueError("no gate values recorded: add_gates(model, kind='vector'|'scalar') and run a forward first")
     terms = []
     for g in values:
-        if kind == "l2":
+        if penalty == "l2":
             terms.append(g.pow(2).mean())
-        elif kind == "l1":
+        elif penalty == "l1":
             terms.append(g.abs().mean())
         else:
             p = g.clamp(1e-6, 1 - 1e-6)
-            q = torch.as_tensor(target_keep, dtype=g.dtype, device=g.device)
+            q = torch.as_tensor(keep_fraction, dtype=g.dtype, device=g.device)
             terms.append((p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).mean())
     return torch.stack(terms).mean()
 

@@ -33,9 +33,13 @@ def _reports(reports_dir: Path) -> list[tuple[Path, dict]]:
 
 def _report_row(rel: Path, results: dict, reports_dir: Path) -> list[str]:
     meta = results.get("meta", {})
-    wall = f"{meta.get('wall_seconds', float('nan')):.0f} s ({meta.get('load_average_1min') or float('nan'):.1f})"
-    if "kernel_cpu_seconds" in meta:
-        wall += f", {meta['kernel_cpu_seconds']:.0f} CPU s"
+    trained = meta.get("trained") or meta  # a re-judged report's cost is the training it judged
+    wall = (f"{trained.get('wall_seconds') or float('nan'):.0f} s "
+            f"({trained.get('load_average_1min') or float('nan'):.1f})")
+    if trained.get("kernel_cpu_seconds") is not None:
+        wall += f", {trained['kernel_cpu_seconds']:.0f} CPU s"
+    if "trained" in meta:
+        wall += f"; re-judged in {meta.get('wall_seconds', float('nan')):.0f} s"
     explorations = reports_dir / rel.parts[0] / "explorations.md"
     return [f"[{rel.parts[0]}]({rel}/{rel.parts[0]}.html)", rel.parts[1], results.get("claim", ""),
             results.get("held", ""), str(meta.get("device_name", "")), str(meta.get("threads", "")), wall,

@@ -33,10 +33,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from labkit.selection import VALIDATION, select_best  # noqa: F401  (the protocol's selection rule, re-exported)
+
 VERDICTS = ("held", "not held", "inconclusive", "premise not met")
 ROLES = ("premise", "main", "secondary")  # the order a report shows them in
 KINDS = ("claim", "premise")
-VALIDATION = "val"  # the one split name :func:`select_best` accepts
 ALPHA = 0.05  # two-sided level of every interval (95 %) and of the Holm–Bonferroni family
 MIN_UNITS = 3  # fewer units than this: no t-interval sanity check ("not enough units")
 
@@ -455,27 +456,6 @@ def verdict_text(
 ) -> str:
     """:func:`verdict_lines` in one string (the ``held`` field of a report)."""
     return "; ".join(verdict_lines(claims, sanity, ok, units, notes))
-
-
-# ------------------------------------------------------------------------------------------------------ selection
-def select_best(
-    validation: pd.DataFrame, by: str | Sequence[str], metric: str, lower_is_better: bool = True
-) -> dict[str, object]:
-    """The configuration (values of ``by``) with the best mean ``metric`` on a validation table.
-
-    The table must carry a ``split`` column whose every value is ``"val"``: selection never sees test data.
-    """
-    by = [by] if isinstance(by, str) else list(by)
-    _require_columns(validation, [*by, metric, "split"], "select_best")
-    splits = set(validation["split"])
-    if splits != {VALIDATION}:
-        raise ValueError(
-            f"select_best takes validation rows only (split == {VALIDATION!r}); got splits {sorted(splits)}"
-        )
-    means = validation.groupby(by, sort=False)[metric].mean()
-    key = means.idxmin() if lower_is_better else means.idxmax()
-    key = key if isinstance(key, tuple) else (key,)
-    return dict(zip(by, key, strict=True))
 
 
 # -------------------------------------------------------------------------------------------------------- helpers

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from labkit.checks import number_in_range
+from labkit.config import number_in_range, renamed
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Masks = dict[str, Tensor]
@@ -95,23 +95,24 @@ def imp_schedule(goal: float, phases: int) -> list[float]:
     return [1.0 - (1.0 - goal) ** (p / phases) for p in range(1, phases)] + [float(goal)]
 
 
+@renamed(scope="granularity")
 def magnitude_masks(
     model_or_sd: nn.Module | Mapping[str, Tensor],
     sparsity: float,
-    scope: str = "global",
+    granularity: str = "global",
     *,
     include: tuple[type[nn.Module], ...] = PRUNABLE,
     prev_masks: Mapping[str, Tensor] | None = None,
 ) -> Masks:
     """Keep the largest-magnitude weights so that ``sparsity`` of the chosen weights is zero in total.
 
-    ``scope="global"`` ranks all chosen weights together (SMS default), ``"layer"`` prunes each tensor to
+    ``granularity="global"`` ranks all chosen weights together (SMS default), ``"layer"`` prunes each tensor to
     ``sparsity``. Weights already dead (zero, or False in ``prev_masks``) stay dead and count toward the total;
     if more are dead than ``sparsity`` asks for, nothing more is pruned. Exactly round(sparsity * n) are pruned.
     """
     sparsity = number_in_range("sparsity", sparsity, 0.0, 1.0, "[]")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if granularity not in ("global", "layer"):
+        raise ValueError(f"granularity must be 'global' or 'layer', got {granularity!r}")
     weights = _some_weights(prunable_weights(model_or_sd, include), include)
     for key, w in weights.items():
         if not torch.isfinite(w).all():
@@ -133,7 +134,7 @@ def magnitude_masks(
         if key in prev:
             alive &= check_mask(key, prev[key], w.shape).to(w.device)
         scores[key] = torch.where(alive, w.abs().float(), torch.full_like(w, -1.0, dtype=torch.float32))
-    groups = [list(weights)] if scope == "global" else [[k] for k in weights]
+    groups = [list(weights)] if granularity == "global" else [[k] for k in weights]
     masks: Masks = {}
     for keys in groups:
         flat = torch.cat([scores[k].flatten() for k in keys])

@@ -139,14 +139,23 @@ def record(
     claim: str = "",
     held: str = "",
     timings: Mapping[str, Any] | None = None,
+    computed: Any = None,
 ) -> dict[str, Any]:
     """Record a run's results: the one call each notebook makes at its end.
 
     ``metrics`` are named numbers that a rerun with the same seed reproduces; anything that varies run to run
     (seconds, bytes of RSS) goes in ``timings`` and is stored under ``meta``. Under ``labkit run`` this writes
     ``results.json`` and ``tables/<name>.csv`` atomically into the report folder; interactively it only returns.
+    ``computed`` (a :class:`labkit.experiments.Computed`, ``results.computed``) stores what training produced: its
+    tables beside the others, its tensors as ``artefacts.safetensors``, their names under ``computed`` and its
+    timings under ``meta.timings``, so ``Experiment.load`` can judge the report again without training.
     """
     tables = dict(tables or {})
+    if computed is not None:
+        clash = sorted(set(tables) & set(computed.tables))
+        if clash:
+            raise ValueError(f"table name(s) {clash} are both computed and judged; give the judged table another name")
+        timings = {**computed.timings, **dict(timings or {})}
     for name, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}: {value!r}")
@@ -161,8 +170,12 @@ def record(
         "held": held,
         "meta": {**run_meta(), "timings": to_jsonable(dict(timings or {}))},
     }
+    if computed is not None:
+        results["computed"] = sorted(computed.tables)
     out = report_dir()
     if out is not None:
+        if computed is not None:
+            computed.save(out)
         for name, table in tables.items():
             atomic_write_text(out / "tables" / f"{name}.csv", table.to_csv(index=False))
         atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1, sort_keys=True) + "\n")

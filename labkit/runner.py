@@ -34,14 +34,18 @@ from pathlib import Path
 from typing import Any
 
 from labkit import closure
+from labkit.config import type_name
 from labkit.data import sources
-from labkit.experiments import type_name
+from labkit.experiments import REUSE_ENV
+from labkit.jobs import CACHE_ENV
 from labkit.report import REPORT_DIR_ENV, RESULTS_FILE, atomic_write_text, to_jsonable
 
 ROOT = sources.ROOT  # the repository (labkit is installed editable)
 NOTEBOOK_DIR = ROOT / "notebooks"
 REPORTS_DIR = ROOT / "reports"
-RUNNER_PARAMS = {"widgets": bool}  # notebook parameters that are not fields of the experiment's Config
+RUNNER_DEFAULTS = {"widgets": True, "reuse": False}  # notebook parameters that are not fields of the Config
+RUNNER_PARAMS = {name: type(value) for name, value in RUNNER_DEFAULTS.items()}
+JOBS_SUFFIX = ".jobs"  # <out>.jobs/<compute digest>/: finished training jobs of an unfinished run (labkit.jobs)
 LOCK_POLL_SECONDS = 0.2  # how often a run waiting for a report folder's lock tries again
 UNINDEXED_REPORTS = ("smoke", "sweeps")  # report folders (and their ``-variant``s) that are not committed
 KERNEL_LOG = "kernel.log"  # the kernel process's own stdout and stderr, in the staging folder; kept on failure only
@@ -235,17 +239,23 @@ def check_params(notebook: Path, preset: str, params: dict[str, Any]) -> None:
 
 def input_digests(notebook: Path, preset: str, params: dict[str, Any]) -> dict[str, str]:
     """What decides a run's results, one sha256 each: the notebook file, the preset and parameters, the labkit code
-    it can run (the import closure of its experiment module and of its own imports, ``labkit.closure``) and the data
-    catalogue entries that notebook or that code reads (a new pinned data version makes the run stale too). An edit
-    outside the closure, or of a source it does not read, changes none."""
+    it can run (the import closure of its experiment module and of its own imports, ``labkit.closure``), the part of
+    that code which trains (``compute``: the experiment's ``arms`` room and below) and the data catalogue entries that
+    notebook or that code reads (a new pinned data version makes the run stale too). An edit outside the closure, or
+    of a source it does not read, changes none; an edit outside the compute closure only needs a re-judge."""
     files = closure.closure_files(experiment_name(notebook), notebook)
+    compute = closure.compute_files(experiment_name(notebook))
     return {
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
         "params": hashlib.sha256(json.dumps({"preset": preset, "params": to_jsonable(params)},
                                             sort_keys=True).encode()).hexdigest(),
         "code": closure.source_hash(files),
+        "compute": closure.source_hash(compute if compute is not None else files),
         "catalogue": catalogue_digest({notebook, *files}),
     }
+
+
+COMPUTE_INPUTS = ("params", "compute", "catalogue")  # what training depends on; the rest only changes the judgement
 
 
 def catalogue_digest(readers: set[Path]) -> str:
@@ -275,7 +285,22 @@ def _combined(digests: dict[str, str]) -> str:
 
 STALE_REASONS = {"notebook": "notebook changed", "params": "preset or parameters changed",
                  "code": "labkit code in its import closure changed",
+                 "compute": "its training code (compute closure) changed",
                  "catalogue": "a data source it reads changed in the catalogue"}
+
+
+def can_rejudge(out_dir: Path, digests: dict[str, str]) -> bool:
+    """Whether the report in ``out_dir`` can be brought up to date by judging its computed tables again (seconds)
+    instead of retraining: it is complete, stores its computed tables, and its parameters, training code and data
+    are those of this run (only judgement code, views or the notebook changed)."""
+    meta = _read_meta(out_dir)
+    if meta is None or meta.get("status") != "ok" or not isinstance(meta.get("inputs"), dict):
+        return False
+    try:
+        stored = json.loads((Path(out_dir) / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return "computed" in stored and all(meta["inputs"].get(k) == digests[k] for k in COMPUTE_INPUTS)
 
 
 def stale_reason(out_dir: Path, digests: dict[str, str]) -> str:
@@ -293,7 +318,10 @@ def stale_reason(out_dir: Path, digests: dict[str, str]) -> str:
     if not isinstance(recorded, dict):
         return "made before per-input hashes were recorded"
     changed = [STALE_REASONS[k] for k in digests if recorded.get(k) != digests[k]]
-    return ", ".join(changed) or "inputs hash differs"
+    reason = ", ".join(changed) or "inputs hash differs"
+    if can_rejudge(out_dir, digests):
+        reason += " (training unchanged: `labkit report` re-judges it from its computed tables in seconds)"
+    return reason
 
 
 def _children_cpu_seconds() -> float:
@@ -316,6 +344,7 @@ class RunResult:
     out_dir: Path
     ok: bool
     skipped: bool = False  # inputs unchanged since the last successful run
+    rejudged: bool = False  # only judgement changed: judged again from the committed report's computed tables
     wall_seconds: float = 0.0
     error: str = ""
 
@@ -492,6 +521,11 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
     renames, so a killed or failed run never leaves a half-written or half-deleted report; what killed runs left is
     cleaned (or put back) by the next run. A failure keeps the partial executed notebook in ``<out_dir>.failed/``.
     ``digests`` are this run's ``input_digests`` when the caller has them already (``labkit report``).
+
+    Without ``force``, a report whose training inputs are unchanged (``can_rejudge``) is re-judged: the notebook runs
+    with ``reuse=True`` on the committed report's computed tables, in seconds. A training run caches its finished
+    jobs in ``<out_dir>.jobs/<compute digest>/`` (:mod:`labkit.jobs`), so a killed run resumes where it stopped; the
+    cache goes when the report is published.
     """
     path = resolve_notebook(notebook)
     params = dict(params or {})
@@ -503,10 +537,14 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
         _recover(out)
         if not force and is_up_to_date(out, digest):
             return RunResult(path, out, ok=True, skipped=True)
+        rejudge = not force and not params.get("reuse") and can_rejudge(out, digests)
+        jobs = out.with_name(out.name + JOBS_SUFFIX)
         staging = _run_folder(out, "partial")
         staging.mkdir(parents=True)
         try:
-            error, wall = _execute(path, preset, params, digests, staging, progress)
+            env = {REUSE_ENV: str(out.resolve())} if rejudge else {CACHE_ENV: str(jobs / digests["compute"][:16])}
+            error, wall = _execute(path, preset, {**params, "reuse": True} if rejudge else params, digests, staging,
+                                   progress, env, _read_meta(out) if rejudge else None)
             if error:
                 failed = out.with_name(out.name + ".failed")  # kept for inspection, replacing an older one
                 shutil.rmtree(failed, ignore_errors=True)
@@ -517,7 +555,8 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                 error = "\n".join([*where, error])  # the error last: its last line is the exception
                 return RunResult(path, out, ok=False, wall_seconds=wall, error=error)
             _replace(staging, out)
-            return RunResult(path, out, ok=True, wall_seconds=wall)
+            shutil.rmtree(jobs, ignore_errors=True)
+            return RunResult(path, out, ok=True, rejudged=rejudge, wall_seconds=wall)
         finally:  # an interrupted run (Ctrl-C) leaves nothing; a killed one is cleaned up by the next run
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -543,18 +582,24 @@ def _kernel_manager_class() -> type:
 
 
 def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str, str], staging: Path,
-             progress: bool) -> tuple[str, float]:
-    """Papermill into ``staging``, then stamp its results and export HTML: ``("", wall seconds)`` on success, else
-    the error and the wall seconds. The kernel process's own output goes to ``staging/kernel.log``, not the
-    console; a successful run deletes it."""
+             progress: bool, env: dict[str, str] | None = None,
+             trained: dict[str, Any] | None = None) -> tuple[str, float]:
+    """Papermill into ``staging`` with ``env`` set for the kernel, then stamp its results and export HTML:
+    ``("", wall seconds)`` on success, else the error and the wall seconds. ``trained`` is the meta of the report
+    being re-judged: its training cost and code version are kept under ``meta.trained``. The kernel process's own
+    output goes to ``staging/kernel.log``, not the console; a successful run deletes it."""
     import papermill
     from traitlets.config import Config
 
     executed = staging / path.name
     overrides = {k: _literal(v) for k, v in params.items() if k not in RUNNER_PARAMS}
     notebook_params = {"preset": preset, "overrides": overrides, **{k: params[k] for k in RUNNER_PARAMS if k in params}}
-    env_before = {k: os.environ.get(k) for k in (REPORT_DIR_ENV, "HF_HUB_OFFLINE", "MPLBACKEND")}
-    os.environ.update({REPORT_DIR_ENV: str(staging.resolve()), "HF_HUB_OFFLINE": "1"})
+    env = dict(env or {})
+    env_before = {k: os.environ.get(k) for k in (REPORT_DIR_ENV, "HF_HUB_OFFLINE", "MPLBACKEND", REUSE_ENV,
+                                                 CACHE_ENV)}
+    os.environ.pop(REUSE_ENV, None)
+    os.environ.pop(CACHE_ENV, None)
+    os.environ.update({REPORT_DIR_ENV: str(staging.resolve()), "HF_HUB_OFFLINE": "1", **env})
     os.environ.pop("MPLBACKEND", None)  # the kernel picks the inline backend itself
     start, children_before = time.perf_counter(), _children_cpu_seconds()
     try:
@@ -579,6 +624,10 @@ def _execute(path: Path, preset: str, params: dict[str, Any], digests: dict[str,
     results["meta"].update({"preset": preset, "notebook": path.name, "wall_seconds": round(wall, 2),
                             "kernel_cpu_seconds": round(cpu, 2),
                             "inputs_hash": _combined(digests), "inputs": digests, "status": "ok"})
+    if trained is not None:  # a re-judge: the training it judged is the committed report's
+        results["meta"]["trained"] = trained.get("trained") or {
+            k: trained.get(k) for k in ("labkit_git_sha", "wall_seconds", "kernel_cpu_seconds", "load_average_1min",
+                                        "torch", "transformers", "device_name", "threads")}
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
     export_html(executed, staging / f"{path.stem}.html")
     return "", wall

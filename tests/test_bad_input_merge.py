@@ -654,10 +654,10 @@ CASES = [
         r"sparsity must be .*\[0, 1\], got '0\.5'",
     ),
     case(
-        "scope unknown",
-        lambda f: prune.magnitude_masks(P, 0.5, scope="row"),
+        "granularity unknown",
+        lambda f: prune.magnitude_masks(P, 0.5, granularity="row"),
         ValueError,
-        r"scope must be 'global' or 'layer', got 'row'",
+        r"granularity must be 'global' or 'layer', got 'row'",
     ),
     case(
         "magnitude_masks of a list",

@@ -57,7 +57,7 @@ def test_notebook_imports_skip_magics(tmp_path):
 def test_real_closure_of_profiling_leaves_out_unrelated_primitives():
     nb = runner.resolve_notebook("profiling")
     names = _names(closure.closure_files(runner.experiment_name(nb), nb), closure.PACKAGE_DIR)
-    assert "experiments/profiling.py" in names and "report.py" in names
+    assert "experiments/profiling/arms.py" in names and "report.py" in names
     assert not {"merge.py", "select.py", "sweep.py", "runner.py"} & set(names)
 
 

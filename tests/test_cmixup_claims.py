@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from labkit.experiments import cmixup_claims
+from labkit.experiments.cmixup import claims as cmixup_claims
 
 # test RMSE per arm and dataset; validation RMSE is the same plus 0.05 (so best_prior is chosen by it)
 RMSE = {

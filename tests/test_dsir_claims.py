@@ -1,5 +1,5 @@
 """DSIR claims judged on hand-made tables: pairing by target, the correlation as a protocol verdict, the premise, the
-budget check and health of the trained tracks, and one tiny end-to-end run."""
+budget check and health of the trained tracks, and the summary's readings (gaps, headline metrics)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.experiments import dsir, dsir_claims
-from labkit.models.ngram_lm import build_vocabulary, encode
-from tests.test_dsir_classify import tiny_config, tiny_prepared
+from labkit.experiments import Computed, dsir
+from labkit.experiments.dsir import claims as dsir_claims
 
 TARGETS = [f"t{i}" for i in range(6)]
 # per method: (KL reduction, loss) offsets; quality (−loss) rises with KL reduction
@@ -152,33 +151,21 @@ def test_classification_budget_and_health_flags():
     assert row.verdict == "inconclusive" and "dsir unhealthy (seed a/0" in row.sanity
 
 
-def test_run_sweeps_target_pseudocount_on_validation_and_workers_agree():
-    prepared = tiny_prepared()
-    vocab = build_vocabulary(prepared.corpus.text.tolist(), 100)
-    prepared.encoded, prepared.vocab_size = encode(prepared.corpus.text.tolist(), vocab), len(vocab)
-    cfg = tiny_config(methods=["random", "dsir", "heuristic", "heuristic-words"], n_val=6, classify=False,
-                      downstream="bigram", seeds=[0, 1], target_pseudocounts=[0.0, 1.0])
-    one = dsir.run(cfg, prepared, progress=False)
-    two = dsir.run(tiny_config(**{**cfg.__dict__, "workers": 2}), prepared, progress=False)
-    pd.testing.assert_frame_equal(one.scores, two.scores)
-    assert set(one.sweep.split) == {"val", "test"} and set(one.sweep.target_pseudocount) == {0.0, 1.0}
-    val = one.sweep[one.sweep.split == "val"].groupby("target_pseudocount").bigram_nats_per_token.mean()
-    assert one.chosen_pseudocount == val.idxmin()
-    assert (one.scores.groupby(["seed", "method"]).size() == 1).all()  # one DSIR row per cell: the chosen one
-    split = dsir.split_target(prepared, "python-topics", 8, 8, 0, n_val=6)
-    assert len(split.val) == 6 and not set(split.val) & set(split.pool) and not set(split.val) & set(split.eval)
-    assert prepared.words().shape == (len(prepared.corpus), prepared.vocab_size - 1)
-
-
 def test_headline_metrics_gaps_and_targets_below():
     table = scores().assign(label_precision=0.5)
     gaps = dsir.dsir_gaps(table)
     assert set(gaps.comparison) == {"dsir − random", "dsir − heuristic", "dsir − heuristic-words"}
     assert dsir.targets_below(gaps, "random") == (len(TARGETS), len(TARGETS))  # 1 nat/token lower on every target
-    claims, _, _ = dsir_claims.verdicts(table, n_boot=200)
-    results = dsir.Results(table, pd.DataFrame(), pd.DataFrame(), {}, chosen_pseudocount=0.1)
-    classify = pd.DataFrame({"target": ["t0"], "method": ["dsir"], "accuracy": [0.7], "macro_f1": [0.6]})
-    metrics = dsir.headline_metrics(results, claims, dsir.method_correlation(table), gaps, classify)
+    classify = pd.DataFrame({"seed": [0], "target": ["t0"], "method": ["dsir"], "accuracy": [0.7],
+                             "macro_f1": [0.6], "bits_per_byte": [3.0], "n_tags": [4]})
+    sweep = pd.DataFrame({"seed": 0, "target": "t0", "target_pseudocount": [0.1, 1.0], "split": "val",
+                          "bigram_nats_per_token": [5.0, 6.0], "kl_reduction": np.nan})
+    computed = Computed({"scores": table, "picks": pd.DataFrame(), "sweep": sweep, "tiny_lm": pd.DataFrame(),
+                         "classify": classify, "budget_runs": pd.DataFrame(), "budget_curves": pd.DataFrame(),
+                         "skipped": pd.DataFrame(columns=["track", "target", "reason"])})
+    results = dsir.EXPERIMENT.judge(dsir.configure("smoke", {"target_pseudocounts": [0.1, 1.0]}), computed)
+    claims = results.claims
+    metrics = dsir.headline_metrics(results)
     assert metrics["dsir/bigram_nats_per_token"] == table[table.method == "dsir"].bigram_nats_per_token.mean()
     assert metrics["dsir − random/all/mean_diff"] < 0 and metrics["dsir_beats_random_targets"] == len(TARGETS)
     assert metrics["claim/loss_vs_random/effect"] == claims.set_index("claim").loc["loss_vs_random", "mean"]
@@ -188,28 +175,3 @@ def test_headline_metrics_gaps_and_targets_below():
         dsir.dsir_gaps(table[table.method != "dsir"])
 
 
-def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end():
-    prepared = tiny_prepared()
-    vocab = build_vocabulary(prepared.corpus.text.tolist(), 100)
-    prepared.encoded, prepared.vocab_size = encode(prepared.corpus.text.tolist(), vocab), len(vocab)
-    values = dict(methods=["random", "dsir"], n_val=6, classify=False, downstream="both", seeds=[0, 1],
-                  target_pseudocounts=[0.0, 1.0], tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"],
-                  tiny_lm_seeds=[0, 1], lm_steps=4)
-    results = dsir.run(tiny_config(**values), prepared, progress=False)
-    assert list(results.tiny_lm.method) == ["random", "dsir", "target"] * 2  # the premise arm in every cell
-    budget = results.budget
-    assert set(budget.seed) == {"python-topics/0"} and sorted(set(budget.steps)) == [4, 8]
-    assert sorted(budget.budget) == [1.0] * 3 + [2.0] * 3
-    assert set(results.budget_curves) == {("tiny transformer", a, b) for a in ("random", "dsir", "target")
-                                          for b in (1.0, 2.0)}
-    claims, sanity, checks = dsir_claims.verdicts(results.scores, tiny_lm=results.tiny_lm, budget=budget, n_boot=50)
-    assert claims.claim.iloc[0] == "target_beats_random" and len(checks) == 3
-    assert not checks.converged.any()  # 4 steps of a fresh byte LM: twice as many still lower the loss a lot
-    assert claims.set_index("claim").loc["target_beats_random", "verdict"] == "inconclusive"
-    # a learning rate too small to move the weights: the 2x run ends where the 1x run did, and the check passes
-    frozen = dsir.run(tiny_config(**values, lm_lr=1e-12), prepared, progress=False)
-    _, _, checks = dsir_claims.verdicts(frozen.scores, tiny_lm=frozen.tiny_lm, budget=frozen.budget, n_boot=50)
-    assert checks.converged.all() and (checks.improvement.abs() < 1e-6).all()
-    two = dsir.run(tiny_config(**values, workers=2), prepared, progress=False)
-    pd.testing.assert_frame_equal(results.tiny_lm, two.tiny_lm)
-    pd.testing.assert_frame_equal(results.budget, two.budget)

@@ -131,7 +131,7 @@ def test_bad_inputs(tmp_path):
         gate.add_gates(model)
     with pytest.raises(ValueError, match="gate kind must be one of"):
         gate.add_gates(tiny(), kind="matrix")
-    with pytest.raises(ValueError, match="penalty kind must be one of"):
+    with pytest.raises(ValueError, match="penalty must be one of"):
         gate.gate_penalty(model, "l3")
     model.save_pretrained(tmp_path / "gated")
     with pytest.raises(ValueError, match="has no gates to load into"):

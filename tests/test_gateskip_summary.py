@@ -4,9 +4,8 @@ verdicts (hand-made tables, no training)."""
 import pandas as pd
 import pytest
 
-from labkit.experiments import gateskip_claims as claims
-from labkit.experiments import gateskip_summary as summary
-from labkit.experiments.gateskip_arms import CONTROL
+from labkit.experiments.gateskip import arms, claims, summary
+from labkit.experiments.gateskip.arms import CONTROL
 
 
 def _curves(metric: str = "seq_em", split: str = "test", seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -50,22 +49,22 @@ def _curves(metric: str = "seq_em", split: str = "test", seeds=(0, 1, 2)) -> pd.
 
 
 def test_saved_at_quality_interpolates_against_dense_and_own():
-    saved = summary.saved_at_quality(_curves(seeds=(0,)), "seq_em").groupby("arm").saved.mean()
+    saved = arms.saved_at_quality(_curves(seeds=(0,)), "seq_em").groupby("arm").saved.mean()
     assert saved["gateskip"] == pytest.approx(0.1)  # 0.9 = 90 % of dense, reached exactly at 10 %
     assert saved["random_skip"] == pytest.approx(0.02)  # 1.0 -> 0.5 over 10 %: crosses 0.9 at 2 %
-    own = summary.saved_at_quality(_curves(seeds=(0,)), "seq_em", reference="own").groupby("arm").saved.mean()
+    own = arms.saved_at_quality(_curves(seeds=(0,)), "seq_em", reference="own").groupby("arm").saved.mean()
     assert own["gateskip"] > saved["gateskip"]  # its own 0.95 start is the easier bar
     with pytest.raises(ValueError, match="reference must be"):
-        summary.saved_at_quality(_curves(), "seq_em", reference="paper")
+        arms.saved_at_quality(_curves(), "seq_em", reference="paper")
     two_dense = pd.concat([_curves(), _curves()[lambda d: d.arm == "dense"]])
     with pytest.raises(ValueError, match="one dense row"):
-        summary.saved_at_quality(two_dense, "seq_em")
+        arms.saved_at_quality(two_dense, "seq_em")
 
 
 def test_bits_per_byte_counts_lower_as_better():
     curves = _curves("bpb")
     curves["bpb"] = 3.0 - curves["bpb"]  # dense 2.0; quality falling = bpb rising
-    saved = summary.saved_at_quality(curves, "bpb").groupby("arm").saved.mean()
+    saved = arms.saved_at_quality(curves, "bpb").groupby("arm").saved.mean()
     assert 0 < saved["random_skip"] < saved["gateskip"]
 
 
@@ -74,14 +73,14 @@ def test_choose_sees_validation_only_and_breaks_ties_by_quality():
     better = val[val.arm == "gateskip"].assign(config="better", seq_em=lambda d: d.seq_em + 0.04)
     dense2 = val[val.arm == "dense"].assign(config="worse", seq_em=0.5)
     val = pd.concat([val, better, dense2], ignore_index=True)
-    chosen, table = summary.choose(val)
+    chosen, table = arms.choose(val)
     chosen = chosen.set_index("role")
     assert chosen.loc["dense", "config"] == "c"  # higher exact match at full compute
     assert chosen.loc["gateskip", "config"] == "better"  # saves more at 90 % of the chosen dense quality
     spec = chosen.loc["gateskip", "spec"]
     assert (spec.family, spec.steps) == ("dense", 200)  # rebuilt from the row's spec columns, stopping step included
     with pytest.raises(ValueError, match="validation rows only"):
-        summary.choose(_curves(split="test"))
+        arms.choose(_curves(split="test"))
     assert set(table[table.chosen == "yes"].config) == {"c", "better"}
     row = table.set_index(["arm", "config"]).loc[("gateskip", "better")]
     assert row["saved at 90% (%)"] == pytest.approx(100 * chosen.loc["gateskip", "val_score"])

@@ -1,11 +1,12 @@
-"""Met²Net's claims, per-seed scores, budget check and verdicts on hand-made tables, and the longer budget it trains."""
+"""Met²Net's claims, per-seed scores, budget check and verdicts on hand-made tables."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.experiments import met2net, met2net_claims
-from labkit.experiments.met2net_arms import TRIVIAL, longer_budget
+from labkit.experiments.met2net import claims as met2net_claims
+from labkit.experiments.met2net.config import TRIVIAL
+from labkit.experiments.met2net.summary import relative_change
 from labkit.views.met2net import squared_unit
 
 ARM_MSE = {"persistence": 1.0, "climatology": 1.2, "stacked": 0.5, "stacked_wide": 0.4, "pervar_e2e": 0.3,
@@ -97,33 +98,13 @@ def test_an_unconverged_attention_arm_leaves_the_premise_and_so_every_claim_unse
     assert (claims.loc[claims["role"] == "main", "verdict"] == "premise not met").all()
 
 
-def test_the_longer_budget_stretches_every_duration_of_the_schedule():
-    cfg = met2net.configure("cpu")
-    long = longer_budget(cfg, cfg.budget_factor)
-    assert (long.epochs, long.patience, long.explicit_ae_epochs) == (100, 10, 20)
-    assert long.lr_patience == 3  # the learning rate halves on the 4th epoch without a gain instead of the 2nd
-    assert (long.min_improvement, long.lr, long.seeds) == (cfg.min_improvement, cfg.lr, cfg.seeds)
-    assert longer_budget(met2net.configure("smoke", {"max_steps": 3}), 2.0).max_steps == 6
-    with pytest.raises(ValueError, match=r"budget_factor.*\[2, inf\).*1\.5"):
-        met2net.configure("smoke", {"budget_factor": 1.5})
-
-
-def test_a_longer_budget_really_trains_longer(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    cfg = met2net.configure("smoke", {"epochs": 2, "patience": 2, "seeds": 1})  # early stopping cannot end 2 epochs
-    data = met2net.load_data(cfg)
-    short = met2net.train_arm("stacked", cfg, 0, data)
-    long = met2net.train_arm("stacked", longer_budget(cfg, 2.0), 0, data)
-    assert (short.epochs_run, long.epochs_run) == (2, 4)
-
-
 def test_relative_change_is_paired_per_variable_with_the_paper_reference():
     scores = met2net_claims.per_seed_scores(*_tables())
-    rel = met2net.relative_change(scores).set_index("variable")
+    rel = relative_change(scores).set_index("variable")
     assert rel.loc["T", "paper_pct"] == -28.82 and rel.loc["T", "n"] == 5
     assert rel.loc["T", "low"] < rel.loc["T", "relative_change_pct"] < rel.loc["T", "high"] < 0
     with pytest.raises(ValueError, match="need arms 'met2net' and 'unet'"):
-        met2net.relative_change(scores, baseline="unet")
+        relative_change(scores, baseline="unet")
 
 
 def test_squared_units_are_labelled_like_physics():

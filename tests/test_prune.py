@@ -36,8 +36,8 @@ def test_global_masks_prune_exact_count_and_skip_norms_and_biases():
     assert kept.min() >= dropped.max()
 
 
-def test_layer_scope_prunes_each_tensor_to_the_target():
-    masks = prune.magnitude_masks(mlp(), 0.5, scope="layer")
+def test_layer_granularity_prunes_each_tensor_to_the_target():
+    masks = prune.magnitude_masks(mlp(), 0.5, granularity="layer")
     for m in masks.values():
         assert int((~m).sum()) == round(0.5 * m.numel())
 
@@ -115,8 +115,8 @@ def test_bad_inputs_name_the_problem():
     model = mlp()
     with pytest.raises(ValueError, match="sparsity must be in"):
         prune.magnitude_masks(model, 1.5)
-    with pytest.raises(ValueError, match="scope must be"):
-        prune.magnitude_masks(model, 0.5, scope="row")
+    with pytest.raises(ValueError, match="granularity must be"):
+        prune.magnitude_masks(model, 0.5, granularity="row")
     with pytest.raises(ValueError, match="shape"):
         prune.apply_masks(model, {"0.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(KeyError, match="nope.weight"):

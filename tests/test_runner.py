@@ -9,8 +9,9 @@ import pytest
 
 from labkit import cli, runner
 from labkit import index as reports_index
+from labkit.config import configure
 from labkit.data import sources
-from labkit.experiments import configure, profiling
+from labkit.experiments import profiling
 
 
 def test_configure_applies_preset_then_overrides():
@@ -50,7 +51,7 @@ def test_coerce_parses_by_declared_type(name, text, expected):
 @pytest.mark.parametrize("pair,match", [
     (("n", "1.5"), "parameter 'n' expects int, got '1.5'"),
     (("flag", "maybe"), "parameter 'flag' expects bool"),
-    (("sizez", "1"), r"unknown parameter 'sizez'.*accepted: \['flag', 'lr', 'maybe', 'n', 'name', 'sizes', "
+    (("sizez", "1"), r"unknown parameter 'sizez'.*accepted: \['flag', 'lr', 'maybe', 'n', 'name', 'reuse', 'sizes', "
                      r"'widgets', 'words'\]"),
     (("preset", "cpu"), "--preset"),
 ])
@@ -68,7 +69,7 @@ def test_cli_bad_parameter_fails_fast_without_running(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("pair,match", [
-    (("hidden_size", "0"), r"hidden_size.*> 0.*0"),
+    (("hidden_size", "0"), r"hidden_size.*>= 1, got 0"),
     (("seq_lens", ","), r"seq_lens"),
 ])
 def test_cli_bad_value_fails_before_a_kernel_starts(pair, match, tmp_path, capsys):
@@ -215,3 +216,34 @@ def test_headline_says_why_a_claim_is_inconclusive_and_what_its_interval_alone_s
     assert lines[0] == ("Claim — x beats b [beats_b]: inconclusive in 2 of 2: a +20 % [+15, +25] (n=10, 1 sanity "
                         "flag(s); the interval alone: held); c -3 % [-4, +1] (n=10).")
     assert lines[1] == "Sanity — 1 failed check(s): a: x not converged (seed 0: ...)."
+
+
+def test_a_judgement_change_re_judges_from_the_stored_tables_and_a_training_change_retrains(tmp_path):
+    """The throughput table is measured (it differs run to run): re-judging keeps it, retraining measures it again."""
+    nb, out = runner.resolve_notebook("profiling"), tmp_path / "report"
+    digests = runner.input_digests(nb, "smoke", {})
+    assert runner.run_notebook(nb, "smoke", out_dir=out, digests=digests, progress=False).ok
+    measured = (out / "tables" / "throughput.csv").read_text()
+    judged = runner.run_notebook(nb, "smoke", out_dir=out, force=False, progress=False,
+                                 digests={**digests, "code": "0" * 64, "notebook": "1" * 64})
+    assert judged.ok and judged.rejudged
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert (out / "tables" / "throughput.csv").read_text() == measured and meta["trained"]["kernel_cpu_seconds"] > 0
+    assert "gflops_s16" in json.loads((out / "results.json").read_text())["metrics"]
+    retrained = runner.run_notebook(nb, "smoke", out_dir=out, force=False, progress=False,
+                                    digests={**digests, "compute": "2" * 64})
+    assert retrained.ok and not retrained.rejudged
+    assert "trained" not in json.loads((out / "results.json").read_text())["meta"]
+    assert (out / "tables" / "throughput.csv").read_text() != measured
+
+
+def test_stale_reason_says_when_a_re_judge_is_enough(tmp_path):
+    nb, out = runner.resolve_notebook("profiling"), tmp_path / "report"
+    digests = runner.input_digests(nb, "smoke", {})
+    out.mkdir()
+    meta = {"inputs_hash": "old", "inputs": {**digests, "code": "0" * 64}, "status": "ok", "notebook": nb.name}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "computed": ["flops"]}))
+    assert runner.stale_reason(out, digests).endswith("re-judges it from its computed tables in seconds)")
+    meta["inputs"]["compute"] = "0" * 64
+    (out / "results.json").write_text(json.dumps({"meta": meta, "computed": ["flops"]}))
+    assert "re-judges" not in runner.stale_reason(out, digests)

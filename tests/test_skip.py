@@ -193,9 +193,9 @@ def test_static_skip_shortgpt_and_uls():
 
 def test_bad_inputs():
     model = gated()
-    for ratio in (-0.1, 1.0):
-        with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
-            with skip.budget(model, ratio):
+    for fraction in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"skip_fraction must be in \[0, 1\)"):
+            with skip.budget(model, fraction):
                 pass
     with pytest.raises(ValueError, match="scope must be one of"):
         with skip.budget(model, 0.1, scope="token"):
@@ -403,3 +403,14 @@ def test_compact_refuses_clearly_where_it_would_not_reproduce_the_family_and_mas
     with skip.budget(plain, 0.4, execution="compact", measure_flops=False):
         torch.testing.assert_close(plain(x).logits, masked, atol=1e-5, rtol=1e-5)
     assert all(b.compact_checked and b.compact_error is None and b.probe is None for b in gate.gated_branches(plain))
+
+
+def test_the_old_name_ratio_still_works_for_one_release_with_a_warning():
+    model = gated()
+    with pytest.warns(DeprecationWarning, match="'ratio' is renamed 'skip_fraction'"):
+        with skip.budget(model, ratio=0.5) as stats:
+            model(torch.randint(0, 10, (2, 6)))
+    assert stats.skipped_fraction > 0
+    with pytest.raises(TypeError, match="both 'ratio'"):
+        with skip.budget(model, skip_fraction=0.5, ratio=0.5):
+            pass

@@ -1,5 +1,5 @@
-"""Sparse Model Soups' premise, claims, per-seed scores, budget and health checks, validation-only selection and
-verdicts on hand-made tables, plus one tiny run (smoke preset, 2 seeds)."""
+"""Sparse Model Soups' premise, claims, per-seed scores, budget and health checks and verdicts on hand-made tables
+(:mod:`labkit.experiments.sparse_soups.claims`)."""
 
 import math
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from labkit import protocol
-from labkit.experiments import sparse_soups, sparse_soups_claims
-from labkit.experiments.sparse_soups_claims import (
+from labkit.experiments.sparse_soups import claims as sparse_soups_claims
+from labkit.experiments.sparse_soups.claims import (
     BEST_INGREDIENT,
     BUDGET_TOLERANCE_PP,
     CHANCE,
@@ -148,67 +148,3 @@ def test_verdict_text_has_rule_roles_n_and_sanity():
     assert text.startswith("rule: ") and "Student-t" in text and "soup_beats_best_ingredient_val: inconclusive" in text
     assert "sms_beats_imp_mx: premise not met" in text and "raw not held" in text and "premise" in text
     assert "n=5" in text and "sanity: every trained arm converged" in text and " pp, n=5" in text
-
-
-def test_longer_doubles_every_retrain_and_the_pretraining_and_drops_the_naive_chains():
-    cfg = sparse_soups.configure("cpu")
-    long = sparse_soups.longer(cfg)
-    assert (long.retrain_epochs, long.pretrain_epochs) == (2 * cfg.retrain_epochs, 2 * cfg.pretrain_epochs)
-    assert long.naive_runs == 0 and long.warmup_frac == cfg.warmup_frac and long.m == cfg.m and long.seeds == cfg.seeds
-    odd = sparse_soups.longer(sparse_soups.configure("smoke", {"budget_factor": 2.5}))
-    assert (odd.retrain_epochs, odd.pretrain_epochs) == (3, 8)  # rounded up: at least the factor
-    with pytest.raises(ValueError, match="budget_factor"):
-        sparse_soups.configure("smoke", {"budget_factor": 1.5})
-
-
-def test_best_ingredient_is_chosen_on_validation_not_test():
-    cfg = sparse_soups.configure("smoke", {"greedy_chain": True})
-    rows = [{"chain": "SMS uniform", "phase": cfg.phases, "arm": "ingredient", "member": j, "seed": 0,
-             "sparsity": 0.8, "test_acc": test, "ood_acc": 50.0, "ece": 0.0, "val_acc": val}
-            for j, (test, val) in enumerate([(99.0, 90.0), (91.0, 95.0)])]
-    out, selection, best = sparse_soups._ingredient_rows(cfg, 0, rows)
-    chosen = next(r for r in out if r["arm"] == BEST_INGREDIENT)
-    assert best == 1 and chosen["test_acc"] == 91.0 and chosen["val_acc"] == 95.0  # not the test-best ingredient 0
-    assert next(r for r in out if r["arm"] == MEAN_INGREDIENT)["val_acc"] == 92.5
-    assert {s["member"] for s in selection if s["selected"]} == {1}
-
-
-def test_smoke_run_judges_premise_and_claims_and_reruns_the_first_seed_at_twice_the_budget():
-    cfg = sparse_soups.configure("smoke", {"seeds": (0, 1), "curve_points": 2, "naive_runs": 2})
-    results = sparse_soups.run(cfg, progress=False)
-    assert set(results.claims["claim"]) == {c.name for c in sparse_soups_claims.claims(cfg.m)}
-    assert (results.claims["n"] == 2).all() and list(results.claims["role"][:2]) == ["premise", "premise"]
-    lengths = results.val_curves.groupby(["arm", "seed", "member"]).size()
-    assert (lengths == cfg.val_points).all()
-    assert {"IMP", "SWA", "SMS uniform", "SMS greedy", f"IMP {cfg.m}x"} <= set(results.val_curves.arm)
-    assert set(results.selection.split) == {"val", "test"} and results.selection.selected.sum() == 2 * 2
-    assert results.final.groupby("seed").size().nunique() == 1 and results.final.val_acc.notna().all()
-    budget = results.budget
-    assert set(budget.seed) == {0} and (budget.budget == 2.0).all()
-    assert set(budget.arm) == set(sparse_soups.arms(cfg)) | {DENSE, MEAN_INGREDIENT, BEST_INGREDIENT,
-                                                              f"prediction ensemble ({cfg.m}x inference)"}
-    assert any(k.endswith("(2x budget)") for k in results.timings)
-    assert set(results.health.arm) == set(results.final.arm) - {NAIVE, REPRUNED} and len(results.health) > 0
-    assert set(results.sanity.arm) >= set(budget.arm) and results.sanity.converged.notna().sum() == len(set(budget.arm))
-    assert "rule: " in sparse_soups.verdict_text(results)
-
-
-def test_accuracy_is_exact_at_the_split_resolution_so_a_tie_with_the_budget_tolerance_is_not_a_flag():
-    """20 more correct of 10,000 images is exactly 0.2 pp: a float32 mean made it 0.20000339 > 0.2, a false alarm."""
-    import torch
-
-    from labkit import protocol
-    from labkit.experiments.sparse_soups_arms import accuracy
-
-    labels = torch.arange(10_000) % 10
-    right = torch.nn.functional.one_hot(labels, 10).float()
-
-    def wrong(k: int) -> torch.Tensor:
-        probs = right.clone()
-        probs[:k] = torch.roll(probs[:k], 1, 1)
-        return probs
-
-    short, long = accuracy(wrong(296), labels), accuracy(wrong(276), labels)
-    assert (short, long) == (97.04, 97.24)
-    table = pd.DataFrame({"arm": ["IMP", "IMP"], "seed": [0, 0], "budget": [1, 2], "val_acc": [short, long]})
-    assert protocol.budget_check(table, "val_acc", 0.2, lower_is_better=False)["converged"].all()

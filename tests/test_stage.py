@@ -210,7 +210,7 @@ def test_met2net_experiment_two_steps_and_bad_config(tmp_path, monkeypatch):
     torch.testing.assert_close(scores["mse_phys"], scores["mse_z"] * torch.as_tensor(data.normalizer.std) ** 2)
     with pytest.raises(ValueError, match=r"'frames' must be >= t_in \+ t_out \(12 \+ 12\).*got 20"):
         experiment.configure("smoke", {"t_in": 12, "t_out": 12})  # caught before any data is generated
-    with pytest.raises(ValueError, match="unknown arm"):
+    with pytest.raises(TypeError, match=r"arms.*'unet' is not Literal\["):
         experiment.configure("smoke", {"arms": ("stacked", "unet")})
     with pytest.raises(ValueError, match="unknown parameter"):
         experiment.configure("smoke", {"epoch": 3})

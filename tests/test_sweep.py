@@ -65,7 +65,8 @@ def test_expand_grid_is_the_product_in_order():
 @pytest.mark.parametrize(
     "specs, match",
     [
-        (["bogus=1,2"], r"unknown grid parameter 'bogus'.*accepted: \['arm', 'n', 'seed', 'sigma', 'widgets'\]"),
+        (["bogus=1,2"],
+         r"unknown grid parameter 'bogus'.*accepted: \['arm', 'n', 'reuse', 'seed', 'sigma', 'widgets'\]"),
         ([], "empty grid"),
         (["sigma="], "empty grid: grid parameter 'sigma' has no values"),
         (["seed=0", "seed=1"], "given twice"),

@@ -1,217 +1,169 @@
-"""One module per paper: its arms and training loops, parameterized by a dataclass and presets.
+"""One contract for every paper: ``labkit.experiments.<paper>`` is a package with the same rooms, and one
+:class:`Experiment` object that the runner, the views and the notebook use.
 
-Each module defines ``Config`` (a dataclass), ``PRESETS`` (preset name -> field overrides) and
-``configure(preset, overrides)``. Nothing here draws or prints; results come back as pandas tables.
+Rooms (a paper omits what it does not need, never renames one):
 
-Every value is checked twice before anything runs: against its field's type hint (:func:`conform`, here in
-:func:`configure` and in each Config's ``__post_init__``) and against its range (the ``require_*`` helpers, called
-from each Config's ``__post_init__``, so direct construction and ``dataclasses.replace`` are checked too).
+- ``config.py``   ``Config`` (fields declare type, range and meaning once, see :mod:`labkit.config`) and ``PRESETS``
+- ``data.py``     the paper's data: splits, tasks, corpora
+- ``arms.py``     the arms and their training: ``compute(cfg, progress) -> Computed``, the only code that trains
+- ``claims.py``   the paper's claims as :class:`labkit.protocol.Claim` data and the judgement of computed tables
+- ``summary.py``  ``judge(cfg, computed) -> Results``: claims, sanity and the readings the notebook shows
+- ``__init__.py`` ``EXPERIMENT = Experiment(...)`` and the names a notebook uses
+
+A run is ``judge(cfg, compute(cfg))``: *computed* tables (what training produced: one row per run, curves, the
+convergence reruns) and small tensors a widget needs are everything the verdicts are a function of. A report stores
+them (``tables/`` and ``artefacts.safetensors``), so ``Experiment.load(report_dir)`` rebuilds the full
+:class:`Results` in seconds by judging them again with today's code: a notebook opened with ``reuse=True`` shows the
+committed report without training, and the runner re-judges a report whose judgement code changed without
+retraining (its compute closure, ``arms`` and below, is unchanged).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-import numbers
-import types
-import typing
-from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pandas as pd
+
+from labkit import config as config_checks
 
 C = TypeVar("C")
-
-def configure(config_cls: type[C], presets: Mapping[str, Mapping[str, Any]], preset: str,
-              overrides: Mapping[str, Any] | None = None) -> C:
-    """Build ``config_cls`` from a preset's values, then explicit ``overrides`` (which win).
-
-    Raises ValueError naming an unknown preset or unknown parameter names, with the accepted ones, and TypeError
-    naming a value that does not match its field's type hint (lists are accepted for tuples and vice versa).
-    """
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(presets)}")
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    overrides = dict(overrides or {})
-    for source, values in (("preset " + repr(preset), presets[preset]), ("overrides", overrides)):
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown} in {source} for {config_cls.__name__}; "
-                             f"accepted: {sorted(fields)}")
-    hints = _type_hints(config_cls)
-    values = {name: conform(name, value, hints[name]) for name, value in {**presets[preset], **overrides}.items()}
-    return config_cls(**values)
+ARTEFACTS_FILE = "artefacts.safetensors"  # the small tensors of a report a widget needs (gates, a toy model)
+ARTEFACT_LIMIT_BYTES = 5 * 2**20  # a report never commits a checkpoint: real models come from the catalogue
+REUSE_ENV = "LABKIT_REUSE_DIR"  # set by the runner when it re-judges: the committed report to read computed tables from
 
 
-@functools.cache
-def _type_hints(config_cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(config_cls)
+@dataclass
+class Computed:
+    """What training produced: named tidy tables, small tensors (``name -> tensor``), and run-to-run timings."""
+
+    tables: dict[str, pd.DataFrame]
+    tensors: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        """Write the tables as ``tables/<name>.csv`` and the tensors as ``artefacts.safetensors`` (atomically)."""
+        from labkit.report import atomic_write_bytes, atomic_write_text
+
+        for name, table in self.tables.items():
+            atomic_write_text(folder / "tables" / f"{name}.csv", table.to_csv(index=False))
+        if self.tensors:
+            from safetensors.torch import save
+
+            data = save({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()})
+            if len(data) > ARTEFACT_LIMIT_BYTES:
+                raise ValueError(f"artefacts of {folder} take {len(data) / 2**20:.1f} MiB, over the "
+                                 f"{ARTEFACT_LIMIT_BYTES / 2**20:.0f} MiB a report may commit; save gates or "
+                                 "precomputed maps, not a checkpoint")
+            atomic_write_bytes(folder / ARTEFACTS_FILE, data)
+
+    @classmethod
+    def read(cls, folder: Path, names: list[str], timings: Mapping[str, Any] | None = None) -> Computed:
+        """The computed tables ``names`` and the artefacts of the report in ``folder``."""
+        missing = [n for n in names if not (folder / "tables" / f"{n}.csv").is_file()]
+        if missing:
+            raise FileNotFoundError(f"report {folder} lacks computed table(s) {missing}; rerun it without reuse")
+        tables = {n: _read_csv(folder / "tables" / f"{n}.csv") for n in names}
+        tensors: dict[str, Any] = {}
+        if (folder / ARTEFACTS_FILE).is_file():
+            from safetensors.torch import load_file
+
+            tensors = load_file(folder / ARTEFACTS_FILE)
+        return cls(tables, tensors, dict(timings or {}))
+
+    def roundtrip(self) -> Computed:
+        """These tables as a report stores and reads them (CSV), to test that judging them gives the same verdicts."""
+        import io
+
+        tables = {}
+        for name, table in self.tables.items():
+            buffer = io.StringIO(table.to_csv(index=False))
+            tables[name] = _read_csv(buffer)
+        return Computed(tables, dict(self.tensors), dict(self.timings))
 
 
-def type_name(tp: Any) -> str:
-    """A readable name of a type hint (``int``, ``tuple[int, ...]``, ``int | None``)."""
-    if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-class _Mismatch(Exception):
-    """Internal: ``value`` (a field's value or one of its elements) does not match ``expected``."""
-
-    def __init__(self, value: Any, expected: Any) -> None:
-        super().__init__()
-        self.value, self.expected = value, expected
-
-
-def _conform(value: Any, tp: Any) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _conform(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch(value, tp)
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise _Mismatch(value, tp)
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    elif tp is float:  # an int is a valid float (JSON and YAML write 1.0 as 1)
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    elif origin in (tuple, list):
-        if not isinstance(value, (tuple, list)):
-            raise _Mismatch(value, tp)
-        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-            items = [_conform(v, args[0]) for v in value] if args else list(value)
-        else:
-            if len(value) != len(args):
-                raise _Mismatch(value, tp)
-            items = [_conform(v, a) for v, a in zip(value, args, strict=True)]
-        return tuple(items) if origin is tuple else items
-    elif origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise _Mismatch(value, tp)
-        key_tp, value_tp = args or (Any, Any)
-        return {_conform(k, key_tp): _conform(v, value_tp) for k, v in value.items()}
-    elif isinstance(tp, type):
-        ok = isinstance(value, tp)
-    else:  # a hint this checker does not know (a Protocol, a TypeVar): accept
-        return value
-    if not ok:
-        raise _Mismatch(value, tp)
-    return value
-
-
-def conform(name: str, value: Any, tp: Any) -> Any:
-    """``value`` checked against the type hint ``tp`` of parameter ``name``; lists become tuples for tuple fields
-    (JSON and papermill have no tuples) and tuples lists for list fields. Raises TypeError naming the parameter,
-    the expected type and the value (and the offending element of a container)."""
+def _read_csv(source: Any) -> pd.DataFrame:
+    """A stored table: empty cells stay NaN, text stays text (``keep_default_na`` off would turn NaN into '')."""
     try:
-        return _conform(value, tp)
-    except _Mismatch as err:
-        detail = "" if err.value is value else f" ({err.value!r} is not {type_name(err.expected)})"
-        raise TypeError(f"parameter {name!r} expects {type_name(tp)}, got {value!r}{detail}") from None
+        return pd.read_csv(source)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
-def check_types(cfg: Any) -> None:
-    """Check every field of the dataclass instance ``cfg`` against its type hint, in place (see :func:`conform`)."""
-    hints = _type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        setattr(cfg, f.name, conform(f.name, getattr(cfg, f.name), hints[f.name]))
+@dataclass
+class Results:
+    """A run's answer: every table (computed and judged), the config it ran, the computed part it came from and
+    in-memory artefacts for widgets (a rebuilt model). ``results.claims`` reads ``results.tables["claims"]``."""
+
+    config: Any
+    tables: dict[str, pd.DataFrame]
+    computed: Computed
+    artefacts: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        tables = self.__dict__.get("tables", {})
+        if name in tables:
+            return tables[name]
+        artefacts = self.__dict__.get("artefacts", {})
+        if name in artefacts:
+            return artefacts[name]
+        raise AttributeError(f"Results has no table or artefact {name!r}; tables: {sorted(tables)}, "
+                             f"artefacts: {sorted(artefacts)}")
+
+    @property
+    def timings(self) -> dict[str, Any]:
+        return self.computed.timings
 
 
-def require_subset(name: str, values: Iterable[Any], allowed: Iterable[Any]) -> None:
-    """Raise ValueError naming the entries of a config field (``arms``, ``datasets``, ...) that are not ``allowed``."""
-    allowed = list(allowed)
-    unknown = sorted(set(values) - set(allowed), key=str)
-    if unknown:
-        raise ValueError(f"unknown {name} {unknown}; expected a subset of {allowed}")
+@dataclass(frozen=True)
+class Experiment(Generic[C]):
+    """A paper: its Config and presets, ``compute`` (trains; the compute closure) and ``judge`` (claims, sanity and
+    readings from computed tables; the judgement closure)."""
+
+    name: str
+    config: type[C]
+    presets: Mapping[str, Mapping[str, Any]]
+    compute: Callable[[C, bool], Computed]
+    judge: Callable[[C, Computed], Results]
+
+    def configure(self, preset: str = "cpu", overrides: Mapping[str, Any] | None = None) -> C:
+        """The config for ``preset`` with explicit ``overrides`` applied (unknown names and bad values raise)."""
+        return config_checks.configure(self.config, self.presets, preset, overrides)
+
+    def run(self, cfg: C, *, progress: bool = True) -> Results:
+        """Train every arm and judge: ``judge(cfg, compute(cfg))``."""
+        return self.judge(cfg, self.compute(cfg, progress))
+
+    def load(self, folder: str | Path) -> Results:
+        """The Results of the report in ``folder``, judged again from its computed tables and artefacts (seconds)."""
+        folder = Path(folder)
+        path = folder / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no report in {folder} (no results.json); run it first: labkit run {self.name}")
+        stored = json.loads(path.read_text())
+        if "computed" not in stored:
+            raise ValueError(f"report {folder} predates computed tables; regenerate it: labkit run {self.name}")
+        cfg = self.config(**{k: config_checks.conform(k, v, config_checks.hints(self.config)[k])
+                             for k, v in stored["params"].items()})
+        computed = Computed.read(folder, stored["computed"], stored["meta"].get("timings"))
+        return self.judge(cfg, computed)
+
+    def results(self, cfg: C, *, reuse: bool = False, preset: str = "cpu", progress: bool = True) -> Results:
+        """The notebook's one call: train and judge, or with ``reuse`` judge the committed ``preset`` report (the
+        runner's re-judge folder when it sets one) in seconds."""
+        if not reuse:
+            return self.run(cfg, progress=progress)
+        return self.load(reuse_dir(self.name, preset))
 
 
-def _elements(value: Any) -> list[Any]:
-    """The numbers a field holds: a sequence's elements, a mapping's values, or the value itself."""
-    if isinstance(value, dict):
-        return list(value.values())
-    return list(value) if isinstance(value, (tuple, list)) else [value]
+def reuse_dir(name: str, preset: str) -> Path:
+    """The report a ``reuse=True`` notebook reads: the runner's re-judge folder, else ``reports/<name>/<preset>``."""
+    if os.environ.get(REUSE_ENV):
+        return Path(os.environ[REUSE_ENV])
+    from labkit.data.sources import ROOT
 
-
-def _require(cfg: Any, names: tuple[str, ...], ok: Any, expected: str) -> None:
-    """Each named field (each element of a sequence field, each value of a mapping; ``None`` skipped) must satisfy
-    ``ok``."""
-    for name in names:
-        value = getattr(cfg, name)
-        for item in _elements(value):
-            if item is None:
-                continue
-            if not (isinstance(item, numbers.Real) and math.isfinite(item) and ok(item)):
-                which = "" if item is value else f" ({item!r} is not)"
-                raise ValueError(f"parameter {name!r} must be {expected}, got {value!r}{which}")
-
-
-def require_positive(cfg: Any, *names: str) -> None:
-    """Sizes, counts, steps, rates: each named field (or each of its elements) is a finite number > 0."""
-    _require(cfg, names, lambda v: v > 0, "> 0")
-
-
-def require_non_negative(cfg: Any, *names: str) -> None:
-    """Each named field (or each of its elements) is a finite number >= 0."""
-    _require(cfg, names, lambda v: v >= 0, ">= 0")
-
-
-def require_within(cfg: Any, name: str, low: float, high: float, interval: str = "[]") -> None:
-    """Field ``name`` (or each of its elements) lies in the interval from ``low`` to ``high``; ``interval`` says
-    which ends are closed: ``"[]"``, ``"[)"``, ``"(]"`` or ``"()"``."""
-    left = (lambda v: v >= low) if interval[0] == "[" else (lambda v: v > low)
-    right = (lambda v: v <= high) if interval[1] == "]" else (lambda v: v < high)
-    _require(cfg, (name,), lambda v: left(v) and right(v), f"in {interval[0]}{low:g}, {high:g}{interval[1]}")
-
-
-def require_non_empty(cfg: Any, *names: str) -> None:
-    """Each named sequence field holds at least one entry (seeds, arms, sizes to sweep)."""
-    for name in names:
-        if len(getattr(cfg, name)) == 0:
-            raise ValueError(f"parameter {name!r} is empty; expected at least one entry")
-
-
-def require_unique(cfg: Any, *names: str) -> None:
-    """Each named sequence field has no repeated entry (a repeated seed would count one run twice)."""
-    for name in names:
-        values = list(getattr(cfg, name))
-        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
-        if repeated:
-            raise ValueError(f"parameter {name!r} repeats {repeated}; expected distinct entries, got {values!r}")
-
-
-def require_choice(cfg: Any, name: str, allowed: Iterable[Any]) -> None:
-    """Field ``name`` is one of ``allowed``."""
-    allowed = list(allowed)
-    if getattr(cfg, name) not in allowed:
-        raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(cfg, name)!r}")
-
-
-def require_divisible(cfg: Any, name: str, by: str) -> None:
-    """Field ``name`` is a multiple of field ``by`` (a width split into attention heads)."""
-    value, divisor = getattr(cfg, name), getattr(cfg, by)
-    if value % divisor:
-        raise ValueError(f"parameter {name!r} must be divisible by {by} ({divisor}), got {value}")
-
-
-def require_device(cfg: Any, name: str = "device") -> None:
-    """Field ``name`` is ``"auto"`` or a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``); whether the
-    device exists is checked when the run starts (a gpu preset may be configured on a CPU machine)."""
-    import torch
-
-    value = getattr(cfg, name)
-    if value == "auto":
-        return
-    try:
-        torch.device(value)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"parameter {name!r} must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {value!r}") from None
+    return ROOT / "reports" / name / preset

@@ -13,7 +13,6 @@ dtypes. The design follows mergekit's ``merge_methods``.
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import typing
 import zlib
@@ -25,21 +24,14 @@ from typing import Annotated, Any, Literal
 import torch
 from torch import Tensor
 
-from labkit.checks import number_in_range
-from labkit.merge import io as merge_io
+import labkit.merge.io as merge_io
+from labkit.config import Check, Interval, number_in_range
 from labkit.merge.io import Item
 
 StateDict = dict[str, Tensor]
 
 
-def _number(name: str, value: Any, low: float = -math.inf, high: float = math.inf, interval: str = "[]") -> float:
-    """``value`` as a finite float within the interval (a 0-d tensor is fine): :func:`labkit.checks.number_in_range`."""
-    if isinstance(value, Tensor) and value.dim() == 0:
-        value = value.item()
-    return number_in_range(name, value, low, high, interval)
-
-
-def _weights(n: int, weights: Sequence[float] | Tensor | None) -> list[float]:
+def check_weights(n: int, weights: Sequence[float] | Tensor | None) -> list[float]:
     """``weights`` as ``n`` finite floats, one per item (default uniform 1/n): a sequence or a 1-D tensor."""
     if weights is None:
         return [1.0 / n] * n
@@ -52,28 +44,7 @@ def _weights(n: int, weights: Sequence[float] | Tensor | None) -> list[float]:
     weights = list(weights)
     if len(weights) != n:
         raise ValueError(f"expected {n} weights (one per item), got {len(weights)}")
-    return [_number(f"weights[{i}]", w) for i, w in enumerate(weights)]
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A parameter that must be a finite number inside ``text``, e.g. ``"[0, 1)"`` (brackets say which ends count)."""
-
-    text: str
-
-    def __call__(self, name: str, value: Any) -> float:
-        low, high = (float(end) for end in self.text[1:-1].split(","))
-        return _number(name, value, low, high, self.text[0] + self.text[-1])
-
-
-@dataclass(frozen=True)
-class Check:
-    """A parameter checked by ``fn(name, value) -> value``, which raises naming the parameter and what it expected."""
-
-    fn: Callable[[str, Any], Any]
-
-    def __call__(self, name: str, value: Any) -> Any:
-        return self.fn(name, value)
+    return [number_in_range(f"weights[{i}]", w) for i, w in enumerate(weights)]
 
 
 def _non_negative_int(name: str, value: Any) -> int:
@@ -113,7 +84,7 @@ def _check_for(name: str, hint: Any) -> Callable[[str, Any], Any] | None:
 
         return flag
     if hint is float:
-        return _number
+        return number_in_range
     return None
 
 
@@ -325,7 +296,7 @@ def merge(
     values = {**spec.params, **params}
     for name, value in values.items():
         if name == "weights":  # the one parameter whose check needs the item count
-            values[name] = _weights(len(items), value)
+            values[name] = check_weights(len(items), value)
         elif name in spec.checks and name not in spec.internal:
             values[name] = spec.checks[name](name, value)
     if values.get("then") == "linear" and values.get("density", 1.0) != 1.0:
@@ -342,7 +313,7 @@ def merge(
 
 def lerp(a: Item, b: Item, t: float, *, out: str | Path | None = None, strict: bool = True) -> StateDict | Path:
     """Linear interpolation (1 - t) a + t b, the path of a linear-mode-connectivity curve (any finite t)."""
-    t = _number("t", t)
+    t = number_in_range("t", t)
     return merge("linear", [a, b], weights=[1.0 - t, t], out=out, strict=strict)
 
 

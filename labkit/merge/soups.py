@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labkit.merge import io as merge_io
+import labkit.merge.io as merge_io
+from labkit.config import number_in_range
 from labkit.merge.io import Item
-from labkit.merge.methods import StateDict, _number, _weights, lerp, merge
+from labkit.merge.methods import StateDict, check_weights, lerp, merge
 
 
 def shared_mask(
@@ -88,7 +89,7 @@ def average(
     """
     items = merge_io.as_item_list(items)
     if weights is not None:
-        checked = _weights(len(items), weights)
+        checked = check_weights(len(items), weights)
         if min(checked) < 0 or abs(sum(checked) - 1.0) > 1e-6:
             raise ValueError(
                 f"average weights must be >= 0 and sum to 1, got {checked} (sum {sum(checked):g}); "
@@ -170,7 +171,7 @@ def recalibrate_bn(
     ):
         raise ValueError(f"max_batches must be an integer >= 1, got {max_batches!r}")
     if frac is not None:
-        frac = _number("frac", frac, 0.0, 1.0, "(]")
+        frac = number_in_range("frac", frac, 0.0, 1.0, "(]")
         if not hasattr(loader, "__len__"):
             raise TypeError(f"frac needs a loader with len(), got a {type(loader).__name__}; pass max_batches instead")
         limit = max(1, math.ceil(frac * len(loader)))  # type: ignore[arg-type]
@@ -189,7 +190,7 @@ def ema_model(model: nn.Module, decay: float = 0.999) -> torch.optim.swa_utils.A
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    decay = _number("decay", decay, 0.0, 1.0, "[)")
+    decay = number_in_range("decay", decay, 0.0, 1.0, "[)")
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
@@ -251,7 +252,7 @@ def interpolation_curve(
         alphas = [i / (alphas - 1) for i in range(alphas)]
     elif isinstance(alphas, str | bytes) or not isinstance(alphas, Iterable):
         raise TypeError(f"alphas must be a count >= 2 or a list of numbers, got {alphas!r}")
-    points = [_number(f"alphas[{i}]", t) for i, t in enumerate(alphas)]
+    points = [number_in_range(f"alphas[{i}]", t) for i, t in enumerate(alphas)]
     if not points:
         raise ValueError("alphas is empty; expected a count >= 2 or at least one point")
     a_sd, b_sd = merge_io.load_state_dict(a, "a"), merge_io.load_state_dict(b, "b")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labkit.checks import number_in_range
+from labkit.config import number_in_range
 from labkit.select.dsir import FEATURE_TYPES, _check_k, _exclude_mask, gumbel_top_k
 from labkit.select.features import check_count, featurize
 

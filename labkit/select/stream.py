@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labkit.checks import number_in_range
+from labkit.config import number_in_range
 from labkit.select.cache import ShardedFeatures, cached_features
 from labkit.select.dsir import (
     FEATURE_TYPES,

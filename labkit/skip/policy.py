@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from labkit import gate as gate_lib
+from labkit.config import number_in_range, renamed
 from labkit.profile import count_flops
 from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step
 from labkit.skip.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, self_attention_cache, where
@@ -71,7 +72,7 @@ class _Policy:
     def __init__(
         self,
         model: nn.Module,
-        ratio: float,
+        skip_fraction: float,
         scope: str,
         execution: str,
         ranking: str,
@@ -82,7 +83,7 @@ class _Policy:
         record: bool,
         keep_calls: bool,
     ) -> None:
-        self.model, self.ratio, self.scope, self.execution = model, ratio, scope, execution
+        self.model, self.skip_fraction, self.scope, self.execution = model, skip_fraction, scope, execution
         self.ranking, self.kv, self.thresholds, self.static, self.record = ranking, kv, thresholds, static, record
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -169,7 +170,7 @@ class _Policy:
             if branch.name not in self.static:
                 return None
             return torch.zeros(B, T, dtype=torch.bool, device=hidden.device)
-        if self.ratio == 0.0:
+        if self.skip_fraction == 0.0:
             return None
         if self.ranking == "random":
             score = torch.rand(B, T, generator=self.generator, device=hidden.device)
@@ -181,10 +182,10 @@ class _Policy:
         n_real = valid.sum(1) if valid is not None else torch.full((B,), T, device=hidden.device)
         score = score.masked_fill(~eligible, math.inf)
         if self.scope == "batch":
-            k = min(int(math.floor(self.ratio * int(n_real.sum()))), int(eligible.sum()))
+            k = min(int(math.floor(self.skip_fraction * int(n_real.sum()))), int(eligible.sum()))
             skip = _lowest_k(score, k, None)
         else:  # sequence and step scopes: the same fraction of every row (a prompt forward)
-            k = torch.minimum(torch.floor(self.ratio * n_real.float()).long(), eligible.sum(1))
+            k = torch.minimum(torch.floor(self.skip_fraction * n_real.float()).long(), eligible.sum(1))
             skip = _lowest_k(score, k, 1)
         return ~(skip & eligible)
 
@@ -195,13 +196,13 @@ class _Policy:
         (``step``, and any single row: the mean score of the step's eligible rows decides, so a skipped branch's
         weights are not read). A whole-step decision is a reused constant mask, known in Python (``self.uniform``)."""
         if self.ranking == "random":  # uniform scores: the calibrated threshold of a fraction r is r itself
-            threshold = self.ratio
+            threshold = self.skip_fraction
         elif self.thresholds and branch.name in self.thresholds:
             threshold = self.thresholds[branch.name]
         else:
             raise ValueError(
                 f"scope={self.scope!r} on a one-token decoding step needs a threshold for branch {branch.name!r}: "
-                f"pass thresholds=calibrate_thresholds(model, batches, ratio, scope={self.scope!r})"
+                f"pass thresholds=calibrate_thresholds(model, batches, skip_fraction, scope={self.scope!r})"
             )
         B = score.shape[0]
         if self.scope == "sequence" and B > 1:
@@ -417,10 +418,11 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
         raise ValueError(branch.compact_error)
 
 
+@renamed(ratio="skip_fraction")
 @contextlib.contextmanager
 def budget(
     model: nn.Module,
-    ratio: float,
+    skip_fraction: float,
     scope: str = "batch",
     execution: str = "masked",
     *,
@@ -431,7 +433,7 @@ def budget(
     measure_flops: bool = True,
     record: bool = False,
 ) -> Iterator[SkipStats]:
-    """Skip the lowest-importance fraction ``ratio`` of tokens in every gated branch inside the block.
+    """Skip the lowest-importance fraction ``skip_fraction`` of tokens in every gated branch inside the block.
 
     ``scope``: ``"batch"`` (one quantile over the batch's tokens, the paper's), ``"sequence"`` (the same fraction of
     every row; one-token steps compare each row with ``thresholds``) or ``"step"`` (as ``"sequence"`` in a prompt
@@ -443,8 +445,7 @@ def budget(
     ``skipped_fraction``, the executed ``flops`` (forwards replayed under ``labkit.profile.count_flops`` when
     ``measure_flops``) and the block's wall ``seconds``; ``record`` keeps the last forward's importances and masks.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    number_in_range("skip_fraction", skip_fraction, 0.0, 1.0, "[)")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if ranking not in RANKINGS:
@@ -458,7 +459,8 @@ def budget(
             "ranking='gate' needs gates with weights; this model was wrapped with kind='none' "
             "(use ranking='random' or add_gates(model, kind='vector'))"
         )
-    policy = _Policy(model, ratio, scope, execution, ranking, kv, thresholds, seed, None, record, measure_flops)
+    policy = _Policy(model, skip_fraction, scope, execution, ranking, kv, thresholds, seed, None, record,
+                     measure_flops)
     with _skipping(model, policy, measure_flops) as stats:
         yield stats
 
@@ -497,25 +499,28 @@ def static_skip(
 
 
 @torch.no_grad()
+@renamed(ratio="skip_fraction")
 def calibrate_thresholds(
-    model: nn.Module, batches: Iterable[torch.Tensor | dict], ratio: float, scope: str = "sequence"
+    model: nn.Module, batches: Iterable[torch.Tensor | dict], skip_fraction: float, scope: str = "sequence"
 ) -> dict[str, float]:
-    """Per-branch importance thresholds that skip ``ratio`` of held-out decoding steps (``sequence`` / ``step`` scope).
+    """Per-branch importance thresholds that skip ``skip_fraction`` of held-out decoding steps (``sequence`` / ``step``
+    scope).
 
-    Runs ``budget(model, ratio, scope="sequence")`` over ``batches`` and takes each branch's ``ratio``-quantile of
-    what a decoding step compares: a token's importance (``scope="sequence"``), or the mean importance of the rows
-    of a step (``scope="step"``: the batch's tokens at each position, so calibrate on batches of the decoding batch
-    size). A later one-token step skips iff that value is at or below the threshold.
+    Runs ``budget(model, skip_fraction, scope="sequence")`` over ``batches`` and takes each branch's
+    ``skip_fraction``-quantile of what a decoding step compares: a token's importance (``scope="sequence"``), or the
+    mean importance of the rows of a step (``scope="step"``: the batch's tokens at each position, so calibrate on
+    batches of the decoding batch size). A later one-token step skips iff that value is at or below the threshold.
     """
     if scope not in ("sequence", "step"):
         raise ValueError(f"thresholds are calibrated for scope 'sequence' or 'step' (one-token steps), got {scope!r}")
     seen: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
-        with budget(model, ratio, scope="sequence", measure_flops=False, record=True) as stats:
+        with budget(model, skip_fraction, scope="sequence", measure_flops=False, record=True) as stats:
             model(**batch) if isinstance(batch, dict) else model(batch)
         for name, rec in stats.records.items():
             values = rec["importance"].mean(0) if scope == "step" else rec["importance"].reshape(-1)
             seen.setdefault(name, []).append(values)
     if not seen:
         raise ValueError("calibrate_thresholds got no batches")
-    return {name: float(torch.quantile(torch.cat(v), ratio)) if ratio > 0 else -math.inf for name, v in seen.items()}
+    return {name: float(torch.quantile(torch.cat(v), skip_fraction)) if skip_fraction > 0 else -math.inf
+            for name, v in seen.items()}

@@ -15,19 +15,19 @@ from matplotlib.colors import LogNorm
 
 from labkit import mixup, protocol
 from labkit.data.regression import RegressionSplits
-from labkit.experiments import cmixup_claims
+from labkit.experiments.cmixup.claims import TOLERANCE_PCT
+from labkit.experiments.cmixup.config import ARMS
 from labkit.views.claims import claims_forest as forest
 from labkit.widgets import view
 
 if TYPE_CHECKING:
     from ipywidgets import Widget
 
-ARM_ORDER = ["erm", "mixup", "manifold_mixup", "feature_mixup", "cmixup", "cmixup_manifold"]
-
 
 def _order(arms: Iterable[str]) -> list[str]:
+    """``arms`` in the paper's order (:data:`ARMS`), then any others (``mean``, ``best_prior``) as they came."""
     present = list(dict.fromkeys(arms))
-    return [a for a in ARM_ORDER if a in present] + [a for a in present if a not in ARM_ORDER]
+    return [a for a in ARMS if a in present] + [a for a in present if a not in ARMS]
 
 
 def pairing(labels: np.ndarray, sigma_std: float, n_show: int = 300, seed: int = 0) -> plt.Figure:
@@ -91,7 +91,7 @@ def results_bars(scores: pd.DataFrame, metric: str = "test_rmse") -> plt.Figure:
 
 def claims_forest(claims: pd.DataFrame) -> plt.Figure:
     """Every judged claim: C-Mixup's % improvement, paired by seed (see :func:`labkit.views.claims.claims_forest`)."""
-    return forest(claims, cmixup_claims.TOLERANCE_PCT, "C-Mixup improvement, % of RMSE (paired by seed)")
+    return forest(claims, TOLERANCE_PCT, "C-Mixup improvement, % of RMSE (paired by seed)")
 
 
 def sigma_curves(runs: pd.DataFrame, arm: str = "cmixup", parameter: str = "sigma") -> plt.Figure:

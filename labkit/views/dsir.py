@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots, widgets
-from labkit.experiments.dsir_setup import VARIANTS
+from labkit.experiments.dsir.config import METHODS, VARIANTS
 from labkit.select import HashedFeatures, ShardedFeatures, gumbel_top_k, kl_reduction
 
 if TYPE_CHECKING:
     from ipywidgets import Widget
 
-METHOD_ORDER = ["random", "dsir", "dsir-topk", "heuristic", "heuristic-words", "target-likelihood", "tfidf", "expert",
-                "anti-dsir"]
+METHOD_ORDER = list(METHODS)
 
 
 def _order(methods: Iterable[str]) -> list[str]:
@@ -212,9 +211,10 @@ def classify_bars(classify: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def budget_curves(budget: pd.DataFrame, curves: dict[tuple[str, str, float], list[float]]) -> plt.Figure:
-    """The budget check's runs, one panel per trained track: each arm's training loss at 1x (solid) and at the longer
-    budget (dashed) against the step, the same schedule stretched; the check itself reads validation text."""
+def budget_curves(budget: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure:
+    """The budget check's runs (``budget_runs``), one panel per trained track: each arm's training loss (``curves``,
+    the ``budget_curves`` table: one row per block of steps) at 1x (solid) and at the longer budget (dashed) against
+    the step, the same schedule stretched; the check itself reads validation text."""
     tracks = list(dict.fromkeys(budget.track))
     fig, axes = plt.subplots(1, len(tracks), figsize=(6 * len(tracks), 4), squeeze=False)
     colors = plt.get_cmap("tab10")
@@ -222,7 +222,8 @@ def budget_curves(budget: pd.DataFrame, curves: dict[tuple[str, str, float], lis
         rows = budget[budget.track == track]
         for j, arm in enumerate(_order(rows.arm)):
             for r in rows[rows.arm == arm].itertuples():
-                curve = np.asarray(curves[(track, arm, r.budget)])
+                run = (curves.track == track) & (curves.arm == arm) & (curves.budget == r.budget)
+                curve = curves[run].sort_values("block").training_loss.to_numpy()
                 steps = (np.arange(len(curve)) + 0.5) * r.steps / len(curve)  # each point: the mean of a block of steps
                 ax.plot(steps, curve, color=colors(j % 10), linestyle="-" if r.budget == 1 else "--",
                         label=f"{arm} ({r.budget:g}x: {r.steps} steps)")

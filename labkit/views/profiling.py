@@ -5,10 +5,10 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.ticker import EngFormatter
 
-from labkit.experiments.profiling import ProfileResults
+from labkit.experiments import Results
 
 
-def flops_figure(results: ProfileResults) -> plt.Figure:
+def flops_figure(results: Results) -> plt.Figure:
     """Counted vs closed-form FLOPs (and torch's plain counter) by sequence length; attention's share."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     flops = results.flops
@@ -29,9 +29,9 @@ def flops_figure(results: ProfileResults) -> plt.Figure:
     return fig
 
 
-def timing_figure(results: ProfileResults) -> plt.Figure:
+def timing_figure(results: Results) -> plt.Figure:
     """Throughput by sequence length with the inter-quartile range, labelled with device and threads."""
-    t = results.timings
+    t = results.throughput
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.errorbar(t.seq_len, t.tokens_per_second / 1e3,
                 yerr=(t.tokens_per_second * t.iqr_seconds / t.median_seconds / 2) / 1e3, fmt="o-", capsize=3)
@@ -43,7 +43,7 @@ def timing_figure(results: ProfileResults) -> plt.Figure:
     return fig
 
 
-def breakdown_figure(results: ProfileResults, seq_len: int) -> plt.Figure:
+def breakdown_figure(results: Results, seq_len: int) -> plt.Figure:
     """FLOPs per component at one sequence length (the widget's redraw)."""
     rows = results.breakdown[results.breakdown.seq_len == seq_len]
     fig, ax = plt.subplots(figsize=(5, 3.2))

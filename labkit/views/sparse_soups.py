@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots, protocol
-from labkit.experiments.sparse_soups_arms import Data
+from labkit.experiments.sparse_soups.data import Data
 from labkit.stats import summarize
 
 HEADLINE = ["IMP", "SWA", "SMS uniform", "SMS greedy", "SMS greedy (uniform chain)"]  # arms always shown first
@@ -181,8 +181,9 @@ def curves_figure(curves: pd.DataFrame, alpha: float | None = None, metric: str 
 
 
 def convergence_figure(val_curves: pd.DataFrame) -> plt.Figure:
-    """The last phase's validation accuracy along its retraining, per arm (mean over seeds and ingredients): a picture
-    only; the sanity table's *converged* comes from the rerun at a longer budget (``Results.budget``)."""
+    """The last phase's validation accuracy along its retraining, per arm (mean over seeds and ingredients; the judged
+    ``convergence_curves`` table): a picture only; the sanity table's *converged* comes from the rerun at a longer
+    budget (the ``budget`` table)."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for arm, group in val_curves.groupby("arm", sort=False):
         curve = group.groupby("point")["val_acc"].mean()

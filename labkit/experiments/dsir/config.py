@@ -1,0 +1,189 @@
+"""DSIR's parameters: the targets and methods it compares, the ``Config`` (type, range and meaning of every field
+declared once in its hint, see :mod:`labkit.config`) and the smoke / cpu / gpu presets.
+
+Seeds are counts: ``seeds = 3`` runs seeds 0, 1, 2 (each redraws the target split and the selection); the transformer
+track runs the first ``tiny_lm_seeds`` of them, the classification track seeds ``0 .. classify_seeds - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from labkit import config
+from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, NonNegative, Positive
+from labkit.data import corpora
+
+TARGETS = {
+    "foldoc-networking": ("foldoc/networking",),
+    "gcide-botany": ("gcide/Bot",),
+    "gcide-chemistry": ("gcide/Chem",),
+    "man2-syscalls": ("man/2",),
+    "devils-dictionary": ("devil",),
+    "fortunes-songs-poems": ("fortunes/songs-poems",),
+    "python-api-docs": ("python/api",),
+    "shakespeare-tragedies": ("shakespeare/hamlet", "shakespeare/lear", "shakespeare/othello"),
+    "python-topics": ("python/topics",),
+}
+METHODS = ("random", "dsir", "dsir-topk", "heuristic", "heuristic-words", "target-likelihood", "tfidf", "expert",
+           "anti-dsir")
+VARIANTS = ("dsir-topk", "heuristic-words")  # variants of a listed method: counted once in method-level statistics
+TINY_TRACK, CLASSIFY_TRACK = "tiny transformer", "continued pretraining"  # the trained tracks (budget-table names)
+PREMISE_ARM = "target"  # the tiny transformer trained on the target's own held-in text (the premise claim's arm)
+# Downstream classification task of each target: tell apart chunks of these labels (the target's own label among
+# its domain's other fine tags), e.g. GCIDE domain tags, FOLDOC sub-tags, man sections, fortune categories.
+CLASSIFY_TASKS = {
+    "foldoc-networking": tuple(
+        f"foldoc/{t}" for t in ("networking", "programming", "language", "operating-system", "hardware")
+    ),
+    "gcide-botany": ("gcide/Bot", "gcide/Zool", "gcide/Chem", "gcide/Med", "gcide/Anat"),
+    "gcide-chemistry": ("gcide/Bot", "gcide/Zool", "gcide/Chem", "gcide/Med", "gcide/Anat"),
+    "man2-syscalls": tuple(f"man/{s}" for s in (1, 2, 3, 5, 7, 8)),
+    "devils-dictionary": ("devil", "jargon", "gcide/general", "foldoc/general"),
+    "fortunes-songs-poems": tuple(
+        f"fortunes/{c}" for c in ("songs-poems", "computers", "definitions", "people", "science", "politics")
+    ),
+    "python-api-docs": ("python/api", "python/topics", "man/2", "man/3"),
+    "shakespeare-tragedies": tuple(
+        f"shakespeare/{p}" for p in ("hamlet", "lear", "othello", "richard_iii", "coriolanus", "henry_v")
+    ),
+    "python-topics": ("python/api", "python/topics", "man/2", "man/3"),
+}
+
+Source = Literal[*corpora.ALL_SOURCES]
+Target = Literal[*TARGETS]
+Method = Literal[*METHODS]
+ClassifyTarget = Literal[*CLASSIFY_TASKS]
+
+
+@dataclass
+class Config:
+    sources: Annotated[list[Source], NON_EMPTY] = field(default_factory=lambda: list(corpora.ALL_SOURCES))  # corpora
+    chunk_words: Count = 64  # words per chunk (the paper: 128; 64 gives more documents on CPU)
+    max_chunks: Annotated[dict[Source, int], Interval("[1, inf)")] = field(  # per-source caps (seeded subsample)
+        default_factory=lambda: {"gcide": 35000, "man": 30000})
+    targets: Annotated[list[Target], NON_EMPTY] = field(  # see TARGETS
+        default_factory=lambda: [t for t in TARGETS if t != "python-topics"])
+    methods: Annotated[list[Method], NON_EMPTY] = field(default_factory=lambda: list(METHODS))  # see METHODS
+    n_fit: Count = 150  # target chunks DSIR (and every method) may look at (FOLDOC networking has 413)
+    n_eval: Count = 150  # held-out (test) target chunks for KL reduction and LM loss
+    n_val: NonNegative = 50  # validation target chunks: the only data the target-pseudocount choice sees
+    budget_k: Count = 3000  # chunks selected (≈ 192k words, ~2 % of the pool)
+    seeds: Count = 3  # seeds 0 .. seeds-1; each redraws the target split and selection
+    num_buckets: Count = 10000  # hashed n-gram buckets (paper and data-selection default)
+    pseudocount: Positive = 1.0  # added to every bucket of selected and pool counts in KL reduction
+    temperature: Positive = 1.0  # DSIR Gumbel temperature (1 = the paper's importance resampling)
+    target_pseudocount: Annotated[float, Interval("[0, inf)")] = 0.0  # DSIR's smoothing of target bucket counts
+    # (0 = data-selection 1.0.3); the sweep below picks the "dsir" arm's value on validation
+    target_pseudocounts: Annotated[list[float], Interval("[0, inf)"), NON_EMPTY, UNIQUE] = field(
+        default_factory=lambda: [0.0, 0.1, 1.0])
+    workers: Count = 1  # processes running (seed, target) cells in parallel (2 on a 2-core machine)
+    heuristic_alpha: Positive = 9.0  # Pareto shape of heuristic classification (GPT-3 / The Pile)
+    vocab_size: Count = 30000  # bigram-LM vocabulary: most frequent tokens of the pool
+    discount: Annotated[float, Interval("[0, 1)")] = 0.75  # absolute discount of the bigram LM
+    downstream: Literal["bigram", "tiny_lm", "both"] = "both"  # which LM scores each selection
+    tiny_lm_targets: list[Target] = field(default_factory=lambda: ["foldoc-networking", "gcide-botany"])
+    tiny_lm_methods: list[Method] = field(default_factory=lambda: ["random", "dsir", "heuristic"])
+    tiny_lm_seeds: Count = 1  # the transformer track runs the first tiny_lm_seeds of the seeds
+    lm_steps: Count = 200  # AdamW steps of the byte-level transformer
+    lm_context: Count = 128  # bytes per training window
+    lm_batch: Count = 32  # windows per step
+    lm_hidden: Count = 128  # transformer width
+    lm_layers: Count = 2  # transformer depth
+    lm_heads: Count = 4  # attention heads
+    lm_lr: Positive = 3e-3  # peak learning rate (warm-up 10 %, cosine decay)
+    device: Device = "cpu"  # for the transformers; "auto" picks CUDA when there is one
+    threads: Count = 1  # torch threads (1 was faster than 2 on the shared 2-core machine)
+    # Downstream classification (the paper's continued pretraining + target-task fine-tuning, at byte-LM scale):
+    classify: bool = False  # pretrain a base byte LM, continue it on each selection, probe the target's domain tags
+    classify_targets: list[ClassifyTarget] = field(default_factory=lambda: ["foldoc-networking", "gcide-botany"])
+    classify_methods: list[Method] = field(default_factory=lambda: ["random", "dsir", "heuristic"])
+    classify_seeds: Count = 3  # selection + continued-pretraining seeds 0 .. classify_seeds-1
+    classify_train: Count = 40  # labelled chunks per tag to train the probe (5 tags: 200 examples)
+    classify_eval: Count = 40  # labelled chunks per tag to evaluate it (disjoint from training and from the pool)
+    base_chunks: Count = 5000  # random pool chunks (task chunks excluded) the base LM is pretrained on
+    base_steps: Count = 300  # AdamW steps of base pretraining (lr = lm_lr); one base model per run
+    continue_steps: Count = 150  # AdamW steps of continued pretraining on each selection
+    continue_lr: Positive = 1e-3  # peak learning rate of continued pretraining (warm-up 10 %, cosine decay)
+    probe_c: Positive = 1.0  # inverse L2 strength of the logistic-regression probe on mean-pooled hidden states
+    # Budget check (protocol v2): the first seed × target of every trained arm (tiny transformer, continued
+    # pretraining) rerun at budget_factor × the steps, same warm-up fraction and cosine horizon scaled with it
+    budget_factor: BudgetFactor = 2.0  # >= 2: the longer run must be a genuinely longer budget (issue #24)
+
+    def __post_init__(self) -> None:
+        config.check(self)
+        if self.downstream in ("tiny_lm", "both") and self.n_val == 0:
+            raise ValueError("parameter 'n_val' is 0; the tiny transformer's budget check scores validation chunks, "
+                             "expected n_val > 0 with downstream 'tiny_lm' or 'both'")
+        config.require_divisible(self, "lm_hidden", "lm_heads")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "sources": list(corpora.LOCAL_SOURCES),
+        "max_chunks": {"man": 2500, "python": 1500},
+        "targets": ["python-topics", "man2-syscalls"],
+        "methods": ["random", "dsir", "heuristic", "heuristic-words", "expert", "anti-dsir"],
+        "n_fit": 40,
+        "n_eval": 40,
+        "n_val": 20,
+        "target_pseudocounts": [0.0, 1.0],
+        "budget_k": 150,
+        "seeds": 1,
+        "vocab_size": 3000,
+        "tiny_lm_targets": ["python-topics"],
+        "tiny_lm_methods": ["random", "dsir"],
+        "lm_steps": 3,
+        "lm_context": 32,
+        "lm_batch": 4,
+        "lm_hidden": 32,
+        "lm_layers": 1,
+        "lm_heads": 2,
+        "classify": True,
+        "classify_targets": ["python-topics"],
+        "classify_methods": ["random", "dsir"],
+        "classify_seeds": 1,
+        "classify_train": 6,
+        "classify_eval": 6,
+        "base_chunks": 200,
+        "base_steps": 2,
+        "continue_steps": 2,
+    },
+    # cpu: ≥ 5 seeds, 2 workers; the classification track reduced to 2 targets × (random, DSIR), 100 continued steps.
+    # Measured per job (1 thread): a bigram cell (8 methods + 3 DSIR pseudocounts) ≈ 8.5 CPU-s, a tiny-LM run ≈ 45–55,
+    # a continued-pretraining job ≈ 27, the base LM ≈ 75. Tiny transformer: 2 cells × (3 methods + target) and the
+    # budget check's 4 runs at 2× steps; classification: 20 jobs and 2 at 2× steps. v1 took 650 s wall; v2 adds an
+    # estimated ≈ 175 s, +27 % (the budget reruns ≈ 205 s, the premise arm ≈ 40 s, less ≈ 80 s no longer spent
+    # training a transformer at the two DSIR pseudocounts not chosen).
+    "cpu": {
+        "seeds": 5,
+        "workers": 2,
+        "classify": True,
+        "classify_methods": ["random", "dsir"],
+        "classify_seeds": 5,
+        "continue_steps": 100,
+    },
+    "gpu": {
+        "max_chunks": {},
+        "seeds": 3,
+        "budget_k": 5000,
+        "tiny_lm_targets": list(TARGETS)[:8],
+        "tiny_lm_methods": list(METHODS),
+        "tiny_lm_seeds": 3,
+        "lm_steps": 2000,
+        "lm_context": 256,
+        "lm_batch": 64,
+        "lm_hidden": 384,
+        "lm_layers": 6,
+        "lm_heads": 6,
+        "lm_lr": 1e-3,
+        "device": "auto",
+        "classify": True,
+        "classify_targets": list(TARGETS)[:8],
+        "classify_methods": list(METHODS),
+        "base_chunks": 50000,
+        "base_steps": 3000,
+        "continue_steps": 1000,
+        "continue_lr": 3e-4,
+    },
+}

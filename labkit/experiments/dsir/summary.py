@@ -1,0 +1,214 @@
+"""DSIR's judgement: from the computed tables to the claims, sanity and budget tables and the readings the notebook
+shows (per-method correlation, DSIR's paired gaps per target, the classification summary, headline metrics).
+
+Everything here is a function of the computed tables and the config: a report's stored tables are judged again by
+:func:`judge` without training. Nothing here draws or prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labkit.experiments import Computed, Results
+from labkit.experiments.dsir.arms import choose_pseudocount
+from labkit.experiments.dsir.claims import EXCLUDED, correlation_interval, verdict_text, verdicts
+from labkit.experiments.dsir.config import VARIANTS, Config
+from labkit.experiments.dsir.data import Prepared, split_target
+from labkit.stats import bootstrap_ci, interval_sign
+
+__all__ = ["CONTROLS", "PAPER_R", "SCORE_COLUMNS", "classify_held", "classify_summary", "dsir_gaps",
+           "explorer_weights", "headline_metrics", "judge", "method_correlation", "paired_gaps", "targets_below",
+           "verdict_text"]
+GAP_REFERENCES = ("random", "heuristic", "heuristic-words")  # DSIR's per-target detail is paired against these
+SCORE_COLUMNS = ("kl_reduction", "bigram_nats_per_token", "label_precision")  # per-method means in the headline
+CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
+# KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
+PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
+# The correlation's bootstrap over targets with different methods left out (the claim uses the first).
+CORRELATION_VARIANTS = {"methods once (claim)": EXCLUDED, "methods once, without random": (*EXCLUDED, "random"),
+                        "with the anti-DSIR control": VARIANTS}
+
+
+def judge(cfg: Config, computed: Computed) -> Results:
+    """The claims, sanity and budget-check tables (:func:`labkit.experiments.dsir.claims.verdicts`) and every reading
+    the notebook shows, from the computed tables; artefacts: the chosen target pseudocount and the skipped targets
+    of each track (target -> reason)."""
+    tables = computed.tables
+    scores, classify, tiny = tables["scores"], tables["classify"], tables["tiny_lm"]
+    claims, sanity, budget = verdicts(scores, classify, tiny, tables["budget_runs"])
+    correlation_rows = [{"variant": name, **correlation_interval(scores, exclude=exclude)}
+                        for name, exclude in CORRELATION_VARIANTS.items()]
+    tiny_measured = len(tiny) and tiny.method.nunique() >= 3
+    judged = {
+        "claims": claims,
+        "sanity": sanity,
+        "budget": budget,
+        "correlation": method_correlation(scores),
+        "correlation_intervals": pd.DataFrame(correlation_rows),
+        "paired_gaps": dsir_gaps(scores),
+        "classify_summary": classify_summary(classify) if len(classify) else pd.DataFrame(),
+        "tiny_correlation": method_correlation(tiny, loss="bits_per_byte") if tiny_measured else pd.DataFrame(),
+    }
+    skipped = tables["skipped"]
+    artefacts = {
+        "chosen_pseudocount": choose_pseudocount(cfg, tables["sweep"]),
+        "skipped_targets": _reasons(skipped, "selection"),
+        "classify_skipped": _reasons(skipped, "classification"),
+    }
+    return Results(cfg, {**tables, **judged}, computed, artefacts)
+
+
+def _reasons(skipped: pd.DataFrame, track: str) -> dict[str, str]:
+    """Target -> why ``track`` could not run it, from the computed ``skipped`` table."""
+    rows = skipped[skipped.track == track] if len(skipped) else skipped
+    return dict(zip(rows.get("target", []), rows.get("reason", []), strict=True))
+
+
+def paired_gaps(
+    scores: pd.DataFrame, method: str, reference: str, value: str = "bigram_nats_per_token", n_boot: int = 2000
+) -> pd.DataFrame:
+    """Per target and overall: mean of (method − reference) over seeds with a bootstrap 95 % interval.
+
+    Negative = ``method`` has the lower loss. The overall row pairs every (seed, target) cell.
+    """
+    a = scores[scores.method == method].set_index(["seed", "target"])[value]
+    b = scores[scores.method == reference].set_index(["seed", "target"])[value]
+    diff = (a - b).dropna().reset_index()
+    rows = []
+    for target, group in diff.groupby("target", sort=False):
+        mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+        rows.append({"target": target, "mean_diff": mean, "low": low, "high": high, "n": len(group)})
+    mean, low, high = bootstrap_ci(diff[value].to_numpy(), n_boot=n_boot)
+    rows.append({"target": "all", "mean_diff": mean, "low": low, "high": high, "n": len(diff)})
+    out = pd.DataFrame(rows)
+    out.insert(0, "comparison", f"{method} − {reference}")
+    return out
+
+
+def method_correlation(
+    scores: pd.DataFrame,
+    loss: str = "bigram_nats_per_token",
+    controls: tuple[str, ...] = CONTROLS,
+    variants: tuple[str, ...] = VARIANTS,
+) -> pd.DataFrame:
+    """Pearson and Spearman r of KL reduction vs −loss, one point per method (mean over targets and seeds).
+
+    As in the paper, methods are averaged over targets first; reported with and without the controls. ``variants``
+    (DSIR top-k, heuristic classification on words) are left out so that each method counts once.
+    """
+    from scipy import stats
+
+    per_method = scores[~scores.method.isin(variants)].groupby("method", sort=False)[["kl_reduction", loss]].mean()
+    rows = []
+    for name, frame in (
+        ("all methods", per_method),
+        ("without controls", per_method.drop(index=[c for c in controls if c in per_method.index])),
+    ):
+        n = len(frame)
+        if n >= 3:
+            pearson = float(stats.pearsonr(frame.kl_reduction, -frame[loss])[0])
+            spearman = float(stats.spearmanr(frame.kl_reduction, -frame[loss])[0])
+        else:
+            pearson = spearman = float("nan")
+        rows.append({"methods": name, "n_methods": n, "pearson_r": pearson, "spearman_r": spearman, "loss": loss})
+    return pd.DataFrame(rows)
+
+
+def dsir_gaps(scores: pd.DataFrame) -> pd.DataFrame:
+    """DSIR minus each of :data:`GAP_REFERENCES` that ran, per target and overall (:func:`paired_gaps`, bootstrap
+    95 %): the per-target detail behind the verdicts (which use Student-t intervals over targets)."""
+    refs = [ref for ref in GAP_REFERENCES if ref in set(scores.method)]
+    if "dsir" not in set(scores.method) or not refs:
+        methods = sorted(set(scores.method))
+        raise ValueError(f"dsir_gaps needs DSIR and one of {GAP_REFERENCES} in scores; got methods {methods}")
+    return pd.concat([paired_gaps(scores, "dsir", ref) for ref in refs], ignore_index=True)
+
+
+def targets_below(gaps: pd.DataFrame, reference: str = "random") -> tuple[int, int]:
+    """(targets whose whole DSIR − ``reference`` interval lies below 0, i.e. DSIR's loss is lower; targets)."""
+    rows = gaps[(gaps.comparison == f"dsir − {reference}") & (gaps.target != "all")]
+    return int((rows.high < 0).sum()), len(rows)
+
+
+def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """Per target × method: mean accuracy and macro-F1 over seeds with bootstrap 95 % intervals."""
+    rows = []
+    for (target, method), group in classify.groupby(["target", "method"], sort=False):
+        row = {"target": target, "method": method, "n_seeds": len(group)}
+        for value in ("accuracy", "macro_f1"):
+            mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+            row.update({value: mean, f"{value}_low": low, f"{value}_high": high})
+        row["bits_per_byte"] = float(group.bits_per_byte.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
+    """A one-line statement of the paired accuracy gaps (DSIR − random, DSIR − heuristic, DSIR − base) of a run."""
+    if classify.empty or "dsir" not in set(classify.method):
+        return "downstream classification not run"
+    parts = []
+    for ref in ("random", "heuristic", "base"):
+        if ref not in set(classify.method):
+            continue
+        gap = paired_gaps(classify, "dsir", ref, value="accuracy", n_boot=n_boot)
+        per_target, overall = gap[gap.target != "all"], gap[gap.target == "all"].iloc[0]
+        word = {1: "higher", -1: "lower", 0: "tied (interval spans 0)"}[interval_sign(overall.low, overall.high)]
+        if overall.n < 3:
+            word = f"from {int(overall.n)} paired cell(s): too few for an interval"
+        parts.append(
+            f"DSIR − {ref} accuracy {overall.mean_diff:+.3f} [{overall.low:+.3f}, {overall.high:+.3f}] {word}, "
+            f"DSIR higher on {int((per_target.mean_diff > 0).sum())}/{len(per_target)} targets"
+        )
+    n_targets, n_seeds = classify.target.nunique(), classify.seed.nunique()
+    return f"classification after continued pretraining (linear probe, {n_targets} targets × {n_seeds} seeds): " + (
+        "; ".join(parts)
+    )
+
+
+def headline_metrics(results: Results) -> dict[str, float]:
+    """Numbers a rerun reproduces: per method the mean KL reduction, bigram loss and label precision; the correlations;
+    DSIR's paired gaps; each claim's effect and interval; the tiny-LM and classification tracks per cell."""
+    out: dict[str, float] = {}
+    means = results.scores.groupby("method", sort=False)[list(SCORE_COLUMNS)].mean()
+    for method, row in means.iterrows():
+        out |= {f"{method}/{column}": float(value) for column, value in row.items()}
+    for r in results.correlation.itertuples():
+        out[f"pearson_r/{r.methods}"] = float(r.pearson_r)
+        out[f"spearman_r/{r.methods}"] = float(r.spearman_r)
+    for r in results.paired_gaps.itertuples():
+        key = f"{r.comparison}/{r.target}"
+        out |= {f"{key}/mean_diff": float(r.mean_diff), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
+    out["dsir_beats_random_targets"] = float(targets_below(results.paired_gaps)[0])
+    out["dsir_target_pseudocount"] = float(results.chosen_pseudocount)
+    for r in results.claims.itertuples():
+        out |= {f"claim/{r.claim}/effect": float(r.mean), f"claim/{r.claim}/ci_low": float(r.low),
+                f"claim/{r.claim}/ci_high": float(r.high)}
+    for r in results.tiny_lm.itertuples():
+        out[f"tiny_lm/{r.target}/{r.method}/seed{r.seed}/bits_per_byte"] = float(r.bits_per_byte)
+    for r in results.classify_summary.itertuples():
+        out[f"classify/{r.target}/{r.method}/accuracy"] = float(r.accuracy)
+        out[f"classify/{r.target}/{r.method}/macro_f1"] = float(r.macro_f1)
+    return out
+
+
+def explorer_weights(cfg: Config, prepared: Prepared, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Per target: the pool ids, their DSIR log weights (at ``cfg.target_pseudocount``) and the held-out counts, for
+    widgets that vary k (from the pool: no training)."""
+    out: dict[str, dict[str, Any]] = {}
+    total = prepared.features.total_counts()
+    for target in cfg.targets:
+        if target in prepared.skipped_targets:
+            continue
+        split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed, n_val=cfg.n_val)
+        dsir = prepared.dsir(cfg).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
+        out[target] = {
+            "pool": split.pool,
+            "log_weights": dsir.log_weights()[split.pool],
+            "eval_counts": prepared.features.total_counts(split.eval),
+            "pool_counts": total - prepared.features.total_counts(split.drawn()),
+        }
+    return out

@@ -1,0 +1,154 @@
+"""GateSkip's parameters: the tiny LM, the fine-tuning schedule and its stopping points, every family's tuning grid
+(each of the same size: the equal tuning budget), the inference budgets, and the seeds.
+
+``tune_seeds`` and ``seeds`` are counts: choices are made on validation seeds ``0 .. tune_seeds-1``, and reported
+on fresh test seeds ``100 .. 100+seeds-1`` (:data:`TEST_SEED_OFFSET`: new pretraining, fine-tuning and data seeds,
+disjoint from every tuning seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from labkit import config, gate, skip
+from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, Positive
+from labkit.models import decoder_lm
+
+TASKS = ("cumsum", "text")
+TEST_SEED_OFFSET = 100  # test seeds start here: fresh pretraining, fine-tuning and data seeds
+
+Grid = Annotated[tuple[float, ...], NON_EMPTY, UNIQUE]  # a tuning grid: a repeated value would count twice
+Rate = Annotated[tuple[float, ...], Interval("(0, inf)"), NON_EMPTY, UNIQUE]  # a grid of learning rates
+
+
+@dataclass
+class Config:
+    # "text" (stdlib bytes, bits per byte) and "cumsum" (running sums, exact match)
+    tasks: Annotated[tuple[Literal[*TASKS], ...], NON_EMPTY, UNIQUE] = ("text", "cumsum")
+    arch: Literal[*decoder_lm.ARCHS] = "llama"  # transformers family of the tiny LM
+    n_digits: Count = 8  # running-sum digits N: sequences of 2N+5 tokens (21 for N=8)
+    text_length: Count = 128  # bytes per text window
+    d_model: Count = 128  # hidden size (0.8 M parameters at 4 layers: the trial's size)
+    n_layers: Count = 4  # decoder layers; static skipping is seed-fragile below ~8
+    n_heads: Count = 4  # attention heads
+    batch_size: Count = 64  # sequences per training step
+    pretrain_steps: Count = 300  # steps to pretrain the shared checkpoint on running sums (trial: EM 1.0 after 300)
+    pretrain_lr: Positive = 3e-3  # AdamW peak lr, cosine (trial value)
+    text_pretrain_steps: Count = 600  # pretraining steps on the text task (harder than the toy)
+    finetune_steps: Count = 200  # fine-tuning schedule of every configuration (the paper: 6,800 steps on 1B models)
+    # Stopping points tuned on validation, as fractions of finetune_steps: one run per configuration is scored at
+    # each (early stopping); the test run stops at the chosen one. The cosine lr and skip ramp span finetune_steps.
+    finetune_stops: Annotated[tuple[float, ...], Interval("(0, 1]"), NON_EMPTY] = (0.5, 0.75, 1.0)
+    finetune_lr: Positive = 1e-3  # GateSkip's LM weights' peak lr (the paper: 3e-6 on 1B models)
+    # Tuning grids, chosen on validation; every fine-tuned family gets the same number of configurations.
+    gate_lrs: Annotated[Grid, Interval("[0, inf)")] = (0.0, 3e-2)  # gate peak lrs; 0 = finetune_lr (paper: 33x)
+    sparsity_weights: Annotated[Grid, Interval("[0, inf)")] = (1.0, 0.01)  # gate-penalty weights λ (paper: 1.0)
+    dense_lrs: Rate = (3e-4, 1e-3, 3e-3, 1e-2)  # dense fine-tune lrs (also ShortGPT's and ULS's base)
+    random_lrs: Rate = (1e-3, 3e-3)  # random-skip fine-tune lrs
+    # random-skip training budgets at the end of the ramp
+    random_skip_ends: Annotated[Grid, Interval("(0, 1)")] = (0.2, 0.4)
+    penalty: Literal[*gate.PENALTY_KINDS] = "l2"  # "l2" (paper) | "l1" | "kl"
+    gate_kind: Literal["vector", "scalar"] = "vector"  # "vector" (paper) | "scalar"
+    # GateSkip's training budget ramps linearly 0 -> this over fine-tuning (paper: 0.2); kl needs it > 0
+    train_skip_end: Annotated[float, Interval("[0, 1)")] = 0.2
+    budgets: Annotated[tuple[float, ...], Interval("[0, 1)"), NON_EMPTY, UNIQUE] = (
+        0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # inference skip ratios r
+    # compute saved is read where quality falls below these x dense
+    levels: Annotated[tuple[float, ...], Interval("(0, 1)"), NON_EMPTY, UNIQUE] = (0.9, 0.95)
+    budget_factor: BudgetFactor = 2.0  # convergence check: the first test seed of each trained choice this x longer
+    # teacher-forced budget quantile over the whole eval batch (paper) or per "sequence"
+    scope: Literal[*skip.SCOPES] = "batch"
+    tune_seeds: Count = 1  # validation seeds 0 .. tune_seeds-1 on which every choice is made
+    seeds: Count = 5  # fresh test seeds 100 .. 100+seeds-1 running the frozen choice (TEST_SEED_OFFSET)
+    eval_size: Count = 1024  # held-out sequences per split and point
+    eval_batch: Count = 64  # sequences per evaluation forward (the batch the quantile is taken over)
+    flops_batch: Count = 16  # sequences in the compact forward whose FLOPs are counted
+    calib_batches: Count = 4  # ShortGPT calibration batches of batch_size training sequences
+    device: Device = "auto"  # "auto": CUDA when present
+    threads: Count = 1  # torch intra-op threads per worker (1 is fastest for tiny models on 2 shared cores)
+    workers: Count = 1  # processes running jobs in parallel (2 on a 2-core machine)
+
+    def __post_init__(self) -> None:
+        config.check(self)
+        if self.penalty == "kl" and self.train_skip_end == 0:
+            raise ValueError("parameter 'train_skip_end' must be in (0, 1) with penalty 'kl' (its target keeps "
+                             f"1 - train_skip_end), got {self.train_skip_end}")
+        if len(stop_steps(self)) != len(self.finetune_stops):
+            raise ValueError(
+                f"finetune_stops {self.finetune_stops} of {self.finetune_steps} steps round to the same step: "
+                f"{stop_steps(self)}; use fewer stops or more finetune_steps"
+            )
+        config.require_divisible(self, "d_model", "n_heads")
+        sizes = {
+            "dense_lrs": len(self.dense_lrs),
+            "gate_lrs x sparsity_weights": len(self.gate_lrs) * len(self.sparsity_weights),
+            "random_lrs x random_skip_ends": len(self.random_lrs) * len(self.random_skip_ends),
+        }
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"every family needs the same tuning budget (grid size); got {sizes}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "n_digits": 4,
+        "text_length": 32,
+        "batch_size": 16,
+        "pretrain_steps": 20,
+        "text_pretrain_steps": 20,
+        "finetune_steps": 10,
+        "finetune_stops": (0.5, 1.0),
+        "gate_lrs": (0.0,),
+        "sparsity_weights": (0.01,),
+        "dense_lrs": (1e-3,),
+        "random_lrs": (1e-3,),
+        "random_skip_ends": (0.2,),
+        "seeds": 2,
+        "eval_size": 64,
+        "eval_batch": 32,
+        "flops_batch": 4,
+        "calib_batches": 1,
+        "budgets": (0.0, 0.2, 0.5),
+    },
+    "cpu": {  # both tasks, 4 configurations per family tuned on 1 validation seed, 5 fresh test seeds
+        "d_model": 64,
+        "n_digits": 4,
+        "pretrain_steps": 1200,  # running sums, N=4: dense exact match ~1 after pretraining
+        "text_length": 64,
+        "text_pretrain_steps": 500,  # dense fine-tune ~2.4 bits per byte (unigram 4.45)
+        "eval_size": 256,
+        "workers": 2,
+    },
+    "gpu": {
+        "d_model": 256,
+        "n_layers": 8,
+        "n_heads": 8,
+        "n_digits": 12,
+        "pretrain_steps": 2000,
+        "text_pretrain_steps": 4000,
+        "finetune_steps": 1000,
+        "sparsity_weights": (1.0, 0.1),
+        "tune_seeds": 2,
+        "eval_size": 4096,
+        "flops_batch": 64,
+        "threads": 4,
+    },
+}
+
+
+def stop_steps(cfg: Config) -> list[int]:
+    """The fine-tuning steps at which a run may stop (``cfg.finetune_stops`` of the schedule), ascending."""
+    return sorted({max(1, round(f * cfg.finetune_steps)) for f in cfg.finetune_stops})
+
+
+def tune_seeds(cfg: Config) -> list[int]:
+    """The validation seeds every choice is made on: ``0 .. tune_seeds-1``."""
+    return list(range(cfg.tune_seeds))
+
+
+def test_seeds(cfg: Config) -> list[int]:
+    """The fresh seeds the frozen choice is reported on: ``100 .. 100+seeds-1`` (disjoint from :func:`tune_seeds`)."""
+    return list(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + cfg.seeds))

@@ -1,0 +1,228 @@
+"""GateSkip's tasks and how an arm is scored on them.
+
+``cumsum``: running sums mod 10, scored teacher-forced by token accuracy and exact match of chain + answer, and by
+exact match of chains generated with a KV cache; ``text``: byte-level LM on pinned CPython stdlib sources, scored by
+bits per byte. Train, validation and test never share a prompt (cumsum) or a file (text). Compute is scored as FLOPs
+actually executed in compact execution (:func:`labkit.profile.count_flops`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit import profile, skip
+from labkit.data import sequences
+from labkit.experiments.gateskip.config import Config
+
+SkipContext = Callable[[], AbstractContextManager[skip.SkipStats]]  # a fresh skip block per evaluation batch
+
+
+EVAL_SPLITS = ("val", "test")  # tuning sees "val", the frozen configuration is reported on "test"
+
+
+def vocabulary(name: str) -> tuple[int, int | None, int | None]:
+    """The vocabulary size, EOS and pad token ids of task ``name`` (bytes for text: no EOS, no padding)."""
+    if name == "cumsum":
+        return sequences.VOCAB_SIZE, sequences.EOS, sequences.PAD
+    return 256, None, None
+
+
+class Task:
+    """Data and metrics of one task for one seed: training stream, validation and test sets (disjoint sources)."""
+
+    def __init__(self, name: str, cfg: Config, seed: int, device: torch.device) -> None:
+        self.name, self.cfg, self.device = name, cfg, device
+        self.train_gen = torch.Generator().manual_seed(seed)
+        gens = {
+            split: torch.Generator().manual_seed(offset + seed) for split, offset in (("val", 10_000), ("test", 50_000))
+        }
+        self.calib_gen_seed = 20_000 + seed
+        self.provenance: dict[str, Any] = {}
+        self.eval_tokens: dict[str, torch.Tensor] = {}
+        self.vocab, self.eos, self.pad = vocabulary(name)
+        if name == "cumsum":
+            for split, gen in gens.items():
+                self.eval_tokens[split] = sequences.running_sum_batch(cfg.eval_size, cfg.n_digits, gen, split=split)
+            self.scored = sequences.running_sum_scored(cfg.n_digits)
+            self.provenance = {"splits": "prompt hash buckets (labkit.data.sequences.running_sum_split)"}
+        else:
+            self.train_bytes, self.provenance["train"] = sequences.stdlib_bytes(sequences.STDLIB_SPLIT_FILES["train"])
+            for split, gen in gens.items():
+                data, self.provenance[split] = sequences.stdlib_bytes(sequences.STDLIB_SPLIT_FILES[split])
+                self.eval_tokens[split] = sequences.byte_windows(data, cfg.eval_size, cfg.text_length, gen)
+            self.scored = torch.ones(cfg.text_length - 1, dtype=torch.bool)
+
+    def batch(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` training sequences drawn with ``generator`` (default: the task's own training stream)."""
+        gen = generator or self.train_gen
+        if self.name == "cumsum":
+            return sequences.running_sum_batch(n, self.cfg.n_digits, gen, split="train")
+        return sequences.byte_windows(self.train_bytes, n, self.cfg.text_length, gen)
+
+    def calibration(self) -> list[torch.Tensor]:
+        """ShortGPT's calibration batches (training data): the same ones for every arm of the seed."""
+        gen = torch.Generator().manual_seed(self.calib_gen_seed)
+        return [self.batch(self.cfg.batch_size, gen).to(self.device) for _ in range(self.cfg.calib_batches)]
+
+    def tokens(self, split: str) -> torch.Tensor:
+        """The held-out sequences of ``split`` ("val" or "test")."""
+        if split not in self.eval_tokens:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+        return self.eval_tokens[split]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, context: SkipContext | None = None, split: str = "test") -> dict[str, float]:
+    """Teacher-forced quality over ``split``, each eval batch inside ``context()`` (a skip context or None)."""
+    cfg = task.cfg
+    model.eval()
+    tokens = task.tokens(split)
+    scored = task.scored.to(task.device)
+    n_tok = n_correct = n_seq_ok = 0
+    nll = 0.0
+    fractions = []
+    for start in range(0, tokens.shape[0], cfg.eval_batch):
+        x = tokens[start : start + cfg.eval_batch].to(task.device)
+        if context is None:
+            logits = model(x, use_cache=False).logits
+        else:
+            with context() as stats:
+                logits = model(x, use_cache=False).logits
+            fractions.append(stats.skipped_fraction)
+        pred, target = logits[:, :-1], x[:, 1:]
+        correct = (pred.argmax(-1) == target) & scored
+        n_correct += int(correct.sum())
+        n_tok += int(scored.sum()) * x.shape[0]
+        n_seq_ok += int((correct | ~scored).all(1).sum())
+        nll += float(
+            F.cross_entropy(pred[:, scored].reshape(-1, pred.shape[-1]), target[:, scored].reshape(-1), reduction="sum")
+        )
+    out = {"token_acc": n_correct / n_tok, "skipped_fraction": float(np.mean(fractions)) if fractions else 0.0}
+    if task.name == "cumsum":
+        out["seq_em"] = n_seq_ok / tokens.shape[0]
+    else:
+        out["bpb"] = nll / n_tok / math.log(2)
+    return out
+
+
+@torch.no_grad()
+def generate_chains(
+    model: nn.Module, task: Task, context: SkipContext | None = None, split: str = "test"
+) -> dict[str, float]:
+    """Running sums generated greedily with a KV cache from the prompt ``<s> d1 .. dN |``, each batch inside
+    ``context()``: exact match of the whole generated chain, answer and EOS (``gen_em``) and the token x branch
+    fraction skipped over prefill and decoding (``skipped_fraction``)."""
+    if task.name != "cumsum":
+        raise ValueError(f"generate_chains needs the running-sum task, got {task.name!r}")
+    cfg = task.cfg
+    model.eval()
+    tokens = task.tokens(split)
+    prompt_len = cfg.n_digits + 2
+    n_ok, fractions = 0, []
+    for start in range(0, tokens.shape[0], cfg.eval_batch):
+        x = tokens[start : start + cfg.eval_batch].to(task.device)
+        prompt, target = x[:, :prompt_len], x[:, prompt_len:]
+        kwargs = {
+            "attention_mask": torch.ones_like(prompt),
+            "max_new_tokens": target.shape[1],
+            "do_sample": False,
+            "use_cache": True,
+            "pad_token_id": task.pad,
+            "eos_token_id": task.eos,
+        }
+        if context is None:
+            out = model.generate(prompt, **kwargs)
+        else:
+            with context() as stats:
+                out = model.generate(prompt, **kwargs)
+            fractions.append(stats.skipped_fraction)
+        new = F.pad(out[:, prompt_len:], (0, target.shape[1] - (out.shape[1] - prompt_len)), value=-1)
+        n_ok += int((new == target).all(1).sum())
+    return {"gen_em": n_ok / tokens.shape[0], "skipped_fraction": float(np.mean(fractions)) if fractions else 0.0}
+
+
+@torch.no_grad()
+def trivial_quality(task: Task, split: str = "test") -> dict[str, float]:
+    """The trivial baseline every arm must beat: per-position token frequencies of 64 training batches (add-one
+    smoothed), predicting the most frequent token at each position; bits per byte for text, accuracies for cumsum."""
+    train = torch.cat([task.batch(task.cfg.batch_size, torch.Generator().manual_seed(60_000)) for _ in range(64)])
+    if task.name == "text":
+        counts = torch.bincount(train.reshape(-1), minlength=task.vocab).float()[None].expand(train.shape[1], -1)
+    else:
+        counts = torch.stack([torch.bincount(col, minlength=task.vocab) for col in train.unbind(1)]).float()
+    logp = torch.log((counts + 1) / (counts + 1).sum(-1, keepdim=True))[1:]  # predictions for positions 1..T-1
+    target = task.tokens(split)[:, 1:]
+    scored = task.scored
+    correct = (logp.argmax(-1)[None] == target) & scored
+    out = {"token_acc": float(correct.sum()) / (int(scored.sum()) * target.shape[0]), "skipped_fraction": 0.0}
+    if task.name == "cumsum":
+        out["seq_em"] = float((correct | ~scored).all(1).float().mean())
+    else:
+        nll = -logp.gather(1, target.T).T[:, scored]
+        out["bpb"] = float(nll.mean()) / math.log(2)
+    return out
+
+
+@torch.no_grad()
+def executed_flops(model: nn.Module, task: Task, context: SkipContext | None = None) -> int:
+    """FLOPs of one forward over the first ``flops_batch`` test sequences (compact execution inside ``context``)."""
+    x = task.tokens("test")[: task.cfg.flops_batch].to(task.device)
+    if context is None:
+        return profile.count_flops(lambda: model(x, use_cache=False))
+    with context() as stats:
+        model(x, use_cache=False)
+    return int(stats.flops)
+
+
+@torch.no_grad()
+def gate_importance(model: nn.Module, task: Task) -> torch.Tensor:
+    """Gate importance of every branch and token of the first test batch at r = 0, as (branches, batch, tokens)."""
+    x = task.tokens("test")[: task.cfg.eval_batch].to(task.device)
+    with skip.budget(model, 0.0, measure_flops=False, record=True) as stats:
+        model(x, use_cache=False)
+    return torch.stack([rec["importance"].float() for rec in stats.records.values()])
+
+
+def mean_gate(importance: torch.Tensor) -> float:
+    """Mean gate value over branches and tokens of :func:`gate_importance` (init: sigmoid(5) = 0.9933)."""
+    return float(importance.mean(dim=(1, 2)).mean())
+
+
+def gate_shift(importance: torch.Tensor, initial: torch.Tensor) -> float:
+    """How far the gates moved from their initial value: mean |g - g0| over branches and tokens of the same batch
+    (:func:`gate_importance` of the trained and of the freshly gated model); the premise that GateSkip's gates are
+    trained at all."""
+    if importance.shape != initial.shape:
+        raise ValueError(f"gate_shift needs importances of the same batch: {tuple(importance.shape)} vs "
+                         f"{tuple(initial.shape)}")
+    return float((importance - initial).abs().mean())
+
+
+def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of mean gate importance per layer x branch x position (r = 0) and of skip fraction per branch x position
+    at the training budget ``train_skip_end``, over the first evaluation batch."""
+    x = task.tokens("test")[: cfg.eval_batch].to(task.device)
+    gates, skips = [], []
+    with torch.no_grad(), skip.budget(model, 0.0, measure_flops=False, record=True) as stats:
+        model(x)
+    for name, rec in stats.records.items():
+        layer, role = name.split(".")
+        for pos, value in enumerate(rec["importance"].mean(0).tolist()):
+            gates.append({"task": task.name, "layer": int(layer), "branch": role, "position": pos, "importance": value})
+    with (
+        torch.no_grad(),
+        skip.budget(model, cfg.train_skip_end, scope=cfg.scope, measure_flops=False, record=True) as stats,
+    ):
+        model(x)
+    for name, rec in stats.records.items():
+        for pos, value in enumerate((~rec["keep"]).float().mean(0).tolist()):
+            skips.append({"task": task.name, "module": name, "position": pos, "skip_fraction": value})
+    return gates, skips

@@ -1,0 +1,209 @@
+"""GateSkip's judgement (Laitenberger et al., arXiv 2510.13876): from the computed tables alone, the choices made on
+validation, the per-seed test scores the claims are judged on, the convergence and health checks, the claims and
+sanity tables, and the readings the notebook shows (:func:`judge`); the token widget's model is rebuilt from its
+stored state dict.
+
+Compute saved is read at every level of ``cfg.levels`` of the dense fine-tune's quality of the same seed
+(:func:`~labkit.experiments.gateskip.arms.saved_at_quality`), in the paper's token x branch fraction and in
+executed FLOPs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from labkit import gate, protocol
+from labkit.experiments import Computed, Results
+from labkit.experiments.gateskip import claims
+from labkit.experiments.gateskip.arms import (
+    CONTROL,
+    EXAMPLES,
+    MODEL_PREFIX,
+    STATIC,
+    base_lm,
+    choose,
+    quality_column,
+    saved_at_quality,
+)
+from labkit.experiments.gateskip.config import Config
+
+MEASURES = {"tokens": "skipped_fraction", "flops": "flops_saved"}  # compute-saved measures and their columns
+
+
+def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[float, ...]) -> pd.DataFrame:
+    """Per task x arm x seed on test: compute saved (in %) at each quality level, in token x branch fraction and
+    executed FLOPs (``saved_90_tokens``, ``saved_90_flops``, ...), and for generated chains per scope
+    (``gen_saved_90_batch``, ...); the dense rows save 0 by definition (the "saves anything" reference); full-compute
+    ``quality`` and, for gated arms, ``gate_shift``."""
+    test = curves[curves.split == "test"]
+    parts = []
+    for task, sub in test.groupby("task", sort=False):
+        metric = quality_column(task)
+        for level in levels:
+            for name, column in MEASURES.items():
+                saved = saved_at_quality(sub, metric, x=column, fraction=level)
+                parts.append(saved.assign(metric=f"saved_{round(100 * level)}_{name}"))
+    gen = generation[generation.split == "test"] if len(generation) else generation
+    for (task, scope), sub in gen.groupby(["task", "scope"], sort=False) if len(gen) else []:
+        for level in levels:
+            saved = saved_at_quality(sub.drop(columns="scope"), "gen_em", fraction=level)
+            parts.append(saved.assign(task=task, metric=f"gen_saved_{round(100 * level)}_{scope}"))
+    long = pd.concat(parts, ignore_index=True)
+    wide = long.pivot_table(index=["task", "arm", "seed"], columns="metric", values="saved").mul(100).reset_index()
+    measured = wide.drop(columns=["arm", "seed"]).groupby("task").count() > 0  # which columns each task has
+    dense = test[test.arm == "dense"][["task", "seed"]].drop_duplicates().assign(arm="dense")
+    zeros = pd.concat(
+        [
+            group.assign(**{m: 0.0 for m, ok in measured.loc[task].items() if ok})
+            for task, group in dense.groupby("task")
+        ]
+    )
+    quality = _full_quality(test)
+    scores = pd.concat([wide, zeros], ignore_index=True).merge(quality, on=["task", "arm", "seed"], how="left")
+    scores.columns.name = None
+    return scores
+
+
+def budget_values(runs: pd.DataFrame, chosen: pd.DataFrame, level: float) -> pd.DataFrame:
+    """The validation measure each chosen arm is judged on for the convergence check, per task x role x budget (the
+    rows of the 1x and longer runs of :func:`labkit.experiments.gateskip.arms.budget_jobs`, tagged ``chosen_config`` and
+    ``run_budget``).
+
+    Dense, ShortGPT and ULS: the full-compute validation quality of the dense fine-tune each chose (ShortGPT and ULS
+    train nothing else). GateSkip and random skip: compute saved (%, token x branch) at ``level`` of the 1x dense
+    fine-tune's validation quality, the statistic they were chosen on; the threshold stays at the 1x dense model so
+    the check measures the arm's own gain. Returns task, arm, seed, budget, measure, value.
+    """
+    rows = []
+    for task, sub in runs.groupby("task", sort=False):
+        metric = quality_column(task)
+        picks = chosen[chosen.task == task].set_index("role").config
+        full = sub[(sub.arm == "dense") & (sub.budget == 0)]
+        reference = full[(full.chosen_config == picks["dense"]) & (full.run_budget == 1)]
+        for role, config in picks.items():
+            for (seed, budget), run in sub[sub.chosen_config == config].groupby(["seed", "run_budget"], sort=False):
+                if role in ("gateskip", "random_skip"):
+                    curve = pd.concat([reference[reference.seed == seed], run[run.arm == role]], ignore_index=True)
+                    value = 100 * float(saved_at_quality(curve, metric, fraction=level).saved.iloc[0])
+                    measure = f"saved_{round(100 * level)}_tokens"
+                else:
+                    value, measure = float(run[(run.arm == "dense") & (run.budget == 0)][metric].iloc[0]), metric
+                rows.append({"task": task, "arm": role, "seed": seed, "budget": budget, "measure": measure,
+                             "value": value})
+    return pd.DataFrame(rows, columns=["task", "arm", "seed", "budget", "measure", "value"])
+
+
+def _full_quality(test: pd.DataFrame) -> pd.DataFrame:
+    """Full-compute test quality per task x arm x seed (r = 0; static arms: the dense model they act on), and the
+    gate shift of the gated arms (mean |g - g0|: how far training moved the gates from their initialisation)."""
+    rows = []
+    for (task, arm, seed), group in test.groupby(["task", "arm", "seed"], sort=False):
+        at_zero = group[group.budget == 0]
+        if at_zero.empty and arm in STATIC:
+            at_zero = test[(test.task == task) & (test.arm == "dense") & (test.seed == seed)]
+        shift = float(at_zero["gate_shift"].mean()) if "gate_shift" in at_zero else np.nan
+        rows.append({"task": task, "arm": arm, "seed": seed, "quality": float(at_zero[quality_column(task)].mean()),
+                     "gate_shift": shift})
+    return pd.DataFrame(rows)
+
+
+def side_by_side(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95 % Student-t interval of every saved-at-level column, per task x arm (the verdict's table)."""
+    columns = [c for c in scores.columns if c.startswith(("saved_", "gen_saved_"))]
+    table = scores.groupby(["task", "arm"], sort=False).size().rename("n").reset_index()
+    for column in columns:
+        summary = protocol.t_summary(scores.dropna(subset=[column]), ["task", "arm"], column)
+        summary[column] = [f"{r.mean:+.1f} [{r.low:+.1f}, {r.high:+.1f}]" for r in summary.itertuples()]
+        table = table.merge(summary[["task", "arm", column]], on=["task", "arm"], how="left")
+    return table
+
+
+def arm_order(arms: list[str]) -> list[str]:
+    """Arms in the report's order: GateSkip, its control, the trained and static baselines, dense."""
+    order = ["gateskip", CONTROL, "random_skip", *STATIC, "dense"]
+    return [a for a in order if a in arms] + sorted(a for a in arms if a not in order)
+
+
+def position_importance(gates: pd.DataFrame, task: str, n_digits: int) -> dict[str, float]:
+    """Mean gate importance at BOS (position 0), the other prompt positions and the rest: the BOS-anchor check."""
+    by_pos = gates[gates.task == task].groupby("position").importance.mean()
+    prompt = list(range(1, n_digits + 2) if task == "cumsum" else range(1, 16))
+    return {
+        "bos": float(by_pos.iloc[0]),
+        "prompt": float(by_pos.loc[prompt].mean()),
+        "later": float(by_pos.loc[by_pos.index > max(prompt)].mean()),
+    }
+
+
+def widget_model(cfg: Config, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The first test seed's GateSkip model of the first task, rebuilt from the state dict the run stored (the token
+    widget's model: no training, no checkpoint)."""
+    state = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    model = gate.add_gates(base_lm(cfg, cfg.tasks[0], tensors[EXAMPLES].shape[1]), kind=cfg.gate_kind)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def judge(cfg: Config, computed: Computed) -> Results:
+    """Every judged table from the computed ones: ``chosen`` and ``validation`` (the choices, again from the
+    validation rows), ``scores``, ``budget`` (convergence), ``health``, ``claims`` and ``sanity``; artefacts ``model``
+    and ``examples`` for the token widget."""
+    t = computed.tables
+    curves = t["curves"]
+    chosen, validation = choose(curves[curves.split == "val"], cfg.levels[0])
+    scores = test_scores(curves, t["generation"], cfg.levels)
+    budget = claims.convergence(budget_values(t["budget_runs"], chosen, cfg.levels[0]))
+    health = claims.health(scores)
+    claim_table, sanity = claims.verdicts(scores, t["trivial"], budget, health, cfg.levels)
+    judged = {
+        "chosen": chosen.drop(columns="spec"),
+        "validation": validation,
+        "scores": scores,
+        "budget": budget,
+        "health": health,
+        "claims": claim_table,
+        "sanity": sanity,
+    }
+    artefacts = {"model": widget_model(cfg, computed.tensors), "examples": computed.tensors[EXAMPLES]}
+    return Results(cfg, {**t, **judged}, computed, artefacts)
+
+
+def verdict_lines(results: Results) -> list[str]:
+    """The rule, every claim with its effect (percentage points; premises in their own units), interval, n and
+    verdict, then the sanity flags and the configurations chosen on validation: one line each
+    (:func:`labkit.protocol.verdict_lines`)."""
+    picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
+    premise = results.claims.role == "premise"
+    table = results.claims.assign(effect=results.claims.effect.where(premise, results.claims.effect + " pp"))
+    ok = (
+        "every trained arm converged at the longer budget, every arm within "
+        f"{claims.HEALTH_TOLERANCE_PCT:g} % of dense at full compute and beat the trivial predictor"
+    )
+    return protocol.verdict_lines(table, results.sanity, ok, notes=["chosen on validation: " + ", ".join(picks)])
+
+
+def verdict_text(results: Results) -> str:
+    """The recorded verdict: :func:`verdict_lines` joined as :func:`labkit.protocol.verdict_text` joins them."""
+    return "; ".join(verdict_lines(results))
+
+
+def headline_metrics(results: Results) -> dict[str, float]:
+    """Seed means a rerun reproduces: per task and arm the saved fractions (%), full-compute quality and gate shift;
+    each claim's effect (pp); each premise's effect (in its own units) and whether it was met (1 or 0)."""
+    out = {}
+    means = results.scores.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
+    for (task, arm), row in means.iterrows():
+        for column, value in row.items():
+            if pd.notna(value):
+                out[f"{task}/{arm}/{column}"] = float(value)
+    for r in results.claims.itertuples():
+        name = r.claim.replace(": ", "/")
+        if r.role == "premise":
+            out[f"premise/{name}"] = float(r.mean)
+            out[f"premise/{name}/met"] = float(r.verdict == "held")
+        else:
+            out[f"claim/{name}_pp"] = float(r.mean)
+    return out
