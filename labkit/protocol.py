@@ -40,6 +40,7 @@ ROLES = ("premise", "main", "secondary")  # the order a report shows them in
 KINDS = ("claim", "premise")
 ALPHA = 0.05  # two-sided level of every interval (95 %) and of the Holm–Bonferroni family
 MIN_UNITS = 3  # fewer units than this: no t-interval sanity check ("not enough units")
+REL_EPS = 1e-9  # a gain equal to its tolerance up to float rounding counts as equal (0.2 computed as 97.24 - 97.04)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Verdict:
     flags: tuple[str, ...] = field(default_factory=tuple)  # failed sanity checks behind an "inconclusive"
     p: float = math.nan  # two-sided p of "the improvement equals the tolerance" (same t statistic as the interval)
     raw: str = ""  # the verdict before premise and multiplicity (set by :func:`conclude`; "" until then)
+    p_holm: float = math.nan  # Holm-Bonferroni adjusted p over the report's main claims (set by :func:`conclude`)
 
     def summary(self) -> str:
         """One line: claim, effect with interval and n, verdict, and flags."""
@@ -222,7 +224,7 @@ def budget_check(
         short, budget = float(base[metric].iloc[0]), float(group["budget"].max())
         long = float(group.loc[group["budget"].idxmax(), metric])
         gain = float(_improvement(pd.Series([long]), pd.Series([short]), lower_is_better, relative).iloc[0])
-        ok = bool(gain <= tolerance)
+        ok = _within(gain, tolerance)
         unit = " %" if relative else ""
         flag = "" if ok else (f"{arm} not converged (seed {seed}: {metric} {short:.4g} at 1x, {long:.4g} at "
                               f"{budget:g}x, improvement {gain:+.3g}{unit} > {tolerance:g}{unit})")
@@ -254,7 +256,7 @@ def health(
         if math.isnan(ref):
             raise ValueError(f"health: no {what} for seed {r['seed']} (arm {r[arm_col]!r})")
         loss = -float(_improvement(pd.Series([r[metric]]), pd.Series([ref]), lower_is_better, relative).iloc[0])
-        ok = bool(loss <= tolerance)
+        ok = _within(loss, tolerance)
         unit = " %" if relative else ""
         flag = "" if ok else (f"{r[arm_col]} unhealthy (seed {r['seed']}: {metric} {r[metric]:.4g} vs {what} "
                               f"{ref:.4g}, worse by {loss:.3g}{unit} > {tolerance:g}{unit})")
@@ -274,13 +276,13 @@ def sanity(
 ) -> pd.DataFrame:
     """Per arm: converged (:func:`budget_check` rows; NaN for an arm not rerun, e.g. one without training), the
     metric at 1× and at the longer budget, healthy (:func:`health` rows; NaN where not checked), whether it beats
-    ``trivial`` (paired t interval; "not enough units" below :data:`MIN_UNITS`), and every failure as a flag.
+    ``trivial`` (paired t interval; "not enough units" below :data:`MIN_UNITS`; "no <trivial> run" when a run left
+    the trivial arm out, so the check cannot be made), and every failure as a flag.
 
     ``table`` has one row per (arm, seed) with ``metric`` (the measure the trivial baseline is compared on).
     """
     _require_columns(table, [arm_col, "seed", metric], "sanity")
-    if trivial not in set(table[arm_col]):
-        raise ValueError(f"trivial baseline {trivial!r} not among arms {sorted(set(table[arm_col]))}")
+    ran_trivial = trivial in set(table[arm_col])
     ref = table[table[arm_col] == trivial].set_index("seed")[metric]
     rows = []
     for arm, group in table.groupby(arm_col, sort=False):
@@ -301,7 +303,9 @@ def sanity(
                 row["healthy"] = bool(mine["healthy"].all())
                 flags += [f for f in mine["flags"] if f]
         beats: object = True
-        if arm != trivial:
+        if not ran_trivial:
+            beats = f"no {trivial} run"
+        elif arm != trivial:
             gain = _improvement(group.set_index("seed")[metric], ref, lower_is_better).dropna()
             if len(gain) < MIN_UNITS:
                 beats = "not enough units"
@@ -381,7 +385,7 @@ def conclude(verdicts: Iterable[Verdict]) -> list[Verdict]:
             final = "inconclusive"
         if v.claim.role != "premise" and ("" in unmet or (v.claim.group and v.claim.group in unmet)):
             final = "premise not met"
-        out.append(dataclasses.replace(v, verdict=final, raw=v.raw or v.verdict))
+        out.append(dataclasses.replace(v, verdict=final, raw=v.raw or v.verdict, p_holm=adjusted.get(i, math.nan)))
     order = {role: k for k, role in enumerate(ROLES)}
     return [v for _, v in sorted(enumerate(out), key=lambda kv: (order[kv[1].claim.role], kv[0]))]
 
@@ -391,8 +395,6 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
     interval and n, the tolerance it must clear, p (raw and Holm-adjusted for main claims), the raw and the final
     verdict, flags, compute measure and rule."""
     verdicts = conclude(verdicts)
-    main = [v for v in verdicts if v.claim.role == "main"]
-    adjusted = dict(zip((id(v) for v in main), holm([v.p for v in main]), strict=True))
     rows = []
     for v in verdicts:
         unit = " %" if v.claim.relative else ""
@@ -409,7 +411,7 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
                 "n": v.n,
                 "tolerance": f"{v.claim.tolerance:g}{unit}",
                 "p": v.p,
-                "p (Holm)": adjusted.get(id(v), math.nan),
+                "p (Holm)": v.p_holm,
                 "raw verdict": v.raw,
                 "verdict": v.verdict,
                 "sanity": "; ".join(v.flags) or "ok",
@@ -460,9 +462,18 @@ def verdict_text(
 
 # -------------------------------------------------------------------------------------------------------- helpers
 def _improvement(a: pd.Series, b: pd.Series, lower_is_better: bool, relative: bool = False) -> pd.Series:
-    """Per seed, how much ``a`` is better than ``b`` (positive = better), raw or in % of ``b``."""
+    """Per seed, how much ``a`` is better than ``b`` (positive = better), raw or in % of ``b`` (0 where both are 0:
+    nothing changed; ±inf where only ``b`` is 0, so a check on it fails visibly instead of reading NaN)."""
     diff = (b - a) if lower_is_better else (a - b)
-    return 100 * diff / b.abs() if relative else diff
+    if not relative:
+        return diff
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (100 * diff / b.abs()).where(diff != 0, 0.0)
+
+
+def _within(gain: float, tolerance: float) -> bool:
+    """``gain <= tolerance``, counting a gain equal to the tolerance up to float rounding as equal."""
+    return bool(gain <= tolerance + REL_EPS * max(1.0, abs(tolerance)))
 
 
 def _flags(checks: pd.DataFrame | None, arms: Iterable[str], arm_col: str) -> tuple[str, ...]:

@@ -87,6 +87,23 @@ def test_budget_check_fires_on_a_curve_still_falling_and_not_on_a_plateau():
         protocol.budget_check(_budget([1.0, 2.0], [0.7, 1.9]).query("budget == 2"), "mse", tolerance=0.0)
 
 
+def test_a_gain_equal_to_the_tolerance_up_to_float_rounding_is_within_it_and_zero_over_zero_is_no_change():
+    # 1.1 - 0.9 is 0.20000000000000007 in floats: exactly the 0.2 tolerance, not over it
+    tie = protocol.budget_check(_budget([0.9, 50.0], [1.1, 50.0]), "mse", tolerance=0.2, lower_is_better=False)
+    assert list(tie["converged"]) == [True, True] and list(tie["flags"]) == ["", ""]
+    zero = protocol.budget_check(_budget([0.0, 0.0], [0.0, 0.5]), "mse", tolerance=1.0, relative=True)
+    assert list(zero["improvement"]) == [0.0, -math.inf] and list(zero["converged"]) == [True, True]
+    worse = protocol.health(_table({"a": [0.5]}), "mse", 0.0, tolerance=5.0, relative=True)
+    assert not worse["healthy"].all() and "worse by inf" in worse.loc[0, "flags"]
+    over = protocol.budget_check(_budget([97.04, 1.0], [97.25, 1.0]), "mse", tolerance=0.2, lower_is_better=False)
+    assert list(over["converged"]) == [False, True]
+
+
+def test_sanity_says_when_a_run_left_the_trivial_arm_out_instead_of_failing():
+    out = protocol.sanity(_table({"a": [1.0, 1.1, 0.9], "b": [2.0, 2.1, 1.9]}), "mse", "mean").set_index("arm")
+    assert list(out["beats_trivial"]) == ["no mean run", "no mean run"] and list(out["flags"]) == ["", ""]
+
+
 def test_health_flags_a_collapsed_seed_against_its_reference():
     t = _table({"gated": [0.90, 0.46, 0.89]})
     dense = pd.Series([0.91, 0.90, 0.90])  # per seed
@@ -169,6 +186,7 @@ def test_holm_adjusts_main_claims_only_and_keeps_the_raw_verdict():
     table = protocol.claims_table(verdicts)
     assert set(table["raw verdict"]) == {"held"} and set(table["verdict"]) == {"inconclusive"}
     assert (table["p (Holm)"] >= table["p"]).all()
+    assert list(table["p (Holm)"]) == [v.p_holm for v in protocol.conclude(verdicts)]  # carried, not recomputed
     secondary = protocol.claims_table([protocol.judge(dataclasses.replace(c, paper=""), t) for c in mains])
     assert set(secondary["verdict"]) == {"held"} and set(secondary["role"]) == {"secondary"}
 
