@@ -42,7 +42,7 @@ def _report_row(rel: Path, results: dict, reports_dir: Path) -> list[str]:
         wall += f"; re-judged in {meta.get('wall_seconds', float('nan')):.0f} s"
     explorations = reports_dir / rel.parts[0] / "explorations.md"
     return [f"[{rel.parts[0]}]({rel}/{rel.parts[0]}.html)", rel.parts[1], results.get("claim", ""),
-            results.get("held", ""), str(meta.get("device_name", "")), str(meta.get("threads", "")), wall,
+            results.get("held", ""), str(trained.get("device_name", "")), str(trained.get("threads", "")), wall,
             f"[explorations]({rel.parts[0]}/explorations.md)" if explorations.is_file() else ""]
 
 

@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -247,3 +248,11 @@ def test_stale_reason_says_when_a_re_judge_is_enough(tmp_path):
     meta["inputs"]["compute"] = "0" * 64
     (out / "results.json").write_text(json.dumps({"meta": meta, "computed": ["flops"]}))
     assert "re-judges" not in runner.stale_reason(out, digests)
+
+
+def test_the_index_shows_a_re_judged_report_with_the_cost_threads_and_device_of_its_training():
+    meta = {"wall_seconds": 12.0, "threads": 2, "device_name": "now", "kernel_cpu_seconds": 11.0,
+            "trained": {"wall_seconds": 900.0, "kernel_cpu_seconds": 1500.0, "threads": 1, "device_name": "then",
+                        "load_average_1min": 1.9}}
+    row = reports_index._report_row(Path("dsir/cpu"), {"meta": meta}, Path("/nonexistent"))
+    assert row[4:7] == ["then", "1", "900 s (1.9), 1500 CPU s; re-judged in 12 s"]
