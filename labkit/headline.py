@@ -86,12 +86,24 @@ def read_sanity(report: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, keep_default_na=False, dtype={"flags": str}) if path.is_file() else None
 
 
+def provenance(meta: dict) -> str:
+    """For a re-judged report (``meta["trained"]``): which training run its computed tables come from; else ""."""
+    trained = meta.get("trained")
+    if not trained:
+        return ""
+    sha = str(trained.get("labkit_git_sha") or "unknown")[:7]
+    return (f"Re-judged: the verdicts above were judged by this report's code from the computed tables of a training "
+            f"run at labkit {sha} ({trained.get('wall_seconds') or float('nan'):.0f} s wall, "
+            f"{trained.get('kernel_cpu_seconds') or float('nan'):.0f} CPU s, {trained.get('threads')} thread(s)).")
+
+
 def read_claims(report: Path) -> pd.DataFrame | None:
     """A report folder's claims table, or None when the notebook records none (not under the protocol)."""
     path = report / "tables" / "claims.csv"
     if not path.is_file():
         return None
-    text = ("claim", "role", "text", "paper (reference)", "effect", "tolerance", "raw verdict", "verdict", "sanity")
+    text = ("claim", "role", "group", "text", "paper (reference)", "effect", "tolerance", "raw verdict", "verdict",
+            "sanity")
     table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={c: str for c in text})
     for column in text:
         if column in table:
@@ -99,11 +111,12 @@ def read_claims(report: Path) -> pd.DataFrame | None:
     return table if "role" in table.columns else None
 
 
-def html_block(claims: pd.DataFrame, title: str, link: str | None = None, sanity: pd.DataFrame | None = None) -> str:
+def html_block(claims: pd.DataFrame, title: str, link: str | None = None, sanity: pd.DataFrame | None = None,
+               note: str = "") -> str:
     """The headline as an HTML section: title (linked), one sentence per claim family and one on the failed sanity
-    checks, the forest figure."""
+    checks, ``note`` (where the numbers come from, for a re-judged report), the forest figure."""
     heading = html.escape(title) if link is None else f'<a href="{html.escape(link)}">{html.escape(title)}</a>'
-    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences(claims, sanity))
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in [*sentences(claims, sanity), *([note] if note else [])])
     image = base64.b64encode(forest_png(claims)).decode()
     return (f'<section class="labkit-headline"><h2>{heading}</h2><ul>{items}</ul>'
             f'<img alt="claims forest of {html.escape(title)}" src="data:image/png;base64,{image}" '

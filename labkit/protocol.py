@@ -391,7 +391,8 @@ def conclude(verdicts: Iterable[Verdict]) -> list[Verdict]:
 
 
 def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
-    """The full claims table of a report, after :func:`conclude`: claim, role, paper reference, measured effect with
+    """The full claims table of a report, after :func:`conclude`: claim, role, group (the premises of its group and
+    those of group "" govern it), paper reference, measured effect with
     interval and n, the tolerance it must clear, p (raw and Holm-adjusted for main claims), the raw and the final
     verdict, flags, compute measure and rule."""
     verdicts = conclude(verdicts)
@@ -402,6 +403,7 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
             {
                 "claim": v.claim.name,
                 "role": v.claim.role,
+                "group": v.claim.group,
                 "text": v.claim.text,
                 "paper (reference)": v.claim.paper,
                 "effect": f"{v.mean:+.3g}{unit} [{v.low:+.3g}, {v.high:+.3g}]",

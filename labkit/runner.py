@@ -480,8 +480,9 @@ def export_html(executed: Path, html_path: Path) -> None:
                            ).from_notebook_node(nb)
     claims = headline.read_claims(html_path.parent)
     if claims is not None:
+        meta = _read_meta(html_path.parent) or {}
         top = headline.html_block(claims, f"{executed.stem}: the answer first",
-                                  sanity=headline.read_sanity(html_path.parent))
+                                  sanity=headline.read_sanity(html_path.parent), note=headline.provenance(meta))
         anchor = "<main>" if "<main>" in body else "<body"
         at = body.index(anchor)
         at = body.index(">", at) + 1

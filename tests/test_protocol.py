@@ -227,3 +227,11 @@ def test_verdict_lines_rule_claims_sanity_and_notes():
     assert protocol.verdict_lines(table, pd.DataFrame(), "no checks ran")[-1] == "sanity: no checks ran"
     with pytest.raises(KeyError, match="flags"):
         protocol.verdict_lines(table, checks.drop(columns="flags"), "all fine")
+
+
+def test_the_claims_table_names_the_group_whose_premise_governs_each_claim():
+    t = _table({"a": [1.0, 1.1, 0.9], "b": [2.0, 2.1, 1.9]})
+    claims = [Claim("p", "premise", "mse", "a", "b", kind="premise", group="text"),
+              Claim("c", "claim", "mse", "a", "b", group="text"), Claim("d", "free", "mse", "b", "a")]
+    table = protocol.claims_table([protocol.judge(c, t) for c in claims]).set_index("claim")
+    assert list(table["group"]) == ["text", "text", ""]

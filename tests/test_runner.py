@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labkit import cli, runner
+from labkit import cli, headline, runner
 from labkit import index as reports_index
 from labkit.config import configure
 from labkit.data import sources
@@ -256,3 +256,10 @@ def test_the_index_shows_a_re_judged_report_with_the_cost_threads_and_device_of_
                         "load_average_1min": 1.9}}
     row = reports_index._report_row(Path("dsir/cpu"), {"meta": meta}, Path("/nonexistent"))
     assert row[4:7] == ["then", "1", "900 s (1.9), 1500 CPU s; re-judged in 12 s"]
+
+
+def test_a_re_judged_report_says_in_its_headline_which_training_run_its_tables_come_from():
+    note = headline.provenance({"trained": {"labkit_git_sha": "f665cc8fbb", "wall_seconds": 440.2,
+                                                          "kernel_cpu_seconds": 758.0, "threads": 2}})
+    assert note.startswith("Re-judged") and "labkit f665cc8 (440 s wall, 758 CPU s, 2 thread(s))" in note
+    assert headline.provenance({"wall_seconds": 3.0}) == ""
