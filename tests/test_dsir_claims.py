@@ -66,7 +66,7 @@ def test_lm_claims_pair_by_target_and_hold_or_tie():
     assert "n=6" in text and text.startswith("rule:") and "kl_tracks_quality: held" in text
     assert by.loc["kl_tracks_quality", "verdict"] == "held" and by.loc["kl_tracks_quality", "n"] == len(TARGETS)
     assert "dsir-topk" not in by.loc["kl_tracks_quality", "rule"].split("(")[1].split(";")[0]  # counted once
-    assert list(claims.columns[:3]) == ["claim", "role", "text"]
+    assert list(claims.columns[:3]) == ["claim", "role", "group"]
     assert sanity.empty and budget_table.empty  # the bigram LM is fit in closed form: nothing to check
 
 
