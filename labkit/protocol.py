@@ -18,8 +18,8 @@ Sanity checks (:func:`sanity`) can fail: an arm is *converged* only if one seed 
 (:func:`budget_check`) does not improve its validation metric by more than a declared tolerance; *healthy* if its
 full-compute quality is within a declared tolerance of a reference (:func:`health`); and it must beat the trivial
 baseline (mean predictor, chance, persistence) — with fewer than 3 units that check reports "not enough units"
-instead of running a t interval. Selection (:func:`select_best`) accepts only a validation table, so no choice can see
-test data.
+instead of running a t interval. Selection (:func:`labkit.selection.select_best`) accepts only a validation table, so
+no choice can see test data.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
-
-from labkit.selection import VALIDATION, select_best  # noqa: F401  (the protocol's selection rule, re-exported)
 
 VERDICTS = ("held", "not held", "inconclusive", "premise not met")
 ROLES = ("premise", "main", "secondary")  # the order a report shows them in

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from labkit import protocol
+from labkit import protocol, selection
 from labkit.protocol import Claim
 
 
@@ -200,12 +200,12 @@ def test_p_value_agrees_with_the_interval_verdict():
 
 def test_select_best_takes_validation_rows_only():
     val = pd.DataFrame({"split": "val", "lr": [1e-3, 1e-3, 1e-2, 1e-2], "mse": [1.0, 1.2, 0.5, 0.7]})
-    assert protocol.select_best(val, "lr", "mse") == {"lr": 1e-2}
-    assert protocol.select_best(val, "lr", "mse", lower_is_better=False) == {"lr": 1e-3}
+    assert selection.select_best(val, "lr", "mse") == {"lr": 1e-2}
+    assert selection.select_best(val, "lr", "mse", lower_is_better=False) == {"lr": 1e-3}
     with pytest.raises(ValueError, match="validation rows only"):
-        protocol.select_best(val.assign(split=["val", "val", "test", "test"]), "lr", "mse")
+        selection.select_best(val.assign(split=["val", "val", "test", "test"]), "lr", "mse")
     with pytest.raises(KeyError, match="split"):
-        protocol.select_best(val.drop(columns="split"), "lr", "mse")
+        selection.select_best(val.drop(columns="split"), "lr", "mse")
 
 
 def test_t_summary_per_group():

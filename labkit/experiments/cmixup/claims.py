@@ -26,7 +26,7 @@ import dataclasses
 
 import pandas as pd
 
-from labkit import protocol
+from labkit import protocol, selection
 from labkit.experiments.cmixup.config import TRIVIAL
 from labkit.protocol import Claim
 
@@ -125,7 +125,7 @@ def per_seed_scores(selected: pd.DataFrame, trivial: pd.DataFrame, validation: p
             continue
         # selected rows carry each arm's chosen configuration only, so this is a choice among arms on validation
         val = candidates[["arm", "val_rmse"]].assign(split="val")
-        best = protocol.select_best(val, "arm", "val_rmse")["arm"]
+        best = selection.select_best(val, "arm", "val_rmse")["arm"]
         parts.append(candidates[candidates["arm"] == best].assign(arm="best_prior", prior_arm=best))
     scores = pd.concat(parts, ignore_index=True)
     erm = scores[scores["arm"] == "erm"].groupby("dataset")["test_rmse"].mean()

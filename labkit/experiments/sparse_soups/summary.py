@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit import protocol
+from labkit import protocol, selection
 from labkit.experiments import Computed, Results
 from labkit.experiments.sparse_soups import claims
 from labkit.experiments.sparse_soups.config import (
@@ -31,9 +31,9 @@ METRICS = ("sparsity", "test_acc", "ood_acc", "ece", "val_acc")  # a final model
 
 def _best_member(ingredients: pd.DataFrame) -> int:
     """The ingredient of one seed with the best validation accuracy (first on a tie): chosen on validation only."""
-    val = pd.DataFrame({"member": ingredients["member"].to_numpy(), "split": protocol.VALIDATION,
+    val = pd.DataFrame({"member": ingredients["member"].to_numpy(), "split": selection.VALIDATION,
                         "acc": ingredients["val_acc"].to_numpy()})
-    return int(protocol.select_best(val, "member", "acc", lower_is_better=False)["member"])
+    return int(selection.select_best(val, "member", "acc", lower_is_better=False)["member"])
 
 
 def with_ingredients(cfg: Config, final: pd.DataFrame, last: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, int]]:
