@@ -13,6 +13,7 @@ Llama4's complex rotary embedding has no adapter (a clear error; masked executio
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
@@ -75,13 +76,14 @@ def _rotary(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         return torch.cat([done.to(x.dtype), x[..., rot:]], dim=-1)
     rot = cos.shape[-1]
     x4, c, s = x[..., :rot].unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, rot) and (N, 1, rot)
-    if apply is not None:
-        done = apply(x4, x4, c, s)[0].squeeze(2).to(x.dtype)
+    if apply is not None:  # it rotates a (q, k) pair: x as q, one head of x as a k that is discarded
+        done = apply(x4, x4[:, :1], c, s)[0].squeeze(2).to(x.dtype)
     else:
         done = (x4 * c.unsqueeze(1) + _rotate_half(x4) * s.unsqueeze(1)).squeeze(2)
     return done if rot == x.shape[-1] else torch.cat([done, x[..., rot:]], dim=-1)
 
 
+@functools.cache
 def _gptj_style(apply: Any) -> bool:
     """Whether a family's ``apply_rotary_pos_emb`` is GPT-J's ``(tensor, sin, cos)``, not ``(q, k, cos, sin, ...)``."""
     return list(inspect.signature(apply).parameters)[:3] == ["tensor", "sin", "cos"]
@@ -213,11 +215,13 @@ def _attend(
     if key_valid is not None and key_valid.shape[-1] >= S:
         allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
-    if k.shape[1] != q.shape[1]:
+    grouped = k.shape[1] != q.shape[1]
+    if softcap is None:  # grouped-query heads read their K/V head without a copy per query head
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale,
+                                              enable_gqa=grouped)
+    if grouped:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-    if softcap is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale)
     scores = torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap) * softcap
     weights = scores.masked_fill(~allowed[:, None], -math.inf).softmax(-1, dtype=torch.float32).to(q.dtype)
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
@@ -282,34 +286,28 @@ def compact_attention(
                 prev = keys[:, :, -T:].transpose(1, 2), values[:, :, -T:].transpose(1, 2)
             else:
                 needed = torch.ones_like(keep)
-    flat = needed.reshape(-1).nonzero().squeeze(1)
-    if prev is not None and flat.numel() == 0:  # every token copied forward (a skipped one-token step)
-        k, v = prev
-    else:
-        k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
+    if prev is None:  # every token's K/V: project the whole step, no gather
+        k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d))
         if cos is not None:
-            k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
-        if prev is None:
-            k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
-        else:
-            k = (
-                prev[0]
-                .reshape(B * T, *k_new.shape[1:])
-                .index_put((flat,), k_new.to(prev[0].dtype))
-                .view(B, T, -1, k_new.shape[-1])
-            )
-            v = (
-                prev[1]
-                .reshape(B * T, *v_new.shape[1:])
-                .index_put((flat,), v_new.to(prev[1].dtype))
-                .view(B, T, -1, v_new.shape[-1])
-            )
+            k_new = _rotary(attn, k_new, cos.reshape(B * T, -1), sin.reshape(B * T, -1))
+        k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
+    else:
+        flat = needed.reshape(-1).nonzero().squeeze(1)
+        k, v = prev
+        if flat.numel():  # else every token is copied forward (a skipped one-token step)
+            k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
+            if cos is not None:
+                k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
+            k, v = (old.reshape(B * T, *new.shape[1:]).index_put((flat,), new.to(old.dtype)).view(B, T, *new.shape[1:])
+                    for old, new in ((k, k_new), (v, v_new)))
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
         k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
-    rows = keep.any(1).nonzero().squeeze(1)
-    if rows.numel() == 0:
+    has_kept = keep.any(1)
+    every_row = bool(has_kept.all())
+    if not every_row and not bool(has_kept.any()):
         return hidden.new_zeros(B, T, d)
+    rows = slice(None) if every_row else has_kept.nonzero().squeeze(1)  # a slice: no copy of the step's tensors
     index, valid = _kept_index(keep[rows])
     n_rows, width = index.shape
     q = _project_q(attn, _gather_rows(hidden[rows], index).reshape(n_rows * width, d))
@@ -325,6 +323,9 @@ def compact_attention(
     kv_rows = key_valid[rows] if key_valid is not None else None
     o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
     o = _out_proj(attn, o.transpose(1, 2).reshape(n_rows, width, -1))
+    scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
+    if every_row:
+        return scattered
     out = hidden.new_zeros(B, T, d)
-    out[rows] = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
+    out[rows] = scattered
     return out
