@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.config import number_in_range, renamed
+from labkit.config import Count, check_value, number_in_range, renamed
 
 GATE_KINDS = ("vector", "scalar", "none")
 PENALTY_KINDS = ("l2", "l1", "kl")
@@ -60,8 +60,7 @@ class ResidualGate(nn.Module):
         super().__init__()
         if kind not in ("vector", "scalar"):
             raise ValueError(f"gate kind must be 'vector' or 'scalar', got {kind!r}")
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be an int >= 1, got {hidden_size!r}")
+        check_value("hidden_size", hidden_size, Count)
         _check_init(init_bias, init_std)
         self.kind = kind
         self.detach_input = detach_input
@@ -79,10 +78,8 @@ class ResidualGate(nn.Module):
 
 def _check_init(init_bias: float, init_std: float) -> None:
     """Gate initialisation: a finite bias and a finite std >= 0 (NaN would silently make every gate NaN)."""
-    if not (isinstance(init_bias, (int, float)) and math.isfinite(init_bias)):
-        raise ValueError(f"init_bias must be a finite number, got {init_bias!r}")
-    if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
-        raise ValueError(f"init_std must be a finite number >= 0, got {init_std!r}")
+    number_in_range("init_bias", init_bias)
+    number_in_range("init_std", init_std, 0.0)
 
 
 class SkipPolicy(Protocol):
