@@ -1,14 +1,16 @@
-"""labkit.select.cache: DSIR's on-disk feature cache (featurize once, mmap after, resumable, errors on corruption)."""
+"""labkit.select.cache: DSIR's on-disk feature cache (featurize once, mmap after, resumable, corrupt shards rebuilt)."""
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.select import DSIR, FeatureCacheError, ShardedFeatures, cached_features, kl_reduction
+from labkit.select import DSIR, FeatureCacheError, FeatureCacheWarning, ShardedFeatures, cached_features, kl_reduction
 from labkit.select import cache as select_cache
 from labkit.select.features import NgramHasher, featurize
 from tests.test_select import make_corpus, write_jsonl
@@ -100,20 +102,20 @@ def test_interrupted_write_leaves_only_finished_shards_and_resumes(tmp_path, mon
     original = select_cache._write_array
     calls = []
 
-    def killed_on_sixth(path, array):  # shard 0: 3 files; shard 1: buckets, lengths, then killed inside offsets
+    def killed_on_sixth(path, array):  # shard 0: 3 arrays (+ record); shard 1: buckets, lengths, killed inside offsets
         calls.append(path)
         if len(calls) == 6:
             path.with_name(path.name + ".999.tmp").write_bytes(b"\x93NUMPY half a file")
             raise KeyboardInterrupt
-        original(path, array)
+        return original(path, array)
 
     monkeypatch.setattr(select_cache, "_write_array", killed_on_sixth)
     with pytest.raises(KeyboardInterrupt):
         DSIR(cache_dir=tmp_path, batch_size=20).fit(raw, target)
     (folder,) = tmp_path.iterdir()
     names = sorted(p.name for p in folder.iterdir())
-    assert "done.json" not in names and "shard-00000.offsets.npy" in names
-    assert "shard-00001.offsets.npy" not in names  # shard 1 is not visible
+    assert "done.json" not in names and "shard-00000.json" in names
+    assert "shard-00001.json" not in names and "shard-00001.offsets.npy" not in names  # shard 1 is not visible
     with pytest.raises(FeatureCacheError, match="not a complete DSIR feature cache"):
         select_cache.open_cache(folder)
     monkeypatch.setattr(select_cache, "_write_array", original)
@@ -124,19 +126,113 @@ def test_interrupted_write_leaves_only_finished_shards_and_resumes(tmp_path, mon
     np.testing.assert_array_equal(resumed.log_weights(), DSIR().fit(raw, target).log_weights())
 
 
-def test_corrupt_or_mismatched_cache_raises_a_clear_error(tmp_path):
+def _corrupt(path, how):
+    """Damage a shard file on disk the way a bad disk, a copy or a stray script would."""
+    data = path.read_bytes()
+    if how == "flipped bytes":  # inside the array, past the .npy header: bucket ids far out of range
+        path.write_bytes(data[:200] + bytes(b ^ 0xFF for b in data[200:240]) + data[240:])
+    elif how == "ids changed within range":  # a valid .npy of the same shape and dtype, other bucket ids
+        ids = np.load(path)
+        np.save(path, ((ids.astype(np.int64) + 1) % 10000).astype(ids.dtype))
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "zeroed":
+        path.write_bytes(bytes(len(data)))
+    elif how == "deleted":
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    "part, how, problem",
+    [
+        ("buckets.npy", "flipped bytes", "sha256 .* differs from .* recorded when written"),
+        ("buckets.npy", "ids changed within range", "sha256 .* differs from .* recorded when written"),
+        ("offsets.npy", "truncated", r"\d+ bytes, \d+ when written \(truncated or replaced\)"),
+        ("lengths.npy", "zeroed", "sha256 .* differs from .* recorded when written"),
+        ("buckets.npy", "deleted", r"missing or unreadable \(No such file or directory\)"),
+        ("json", "zeroed", r"missing or unreadable shard record \(JSONDecodeError.*\)"),
+    ],
+)
+def test_a_corrupt_shard_is_refeaturized_with_a_warning_never_used(tmp_path, featurized, part, how, problem):
+    raw, target = make_corpus(30)
+    fresh = DSIR(batch_size=10, cache_dir=tmp_path / "fresh").fit(raw, target)
+    DSIR(batch_size=10, cache_dir=tmp_path / "cache").fit(raw, target)
+    (folder,) = (tmp_path / "cache").iterdir()
+    _corrupt(folder / f"shard-00001.{part}", how)
+    featurized.clear()
+    with pytest.warns(FeatureCacheWarning, match=rf"shard-00001\.{part}: {problem}; re-featurizing shard 1 of "):
+        repaired = DSIR(batch_size=10, cache_dir=tmp_path / "cache").fit(raw, target)
+    assert sum(featurized) == 10 + len(target)  # only the corrupt shard (and the target) featurized again
+    np.testing.assert_array_equal(repaired.log_weights(), fresh.log_weights())
+    assert repaired.resample(12, seed=3).tolist() == fresh.resample(12, seed=3).tolist()
+    feats = featurize(raw)
+    np.testing.assert_array_equal(repaired.raw_features.to_csr().toarray(), feats.to_csr().toarray())
+    featurized.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeatureCacheWarning)
+        again = DSIR(batch_size=10, cache_dir=tmp_path / "cache").fit(raw, target)  # repaired for good
+    assert sum(featurized) == len(target)
+    np.testing.assert_array_equal(again.log_weights(), fresh.log_weights())
+
+
+def test_a_corrupt_shard_left_by_an_interrupted_run_is_refeaturized_too(tmp_path, featurized):
+    raw, _ = make_corpus(30)
+    cached_features(raw, tmp_path, shard_docs=10)
+    (folder,) = tmp_path.iterdir()
+    (folder / "done.json").unlink()  # as if killed before the entry was complete
+    _corrupt(folder / "shard-00000.buckets.npy", "ids changed within range")
+    featurized.clear()
+    with pytest.warns(FeatureCacheWarning, match=r"shard-00000\.buckets\.npy: sha256 .*re-featurizing shard 0"):
+        resumed = cached_features(raw, tmp_path, shard_docs=10)
+    assert featurized == [10]
+    np.testing.assert_array_equal(resumed.to_csr().toarray(), featurize(raw).to_csr().toarray())
+
+
+def test_a_shard_that_no_longer_fits_its_input_is_refeaturized(tmp_path, featurized):
+    """A jsonl rewritten with the same size and mtime keeps its key; a shard whose document count no longer fits
+    the input found by a resumed run is re-featurized, not used."""
+    raw = [f"document number {i:02d}" for i in range(30)]
+    path = tmp_path / "raw.jsonl"
+    write_jsonl(path, raw)
+    size, mtime_ns = path.stat().st_size, path.stat().st_mtime_ns
+    cached_features(path, tmp_path / "cache", shard_docs=10)
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / "done.json").unlink()  # as if killed before the entry was complete
+    write_jsonl(path, raw[:-2])
+    pad = size - path.stat().st_size - len(json.dumps({"text": ""})) - 1
+    write_jsonl(path, raw[:-2] + ["x" * pad])  # 29 documents, the same bytes on disk
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    assert path.stat().st_size == size
+    featurized.clear()
+    with pytest.warns(FeatureCacheWarning, match=r"shard-00002\.json: holds 10 documents, the input has 9; re-feat"):
+        resumed = cached_features(path, tmp_path / "cache", shard_docs=10)
+    assert featurized == [9] and len(resumed) == 29
+
+
+def test_an_unreadable_meta_or_done_file_rebuilds_with_a_warning(tmp_path, featurized):
+    raw, _ = make_corpus(30)
+    cached_features(raw, tmp_path, shard_docs=10)
+    (folder,) = tmp_path.iterdir()
+    (folder / "done.json").write_bytes(bytes(20))
+    featurized.clear()
+    with pytest.warns(FeatureCacheWarning, match=r"done\.json: unreadable .*checking every shard"):
+        cached_features(raw, tmp_path, shard_docs=10)
+    assert featurized == []  # every shard checked out: nothing featurized again
+    (folder / "meta.json").write_text('{"num_buckets": 10')
+    with pytest.warns(FeatureCacheWarning, match=r"meta\.json: unreadable .*rebuilding"):
+        rebuilt = cached_features(raw, tmp_path, shard_docs=10)
+    assert sum(featurized) == 30
+    np.testing.assert_array_equal(rebuilt.to_csr().toarray(), featurize(raw).to_csr().toarray())
+
+
+def test_what_cannot_be_repaired_raises_a_clear_error(tmp_path):
     raw, target = make_corpus(30)
     DSIR(cache_dir=tmp_path, batch_size=10).fit(raw, target)
     (folder,) = tmp_path.iterdir()
-    shard = folder / "shard-00001.buckets.npy"
-    data = shard.read_bytes()
-    shard.write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(FeatureCacheError, match=r"shard-00001\.(buckets|offsets)\.npy.*corrupt.*delete .*to rebuild"):
-        DSIR(cache_dir=tmp_path, batch_size=10).fit(raw, target)
-    shard.write_bytes(data)
-    np.save(folder / "shard-00002.offsets.npy", np.array([0, 1, 2], dtype=np.int64))  # inconsistent offsets
-    with pytest.raises(FeatureCacheError, match=r"shard-00002.offsets.npy: corrupt DSIR feature shard"):
-        DSIR(cache_dir=tmp_path).fit(raw, target)
+    _corrupt(folder / "shard-00002.buckets.npy", "flipped bytes")
+    with pytest.raises(FeatureCacheError, match=r"corrupt DSIR feature shard, .*shard-00002\.buckets\.npy: sha256 .*"
+                       r"delete .*or call cached_features with the input"):
+        select_cache.open_cache(folder)  # no input to re-featurize from
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({**meta, "num_buckets": 7}))
     with pytest.raises(FeatureCacheError, match=r"meta.json: made for .*'num_buckets': 7.*delete"):

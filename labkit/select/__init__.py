@@ -1,7 +1,7 @@
 """Data selection by importance resampling (DSIR; Xie, Santurkar, Ma, Liang, NeurIPS 2023, arXiv 2302.03169).
 
 - :mod:`~labkit.select.features`: hashed unigram+bigram features, bit-identical to ``data-selection`` 1.0.3;
-- :mod:`~labkit.select.cache`: the on-disk feature cache (``DSIR(cache_dir=...)``: atomic, resumable shards);
+- :mod:`~labkit.select.cache`: the on-disk feature cache (``DSIR(cache_dir=...)``: atomic, checksummed, resumable);
 - :mod:`~labkit.select.dsir`: :class:`DSIR` (fit, log weights, Gumbel top-k resampling) and KL reduction;
 - :mod:`~labkit.select.baselines`: random, heuristic classification, target likelihood, TF-IDF retrieval;
 - :mod:`~labkit.select.fast`: ``hash="fast"``, a vectorized featurizer (other buckets, ~8x the exact mode's MB/s);
@@ -11,7 +11,7 @@
 """
 
 from labkit.select.baselines import heuristic_select, random_select, target_likelihood_select, tfidf_select
-from labkit.select.cache import FeatureCacheError, ShardedFeatures, cached_features
+from labkit.select.cache import FeatureCacheError, FeatureCacheWarning, ShardedFeatures, cached_features
 from labkit.select.distributed import select_files_ray
 from labkit.select.dsir import DSIR, LengthFilter, gumbel_top_k, kl_reduction, log_importance_ratio
 from labkit.select.features import HashedFeatures, featurize
@@ -31,6 +31,7 @@ __all__ = [
     "HashedFeatures",
     "ShardedFeatures",
     "FeatureCacheError",
+    "FeatureCacheWarning",
     "cached_features",
     "featurize",
     "log_importance_ratio",
