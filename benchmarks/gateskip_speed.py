@@ -3,7 +3,8 @@
 Two models: ``--model smollm2`` (SmolLM2-135M-Instruct, the catalogued real pretrained LLM; run
 ``labkit fetch smollm2`` first) or ``--model toy`` (a random-weight Llama built from a config). Gates are added
 untrained (init bias 5, weights spread so importances differ), so this measures speed and the quality cost of
-*untrained* rankings; trained gates come from the GateSkip SmolLM2 run.
+*untrained* rankings; ``--gates-from DIR`` loads trained scalar gates instead (``gateskip_pilot_gates.py`` trains a
+pilot set; the GateSkip SmolLM2 report's gates once it exists).
 
 Masked execution (the paper's default) computes every branch and zeroes skipped tokens, so it cannot be faster than
 dense; compact execution gathers the kept tokens. Prefill uses the paper's batch-scope budget. Decoding is greedy,
@@ -19,6 +20,7 @@ the agreement of the greedy next token with the ungated dense model's. ShortGPT 
 influential branches removed, the same fraction) is the static reference a decoding policy must match.
 
     .venv/bin/python benchmarks/gateskip_speed.py --model smollm2 --threads 2
+    .venv/bin/python benchmarks/gateskip_speed.py --model smollm2 --gates scalar --gates-from /tmp/smollm2-gates
     .venv/bin/python benchmarks/gateskip_speed.py --model toy                  # random Llama, seconds
     .venv/bin/python benchmarks/gateskip_speed.py --model smollm2 --profile    # where batch-1 decode time goes
 """
@@ -46,15 +48,19 @@ from labkit.models.decoder_lm import build_causal_lm
 from labkit.skip.kv_cache import output_cache
 
 SHAPES = {  # prefill batch, prefill tokens, decode prompt tokens, decoded tokens per timed call, quality windows
-    "smollm2": (4, 256, 64, 32, (8, 32, 64)),  # quality: 8 windows, 32 prompt tokens, 64 teacher-forced steps
+    "smollm2": (8, 256, 64, 32, (8, 32, 64)),  # prefill 8 x 256 as issue #26 measured; quality: 8 windows, 32
+    # prompt tokens, 64 teacher-forced steps
     "toy": (4, 256, 64, 16, (8, 16, 32)),
 }
 Context = Callable[[], contextlib.AbstractContextManager]
 _POLICY = {"sequence": "row policy", "step": "step policy"}
 
 
-def load_models(name: str, device: torch.device, dtype: torch.dtype, gates: list[str]) -> tuple[dict, Any]:
-    """The ungated dense model and one gated copy per gate kind (weights spread so importances differ); tokenizer."""
+def load_models(
+    name: str, device: torch.device, dtype: torch.dtype, gates: list[str], trained: str | None = None
+) -> tuple[dict, Any]:
+    """The ungated dense model and one gated copy per gate kind, its gates loaded from ``trained`` or left untrained
+    (weights spread so importances differ); the tokenizer."""
     tokenizer = None
     if name == "smollm2":
         base, tokenizer = pretrained.load("smollm2")
@@ -63,9 +69,12 @@ def load_models(name: str, device: torch.device, dtype: torch.dtype, gates: list
     models = {}
     for kind in gates:  # a deepcopy keeps tied embeddings tied
         model = gate.add_gates(copy.deepcopy(base), kind=kind)
-        with torch.no_grad():
-            for b in gate.gated_branches(model):
-                b.residual_gate.linear.weight.normal_(0.0, 0.05)
+        if trained:
+            gate.load_gates(model, trained)
+        else:
+            with torch.no_grad():
+                for b in gate.gated_branches(model):
+                    b.residual_gate.linear.weight.normal_(0.0, 0.05)
         models[kind] = model.to(device, dtype)
     return {"dense": base.to(device, dtype), **models}, tokenizer
 
@@ -146,13 +155,16 @@ def main() -> None:
     parser.add_argument("--gates", nargs="+", default=["scalar", "vector"], choices=["scalar", "vector"])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--gates-from", help="folder with trained scalar gates (model.safetensors) to load")
     parser.add_argument("--profile", action="store_true", help="only profile batch-1 compact decoding at r = 0.5")
     args = parser.parse_args()
+    if args.gates_from and args.gates != ["scalar"]:
+        parser.error(f"--gates-from loads scalar gates: pass --gates scalar (got --gates {' '.join(args.gates)})")
     torch.set_num_threads(args.threads)
     device = profile.resolve_device("auto")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     batch, length, prompt_len, new_tokens, (q_rows, q_prompt, q_steps) = SHAPES[args.model]
-    models, tokenizer = load_models(args.model, device, dtype, args.gates)
+    models, tokenizer = load_models(args.model, device, dtype, args.gates, args.gates_from)
     dense, vocab = models["dense"], models["dense"].config.vocab_size
     n_branches = 2 * len(gate.decoder_layers(dense))
     calibration = held_out_tokens(tokenizer, vocab, 16, q_prompt + q_steps, 0, device)
@@ -185,7 +197,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}")
     print(f"model: {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f} M parameters, "
           f"{len(gate.decoder_layers(dense))} layers, d={dense.config.hidden_size}); {dtype}; gates {args.gates}, "
-          "untrained")
+          f"{'trained, from ' + args.gates_from if args.gates_from else 'untrained'}")
 
     # -- speed: every variant timed round-robin in one process -------------------------------------------------------
     x = held_out_tokens(tokenizer, vocab, batch, length, 1, device)
@@ -302,6 +314,12 @@ def main() -> None:
             print(f"batch-{b} decode, {_POLICY[scope]} >= {1.4 if b == 1 else 1.2}x: "
                   f"{ratio('decode', b, 'scalar', scope, 0.5, 'compact'):.2f}x; at r = 0 within 5 % of dense: "
                   f"{ratio('decode', b, 'scalar', scope, 0.0, 'compact'):.2f}x")
+        for scope in ("sequence", "step"):  # a decoding policy is worth keeping where it loses no more than ShortGPT
+            loss, agree, skipped = quality_rows["scalar", scope, 0.5]
+            static_loss, static_agree, _ = quality_rows["shortgpt", 0.5]
+            verdict = "at least ShortGPT's" if loss <= static_loss else "worse than ShortGPT's"
+            print(f"decoding quality, {_POLICY[scope]} at r = 0.5 ({skipped:.2f} skipped): loss {loss:.3f} vs "
+                  f"ShortGPT {static_loss:.3f} nats/token, agreement {agree:.3f} vs {static_agree:.3f}: {verdict}")
     print(f"\nAll speed variants timed round-robin in one process ({args.repeat} rounds, medians); load average "
           f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. Absolute rates vary with machine load; "
           "compare the ratios. 'skipped' is the achieved fraction of (token, branch) pairs skipped while decoding.")
