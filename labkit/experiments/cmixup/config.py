@@ -69,11 +69,11 @@ class Config:
     hidden: Count = 128  # MLP width (official: 128)
     low_data_n: Count = 200  # training rows for "concrete_lowdata"
     single_index_n: Count = 300  # training rows for "single_index"
-    image_epochs: Count = 12  # most epochs for RCF (official: 30 fixed, pretrained); cpu cost: see docs/reviews
-    image_patience: Count = 4  # RCF: epochs without a clear validation improvement before stopping
+    image_epochs: Count = 10  # most epochs for RCF (official: 30 fixed, pretrained); cost: docs/reviews/cmixup-rcf.md
+    image_patience: Count = 3  # RCF: epochs without a clear validation improvement before stopping
     image_batch_size: Count = 64  # official RCF-MNIST: 64
     image_lr: Positive = 1e-3  # small ResNet from scratch (official pretrained ResNet-18: 7e-5)
-    image_train: Count | None = 3000  # base training images for RCF (None: all; official 40k FashionMNIST)
+    image_train: Count | None = 2500  # base training images for RCF (None: all; official 40k FashionMNIST)
     image_eval: Count = 1000  # base validation / test images for RCF (official 10k)
     image_rotations: Count = 1  # angles drawn per base image (official: 1)
     image_size: Count = 28  # side after resizing (official 28)
