@@ -10,7 +10,8 @@ from labkit import report
 from labkit.experiments import Results, cmixup
 from labkit.experiments.cmixup import summary
 
-JUDGED = ("claims", "sanity", "budget", "chosen", "pairing", "scores", "summary")  # the judged tables the notebook records
+# the judged tables the notebook records
+JUDGED = ("claims", "sanity", "budget", "chosen", "pairing", "scores", "summary")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,8 @@ def test_every_mixup_arm_tunes_alpha_on_grids_of_equal_size():
 
 
 def _runs(rates: dict[float, float], val: dict[float, float]) -> pd.DataFrame:
-    """Hand-made runs of feature_mixup at σ in ``rates`` (α = 2), two seeds, with a given self-pair rate and val RMSE."""
+    """Hand-made runs of feature_mixup at σ in ``rates`` (α = 2), two seeds, with a given self-pair rate and val
+    RMSE."""
     return pd.DataFrame([{"dataset": "single_index", "arm": "feature_mixup", "seed": seed, "sigma": s, "alpha": 2.0,
                           "val_rmse": val[s], "self_pair_rate": rates[s]} for s in rates for seed in (0, 1)])
 

@@ -6,7 +6,8 @@ One loop serves every arm (:func:`train_arm`): Adam, MSE, λ ~ Beta(α, α) per 
 set (or, for images with ``image_scope="batch"``, the official batch-level kernel), the best-validation-MSE
 checkpoint. Every mixup arm mixes hidden states after the trunk (manifold mixup: the official ``--use_manifold 1``;
 the MLP's first block, the ResNet's residual stages before pooling); ``*_input`` arms mix inputs. Models: the official
-tabular MLP, and for RCF a small CIFAR-style ResNet from scratch (:class:`labkit.models.vision.ResNet`). Unlike the official fixed 100 epochs, a run stops once validation MSE has not improved by
+tabular MLP, and for RCF a small CIFAR-style ResNet from scratch (:class:`labkit.models.vision.ResNet`). Unlike the
+official fixed 100 epochs, a run stops once validation MSE has not improved by
 ``min_improvement`` (relative) for ``patience`` epochs, so every arm is trained to its plateau. Whether that plateau is
 real is checked by rerunning the first seed of every trained arm at its configuration chosen on validation
 (:func:`select`) with cap and patience scaled (:func:`longer`): with the same seed the longer run replays the
@@ -29,7 +30,16 @@ import torch
 from labkit import mixup, seed_everything, selection
 from labkit.data import regression
 from labkit.experiments import Computed
-from labkit.experiments.cmixup.config import ARMS, KERNEL, MIXUP_ARMS, SELF_PAIR_MAX, TRIVIAL, Config, configurations, method
+from labkit.experiments.cmixup.config import (
+    ARMS,
+    KERNEL,
+    MIXUP_ARMS,
+    SELF_PAIR_MAX,
+    TRIVIAL,
+    Config,
+    configurations,
+    method,
+)
 from labkit.experiments.cmixup.data import is_image, seeds, split
 from labkit.jobs import run_jobs
 from labkit.models.regressors import MLPRegressor

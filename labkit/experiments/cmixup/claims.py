@@ -2,8 +2,9 @@
 of :func:`labkit.experiments.cmixup.arms.compute`.
 
 Each template claim is judged per dataset as the % test-RMSE reduction of C-Mixup vs a baseline fixed in advance,
-paired by seed (Student-t 95 % interval). The comparison arms had the same tuning budget: one hyper-parameter (σ or
-α) chosen on validation from a grid of equal size. ``best_prior`` is, per dataset, the non-C-Mixup arm with the best
+paired by seed (Student-t 95 % interval). Every mixup arm chooses α on validation from the same grid; the kernel
+arms also σ from grids of equal size, so they try |σ|·|α| settings against vanilla mixup's |α| (a larger tuning
+budget, stated in each claim's compute column). ``best_prior`` is, per dataset, the non-C-Mixup arm with the best
 mean validation RMSE, the paper's "best prior approach" chosen without test data. The "overall (ID)" reading pools the
 in-distribution datasets: per seed, the mean over them of test RMSE divided by ERM's mean test RMSE on that dataset.
 The paper's abstract numbers (+6.56 % ID, +5.82 % OOD over the best prior approach, on its own datasets) are
@@ -43,8 +44,8 @@ PRIOR_ARMS = ("erm", "mixup", "feature_mixup", "mixup_input", "feature_mixup_inp
 IID = "erm_iid"  # ERM scored on the in-distribution copy of the test split (the premise's better side)
 OVERALL_ID = "overall (ID)"
 _COMPUTE = (
-    "same model, optimiser, data and early-stopping rule; one hyper-parameter per mixup arm chosen on "
-    "validation from a grid of equal size"
+    "same model, optimiser, data and early-stopping rule; every mixup arm chooses α on validation from the same grid, "
+    "the kernel arms also σ from grids of equal size (|σ|·|α| settings against vanilla mixup's |α|)"
 )
 
 
@@ -57,8 +58,9 @@ def _claim(
     rests_on: tuple[str, ...] = (),
     arm: str = "cmixup",
 ) -> Claim:
-    """C-Mixup's (``arm``'s) % RMSE reduction vs ``baseline`` (lower RMSE is better). A ``best_prior`` baseline rests on every
-    candidate it was chosen among (a flagged candidate could have been chosen had it trained or mixed properly)."""
+    """C-Mixup's (``arm``'s) % RMSE reduction vs ``baseline`` (lower RMSE is better). A ``best_prior`` baseline rests
+    on every candidate it was chosen among (a flagged candidate could have been chosen had it trained or mixed
+    properly)."""
     rests_on = (*rests_on, *(PRIOR_ARMS if baseline == "best_prior" else ()))
     return Claim(
         name,

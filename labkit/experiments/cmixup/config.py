@@ -56,7 +56,8 @@ class Config:
         default_factory=lambda: [0.5, 1.0]
     )  # feature-similarity σ grid, × median ‖x_i − x_j‖ (same size as sigmas: equal tuning budget)
     image_alphas: Grid = field(default_factory=lambda: [0.5, 2.0])  # α grid for RCF (official 2.0)
-    image_sigmas: Grid = field(default_factory=lambda: [0.69])  # C-Mixup σ for RCF: 0.69 std(y) ≈ official 0.2 (y ~ U[0,1))
+    # C-Mixup σ for RCF: 0.69 std(y) ≈ the official 0.2 (y ~ U[0, 1))
+    image_sigmas: Grid = field(default_factory=lambda: [0.69])
     image_feature_sigmas: Grid = field(default_factory=lambda: [1.0])  # feature σ grid for RCF (size of image_sigmas)
     alpha: Positive = 2.0  # Beta(α, α) of a direct train_arm call without one (the official default)
     lam_per: Literal["batch", "sample"] = "batch"  # "batch": one λ per minibatch (official src/); "sample": per example
@@ -93,7 +94,9 @@ class Config:
         for label, feature in zip(*SIGMA_GRIDS.values(), strict=True):  # C-Mixup's and feature mixup's σ grids
             a, b = len(getattr(self, label)), len(getattr(self, feature))
             if a != b:
-                raise ValueError(f"{label} and {feature} must have the same size (equal tuning budget), got {a} and {b}")
+                raise ValueError(
+                    f"{label} and {feature} must have the same size (equal tuning budget), got {a} and {b}"
+                )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -26,8 +26,8 @@ def judge(cfg: Config, computed: Computed) -> Results:
     scores = claims.per_seed_scores(selected, tables["trivial"], validation)
     budget_runs = pd.concat([selected[selected["seed"] == 0].assign(budget=1.0), tables["reruns"]], ignore_index=True)
     claims_table, sanity, budget = claims.verdicts(scores, budget_runs)
-    judged = {"validation": validation, "chosen": chosen, "pairing": settings, "scores": scores, "claims": claims_table, "sanity": sanity,
-              "budget": budget, "summary": rmse_summary(scores)}
+    judged = {"validation": validation, "chosen": chosen, "pairing": settings, "scores": scores,
+              "claims": claims_table, "sanity": sanity, "budget": budget, "summary": rmse_summary(scores)}
     return Results(cfg, {**tables, **judged}, computed)
 
 
