@@ -25,7 +25,7 @@ from labkit.experiments.sparse_soups.claims import (
 ARM_ACC = {"IMP": 96.0, "IMP 4x": 96.8, "SWA": 96.3, "SMS uniform": 96.5, "SMS greedy": 96.5, BEST_INGREDIENT: 96.5,
            MEAN_INGREDIENT: 96.2, NAIVE: 97.0, REPRUNED: 92.0, REPRUNED_RETRAINED: 96.1}
 TRAINED = ("IMP", "IMP 4x", "SWA", "SMS uniform", "SMS greedy", BEST_INGREDIENT, MEAN_INGREDIENT, DENSE)
-OOD = ("rotate:35", "noise:0.5", "blur:1")
+OOD = ("rotate:35", "noise:0.5", "contrast:0.3")
 PHASES = 2
 
 

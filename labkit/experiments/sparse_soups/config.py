@@ -65,8 +65,9 @@ class Config:
     imp_mx: bool = True  # run the equal-compute IMP m x arm
     swa: bool = True  # run the SWA arm (m retraining cycles per phase, cycle ends averaged: equal compute)
     naive_runs: NonNegative = 3  # independent IMP chains averaged naively (different masks); 0 or 1 skips the arm
-    ood: Corruptions = ("rotate:35", "noise:0.5", "blur:1")  # OOD test sets, one corruption type each
-    # (labkit.data.corruptions specs; "ood_acc" is their mean, as CIFAR-10-C reports the mean over corruptions)
+    ood: Corruptions = ("rotate:35", "noise:0.5", "contrast:0.3")  # OOD test sets, one corruption type each
+    # (labkit.data.corruptions specs; "ood_acc" is their mean, as CIFAR-10-C reports the mean over corruptions). A
+    # dense MLP (2 epochs, 10k MNIST; 96.0 % clean) scored 82.7 / 60.1 / 70.7 % on them; blur:1 (95.5) was too mild
     augment: NonNegativeFloat = 0.0  # training augmentation: random rotation up to this many degrees (+ 2/28 shifts)
     curve_points: Annotated[int, Interval("[2, inf)")] = 11  # alphas on the interpolation paths
     seeds: Count = 3  # paired seeds 0 .. seeds-1: each seed runs every arm
