@@ -440,6 +440,7 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("met2net d_model % heads", _configure(met2net, {"d_model": 10, "heads": 4}), ValueError,
      r"d_model.*divisible by heads"),
     ("met2net hid_s odd", _configure(met2net, {"hid_s": 5}), ValueError, r"hid_s.*even.*5"),
+    ("met2net long_seeds=0", _configure(met2net, {"long_seeds": 0}), ValueError, r"long_seeds.*>= 1.*0"),
     ("met2net max_steps=0", _configure(met2net, {"max_steps": 0}), ValueError, r"max_steps.*>= 1.*0"),
     ("met2net frames too short", _configure(met2net, {"frames": 5}), ValueError, r"frames.*t_in \+ t_out"),
     ("sparse_soups goal_sparsity=1", _configure(sparse_soups, {"goal_sparsity": 1.0}), ValueError,

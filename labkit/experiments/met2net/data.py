@@ -31,16 +31,22 @@ class FieldData:
     windows: dict[str, np.ndarray] = field(default_factory=dict)  # (n_windows, 2): trajectory, first frame
 
 
-def load_data(cfg: Config, progress: bool = False) -> FieldData:
-    """Generate (or read from the cache) the fields, split by trajectory, normalise with training statistics
-    (``progress``: a bar while generating)."""
+def data_seed(cfg: Config, seed: int) -> int:
+    """The generator seed of model seed ``seed``: ``cfg.data_seed + seed`` when ``cfg.vary_data`` (every seed draws
+    its own trajectories, so intervals over seeds hold data noise), else ``cfg.data_seed``."""
+    return cfg.data_seed + (seed if cfg.vary_data else 0)
+
+
+def load_data(cfg: Config, progress: bool = False, seed: int = 0) -> FieldData:
+    """Generate (or read from the cache) the fields of model seed ``seed`` (:func:`data_seed`), split by trajectory,
+    normalise with training statistics (``progress``: a bar while generating)."""
     n_traj = cfg.n_train + cfg.n_val + cfg.n_test
     fields_ = generate(
         n_traj,
         cfg.frames,
         cfg.height,
         cfg.width,
-        cfg.data_seed,
+        data_seed(cfg, seed),
         physics=FieldPhysics(frame_interval=cfg.frame_interval),
         variables=cfg.variables,
         progress=progress,
