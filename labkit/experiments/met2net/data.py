@@ -1,9 +1,13 @@
 """The fields, windows and scores of the Met²Net experiment (:mod:`labkit.experiments.met2net`).
 
 Splits are whole trajectories of the locally generated fields (:mod:`labkit.data.fields`; the variables are
-``cfg.variables``), normalised with training statistics. Scores are pooled per (lead, variable) squared and
-absolute errors, in z-units and in the generator's physical units; RMSE = sqrt(pooled MSE), not a mean of per-batch
-RMSEs.
+``cfg.variables``), normalised with training statistics; every model seed draws its own fields (:func:`data_seed`).
+The cpu selection includes ``sst``, a slab heated by ``flux``, whose next frame needs the flux of its current frame,
+which no frame of sst shows: in the default fields each variable's own history already reveals its advection (removing
+attention cost the earlier cpu report only ~5 %), so sst is what lets cross-variable dependence matter.
+
+Scores are pooled per (lead, variable) squared and absolute errors, in z-units and in the generator's physical units;
+RMSE = sqrt(pooled MSE), not a mean of per-batch RMSEs.
 """
 
 from __future__ import annotations
