@@ -67,8 +67,9 @@ def _colour_ratio(x):
     return ((red * fg).sum(1) / ((red + blue) * fg).sum(1).clamp_min(1e-6)).numpy()
 
 
-def test_rcf_replica_colours_by_label_and_inverts_at_test():
+def test_rcf_colours_by_label_and_inverts_at_test_as_the_official_code():
     d = regression.rcf(images.digits(0), seed=0, rotations=2, size=16)
+    assert d.notes["minority"] == "inverted" and d.notes["angle_range"] == 360.0
     _check_splits(d)
     assert d.train_x.shape[1:] == (3, 16, 16) and d.train_x.min() >= -1 and d.train_x.max() <= 1
     assert (d.train_y >= 0).all() and (d.train_y < 1).all()
@@ -80,11 +81,51 @@ def test_rcf_replica_colours_by_label_and_inverts_at_test():
     np.testing.assert_allclose(np.mean(d.test_domain == 0), majority_test, atol=0.05)
     r_val = _colour_ratio(d.val_x)
     assert np.mean(np.abs(r_val - d.val_y[:, 0]) < 0.02) < 0.2  # validation colour is random
-    assert np.mean(np.abs(r_train - (1 - y_train)) < 0.02) < 0.1  # the training minority is random, not inverted
+    minority_train = np.mean(np.abs(r_train - (1 - y_train)) < 0.02)
+    assert 0.1 < minority_train < 0.3  # the training minority is inverted (official rule)
+    # the in-distribution copy of the test split: the same rotated images under the training rule, same domains
+    r_iid = _colour_ratio(d.iid_test_x)
+    np.testing.assert_array_equal(d.iid_test_y, d.test_y)
+    domain0 = d.test_domain == 0
+    assert np.mean(np.abs(r_iid[domain0] - y_test[domain0]) < 0.02) > 0.95
+    assert np.mean(np.abs(r_iid[~domain0] - (1 - y_test[~domain0])) < 0.02) > 0.95
+    assert np.mean(np.abs(r_test[domain0] - (1 - y_test[domain0])) < 0.02) > 0.95
+
+
+def test_rcf_angles_are_uniform_over_the_full_circle_and_labels_are_angle_over_360():
+    d = regression.rcf(images.digits(0), seed=3, rotations=3, size=8)
+    y = d.train_y[:, 0]
+    assert y.min() >= 0 and y.max() < 1 and y.max() > 0.95 and y.min() < 0.05
+    counts = np.histogram(y, bins=4, range=(0, 1))[0]
+    assert counts.min() > 0.8 * len(y) / 4  # U[0, 360) in four quarters
+    again = regression.rcf(images.digits(0), seed=3, rotations=3, size=8)
+    np.testing.assert_array_equal(again.train_x, d.train_x)  # deterministic given the seed
+
+
+def test_colour_ratio_rules_and_inversion():
+    u = torch.tensor([0.1, 0.7, 0.3])
+    dom = torch.tensor([0, 0, 1])
+    noise = torch.tensor([0.5, 0.5, 0.5])
+    torch.testing.assert_close(regression.colour_ratio(u, dom, "train"), torch.tensor([0.1, 0.7, 0.7]))
+    torch.testing.assert_close(regression.colour_ratio(u, dom, "test"), torch.tensor([0.9, 0.3, 0.3]))
+    torch.testing.assert_close(regression.colour_ratio(u, dom, "train", "random", noise), torch.tensor([0.1, 0.7, 0.5]))
+    torch.testing.assert_close(regression.colour_ratio(u, dom, "val", noise=noise), noise)
+    with pytest.raises(ValueError, match="pass noise"):
+        regression.colour_ratio(u, dom, "val")
+    with pytest.raises(ValueError, match="rule must be"):
+        regression.colour_ratio(u, dom, "iid")
+
+
+def test_rcf_background_stays_grey():
+    gray = torch.zeros(1, 1, 4, 4)
+    gray[0, 0, 0, 0] = 1.0
+    rgb = (regression._colour(gray, torch.tensor([0.25])) + 1) / 2
+    torch.testing.assert_close(rgb[0, :, 0, 0], torch.tensor([0.25, 0.0, 0.75]))
+    assert (rgb[0, :, 1:, 1:] == 0).all()
 
 
 def test_rcf_colour_follows_angle_range_and_minority_rule():
-    d = regression.rcf(images.digits(0), seed=0, rotations=2, size=12, angle_range=180.0)
+    d = regression.rcf(images.digits(0), seed=0, rotations=2, size=12, angle_range=180.0, minority="random")
     r_train, u_train = _colour_ratio(d.train_x), d.train_y[:, 0] * 2  # u = θ / angle_range spans [0, 1)
     assert (d.train_y < 0.5).all() and d.notes["minority"] == "random"
     majority = np.abs(r_train - u_train) < 0.02

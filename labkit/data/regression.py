@@ -30,6 +30,8 @@ class RegressionSplits:
     name: str  # dataset name and source, for provenance in reports
     test_domain: np.ndarray | None = None  # int domain id per test row (OOD sets); None in distribution
     notes: dict = field(default_factory=dict)  # split sizes, domains held out, generator parameters
+    iid_test_x: np.ndarray | None = None  # the test inputs under the training distribution (RCF: training colour rule)
+    iid_test_y: np.ndarray | None = None  # their labels (the same rows as ``test_y`` for RCF)
 
 
 def _three_way(n: int, fractions: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -215,11 +217,39 @@ def _rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+FOREGROUND = 5 / 255  # official red_blue_linear_map: only pixels brighter than this are coloured
+
+
 def _colour(gray: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """RCF colouring: R ← v·r, G ← 0, B ← v·(1 − r) on the foreground intensity v, then scaled to [−1, 1]."""
+    """RCF colouring (official ``red_blue_linear_map``): on foreground pixels (v > 5/255) R ← v·r, G ← 0,
+    B ← v·(1 − r); background pixels stay grey; then scaled to [−1, 1]."""
     v = gray[:, :1]
-    rgb = torch.cat([v * r[:, None, None, None], torch.zeros_like(v), v * (1 - r[:, None, None, None])], 1)
+    ratio = r[:, None, None, None]
+    fg = v > FOREGROUND
+    rgb = torch.cat([torch.where(fg, v * ratio, v), torch.where(fg, 0.0, v), torch.where(fg, v * (1 - ratio), v)], 1)
     return rgb * 2 - 1
+
+
+def colour_ratio(u: torch.Tensor, domain: torch.Tensor, rule: str, minority: str = "inverted",
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The red ratio r of each image under an RCF colour rule (official ``color_linear_red_blue``).
+
+    ``u`` is the image's position in the angle range (the label when the range is 360°), ``domain`` 0 for the
+    majority and 1 for the minority. ``"train"``: r = u in domain 0; domain 1 r = 1 − u (``minority="inverted"``,
+    official) or r = ``noise`` (``"random"``). ``"test"``: the training rule flipped, r = 1 − u in domain 0 and u in
+    domain 1 (official ``inv=True``). ``"val"``: r = ``noise``, colour uninformative (official validation)."""
+    if rule not in ("train", "test", "val"):
+        raise ValueError(f"rule must be 'train', 'test' or 'val', got {rule!r}")
+    if minority not in ("random", "inverted"):
+        raise ValueError(f"minority must be 'random' or 'inverted', got {minority!r}")
+    if rule == "val" or (rule == "train" and minority == "random"):
+        if noise is None:
+            raise ValueError(f"rule {rule!r} with minority {minority!r} draws r at random: pass noise")
+    if rule == "val":
+        return noise
+    if rule == "test":
+        return torch.where(domain == 0, 1 - u, u)
+    return torch.where(domain == 0, u, 1 - u if minority == "inverted" else noise)
 
 
 def rcf(
@@ -232,22 +262,19 @@ def rcf(
     spurious: float = 0.8,
     angle_range: float = 360.0,
     exclude_digits: tuple[int, ...] = (),
-    minority: str = "random",
+    minority: str = "inverted",
 ) -> RegressionSplits:
-    """RCF-MNIST replica (C-Mixup §5.2, ``src/data/RCF_MNIST.py``): rotate by θ ~ U[0, angle_range), label θ/360,
-    colour by r = u = θ/angle_range for a ``spurious`` share of training rows (domain 0); validation colour is random
-    (r ~ U(0, 1), as the official code: only the rotation beats the mean there); test is inverted (r = 1 − u for the
-    ``spurious`` share, r = u for the rest).
+    """RCF-MNIST as the official code builds it (C-Mixup §5.2, ``src/data/RCF_MNIST.py``): rotate by θ ~ U[0,
+    angle_range), label θ/360; colour the foreground red/blue by r (:func:`colour_ratio`): training r = label for a
+    ``spurious`` share (domain 0) and r = 1 − label for the rest (domain 1); validation r ~ U(0, 1); test flipped
+    (r = 1 − label for the ``spurious`` share). Test rows carry their domain for the worst-domain metric.
 
-    ``minority`` colours the other training rows (domain 1): ``"random"`` (default) r ~ U(0, 1), or ``"inverted"``
-    r = 1 − u, the official rule (with angle_range = 360, u is the label: the official data). Why not the official
-    rule: training rows under both r = u and r = 1 − u reward the colour magnitude |r − 0.5| = |u − 0.5|, which is
-    the same in every domain and still predicts on test, so the test is not out of distribution for it (own
-    analysis; measured: ERM's test RMSE then equals its validation RMSE). Under ``"random"`` the inverted rule never
-    appears in training and r itself, the simpler cue, inverts at test (measured: ERM's test RMSE ≈ 1.5× its
-    validation RMSE). The colour follows u, not the label: with angle_range < 360, r = θ/360 ∈ [0, 0.5) against
-    1 − r ∈ (0.5, 1] would reveal the label exactly in every domain.
+    ``iid_test_x`` holds the same rotated test images coloured by the *training* rule (same domains), so the gap
+    between the two test splits is the colour shift alone (the premise: ERM leans on the colour).
 
+    Options beyond the official data (for the smaller replicas of earlier reports): ``minority="random"`` colours
+    domain 1 of training at random (the inverted rule then appears only at test); with ``angle_range`` < 360 the
+    colour follows u = θ/angle_range, not the label, since r = θ/360 ∈ [0, 0.5) would otherwise give the label away.
     ``images`` comes from ``labkit.data.images.mnist()`` or ``digits()``; ``n_train`` / ``n_eval`` subsample base
     images per split, ``rotations`` draws that many angles per image, ``size`` resizes (pooling down, bilinear up).
     """
@@ -275,17 +302,13 @@ def rcf(
         rotated = _rotate(base, theta)
         dom = (torch.rand(base.shape[0], generator=gen) >= spurious).long()  # 0: majority colour rule, 1: minority
         noise = torch.rand(base.shape[0], generator=gen)
-        if kind == "train":
-            r = torch.where(dom == 0, u, noise if minority == "random" else 1 - u)
-        elif kind == "val":
-            r = noise
-        else:
-            r = torch.where(dom == 0, 1 - u, u)
-        return _colour(rotated, r).numpy(), y[:, None].numpy(), dom.numpy()
+        x_out = _colour(rotated, colour_ratio(u, dom, kind, minority, noise)).numpy()
+        iid = _colour(rotated, colour_ratio(u, dom, "train", minority, noise)).numpy() if kind == "test" else None
+        return x_out, y[:, None].numpy(), dom.numpy(), iid
 
-    trx, try_, _ = split(images.train_x, images.train_y, n_train, "train")
-    vax, vay, _ = split(images.val_x, images.val_y, n_eval, "val")
-    tex, tey, ted = split(images.test_x, images.test_y, n_eval, "test")
+    trx, try_, _, _ = split(images.train_x, images.train_y, n_train, "train")
+    vax, vay, _, _ = split(images.val_x, images.val_y, n_eval, "val")
+    tex, tey, ted, iid = split(images.test_x, images.test_y, n_eval, "test")
     notes = {
         "n_train": len(try_),
         "n_val": len(vay),
@@ -298,4 +321,4 @@ def rcf(
         "minority": minority,
         "base": images.name,
     }
-    return RegressionSplits(trx, try_, vax, vay, tex, tey, f"RCF replica from {images.name}", ted, notes)
+    return RegressionSplits(trx, try_, vax, vay, tex, tey, f"RCF from {images.name}", ted, notes, iid, tey)

@@ -81,7 +81,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet-(6n+2): a stem conv, 3 stages of ``depth`` basic blocks (w, 2w, 4w), pooling, linear."""
+    """CIFAR-style ResNet-(6n+2): a stem conv, 3 stages of ``depth`` basic blocks (w, 2w, 4w), pooling, linear.
+
+    C-Mixup's RCF-MNIST uses it with ``classes=1`` as a regressor in place of the paper's ImageNet-pretrained ResNet-18.
+    Deviations from ResNet-18: trained from scratch (no hub download); a 3x3 stride-1 stem without max-pooling (28 px
+    inputs); 3 stages of ``depth`` blocks (ResNet-8 at depth 1) instead of 4 stages of 2; widths w, 2w, 4w (w = 8 on
+    CPU) instead of 64..512. Manifold mixup mixes the output of ``blocks``: after the trunk, before pooling, where
+    the official ``forward_mixup`` mixes ResNet-18's features."""
 
     def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 1, classes: int = 10) -> None:
         super().__init__()

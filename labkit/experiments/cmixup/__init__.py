@@ -13,7 +13,7 @@ regression, under the reproduction protocol (:mod:`labkit.protocol`).
 from labkit.experiments import Experiment
 from labkit.experiments.cmixup import arms, claims, summary
 from labkit.experiments.cmixup.arms import longer, mean_predictor, sizes, train_arm
-from labkit.experiments.cmixup.config import ARMS, DATASETS, PRESETS, Config
+from labkit.experiments.cmixup.config import ARMS, DATASETS, PRESETS, Config, configurations
 from labkit.experiments.cmixup.data import load
 from labkit.experiments.cmixup.summary import headline_metrics, verdict_text
 
@@ -26,7 +26,9 @@ __all__ = [
     "EXPERIMENT",
     "PRESETS",
     "Config",
+    "arms",
     "claims",
+    "configurations",
     "configure",
     "headline_metrics",
     "load",

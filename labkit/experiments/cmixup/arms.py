@@ -4,7 +4,10 @@ trained by :func:`compute`, the only code of this paper that trains.
 
 One loop serves every arm (:func:`train_arm`): Adam, MSE, λ ~ Beta(α, α) per batch, partners from the whole training
 set (or, for images with ``image_scope="batch"``, the official batch-level kernel), the best-validation-MSE
-checkpoint. Unlike the official fixed 100 epochs, a run stops once validation MSE has not improved by
+checkpoint. Every mixup arm mixes hidden states after the trunk (manifold mixup: the official ``--use_manifold 1``;
+the MLP's first block, the ResNet's residual stages before pooling); ``*_input`` arms mix inputs. Models: the official
+tabular MLP, and for RCF a small CIFAR-style ResNet from scratch (:class:`labkit.models.vision.ResNet`). Unlike the
+official fixed 100 epochs, a run stops once validation MSE has not improved by
 ``min_improvement`` (relative) for ``patience`` epochs, so every arm is trained to its plateau. Whether that plateau is
 real is checked by rerunning the first seed of every trained arm at its configuration chosen on validation
 (:func:`select`) with cap and patience scaled (:func:`longer`): with the same seed the longer run replays the
@@ -27,10 +30,20 @@ import torch
 from labkit import mixup, seed_everything, selection
 from labkit.data import regression
 from labkit.experiments import Computed
-from labkit.experiments.cmixup.config import ARMS, TRIVIAL, Config, grid
+from labkit.experiments.cmixup.config import (
+    ARMS,
+    KERNEL,
+    MIXUP_ARMS,
+    SELF_PAIR_MAX,
+    TRIVIAL,
+    Config,
+    configurations,
+    method,
+)
 from labkit.experiments.cmixup.data import is_image, seeds, split
 from labkit.jobs import run_jobs
-from labkit.models.regressors import CNNRegressor, MLPRegressor
+from labkit.models.regressors import MLPRegressor
+from labkit.models.vision import ResNet
 
 Job = tuple[str, int, str, float | None, float | None]  # dataset, seed, arm, σ, α
 
@@ -73,13 +86,14 @@ def _pair_sampler(
     n = len(ty)
     bandwidth = float("nan")
     sampler: mixup.CMixupSampler | mixup.UniformSampler | None = None
-    if arm in ("mixup", "manifold_mixup"):
+    kernel = KERNEL.get(method(arm))
+    if arm in MIXUP_ARMS and kernel is None:
         sampler = mixup.UniformSampler(n)
-    elif arm in ("cmixup", "cmixup_manifold"):
+    elif kernel == "y":
         bandwidth = mixup.bandwidth_from_std(ty, sigma)
         if not (image and cfg.image_scope == "batch"):
             sampler = mixup.CMixupSampler(ty, bandwidth, mode="auto")
-    elif arm == "feature_mixup":
+    elif kernel == "x":
         flat = tx.reshape(n, -1).double()
         sub = flat[torch.randperm(n, generator=gen)[:1000]]
         bandwidth = float(torch.pdist(sub).median()) * sigma
@@ -125,7 +139,8 @@ def train_arm(
     image: bool = False,
     alpha: float | None = None,
 ) -> dict[str, Any]:
-    """Train one arm on one split; validation / test metrics of the best-validation-MSE checkpoint.
+    """Train one arm on one split; validation / test metrics of the best-validation-MSE checkpoint (and, where the
+    data has one, RMSE on the in-distribution copy of the test split: ``iid_test_rmse``).
 
     ``sigma`` is the bandwidth in units of std(y_train) (C-Mixup) or of the median pairwise input distance
     (feature-similarity mixup); ``alpha`` the Beta(α, α) parameter (default ``cfg.alpha``). Also returned: the last
@@ -150,14 +165,15 @@ def train_arm(
     if n < 2 * bs:
         bs = max(2, n // 2)
     model = (
-        CNNRegressor(tx.shape[1], cfg.image_width, d_out=ty.shape[1])
+        ResNet(tx.shape[1], cfg.image_width, depth=1, classes=ty.shape[1])
         if image
         else MLPRegressor(tx.shape[1], cfg.hidden, ty.shape[1])
     ).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.image_lr if image else cfg.lr)
     sampler, bandwidth = _pair_sampler(arm, tx, ty, sigma, image, cfg, gen)
     tx, ty = tx.to(dev), ty.to(dev)
-    manifold = mixup.manifold_mixup(model, "block1") if arm in ("manifold_mixup", "cmixup_manifold") else None
+    trunk = "blocks" if image else "block1"  # where the official forward_mixup mixes: after the trunk / first block
+    manifold = mixup.manifold_mixup(model, trunk) if arm in MIXUP_ARMS and arm == method(arm) else None
     max_epochs, patience = (cfg.image_epochs, cfg.image_patience) if image else (cfg.epochs, cfg.patience)
     best, best_state, best_epoch, clear_best, clear_epoch = float("inf"), None, -1, float("inf"), 0
     self_pairs, gaps, steps, curve = 0.0, 0.0, 0, []
@@ -189,6 +205,10 @@ def train_arm(
     last = _metrics(_predict(model, sx), sy, data.test_domain)
     model.load_state_dict(best_state)
     chosen = _metrics(_predict(model, sx), sy, data.test_domain)
+    iid = None
+    if data.iid_test_x is not None:
+        ix, iy = torch.from_numpy(data.iid_test_x).to(dev), torch.from_numpy(data.iid_test_y).to(dev)
+        iid = _metrics(_predict(model, ix), iy, None)["rmse"]
     if manifold is not None:
         manifold.remove()
     row = {
@@ -205,6 +225,8 @@ def train_arm(
     }
     if data.test_domain is not None:
         row["worst_rmse"], row["worst_rmse_last"] = chosen["worst_rmse"], last["worst_rmse"]
+    if iid is not None:
+        row["iid_test_rmse"] = iid
     row["seconds"] = time.perf_counter() - start
     return row
 
@@ -243,17 +265,14 @@ def _run_job(job: tuple[Config, str, int, str, float | None, float | None]) -> d
 
 
 def jobs(cfg: Config) -> list[Job]:
-    """Every (dataset, seed, arm, σ, α) the report trains: each arm at every value of its validation grid."""
-    out = []
-    for name in cfg.datasets:
-        for seed in seeds(name, cfg):
-            for arm in cfg.arms:
-                column, values = grid(arm, cfg, is_image(name))
-                out += [
-                    (name, seed, arm, v if column == "sigma" else None, v if column == "alpha" else None)
-                    for v in values
-                ]
-    return out
+    """Every (dataset, seed, arm, σ, α) the report trains: each arm at every setting it tunes on validation."""
+    return [
+        (name, seed, arm, sigma, alpha)
+        for name in cfg.datasets
+        for seed in seeds(name, cfg)
+        for arm in cfg.arms
+        for sigma, alpha in configurations(arm, cfg, is_image(name))
+    ]
 
 
 def sizes(cfg: Config) -> dict[str, int]:
@@ -304,28 +323,39 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
+def pairing(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, mixup arm and (σ, α) setting: the mean self-pair rate and validation RMSE over seeds, and whether
+    the setting may be chosen: a setting pairing a sample with itself more often than :data:`SELF_PAIR_MAX` mostly
+    trains on unmixed samples (it is ERM under another name), so selection skips it."""
+    mixing = runs[runs["arm"].isin(MIXUP_ARMS)]
+    key = ["dataset", "arm", "sigma", "alpha"]
+    table = mixing.groupby(key, sort=False, dropna=False)[["self_pair_rate", "val_rmse"]].mean().reset_index()
+    return table.assign(eligible=~(table["self_pair_rate"] > SELF_PAIR_MAX))
+
+
 def select(runs: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per dataset and tuned arm, the grid value with the best mean validation RMSE (selection.select_best on
-    validation rows only). Returns the validation table, the chosen configurations and the chosen runs."""
+    """Per dataset and tuned arm, the (σ, α) setting with the best mean validation RMSE among its eligible settings
+    (:func:`pairing`; if none is eligible, among all, and the sanity check flags the arm), by
+    ``selection.select_best`` on validation rows only. Returns the validation table, the chosen settings and the
+    chosen runs."""
     validation = runs[["dataset", "arm", "seed", "sigma", "alpha", "val_rmse"]].assign(split="val")
+    rates = pairing(runs).set_index(["dataset", "arm", "sigma", "alpha"])["eligible"]
     chosen, keep = [], []
     for (name, arm), group in runs.groupby(["dataset", "arm"], sort=False):
-        column, values = grid(arm, cfg, is_image(name))
-        if column is None:
+        settings = configurations(arm, cfg, is_image(name))
+        if len(settings) == 1:
             keep.append(group)
             continue
-        val = validation.loc[group.index]
-        value = selection.select_best(val, column, "val_rmse")[column]
-        chosen.append(
-            {
-                "dataset": name,
-                "arm": arm,
-                "parameter": column,
-                "value": value,
-                "grid": ", ".join(f"{v:g}" for v in values),
-            }
-        )
-        keep.append(group[group[column] == value])
+        by = ["alpha"] if KERNEL[method(arm)] is None else ["sigma", "alpha"]
+        at = pd.MultiIndex.from_frame(group[["dataset", "arm", "sigma", "alpha"]])
+        eligible = group[rates.reindex(at).fillna(True).to_numpy(bool)]
+        pool = eligible if len(eligible) else group
+        best = selection.select_best(validation.loc[pool.index], by, "val_rmse")
+        sigma, alpha = best.get("sigma", math.nan), best["alpha"]
+        pick = (group["alpha"] == alpha) & (group["sigma"].isna() if pd.isna(sigma) else group["sigma"] == sigma)
+        chosen.append({"dataset": name, "arm": arm, "sigma": sigma, "alpha": alpha, "settings": len(settings),
+                       "eligible": int(pool[by].drop_duplicates().shape[0]) if len(eligible) else 0})
+        keep.append(group[pick])
     return validation, pd.DataFrame(chosen), pd.concat(keep, ignore_index=True)
 
 

@@ -2,8 +2,9 @@
 of :func:`labkit.experiments.cmixup.arms.compute`.
 
 Each template claim is judged per dataset as the % test-RMSE reduction of C-Mixup vs a baseline fixed in advance,
-paired by seed (Student-t 95 % interval). The comparison arms had the same tuning budget: one hyper-parameter (σ or
-α) chosen on validation from a grid of equal size. ``best_prior`` is, per dataset, the non-C-Mixup arm with the best
+paired by seed (Student-t 95 % interval). Every mixup arm chooses α on validation from the same grid; the kernel
+arms also σ from grids of equal size, so they try |σ|·|α| settings against vanilla mixup's |α| (a larger tuning
+budget, stated in each claim's compute column). ``best_prior`` is, per dataset, the non-C-Mixup arm with the best
 mean validation RMSE, the paper's "best prior approach" chosen without test data. The "overall (ID)" reading pools the
 in-distribution datasets: per seed, the mean over them of test RMSE divided by ERM's mean test RMSE on that dataset.
 The paper's abstract numbers (+6.56 % ID, +5.82 % OOD over the best prior approach, on its own datasets) are
@@ -17,7 +18,13 @@ trains mostly on unmixed samples, i.e. it is ERM under another name, and every c
 That is a sanity flag, not a premise claim: it is a property of one arm's chosen configuration (a rate, not a
 comparison with an interval), it must reach exactly the claims whose score rests on that arm (``rests_on``, the
 best-prior choice and the pooled reading included) and no others, and it applies alike to every mixup arm, C-Mixup's
-own included. No premise claim is declared: nothing the paper presupposes is testable here beyond these checks.
+own included.
+
+The premise, judged first on every dataset with an in-distribution copy of its test split (RCF): ERM leans on the
+spurious colour — its test RMSE on the colour-flipped split exceeds its RMSE on the same rotated images coloured by
+the training rule by more than :data:`PREMISE_TOLERANCE_PCT`. Without that shortcut the OOD task tests nothing the
+paper claims, so its group is the dataset: every claim judged on that dataset reads "premise not met" when it fails.
+The ``*_input`` arms (input mixing) are the labelled variant; ``beats_mixup_input`` compares C-Mixup with mixup there.
 """
 
 from __future__ import annotations
@@ -27,31 +34,39 @@ import dataclasses
 import pandas as pd
 
 from labkit import protocol, selection
-from labkit.experiments.cmixup.config import TRIVIAL
+from labkit.experiments.cmixup.config import SELF_PAIR_MAX, TRIVIAL
 from labkit.protocol import Claim
 
 TOLERANCE_PCT = 1.0  # a reduction below 1 % of RMSE is not an improvement worth the name
 BUDGET_TOLERANCE_PCT = TOLERANCE_PCT  # converged: twice the budget lowers validation RMSE by no more than a claim's 1 %
-SELF_PAIR_MAX = 0.5  # a mixup arm pairing a sample with itself more often than with all others together is mostly ERM
-PRIOR_ARMS = ("erm", "mixup", "manifold_mixup", "feature_mixup")  # candidates for "best_prior"
+PREMISE_TOLERANCE_PCT = 10.0  # a clear colour shortcut: the flipped split costs ERM more than 10 % of RMSE
+PRIOR_ARMS = ("erm", "mixup", "feature_mixup", "mixup_input", "feature_mixup_input")  # candidates for "best_prior"
+IID = "erm_iid"  # ERM scored on the in-distribution copy of the test split (the premise's better side)
 OVERALL_ID = "overall (ID)"
 _COMPUTE = (
-    "same model, optimiser, data and early-stopping rule; one hyper-parameter per mixup arm chosen on "
-    "validation from a grid of equal size"
+    "same model, optimiser, data and early-stopping rule; every mixup arm chooses α on validation from the same grid, "
+    "the kernel arms also σ from grids of equal size (|σ|·|α| settings against vanilla mixup's |α|)"
 )
 
 
 def _claim(
-    name: str, text: str, baseline: str, paper: str = "", metric: str = "test_rmse", rests_on: tuple[str, ...] = ()
+    name: str,
+    text: str,
+    baseline: str,
+    paper: str = "",
+    metric: str = "test_rmse",
+    rests_on: tuple[str, ...] = (),
+    arm: str = "cmixup",
 ) -> Claim:
-    """C-Mixup's % RMSE reduction vs ``baseline`` (lower RMSE is better). A ``best_prior`` baseline rests on every
-    candidate it was chosen among (a flagged candidate could have been chosen had it trained or mixed properly)."""
+    """C-Mixup's (``arm``'s) % RMSE reduction vs ``baseline`` (lower RMSE is better). A ``best_prior`` baseline rests
+    on every candidate it was chosen among (a flagged candidate could have been chosen had it trained or mixed
+    properly)."""
     rests_on = (*rests_on, *(PRIOR_ARMS if baseline == "best_prior" else ()))
     return Claim(
         name,
         text,
         metric,
-        "cmixup",
+        arm,
         baseline,
         relative=True,
         tolerance=TOLERANCE_PCT,
@@ -61,6 +76,18 @@ def _claim(
     )
 
 
+PREMISE = Claim(
+    "erm_leans_on_colour",
+    "ERM's test RMSE is higher on the colour-flipped split than on the same images under the training colour rule",
+    "test_rmse",
+    IID,
+    "erm",
+    relative=True,
+    tolerance=PREMISE_TOLERANCE_PCT,
+    compute="one ERM run per seed scored on both colourings of the same rotated test images",
+    paper="premise: colour is spuriously correlated with the label (RCF-MNIST, §5.2)",
+    kind="premise",
+)
 # Judged on every dataset that ran both arms.
 CLAIMS = (
     _claim("beats_erm", "C-Mixup has lower test RMSE than ERM", "erm"),
@@ -69,6 +96,12 @@ CLAIMS = (
         "C-Mixup has lower test RMSE than vanilla mixup (α tuned on validation)",
         "mixup",
         "label-similarity sampling beats vanilla mixup (abstract)",
+    ),
+    _claim(
+        "beats_mixup_input",
+        "With input mixing (the labelled variant), C-Mixup has lower test RMSE than vanilla mixup",
+        "mixup_input",
+        arm="cmixup_input",
     ),
     _claim(
         "beats_feature_mixup",
@@ -116,7 +149,8 @@ def per_seed_scores(selected: pd.DataFrame, trivial: pd.DataFrame, validation: p
     """One row per (dataset, arm, seed): the chosen configurations' metrics, the trivial ``mean`` rows, the
     ``best_prior`` rows (``prior_arm`` names the arm chosen on ``validation``), ``rmse_vs_erm`` (test RMSE / ERM's
     mean test RMSE on that dataset) and the pooled ``overall (ID)`` rows over datasets without test domains."""
-    keep = ["dataset", "arm", "seed", "val_rmse", "test_rmse", "worst_rmse", "sigma", "alpha", "self_pair_rate"]
+    keep = ["dataset", "arm", "seed", "val_rmse", "test_rmse", "worst_rmse", "iid_test_rmse", "sigma", "alpha",
+            "self_pair_rate"]
     scores = pd.concat([selected, trivial], ignore_index=True).reindex(columns=keep)
     parts = [scores]
     for _, group in scores.groupby("dataset", sort=False):
@@ -161,8 +195,13 @@ def verdicts(scores: pd.DataFrame, budget_runs: pd.DataFrame) -> tuple[pd.DataFr
         checks.append(check.assign(dataset=name))
         budgets.append(budget.assign(dataset=name))
         ood = table["worst_rmse"].notna().any()
+        erm = table[(table["arm"] == "erm") & table["iid_test_rmse"].notna()]
+        group = name if len(erm) else ""  # a dataset with the premise: it governs every claim judged there
+        if len(erm):
+            iid = erm.assign(arm=IID, test_rmse=erm["iid_test_rmse"])
+            judged += _judge(PREMISE, name, pd.concat([table, iid], ignore_index=True), check, group)
         for claim in CLAIMS + (OOD_CLAIMS if ood else ()):
-            judged += _judge(claim, name, table, check)
+            judged += _judge(claim, name, table, check, group)
     sanity = pd.concat(checks, ignore_index=True) if checks else pd.DataFrame()
     if (scores["dataset"] == OVERALL_ID).any():  # flags of the pooled in-distribution datasets only
         pooled = [n for n in datasets if scores.loc[scores["dataset"] == n, "worst_rmse"].isna().all()]
@@ -202,9 +241,12 @@ def _self_pairs(check: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return check
 
 
-def _judge(claim: Claim, name: str, table: pd.DataFrame, checks: pd.DataFrame) -> list[protocol.Verdict]:
-    """``claim`` judged on one dataset's rows, renamed ``<dataset>: <claim>``; none if its arms did not run."""
+def _judge(
+    claim: Claim, name: str, table: pd.DataFrame, checks: pd.DataFrame, group: str = ""
+) -> list[protocol.Verdict]:
+    """``claim`` judged on one dataset's rows, renamed ``<dataset>: <claim>`` in ``group`` (the dataset's premise
+    governs the group); none if its arms did not run."""
     rows = table[table["arm"].isin([claim.arm, claim.baseline])].dropna(subset=[claim.metric])
     if set(rows["arm"]) != {claim.arm, claim.baseline}:
         return []
-    return [protocol.judge(dataclasses.replace(claim, name=f"{name}: {claim.name}"), rows, checks)]
+    return [protocol.judge(dataclasses.replace(claim, name=f"{name}: {claim.name}", group=group), rows, checks)]
