@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
+from gateskip_speed import stdlib_tokens  # the benchmark's tokenizing of stdlib splits (same folder)
 from safetensors.torch import save_file
 from torch import nn
 
@@ -24,12 +26,6 @@ from labkit import gate, skip
 from labkit.data import sequences
 from labkit.models import pretrained
 from labkit.train import train_causal_lm
-
-
-def training_tokens(tokenizer: object) -> torch.Tensor:
-    """The stdlib training files (disjoint from the benchmark's held-out test files), tokenized."""
-    data, _ = sequences.stdlib_bytes(sequences.STDLIB_TRAIN_FILES)
-    return torch.tensor(tokenizer(bytes(data.tolist()).decode("utf-8", "replace")).input_ids)
 
 
 def train_gates(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> float:
@@ -45,7 +41,7 @@ def train_gates(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -
         starts = torch.randint(0, len(ids) - args.length, (args.batch,), generator=gen)
         return torch.stack([ids[s: s + args.length] for s in starts])
 
-    def context(step: int) -> skip.budget:
+    def context(step: int) -> AbstractContextManager[skip.SkipStats]:
         return skip.budget(model, args.skip_end * step / max(1, args.steps - 1), measure_flops=False)
 
     model.train()
@@ -73,7 +69,8 @@ def main() -> None:
     model, tokenizer = pretrained.load("smollm2")
     gate.add_gates(model, kind="scalar")
     start = time.perf_counter()
-    loss = train_gates(model, training_tokens(tokenizer), args)
+    loss = train_gates(model, stdlib_tokens(tokenizer, sequences.STDLIB_TRAIN_FILES), args)  # disjoint from the
+    # benchmark's held-out test files
     args.out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items() if f".{gate.GATE_ATTR}." in k}
     save_file(tensors, str(args.out / "model.safetensors"))

@@ -79,13 +79,18 @@ def load_models(
     return {"dense": base.to(device, dtype), **models}, tokenizer
 
 
+def stdlib_tokens(tokenizer: Any, files: tuple[str, ...]) -> torch.Tensor:
+    """The stdlib source ``files`` (one of ``labkit.data.sequences``' splits), tokenized as one text."""
+    data, _ = sequences.stdlib_bytes(files)
+    return torch.tensor(tokenizer(bytes(data.tolist()).decode("utf-8", "replace")).input_ids)
+
+
 def held_out_tokens(tokenizer: Any, vocab: int, n: int, length: int, part: int, device: torch.device) -> torch.Tensor:
     """``n`` windows of ``length`` tokens: held-out stdlib source (test files, tokenized) or random ids (toy model);
     ``part`` 0 and 1 are disjoint (calibration and evaluation)."""
     if tokenizer is None:
         return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(part), device=device)
-    data, _ = sequences.stdlib_bytes(sequences.STDLIB_TEST_FILES)
-    ids = torch.tensor(tokenizer(bytes(data.tolist()).decode("utf-8", "replace")).input_ids)
+    ids = stdlib_tokens(tokenizer, sequences.STDLIB_TEST_FILES)
     half = ids[part * len(ids) // 2: (part + 1) * len(ids) // 2]
     starts = torch.linspace(0, len(half) - length - 1, n).long()
     return torch.stack([half[s: s + length] for s in starts]).to(device)
