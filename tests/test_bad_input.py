@@ -441,6 +441,8 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      r"d_model.*divisible by heads"),
     ("met2net hid_s odd", _configure(met2net, {"hid_s": 5}), ValueError, r"hid_s.*even.*5"),
     ("met2net long_seeds=0", _configure(met2net, {"long_seeds": 0}), ValueError, r"long_seeds.*>= 1.*0"),
+    ("met2net long_seeds > seeds", _configure(met2net, {"long_seeds": 4, "seeds": 3}), ValueError,
+     r"long_seeds.*<= seeds \(3\).*4"),
     ("met2net max_steps=0", _configure(met2net, {"max_steps": 0}), ValueError, r"max_steps.*>= 1.*0"),
     ("met2net frames too short", _configure(met2net, {"frames": 5}), ValueError, r"frames.*t_in \+ t_out"),
     ("sparse_soups goal_sparsity=1", _configure(sparse_soups, {"goal_sparsity": 1.0}), ValueError,

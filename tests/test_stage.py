@@ -201,7 +201,7 @@ def test_met2net_experiment_two_steps_and_bad_config(tmp_path, monkeypatch):
     from labkit.experiments import met2net as experiment
 
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    cfg = experiment.configure("smoke", {"max_steps": 2, "epochs": 2, "seeds": 1})
+    cfg = experiment.configure("smoke", {"max_steps": 2, "epochs": 2, "seeds": 1, "long_seeds": 1})
     data = experiment.load_data(cfg)
     run = experiment.train_arm("met2net", cfg, 0, data)
     assert run.history["rec"].notna().sum() == 2 and run.history["latent"].notna().sum() == 2

@@ -28,6 +28,7 @@ import pandas as pd
 
 from labkit import protocol
 from labkit.data.fields import ALL_VARIABLES, FORCED_BY
+from labkit.experiments.met2net.config import LONG_ARMS
 from labkit.protocol import Claim
 
 TOLERANCE_PCT = 1.0  # a reduction below 1 % of MSE is not an improvement worth the name
@@ -64,7 +65,7 @@ CLAIMS = (
 )
 LONG_CLAIMS = (
     _claim("implicit_vs_end_to_end_long", "implicit two-stage training beats end-to-end training of the same network "
-           "at budget_factor x the budget", "mse_z", "met2net", "pervar_e2e", "",
+           "at budget_factor x the budget", "mse_z", *LONG_ARMS, "",
            compute="the runs at budget_factor x the budget (cosine stretched), first long_seeds seeds"),
 )
 

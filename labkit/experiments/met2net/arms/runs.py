@@ -24,7 +24,7 @@ from labkit import profile, selection
 from labkit.experiments import ARTEFACT_LIMIT_BYTES, Computed
 from labkit.experiments.met2net.arms.models import build_model, forward_flops
 from labkit.experiments.met2net.arms.training import longer_budget, train_arm
-from labkit.experiments.met2net.config import ARMS, TRIVIAL, Config
+from labkit.experiments.met2net.config import ARMS, LONG_ARMS, TRIVIAL, Config
 from labkit.experiments.met2net.data import FieldData, batch, evaluate, forecast, load_data
 from labkit.jobs import run_jobs
 
@@ -141,8 +141,8 @@ def _history(done: list[JobResult]) -> pd.DataFrame:
 
 def _long_seeds(cfg: Config, arm: str) -> range:
     """The seeds of ``arm`` rerun at ``cfg.budget_factor`` x the budget: seed 0 (the convergence check), and the first
-    ``cfg.long_seeds`` (at most ``cfg.seeds``) for the two arms of implicit vs end-to-end (judged there too)."""
-    return range(min(cfg.long_seeds, cfg.seeds) if arm in ("met2net", "pervar_e2e") else 1)
+    ``cfg.long_seeds`` for the two arms (:data:`LONG_ARMS`) of implicit vs end-to-end (judged there too)."""
+    return range(cfg.long_seeds if arm in LONG_ARMS else 1)
 
 
 def compute(cfg: Config, progress: bool = True) -> Computed:

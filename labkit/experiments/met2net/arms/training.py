@@ -39,7 +39,7 @@ class ArmRun:
     arm: str
     seed: int
     model: nn.Module
-    history: pd.DataFrame  # step, epoch, rec, latent, val_mse_z, ema_gap
+    history: pd.DataFrame  # step, epoch, lr, rec, latent, val_mse_z, ema_gap
     best_epoch: int  # 0 for arms without training
     epochs_run: int
     params: int
@@ -129,8 +129,9 @@ def train_arm(
         for i in range(min(steps_per_epoch, total - step)):
             x, y = batch(data, "train", order[i * cfg.batch_size : (i + 1) * cfg.batch_size], cfg, device)
             in_stage = step - (0 if autoencoding else stages[True])
+            lr = cfg.lr * cosine_lr(in_stage, stages[autoencoding], min_ratio=cfg.min_lr_ratio)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * cosine_lr(in_stage, stages[autoencoding], min_ratio=cfg.min_lr_ratio)
+                group["lr"] = lr
             losses = _losses(arm, model, net, x, y, autoencoding)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -139,7 +140,7 @@ def train_arm(
                 model.after_step()  # EMA / hard copy after the optimiser step
             step += 1
             bar.update(1)
-            rows.append({"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in losses.items()
+            rows.append({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()
                                                           if k != "loss"}})
         if autoencoding:
             continue
