@@ -100,28 +100,44 @@ def test_verdicts_judge_the_premise_first_then_every_claim_paired_with_student_t
     flags = dict(zip(sanity["arm"], sanity["flags"], strict=True))
     assert flags["climatology"] == "climatology does not beat persistence" and flags["met2net"] == ""
     assert budget["converged"].all() and set(budget["arm"]) == set(TRAINED)
-    assert (sanity["loses_to_persistence_at_lead_1"] == "").all()
+    assert (sanity["no_skill_at_lead_1"] == "").all()
+    long = claims.loc["implicit_vs_end_to_end_long"]
+    assert long["sanity"] == "ok" and "not checked" in long["compute"]  # both arms beat persistence on their seeds
 
 
 def test_skill_vs_persistence_is_per_arm_variable_and_lead():
     skill = met2net_claims.lead_skill(_lead({("met2net", "T", 1): 1.2})).set_index(["arm", "variable", "lead"])
     assert len(skill) == len(ARM_MSE) * 2 * 2 and (skill["n"] == 5).all()
     assert skill.loc[("met2net", "T", 1), "mse_ratio"] == pytest.approx(1.2)
-    assert skill.loc[("met2net", "T", 1), "loses"] and not skill.loc[("met2net", "T", 2), "loses"]
+    assert not skill.loc[("met2net", "T", 1), "beats"] and skill.loc[("met2net", "T", 2), "beats"]
     assert skill.loc[("stacked", "RH", 2), "skill"] == pytest.approx(0.5)
-    assert skill.loc[("persistence", "T", 1), "skill"] == 0 and not skill["loses"].loc["persistence"].any()
+    assert skill.loc[("persistence", "T", 1), "skill"] == 0 and skill["beats"].loc["persistence"].all()
     assert met2net_claims.lead_skill(_lead().query("arm != 'persistence'")).empty
 
 
-def test_a_claim_about_a_variable_is_flagged_where_an_arm_loses_to_persistence_at_lead_1_on_it():
-    # met2net loses to persistence at lead 1 on T only (and stacked on RH at lead 2, which is no lead-1 loss)
+def test_a_claim_about_a_variable_is_flagged_where_an_arm_does_not_beat_persistence_at_lead_1_on_it():
+    # met2net loses to persistence at lead 1 on T only (and stacked on RH at lead 2, which is no lead-1 failure)
     claims, sanity, _ = _verdicts(ratio={("met2net", "T", 1): 1.2, ("stacked", "RH", 2): 1.5})
     assert claims.loc["temperature", "verdict"] == "inconclusive"  # met2net vs stacked_wide on T
-    assert "met2net loses to persistence at lead 1 on T (MSE ratio 1.2)" in claims.loc["temperature", "sanity"]
+    assert "met2net does not beat persistence at lead 1 on T (MSE ratio 1.2, skill -0.2 [-0.2, -0.2])" in claims.loc[
+        "temperature", "sanity"]
     assert claims.loc["humidity", "verdict"] == "held" and claims.loc["humidity", "sanity"] == "ok"
     assert claims.loc["architecture", "verdict"] == "held"  # over every variable: not a claim about T
-    lost = dict(zip(sanity["arm"], sanity["loses_to_persistence_at_lead_1"], strict=True))
+    lost = dict(zip(sanity["arm"], sanity["no_skill_at_lead_1"], strict=True))
     assert lost["met2net"] == "T" and lost["stacked"] == "" and sanity.set_index("arm").loc["met2net", "flags"] == ""
+
+
+def test_an_arm_that_only_ties_persistence_at_lead_1_is_flagged_like_one_that_loses():
+    claims, sanity, _ = _verdicts(ratio={("stacked_wide", "RH", 1): 1.0})  # the rule of protocol.sanity: beat it
+    assert claims.loc["humidity", "verdict"] == "inconclusive" and claims.loc["temperature", "verdict"] == "held"
+    assert sanity.set_index("arm").loc["stacked_wide", "no_skill_at_lead_1"] == "RH"
+    summary = met2net_claims.lead_one_summary(sanity)
+    assert summary == "trained arms that do not beat persistence at lead 1: stacked_wide: RH"
+
+
+def test_scores_over_several_variables_are_about_no_variable():
+    assert met2net_claims.variable_of("mse_T") == "T" and met2net_claims.variable_of("mse_z") is None
+    assert met2net_claims.variable_of("mse_z_dependent") is None and met2net_claims.variable_of("val_mse_z") is None
 
 
 def test_the_budget_check_fires_on_an_arm_still_improving_at_2x_and_not_on_a_plateau():
@@ -155,6 +171,7 @@ def test_an_unconverged_attention_arm_leaves_the_premise_and_so_every_claim_unse
 def test_relative_change_is_paired_per_variable_with_the_paper_reference():
     scores = met2net_claims.per_seed_scores(*_tables(), DEPENDENT)
     rel = relative_change(scores).set_index("variable")
+    assert sorted(rel.index) == ["RH", "T"]  # physical per-variable columns only, not the z-unit means
     assert rel.loc["T", "paper_pct"] == -28.82 and rel.loc["T", "n"] == 5
     assert rel.loc["T", "low"] < rel.loc["T", "relative_change_pct"] < rel.loc["T", "high"] < 0
     with pytest.raises(ValueError, match="need arms 'met2net' and 'unet'"):

@@ -49,7 +49,7 @@ def test_computed_tables_are_raw_and_judging_them_after_a_csv_round_trip_changes
     assert list(results.claims["claim"]) == [c.name for c in declared]
     assert set(results.skill["lead"]) == set(range(1, cfg.t_out + 1)) and len(results.skill) == (
         len(cfg.arms) * len(cfg.variables) * cfg.t_out)
-    assert "loses_to_persistence_at_lead_1" in results.sanity
+    assert "no_skill_at_lead_1" in results.sanity
     momentum = met2net.headline_metrics(results)["met2net_momentum"]
     assert set(results.metrics.loc[results.metrics.arm == "met2net", "seed"]) == {0, 1}
     assert len(results.metrics) == len(raw.tables["run_metrics"]) - cfg.seeds * 2 * len(cfg.variables)

@@ -115,7 +115,7 @@ def relative_change(scores: pd.DataFrame, arm: str = "met2net", baseline: str = 
     """Per variable: % MSE change of ``arm`` vs ``baseline`` (fixed in advance), paired by seed with a Student-t
     interval, next to the paper's number where it reports one."""
     rows = []
-    for col in [c for c in scores.columns if c.startswith("mse_") and c != "mse_z"]:
+    for col in [c for c in scores.columns if claims.variable_of(c)]:
         a = scores[scores["arm"] == arm].set_index("seed")[col]
         b = scores[scores["arm"] == baseline].set_index("seed")[col]
         if a.empty or b.empty:
@@ -133,7 +133,7 @@ def verdict_text(results: Results) -> str:
     chosen = results.sweep.loc[results.sweep["selected"], "momentum"]
     notes = [] if chosen.empty else [f"met2net momentum chosen on validation: {float(chosen.iloc[0]):g}"]
     notes += [line for line in [claims.lead_one_summary(results.sanity)] if line]
-    ok = "every trained arm converged at the longer budget; every arm beat persistence"
+    ok = "every trained arm converged at the longer budget and beat persistence on the mean over leads and variables"
     return protocol.verdict_text(results.claims, results.sanity, ok, notes=notes)
 
 
