@@ -8,10 +8,13 @@ not stated in the abstract) this synthetic task does not reproduce: they are lab
 
 The premise, judged first: attention across variables beats no attention on the variables that depend on others
 (:func:`labkit.data.fields.dependent_variables`: their mean z-MSE, ``mse_z_dependent``; the paper's design rests on
-inter-variable dependence that attention exploits). When it is not held, every other claim reads "premise not met".
-Secondary claims repeat it per dependent variable. No claim's score rests on an arm beyond the two it compares
-(``met2net_noattn`` reuses the momentum chosen for ``met2net``, an arm of the one claim it is in), so ``rests_on`` is
-empty throughout. Health against a reference model is not checked: no arm has a pre-training or dense counterpart.
+inter-variable dependence that attention exploits). It governs the claims about the per-variable design and its
+numbers (group ``variables``): when it is not held, those read "premise not met". The training-scheme claims (implicit
+vs end-to-end and vs explicit) do not rest on inter-variable dependence and are not governed by it (group
+``training``). Secondary claims repeat the premise per dependent variable. No claim's score rests on an arm beyond
+the two it compares (``met2net_noattn`` reuses the momentum chosen for ``met2net``, an arm of the one claim it is in),
+so ``rests_on`` is empty throughout. Health against a reference model is not checked: no arm has a pre-training or
+dense counterpart.
 
 Persistence is the floor every arm must clear, twice, by the same rule (the paired interval of its gain lies above
 0): on the mean over leads and variables (:func:`labkit.protocol.sanity`), and per lead and variable
@@ -39,11 +42,11 @@ _COMPUTE = "same data, optimiser and cosine schedule over the same epochs; weigh
 
 
 def _claim(name: str, text: str, metric: str, arm: str, baseline: str, paper: str, kind: str = "claim",
-           compute: str = _COMPUTE) -> Claim:
+           compute: str = _COMPUTE, group: str = "variables") -> Claim:
     """A claim judged as the % MSE reduction of ``arm`` vs ``baseline`` (lower MSE is better)."""
     compute = compute + ("; forward FLOPs matched" if baseline == "stacked_wide" else "")
     return Claim(name, text, metric, arm, baseline, relative=True, tolerance=TOLERANCE_PCT, compute=compute,
-                 paper=paper, kind=kind, rests_on=())
+                 paper=paper, kind=kind, rests_on=(), group=group)
 
 
 CLAIMS = (
@@ -55,10 +58,10 @@ CLAIMS = (
     _claim("flops_matched", "Met²Net beats a stacked model of equal forward FLOPs", "mse_z", "met2net", "stacked_wide",
            "beats SimVP/TAU-style baselines"),
     _claim("implicit_vs_end_to_end", "implicit two-stage training beats end-to-end training of the same network",
-           "mse_z", "met2net", "pervar_e2e", "implicit two-stage (method)"),
+           "mse_z", "met2net", "pervar_e2e", "implicit two-stage (method)", group="training"),
     _claim("implicit_vs_explicit", "implicit two-stage training beats explicit two-stage training (autoencoder, then "
            "latent translator)", "mse_z", "met2net", "pervar_explicit",
-           "task inconformity of explicit two-stage (abstract)"),
+           "task inconformity of explicit two-stage (abstract)", group="training"),
     _claim("temperature", "Met²Net lowers temperature MSE", "mse_T", "met2net", "stacked_wide",
            "-28.82 % MSE (WeatherBench)"),
     _claim("humidity", "Met²Net lowers relative-humidity MSE", "mse_RH", "met2net", "stacked_wide",
@@ -68,7 +71,7 @@ LONG_CLAIMS = (
     _claim("implicit_vs_end_to_end_long", "implicit two-stage training beats end-to-end training of the same network "
            "at budget_factor x the budget", "mse_z", *LONG_ARMS, "",
            compute="the runs at budget_factor x the budget (cosine stretched), first long_seeds seeds; their "
-           "convergence is not checked (no rerun beyond them)"),
+           "convergence is not checked (no rerun beyond them)", group="training"),
 )
 
 
