@@ -139,18 +139,15 @@ def correlation_verdict(scores: pd.DataFrame, n_boot: int = N_BOOT) -> tuple[Ver
     flags: tuple[str, ...] = ()
     if math.isnan(c["low"]) or c["n_targets"] < 3 or c["n_methods"] < 3:
         flags = (f"{c['n_targets']} targets × {c['n_methods']} methods: too few for a correlation interval",)
-    if flags:
-        verdict = "inconclusive"
-    elif c["low"] > CORRELATION.tolerance:
-        verdict = "held"
-    else:
-        verdict = "not held" if c["high"] < CORRELATION.tolerance else "inconclusive"
+    interval = protocol.interval_verdict(c["low"], c["high"], CORRELATION.tolerance)
+    verdict = "inconclusive" if flags else interval
     rule = (f"Pearson r of KL reduction vs −{LOSS} over {c['n_methods']} methods counted once ({c['methods']}; "
             f"left out: {', '.join(EXCLUDED)}), percentile 95 % bootstrap interval over {c['n_targets']} targets "
             f"({n_boot} resamples): held if it lies above {CORRELATION.tolerance:g}, not held if below, else "
             "inconclusive; p: bootstrap share of resamples beyond the tolerance")
     p = math.nan if flags else c["p"]  # no interval, no p: left out of the Holm family, as protocol.judge does
-    return Verdict(CORRELATION, c["r"], c["low"], c["high"], c["n_targets"], False, verdict, flags, p), rule
+    return Verdict(CORRELATION, c["r"], c["low"], c["high"], c["n_targets"], False, verdict, flags, p,
+                   interval=interval), rule
 
 
 def budget_checks(budget: pd.DataFrame | None, track: str) -> pd.DataFrame:
