@@ -126,14 +126,13 @@ def lead_skill(lead: pd.DataFrame) -> pd.DataFrame:
     if reference.empty:
         return pd.DataFrame(columns=columns)
     key = pd.MultiIndex.from_frame(lead[["seed", "variable", "lead"]])
-    ratios = lead.assign(mse_ratio=lead["mse_z"].to_numpy() / reference.reindex(key).to_numpy())
-    rows = []
-    for (arm, var, step), group in ratios.groupby(["arm", "variable", "lead"], sort=False):
-        ratio = group["mse_ratio"].to_numpy()
-        mean, low, high = protocol.student_t_ci(1 - ratio)
-        rows.append({"arm": arm, "variable": var, "lead": step, "mse_ratio": float(ratio.mean()), "skill": mean,
-                     "low": low, "high": high, "n": len(ratio), "beats": arm == "persistence" or bool(low > 0)})
-    return pd.DataFrame(rows, columns=columns)
+    ratio = lead["mse_z"].to_numpy() / reference.reindex(key).to_numpy()
+    ratios = lead.assign(mse_ratio=ratio, skill=1 - ratio)
+    by = ["arm", "variable", "lead"]
+    table = protocol.t_summary(ratios, by, "skill").rename(columns={"mean": "skill"})
+    table["mse_ratio"] = ratios.groupby(by, sort=False)["mse_ratio"].mean().to_numpy()
+    table["beats"] = (table["arm"] == "persistence") | (table["low"] > 0)
+    return table[columns]
 
 
 def _lead_one_losses(skill: pd.DataFrame) -> pd.DataFrame:
