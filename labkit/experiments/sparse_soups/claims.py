@@ -6,8 +6,8 @@ that averaging the m retrained copies beats them, so *after every phase*, paired
 the mean of its own ingredients and the ingredient with the best validation accuracy (two premises per phase; their
 score columns are :func:`phase_val`). The second is a strict reading: that ingredient's validation accuracy is the
 maximum of m, so it carries the winner's optimism. While any premise is not held, every accuracy claim (group
-``soup``) reads "premise not met"; the sparsity claim is structural (whether differently masked models keep their
-zeros) and is not governed by it.
+``soup``) reads "premise not met" ("premise unconfirmed" while one is inconclusive); the sparsity claim is structural
+(whether differently masked models keep their zeros) and is not governed by it.
 
 **Claims** compare two arms at the final phase, paired by seed (IMP chain j, SWA cycle j and SMS ingredient j share
 their retraining seeds), with a Student-t 95 % interval of the difference in percentage points (sparsity: in % of
