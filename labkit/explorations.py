@@ -172,6 +172,42 @@ def run(exploration: Exploration, *, engine: str = "local", jobs: int | None = N
     return out, results
 
 
+def recorded_claims(paper: str, directory: Path | None = None) -> pd.DataFrame:
+    """Every claims table that ``paper``'s declared explorations recorded, one per grid point, stacked: the columns
+    ``exploration`` and ``point`` (the grid point's folder), then the table as that point's report wrote it. Points
+    without a ``tables/claims.csv`` (runs of an older driver, unfinished runs) are left out; an empty frame when none."""
+    frames = []
+    for name, exploration in sorted(load(directory).get(paper, {}).items()):
+        for path in sorted(exploration.out_dir.glob("**/tables/claims.csv")):
+            point = path.parent.parent.relative_to(exploration.out_dir).as_posix()
+            frames.append(pd.read_csv(path, keep_default_na=False).assign(exploration=name, point=point))
+    if not frames:
+        return pd.DataFrame(columns=["exploration", "point"])
+    table = pd.concat(frames, ignore_index=True)
+    return table[["exploration", "point", *[c for c in table.columns if c not in ("exploration", "point")]]]
+
+
+def premise_readings(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per recorded run (``exploration``, ``point``) of :func:`recorded_claims`: how many premises held, were
+    inconclusive or not held, how many held by their interval alone and how many a sanity check flagged, and the final
+    verdicts of its main claims (what :func:`labkit.protocol.conclude` made of those premises), so the regimes searched
+    read side by side."""
+    needed = {"exploration", "point", "role", "interval verdict", "verdict", "sanity"}
+    if missing := sorted(needed - set(claims.columns)):
+        raise ExplorationError(f"premise_readings needs a recorded_claims table; missing column(s) {missing}")
+    rows = []
+    for (name, point), run in claims.groupby(["exploration", "point"], sort=False):
+        premises = run[run["role"] == "premise"]
+        main = run[run["role"] == "main"]["verdict"].value_counts()
+        rows.append({"exploration": name, "point": point, "premises": len(premises),
+                     **{v: int((premises["verdict"] == v).sum()) for v in ("held", "inconclusive", "not held")},
+                     "held by interval": int((premises["interval verdict"] == "held").sum()),
+                     "flagged": int((premises["sanity"] != "ok").sum()),
+                     "main claims read": ", ".join(f"{v} x{n}" for v, n in main.items())})
+    return pd.DataFrame(rows, columns=["exploration", "point", "premises", "held", "inconclusive", "not held",
+                                       "held by interval", "flagged", "main claims read"])
+
+
 def _cell(text: str, digits: int | None) -> str:
     """A CSV cell for markdown: as written, or a non-integer number to ``digits`` decimals."""
     if digits is not None and not re.fullmatch(r"-?\d+", text):
