@@ -109,6 +109,10 @@ def test_the_baselines_are_tuned_on_validation_over_the_ingredients_lr_grid(smok
     hand = pd.DataFrame({"arm": "IMP", "seed": [0, 1, 0, 1], "lr": [0.1, 0.1, 0.2, 0.2],
                          "val_acc": [90.0, 91.0, 92.0, 90.0], "test_acc": [99.0, 99.0, 0.0, 0.0]})
     assert sparse_soups.arms.runs.choose_lrs(hand) == {"IMP": 0.2}  # best mean validation, not best test
+    edges = summary.lr_choice(hand.assign(chosen=hand.lr == 0.2))
+    assert edges["grid edge"].tolist() == ["lowest", "highest"]
+    assert summary.lr_notes(edges) == ["IMP: lr 0.2 chosen on validation (the grid's highest; a wider grid might "
+                                       "move it)"]
 
 
 def test_ood_is_scored_per_corruption_and_the_naive_average_is_also_retrained(smoke):

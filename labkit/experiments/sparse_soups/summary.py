@@ -79,10 +79,22 @@ def phase_premise_scores(phases: pd.DataFrame) -> pd.DataFrame:
 
 
 def lr_choice(tuning: pd.DataFrame) -> pd.DataFrame:
-    """Per tuned baseline and learning rate: mean validation and test accuracy over seeds and whether it was chosen
-    (on validation, in ``compute``): the record of the tuning."""
-    return tuning.groupby(["arm", "lr"], sort=False).agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
-                                                         chosen=("chosen", "all")).reset_index()
+    """Per tuned baseline and learning rate: mean validation and test accuracy over seeds, whether it was chosen (on
+    validation, in ``compute``) and whether that lr is the grid's lowest or highest (a choice at an edge says the
+    grid may not hold the baseline's best lr): the record of the tuning."""
+    table = tuning.groupby(["arm", "lr"], sort=False).agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
+                                                          chosen=("chosen", "all")).reset_index()
+    grid = table.groupby("arm", sort=False)["lr"]
+    table["grid edge"] = np.select([table["lr"] == grid.transform("min"), table["lr"] == grid.transform("max")],
+                                   ["lowest", "highest"], "")
+    return table
+
+
+def lr_notes(choice: pd.DataFrame) -> list[str]:
+    """One line per tuned baseline of :func:`lr_choice`: the lr chosen on validation, and where it is a grid edge."""
+    return [f"{r['arm']}: lr {r['lr']:.3g} chosen on validation" + (f" (the grid's {r['grid edge']}; a wider grid "
+                                                                     "might move it)" if r["grid edge"] else "")
+            for r in choice[choice["chosen"]].to_dict("records")]
 
 
 def selection_table(last: pd.DataFrame, best: dict[int, int]) -> pd.DataFrame:
@@ -159,12 +171,12 @@ def judge(cfg: Config, computed: Computed) -> Results:
 
 def verdict_text(results: Results) -> str:
     """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, the premises then every claim with its
-    role, effect (percentage points), interval, n and verdict (and raw verdict where it differs), then the sanity
-    flags."""
+    role, effect (percentage points), interval, n and verdict (and raw verdict where it differs), the sanity flags,
+    then each tuned baseline's chosen lr (:func:`lr_notes`)."""
     budget, health = claims.BUDGET_TOLERANCE_PP, claims.HEALTH_TOLERANCE_PP
     ok = (f"every trained arm converged (gained at most {budget:g} pp of validation accuracy at a longer budget), "
           f"stayed within {health:g} pp of its dense model and beat chance")
-    return protocol.verdict_text(results.claims, results.sanity, ok, " pp")
+    return protocol.verdict_text(results.claims, results.sanity, ok, " pp", lr_notes(results.lr_choice))
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
