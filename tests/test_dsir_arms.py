@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from labkit.experiments import dsir
 from labkit.experiments.dsir import claims as dsir_claims
@@ -148,29 +149,38 @@ def run(cfg: dsir.Config, prepared: dsir.Prepared) -> dict[str, pd.DataFrame]:
     return compute_on(cfg, prepared, progress=False).tables
 
 
-def test_run_sweeps_target_pseudocount_on_validation_and_workers_agree():
+def test_run_sweeps_the_smoothed_arm_on_validation_and_dsir_keeps_the_papers_setting():
     prepared = tiny_prepared(encoded=True)
-    cfg = tiny_config(methods=["random", "dsir", "heuristic", "heuristic-words"], n_val=6, classify=False,
-                      downstream="bigram", seeds=2, target_pseudocounts=[0.0, 1.0])
+    cfg = tiny_config(methods=["random", "dsir", "dsir-smoothed", "heuristic", "heuristic-words"], n_val=6,
+                      classify=False, downstream="bigram", seeds=2, target_pseudocounts=[0.1, 1.0])
     one = run(cfg, prepared)
     two = run(tiny_config(**{**cfg.__dict__, "workers": 2}), prepared)
     pd.testing.assert_frame_equal(one["scores"], two["scores"])
     sweep = one["sweep"]
-    assert set(sweep.split) == {"val", "test"} and set(sweep.target_pseudocount) == {0.0, 1.0}
+    assert set(sweep.split) == {"val", "test"} and set(sweep.target_pseudocount) == {0.1, 1.0}
     val = sweep[sweep.split == "val"].groupby("target_pseudocount").bigram_nats_per_token.mean()
-    assert dsir.arms.choose_pseudocount(cfg, sweep) == val.idxmin()
-    assert (one["scores"].groupby(["seed", "method"]).size() == 1).all()  # one DSIR row per cell: the chosen one
+    chosen = dsir.arms.choose_pseudocount(cfg, sweep)
+    assert chosen == val.idxmin()
+    assert (one["scores"].groupby(["seed", "method"]).size() == 1).all()  # one smoothed row per cell: the chosen one
     assert sorted(set(one["scores"].seed)) == [0, 1]  # seeds = 2: seeds 0 and 1
     split = dsir.split_target(prepared, "python-topics", 8, 8, 0, n_val=6)
     assert len(split.val) == 6 and not set(split.val) & set(split.pool) and not set(split.val) & set(split.eval)
     assert prepared.words().shape == (len(prepared.corpus), prepared.vocab_size - 1)
+    # "dsir" is the paper's setting whatever the smoothed arm chose; "dsir-smoothed" is DSIR at the chosen value
+    paper = dsir.select("dsir", prepared, split, "python-topics", 20, 0, cfg, target_pseudocount=chosen)
+    zero = prepared.dsir(cfg, 0.0).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
+    assert cfg.target_pseudocount == 0.0 and np.array_equal(paper, zero.resample(20, seed=0))
+    smoothed = dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg, target_pseudocount=1.0)
+    one_pc = prepared.dsir(cfg, 1.0).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
+    assert np.array_equal(smoothed, one_pc.resample(20, seed=0))
+    with pytest.raises(ValueError, match="dsir-smoothed.*target pseudocount chosen on validation"):
+        dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg)
 
 
 def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end():
     prepared = tiny_prepared(encoded=True)
     values = dict(methods=["random", "dsir"], n_val=6, classify=False, downstream="both", seeds=2,
-                  target_pseudocounts=[0.0, 1.0], tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"],
-                  tiny_lm_seeds=2, lm_steps=4)
+                  tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"], tiny_lm_seeds=2, lm_steps=4)
     tables = run(tiny_config(**values), prepared)
     assert list(tables["tiny_lm"].method) == ["random", "dsir", "target"] * 2  # the premise arm in every cell
     budget = tables["budget_runs"]
@@ -179,15 +189,13 @@ def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end(
     curves = tables["budget_curves"]
     assert set(zip(curves.track, curves.arm, curves.budget, strict=True)) == {
         ("tiny transformer", a, b) for a in ("random", "dsir", "target") for b in (1.0, 2.0)}
-    claims, sanity, checks = dsir_claims.verdicts(tables["scores"], tiny_lm=tables["tiny_lm"], budget=budget,
-                                                  n_boot=50)
+    claims, sanity, checks = dsir_claims.verdicts(tables["scores"], tiny_lm=tables["tiny_lm"], budget=budget)
     assert claims.claim.iloc[0] == "target_beats_random" and len(checks) == 3
     assert not checks.converged.any()  # 4 steps of a fresh byte LM: twice as many still lower the loss a lot
     assert claims.set_index("claim").loc["target_beats_random", "verdict"] == "inconclusive"
     # a learning rate too small to move the weights: the 2x run ends where the 1x run did, and the check passes
     frozen = run(tiny_config(**values, lm_lr=1e-12), prepared)
-    _, _, checks = dsir_claims.verdicts(frozen["scores"], tiny_lm=frozen["tiny_lm"], budget=frozen["budget_runs"],
-                                        n_boot=50)
+    _, _, checks = dsir_claims.verdicts(frozen["scores"], tiny_lm=frozen["tiny_lm"], budget=frozen["budget_runs"])
     assert checks.converged.all() and (checks.improvement.abs() < 1e-6).all()
     two = run(tiny_config(**values, workers=2), prepared)
     pd.testing.assert_frame_equal(tables["tiny_lm"], two["tiny_lm"])

@@ -37,7 +37,7 @@ def test_seeds_are_counts_and_presets_keep_their_seeds():
     # the lists the presets used before seeds became counts: smoke [0], cpu [0..4], gpu [0, 1, 2]
     assert [dsir.configure(p).seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
     assert [dsir.configure(p).classify_seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
-    assert [dsir.configure(p).tiny_lm_seeds for p in ("smoke", "cpu", "gpu")] == [1, 1, 3]
+    assert [dsir.configure(p).tiny_lm_seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
     with pytest.raises(ValueError, match=r"seeds.*>= 1.*0"):
         dsir.configure("smoke", {"seeds": 0})
 
@@ -45,7 +45,7 @@ def test_seeds_are_counts_and_presets_keep_their_seeds():
 @pytest.fixture(scope="module")
 def computed() -> tuple[dsir.Config, Computed]:
     """Every track (bigram, tiny transformer with its premise arm, classification) on a tiny pool: seconds."""
-    cfg = tiny_config(methods=["random", "dsir", "heuristic"], n_val=6, seeds=2, target_pseudocounts=[0.0, 1.0],
+    cfg = tiny_config(methods=["random", "dsir", "dsir-smoothed", "heuristic"], n_val=6, seeds=2,
                       tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"], lm_steps=3,
                       classify_methods=["random", "dsir"], classify_seeds=2)
     return cfg, compute_on(cfg, tiny_prepared(encoded=True), progress=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots, widgets
-from labkit.experiments.dsir.config import METHODS, VARIANTS
+from labkit.experiments.dsir.config import METHODS, PREMISE_ARM, VARIANTS
 from labkit.select import HashedFeatures, ShardedFeatures, gumbel_top_k, kl_reduction
 
 if TYPE_CHECKING:
@@ -47,8 +47,10 @@ def kl_vs_loss(
     value: str = "bigram_nats_per_token",
     paper_r: dict[str, float] | None = None,
 ) -> plt.Figure:
-    """One point per method (mean over targets and seeds, variants left out): KL reduction vs −loss, r printed."""
-    per_method = scores[~scores.method.isin(VARIANTS)].groupby("method", sort=False)[["kl_reduction", value]].mean()
+    """One point per method (mean over targets and seeds, variants and the premise arm left out): KL reduction vs
+    −loss, r printed."""
+    selections = scores[~scores.method.isin((*VARIANTS, PREMISE_ARM))]
+    per_method = selections.groupby("method", sort=False)[["kl_reduction", value]].mean()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, drop in zip(axes, ([], ["random", "anti-dsir"]), strict=True):
         frame = per_method.drop(index=[d for d in drop if d in per_method.index])

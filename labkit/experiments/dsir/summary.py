@@ -14,8 +14,16 @@ import pandas as pd
 
 from labkit.experiments import Computed, Results
 from labkit.experiments.dsir.arms import choose_pseudocount
-from labkit.experiments.dsir.claims import EXCLUDED, correlation_interval, verdict_text, verdicts
-from labkit.experiments.dsir.config import VARIANTS, Config
+from labkit.experiments.dsir.claims import (
+    EXCLUDED,
+    LOSS,
+    NGRAM_LOSS,
+    correlation_interval,
+    leave_one_out,
+    verdict_text,
+    verdicts,
+)
+from labkit.experiments.dsir.config import PREMISE_ARM, TINY_TRACK, VARIANTS, Config
 from labkit.experiments.dsir.data import Prepared, split_target
 from labkit.stats import bootstrap_ci, interval_sign
 
@@ -27,20 +35,24 @@ SCORE_COLUMNS = ("kl_reduction", "bigram_nats_per_token", "label_precision")  # 
 CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
 # KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
 PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
-# The correlation's bootstrap over targets with different methods left out (the claim uses the first).
+# The correlations' Fisher-z intervals with different methods left out (the claims use the first).
 CORRELATION_VARIANTS = {"methods once (claim)": EXCLUDED, "methods once, without random": (*EXCLUDED, "random"),
-                        "with the anti-DSIR control": VARIANTS}
+                        "with the anti-DSIR control": (*VARIANTS, PREMISE_ARM)}
 
 
 def judge(cfg: Config, computed: Computed) -> Results:
     """The claims, sanity and budget-check tables (:func:`labkit.experiments.dsir.claims.verdicts`) and every reading
-    the notebook shows, from the computed tables; artefacts: the chosen target pseudocount and the skipped targets
-    of each track (target -> reason)."""
+    the notebook shows, from the computed tables; artefacts: the smoothed arm's chosen target pseudocount and the
+    skipped targets of each track (target -> reason)."""
     tables = computed.tables
     scores, classify, tiny = tables["scores"], tables["classify"], tables["tiny_lm"]
     claims, sanity, budget = verdicts(scores, classify, tiny, tables["budget_runs"])
-    correlation_rows = [{"variant": name, **correlation_interval(scores, exclude=exclude)}
-                        for name, exclude in CORRELATION_VARIANTS.items()]
+    downstreams = [(name, table, loss) for name, table, loss in ((TINY_TRACK, tiny, LOSS), ("bigram LM", scores,
+                   NGRAM_LOSS)) if loss in table.columns]
+    correlation_rows = [{"downstream": name, "variant": variant, **correlation_interval(table, loss, exclude)}
+                        for name, table, loss in downstreams for variant, exclude in CORRELATION_VARIANTS.items()]
+    loo = [leave_one_out(table, loss).rename_axis("left_out").reset_index().assign(downstream=name)
+           for name, table, loss in downstreams]
     tiny_measured = len(tiny) and tiny.method.nunique() >= 3
     judged = {
         "claims": claims,
@@ -48,9 +60,11 @@ def judge(cfg: Config, computed: Computed) -> Results:
         "budget": budget,
         "correlation": method_correlation(scores),
         "correlation_intervals": pd.DataFrame(correlation_rows),
+        "correlation_loo": pd.concat(loo, ignore_index=True) if loo else pd.DataFrame(),
         "paired_gaps": dsir_gaps(scores),
         "classify_summary": classify_summary(classify) if len(classify) else pd.DataFrame(),
-        "tiny_correlation": method_correlation(tiny, loss="bits_per_byte") if tiny_measured else pd.DataFrame(),
+        "tiny_correlation": (method_correlation(tiny[tiny.method != PREMISE_ARM], loss=LOSS) if tiny_measured
+                             else pd.DataFrame()),
     }
     skipped = tables["skipped"]
     artefacts = {
@@ -170,8 +184,9 @@ def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
-    """Numbers a rerun reproduces: per method the mean KL reduction, bigram loss and label precision; the correlations;
-    DSIR's paired gaps; each claim's effect and interval; the tiny-LM and classification tracks per cell."""
+    """Numbers a rerun reproduces: per method the mean KL reduction, bigram loss, label precision and transformer bits
+    per byte; the correlations; DSIR's paired gaps; each claim's effect and interval; the tiny-LM and classification
+    tracks per cell."""
     out: dict[str, float] = {}
     means = results.scores.groupby("method", sort=False)[list(SCORE_COLUMNS)].mean()
     for method, row in means.iterrows():
@@ -183,10 +198,13 @@ def headline_metrics(results: Results) -> dict[str, float]:
         key = f"{r.comparison}/{r.target}"
         out |= {f"{key}/mean_diff": float(r.mean_diff), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
     out["dsir_beats_random_targets"] = float(targets_below(results.paired_gaps)[0])
-    out["dsir_target_pseudocount"] = float(results.chosen_pseudocount)
+    out["dsir-smoothed/target_pseudocount"] = float(results.chosen_pseudocount)
     for r in results.claims.itertuples():
         out |= {f"claim/{r.claim}/effect": float(r.mean), f"claim/{r.claim}/ci_low": float(r.low),
                 f"claim/{r.claim}/ci_high": float(r.high)}
+    if len(results.tiny_lm):
+        tiny_means = results.tiny_lm.groupby("method", sort=False)[LOSS].mean()
+        out |= {f"{method}/{LOSS}": float(value) for method, value in tiny_means.items()}
     for r in results.tiny_lm.itertuples():
         out[f"tiny_lm/{r.target}/{r.method}/seed{r.seed}/bits_per_byte"] = float(r.bits_per_byte)
     for r in results.classify_summary.itertuples():

@@ -85,8 +85,8 @@ def run_classification(
     Rows: seed, target, method, accuracy, macro_f1, bits_per_byte (held-out target chunks), kl_reduction, k, sizes.
     Method ``"base"`` is the base LM without continued pretraining (deterministic: the same value for every seed).
     Task chunks are reserved: never in a target's fit/held-out draw, a selection pool, or the base LM's sample.
-    DSIR uses ``target_pseudocount`` (default: the config's). The budget check reruns the first seed × target of
-    every method at ``budget_factor`` × ``continue_steps`` (warm-up and cosine horizon scaled with it, from the same
+    "dsir-smoothed" uses ``target_pseudocount`` (chosen on validation). The budget check reruns the first seed × target
+    of every method at ``budget_factor`` × ``continue_steps`` (warm-up and cosine horizon scaled with it, from the same
     base model and selection); both runs are scored on the target's fit sample.
     """
     from labkit.profile import resolve_device

@@ -1,6 +1,6 @@
 """DSIR's language-model arms: per seed × target every method's selection scored by KL reduction and a bigram LM
-(DSIR at every target pseudocount of the sweep), and the tiny byte-level transformer track with its premise arm
-(the target's own held-in text) and budget check.
+(the smoothed DSIR variant at every target pseudocount of the sweep), and the tiny byte-level transformer track, the
+main downstream, with its premise arm (the target's own held-in text) and budget check.
 
 Jobs run through :func:`labkit.jobs.run_jobs` in forked workers, which inherit the prepared pool (set in
 :data:`SHARED` by :func:`shared_pool`) instead of pickling it.
@@ -17,7 +17,7 @@ import pandas as pd
 
 from labkit import seed_everything
 from labkit.experiments.dsir.arms.selection import kl_scorer, select
-from labkit.experiments.dsir.config import PREMISE_ARM, TARGETS, TINY_TRACK, Config
+from labkit.experiments.dsir.config import PREMISE_ARM, SMOOTHED, TARGETS, TINY_TRACK, Config
 from labkit.experiments.dsir.data import Prepared, held_in_target, split_target
 from labkit.jobs import run_jobs
 from labkit.models import byte_lm as byte_lm_module
@@ -99,10 +99,11 @@ def bigram_cells(cfg: Config, targets: list[str], progress: bool) -> list[dict[s
 
 
 def bigram_cell(args: tuple[Config, int, str]) -> dict[str, list]:
-    """One seed × target: every method's selection and scores, and DSIR at every target pseudocount (val + test).
+    """One seed × target: every method's selection and scores, and the smoothed DSIR variant at every target
+    pseudocount of the grid (val + test).
 
-    DSIR gets one row per target pseudocount (tagged ``target_pseudocount``; the sweep's test loss); the caller keeps
-    the one chosen on validation."""
+    "dsir-smoothed" gets one row per target pseudocount (tagged ``target_pseudocount``; the sweep's test loss); the
+    caller keeps the one chosen on validation."""
     cfg, seed, target = args
     prepared: Prepared = SHARED["prepared"]
     labels = prepared.corpus.label.to_numpy()
@@ -113,8 +114,8 @@ def bigram_cell(args: tuple[Config, int, str]) -> dict[str, list]:
     out: dict[str, list] = {"rows": [], "picks": [], "sweep": []}
     bigram = cfg.downstream in ("bigram", "both")
     chosen_of = {}
-    for pc in cfg.target_pseudocounts if "dsir" in cfg.methods else []:
-        chosen = chosen_of[pc] = select("dsir", prepared, split, target, k, seed, cfg, target_pseudocount=pc)
+    for pc in cfg.target_pseudocounts if SMOOTHED in cfg.methods else []:
+        chosen = chosen_of[pc] = select(SMOOTHED, prepared, split, target, k, seed, cfg, target_pseudocount=pc)
         lm = BigramLM(prepared.vocab_size, cfg.discount).fit(prepared.encoded.subset(chosen)) if bigram else None
         for name, ids, enc in (("val", split.val, val), ("test", split.eval, held)):
             loss = lm.cross_entropy(enc) if lm is not None and len(ids) else float("nan")
@@ -122,7 +123,7 @@ def bigram_cell(args: tuple[Config, int, str]) -> dict[str, list]:
                                  "bigram_nats_per_token": loss,  # KL reduction is scored toward test only
                                  "kl_reduction": kl_of(chosen) if name == "test" else float("nan")})
     for method in cfg.methods:
-        for pc, chosen in chosen_of.items() if method == "dsir" else [(None, None)]:
+        for pc, chosen in chosen_of.items() if method == SMOOTHED else [(None, None)]:
             chosen = select(method, prepared, split, target, k, seed, cfg) if pc is None else chosen
             kl = kl_of(chosen)
             row = {"seed": seed, "target": target, "method": method, "k": k, "kl_reduction": kl,
@@ -147,9 +148,10 @@ def _pick_rows(picked: np.ndarray, seed: int, target: str, method: str) -> list[
 
 
 def tiny_job(args: tuple[Config, int, str, str, float, bool, float]) -> dict[str, Any]:
-    """One tiny-transformer run: ``method``'s selection (DSIR at target pseudocount ``pc``), or the target's held-in
-    text for the premise arm, at ``budget`` × ``lm_steps``. At budget 1 its row (held-out bits per byte, the test
-    split); with ``validate`` the bits per byte of the split's validation chunks (the budget check's metric)."""
+    """One tiny-transformer run: ``method``'s selection (the smoothed DSIR variant at target pseudocount ``pc``), or
+    the target's held-in text for the premise arm, at ``budget`` × ``lm_steps``. At budget 1 its row (held-out bits per
+    byte, the test split); with ``validate`` the bits per byte of the split's validation chunks (the budget check's
+    metric)."""
     cfg, seed, target, method, budget, validate, pc = args
     prepared: Prepared = SHARED["prepared"]
     split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed, n_val=cfg.n_val)
@@ -157,8 +159,7 @@ def tiny_job(args: tuple[Config, int, str, str, float, bool, float]) -> dict[str
         chosen = held_in_target(prepared, split, target)
     else:
         k = min(cfg.budget_k, len(split.pool))
-        dsir_pc = pc if method == "dsir" else None  # the other DSIR-based methods keep the config's
-        chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=dsir_pc)
+        chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=pc)
     texts = prepared.corpus.text.to_numpy()
     model, curve = train_byte_lm(list(texts[chosen]), cfg, seed, budget)
     out: dict[str, Any] = {"curve": curve, "validation": float("nan"), "row": None}

@@ -4,9 +4,10 @@ For every seed × target: draw the target's fit sample and held-out evaluation c
 (the rest of the domain stays in the pool), let each method pick k chunks, then score the selection by KL
 reduction (hashed n-grams, vs the held-out chunks) and by the held-out loss of a language model trained on it:
 a bigram LM (nats/token) and optionally a tiny byte-level transformer (bits/byte), which also trains on the target's
-own held-in text (the premise arm, "target"); with ``classify`` also the classification track. DSIR's target
-pseudocount is chosen on validation chunks of each target, never on the held-out (test) chunks; the budget check
-scores validation text too.
+own held-in text (the premise arm, "target"); with ``classify`` also the classification track. "dsir" runs at the
+paper's setting (the config's ``target_pseudocount``, 0 by default); the target pseudocount of labkit's smoothed
+variant ("dsir-smoothed") is chosen on validation chunks of each target, never on the held-out (test) chunks; the
+budget check scores validation text too.
 """
 
 from __future__ import annotations
@@ -39,23 +40,23 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
 
 
 def choose_pseudocount(cfg: Config, sweep: pd.DataFrame) -> float:
-    """The "dsir" arm's target pseudocount: the lowest mean validation bigram loss of the sweep
-    (:func:`labkit.selection.select_best` on its validation rows); the sweep's first value when there is nothing to
-    choose on, the config's when DSIR did not run."""
+    """The "dsir-smoothed" arm's target pseudocount: the lowest mean validation bigram loss of the sweep
+    (:func:`labkit.selection.select_best` on its validation rows); the grid's first value when there is nothing to
+    choose on (no sweep, no validation chunks or no bigram LM)."""
     if len(sweep) and cfg.n_val > 0 and cfg.downstream in ("bigram", "both"):
         return float(selection.select_best(sweep[sweep.split == "val"], "target_pseudocount",
                                           "bigram_nats_per_token")["target_pseudocount"])
-    return cfg.target_pseudocounts[0] if len(sweep) else cfg.target_pseudocount
+    return cfg.target_pseudocounts[0]
 
 
 def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Computed:
     """Every seed × target × method on the pool ``prepared``: selection, KL reduction, bigram-LM loss, label
     precision; then the transformer and classification tracks with their budget checks.
 
-    DSIR runs at every ``target_pseudocount``; the one :func:`choose_pseudocount` picks becomes the "dsir" arm, and
-    only it trains a transformer. Jobs run in ``cfg.workers`` forked processes when more than one. Tables: ``scores``,
-    ``picks``, ``sweep``, ``tiny_lm``, ``classify``, ``budget_runs`` (the budget check's runs of both tracks),
-    ``budget_curves`` (their training-loss curves) and ``skipped`` (targets a track could not run, and why).
+    "dsir-smoothed" runs at every ``target_pseudocounts`` value; the one :func:`choose_pseudocount` picks becomes its
+    arm, and only it trains a transformer. Jobs run in ``cfg.workers`` forked processes when more than one. Tables:
+    ``scores``, ``picks``, ``sweep``, ``tiny_lm``, ``classify``, ``budget_runs`` (the budget check's runs of both
+    tracks), ``budget_curves`` (their training-loss curves) and ``skipped`` (targets a track could not run, and why).
     """
     if "heuristic-words" in cfg.methods:
         prepared.words()  # built once, before forking
@@ -66,7 +67,7 @@ def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Comput
         chosen = choose_pseudocount(cfg, sweep)
         tiny, budget, curves = tiny_track(cfg, targets, chosen, progress)
 
-    def keep(rows: list[dict]) -> pd.DataFrame:  # drop the DSIR rows at pseudocounts not chosen
+    def keep(rows: list[dict]) -> pd.DataFrame:  # drop the dsir-smoothed rows at pseudocounts not chosen
         frame = pd.DataFrame(rows)
         if "target_pseudocount" not in frame:
             return frame

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from labkit.experiments.dsir.config import METHODS, TARGETS, Config
+from labkit.experiments.dsir.config import METHODS, SMOOTHED, TARGETS, Config
 from labkit.experiments.dsir.data import Prepared, Split
 from labkit.select import (
     gumbel_top_k,
@@ -32,14 +32,20 @@ def select(
     cfg: Config,
     target_pseudocount: float | None = None,
 ) -> np.ndarray:
-    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``; ``target_pseudocount``
-    overrides the config's for DSIR."""
+    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``.
+
+    ``target_pseudocount`` is the "dsir-smoothed" arm's (chosen on validation; required for it); "dsir", "dsir-topk"
+    and "anti-dsir" use the config's ``target_pseudocount`` (the paper's 0 by default), every other method none.
+    """
     drawn = split.drawn()
     fit_feats = prepared.features.subset(split.fit)
     if method == "random":
         return split.pool[random_select(len(split.pool), k, seed)]
-    if method in ("dsir", "dsir-topk", "anti-dsir"):
-        dsir = prepared.dsir(cfg, target_pseudocount).fit(prepared.features, fit_feats, exclude=drawn)
+    if method == SMOOTHED and target_pseudocount is None:
+        raise ValueError(f"method {SMOOTHED!r} needs the target pseudocount chosen on validation, got None")
+    if method in ("dsir", "dsir-topk", SMOOTHED, "anti-dsir"):
+        pc = target_pseudocount if method == SMOOTHED else None
+        dsir = prepared.dsir(cfg, pc).fit(prepared.features, fit_feats, exclude=drawn)
         if method == "anti-dsir":
             weights = dsir.log_weights()
             weights[drawn] = np.inf
