@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from labkit.experiments import dsir
 from labkit.experiments.dsir import claims as dsir_claims
@@ -149,32 +148,41 @@ def run(cfg: dsir.Config, prepared: dsir.Prepared) -> dict[str, pd.DataFrame]:
     return compute_on(cfg, prepared, progress=False).tables
 
 
-def test_run_sweeps_the_smoothed_arm_on_validation_and_dsir_keeps_the_papers_setting():
+def test_run_tunes_every_tuned_method_on_validation_and_dsir_keeps_the_papers_setting():
     prepared = tiny_prepared(encoded=True)
-    cfg = tiny_config(methods=["random", "dsir", "dsir-smoothed", "heuristic", "heuristic-words"], n_val=6,
-                      classify=False, downstream="bigram", seeds=2, target_pseudocounts=[0.1, 1.0])
+    grids = dict(target_pseudocounts=[0.1, 1.0], target_likelihood_pseudocounts=[0.0, 1.0],
+                 tfidf_weightings=["raw", "binary"], heuristic_grid=[[9.0, 1.0, 5.0], [100.0, 0.1, 2.0]])
+    methods = ["random", "dsir", "dsir-smoothed", "heuristic", "heuristic-words", "target-likelihood", "tfidf"]
+    cfg = tiny_config(methods=methods, n_val=6, classify=False, downstream="bigram", seeds=2, **grids)
     one = run(cfg, prepared)
     two = run(tiny_config(**{**cfg.__dict__, "workers": 2}), prepared)
     pd.testing.assert_frame_equal(one["scores"], two["scores"])
     sweep = one["sweep"]
-    assert set(sweep.split) == {"val", "test"} and set(sweep.target_pseudocount) == {0.1, 1.0}
-    val = sweep[sweep.split == "val"].groupby("target_pseudocount").bigram_nats_per_token.mean()
-    chosen = dsir.arms.choose_pseudocount(cfg, sweep)
-    assert chosen == val.idxmin()
-    assert (one["scores"].groupby(["seed", "method"]).size() == 1).all()  # one smoothed row per cell: the chosen one
+    tuned = ["dsir-smoothed", "heuristic", "heuristic-words", "target-likelihood", "tfidf"]
+    assert list(dict.fromkeys(sweep.method)) == tuned and set(sweep.split) == {"val", "test"}
+    assert (sweep.groupby("method").setting.nunique() == 2).all()  # every grid swept whole
+    chosen = dsir.arms.choose_settings(cfg, sweep)
+    for method in tuned:  # the lowest mean validation loss over every (seed, target) cell, never the test loss
+        val = sweep[(sweep.method == method) & (sweep.split == "val")].groupby("setting").bigram_nats_per_token.mean()
+        assert chosen[method] == val.idxmin(), method
+    tuning = dsir.arms.tuning_table(cfg, sweep).set_index("method")
+    assert list(tuning.index) == tuned and (tuning.grid_size == 2).all()
+    assert tuning.loc["tfidf", "chosen"] == ["raw", "binary"][chosen["tfidf"]]
+    assert (one["scores"].groupby(["seed", "method"]).size() == 1).all()  # one row per cell: the chosen setting
     assert sorted(set(one["scores"].seed)) == [0, 1]  # seeds = 2: seeds 0 and 1
     split = dsir.split_target(prepared, "python-topics", 8, 8, 0, n_val=6)
     assert len(split.val) == 6 and not set(split.val) & set(split.pool) and not set(split.val) & set(split.eval)
     assert prepared.words().shape == (len(prepared.corpus), prepared.vocab_size - 1)
-    # "dsir" is the paper's setting whatever the smoothed arm chose; "dsir-smoothed" is DSIR at the chosen value
-    paper = dsir.select("dsir", prepared, split, "python-topics", 20, 0, cfg, target_pseudocount=chosen)
+    # "dsir" is the paper's setting whatever the smoothed arm chose; "dsir-smoothed" is DSIR at the given value
+    paper = dsir.select("dsir", prepared, split, "python-topics", 20, 0, cfg, setting=1.0)
     zero = prepared.dsir(cfg, 0.0).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
     assert cfg.target_pseudocount == 0.0 and np.array_equal(paper, zero.resample(20, seed=0))
-    smoothed = dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg, target_pseudocount=1.0)
+    smoothed = dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg, setting=1.0)
     one_pc = prepared.dsir(cfg, 1.0).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
     assert np.array_equal(smoothed, one_pc.resample(20, seed=0))
-    with pytest.raises(ValueError, match="dsir-smoothed.*target pseudocount chosen on validation"):
-        dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg)
+    first = dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg)  # default: the grid's first
+    assert np.array_equal(first, dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg,
+                                             setting=0.1))
 
 
 def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end():

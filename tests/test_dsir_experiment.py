@@ -13,7 +13,8 @@ from labkit.experiments import Computed, Results, dsir
 from labkit.experiments.dsir.arms import compute_on
 from tests.test_dsir_arms import tiny_config, tiny_prepared
 
-JUDGED = ("claims", "sanity", "budget", "correlation", "paired_gaps")  # what the notebook records beside the computed
+JUDGED = ("claims", "sanity", "budget", "tuning", "correlation", "correlation_intervals", "correlation_loo",
+          "paired_gaps")  # what the notebook records beside the computed
 
 
 def test_config_validates_classify_fields():
@@ -53,9 +54,8 @@ def computed() -> tuple[dsir.Config, Computed]:
 
 def same_judgement(a: Results, b: Results) -> None:
     """Claims (effects, intervals, p, verdicts) and sanity flags agree exactly."""
-    for name in ("claims", "sanity", "budget"):
+    for name in ("claims", "sanity", "budget", "tuning"):
         pd.testing.assert_frame_equal(a.tables[name], b.tables[name], check_dtype=False, obj=name)
-    assert a.chosen_pseudocount == b.chosen_pseudocount
     assert dsir.headline_metrics(a).keys() == dsir.headline_metrics(b).keys()
 
 

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     DocumentsOrCounts: TypeAlias = DocumentsOrFeatures | sparse.spmatrix | sparse.sparray
 
 
-TF_WEIGHTS = {  # term-frequency weightings of TF-IDF retrieval (counts >= 1 in; zeros stay zero, sparse)
+TfWeighting = Literal["raw", "log", "binary"]  # TF-IDF's term-frequency weighting (see tfidf_select)
+TF_WEIGHTS = {  # each weighting of counts >= 1 (zeros stay zero: sparse)
     "raw": lambda counts: counts,
     "log": lambda counts: 1.0 + np.log(counts),
     "binary": np.ones_like,
@@ -139,7 +140,7 @@ def tfidf_select(
     num_buckets: int = 10000,
     ngrams: int = 2,
     hash: str = "sha256",
-    tf: Literal["raw", "log", "binary"] = "raw",
+    tf: TfWeighting = "raw",
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid.

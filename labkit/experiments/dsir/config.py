@@ -8,11 +8,12 @@ track runs the first ``tiny_lm_seeds`` of them, the classification track seeds `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from labkit import config
 from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, NonNegative, Positive
 from labkit.data import corpora
+from labkit.select.baselines import TfWeighting
 
 TARGETS = {
     "foldoc-networking": ("foldoc/networking",),
@@ -54,9 +55,23 @@ CLASSIFY_TASKS = {
     "python-topics": ("python/api", "python/topics", "man/2", "man/3"),
 }
 
+
+
+class HeuristicSetting(NamedTuple):
+    """One setting of heuristic classification (hashed or word features): the knobs of the paper's baseline."""
+
+    pareto_alpha: Positive  # shape of the Pareto acceptance noise (GPT-3 / The Pile: 9; larger = closer to top-k)
+    c: Positive  # inverse L2 strength of the logistic regression (scikit-learn's default: 1)
+    negatives_per_target: Positive  # random raw chunks per target chunk the classifier is trained against
+
+
 Source = Literal[*corpora.ALL_SOURCES]
 Target = Literal[*TARGETS]
 Method = Literal[*METHODS]
+# Each tuned method -> the Config field holding its grid; the setting with the lowest mean validation bigram loss
+# over every (seed, target) cell becomes its arm.
+TUNED = {SMOOTHED: "target_pseudocounts", "heuristic": "heuristic_grid", "heuristic-words": "heuristic_grid",
+         "target-likelihood": "target_likelihood_pseudocounts", "tfidf": "tfidf_weightings"}
 ClassifyTarget = Literal[*CLASSIFY_TASKS]
 
 
@@ -82,7 +97,14 @@ class Config:
     target_pseudocounts: Annotated[list[float], Interval("(0, inf)"), NON_EMPTY, UNIQUE] = field(  # the grid the
         default_factory=lambda: [0.1, 1.0, 10.0])  # "dsir-smoothed" arm chooses from on validation (1.0 inside it)
     workers: Count = 1  # processes running (seed, target) cells in parallel (2 on a 2-core machine)
-    heuristic_alpha: Positive = 9.0  # Pareto shape of heuristic classification (GPT-3 / The Pile)
+    # Tuning on validation (bigram loss of the validation chunks, never test): each tuned method's grid has as many
+    # settings as the smoothed DSIR variant's (3), its first the paper's or the library default (see TUNED)
+    heuristic_grid: Annotated[list[HeuristicSetting], NON_EMPTY, UNIQUE] = field(default_factory=lambda: [
+        HeuristicSetting(9.0, 1.0, 5.0), HeuristicSetting(9.0, 0.1, 5.0), HeuristicSetting(100.0, 1.0, 20.0)])
+    target_likelihood_pseudocounts: Annotated[list[float], Interval("[0, inf)"), NON_EMPTY, UNIQUE] = field(
+        default_factory=lambda: [0.0, 0.1, 1.0])  # additive smoothing of the target counts (0: none)
+    tfidf_weightings: Annotated[list[TfWeighting], NON_EMPTY, UNIQUE] = field(  # term-frequency weighting
+        default_factory=lambda: ["raw", "log", "binary"])
     vocab_size: Count = 30000  # bigram-LM vocabulary: most frequent tokens of the pool
     discount: Annotated[float, Interval("[0, 1)")] = 0.75  # absolute discount of the bigram LM
     downstream: Literal["bigram", "tiny_lm", "both"] = "both"  # which LM scores each selection
@@ -124,6 +146,10 @@ class Config:
                              "expected n_val > 0 with downstream 'tiny_lm' or 'both'")
         config.require_divisible(self, "lm_hidden", "lm_heads")
 
+    def grid(self, method: str) -> list[Any]:
+        """The settings a tuned method (:data:`TUNED`) chooses from on validation."""
+        return getattr(self, TUNED[method])
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -135,6 +161,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_eval": 40,
         "n_val": 20,
         "target_pseudocounts": [0.1, 1.0],
+        "heuristic_grid": [(9.0, 1.0, 5.0), (100.0, 1.0, 20.0)],  # as large as the smoothed DSIR's grid
         "budget_k": 150,
         "seeds": 1,
         "vocab_size": 3000,
@@ -162,9 +189,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (1 thread, beside a report on the loaded 2-core machine, nice 19): 0.039 CPU-s at 64 wide × 2 layers, context 64,
     # batch 32 (v1's 128 × 2, context 128 took 0.234). A transformer run: 500 steps ≈ 20 CPU-s + its selection and
     # scoring ≈ 2 → ≈ 22 CPU-s; 20 cells × 11 arms = 220 runs ≈ 4,840 CPU-s, the budget check's 11 runs at 2x ≈ 450:
-    # ≈ 5,300 CPU-s ≈ 2,650 s wall on 2 workers. Bigram cells (v1: ≈ 8.5 CPU-s each, + DSIR-smoothed) 40 × ≈ 9.5 ≈
-    # 190 s wall; classification (base 300 steps ≈ 12 CPU-s, 22 jobs ≈ 13 CPU-s each at this width) ≈ 150 s wall;
-    # pool from the cache and the notebook's figures ≈ 100 s. Total ≈ 3,100 s ≈ 52 min (the issue's limit: 75).
+    # ≈ 5,300 CPU-s ≈ 2,650 s wall on 2 workers. Bigram cells: v1 took ≈ 8.5 CPU-s for 11 selections + bigram fits;
+    # now 20 (5 untuned methods + 5 tuned × 3 settings) ≈ 16 CPU-s, 40 cells ≈ 320 s wall (estimate, not timed);
+    # classification (base 300 steps ≈ 12 CPU-s, 22 jobs ≈ 13 CPU-s each at this width) ≈ 150 s wall; pool from the
+    # cache and the notebook's figures ≈ 100 s. Total ≈ 3,200 s ≈ 54 min (the issue's limit: 75).
     "cpu": {
         "seeds": 5,
         "workers": 2,

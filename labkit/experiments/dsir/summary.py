@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.experiments import Computed, Results
-from labkit.experiments.dsir.arms import choose_pseudocount
+from labkit.experiments.dsir.arms import tuning_table
 from labkit.experiments.dsir.claims import (
     EXCLUDED,
     LOSS,
@@ -42,8 +42,8 @@ CORRELATION_VARIANTS = {"methods once (claim)": EXCLUDED, "methods once, without
 
 def judge(cfg: Config, computed: Computed) -> Results:
     """The claims, sanity and budget-check tables (:func:`labkit.experiments.dsir.claims.verdicts`) and every reading
-    the notebook shows, from the computed tables; artefacts: the smoothed arm's chosen target pseudocount and the
-    skipped targets of each track (target -> reason)."""
+    the notebook shows (the ``tuning`` table: each tuned method's grid and the setting chosen on validation), from the
+    computed tables; artefacts: the skipped targets of each track (target -> reason)."""
     tables = computed.tables
     scores, classify, tiny = tables["scores"], tables["classify"], tables["tiny_lm"]
     claims, sanity, budget = verdicts(scores, classify, tiny, tables["budget_runs"])
@@ -58,6 +58,7 @@ def judge(cfg: Config, computed: Computed) -> Results:
         "claims": claims,
         "sanity": sanity,
         "budget": budget,
+        "tuning": tuning_table(cfg, tables["sweep"]),
         "correlation": method_correlation(scores),
         "correlation_intervals": pd.DataFrame(correlation_rows),
         "correlation_loo": pd.concat(loo, ignore_index=True) if loo else pd.DataFrame(),
@@ -68,7 +69,6 @@ def judge(cfg: Config, computed: Computed) -> Results:
     }
     skipped = tables["skipped"]
     artefacts = {
-        "chosen_pseudocount": choose_pseudocount(cfg, tables["sweep"]),
         "skipped_targets": _reasons(skipped, "selection"),
         "classify_skipped": _reasons(skipped, "classification"),
     }
@@ -198,7 +198,8 @@ def headline_metrics(results: Results) -> dict[str, float]:
         key = f"{r.comparison}/{r.target}"
         out |= {f"{key}/mean_diff": float(r.mean_diff), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
     out["dsir_beats_random_targets"] = float(targets_below(results.paired_gaps)[0])
-    out["dsir-smoothed/target_pseudocount"] = float(results.chosen_pseudocount)
+    for r in results.tuning.itertuples():
+        out[f"{r.method}/validation_nats_per_token"] = float(r.validation_nats_per_token)
     for r in results.claims.itertuples():
         out |= {f"claim/{r.claim}/effect": float(r.mean), f"claim/{r.claim}/ci_low": float(r.low),
                 f"claim/{r.claim}/ci_high": float(r.high)}
