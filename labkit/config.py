@@ -3,9 +3,7 @@
 A paper's ``Config`` dataclass, a merge method's keyword arguments and a primitive's arguments all check values the
 same way: the type (``conform``: a list is accepted for a tuple and back, an int for a float) and then every check in
 the hint's ``Annotated`` metadata (``Interval``, ``Check``, ``NON_EMPTY``, ``UNIQUE``), applied to each element of a
-sequence and each value of a mapping. A ``NamedTuple`` is a record of named knobs (one setting of a tuning grid): it is
-accepted from a list or a mapping, and each field is checked by its own hint, named ``field[i].knob`` in errors.
-``configure`` builds a Config from a preset and overrides; ``labkit run -p``,
+sequence and each value of a mapping. ``configure`` builds a Config from a preset and overrides; ``labkit run -p``,
 ``labkit sweep`` points and ``labkit explore`` all go through it. A leaf: imports nothing from labkit.
 """
 
@@ -198,15 +196,6 @@ def _conform(value: Any, tp: Any) -> Any:
         if value in args:
             return value
         raise _Mismatch(value, tp)
-    if _is_record(tp):
-        if isinstance(value, Mapping) and set(value) == set(tp._fields):
-            items = dict(value)
-        elif isinstance(value, (tuple, list)) and len(value) == len(tp._fields):
-            items = dict(zip(tp._fields, value, strict=True))
-        else:
-            raise _Mismatch(value, tp)
-        fields = hints(tp)
-        return tp(**{name: _conform(items[name], fields[name]) for name in tp._fields})
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
@@ -234,24 +223,6 @@ def _conform(value: Any, tp: Any) -> Any:
         return value
     if not ok:
         raise _Mismatch(value, tp)
-    return value
-
-
-def _is_record(tp: Any) -> bool:
-    """Whether ``tp`` is a ``NamedTuple`` class (a record of named, typed knobs)."""
-    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
-
-
-def _check_records(name: str, value: Any, tp: Any) -> Any:
-    """The checks declared on the fields of a ``NamedTuple`` record, or of each record of a list, each field named
-    ``name.field`` (``name[i].field`` in a list)."""
-    tp = strip(tp)
-    if _is_record(tp):
-        fields = hints(tp)
-        return tp(**{f: check_value(f"{name}.{f}", getattr(value, f), fields[f]) for f in tp._fields})
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is list and args and _is_record(strip(args[0])):
-        return [_check_records(f"{name}[{i}]", item, args[0]) for i, item in enumerate(value)]
     return value
 
 
@@ -290,12 +261,12 @@ def check_value(name: str, value: Any, tp: Any) -> Any:
                 if item is value:
                     raise
                 raise type(err)(f"{err} (in {name} = {value!r})") from None
-    return _check_records(name, value, tp)
+    return value
 
 
 @functools.cache
 def hints(config_cls: type) -> dict[str, Any]:
-    """Field name -> type hint (with its ``Annotated`` checks) of a dataclass or ``NamedTuple``."""
+    """Field name -> type hint (with its ``Annotated`` checks) of a dataclass."""
     return typing.get_type_hints(config_cls, include_extras=True)
 
 

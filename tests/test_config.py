@@ -1,11 +1,9 @@
 import math
-from dataclasses import dataclass, field
-from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 import pytest
 
-from labkit.config import NON_EMPTY, Interval, check, number_in_range
+from labkit.config import number_in_range
 
 
 def test_number_in_range_accepts_real_numbers_inside_the_interval():
@@ -34,29 +32,3 @@ def test_number_in_range_accepts_real_numbers_inside_the_interval():
 def test_number_in_range_names_the_parameter_the_interval_and_the_value(args, error, message):
     with pytest.raises(error, match=message):
         number_in_range(*args)
-
-
-class _Setting(NamedTuple):
-    alpha: Annotated[float, Interval("(0, inf)")]
-    mode: Literal["raw", "log"]
-
-
-@dataclass
-class _Grid:
-    grid: Annotated[list[_Setting], NON_EMPTY] = field(default_factory=lambda: [_Setting(1.0, "raw")])
-
-    def __post_init__(self) -> None:
-        check(self)
-
-
-def test_named_tuple_records_are_accepted_from_lists_and_mappings_and_checked_by_field():
-    grid = _Grid([[2, "log"], {"alpha": 0.5, "mode": "raw"}]).grid
-    assert grid == [_Setting(2, "log"), _Setting(0.5, "raw")] and all(isinstance(s, _Setting) for s in grid)
-    with pytest.raises(ValueError, match=r"'grid\[1\]\.alpha' must be > 0, got -1"):
-        _Grid([[2.0, "log"], [-1.0, "raw"]])
-    with pytest.raises(TypeError, match=r"grid.*'cubic'"):
-        _Grid([[2.0, "cubic"]])
-    with pytest.raises(TypeError, match=r"grid.*_Setting"):
-        _Grid([[2.0]])  # a field missing
-    with pytest.raises(TypeError, match=r"grid.*_Setting"):
-        _Grid([{"alpha": 1.0, "mode": "raw", "beta": 2}])  # an unknown field
