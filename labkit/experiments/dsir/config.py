@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 
 from labkit import config
-from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, NonNegative, Positive
+from labkit.config import (
+    NON_EMPTY,
+    UNIQUE,
+    BudgetFactor,
+    Check,
+    Count,
+    Device,
+    Interval,
+    NonNegative,
+    Positive,
+    number_in_range,
+)
 from labkit.data import corpora
 from labkit.select.baselines import TfWeighting
 
@@ -58,11 +69,20 @@ CLASSIFY_TASKS = {
 
 
 class HeuristicSetting(NamedTuple):
-    """One setting of heuristic classification (hashed or word features): the knobs of the paper's baseline."""
+    """One setting of heuristic classification (hashed or word features): the knobs of the paper's baseline, each a
+    finite number > 0 (:func:`heuristic_setting` checks it)."""
 
-    pareto_alpha: Positive  # shape of the Pareto acceptance noise (GPT-3 / The Pile: 9; larger = closer to top-k)
-    c: Positive  # inverse L2 strength of the logistic regression (scikit-learn's default: 1)
-    negatives_per_target: Positive  # random raw chunks per target chunk the classifier is trained against
+    pareto_alpha: float  # shape of the Pareto acceptance noise (GPT-3 / The Pile: 9; larger = closer to top-k)
+    c: float  # inverse L2 strength of the logistic regression (scikit-learn's default: 1)
+    negatives_per_target: float  # random raw chunks per target chunk the classifier is trained against
+
+
+def heuristic_setting(name: str, value: tuple[float, float, float]) -> HeuristicSetting:
+    """``value`` as a :class:`HeuristicSetting` if each knob is a finite number > 0; else an error naming the
+    parameter and the knob."""
+    for knob, number in zip(HeuristicSetting._fields, value, strict=True):
+        number_in_range(f"parameter {name!r} knob {knob!r}", number, 0.0, interval="()")
+    return HeuristicSetting(*value)
 
 
 Source = Literal[*corpora.ALL_SOURCES]
@@ -99,8 +119,8 @@ class Config:
     workers: Count = 1  # processes running (seed, target) cells in parallel (2 on a 2-core machine)
     # Tuning on validation (bigram loss of the validation chunks, never test): each tuned method's grid has as many
     # settings as the smoothed DSIR variant's (3), its first the paper's or the library default (see TUNED)
-    heuristic_grid: Annotated[list[HeuristicSetting], NON_EMPTY, UNIQUE] = field(default_factory=lambda: [
-        HeuristicSetting(9.0, 1.0, 5.0), HeuristicSetting(9.0, 0.1, 5.0), HeuristicSetting(100.0, 1.0, 20.0)])
+    heuristic_grid: Annotated[list[tuple[float, float, float]], Check(heuristic_setting), NON_EMPTY, UNIQUE] = field(
+        default_factory=lambda: [(9.0, 1.0, 5.0), (9.0, 0.1, 5.0), (100.0, 1.0, 20.0)])  # see HeuristicSetting
     target_likelihood_pseudocounts: Annotated[list[float], Interval("[0, inf)"), NON_EMPTY, UNIQUE] = field(
         default_factory=lambda: [0.0, 0.1, 1.0])  # additive smoothing of the target counts (0: none)
     tfidf_weightings: Annotated[list[TfWeighting], NON_EMPTY, UNIQUE] = field(  # term-frequency weighting

@@ -20,7 +20,7 @@ from labkit import seed_everything, selection
 from labkit.experiments import Computed
 from labkit.experiments.dsir.arms.classify import run_classification
 from labkit.experiments.dsir.arms.lm import bigram_cells, shared_pool, tiny_track
-from labkit.experiments.dsir.config import TUNED, Config
+from labkit.experiments.dsir.config import TUNED, Config, HeuristicSetting
 from labkit.experiments.dsir.data import Prepared, prepare
 
 CURVE_COLUMNS = ["track", "arm", "budget", "block", "training_loss"]  # the computed table of budget-run loss curves
@@ -59,7 +59,8 @@ def tuning_table(cfg: Config, sweep: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method, index in choose_settings(cfg, sweep).items():
         mine = sweep[(sweep.method == method) & (sweep.setting == index)]
-        rows.append({"method": method, "knob": TUNED[method], "grid": "; ".join(map(str, cfg.grid(method))),
+        knob = TUNED[method] + (f" ({', '.join(HeuristicSetting._fields)})" if "heuristic" in method else "")
+        rows.append({"method": method, "knob": knob, "grid": "; ".join(map(str, cfg.grid(method))),
                      "grid_size": len(cfg.grid(method)), "chosen": str(cfg.grid(method)[index]),
                      "validation_nats_per_token": float(mine[mine.split == "val"].bigram_nats_per_token.mean()),
                      "test_nats_per_token": float(mine[mine.split == "test"].bigram_nats_per_token.mean())})

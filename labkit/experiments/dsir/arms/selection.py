@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from labkit.experiments.dsir.config import METHODS, SMOOTHED, TARGETS, TUNED, Config
+from labkit.experiments.dsir.config import METHODS, SMOOTHED, TARGETS, TUNED, Config, HeuristicSetting
 from labkit.experiments.dsir.data import Prepared, Split
 from labkit.select import (
     gumbel_top_k,
@@ -55,8 +55,8 @@ def select(
         return dsir.resample(k, seed=seed, top_k=method == "dsir-topk", temperature=cfg.temperature)
     if method in ("heuristic", "heuristic-words"):
         raw = prepared.matrix if method == "heuristic" else prepared.words()
-        return heuristic_select(raw, raw[split.fit], k, seed, **setting._asdict(), num_buckets=raw.shape[1],
-                                exclude=drawn)
+        return heuristic_select(raw, raw[split.fit], k, seed, **HeuristicSetting(*setting)._asdict(),
+                                num_buckets=raw.shape[1], exclude=drawn)
     if method == "target-likelihood":
         return target_likelihood_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets,
                                         target_pseudocount=setting, exclude=drawn)
