@@ -22,12 +22,6 @@ def family(name: str) -> str:
     return name.rsplit(": ", 1)[-1]
 
 
-def _interval_alone(row: pd.Series) -> str:
-    """What the interval says against the tolerance, before sanity flags, premise and multiplicity."""
-    tolerance = float(str(row["tolerance"]).replace("%", "").strip() or 0)
-    return "held" if row["low"] > tolerance else "not held" if row["high"] < tolerance else "inconclusive"
-
-
 def _member(row: pd.Series) -> str:
     from labkit.protocol import ALPHA  # here, not at import: `labkit list` works without scipy (the data extra)
 
@@ -39,7 +33,9 @@ def _member(row: pd.Series) -> str:
         before += f"; Holm-adjusted p {holm:.2g}: inconclusive"
     flags = [f for f in str(row.get("sanity", "ok")).split("; ") if f and f != "ok"]
     if flags:
-        before += f", {len(flags)} sanity flag(s); the interval alone: {_interval_alone(row)}"
+        before += f", {len(flags)} sanity flag(s); the interval alone: {row['interval verdict']}"
+        if pd.notna(holm) and row["interval verdict"] in ("held", "not held"):
+            before += f" (Holm-adjusted p {holm:.2g})"
     return f"{group}{row['effect']} (n={row['n']}{before})"
 
 

@@ -110,6 +110,7 @@ class Verdict:
     flags: tuple[str, ...] = field(default_factory=tuple)  # failed sanity checks behind an "inconclusive"
     p: float = math.nan  # two-sided p of "the improvement equals the tolerance" (same t statistic as the interval)
     raw: str = ""  # the verdict before premise and multiplicity (set by :func:`conclude`; "" until then)
+    interval: str = ""  # what the interval alone says against the tolerance: before flags, premise and multiplicity
     p_holm: float = math.nan  # Holm-Bonferroni adjusted p over the report's main claims (set by :func:`conclude`)
 
     def summary(self) -> str:
@@ -316,6 +317,12 @@ def sanity(
 
 
 # ------------------------------------------------------------------------------------------------------ verdicts
+def interval_verdict(low: float, high: float, tolerance: float) -> str:
+    """What an interval alone says against a claim's tolerance: held above it, not held below it, else (or NaN)
+    inconclusive; sanity flags, premises and multiplicity come on top (:func:`judge`, :func:`conclude`)."""
+    return "held" if low > tolerance else "not held" if high < tolerance else "inconclusive"
+
+
 def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None, arm_col: str = "arm") -> Verdict:
     """Judge ``claim`` on a per-seed ``table`` (one row per arm and seed); ``checks`` from :func:`sanity` (a flag on
     any arm of ``claim.arms`` makes it inconclusive). Paired by seed when both arms share their seeds, else Welch."""
@@ -340,18 +347,12 @@ def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None,
         n = min(len(a), len(b))
         dof = welch_dof(a.to_numpy(), b.to_numpy()) if n >= 2 else math.nan
     flags = _flags(checks, claim.arms, arm_col)
-    if flags or math.isnan(low):
-        verdict = "inconclusive"
-    elif low > claim.tolerance:
-        verdict = "held"
-    elif high < claim.tolerance:
-        verdict = "not held"
-    else:
-        verdict = "inconclusive"
+    interval = interval_verdict(low, high, claim.tolerance)
+    verdict = "inconclusive" if flags else interval
     if math.isnan(low) and not flags:
         flags = (f"n={n}: no interval",)
     p = t_p_value(mean, low, high, claim.tolerance, dof)
-    return Verdict(claim, mean, low, high, n, paired, verdict, flags, p)
+    return Verdict(claim, mean, low, high, n, paired, verdict, flags, p, interval=interval)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -391,8 +392,8 @@ def conclude(verdicts: Iterable[Verdict]) -> list[Verdict]:
 def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
     """The full claims table of a report, after :func:`conclude`: claim, role, group (the premises of its group and
     those of group "" govern it), paper reference, measured effect with
-    interval and n, the tolerance it must clear, p (raw and Holm-adjusted for main claims), the raw and the final
-    verdict, flags, compute measure and rule."""
+    interval and n, the tolerance it must clear, p (raw and Holm-adjusted for main claims), the interval verdict (the
+    interval alone), the raw verdict (with the sanity flags) and the final one, flags, compute measure and rule."""
     verdicts = conclude(verdicts)
     rows = []
     for v in verdicts:
@@ -412,6 +413,7 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
                 "tolerance": f"{v.claim.tolerance:g}{unit}",
                 "p": v.p,
                 "p (Holm)": v.p_holm,
+                "interval verdict": v.interval,
                 "raw verdict": v.raw,
                 "verdict": v.verdict,
                 "sanity": "; ".join(v.flags) or "ok",
@@ -432,16 +434,25 @@ RULE = (
 )
 
 
+def multiplicity(claims: pd.DataFrame) -> str:
+    """How many claims the Holm–Bonferroni family of :func:`conclude` held in ``claims`` (a :func:`claims_table`): the
+    main claims with a p-value; premises and secondary claims are judged on their own intervals, unadjusted."""
+    _require_columns(claims, ["role", "p"], "multiplicity")
+    family = int(((claims["role"] == "main") & claims["p"].notna()).sum())
+    return (f"multiplicity: Holm–Bonferroni at {ALPHA:g} over a family of {family} main claim"
+            f"{'' if family == 1 else 's'}; premises and secondary claims are not adjusted")
+
+
 def verdict_lines(
     claims: pd.DataFrame, sanity: pd.DataFrame, ok: str, units: str = "", notes: Iterable[str] = ()
 ) -> list[str]:
-    """The recorded verdict, one line each: the rule, every claim of :func:`claims_table` with its effect (``units``
-    appended), n, verdict and the paper's reference where it has one, the failed sanity checks (``ok`` when none),
-    then ``notes`` (e.g. the configurations chosen on validation)."""
+    """The recorded verdict, one line each: the rule, the multiplicity family (:func:`multiplicity`), every claim of
+    :func:`claims_table` with its effect (``units`` appended), n, verdict and the paper's reference where it has one,
+    the failed sanity checks (``ok`` when none), then ``notes`` (e.g. the configurations chosen on validation)."""
     _require_columns(claims, ["claim", "verdict", "effect", "n", "paper (reference)"], "verdict_lines")
     if len(sanity):
         _require_columns(sanity, ["flags"], "verdict_lines (sanity table)")
-    lines = [f"rule: {RULE}"]
+    lines = [f"rule: {RULE}", multiplicity(claims)]
     for r in claims.to_dict("records"):
         paper = f"; paper {r['paper (reference)']}" if r["paper (reference)"] else ""
         raw = r.get("raw verdict", r["verdict"])

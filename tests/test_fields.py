@@ -1,5 +1,6 @@
 """Tests for labkit.data.fields: shapes, determinism, caching, coupling between variables, the variable menu (subset
-selection, bounds, intermittent precipitation, an advected fine-scale tracer), bad input."""
+selection, bounds, intermittent precipitation, an advected fine-scale tracer, a slab forced by a flux it cannot see in
+its own history), bad input."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_split_and_normalizer_use_train_only():
 def test_menu_is_deterministic_and_a_subset_is_the_same_fields_in_canonical_order():
     full = _all()
     assert full.variables == ALL_VARIABLES and full.units == tuple(VARIABLE_UNITS[n] for n in ALL_VARIABLES)
-    assert 7 <= len(ALL_VARIABLES) <= 9 and np.isfinite(full.data).all()
+    assert 7 <= len(ALL_VARIABLES) <= 11 and np.isfinite(full.data).all()
     np.testing.assert_array_equal(full.data, _all().data)
     assert not np.allclose(full.data, _all(seed=1).data)
     np.testing.assert_array_equal(full.data[:2], _all(n_traj=2).data)  # trajectory i depends only on (seed, i)
@@ -140,6 +141,33 @@ def test_tracer_is_fine_scale_and_carried_downwind():
         assert corr[downwind] > corr[-downwind] + 0.2
 
 
+def _lead_one_residual(target: np.ndarray, predictors: list[np.ndarray], history: int = 4) -> float:
+    """Least-squares forecast of ``target`` one frame ahead, per pixel and pooled, from its last ``history`` frames
+    and the current frame of each of ``predictors``: residual MSE / variance of the target."""
+    xs, ys = [], []
+    for t in range(history - 1, target.shape[1] - 1):
+        own = [target[:, t - k] for k in range(history)]
+        columns = [*own, *(p[:, t] for p in predictors), np.ones_like(own[0])]
+        xs.append(np.stack(columns, -1).reshape(-1, len(columns)))
+        ys.append(target[:, t + 1].ravel())
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return float(((y - x @ coef) ** 2).mean() / y.var())
+
+
+def test_sst_cannot_be_forecast_from_its_own_history_but_can_with_the_flux():
+    f = generate(4, 40, 8, 16, 0, physics=SMALL, variables=("flux", "sst"), cache=False, progress=False)
+    flux, sst = (f.data[:, :, i].astype(np.float64) for i in range(2))
+    own, with_flux = _lead_one_residual(sst, []), _lead_one_residual(sst, [flux])
+    persistence = float(((sst[:, 1:] - sst[:, :-1]) ** 2).mean() / sst.var())
+    assert own > 0.03 and own > 0.5 * persistence  # four own frames leave most of persistence's error
+    assert with_flux < 1e-6  # the flux of the current frame determines the next (exact integration)
+    assert _lead_one_residual(flux, []) > 0.2  # the flux has a fresh innovation every frame
+    assert np.abs(np.corrcoef(flux[:, :-1].ravel(), flux[:, 1:].ravel())[0, 1] - np.exp(-1 / 5)) < 0.1
+    assert fields.dependent_variables(("sst", "u", "flux", "T")) == ("T", "sst")  # T reads u (and v), sst flux
+    assert fields.dependent_variables(("sst", "T")) == ()  # nothing they read is in the selection
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="n_traj must be an integer >= 1"):
         generate(0, 8, 8, 16, seed=0)
@@ -162,5 +190,7 @@ def test_bad_inputs():
         generate(1, 8, 8, 16, seed=0, variables=("u", "u"))
     with pytest.raises(ValueError, match="sequence of names, got the string 'tracer'"):
         generate(1, 8, 8, 16, seed=0, variables="tracer")
+    with pytest.raises(ValueError, match="slab_lifetime must be > 0"):
+        generate(1, 8, 8, 16, seed=0, physics=FieldPhysics(slab_lifetime=0.0))
     with pytest.raises(ValueError, match="tracer_lifetime must be > 0"):
         generate(1, 8, 8, 16, seed=0, physics=FieldPhysics(tracer_lifetime=0.0))

@@ -16,7 +16,8 @@ CLAIM_COLUMNS = ["claim", "role", "mean", "low", "high", "n", "verdict", "raw ve
 
 @pytest.fixture(scope="module")
 def computed(tmp_path_factory):
-    """A smoke run with two epochs (every arm, both momentums, the 2x budget reruns): a few seconds on a CPU."""
+    """A smoke run with two epochs (every arm, both momentums, the 2x budget reruns, a data draw per seed): a few
+    seconds on a CPU."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LABKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
         mp.delenv("LABKIT_JOB_CACHE", raising=False)
@@ -38,8 +39,17 @@ def test_computed_tables_are_raw_and_judging_them_after_a_csv_round_trip_changes
     runs = raw.tables["runs"]
     assert len(runs[(runs.arm == "met2net") & (runs.budget == 1)]) == cfg.seeds * len(cfg.momentums)
     assert sum(v.numel() * v.element_size() for v in raw.tensors.values()) <= 5 * 2**20
+    long = runs[runs.budget > 1]
+    assert sorted(long.loc[long.arm == "met2net", "seed"]) == sorted(long.loc[long.arm == "pervar_e2e", "seed"]) == [
+        0, 1]  # long_seeds of the two arms of implicit vs end-to-end; seed 0 of every other trained arm
+    assert list(long.loc[long.arm == "stacked", "seed"]) == [0]
     results = met2net.judge(cfg, raw)
-    assert list(results.claims["claim"]) == [c.name for c in met2net.claims.CLAIMS]
+    dependent = ("T", "RH", "sst")  # of the smoke's u, v, T, RH, flux, sst: forced by u, v / T / flux
+    declared = [*met2net.claims.CLAIMS, *met2net.claims.attention_claims(dependent), *met2net.claims.LONG_CLAIMS]
+    assert list(results.claims["claim"]) == [c.name for c in declared]
+    assert set(results.skill["lead"]) == set(range(1, cfg.t_out + 1)) and len(results.skill) == (
+        len(cfg.arms) * len(cfg.variables) * cfg.t_out)
+    assert "no_skill_at_lead_1" in results.sanity
     momentum = met2net.headline_metrics(results)["met2net_momentum"]
     assert set(results.metrics.loc[results.metrics.arm == "met2net", "seed"]) == {0, 1}
     assert len(results.metrics) == len(raw.tables["run_metrics"]) - cfg.seeds * 2 * len(cfg.variables)

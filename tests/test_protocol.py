@@ -219,14 +219,34 @@ def test_verdict_lines_rule_claims_sanity_and_notes():
     table = protocol.claims_table([protocol.judge(CLAIM, t, checks)])
     lines = protocol.verdict_lines(table, checks, "all fine", " pp", ["chosen on validation: x"])
     assert lines[0].startswith("rule: ") and "Student-t" in lines[0]
-    assert lines[1].startswith(f"{CLAIM.name}: held (") and " pp, n=5" in lines[1] and "paper" not in lines[1]
-    assert lines[1].endswith(", secondary)")
-    assert lines[2:] == ["sanity: all fine", "chosen on validation: x"]
+    assert lines[1] == ("multiplicity: Holm–Bonferroni at 0.05 over a family of 0 main claims; premises and secondary "
+                        "claims are not adjusted")
+    assert lines[2].startswith(f"{CLAIM.name}: held (") and " pp, n=5" in lines[2] and "paper" not in lines[2]
+    assert lines[2].endswith(", secondary)")
+    assert lines[3:] == ["sanity: all fine", "chosen on validation: x"]
     flagged = checks.assign(flags=["", "b does not beat mean", ""])
     assert "sanity: b does not beat mean" in protocol.verdict_text(table, flagged, "all fine")
     assert protocol.verdict_lines(table, pd.DataFrame(), "no checks ran")[-1] == "sanity: no checks ran"
     with pytest.raises(KeyError, match="flags"):
         protocol.verdict_lines(table, checks.drop(columns="flags"), "all fine")
+
+
+def test_the_interval_verdict_ignores_the_flags_that_make_the_verdict_inconclusive():
+    t = _table({"a": [1.0, 1.1, 0.9, 1.0, 1.05], "b": [2.0, 2.1, 1.9, 2.05, 2.0], "mean": [2.5] * 5})
+    flagged = protocol.sanity(t, "mse", trivial="mean").assign(flags=["", "a not converged", ""])
+    v = protocol.judge(CLAIM, t, flagged)
+    assert (v.verdict, v.interval) == ("inconclusive", "held")
+    row = protocol.claims_table([v]).iloc[0]
+    assert (row["interval verdict"], row["raw verdict"], row["verdict"]) == ("held", "inconclusive", "inconclusive")
+    assert protocol.interval_verdict(float("nan"), float("nan"), 1.0) == "inconclusive"
+    assert protocol.interval_verdict(-3, -2, 0) == "not held"
+
+
+def test_the_multiplicity_line_counts_the_main_claims_with_a_p_value():
+    table = pd.DataFrame({"role": ["premise", "main", "main", "main", "secondary"],
+                          "p": [0.01, 0.02, float("nan"), 0.3, 0.04]})
+    assert "over a family of 2 main claims;" in protocol.multiplicity(table)
+    assert "over a family of 1 main claim;" in protocol.multiplicity(table.iloc[:2])
 
 
 def test_the_claims_table_names_the_group_whose_premise_governs_each_claim():

@@ -210,12 +210,13 @@ def test_headline_says_why_a_claim_is_inconclusive_and_what_its_interval_alone_s
     claims = pd.DataFrame({"claim": ["a: beats_b", "c: beats_b"], "role": ["main", "main"], "text": ["x beats b"] * 2,
                            "effect": ["+20 % [+15, +25]", "-3 % [-4, +1]"], "mean": [20.0, -3.0], "low": [15.0, -4.0],
                            "high": [25.0, 1.0], "n": [10, 10], "tolerance": ["1 %", "1 %"],
+                           "p (Holm)": [0.06, 0.5], "interval verdict": ["held", "inconclusive"],
                            "raw verdict": ["inconclusive", "inconclusive"], "verdict": ["inconclusive"] * 2,
                            "sanity": ["a: x not converged (seed 0: ...)", "ok"]})
     sanity = pd.DataFrame({"arm": ["x", "y"], "flags": ["a: x not converged (seed 0: ...)", ""]})
     lines = headline.sentences(claims, sanity)
     assert lines[0] == ("Claim — x beats b [beats_b]: inconclusive in 2 of 2: a +20 % [+15, +25] (n=10, 1 sanity "
-                        "flag(s); the interval alone: held); c -3 % [-4, +1] (n=10).")
+                        "flag(s); the interval alone: held (Holm-adjusted p 0.06)); c -3 % [-4, +1] (n=10).")
     assert lines[1] == "Sanity — 1 failed check(s): a: x not converged (seed 0: ...)."
 
 

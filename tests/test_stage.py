@@ -201,12 +201,13 @@ def test_met2net_experiment_two_steps_and_bad_config(tmp_path, monkeypatch):
     from labkit.experiments import met2net as experiment
 
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    cfg = experiment.configure("smoke", {"max_steps": 2, "epochs": 2, "seeds": 1})
+    cfg = experiment.configure("smoke", {"max_steps": 2, "epochs": 2, "seeds": 1, "long_seeds": 1})
     data = experiment.load_data(cfg)
     run = experiment.train_arm("met2net", cfg, 0, data)
     assert run.history["rec"].notna().sum() == 2 and run.history["latent"].notna().sum() == 2
     scores = experiment.evaluate(run.model, data, "test", cfg, torch.device("cpu"))
-    assert scores["mse_z"].shape == (cfg.t_out, 5) and scores["attention"].shape == (5, 5)
+    n_vars = len(cfg.variables)
+    assert scores["mse_z"].shape == (cfg.t_out, n_vars) and scores["attention"].shape == (n_vars, n_vars)
     torch.testing.assert_close(scores["mse_phys"], scores["mse_z"] * torch.as_tensor(data.normalizer.std) ** 2)
     with pytest.raises(ValueError, match=r"'frames' must be >= t_in \+ t_out \(12 \+ 12\).*got 20"):
         experiment.configure("smoke", {"t_in": 12, "t_out": 12})  # caught before any data is generated

@@ -22,10 +22,19 @@ tracer    ppb    passive tracer emitted by fixed patchy sources with |k| = 4..7 
                  a few frames and advected like T: fine-scale plumes that trail downwind, so its future needs u, v
 ps        hPa    surface pressure: the |k| <= 1 part of the stream function plus a thermal low under warm
                  anomalies T - T_eq (smooth and nonlocal)
+flux      W/m2   surface heat flux: large-scale (|k| <= 2) red noise in time (correlation e^(-1/5) per frame), held
+                 constant over the frame after the one that shows it
+sst       K      slab temperature, still (not advected): relaxes over 2 time units while the flux heats it. Its next
+                 frame needs the flux of its current frame, which no frame of sst shows (sst's history reveals only
+                 earlier fluxes, and the flux's innovation is new each frame): a field forced by another that it
+                 cannot see in its own history
 ========  =====  ==================================================================================================
 
 T, RH, precip, cloud and tracer cannot be forecast without u and v; RH, precip and cloud depend on T through
-saturation. ``generate(..., variables=...)`` selects a subset, always returned in canonical order; the default is
+saturation; sst cannot be forecast without flux. ``FORCED_BY`` lists every coupling. T, RH and the tracer depend on
+the wind, but their own recent frames already show where they move (removing the other variables cost the cpu
+report's Met²Net only ~5 %), so sst is the variable that makes cross-variable dependence matter.
+``generate(..., variables=...)`` selects a subset, always returned in canonical order; the default is
 the original five (u, v, z, T, RH), bitwise the same as generator version 1 (nothing new feeds back on them), and
 any variable is the same in every selection that contains it. Results are cached under ``cache_dir() / "fields"``
 (written atomically) and are deterministic for a seed; trajectory ``i`` depends only on ``(seed, i)``, so a larger
@@ -45,7 +54,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from labkit.data.cache import cache_dir
-from labkit.data.fields_physics import ALL_VARIABLES, VARIABLE_UNITS, FieldPhysics, simulate
+from labkit.data.fields_physics import ALL_VARIABLES, FORCED_BY, VARIABLE_UNITS, FieldPhysics, simulate
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +63,7 @@ ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, "torch.Tensor")
 
 __all__ = [
     "ALL_VARIABLES",
+    "FORCED_BY",
     "UNITS",
     "VARIABLES",
     "VARIABLE_UNITS",
@@ -61,13 +71,14 @@ __all__ = [
     "Fields",
     "Normalizer",
     "check_fields",
+    "dependent_variables",
     "generate",
     "select_variables",
 ]
 
 VARIABLES = ("u", "v", "z", "T", "RH")  # the default selection (generator version 1)
 UNITS = tuple(VARIABLE_UNITS[name] for name in VARIABLES)  # units of the default selection
-_VERSION = 2  # bump when the physics changes, so stale caches are not reused (2: precip, cloud, tracer, ps)
+_VERSION = 3  # bump when the physics changes, so stale caches are not reused (2: precip, cloud, tracer, ps; 3: sst)
 
 
 @dataclass
@@ -160,6 +171,13 @@ def select_variables(variables: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(name for name in ALL_VARIABLES if name in names)
 
 
+def dependent_variables(variables: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The variables of ``variables`` whose evolution reads another variable of the same selection (``FORCED_BY``),
+    in canonical order."""
+    names = select_variables(variables)
+    return tuple(name for name in names if set(FORCED_BY[name]) & set(names))
+
+
 def generate(
     n_traj: int,
     n_frames: int,
@@ -189,7 +207,8 @@ def generate(
             raise ValueError(f"{name} must be an integer >= {low}, got {val!r}")
     if phys.substeps < 1 or phys.frame_interval <= 0:
         raise ValueError(f"expected substeps >= 1 and frame_interval > 0, got {phys.substeps}, {phys.frame_interval}")
-    for knob in ("autoconversion_threshold", "cloud_water_lifetime", "cloud_width", "tracer_lifetime"):
+    for knob in ("autoconversion_threshold", "cloud_water_lifetime", "cloud_width", "tracer_lifetime", "flux_memory",
+                 "slab_lifetime", "flux_wavenumber"):
         if getattr(phys, knob) <= 0:
             raise ValueError(f"FieldPhysics.{knob} must be > 0, got {getattr(phys, knob)}")
     k_lo, k_hi = phys.tracer_wavenumbers

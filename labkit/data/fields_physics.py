@@ -24,8 +24,26 @@ VARIABLE_UNITS = {
     "cloud": "1",
     "tracer": "ppb",
     "ps": "hPa",
+    "flux": "W/m2",
+    "sst": "K",
 }
 ALL_VARIABLES = tuple(VARIABLE_UNITS)
+# what each variable's evolution reads besides its own history (the generator's couplings); a variable with a
+# non-empty entry "depends on others". sst reads flux over the frame *after* the one it shows, so no sst frame
+# reveals the flux that drives its next frame: its own history cannot forecast it (see simulate)
+FORCED_BY: dict[str, tuple[str, ...]] = {
+    "u": (),
+    "v": (),
+    "z": (),
+    "T": ("u", "v"),
+    "RH": ("u", "v", "T"),
+    "precip": ("u", "v", "T", "RH"),
+    "cloud": ("u", "v", "T", "RH"),
+    "tracer": ("u", "v"),
+    "ps": ("z", "T"),
+    "flux": (),
+    "sst": ("flux",),
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,9 @@ class FieldPhysics:
     tracer_wavenumbers: tuple[int, int] = (4, 7)  # |k| range of the tracer sources (the waves have |k| <= 3.6)
     tracer_lifetime: float = 3.0  # tracer decay time (a few frames, so plumes trail downwind of the sources)
     ps_thermal: float = 6.0  # hPa of thermal low per unit of warm anomaly T - T_eq (large-scale part only)
+    flux_memory: float = 5.0  # e-folding time of the surface heat flux's red noise (correlation per frame e^(-1/5))
+    flux_wavenumber: int = 2  # the flux's random patterns have 1 <= |k| <= this (large scale)
+    slab_lifetime: float = 2.0  # the slab (sst) relaxes to 0 over this time while the flux heats or cools it
 
 
 class _Departure(NamedTuple):
@@ -113,6 +134,19 @@ def _patchy(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, k_range: t
     return s / s.mean()
 
 
+def _smooth_noise(rngs: list[np.random.Generator], xx: np.ndarray, yy: np.ndarray, k_max: int) -> np.ndarray:
+    """One unit-variance random field per generator (``len(rngs) x h x w``): Gaussian amplitudes and uniform phases
+    on every wavevector with ``1 <= |k| <= k_max``."""
+    kx, ky = np.meshgrid(np.arange(-k_max, k_max + 1), np.arange(0, k_max + 1))
+    keep = (kx**2 + ky**2 >= 1) & (kx**2 + ky**2 <= k_max**2) & ((ky > 0) | (kx > 0))
+    kx, ky = kx[keep][:, None, None], ky[keep][:, None, None]
+    out = np.zeros((len(rngs), *xx.shape))
+    for i, rng in enumerate(rngs):
+        amp, phase = rng.standard_normal(kx.shape), rng.uniform(0, 2 * np.pi, kx.shape)
+        out[i] = (amp * np.cos(kx * xx + ky * yy + phase)).sum(0)
+    return out / np.sqrt(kx.size / 2)  # E[amp^2 cos^2] = 1/2 per mode
+
+
 def _diagnose(
     variables: tuple[str, ...],
     phys: FieldPhysics,
@@ -123,6 +157,8 @@ def _diagnose(
     rain: np.ndarray,
     t_eq: np.ndarray,
     channel: dict[str, int],
+    flux: np.ndarray,
+    slab: np.ndarray,
 ) -> list[np.ndarray]:
     """The saved ``variables`` in physical units, from the flow, the advected ``state`` and the rain."""
     temp, q = state[:, channel["T"]], state[:, channel["q"]]
@@ -137,6 +173,8 @@ def _diagnose(
         "cloud": lambda: 1 / (1 + np.exp(-(q / q_sat - phys.cloud_rh) / phys.cloud_width)),
         "tracer": lambda: 20 + 10 * state[:, channel["tracer"]],
         "ps": lambda: 1013 + 12 * _large_scale(psi) - phys.ps_thermal * _large_scale(temp - t_eq),
+        "flux": lambda: 100 * flux,
+        "sst": lambda: 290 + 2 * slab,
     }
     return [units[name]() for name in variables]
 
@@ -197,15 +235,26 @@ def simulate(
     channel = {name: i for i, name in enumerate(name for name in initial if needed[name])}
     state = np.stack([initial[name] for name in channel], axis=1)
     rain = np.zeros_like(q0)  # cloud water fallen out since the last saved frame
+    # surface heat flux: red noise in time, held over each frame; the slab (sst) integrates it. Their own random
+    # streams, so every other variable is the same with or without them
+    slabbed = "flux" in variables or "sst" in variables
+    flux_rngs = [np.random.default_rng([seed, i, 2]) for i in range(n_traj)] if slabbed else []
+    flux = _smooth_noise(flux_rngs, xx, yy, phys.flux_wavenumber) if slabbed else np.zeros_like(q0)
+    slab = np.zeros_like(q0)
+    rho = np.exp(-phys.frame_interval / phys.flux_memory)
+    decay = np.exp(-phys.frame_interval / phys.slab_lifetime)
     dt = phys.frame_interval / phys.substeps
     out = np.zeros((n_traj, n_frames, len(variables), height, width), dtype=np.float32)
     total = phys.spinup_frames + n_frames
     for frame in tqdm(range(total), desc="generating fields", disable=not progress, leave=False):
         if frame >= phys.spinup_frames:
             u, v, psi = flow(frame * phys.frame_interval)
-            saved = _diagnose(variables, phys, u, v, psi, state, rain, t_eq, channel)
+            saved = _diagnose(variables, phys, u, v, psi, state, rain, t_eq, channel, flux, slab)
             for j, value in enumerate(saved):
                 out[:, frame - phys.spinup_frames, j] = value
+        if slabbed:  # the frame's flux (saved above) heats the slab over the frame after it, exactly integrated
+            slab = decay * slab + phys.slab_lifetime * (1 - decay) * flux
+            flux = rho * flux + np.sqrt(1 - rho**2) * _smooth_noise(flux_rngs, xx, yy, phys.flux_wavenumber)
         rain = np.zeros_like(q0)
         for s in range(phys.substeps):
             u, v, _ = flow(frame * phys.frame_interval + s * dt)

@@ -184,21 +184,20 @@ def correlation_verdict(table: pd.DataFrame, claim: Claim = CORRELATION, loss: s
     tolerance = claim.tolerance
     c = correlation_interval(table, loss, null=tolerance)
     flags: tuple[str, ...] = ()
+    interval = protocol.interval_verdict(c["low"], c["high"], tolerance)
     if math.isnan(c["low"]):
         flags = (f"{c['n_methods']} methods: too few for a Fisher-z interval (needs {MIN_METHODS})",)
-        verdict = "inconclusive"
     elif c["low"] > tolerance and not c["loo_min_r"] > tolerance:
         flags = (f"leave-one-method-out: without {c['loo_left_out']} r = {c['loo_min_r']:+.2f}, not above "
                  f"{tolerance:g}",)
-        verdict = "inconclusive"
-    else:
-        verdict = "held" if c["low"] > tolerance else "not held" if c["high"] < tolerance else "inconclusive"
+    verdict = "inconclusive" if flags else interval
     rule = (f"Pearson r of KL reduction vs −{loss} over {c['n_methods']} methods counted once ({c['methods']}; "
             f"left out: {', '.join(EXCLUDED)}), each the mean over {c['n_targets']} targets (each over its seeds); "
             f"Fisher-z 95 % interval with n = {c['n_methods']} methods (atanh r ± 1.96 / √(n − 3)): held if it lies "
             f"above {tolerance:g} and r stays above it with any one method left out, not held if it lies below, else "
             "inconclusive; p: Fisher-z test of r = the tolerance")
-    return Verdict(claim, c["r"], c["low"], c["high"], c["n_methods"], False, verdict, flags, c["p"]), rule
+    return Verdict(claim, c["r"], c["low"], c["high"], c["n_methods"], False, verdict, flags, c["p"],
+                   interval=interval), rule
 
 
 def budget_checks(budget: pd.DataFrame | None, track: str) -> pd.DataFrame:

@@ -1,9 +1,13 @@
 """The fields, windows and scores of the Met²Net experiment (:mod:`labkit.experiments.met2net`).
 
 Splits are whole trajectories of the locally generated fields (:mod:`labkit.data.fields`; the variables are
-``cfg.variables``), normalised with training statistics. Scores are pooled per (lead, variable) squared and
-absolute errors, in z-units and in the generator's physical units; RMSE = sqrt(pooled MSE), not a mean of per-batch
-RMSEs.
+``cfg.variables``), normalised with training statistics; every model seed draws its own fields (:func:`data_seed`).
+The cpu selection includes ``sst``, a slab heated by ``flux``, whose next frame needs the flux of its current frame,
+which no frame of sst shows: in the default fields each variable's own history already reveals its advection (removing
+attention cost the earlier cpu report only ~5 %), so sst is what lets cross-variable dependence matter.
+
+Scores are pooled per (lead, variable) squared and absolute errors, in z-units and in the generator's physical units;
+RMSE = sqrt(pooled MSE), not a mean of per-batch RMSEs.
 """
 
 from __future__ import annotations
@@ -31,16 +35,22 @@ class FieldData:
     windows: dict[str, np.ndarray] = field(default_factory=dict)  # (n_windows, 2): trajectory, first frame
 
 
-def load_data(cfg: Config, progress: bool = False) -> FieldData:
-    """Generate (or read from the cache) the fields, split by trajectory, normalise with training statistics
-    (``progress``: a bar while generating)."""
+def data_seed(cfg: Config, seed: int) -> int:
+    """The generator seed of model seed ``seed``: ``cfg.data_seed + seed`` when ``cfg.vary_data`` (every seed draws
+    its own trajectories, so intervals over seeds hold data noise), else ``cfg.data_seed``."""
+    return cfg.data_seed + (seed if cfg.vary_data else 0)
+
+
+def load_data(cfg: Config, progress: bool = False, seed: int = 0) -> FieldData:
+    """Generate (or read from the cache) the fields of model seed ``seed`` (:func:`data_seed`), split by trajectory,
+    normalise with training statistics (``progress``: a bar while generating)."""
     n_traj = cfg.n_train + cfg.n_val + cfg.n_test
     fields_ = generate(
         n_traj,
         cfg.frames,
         cfg.height,
         cfg.width,
-        cfg.data_seed,
+        data_seed(cfg, seed),
         physics=FieldPhysics(frame_interval=cfg.frame_interval),
         variables=cfg.variables,
         progress=progress,

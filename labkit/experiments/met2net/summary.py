@@ -3,10 +3,11 @@
 prints (:func:`judge`, :func:`verdict_text`, :func:`headline_metrics`, :func:`relative_change`).
 
 Checkpoints and the momentum are selected on the validation split, never on test. Every trained arm also ran its
-first seed at ``cfg.budget_factor`` times the budget (:func:`labkit.experiments.met2net.arms.longer_budget`); an arm
-whose validation MSE still drops there by more than the claims' tolerance is not converged, and the claims resting on
-it are inconclusive. Metrics are per variable, in the generator's physical units and in z-units; RMSE = sqrt(pooled
-MSE).
+first seed at ``cfg.budget_factor`` times the budget (:func:`labkit.experiments.met2net.arms.longer_budget`; met2net
+and pervar_e2e their first ``cfg.long_seeds``); an arm whose validation MSE still drops there by more than the claims'
+tolerance is not converged, and the claims resting on it are inconclusive. Skill vs persistence is judged per lead and
+variable too (:func:`labkit.experiments.met2net.claims.lead_skill`). Metrics are per variable, in the generator's
+physical units and in z-units; RMSE = sqrt(pooled MSE).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 import torch
 
 from labkit import protocol
+from labkit.data.fields import dependent_variables
 from labkit.experiments import Computed, Results
 from labkit.experiments.met2net import claims
 from labkit.experiments.met2net.arms import FORECAST_PREFIX, chosen_momentum
@@ -64,11 +66,11 @@ def _cost(runs: pd.DataFrame, cfg: Config, timings: dict[str, float]) -> pd.Data
 
 
 def _budget_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The budget check's runs: arm, seed, budget, validation MSE (what the check judges) and epochs, for every
-    (arm, seed) that also ran at a longer budget."""
+    """The budget check's runs: arm, seed, budget, validation MSE (what the check judges), test MSE (what the long
+    claims compare) and epochs, for every (arm, seed) that also ran at a longer budget."""
     longer = set(runs.loc[runs["budget"] > 1, ["arm", "seed"]].itertuples(index=False, name=None))
     rerun = [(arm, seed) in longer for arm, seed in zip(runs["arm"], runs["seed"], strict=True)]
-    columns = ["arm", "seed", "budget", "val_mse_z", "best_epoch", "epochs_run"]
+    columns = ["arm", "seed", "budget", "val_mse_z", "test_mse_z", "best_epoch", "epochs_run"]
     return runs.loc[rerun, columns].reset_index(drop=True)
 
 
@@ -85,8 +87,9 @@ def _budget_report(converged: pd.DataFrame, runs: pd.DataFrame, timings: dict[st
 
 def judge(cfg: Config, computed: Computed) -> Results:
     """Choose Met²Net's momentum on validation, keep every table at it, and judge the claims (premise first) with
-    the sanity and budget checks. Tables: the computed ones, and ``metrics`` (with skill), ``lead``, ``history``,
-    ``attention``, ``cost``, ``scores`` (per arm and seed), ``sweep``, ``claims``, ``sanity`` and ``budget``."""
+    the sanity and budget checks. Tables: the computed ones, and ``metrics`` (with skill), ``lead``, ``skill`` (vs
+    persistence per arm, variable and lead), ``history``, ``attention``, ``cost``, ``scores`` (per arm and seed),
+    ``sweep``, ``claims``, ``sanity`` and ``budget``."""
     tables, timings = computed.tables, computed.timings
     runs = tables["runs"]
     momentum = chosen_momentum(runs) if "met2net" in cfg.arms else cfg.momentum
@@ -94,10 +97,13 @@ def judge(cfg: Config, computed: Computed) -> Results:
     metrics = _with_skill(_at_momentum(tables["run_metrics"], momentum))
     history = _at_momentum(tables["run_history"], momentum)
     budget_runs = _budget_runs(runs_chosen)
-    scores = claims.per_seed_scores(metrics, history)
-    claims_table, sanity, converged = claims.verdicts(scores, budget_runs)
+    dependent = dependent_variables(cfg.variables)
+    scores = claims.per_seed_scores(metrics, history, dependent)
+    lead = _at_momentum(tables["run_lead"], momentum)
+    skill = claims.lead_skill(lead)
+    claims_table, sanity, converged = claims.verdicts(scores, budget_runs, skill, dependent)
     judged = {
-        "metrics": metrics, "lead": _at_momentum(tables["run_lead"], momentum), "history": history,
+        "metrics": metrics, "lead": lead, "skill": skill, "history": history,
         "attention": _at_momentum(tables["run_attention"], momentum), "cost": _cost(runs_chosen, cfg, timings),
         "scores": scores, "sweep": _sweep(runs, momentum), "claims": claims_table, "sanity": sanity,
         "budget": _budget_report(converged, budget_runs, timings),
@@ -109,7 +115,7 @@ def relative_change(scores: pd.DataFrame, arm: str = "met2net", baseline: str = 
     """Per variable: % MSE change of ``arm`` vs ``baseline`` (fixed in advance), paired by seed with a Student-t
     interval, next to the paper's number where it reports one."""
     rows = []
-    for col in [c for c in scores.columns if c.startswith("mse_") and c != "mse_z"]:
+    for col in [c for c in scores.columns if claims.variable_of(c)]:
         a = scores[scores["arm"] == arm].set_index("seed")[col]
         b = scores[scores["arm"] == baseline].set_index("seed")[col]
         if a.empty or b.empty:
@@ -126,7 +132,8 @@ def verdict_text(results: Results) -> str:
     and verdict, then the sanity flags and the momentum chosen on validation."""
     chosen = results.sweep.loc[results.sweep["selected"], "momentum"]
     notes = [] if chosen.empty else [f"met2net momentum chosen on validation: {float(chosen.iloc[0]):g}"]
-    ok = "every trained arm converged at the longer budget; every arm beat persistence"
+    notes += [line for line in [claims.lead_one_summary(results.sanity)] if line]
+    ok = "every trained arm converged at the longer budget and beat persistence on the mean over leads and variables"
     return protocol.verdict_text(results.claims, results.sanity, ok, notes=notes)
 
 

@@ -3,8 +3,11 @@
 ``met2net`` runs once per momentum in ``cfg.momentums``; the momentum with the best mean validation MSE
 (:func:`chosen_momentum`) is the one ``met2net_noattn`` and the longer-budget reruns train with, and the one the
 judgement reports. The first seed of every trained arm (met2net at the chosen momentum) also runs at
-``cfg.budget_factor`` x the budget for the convergence check. Nothing here judges: claims, sanity, the momentum
-sweep and the cost table are built from these tables by :mod:`labkit.experiments.met2net.summary`.
+``cfg.budget_factor`` x the budget for the convergence check, and the first ``cfg.long_seeds`` seeds of ``met2net`` and
+``pervar_e2e`` do, so implicit vs end-to-end is also judged beyond the budget. With ``cfg.vary_data`` every seed
+trains and is scored on its own draw of the fields (:func:`labkit.experiments.met2net.data.data_seed`). Nothing here
+judges: claims, sanity, the momentum sweep and the cost table are built from these tables by
+:mod:`labkit.experiments.met2net.summary`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from labkit import profile, selection
 from labkit.experiments import ARTEFACT_LIMIT_BYTES, Computed
 from labkit.experiments.met2net.arms.models import build_model, forward_flops
 from labkit.experiments.met2net.arms.training import longer_budget, train_arm
-from labkit.experiments.met2net.config import ARMS, TRIVIAL, Config
+from labkit.experiments.met2net.config import ARMS, LONG_ARMS, TRIVIAL, Config
 from labkit.experiments.met2net.data import FieldData, batch, evaluate, forecast, load_data
 from labkit.jobs import run_jobs
 
@@ -102,7 +105,7 @@ def _attention_rows(job: Job, attention: np.ndarray | None, data: FieldData) -> 
 def run_job(job: Job) -> JobResult:
     """Train one arm for one seed (and momentum) at ``job.budget`` x the configured budget, score it on validation
     and test (the function :func:`labkit.jobs.run_jobs` maps, in worker processes too)."""
-    data = load_data(job.cfg)
+    data = load_data(job.cfg, seed=job.seed)
     cfg = job.cfg if job.budget == 1 else longer_budget(job.cfg, job.budget)
     device = profile.resolve_device(cfg.device)
     result = train_arm(job.arm, cfg, job.seed, data, job.momentum, job.progress)
@@ -136,13 +139,20 @@ def _history(done: list[JobResult]) -> pd.DataFrame:
     return history.assign(momentum=np.repeat([r.job.momentum for r in done], [len(r.history) for r in done]))
 
 
+def _long_seeds(cfg: Config, arm: str) -> range:
+    """The seeds of ``arm`` rerun at ``cfg.budget_factor`` x the budget: seed 0 (the convergence check), and the first
+    ``cfg.long_seeds`` for the two arms (:data:`LONG_ARMS`) of implicit vs end-to-end (judged there too)."""
+    return range(cfg.long_seeds if arm in LONG_ARMS else 1)
+
+
 def compute(cfg: Config, progress: bool = True) -> Computed:
     """Train and score every arm x seed (and met2net momentum), the budget-check reruns, and the seed-0 forecasts.
 
     Computed tables: ``runs`` (one row per trained job, in the order they ran: arm, seed, momentum, budget,
-    validation and test MSE, params, forward FLOPs, epochs), and for every job at budget 1, ordered by seed then
-    arm: ``run_metrics`` (per variable, physical and z-units), ``run_lead`` (per lead time), ``run_history`` (losses
-    per step, validation MSE per epoch) and ``run_attention`` (variable attention). Tensors: the seed-0 forecasts of
+    validation and test MSE, params, forward FLOPs, epochs; the longer-budget reruns of :func:`_long_seeds` too), and
+    for every job at budget 1, ordered by seed then arm: ``run_metrics`` (per variable, physical and z-units),
+    ``run_lead`` (per lead time), ``run_history`` (losses per step, validation MSE per epoch) and ``run_attention``
+    (variable attention). Tensors: the seed-0 forecasts of
     a few test windows per arm (met2net at the chosen momentum). Timings: training seconds per arm.
     """
     data = load_data(cfg, progress)
@@ -153,14 +163,15 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
     first = [a for a in cfg.arms if a != "met2net_noattn"]
     jobs = [Job(cfg, arm, s, m, 1.0, bars) for arm in first for s in seeds
             for m in (cfg.momentums if arm == "met2net" else (None,))]
-    jobs += [Job(cfg, arm, seeds[0], None, long, bars) for arm in first if arm not in (*TRIVIAL, "met2net")]
+    jobs += [Job(cfg, arm, s, None, long, bars) for arm in first if arm not in (*TRIVIAL, "met2net")
+             for s in _long_seeds(cfg, arm)]
     jobs.sort(key=lambda j: (ARMS.index(j.arm), j.budget), reverse=True)  # slow arms and long runs first
     done = run_jobs(run_job, jobs, workers=cfg.workers, desc="met2net arms x seeds", progress=progress)
     momentum = cfg.momentum
     if "met2net" in cfg.arms:
         momentum = chosen_momentum(pd.DataFrame([r.run for r in done]))
-    second = [Job(cfg, arm, seeds[0], momentum, long, bars) for arm in ("met2net", "met2net_noattn")
-              if arm in cfg.arms]
+    second = [Job(cfg, arm, s, momentum, long, bars) for arm in ("met2net", "met2net_noattn") if arm in cfg.arms
+              for s in _long_seeds(cfg, arm)]
     second += [Job(cfg, "met2net_noattn", s, momentum, 1.0, bars) for s in seeds if "met2net_noattn" in cfg.arms]
     if second:
         done += run_jobs(run_job, second, workers=cfg.workers, desc="met2net at the chosen momentum",
@@ -183,5 +194,7 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
     timings = {f"train_seconds_{arm}": float(np.mean([r.run["seconds"] for r in chosen
                                                       if r.job.arm == arm and r.job.budget == 1]))
                for arm in cfg.arms}
-    timings |= {f"budget_seconds_{r.job.arm}": r.run["seconds"] for r in chosen if r.job.budget > 1}
+    timings |= {f"budget_seconds_{arm}": float(np.mean([r.run["seconds"] for r in chosen
+                                                        if r.job.arm == arm and r.job.budget > 1]))
+                for arm in dict.fromkeys(r.job.arm for r in chosen if r.job.budget > 1)}
     return Computed(tables, tensors, timings)

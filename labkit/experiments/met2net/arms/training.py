@@ -1,11 +1,11 @@
 """How Met²Net's arms are trained: one schedule for every arm, and the longer budget of the convergence check.
 
-Every trained arm gets the same optimiser (AdamW; the learning rate halves when validation MSE stalls for
-``lr_patience + 1`` epochs), data and seeds, and trains until its validation MSE has not improved by ``min_improvement``
-(relative) for ``patience`` epochs, or ``epochs`` run out; the weights kept are those with the best validation MSE
-(z-units), never chosen on test. Whether that budget suffices is checked by rerunning one seed at a longer one
-(:func:`longer_budget`, judged by :func:`labkit.protocol.budget_check`): the stopping rule itself cannot tell a plateau
-from a slow descent.
+Every trained arm gets the same optimiser, data and seeds and the official recipe's schedule (ShremG/Met2Net,
+``configs/weather/mv5my_5_625/its.py``: AdamW at ``lr`` with cosine decay over a fixed budget of ``epochs``, no warm-up;
+here per step, to ``min_lr_ratio`` x ``lr``). Nothing stops a run early: every run trains its whole budget, and the
+weights kept are those with the best validation MSE (z-units), never chosen on test. Whether the budget suffices is
+judged only by rerunning seeds at a longer one (:func:`longer_budget`: the same cosine stretched over
+``budget_factor`` x the epochs, judged by :func:`labkit.protocol.budget_check`), never by the rule that ended training.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from labkit.experiments.met2net.config import TRIVIAL, Config
 from labkit.experiments.met2net.data import FieldData, batch, evaluate
 from labkit.models.forecaster import count_parameters
 from labkit.stage import ImplicitTwoStage, explicit_two_stage_losses, freeze_schedule, parameter_distance
+from labkit.train import cosine_lr
 
 
 @dataclass
@@ -38,7 +39,7 @@ class ArmRun:
     arm: str
     seed: int
     model: nn.Module
-    history: pd.DataFrame  # step, epoch, rec, latent, val_mse_z, ema_gap
+    history: pd.DataFrame  # step, epoch, lr, rec, latent, val_mse_z, ema_gap
     best_epoch: int  # 0 for arms without training
     epochs_run: int
     params: int
@@ -69,14 +70,9 @@ def _losses(
 
 
 def longer_budget(cfg: Config, factor: float) -> Config:
-    """``cfg`` with every duration of the training schedule scaled by ``factor``: the epoch cap, the epochs without a
-    clear gain before early stopping (``patience``) and before the learning rate halves (``ReduceLROnPlateau`` halves
-    it on the ``lr_patience + 1``-th such epoch), the explicit scheme's autoencoder stage and ``max_steps``.
-
-    The run is the same schedule stretched in time, and a genuinely longer budget: with only the cap raised, early
-    stopping and the halving learning rate would end it where the 1x run ended. ``min_improvement`` (a relative
-    threshold, not a duration) stays.
-    """
+    """``cfg`` with every duration of the training schedule scaled by ``factor``: the epochs the cosine decays over,
+    the explicit scheme's autoencoder stage and ``max_steps``; the peak and floor learning rates stay, so the run is
+    the same schedule stretched in time."""
     if not factor >= 1:
         raise ValueError(f"a longer budget needs factor >= 1, got {factor}")
 
@@ -84,8 +80,7 @@ def longer_budget(cfg: Config, factor: float) -> Config:
         return math.ceil(epochs * factor)
 
     return dataclasses.replace(
-        cfg, epochs=scale(cfg.epochs), patience=scale(cfg.patience), lr_patience=scale(cfg.lr_patience + 1) - 1,
-        explicit_ae_epochs=scale(cfg.explicit_ae_epochs),
+        cfg, epochs=scale(cfg.epochs), explicit_ae_epochs=scale(cfg.explicit_ae_epochs),
         max_steps=None if cfg.max_steps is None else scale(cfg.max_steps),
     )
 
@@ -93,11 +88,12 @@ def longer_budget(cfg: Config, factor: float) -> Config:
 def train_arm(
     arm: str, cfg: Config, seed: int, data: FieldData, momentum: float | None = None, progress: bool = False
 ) -> ArmRun:
-    """Train one arm until validation MSE plateaus; keep the weights with the best validation MSE (z-units);
-    ``progress``: a bar over steps.
+    """Train one arm for its whole budget (cosine decay over ``cfg.epochs``); keep the weights with the best
+    validation MSE (z-units); ``progress``: a bar over steps.
 
     ``pervar_explicit`` first trains the autoencoder alone for ``cfg.explicit_ae_epochs`` epochs, then the translator
-    on the frozen encoder's latents; only the second stage is early-stopped and selected.
+    on the frozen encoder's latents for ``cfg.epochs``, each stage with its own cosine decay; only the second stage
+    is selected on validation.
     """
     device = profile.resolve_device(cfg.device)
     seed_everything(seed, threads=cfg.threads)
@@ -117,13 +113,12 @@ def train_arm(
     total = total if cfg.max_steps is None else min(cfg.max_steps, total)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg.lr_patience,
-                                                       threshold=cfg.min_improvement)
+    stages = {True: ae_epochs * steps_per_epoch, False: cfg.epochs * steps_per_epoch}  # autoencoding: its steps
     gen = torch.Generator().manual_seed(seed)
-    best, best_state, best_epoch, since_best, step, epoch = math.inf, None, 0, 0, 0, 0
+    best, best_state, best_epoch, step, epoch = math.inf, None, 0, 0, 0
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=total, desc=f"{arm} seed {seed}", disable=not progress, leave=False)
-    while step < total and since_best < cfg.patience:
+    while step < total:
         epoch += 1
         autoencoding = epoch <= ae_epochs
         if arm == "pervar_explicit":
@@ -133,6 +128,10 @@ def train_arm(
         order = torch.randperm(n_win, generator=gen).numpy()
         for i in range(min(steps_per_epoch, total - step)):
             x, y = batch(data, "train", order[i * cfg.batch_size : (i + 1) * cfg.batch_size], cfg, device)
+            in_stage = step - (0 if autoencoding else stages[True])
+            lr = cfg.lr * cosine_lr(in_stage, stages[autoencoding], min_ratio=cfg.min_lr_ratio)
+            for group in opt.param_groups:
+                group["lr"] = lr
             losses = _losses(arm, model, net, x, y, autoencoding)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -141,20 +140,16 @@ def train_arm(
                 model.after_step()  # EMA / hard copy after the optimiser step
             step += 1
             bar.update(1)
-            rows.append({"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in losses.items()
+            rows.append({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()
                                                           if k != "loss"}})
         if autoencoding:
             continue
         val = evaluate(model, data, "val", cfg, device)["mse_z"].mean().item()
-        sched.step(val)
         rows[-1]["val_mse_z"] = val
         if arm.startswith("met2net"):
             rows[-1]["ema_gap"] = parameter_distance(model.translator_k, model.translator)
-        if val < best:  # keep the best weights; only a clear improvement resets the early-stopping count
-            since_best = 0 if val < best * (1 - cfg.min_improvement) else since_best + 1
+        if val < best:  # keep the validation-best weights (selection, not stopping: the run goes on)
             best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
-        else:
-            since_best += 1
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
