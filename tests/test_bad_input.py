@@ -476,6 +476,8 @@ CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      r"target_pseudocounts.*> 0.*-1"),
     ("dsir target_pseudocounts=[0]: the smoothed variant must smooth", _configure(dsir, {"target_pseudocounts": [0.0]}),
      ValueError, r"target_pseudocounts.*> 0.*0"),
+    ("dsir tuned grids of unequal size", _configure(dsir, {"heuristic_grid": [[9.0, 1.0, 5.0]]}), ValueError,
+     r"grids differ in size.*heuristic_grid: 1.*expected grids of equal size"),
     ("dsir target_pseudocount=-1", _configure(dsir, {"target_pseudocount": -1.0}), ValueError,
      r"target_pseudocount.*>= 0.*-1"),
     ("dsir tiny_lm_methods=['nope']", _configure(dsir, {"tiny_lm_methods": ["nope"]}), TypeError,

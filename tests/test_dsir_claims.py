@@ -196,7 +196,8 @@ def test_headline_metrics_gaps_and_targets_below():
     classify = pd.DataFrame({"seed": [0], "target": ["t0"], "method": ["dsir"], "accuracy": [0.7],
                              "macro_f1": [0.6], "bits_per_byte": [3.0], "n_tags": [4]})
     sweep = pd.DataFrame({"seed": 0, "target": "t0", "method": "dsir-smoothed", "setting": [0, 1, 0, 1],
-                          "split": ["val", "val", "test", "test"], "bigram_nats_per_token": [6.0, 5.0, 5.5, 5.6]})
+                          "split": ["val", "val", "test", "test"], "bigram_nats_per_token": [6.0, 5.0, 5.5, 5.6],
+                          "chosen": [False, True, False, True]})  # as compute marks the validation choice
     computed = Computed({"scores": table, "picks": pd.DataFrame(), "sweep": sweep, "tiny_lm": pd.DataFrame(),
                          "classify": classify, "budget_runs": pd.DataFrame(), "budget_curves": pd.DataFrame(),
                          "skipped": pd.DataFrame(columns=["track", "target", "reason"])})
@@ -207,7 +208,7 @@ def test_headline_metrics_gaps_and_targets_below():
     assert metrics["dsir − random/all/mean_diff"] < 0 and metrics["dsir_beats_random_targets"] == len(TARGETS)
     assert metrics["claim/kl_vs_random/effect"] == claims.set_index("claim").loc["kl_vs_random", "mean"]
     assert metrics["classify/t0/dsir/macro_f1"] == 0.6 and metrics["dsir-smoothed/validation_nats_per_token"] == 5.0
-    assert results.tuning.set_index("method").loc["dsir-smoothed", "chosen"] == "1.0"  # validation, not test
+    assert results.tuning.set_index("method").loc["dsir-smoothed", "chosen"] == "1.0"  # the marked choice
     assert 0 < metrics["pearson_r/all methods"] <= 1
     with pytest.raises(ValueError, match="dsir_gaps needs DSIR"):
         dsir.dsir_gaps(table[table.method != "dsir"])

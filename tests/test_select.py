@@ -267,6 +267,15 @@ def test_exclude_leaves_documents_out_of_p_raw_and_resampling():
         tfidf_select(feats, target, 91, exclude=drop)
 
 
+def test_tfidf_weights_come_from_the_documents_it_may_pick():
+    """Held-out documents (``exclude``) never shape the IDF: changing their text leaves the selection as it is."""
+    raw, target = make_corpus(120)
+    drop = np.arange(0, 120, 4)
+    altered = [("zebra " * 30 if i in set(drop.tolist()) else doc) for i, doc in enumerate(raw)]
+    picks = [tfidf_select(featurize(docs), target, 40, exclude=drop).tolist() for docs in (raw, altered)]
+    assert picks[0] == picks[1]
+
+
 def test_write_selected_is_atomic_and_replaces(tmp_path):
     from labkit.select import write_selected
 

@@ -146,14 +146,16 @@ def tfidf_select(
     """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid.
 
     ``tf`` weights a term's count in a document and in the target: ``"raw"`` the count, ``"log"`` 1 + log(count)
-    (sublinear, as scikit-learn's ``sublinear_tf``), ``"binary"`` presence.
+    (sublinear, as scikit-learn's ``sublinear_tf``), ``"binary"`` presence. Document frequencies count only the
+    documents that may be picked: ``exclude`` (held-out text) never shapes the weights.
     """
     if tf not in TF_WEIGHTS:
         raise ValueError(f"tf must be one of {list(TF_WEIGHTS)}, got {tf!r}")
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
     target_counts = _target_counts(target, num_buckets, ngrams, hash)
-    df = np.bincount(x.indices, minlength=num_buckets)
-    idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
+    allowed = _allowed(x.shape[0], k, exclude)
+    df = np.bincount(x[allowed].indices, minlength=num_buckets)
+    idf = np.log((1 + int(allowed.sum())) / (1 + df)) + 1.0
     weighted = x.copy()
     weighted.data = TF_WEIGHTS[tf](weighted.data) * idf[weighted.indices]  # tf-idf of the hashed counts, O(nnz)
     rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
@@ -163,6 +165,6 @@ def tfidf_select(
     centroid /= np.linalg.norm(centroid) + 1e-12
     x = weighted
     scores = np.asarray(x @ centroid).ravel() / norms
-    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
+    return gumbel_top_k(np.where(allowed, scores, -np.inf), k, top_k=True)
 
 

@@ -54,15 +54,16 @@ def judge(cfg: Config, computed: Computed) -> Results:
     loo = [leave_one_out(table, loss).rename_axis("left_out").reset_index().assign(downstream=name)
            for name, table, loss in downstreams]
     tiny_measured = len(tiny) and tiny.method.nunique() >= 3
+    ngram_measured = NGRAM_LOSS in scores.columns  # the bigram LM ran (downstream "bigram" or "both")
     judged = {
         "claims": claims,
         "sanity": sanity,
         "budget": budget,
         "tuning": tuning_table(cfg, tables["sweep"]),
-        "correlation": method_correlation(scores),
+        "correlation": method_correlation(scores) if ngram_measured else pd.DataFrame(),
         "correlation_intervals": pd.DataFrame(correlation_rows),
         "correlation_loo": pd.concat(loo, ignore_index=True) if loo else pd.DataFrame(),
-        "paired_gaps": dsir_gaps(scores),
+        "paired_gaps": dsir_gaps(scores) if ngram_measured else pd.DataFrame(),
         "classify_summary": classify_summary(classify) if len(classify) else pd.DataFrame(),
         "tiny_correlation": (method_correlation(tiny[tiny.method != PREMISE_ARM], loss=LOSS) if tiny_measured
                              else pd.DataFrame()),

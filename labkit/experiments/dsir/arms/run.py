@@ -45,23 +45,23 @@ def choose_settings(cfg: Config, sweep: pd.DataFrame) -> dict[str, int]:
     there is nothing to choose on (no validation chunks or no bigram LM)."""
     if not len(sweep):
         return {}
-    chosen = {}
-    for method, rows in sweep[sweep.split == "val"].groupby("method", sort=False):
-        can_choose = cfg.n_val > 0 and cfg.downstream in ("bigram", "both")
-        chosen[method] = int(selection.select_best(rows, "setting", "bigram_nats_per_token")["setting"]) if (
-            can_choose) else 0
-    return chosen
+    can_choose = cfg.n_val > 0 and cfg.downstream in ("bigram", "both")
+    return {method: int(selection.select_best(rows, "setting", "bigram_nats_per_token")["setting"]) if can_choose
+            else 0 for method, rows in sweep[sweep.split == "val"].groupby("method", sort=False)}
 
 
 def tuning_table(cfg: Config, sweep: pd.DataFrame) -> pd.DataFrame:
-    """Per tuned method: the knob (its Config field), the grid, its size, the setting chosen on validation and its
-    mean validation and test bigram loss (test shown, never used)."""
+    """Per tuned method: the knob (its Config field), the grid, its size, the setting chosen on validation (the
+    sweep's ``chosen`` rows, marked when it ran) and its mean validation and test bigram loss (test shown, never
+    used)."""
     rows = []
-    for method, index in choose_settings(cfg, sweep).items():
-        mine = sweep[(sweep.method == method) & (sweep.setting == index)]
-        knob = TUNED[method] + (f" ({', '.join(HeuristicSetting._fields)})" if "heuristic" in method else "")
-        rows.append({"method": method, "knob": knob, "grid": "; ".join(map(str, cfg.grid(method))),
-                     "grid_size": len(cfg.grid(method)), "chosen": str(cfg.grid(method)[index]),
+    for method, mine in sweep[sweep.chosen].groupby("method", sort=False) if len(sweep) else ():
+        index = int(mine.setting.iloc[0])
+        grid = cfg.grid(method)
+        knob = TUNED[method] + (f" ({', '.join(HeuristicSetting._fields)})" if TUNED[method] == "heuristic_grid"
+                                else "")
+        rows.append({"method": method, "knob": knob, "grid": "; ".join(map(str, grid)), "grid_size": len(grid),
+                     "chosen": str(grid[index]),
                      "validation_nats_per_token": float(mine[mine.split == "val"].bigram_nats_per_token.mean()),
                      "test_nats_per_token": float(mine[mine.split == "test"].bigram_nats_per_token.mean())})
     return pd.DataFrame(rows, columns=["method", "knob", "grid", "grid_size", "chosen", "validation_nats_per_token",
@@ -84,6 +84,8 @@ def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Comput
         cells = bigram_cells(cfg, targets, progress)
         sweep = pd.DataFrame([r for c in cells for r in c["sweep"]])
         chosen = choose_settings(cfg, sweep)
+        if len(sweep):
+            sweep["chosen"] = sweep.setting == sweep.method.map(chosen)  # the one record of the choice
         settings = {method: cfg.grid(method)[index] for method, index in chosen.items()}
         tiny, budget, curves = tiny_track(cfg, targets, settings, progress)
 
