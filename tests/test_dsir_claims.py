@@ -119,7 +119,13 @@ def test_leave_one_method_out_catches_a_correlation_carried_by_one_method():
     verdict, _ = dsir_claims.correlation_verdict(table)
     assert verdict.verdict == "inconclusive" and "without random" in verdict.flags[0]
     loo = dsir_claims.leave_one_out(table, "bits_per_byte")
-    assert set(loo.index) == set(flat) and loo["random"] == c["loo_min_r"]
+    assert set(loo.index) == set(flat) and loo.loc["random", "r_without"] == c["loo_min_r"]
+    assert (loo.n_without == 4).all() and loo.loc["random", "low_without"] < 0
+    # r without random stays positive, but far below the interval's low end: random still carries it
+    leaning = {"random": 6.0, "dsir": 3.40, "heuristic": 3.45, "tfidf": 3.41, "expert": 3.41}  # r without random 0.08
+    c = dsir_claims.correlation_interval(tiny_lm(3.0, cells=6, bits=leaning))
+    assert c["low"] > 0 and c["loo_left_out"] == "random" and 0 < c["loo_min_r"] < c["low"]
+    assert dsir_claims.correlation_verdict(tiny_lm(3.0, cells=6, bits=leaning))[0].verdict == "inconclusive"
     noise = tiny_lm(3.0, cells=6).assign(kl_reduction=np.random.default_rng(1).normal(size=6 * 9))
     assert dsir_claims.correlation_verdict(noise)[0].verdict != "held"
 
@@ -176,7 +182,12 @@ def test_classification_budget_and_health_flags():
     track = "continued pretraining"
     claims, sanity, checks = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.0))
     row = claims.set_index("claim").loc["classify_vs_random"]
-    assert row.verdict == "inconclusive" and "not converged" in row.sanity and len(checks) == 2
+    assert row["raw verdict"] == "inconclusive" and "not converged" in row.sanity and len(checks) == 2
+    assert row.role == "secondary"  # a pilot: too few targets and evaluation examples for a main verdict
+    # no transformer track ran, so the premise could not be judged: it is there, inconclusive, and governs
+    premise = claims.iloc[0]
+    assert premise.claim == "target_beats_random" and premise.verdict == "inconclusive"
+    assert "premise arms not run" in premise.sanity and row.verdict == "premise not met"
     claims, sanity, _ = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.29))
     row = claims.set_index("claim").loc["classify_vs_random"]
     assert row["raw verdict"] == "inconclusive" and row.sanity == "ok" and row.n == 6  # a tie: interval spans 0
@@ -185,7 +196,7 @@ def test_classification_budget_and_health_flags():
     # continued pretraining that loses 0.2 accuracy against its own base model is unhealthy, with the seed named
     claims, sanity, _ = dsir_claims.verdicts(scores(), classify_table(dsir_acc=0.25))
     row = claims.set_index("claim").loc["classify_vs_random"]
-    assert row.verdict == "inconclusive" and "dsir unhealthy (seed a/0" in row.sanity
+    assert row["raw verdict"] == "inconclusive" and "dsir unhealthy (seed a/0" in row.sanity
 
 
 def test_headline_metrics_gaps_and_targets_below():
@@ -209,8 +220,33 @@ def test_headline_metrics_gaps_and_targets_below():
     assert metrics["claim/kl_vs_random/effect"] == claims.set_index("claim").loc["kl_vs_random", "mean"]
     assert metrics["classify/t0/dsir/macro_f1"] == 0.6 and metrics["dsir-smoothed/validation_nats_per_token"] == 5.0
     assert results.tuning.set_index("method").loc["dsir-smoothed", "chosen"] == "1.0"  # the marked choice
-    assert 0 < metrics["pearson_r/all methods"] <= 1
+    assert 0 < metrics["pearson_r/bigram LM/methods once (claim)"] <= 1
+    assert {f"pearson_r/bigram LM/{v}/ci_low" for v in dsir.summary.CORRELATION_VARIANTS} <= set(metrics)
     with pytest.raises(ValueError, match="dsir_gaps needs DSIR"):
         dsir.dsir_gaps(table[table.method != "dsir"])
 
 
+
+
+def test_the_correlation_is_flagged_by_every_method_it_counts():
+    """A correlation built from under-trained arms is no verdict: an unconverged heuristic arm flags
+    kl_tracks_quality, though the loss_vs_random pair it does not rest on stays judged."""
+    table = tiny_lm(3.0, cells=6)
+    track = "tiny transformer"
+    converged = budget(track, ("random", "dsir", "target", "tfidf", "expert"), 3.3, 3.29)
+    stalled = budget(track, ("heuristic",), 3.3, 3.0)
+    claims, _, _ = dsir_claims.verdicts(scores(), tiny_lm=table, budget=pd.concat([converged, stalled]))
+    by = claims.set_index("claim")
+    assert by.loc["kl_tracks_quality", "raw verdict"] == "inconclusive"
+    assert "heuristic not converged" in by.loc["kl_tracks_quality", "sanity"]
+    assert by.loc["loss_vs_random", "verdict"] == "held" and by.loc["kl_tracks_quality", "interval verdict"] == "held"
+
+
+def test_budget_effects_read_each_comparison_at_both_budgets():
+    runs = pd.concat([budget("tiny transformer", ("random",), 3.6, 3.4), budget("tiny transformer", ("dsir",), 3.2,
+                                                                                3.1)])
+    effects = dsir.summary.budget_effects(runs).set_index("claim")
+    row = effects.loc["loss_vs_random"]
+    assert row.improvement_1x == pytest.approx(0.4) and row.improvement_2x == pytest.approx(0.3)
+    assert row.change == pytest.approx(-0.1) and row.cell == "t0/0"
+    assert dsir.summary.budget_effects(pd.DataFrame()).empty

@@ -13,7 +13,7 @@ from labkit.experiments import Computed, Results, dsir
 from labkit.experiments.dsir.arms import compute_on
 from tests.test_dsir_arms import tiny_config, tiny_prepared
 
-JUDGED = ("claims", "sanity", "budget", "tuning", "correlation", "correlation_intervals", "correlation_loo",
+JUDGED = ("claims", "sanity", "budget", "budget_effects", "tuning", "correlation_intervals", "correlation_loo",
           "paired_gaps")  # what the notebook records beside the computed
 
 
@@ -86,7 +86,9 @@ def test_load_rejudges_a_recorded_report(computed, tmp_path, monkeypatch):
     views.classify_bars(loaded.classify)
     views.tiny_lm_bars(loaded.tiny_lm)
     views.loss_bars(loaded.scores)
-    views.kl_vs_loss(loaded.scores, loaded.correlation, paper_r=dsir.PAPER_R)
+    views.kl_vs_loss(loaded.scores, loaded.correlation_intervals, "bigram_nats_per_token", "bigram LM")
+    views.kl_vs_loss(loaded.tiny_lm, loaded.correlation_intervals, "bits_per_byte", dsir.TINY_TRACK,
+                     paper_r=dsir.PAPER_R)
     views.picks_histogram(loaded.picks, "python-topics", seed=0)
     assert dsir.classify_held(loaded.classify).startswith("classification after continued pretraining")
     assert loaded.skipped_targets == {} and loaded.classify_skipped == {}
