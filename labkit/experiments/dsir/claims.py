@@ -213,8 +213,8 @@ def correlation_verdict(
     rule = (f"Pearson r of KL reduction vs −{loss} over {c['n_methods']} methods counted once ({c['methods']}; "
             f"left out: {', '.join(EXCLUDED)}), each the mean over {c['n_targets']} targets (each over its seeds); "
             f"Fisher-z 95 % interval with n = {c['n_methods']} methods (atanh r ± 1.96 / √(n − 3)): held if it lies "
-            f"above {tolerance:g} and r with any one method left out stays inside it (no single method carries it), not "
-            "held if it lies below, else inconclusive; flagged by the sanity checks of every method counted; p: "
+            f"above {tolerance:g} and r with any one method left out stays inside it (no single method carries it), "
+            "not held if it lies below, else inconclusive; flagged by the sanity checks of every method counted; p: "
             "Fisher-z test of r = the tolerance")
     return Verdict(claim, c["r"], c["low"], c["high"], c["n_methods"], False, verdict, flags, c["p"],
                    interval=interval), rule
