@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-PREMISE_WORDS = {"held": "met", "not held": "NOT met (refuted)", "inconclusive": "not met (unconfirmed)"}
+PREMISE_WORDS = {"held": "met", "not held": "NOT met (refuted)", "inconclusive": "unconfirmed (inconclusive)"}
 
 
 def family(name: str) -> str:

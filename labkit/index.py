@@ -89,7 +89,8 @@ def write_index(reports_dir: Path = REPORTS_DIR) -> Path:
              "main: carries the paper's reference, Holm-Bonferroni adjusted across the report; secondary), the "
              "measured effect with its 95 % Student-t interval over seeds (paired by seed), n, the tolerance the "
              "interval must clear, the raw interval verdict and the final one (held / not held / inconclusive / "
-             "premise not met) and failed sanity checks. Paper numbers are labelled references.", ""]
+             "premise not met / premise unconfirmed) and failed sanity checks. Paper numbers are labelled "
+             "references.", ""]
     lines += [_markdown_row(list(table.columns)), "|" + "---|" * len(table.columns)]
     lines += [_markdown_row(list(row)) for row in table.itertuples(index=False)]
     without = sorted({rel.parts[0] for rel, _ in reports} - set(table["notebook"]))

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-VERDICTS = ("held", "not held", "inconclusive", "premise not met")
+VERDICTS = ("held", "not held", "inconclusive", "premise not met", "premise unconfirmed")
 ROLES = ("premise", "main", "secondary")  # the order a report shows them in
 KINDS = ("claim", "premise")
 ALPHA = 0.05  # two-sided level of every interval (95 %) and of the Holm–Bonferroni family
@@ -371,19 +371,25 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def conclude(verdicts: Iterable[Verdict]) -> list[Verdict]:
     """A report's final verdicts, premises first: each keeps its interval verdict as ``raw``; the *main* claims (those
     with a paper reference) are adjusted with Holm–Bonferroni at :data:`ALPHA` (a held or not-held whose adjusted p
-    is not below it becomes inconclusive); and every non-premise claim governed by a premise that is not held (same
-    ``group``, or a premise of group "") reads "premise not met"."""
+    is not below it becomes inconclusive); and every non-premise claim governed by a premise (same ``group``, or a
+    premise of group "") that is not held reads "premise not met", and one governed by a premise left inconclusive
+    reads "premise unconfirmed" (the premise was not refuted, only not shown)."""
     verdicts = list(verdicts)
     main = [i for i, v in enumerate(verdicts) if v.claim.role == "main"]
     adjusted = dict(zip(main, holm([verdicts[i].p for i in main]), strict=True))
-    unmet = {v.claim.group for v in verdicts if v.claim.role == "premise" and v.verdict != "held"}
+    premises = [v for v in verdicts if v.claim.role == "premise"]
+    unmet = {v.claim.group for v in premises if v.verdict == "not held"}
+    unconfirmed = {v.claim.group for v in premises if v.verdict != "held"} - unmet
     out = []
     for i, v in enumerate(verdicts):
         final = v.verdict
         if i in adjusted and final in ("held", "not held") and not adjusted[i] < ALPHA:
             final = "inconclusive"
-        if v.claim.role != "premise" and ("" in unmet or (v.claim.group and v.claim.group in unmet)):
+        governed = ("", v.claim.group) if v.claim.group else ("",)
+        if v.claim.role != "premise" and unmet.intersection(governed):
             final = "premise not met"
+        elif v.claim.role != "premise" and unconfirmed.intersection(governed):
+            final = "premise unconfirmed"
         out.append(dataclasses.replace(v, verdict=final, raw=v.raw or v.verdict, p_holm=adjusted.get(i, math.nan)))
     order = {role: k for k, role in enumerate(ROLES)}
     return [v for _, v in sorted(enumerate(out), key=lambda kv: (order[kv[1].claim.role], kv[0]))]
@@ -428,9 +434,9 @@ RULE = (
     "each claim: the improvement of its arm over its baseline with a 95 % interval (Student-t over seeds unless its "
     "rule in the claims table says otherwise): held if the interval lies above the claim's tolerance, not held if "
     "below, else inconclusive; inconclusive too when a sanity check (converged at 2x budget, healthy, beats trivial) "
-    "fails on any arm it rests on; premises are judged first and a premise not held makes the claims it governs "
-    "'premise not met'; main claims (those with a paper reference) are Holm-Bonferroni adjusted at 5 % (raw verdict "
-    "beside the adjusted one), the others are secondary"
+    "fails on any arm it rests on; premises are judged first: a premise not held makes the claims it governs "
+    "'premise not met', an inconclusive one 'premise unconfirmed'; main claims (those with a paper reference) are "
+    "Holm-Bonferroni adjusted at 5 % (raw verdict beside the adjusted one), the others are secondary"
 )
 
 

@@ -158,7 +158,7 @@ def test_tiny_budget_check_fires_while_improving_and_not_on_a_plateau():
     claims, sanity, checks = dsir_claims.verdicts(scores(), tiny_lm=tiny_lm(3.0), budget=still)
     row = claims.set_index("claim").loc["target_beats_random"]
     assert row["raw verdict"] == "inconclusive" and "target not converged" in row.sanity
-    assert (claims.set_index("claim").loc["loss_vs_random", "verdict"]) == "premise not met"
+    assert (claims.set_index("claim").loc["loss_vs_random", "verdict"]) == "premise unconfirmed"
     assert not checks.converged.any() and set(checks.track) == {"tiny transformer"}
     assert checks.improvement.iloc[0] == pytest.approx(100 * 0.3 / 3.6)  # percent of the 1x value
     plateau = budget("tiny transformer", arms, 3.6, 3.59)  # 0.3 % < BUDGET_TOLERANCE

@@ -171,7 +171,7 @@ def test_an_unconverged_attention_arm_leaves_the_premise_and_so_the_claims_it_go
     claims, _, _ = _verdicts(gain_pct={"met2net_noattn": 10.0})
     assert claims.loc["variable_attention", "verdict"] == "inconclusive"
     main = claims[claims["role"] == "main"]
-    assert (main.loc[main["group"] == "variables", "verdict"] == "premise not met").all()
+    assert (main.loc[main["group"] == "variables", "verdict"] == "premise unconfirmed").all()  # not refuted
     assert main.loc["implicit_vs_end_to_end", "verdict"] == "not held"  # not governed (group training)
 
 

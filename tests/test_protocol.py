@@ -156,7 +156,7 @@ def test_sanity_reports_not_enough_units_instead_of_a_t_interval_below_three():
 PREMISE = Claim("soup_beats_ingredients", "the soup beats its ingredients", "mse", "a", "b", kind="premise")
 
 
-def test_a_premise_not_held_makes_the_claims_it_governs_premise_not_met_and_is_shown_first():
+def test_a_premise_not_held_makes_its_claims_premise_not_met_an_inconclusive_one_unconfirmed_and_is_shown_first():
     good = _table({"a": [1.0, 1.1, 0.9, 1.0, 1.05], "b": [2.0, 2.1, 1.9, 2.05, 2.0], "c": [1.5] * 5})
     main = Claim("c_beats_b", "c beats b", "mse", "c", "b", paper="+1 pp (Table 2)")
     verdicts = [protocol.judge(main, good), protocol.judge(PREMISE, good)]
@@ -171,6 +171,15 @@ def test_a_premise_not_held_makes_the_claims_it_governs_premise_not_met_and_is_s
                protocol.judge(dataclasses.replace(main, name="x: c", group="x"), bad),
                protocol.judge(dataclasses.replace(main, name="y: c", group="y"), bad)]
     assert list(protocol.claims_table(grouped)["verdict"]) == ["not held", "premise not met", "held"]
+    # an inconclusive premise is not refuted, only not shown: its claims read "premise unconfirmed"; a premise not
+    # held governing the same claim wins
+    tie = good.assign(mse=[{"a": 2.02}.get(a, m) for a, m in zip(good.arm, good.mse, strict=True)])
+    table = protocol.claims_table([protocol.judge(main, good), protocol.judge(PREMISE, tie)])
+    assert list(table["verdict"]) == ["inconclusive", "premise unconfirmed"] and table["raw verdict"].iloc[1] == "held"
+    x_premise = dataclasses.replace(PREMISE, name="x_premise", group="x")
+    both = [protocol.judge(PREMISE, tie), protocol.judge(x_premise, bad),
+            protocol.judge(dataclasses.replace(main, name="x: c", group="x"), good)]
+    assert list(protocol.claims_table(both)["verdict"]) == ["inconclusive", "not held", "premise not met"]
     with pytest.raises(ValueError, match="kind must be one of"):
         Claim("x", "x", "mse", "a", "b", kind="assumption")
 

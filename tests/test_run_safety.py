@@ -180,15 +180,15 @@ def test_index_lists_every_claim_of_reports_with_a_claims_table(tmp_path, notebo
     pd.DataFrame({"claim": ["prem", "a_beats_b"], "role": ["premise", "main"], "text": ["soup beats ingredients", "x"],
                   "paper (reference)": ["", "-5 %"], "effect": ["-1 [-2, +0.5]", "+3 % [+1, +5]"], "mean": [-1, 3],
                   "low": [-2, 1], "high": [0.5, 5], "n": [5, 5], "tolerance": ["0", "0 %"],
-                  "raw verdict": ["inconclusive", "held"], "verdict": ["inconclusive", "premise not met"],
+                  "raw verdict": ["inconclusive", "held"], "verdict": ["inconclusive", "premise unconfirmed"],
                   "sanity": ["ok", "ok"]}).to_csv(reports / "held" / "cpu" / "tables" / "claims.csv", index=False)
     pd.DataFrame({"arm": ["soup", "ingredient"], "flags": ["soup not converged (seed 0: ...)", ""]}).to_csv(
         reports / "held" / "cpu" / "tables" / "sanity.csv", index=False)
     index = reports_index.write_index(reports).read_text()
     assert index.index("## Headlines") < index.index("## Every claim")
     assert "- Sanity — 1 failed check(s): soup not converged (seed 0: ...)." in index
-    assert "- Premise — soup beats ingredients [prem]: not met (unconfirmed): -1 [-2, +0.5] (n=5)." in index
-    assert "- Claim — x [a_beats_b]: premise not met: +3 % [+1, +5] (n=5, raw held)." in index
+    assert "- Premise — soup beats ingredients [prem]: unconfirmed (inconclusive): -1 [-2, +0.5] (n=5)." in index
+    assert "- Claim — x [a_beats_b]: premise unconfirmed: +3 % [+1, +5] (n=5, raw held)." in index
     page = (reports / "index.html").read_text()
     assert page.index("labkit-headline") < page.index("Every claim and its verdict") and "data:image/png" in page
     pd.DataFrame({"claim": ["a"]}).to_csv(reports / "held" / "cpu" / "tables" / "claims.csv", index=False)

@@ -92,8 +92,8 @@ def test_a_premise_not_held_makes_the_accuracy_claims_premise_not_met():
     assert (governed.drop(index="naive_average_loses_sparsity")["verdict"] == "premise not met").all()
     assert governed.loc["sms_beats_imp", "raw verdict"] == "held"  # the interval verdict stays beside it
     assert verdict["naive_average_loses_sparsity"] == "held"  # structural: not governed by the soup premise
-    tied, _, _ = _verdicts(_scores(_final(soup_val_gain=0.0)))  # a tie is inconclusive: the premise is still not met
-    assert tied["soup_beats_best_ingredient_val"] == "inconclusive" and tied["sms_beats_imp"] == "premise not met"
+    tied, _, _ = _verdicts(_scores(_final(soup_val_gain=0.0)))  # a tie is inconclusive: not refuted, not shown
+    assert tied["soup_beats_best_ingredient_val"] == "inconclusive" and tied["sms_beats_imp"] == "premise unconfirmed"
 
 
 def test_the_budget_check_fires_on_an_arm_still_improving_at_twice_the_budget():
@@ -146,5 +146,5 @@ def test_verdict_text_has_rule_roles_n_and_sanity():
     claims, sanity, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores))
     text = protocol.verdict_text(claims, sanity, "every trained arm converged and beat chance", " pp")
     assert text.startswith("rule: ") and "Student-t" in text and "soup_beats_best_ingredient_val: inconclusive" in text
-    assert "sms_beats_imp_mx: premise not met" in text and "raw not held" in text and "premise" in text
+    assert "sms_beats_imp_mx: premise unconfirmed" in text and "raw not held" in text and "premise" in text
     assert "n=5" in text and "sanity: every trained arm converged" in text and " pp, n=5" in text

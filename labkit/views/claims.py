@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 VERDICT_COLOURS = {"held": "tab:green", "not held": "tab:red", "inconclusive": "tab:gray",
-                   "premise not met": "tab:orange"}
+                   "premise not met": "tab:orange", "premise unconfirmed": "tab:olive"}
 
 
 def _tolerances(claims: pd.DataFrame) -> np.ndarray:
@@ -17,7 +17,8 @@ def _tolerances(claims: pd.DataFrame) -> np.ndarray:
 
 def claims_forest(claims: pd.DataFrame, tolerance: float | None = None, xlabel: str = "improvement") -> plt.Figure:
     """Every judged claim of a ``protocol.claims_table``: the improvement with its 95 % interval, coloured by final
-    verdict (green held, red not held, grey inconclusive, orange premise not met); a premise is drawn as a square.
+    verdict (green held, red not held, grey inconclusive, orange premise not met, olive premise unconfirmed); a
+    premise is drawn as a square.
     The tolerance each claim must clear is a dashed line (``tolerance``) or, when None, a tick on each claim's row."""
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(claims) + 1.2))
     pos = np.arange(len(claims))

@@ -23,7 +23,8 @@ own included.
 The premise, judged first on every dataset with an in-distribution copy of its test split (RCF): ERM leans on the
 spurious colour — its test RMSE on the colour-flipped split exceeds its RMSE on the same rotated images coloured by
 the training rule by more than :data:`PREMISE_TOLERANCE_PCT`. Without that shortcut the OOD task tests nothing the
-paper claims, so its group is the dataset: every claim judged on that dataset reads "premise not met" when it fails.
+paper claims, so its group is the dataset: every claim judged on that dataset reads "premise not met" when it fails
+("premise unconfirmed" when it is inconclusive).
 The ``*_input`` arms (input mixing) are the labelled variant; ``beats_mixup_input`` compares C-Mixup with mixup there.
 """
 

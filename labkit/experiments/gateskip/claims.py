@@ -12,7 +12,8 @@ against the dense fine-tune of its seed, so every claim rests on "dense" too.
 
 Per task, two premises are judged first: GateSkip's gates move from their initial value (else the ranking is the
 initialisation's, not a learned one), and the dense fine-tune beats the trivial predictor (else the task is not
-learned). A premise not met makes that task's claims read "premise not met".
+learned). A premise not held makes that task's claims read "premise not met"; an inconclusive one, "premise
+unconfirmed".
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def verdicts(
 
     A premise is judged on its own measurement, without the arms' sanity flags: whether the gates moved or dense
     beats the trivial predictor does not depend on a longer run or on the skipping arms' health, and a flag there
-    would turn the task's claims into "premise not met" where they are inconclusive; each claim resting on a flagged
+    would turn the task's claims into "premise unconfirmed" where they are inconclusive; each claim resting on a flagged
     arm is inconclusive instead."""
     judged, checks = [], []
     for task, table in scores.groupby("task", sort=False):

@@ -9,12 +9,12 @@ not stated in the abstract) this synthetic task does not reproduce: they are lab
 The premise, judged first: attention across variables beats no attention on the variables that depend on others
 (:func:`labkit.data.fields.dependent_variables`: their mean z-MSE, ``mse_z_dependent``; the paper's design rests on
 inter-variable dependence that attention exploits). It governs the claims about the per-variable design and its
-numbers (group ``variables``): when it is not held, those read "premise not met". The training-scheme claims (implicit
-vs end-to-end and vs explicit) do not rest on inter-variable dependence and are not governed by it (group
-``training``). Secondary claims repeat the premise per dependent variable. No claim's score rests on an arm beyond
-the two it compares (``met2net_noattn`` reuses the momentum chosen for ``met2net``, an arm of the one claim it is in),
-so ``rests_on`` is empty throughout. Health against a reference model is not checked: no arm has a pre-training or
-dense counterpart.
+numbers (group ``variables``): when it is not held, those read "premise not met" ("premise unconfirmed" when it is
+inconclusive). The training-scheme claims (implicit vs end-to-end and vs explicit) do not rest on inter-variable
+dependence and are not governed by it (group ``training``). Secondary claims repeat the premise per dependent
+variable. No claim's score rests on an arm beyond the two it compares (``met2net_noattn`` reuses the momentum chosen
+for ``met2net``, an arm of the one claim it is in), so ``rests_on`` is empty throughout. Health against a reference
+model is not checked: no arm has a pre-training or dense counterpart.
 
 Persistence is the floor every arm must clear, twice, by the same rule (the paired interval of its gain lies above
 0): on the mean over leads and variables (:func:`labkit.protocol.sanity`), and per lead and variable
@@ -126,14 +126,13 @@ def lead_skill(lead: pd.DataFrame) -> pd.DataFrame:
     if reference.empty:
         return pd.DataFrame(columns=columns)
     key = pd.MultiIndex.from_frame(lead[["seed", "variable", "lead"]])
-    ratios = lead.assign(mse_ratio=lead["mse_z"].to_numpy() / reference.reindex(key).to_numpy())
-    rows = []
-    for (arm, var, step), group in ratios.groupby(["arm", "variable", "lead"], sort=False):
-        ratio = group["mse_ratio"].to_numpy()
-        mean, low, high = protocol.student_t_ci(1 - ratio)
-        rows.append({"arm": arm, "variable": var, "lead": step, "mse_ratio": float(ratio.mean()), "skill": mean,
-                     "low": low, "high": high, "n": len(ratio), "beats": arm == "persistence" or bool(low > 0)})
-    return pd.DataFrame(rows, columns=columns)
+    ratio = lead["mse_z"].to_numpy() / reference.reindex(key).to_numpy()
+    ratios = lead.assign(mse_ratio=ratio, skill=1 - ratio)
+    by = ["arm", "variable", "lead"]
+    table = protocol.t_summary(ratios, by, "skill").rename(columns={"mean": "skill"})
+    table["mse_ratio"] = ratios.groupby(by, sort=False)["mse_ratio"].mean().to_numpy()
+    table["beats"] = (table["arm"] == "persistence") | (table["low"] > 0)
+    return table[columns]
 
 
 def _lead_one_losses(skill: pd.DataFrame) -> pd.DataFrame:

@@ -6,8 +6,9 @@ that averaging the m retrained copies beats them, so at the last phase, paired b
 the mean of its own ingredients and the ingredient with the best validation accuracy. The second is a strict reading:
 that ingredient's validation accuracy is the maximum of m, so it carries the winner's optimism. Per-phase premises
 would give 2 x ``phases`` rows; the notebook shows them per phase, the verdict is read at the last phase (the model
-every claim compares). While a premise is not held, every accuracy claim (group ``soup``) reads "premise not met";
-the sparsity claim is structural (whether differently masked models keep their zeros) and is not governed by it.
+every claim compares). While a premise is not held, every accuracy claim (group ``soup``) reads "premise not met"
+("premise unconfirmed" while it is inconclusive); the sparsity claim is structural (whether differently masked
+models keep their zeros) and is not governed by it.
 
 **Claims** compare two arms at the final phase, paired by seed (IMP chain j, SWA cycle j and SMS ingredient j share
 their retraining seeds), with a Student-t 95 % interval of the difference in percentage points (sparsity: in % of
