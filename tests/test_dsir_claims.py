@@ -187,7 +187,7 @@ def test_classification_budget_and_health_flags():
     # no transformer track ran, so the premise could not be judged: it is there, inconclusive, and governs
     premise = claims.iloc[0]
     assert premise.claim == "target_beats_random" and premise.verdict == "inconclusive"
-    assert "premise arms not run" in premise.sanity and row.verdict == "premise not met"
+    assert "premise arms not run" in premise.sanity and row.verdict == "premise unconfirmed"
     claims, sanity, _ = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.29))
     row = claims.set_index("claim").loc["classify_vs_random"]
     assert row["raw verdict"] == "inconclusive" and row.sanity == "ok" and row.n == 6  # a tie: interval spans 0

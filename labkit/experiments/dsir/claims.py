@@ -279,7 +279,7 @@ def verdicts(
             verdict_list.append(verdict)
     judged_names = {v.claim.name for v in verdict_list}
     if PREMISE.name not in judged_names and any(v.claim.group == DOWNSTREAM for v in verdict_list):
-        verdict_list.insert(0, unjudged_premise())  # a downstream claim without its premise is never read alone
+        verdict_list.insert(0, unjudged_premise())  # a downstream claim is never read without its premise
     table = protocol.claims_table(verdict_list)
     if len(table):  # what protocol.judge paired on (its rule text says "seeds"); the correlations' own rules
         m = {c.name: c.metric for c in (PREMISE, *CLAIMS)}
@@ -294,7 +294,7 @@ def verdicts(
 
 def unjudged_premise() -> Verdict:
     """The premise when its arms did not run (no transformer track with random): inconclusive, so the claims it
-    governs read "premise not met" instead of standing alone."""
+    governs read "premise unconfirmed" instead of standing alone."""
     why = "premise arms not run: needs the tiny transformer track with random (downstream 'tiny_lm' or 'both')"
     return Verdict(PREMISE, math.nan, math.nan, math.nan, 0, False, "inconclusive", (why,), math.nan,
                    interval="inconclusive")
