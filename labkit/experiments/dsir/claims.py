@@ -14,9 +14,10 @@ transformer's bits per byte across methods, each counted once, with a Fisher-z i
 methods, held only if it also holds with any one method left out, and flagged by the sanity checks of every method
 it counts; ``kl_tracks_ngram_loss`` is the same against the bigram LM, which shares DSIR's n-gram view (secondary: it
 measures agreement of two n-gram cross-entropies, not downstream quality). Classification after continued
-pretraining is a secondary pilot: 2 targets and a fixed evaluation set, far below the ≥ 4 targets × 1,000 examples a
-verdict needs. The paper's numbers come from BERT/RoBERTa on the Pile and are labelled references, never compared
-with.
+pretraining is a pilot: 2 targets and a fixed evaluation set, far below the ≥ 4 targets × 1,000 examples a verdict
+needs, so it is no claim: its sanity checks and readings are reported beside the verdicts (``classify_summary``,
+:func:`~labkit.experiments.dsir.summary.classify_held`). The paper's numbers come from BERT/RoBERTa on the Pile and
+are labelled references, never compared with.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ TRIVIAL_BYTE_LM = "uniform"  # the transformer track's trivial baseline: every b
 _KL = "same budget k of chunks, same fit sample; no model"
 _LM = ("same budget k of chunks, same fit sample, same bigram LM (its vocabulary: the corpus's most frequent tokens, "
        "shared by every method)")
-_CLS = "same budget k, same base LM, same continued-pretraining steps and probe"
 _TINY = "same budget k of chunks, same steps × windows of bytes, same tiny transformer"
 _UNTUNED = ("; DSIR untuned at the config's target_pseudocount (0 in every preset: the paper's setting), the "
             "baseline's setting chosen by validation bigram loss, a proxy (the transformer is never tuned on), "
@@ -87,14 +87,10 @@ CLAIMS = (
     Claim("smoothed_vs_heuristic", "labkit's smoothed DSIR (target pseudocount chosen on validation) beats "
           "heuristic classification", LOSS, SMOOTHED, "heuristic", compute=_TINY + "; both chose their setting by "
           "validation bigram loss from grids of equal size (the tuning table)", group=DOWNSTREAM),
-    Claim("classify_vs_random", "pilot: classification after continued pretraining on DSIR's selection beats random "
-          "selection (a byte LM, not the paper's RoBERTa; too few targets and evaluation examples for a verdict)",
-          "accuracy", "dsir", "random", lower_is_better=False, compute=_CLS + "; the evaluation chunks are the same in "
-          "every seed, so the interval leaves out their sampling error", group=DOWNSTREAM),
 )
 _PER_TARGET = "targets (each the mean over seeds)"
 _CELLS = "(target, seed) cells of these targets"
-UNITS = {"kl_reduction": _PER_TARGET, LOSS: _CELLS, "accuracy": _CELLS}  # what each metric's claims pair on
+UNITS = {"kl_reduction": _PER_TARGET, LOSS: _CELLS}  # what each metric's claims pair on
 CORRELATION = Claim(
     "kl_tracks_quality", "KL reduction correlates with downstream quality across selection methods (held-out target "
     "bits per byte of the tiny transformer)", "pearson_r", "dsir", "random", lower_is_better=False, compute=_TINY,
@@ -246,11 +242,12 @@ def verdicts(
     """The claims table (premise first; every claim whose arms ran, the correlations included), the sanity table and
     the budget-check table (``budget``: the computed ``budget_runs`` table).
 
-    KL reduction is judged per target on ``scores``; the transformer claims per (target, seed) cell on ``tiny_lm``;
-    classification per cell on ``classify``. Sanity where an arm is trained: the tiny transformer (converged at 2x
-    steps; beats a uniform byte predictor, "not enough units" below 3 cells) and classification (continued pretraining
-    converged at 2x steps, healthy vs the base model, probe beats chance). The bigram LM is fit in closed form (nothing
-    to converge) and only its correlation is a claim.
+    KL reduction is judged per target on ``scores``; the transformer claims per (target, seed) cell on ``tiny_lm``
+    (which runs the premise arm wherever it runs random, so every downstream claim has its premise); the
+    classification pilot is no claim, only checked. Sanity where an arm is trained: the tiny transformer (converged
+    at 2x steps; beats a uniform byte predictor, "not enough units" below 3 cells) and the pilot (continued
+    pretraining converged at 2x steps, healthy vs the base model, probe beats chance). The bigram LM is fit in closed
+    form (nothing to converge) and only its correlation is a claim.
     """
     judged: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]] = {"kl_reduction": (per_target(scores), None)}
     checks, budgets, rules = [], [], {}
@@ -258,7 +255,8 @@ def verdicts(
         tiny = tiny_cells(tiny_lm)
         tiny_budget = budget_checks(budget, TINY_TRACK)
         tiny_checks = protocol.sanity(tiny, LOSS, trivial=TRIVIAL_BYTE_LM, budget=tiny_budget)
-        checks.append(tiny_checks.assign(track=f"{TINY_TRACK} (per target × seed)"))
+        checks.append(tiny_checks.assign(track=f"{TINY_TRACK} (beats trivial per target × seed; converged: the "
+                                                 "first cell at 2x)"))
         budgets.append(tiny_budget)
         judged[LOSS] = (tiny, tiny_checks)
     if classify is not None and len(classify) and {"dsir", "random"} <= set(classify.method):
@@ -266,9 +264,9 @@ def verdicts(
         cls_budget = budget_checks(budget, CLASSIFY_TRACK)
         cls_checks = protocol.sanity(cells, "accuracy", trivial="chance", budget=cls_budget,
                                      healthy=classify_health(cells), lower_is_better=False)
-        checks.append(cls_checks.assign(track="classification (per target × seed)"))
+        checks.append(cls_checks.assign(track="classification pilot (per target × seed; converged: the first cell "
+                                                "at 2x)"))
         budgets.append(cls_budget)
-        judged["accuracy"] = (cells, cls_checks)
     verdict_list = [protocol.judge(c, *judged[c.metric]) for c in (PREMISE, *CLAIMS)
                     if c.metric in judged and {c.arm, c.baseline} <= set(judged[c.metric][0].arm)]
     for claim, loss in CORRELATIONS:
@@ -277,9 +275,6 @@ def verdicts(
             checks_of = judged[loss][1] if loss in judged else None  # the bigram LM has nothing to converge
             verdict, rules[claim.name] = correlation_verdict(table, claim, loss, checks_of)
             verdict_list.append(verdict)
-    judged_names = {v.claim.name for v in verdict_list}
-    if PREMISE.name not in judged_names and any(v.claim.group == DOWNSTREAM for v in verdict_list):
-        verdict_list.insert(0, unjudged_premise())  # a downstream claim is never read without its premise
     table = protocol.claims_table(verdict_list)
     if len(table):  # what protocol.judge paired on (its rule text says "seeds"); the correlations' own rules
         m = {c.name: c.metric for c in (PREMISE, *CLAIMS)}
@@ -290,14 +285,6 @@ def verdicts(
     sanity = pd.concat(checks, ignore_index=True) if checks else pd.DataFrame()
     budgets = [b for b in budgets if len(b)]
     return table, sanity, pd.concat(budgets, ignore_index=True) if budgets else pd.DataFrame()
-
-
-def unjudged_premise() -> Verdict:
-    """The premise when its arms did not run (no transformer track with random): inconclusive, so the claims it
-    governs read "premise unconfirmed" instead of standing alone."""
-    why = "premise arms not run: needs the tiny transformer track with random (downstream 'tiny_lm' or 'both')"
-    return Verdict(PREMISE, math.nan, math.nan, math.nan, 0, False, "inconclusive", (why,), math.nan,
-                   interval="inconclusive")
 
 
 def verdict_text(claims: pd.DataFrame, sanity: pd.DataFrame) -> str:
