@@ -346,7 +346,7 @@ def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None,
         low, high = min(low, high), max(low, high)
         n = min(len(a), len(b))
         dof = welch_dof(a.to_numpy(), b.to_numpy()) if n >= 2 else math.nan
-    flags = _flags(checks, claim.arms, arm_col)
+    flags = arm_flags(checks, claim.arms, arm_col)
     interval = interval_verdict(low, high, claim.tolerance)
     verdict = "inconclusive" if flags else interval
     if math.isnan(low) and not flags:
@@ -493,7 +493,9 @@ def _within(gain: float, tolerance: float) -> bool:
     return bool(gain <= tolerance + REL_EPS * max(1.0, abs(tolerance)))
 
 
-def _flags(checks: pd.DataFrame | None, arms: Iterable[str], arm_col: str) -> tuple[str, ...]:
+def arm_flags(checks: pd.DataFrame | None, arms: Iterable[str], arm_col: str = "arm") -> tuple[str, ...]:
+    """Every sanity flag (:func:`sanity`'s ``flags``) of the ``arms`` a number rests on: a claim built another way
+    than :func:`judge` (a correlation across arms, say) is flagged by the same checks."""
     if checks is None:
         return ()
     rows = checks[checks[arm_col].isin(list(arms))]

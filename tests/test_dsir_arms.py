@@ -148,29 +148,47 @@ def run(cfg: dsir.Config, prepared: dsir.Prepared) -> dict[str, pd.DataFrame]:
     return compute_on(cfg, prepared, progress=False).tables
 
 
-def test_run_sweeps_target_pseudocount_on_validation_and_workers_agree():
+def test_run_tunes_every_tuned_method_on_validation_and_dsir_keeps_the_papers_setting():
     prepared = tiny_prepared(encoded=True)
-    cfg = tiny_config(methods=["random", "dsir", "heuristic", "heuristic-words"], n_val=6, classify=False,
-                      downstream="bigram", seeds=2, target_pseudocounts=[0.0, 1.0])
+    grids = dict(target_pseudocounts=[0.1, 1.0], target_likelihood_pseudocounts=[0.0, 1.0],
+                 tfidf_weightings=["raw", "binary"], heuristic_grid=[[9.0, 1.0, 5.0], [100.0, 0.1, 2.0]])
+    methods = ["random", "dsir", "dsir-smoothed", "heuristic", "heuristic-words", "target-likelihood", "tfidf"]
+    cfg = tiny_config(methods=methods, n_val=6, classify=False, downstream="bigram", seeds=2, **grids)
     one = run(cfg, prepared)
     two = run(tiny_config(**{**cfg.__dict__, "workers": 2}), prepared)
     pd.testing.assert_frame_equal(one["scores"], two["scores"])
     sweep = one["sweep"]
-    assert set(sweep.split) == {"val", "test"} and set(sweep.target_pseudocount) == {0.0, 1.0}
-    val = sweep[sweep.split == "val"].groupby("target_pseudocount").bigram_nats_per_token.mean()
-    assert dsir.arms.choose_pseudocount(cfg, sweep) == val.idxmin()
-    assert (one["scores"].groupby(["seed", "method"]).size() == 1).all()  # one DSIR row per cell: the chosen one
+    tuned = ["dsir-smoothed", "heuristic", "heuristic-words", "target-likelihood", "tfidf"]
+    assert list(dict.fromkeys(sweep.method)) == tuned and set(sweep.split) == {"val", "test"}
+    assert (sweep.groupby("method").setting.nunique() == 2).all()  # every grid swept whole
+    chosen = dsir.arms.choose_settings(cfg, sweep)
+    for method in tuned:  # the lowest mean validation loss over every (seed, target) cell, never the test loss
+        val = sweep[(sweep.method == method) & (sweep.split == "val")].groupby("setting").bigram_nats_per_token.mean()
+        assert chosen[method] == val.idxmin(), method
+    tuning = dsir.arms.tuning_table(cfg, sweep).set_index("method")
+    assert list(tuning.index) == tuned and (tuning.grid_size == 2).all()
+    assert tuning.loc["tfidf", "chosen"] == ["raw", "binary"][chosen["tfidf"]]
+    assert (one["scores"].groupby(["seed", "method"]).size() == 1).all()  # one row per cell: the chosen setting
     assert sorted(set(one["scores"].seed)) == [0, 1]  # seeds = 2: seeds 0 and 1
     split = dsir.split_target(prepared, "python-topics", 8, 8, 0, n_val=6)
     assert len(split.val) == 6 and not set(split.val) & set(split.pool) and not set(split.val) & set(split.eval)
     assert prepared.words().shape == (len(prepared.corpus), prepared.vocab_size - 1)
+    # "dsir" is the paper's setting whatever the smoothed arm chose; "dsir-smoothed" is DSIR at the given value
+    paper = dsir.select("dsir", prepared, split, "python-topics", 20, 0, cfg, setting=1.0)
+    zero = prepared.dsir(cfg, 0.0).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
+    assert cfg.target_pseudocount == 0.0 and np.array_equal(paper, zero.resample(20, seed=0))
+    smoothed = dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg, setting=1.0)
+    one_pc = prepared.dsir(cfg, 1.0).fit(prepared.features, prepared.features.subset(split.fit), exclude=split.drawn())
+    assert np.array_equal(smoothed, one_pc.resample(20, seed=0))
+    first = dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg)  # default: the grid's first
+    assert np.array_equal(first, dsir.select("dsir-smoothed", prepared, split, "python-topics", 20, 0, cfg,
+                                             setting=0.1))
 
 
 def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end():
     prepared = tiny_prepared(encoded=True)
     values = dict(methods=["random", "dsir"], n_val=6, classify=False, downstream="both", seeds=2,
-                  target_pseudocounts=[0.0, 1.0], tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"],
-                  tiny_lm_seeds=2, lm_steps=4)
+                  tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"], tiny_lm_seeds=2, lm_steps=4)
     tables = run(tiny_config(**values), prepared)
     assert list(tables["tiny_lm"].method) == ["random", "dsir", "target"] * 2  # the premise arm in every cell
     budget = tables["budget_runs"]
@@ -179,15 +197,13 @@ def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end(
     curves = tables["budget_curves"]
     assert set(zip(curves.track, curves.arm, curves.budget, strict=True)) == {
         ("tiny transformer", a, b) for a in ("random", "dsir", "target") for b in (1.0, 2.0)}
-    claims, sanity, checks = dsir_claims.verdicts(tables["scores"], tiny_lm=tables["tiny_lm"], budget=budget,
-                                                  n_boot=50)
+    claims, sanity, checks = dsir_claims.verdicts(tables["scores"], tiny_lm=tables["tiny_lm"], budget=budget)
     assert claims.claim.iloc[0] == "target_beats_random" and len(checks) == 3
     assert not checks.converged.any()  # 4 steps of a fresh byte LM: twice as many still lower the loss a lot
     assert claims.set_index("claim").loc["target_beats_random", "verdict"] == "inconclusive"
     # a learning rate too small to move the weights: the 2x run ends where the 1x run did, and the check passes
     frozen = run(tiny_config(**values, lm_lr=1e-12), prepared)
-    _, _, checks = dsir_claims.verdicts(frozen["scores"], tiny_lm=frozen["tiny_lm"], budget=frozen["budget_runs"],
-                                        n_boot=50)
+    _, _, checks = dsir_claims.verdicts(frozen["scores"], tiny_lm=frozen["tiny_lm"], budget=frozen["budget_runs"])
     assert checks.converged.all() and (checks.improvement.abs() < 1e-6).all()
     two = run(tiny_config(**values, workers=2), prepared)
     pd.testing.assert_frame_equal(tables["tiny_lm"], two["tiny_lm"])

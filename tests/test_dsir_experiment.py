@@ -13,7 +13,8 @@ from labkit.experiments import Computed, Results, dsir
 from labkit.experiments.dsir.arms import compute_on
 from tests.test_dsir_arms import tiny_config, tiny_prepared
 
-JUDGED = ("claims", "sanity", "budget", "correlation", "paired_gaps")  # what the notebook records beside the computed
+JUDGED = ("claims", "sanity", "budget", "budget_effects", "tuning", "correlation_intervals", "correlation_loo",
+          "paired_gaps")  # what the notebook records beside the computed
 
 
 def test_config_validates_classify_fields():
@@ -37,7 +38,7 @@ def test_seeds_are_counts_and_presets_keep_their_seeds():
     # the lists the presets used before seeds became counts: smoke [0], cpu [0..4], gpu [0, 1, 2]
     assert [dsir.configure(p).seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
     assert [dsir.configure(p).classify_seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
-    assert [dsir.configure(p).tiny_lm_seeds for p in ("smoke", "cpu", "gpu")] == [1, 1, 3]
+    assert [dsir.configure(p).tiny_lm_seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
     with pytest.raises(ValueError, match=r"seeds.*>= 1.*0"):
         dsir.configure("smoke", {"seeds": 0})
 
@@ -45,7 +46,7 @@ def test_seeds_are_counts_and_presets_keep_their_seeds():
 @pytest.fixture(scope="module")
 def computed() -> tuple[dsir.Config, Computed]:
     """Every track (bigram, tiny transformer with its premise arm, classification) on a tiny pool: seconds."""
-    cfg = tiny_config(methods=["random", "dsir", "heuristic"], n_val=6, seeds=2, target_pseudocounts=[0.0, 1.0],
+    cfg = tiny_config(methods=["random", "dsir", "dsir-smoothed", "heuristic"], n_val=6, seeds=2,
                       tiny_lm_targets=["python-topics"], tiny_lm_methods=["random", "dsir"], lm_steps=3,
                       classify_methods=["random", "dsir"], classify_seeds=2)
     return cfg, compute_on(cfg, tiny_prepared(encoded=True), progress=False)
@@ -53,16 +54,16 @@ def computed() -> tuple[dsir.Config, Computed]:
 
 def same_judgement(a: Results, b: Results) -> None:
     """Claims (effects, intervals, p, verdicts) and sanity flags agree exactly."""
-    for name in ("claims", "sanity", "budget"):
+    for name in ("claims", "sanity", "budget", "tuning"):
         pd.testing.assert_frame_equal(a.tables[name], b.tables[name], check_dtype=False, obj=name)
-    assert a.chosen_pseudocount == b.chosen_pseudocount
     assert dsir.headline_metrics(a).keys() == dsir.headline_metrics(b).keys()
 
 
 def test_csv_round_trip_keeps_every_verdict(computed):
     cfg, tables = computed
     direct, stored = dsir.EXPERIMENT.judge(cfg, tables), dsir.EXPERIMENT.judge(cfg, tables.roundtrip())
-    assert {"target_beats_random", "loss_vs_random", "classify_vs_random"} <= set(direct.claims.claim)
+    assert {"target_beats_random", "loss_vs_random"} <= set(direct.claims.claim)
+    assert "classify_vs_random" not in set(direct.claims.claim)  # the classification pilot is checked, not judged
     assert len(direct.sanity) and direct.budget.track.nunique() == 2  # both trained tracks budget-checked
     same_judgement(direct, stored)
     assert not set(tables.tables) & set(JUDGED)  # a judged table never shares a computed table's name
@@ -86,7 +87,9 @@ def test_load_rejudges_a_recorded_report(computed, tmp_path, monkeypatch):
     views.classify_bars(loaded.classify)
     views.tiny_lm_bars(loaded.tiny_lm)
     views.loss_bars(loaded.scores)
-    views.kl_vs_loss(loaded.scores, loaded.correlation, paper_r=dsir.PAPER_R)
+    views.kl_vs_loss(loaded.scores, loaded.correlation_intervals, "bigram_nats_per_token", "bigram LM")
+    views.kl_vs_loss(loaded.tiny_lm, loaded.correlation_intervals, "bits_per_byte", dsir.TINY_TRACK,
+                     paper_r=dsir.PAPER_R)
     views.picks_histogram(loaded.picks, "python-topics", seed=0)
     assert dsir.classify_held(loaded.classify).startswith("classification after continued pretraining")
     assert loaded.skipped_targets == {} and loaded.classify_skipped == {}

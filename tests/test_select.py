@@ -201,6 +201,29 @@ def test_baselines_return_k_distinct_indices_and_prefer_target():
     assert len(set(r.tolist())) == 60 and r.tolist() == random_select(300, 60, seed=2).tolist()
 
 
+def test_baseline_knobs_change_the_selection_and_keep_their_defaults():
+    raw, target = make_corpus(300)
+    network = np.arange(300) % 3 == 0
+    feats = featurize(raw)
+    assert tfidf_select(feats, target, 60, tf="raw").tolist() == tfidf_select(feats, target, 60).tolist()
+    picks = {tf: tfidf_select(feats, target, 60, tf=tf) for tf in ("raw", "log", "binary")}
+    assert all(network[p].mean() > 0.6 for p in picks.values()) and picks["raw"].tolist() != picks["binary"].tolist()
+    smooth = target_likelihood_select(feats, target, 60, target_pseudocount=10.0)
+    assert smooth.tolist() != target_likelihood_select(feats, target, 60).tolist()
+    assert target_likelihood_select(feats, target, 60, target_pseudocount=0.0).tolist() == (
+        target_likelihood_select(feats, target, 60).tolist())
+    strong = heuristic_select(feats, target, 60, seed=0, pareto_alpha=1e4, c=1e-4)  # L2 drowns the signal
+    assert strong.tolist() != heuristic_select(feats, target, 60, seed=0, pareto_alpha=1e4).tolist()
+    assert heuristic_select(feats, target, 60, seed=0, c=1.0).tolist() == heuristic_select(feats, target, 60,
+                                                                                            seed=0).tolist()
+    with pytest.raises(ValueError, match=r"tf must be one of \['raw', 'log', 'binary'\], got 'sublinear'"):
+        tfidf_select(feats, target, 60, tf="sublinear")
+    with pytest.raises(ValueError, match=r"target_pseudocount must be >= 0, got -1"):
+        target_likelihood_select(feats, target, 60, target_pseudocount=-1.0)
+    with pytest.raises(ValueError, match=r"c must be > 0, got 0"):
+        heuristic_select(feats, target, 60, c=0.0)
+
+
 def test_bad_inputs(tmp_path):
     raw, target = make_corpus(20)
     with pytest.raises(ValueError, match="raw: expected at least one document"):
@@ -242,6 +265,15 @@ def test_exclude_leaves_documents_out_of_p_raw_and_resampling():
     assert not np.isin(heuristic_select(feats, target, 60, exclude=drop), drop).any()
     with pytest.raises(ValueError, match=r"k must be in 1..90 \(the pool size less 30 excluded\)"):
         tfidf_select(feats, target, 91, exclude=drop)
+
+
+def test_tfidf_weights_come_from_the_documents_it_may_pick():
+    """Held-out documents (``exclude``) never shape the IDF: changing their text leaves the selection as it is."""
+    raw, target = make_corpus(120)
+    drop = np.arange(0, 120, 4)
+    altered = [("zebra " * 30 if i in set(drop.tolist()) else doc) for i, doc in enumerate(raw)]
+    picks = [tfidf_select(featurize(docs), target, 40, exclude=drop).tolist() for docs in (raw, altered)]
+    assert picks[0] == picks[1]
 
 
 def test_write_selected_is_atomic_and_replaces(tmp_path):

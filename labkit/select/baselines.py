@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
     # What a baseline accepts for raw and target: documents, features or a scipy sparse (N × num_buckets) count matrix.
     DocumentsOrCounts: TypeAlias = DocumentsOrFeatures | sparse.spmatrix | sparse.sparray
+
+
+TfWeighting = Literal["raw", "log", "binary"]  # TF-IDF's term-frequency weighting (see tfidf_select)
+TF_WEIGHTS = {  # each weighting of counts >= 1 (zeros stay zero: sparse)
+    "raw": lambda counts: counts,
+    "log": lambda counts: 1.0 + np.log(counts),
+    "binary": np.ones_like,
+}
 
 
 def random_select(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -65,6 +73,7 @@ def heuristic_select(
     *,
     negatives_per_target: float = 5.0,
     pareto_alpha: float = 9.0,
+    c: float = 1.0,
     exclude: np.ndarray | None = None,
     num_buckets: int = 10000,
     ngrams: int = 2,
@@ -72,12 +81,14 @@ def heuristic_select(
 ) -> np.ndarray:
     """Heuristic classification (GPT-3, The Pile): a target-vs-raw classifier plus Pareto acceptance.
 
-    Logistic regression on log1p hashed counts (fastText in the paper) separates the target from a random raw
-    sample ``negatives_per_target`` times its size; document i is kept when ``score_i + pareto(alpha) > 1``.
+    Logistic regression on log1p hashed counts (fastText in the paper; ``c`` its inverse L2 strength) separates the
+    target from a random raw sample ``negatives_per_target`` times its size; document i is kept when
+    ``score_i + pareto(alpha) > 1``.
     For a fixed budget the threshold 1 is moved so that exactly k pass: the top k of ``score + pareto noise``.
     """
     number_in_range("negatives_per_target", negatives_per_target, 0.0, interval="()")
     number_in_range("pareto_alpha", pareto_alpha, 0.0, interval="()")
+    number_in_range("c", c, 0.0, interval="()")
     from sklearn.linear_model import LogisticRegression
 
     x_raw = _as_matrix(raw, num_buckets, ngrams, hash, "raw").log1p()
@@ -91,7 +102,7 @@ def heuristic_select(
 
     x = sparse.vstack([x_target, x_raw[negatives]])
     y = np.concatenate([np.ones(x_target.shape[0]), np.zeros(n_neg)])
-    clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
+    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(x, y)
     scores = clf.predict_proba(x_raw)[:, 1]
     # keep iff score + pareto > 1; for a budget of exactly k, move the threshold: top-k of score + pareto noise
     keys = np.where(allowed, scores + rng.pareto(pareto_alpha, size=len(scores)), -np.inf)
@@ -107,12 +118,15 @@ def target_likelihood_select(
     ngrams: int = 2,
     hash: str = "sha256",
     epsilon: float = 1e-8,
+    target_pseudocount: float = 0.0,
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator)."""
+    """Top-k raw documents by length-normalized log p̂_target(z) alone (DSIR without the raw denominator);
+    ``target_pseudocount`` is added to every target bucket count first (additive smoothing, as DSIR's)."""
     number_in_range("epsilon", epsilon, 0.0, interval="()")
+    number_in_range("target_pseudocount", target_pseudocount, 0.0)
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
-    counts = _target_counts(target, num_buckets, ngrams, hash)
+    counts = _target_counts(target, num_buckets, ngrams, hash) + target_pseudocount
     lengths = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
     scores = (x @ np.log(counts / counts.sum() + epsilon)) / lengths
     return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
@@ -126,22 +140,31 @@ def tfidf_select(
     num_buckets: int = 10000,
     ngrams: int = 2,
     hash: str = "sha256",
+    tf: TfWeighting = "raw",
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid."""
+    """Top-k raw documents by cosine similarity of TF-IDF vectors (on hashed counts) to the target centroid.
+
+    ``tf`` weights a term's count in a document and in the target: ``"raw"`` the count, ``"log"`` 1 + log(count)
+    (sublinear, as scikit-learn's ``sublinear_tf``), ``"binary"`` presence. Document frequencies count only the
+    documents that may be picked: ``exclude`` (held-out text) never shapes the weights.
+    """
+    if tf not in TF_WEIGHTS:
+        raise ValueError(f"tf must be one of {list(TF_WEIGHTS)}, got {tf!r}")
     x = _as_matrix(raw, num_buckets, ngrams, hash, "raw")
     target_counts = _target_counts(target, num_buckets, ngrams, hash)
-    df = np.bincount(x.indices, minlength=num_buckets)
-    idf = np.log((1 + x.shape[0]) / (1 + df)) + 1.0
+    allowed = _allowed(x.shape[0], k, exclude)
+    df = np.bincount(x[allowed].indices, minlength=num_buckets)
+    idf = np.log((1 + int(allowed.sum())) / (1 + df)) + 1.0
     weighted = x.copy()
-    weighted.data = weighted.data * idf[weighted.indices]  # tf-idf of the hashed counts, O(nnz)
+    weighted.data = TF_WEIGHTS[tf](weighted.data) * idf[weighted.indices]  # tf-idf of the hashed counts, O(nnz)
     rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
     squares = np.bincount(rows, weights=weighted.data**2, minlength=x.shape[0])
     norms = np.sqrt(squares) + 1e-12
-    centroid = target_counts * idf
+    centroid = np.where(target_counts > 0, TF_WEIGHTS[tf](np.maximum(target_counts, 1.0)), 0.0) * idf
     centroid /= np.linalg.norm(centroid) + 1e-12
     x = weighted
     scores = np.asarray(x @ centroid).ravel() / norms
-    return gumbel_top_k(np.where(_allowed(x.shape[0], k, exclude), scores, -np.inf), k, top_k=True)
+    return gumbel_top_k(np.where(allowed, scores, -np.inf), k, top_k=True)
 
 

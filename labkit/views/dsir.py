@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots, widgets
-from labkit.experiments.dsir.config import METHODS, VARIANTS
+from labkit.experiments.dsir.claims import method_means
+from labkit.experiments.dsir.config import METHODS
+from labkit.experiments.dsir.summary import CORRELATION_VARIANTS
 from labkit.select import HashedFeatures, ShardedFeatures, gumbel_top_k, kl_reduction
 
 if TYPE_CHECKING:
@@ -42,26 +44,28 @@ def loss_bars(
 
 
 def kl_vs_loss(
-    scores: pd.DataFrame,
-    correlation: pd.DataFrame,
-    value: str = "bigram_nats_per_token",
+    table: pd.DataFrame,
+    intervals: pd.DataFrame,
+    value: str,
+    downstream: str,
     paper_r: dict[str, float] | None = None,
+    variants: tuple[str, ...] = ("methods once (claim)", "methods once, without random"),
 ) -> plt.Figure:
-    """One point per method (mean over targets and seeds, variants left out): KL reduction vs −loss, r printed."""
-    per_method = scores[~scores.method.isin(VARIANTS)].groupby("method", sort=False)[["kl_reduction", value]].mean()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, drop in zip(axes, ([], ["random", "anti-dsir"]), strict=True):
-        frame = per_method.drop(index=[d for d in drop if d in per_method.index])
+    """KL reduction vs −``value``, one point per method counted (mean over targets, each over seeds), one panel per
+    correlation variant; each title gives that variant's row of ``intervals`` (the judged ``correlation_intervals``:
+    r, Fisher-z interval, n), so the figure shows exactly the r the claims and the headline use."""
+    rows = intervals[intervals.downstream == downstream].set_index("variant")
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.5), squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        frame = method_means(table, value, CORRELATION_VARIANTS[variant])
         ax.scatter(frame.kl_reduction, -frame[value], s=40)
         for method, row in frame.iterrows():
             ax.annotate(method, (row.kl_reduction, -row[value]), fontsize=8, xytext=(4, 3), textcoords="offset points")
-        key = "all methods" if not drop else "without controls"
-        r = correlation.set_index("methods").loc[key]
-        ax.set_title(
-            f"{key}: Pearson r = {r.pearson_r:.2f}, Spearman = {r.spearman_r:.2f} (n = {r.n_methods})", fontsize=10
-        )
+        r = rows.loc[variant]
+        ax.set_title(f"{variant}: r = {r.r:.2f} [{r.low:.2f}, {r.high:.2f}] (n = {r.n_methods})", fontsize=10)
         ax.set_xlabel("KL reduction (nats, vs held-out target)")
         ax.set_ylabel(f"−{value} (higher is better)")
+    fig.suptitle(f"KL reduction vs the {downstream}'s held-out loss (Fisher-z 95 % intervals)", fontsize=11)
     if paper_r:
         text = "paper (reference, downstream accuracy, BERT scale): " + "; ".join(
             f"r = {v} {k}" for k, v in paper_r.items()

@@ -8,8 +8,8 @@ their verdicts, protocol v2) and :mod:`.summary` (``judge`` and the readings the
 from labkit.experiments import Experiment
 from labkit.experiments.dsir import arms, summary
 from labkit.experiments.dsir.arms import byte_lm, select, train_byte_lm
-from labkit.experiments.dsir.claims import BUDGET_TOLERANCE, HEALTH_ACCURACY_DROP
-from labkit.experiments.dsir.config import CLASSIFY_TASKS, METHODS, PRESETS, TARGETS, VARIANTS, Config
+from labkit.experiments.dsir.claims import BUDGET_TOLERANCE, HEALTH_ACCURACY_DROP, PREMISE_TOLERANCE
+from labkit.experiments.dsir.config import CLASSIFY_TASKS, METHODS, PRESETS, TARGETS, TINY_TRACK, VARIANTS, Config
 from labkit.experiments.dsir.data import Prepared, Split, prepare, split_target
 from labkit.experiments.dsir.summary import (
     PAPER_R,
@@ -18,7 +18,6 @@ from labkit.experiments.dsir.summary import (
     dsir_gaps,
     explorer_weights,
     headline_metrics,
-    method_correlation,
     targets_below,
     verdict_text,
 )
@@ -27,6 +26,6 @@ EXPERIMENT = Experiment("dsir", Config, PRESETS, arms.compute, summary.judge)
 configure = EXPERIMENT.configure
 
 __all__ = ["BUDGET_TOLERANCE", "CLASSIFY_TASKS", "EXPERIMENT", "HEALTH_ACCURACY_DROP", "METHODS", "PAPER_R",
-           "PRESETS", "SCORE_COLUMNS", "TARGETS", "VARIANTS", "Config", "Prepared", "Split", "byte_lm",
-           "classify_held", "configure", "dsir_gaps", "explorer_weights", "headline_metrics", "method_correlation",
+           "PREMISE_TOLERANCE", "PRESETS", "SCORE_COLUMNS", "TARGETS", "TINY_TRACK", "VARIANTS", "Config", "Prepared",
+           "Split", "byte_lm", "classify_held", "configure", "dsir_gaps", "explorer_weights", "headline_metrics",
            "prepare", "select", "split_target", "targets_below", "train_byte_lm", "verdict_text"]

@@ -13,48 +13,62 @@ import numpy as np
 import pandas as pd
 
 from labkit.experiments import Computed, Results
-from labkit.experiments.dsir.arms import choose_pseudocount
-from labkit.experiments.dsir.claims import EXCLUDED, correlation_interval, verdict_text, verdicts
-from labkit.experiments.dsir.config import VARIANTS, Config
+from labkit.experiments.dsir.arms import tuning_table
+from labkit.experiments.dsir.claims import (
+    CLAIMS,
+    EXCLUDED,
+    LOSS,
+    NGRAM_LOSS,
+    PREMISE,
+    VALIDATION,
+    correlation_interval,
+    leave_one_out,
+    verdict_text,
+    verdicts,
+)
+from labkit.experiments.dsir.config import PREMISE_ARM, TINY_TRACK, VARIANTS, Config
 from labkit.experiments.dsir.data import Prepared, split_target
 from labkit.stats import bootstrap_ci, interval_sign
 
-__all__ = ["CONTROLS", "PAPER_R", "SCORE_COLUMNS", "classify_held", "classify_summary", "dsir_gaps",
-           "explorer_weights", "headline_metrics", "judge", "method_correlation", "paired_gaps", "targets_below",
-           "verdict_text"]
+__all__ = ["CORRELATION_VARIANTS", "PAPER_R", "SCORE_COLUMNS", "budget_effects", "classify_held", "classify_summary",
+           "dsir_gaps", "explorer_weights", "headline_metrics", "judge", "paired_gaps", "targets_below", "verdict_text"]
 GAP_REFERENCES = ("random", "heuristic", "heuristic-words")  # DSIR's per-target detail is paired against these
 SCORE_COLUMNS = ("kl_reduction", "bigram_nats_per_token", "label_precision")  # per-method means in the headline
-CONTROLS = ("random", "anti-dsir")  # left out of the "without controls" correlation
 # KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
 PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
-# The correlation's bootstrap over targets with different methods left out (the claim uses the first).
+# The correlations' Fisher-z intervals with different methods left out (the claims use the first; the headline and
+# the figures read these rows, so every r a reader sees is one of them).
 CORRELATION_VARIANTS = {"methods once (claim)": EXCLUDED, "methods once, without random": (*EXCLUDED, "random"),
-                        "with the anti-DSIR control": VARIANTS}
+                        "with the anti-DSIR control": (*VARIANTS, PREMISE_ARM)}
 
 
 def judge(cfg: Config, computed: Computed) -> Results:
     """The claims, sanity and budget-check tables (:func:`labkit.experiments.dsir.claims.verdicts`) and every reading
-    the notebook shows, from the computed tables; artefacts: the chosen target pseudocount and the skipped targets
-    of each track (target -> reason)."""
+    the notebook shows (the ``tuning`` table: each tuned method's grid and the setting chosen on validation), from the
+    computed tables; artefacts: the skipped targets of each track (target -> reason)."""
     tables = computed.tables
     scores, classify, tiny = tables["scores"], tables["classify"], tables["tiny_lm"]
     claims, sanity, budget = verdicts(scores, classify, tiny, tables["budget_runs"])
-    correlation_rows = [{"variant": name, **correlation_interval(scores, exclude=exclude)}
-                        for name, exclude in CORRELATION_VARIANTS.items()]
-    tiny_measured = len(tiny) and tiny.method.nunique() >= 3
+    downstreams = [(name, table, loss) for name, table, loss in ((TINY_TRACK, tiny, LOSS), ("bigram LM", scores,
+                   NGRAM_LOSS)) if loss in table.columns]
+    correlation_rows = [{"downstream": name, "variant": variant, **correlation_interval(table, loss, exclude)}
+                        for name, table, loss in downstreams for variant, exclude in CORRELATION_VARIANTS.items()]
+    loo = [leave_one_out(table, loss).rename_axis("left_out").reset_index().assign(downstream=name)
+           for name, table, loss in downstreams]
+    ngram_measured = NGRAM_LOSS in scores.columns  # the bigram LM ran (downstream "bigram" or "both")
     judged = {
         "claims": claims,
         "sanity": sanity,
         "budget": budget,
-        "correlation": method_correlation(scores),
+        "tuning": tuning_table(cfg, tables["sweep"]),
         "correlation_intervals": pd.DataFrame(correlation_rows),
-        "paired_gaps": dsir_gaps(scores),
+        "correlation_loo": pd.concat(loo, ignore_index=True) if loo else pd.DataFrame(),
+        "paired_gaps": dsir_gaps(scores) if ngram_measured else pd.DataFrame(),
         "classify_summary": classify_summary(classify) if len(classify) else pd.DataFrame(),
-        "tiny_correlation": method_correlation(tiny, loss="bits_per_byte") if tiny_measured else pd.DataFrame(),
+        "budget_effects": budget_effects(tables["budget_runs"]),
     }
     skipped = tables["skipped"]
     artefacts = {
-        "chosen_pseudocount": choose_pseudocount(cfg, tables["sweep"]),
         "skipped_targets": _reasons(skipped, "selection"),
         "classify_skipped": _reasons(skipped, "classification"),
     }
@@ -65,6 +79,25 @@ def _reasons(skipped: pd.DataFrame, track: str) -> dict[str, str]:
     """Target -> why ``track`` could not run it, from the computed ``skipped`` table."""
     rows = skipped[skipped.track == track] if len(skipped) else skipped
     return dict(zip(rows.get("target", []), rows.get("reason", []), strict=True))
+
+
+def budget_effects(budget_runs: pd.DataFrame) -> pd.DataFrame:
+    """Each transformer comparison (the premise and the ``loss_vs_*`` claims) in the budget check's cell: the
+    improvement in validation bits per byte at 1x and at the longer budget, and its change. One cell, so a reading
+    beside the verdicts (does training longer move the comparison?), not a check: the verdicts' flags come from each
+    arm's own convergence."""
+    rows = budget_runs[budget_runs.track == TINY_TRACK] if len(budget_runs) else budget_runs
+    if not len(rows):
+        return pd.DataFrame()
+    bits = rows.pivot_table(index="arm", columns="budget", values=VALIDATION)
+    short, long = bits.columns.min(), bits.columns.max()
+    out = []
+    for claim in (PREMISE, *CLAIMS):
+        if claim.metric == LOSS and {claim.arm, claim.baseline} <= set(bits.index):
+            at = {b: float(bits.loc[claim.baseline, b] - bits.loc[claim.arm, b]) for b in (short, long)}
+            out.append({"claim": claim.name, "cell": rows.seed.iloc[0], "improvement_1x": at[short],
+                        f"improvement_{long:g}x": at[long], "change": at[long] - at[short]})
+    return pd.DataFrame(out)
 
 
 def paired_gaps(
@@ -86,35 +119,6 @@ def paired_gaps(
     out = pd.DataFrame(rows)
     out.insert(0, "comparison", f"{method} − {reference}")
     return out
-
-
-def method_correlation(
-    scores: pd.DataFrame,
-    loss: str = "bigram_nats_per_token",
-    controls: tuple[str, ...] = CONTROLS,
-    variants: tuple[str, ...] = VARIANTS,
-) -> pd.DataFrame:
-    """Pearson and Spearman r of KL reduction vs −loss, one point per method (mean over targets and seeds).
-
-    As in the paper, methods are averaged over targets first; reported with and without the controls. ``variants``
-    (DSIR top-k, heuristic classification on words) are left out so that each method counts once.
-    """
-    from scipy import stats
-
-    per_method = scores[~scores.method.isin(variants)].groupby("method", sort=False)[["kl_reduction", loss]].mean()
-    rows = []
-    for name, frame in (
-        ("all methods", per_method),
-        ("without controls", per_method.drop(index=[c for c in controls if c in per_method.index])),
-    ):
-        n = len(frame)
-        if n >= 3:
-            pearson = float(stats.pearsonr(frame.kl_reduction, -frame[loss])[0])
-            spearman = float(stats.spearmanr(frame.kl_reduction, -frame[loss])[0])
-        else:
-            pearson = spearman = float("nan")
-        rows.append({"methods": name, "n_methods": n, "pearson_r": pearson, "spearman_r": spearman, "loss": loss})
-    return pd.DataFrame(rows)
 
 
 def dsir_gaps(scores: pd.DataFrame) -> pd.DataFrame:
@@ -170,23 +174,30 @@ def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
 
 
 def headline_metrics(results: Results) -> dict[str, float]:
-    """Numbers a rerun reproduces: per method the mean KL reduction, bigram loss and label precision; the correlations;
-    DSIR's paired gaps; each claim's effect and interval; the tiny-LM and classification tracks per cell."""
+    """Numbers a rerun reproduces: per method the mean KL reduction, bigram loss, label precision and transformer bits
+    per byte; the correlations (each downstream and variant of ``correlation_intervals``); DSIR's paired gaps; each
+    claim's effect and interval; the tiny-LM and classification tracks per cell."""
     out: dict[str, float] = {}
-    means = results.scores.groupby("method", sort=False)[list(SCORE_COLUMNS)].mean()
+    columns = [c for c in SCORE_COLUMNS if c in results.scores.columns]
+    means = results.scores.groupby("method", sort=False)[columns].mean()
     for method, row in means.iterrows():
         out |= {f"{method}/{column}": float(value) for column, value in row.items()}
-    for r in results.correlation.itertuples():
-        out[f"pearson_r/{r.methods}"] = float(r.pearson_r)
-        out[f"spearman_r/{r.methods}"] = float(r.spearman_r)
+    for r in results.correlation_intervals.itertuples():
+        key = f"pearson_r/{r.downstream}/{r.variant}"
+        out |= {key: float(r.r), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
     for r in results.paired_gaps.itertuples():
         key = f"{r.comparison}/{r.target}"
         out |= {f"{key}/mean_diff": float(r.mean_diff), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
-    out["dsir_beats_random_targets"] = float(targets_below(results.paired_gaps)[0])
-    out["dsir_target_pseudocount"] = float(results.chosen_pseudocount)
+    if len(results.paired_gaps):
+        out["dsir_beats_random_targets"] = float(targets_below(results.paired_gaps)[0])
+    for r in results.tuning.itertuples():
+        out[f"{r.method}/validation_nats_per_token"] = float(r.validation_nats_per_token)
     for r in results.claims.itertuples():
         out |= {f"claim/{r.claim}/effect": float(r.mean), f"claim/{r.claim}/ci_low": float(r.low),
                 f"claim/{r.claim}/ci_high": float(r.high)}
+    if len(results.tiny_lm):
+        tiny_means = results.tiny_lm.groupby("method", sort=False)[LOSS].mean()
+        out |= {f"{method}/{LOSS}": float(value) for method, value in tiny_means.items()}
     for r in results.tiny_lm.itertuples():
         out[f"tiny_lm/{r.target}/{r.method}/seed{r.seed}/bits_per_byte"] = float(r.bits_per_byte)
     for r in results.classify_summary.itertuples():

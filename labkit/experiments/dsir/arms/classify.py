@@ -78,16 +78,16 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: 
 
 
 def run_classification(
-    cfg: Config, prepared: Prepared, progress: bool = True, target_pseudocount: float | None = None
+    cfg: Config, prepared: Prepared, progress: bool = True, settings: dict[str, Any] | None = None
 ) -> ClassifyRun:
     """Base LM → per target × method × seed: continued pretraining on the selection, probe of the target's tags.
 
     Rows: seed, target, method, accuracy, macro_f1, bits_per_byte (held-out target chunks), kl_reduction, k, sizes.
     Method ``"base"`` is the base LM without continued pretraining (deterministic: the same value for every seed).
     Task chunks are reserved: never in a target's fit/held-out draw, a selection pool, or the base LM's sample.
-    DSIR uses ``target_pseudocount`` (default: the config's). The budget check reruns the first seed × target of
-    every method at ``budget_factor`` × ``continue_steps`` (warm-up and cosine horizon scaled with it, from the same
-    base model and selection); both runs are scored on the target's fit sample.
+    A tuned method uses its setting in ``settings`` (chosen on validation; default its grid's first). The budget check
+    reruns the first seed × target of every method at ``budget_factor`` × ``continue_steps`` (warm-up and cosine
+    horizon scaled with it, from the same base model and selection); both runs are scored on the target's fit sample.
     """
     from labkit.profile import resolve_device
 
@@ -117,10 +117,10 @@ def run_classification(
     sample = np.random.default_rng(0).choice(candidates, size=min(cfg.base_chunks, len(candidates)), replace=False)
     base = byte_lm(cfg, seed=0).to(device)
     train_bytes(base, byte_tensor(list(texts[sample])), cfg.base_steps, cfg.lm_lr, cfg, seed=0)
-    pc = target_pseudocount
+    settings = settings or {}
     cells = [(s, t) for s in range(cfg.classify_seeds) for t in tasks]
-    jobs = [(cfg, *cells[0], m, cfg.budget_factor, True, pc) for m in cfg.classify_methods]  # the longest first
-    jobs += [(cfg, s, t, m, 1.0, (s, t) == cells[0], pc) for s, t in cells for m in cfg.classify_methods]
+    jobs = [(cfg, *cells[0], m, cfg.budget_factor, True, settings) for m in cfg.classify_methods]  # longest first
+    jobs += [(cfg, s, t, m, 1.0, (s, t) == cells[0], settings) for s, t in cells for m in cfg.classify_methods]
     with shared_pool(prepared, tasks=tasks, base=base):
         first = {t: s for s, t in reversed(cells)}  # the base model is scored once per target, at its first seed
         base_rows = {t: _score(cfg, base, t, s, "base", {"kl_reduction": float("nan"), "k": 0})
@@ -166,15 +166,15 @@ def _score(cfg: Config, model: nn.Module, target: str, seed: int, method: str, e
     return row
 
 
-def _classify_job(job: tuple[Config, int, str, str, float, bool, float | None]) -> dict[str, Any]:
-    """One seed × target × method: select (DSIR at target pseudocount ``pc``), continue pretraining the base LM on
-    the selection for ``budget`` × ``continue_steps``; at budget 1 probe it (its row); with ``validate`` score the
-    fit sample (the budget check)."""
-    cfg, seed, target, method, budget, validate, pc = job
+def _classify_job(job: tuple[Config, int, str, str, float, bool, dict[str, Any]]) -> dict[str, Any]:
+    """One seed × target × method: select (a tuned method at its setting in ``settings``), continue pretraining the
+    base LM on the selection for ``budget`` × ``continue_steps``; at budget 1 probe it (its row); with ``validate``
+    score the fit sample (the budget check)."""
+    cfg, seed, target, method, budget, validate, settings = job
     prepared = SHARED["prepared"]
     split = _split(cfg, seed, target)
     k = min(cfg.budget_k, len(split.pool))
-    chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=pc)
+    chosen = select(method, prepared, split, target, k, seed, cfg, setting=settings.get(method))
     seed_everything(seed, threads=cfg.threads)
     model = copy.deepcopy(SHARED["base"])
     texts = prepared.corpus.text.to_numpy()

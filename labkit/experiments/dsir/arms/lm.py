@@ -1,6 +1,6 @@
 """DSIR's language-model arms: per seed × target every method's selection scored by KL reduction and a bigram LM
-(DSIR at every target pseudocount of the sweep), and the tiny byte-level transformer track with its premise arm
-(the target's own held-in text) and budget check.
+(each tuned method at every setting of its grid), and the tiny byte-level transformer track, the
+main downstream, with its premise arm (the target's own held-in text) and budget check.
 
 Jobs run through :func:`labkit.jobs.run_jobs` in forked workers, which inherit the prepared pool (set in
 :data:`SHARED` by :func:`shared_pool`) instead of pickling it.
@@ -17,7 +17,7 @@ import pandas as pd
 
 from labkit import seed_everything
 from labkit.experiments.dsir.arms.selection import kl_scorer, select
-from labkit.experiments.dsir.config import PREMISE_ARM, TARGETS, TINY_TRACK, Config
+from labkit.experiments.dsir.config import PREMISE_ARM, TARGETS, TINY_TRACK, TUNED, Config
 from labkit.experiments.dsir.data import Prepared, held_in_target, split_target
 from labkit.jobs import run_jobs
 from labkit.models import byte_lm as byte_lm_module
@@ -99,10 +99,11 @@ def bigram_cells(cfg: Config, targets: list[str], progress: bool) -> list[dict[s
 
 
 def bigram_cell(args: tuple[Config, int, str]) -> dict[str, list]:
-    """One seed × target: every method's selection and scores, and DSIR at every target pseudocount (val + test).
+    """One seed × target: every method's selection and scores, each tuned method at every setting of its grid.
 
-    DSIR gets one row per target pseudocount (tagged ``target_pseudocount``; the sweep's test loss); the caller keeps
-    the one chosen on validation."""
+    A tuned method (:data:`~labkit.experiments.dsir.config.TUNED`) gets one row per setting (tagged ``setting``, the
+    index into its grid) and sweep rows with the bigram loss of the validation and the test chunks; the caller keeps
+    the setting chosen on validation."""
     cfg, seed, target = args
     prepared: Prepared = SHARED["prepared"]
     labels = prepared.corpus.label.to_numpy()
@@ -112,28 +113,22 @@ def bigram_cell(args: tuple[Config, int, str]) -> dict[str, list]:
     held, val = prepared.encoded.subset(split.eval), prepared.encoded.subset(split.val)
     out: dict[str, list] = {"rows": [], "picks": [], "sweep": []}
     bigram = cfg.downstream in ("bigram", "both")
-    chosen_of = {}
-    for pc in cfg.target_pseudocounts if "dsir" in cfg.methods else []:
-        chosen = chosen_of[pc] = select("dsir", prepared, split, target, k, seed, cfg, target_pseudocount=pc)
-        lm = BigramLM(prepared.vocab_size, cfg.discount).fit(prepared.encoded.subset(chosen)) if bigram else None
-        for name, ids, enc in (("val", split.val, val), ("test", split.eval, held)):
-            loss = lm.cross_entropy(enc) if lm is not None and len(ids) else float("nan")
-            out["sweep"].append({"seed": seed, "target": target, "target_pseudocount": pc, "split": name,
-                                 "bigram_nats_per_token": loss,  # KL reduction is scored toward test only
-                                 "kl_reduction": kl_of(chosen) if name == "test" else float("nan")})
     for method in cfg.methods:
-        for pc, chosen in chosen_of.items() if method == "dsir" else [(None, None)]:
-            chosen = select(method, prepared, split, target, k, seed, cfg) if pc is None else chosen
-            kl = kl_of(chosen)
-            row = {"seed": seed, "target": target, "method": method, "k": k, "kl_reduction": kl,
+        settings = list(enumerate(cfg.grid(method))) if method in TUNED else [(None, None)]
+        for index, setting in settings:
+            chosen = select(method, prepared, split, target, k, seed, cfg, setting=setting)
+            row = {"seed": seed, "target": target, "method": method, "k": k, "kl_reduction": kl_of(chosen),
                    "label_precision": float(np.isin(labels[chosen], TARGETS[target]).mean())}
-            if bigram and pc is None:
+            if bigram:
                 lm = BigramLM(prepared.vocab_size, cfg.discount).fit(prepared.encoded.subset(chosen))
                 row["bigram_nats_per_token"] = lm.cross_entropy(held)
-            elif bigram:
-                row["bigram_nats_per_token"] = next(r["bigram_nats_per_token"] for r in out["sweep"]
-                                                    if r["target_pseudocount"] == pc and r["split"] == "test")
-            tag = {} if pc is None else {"target_pseudocount": pc}
+            tag = {} if index is None else {"setting": index}
+            if index is not None:
+                val_loss = lm.cross_entropy(val) if bigram and len(split.val) else float("nan")
+                out["sweep"] += [{"seed": seed, "target": target, "method": method, "setting": index,
+                                  "setting_value": str(setting), "split": name, "bigram_nats_per_token": loss}
+                                 for name, loss in (("val", val_loss), ("test", row.get("bigram_nats_per_token",
+                                                                                           float("nan"))))]
             out["rows"].append({**row, **tag})
             out["picks"] += [{**r, **tag} for r in _pick_rows(labels[chosen], seed, target, method)]
     return out
@@ -146,19 +141,19 @@ def _pick_rows(picked: np.ndarray, seed: int, target: str, method: str) -> list[
             for label, count in [*counts.iloc[:12].items(), ("other", int(counts.iloc[12:].sum()))] if count]
 
 
-def tiny_job(args: tuple[Config, int, str, str, float, bool, float]) -> dict[str, Any]:
-    """One tiny-transformer run: ``method``'s selection (DSIR at target pseudocount ``pc``), or the target's held-in
-    text for the premise arm, at ``budget`` × ``lm_steps``. At budget 1 its row (held-out bits per byte, the test
-    split); with ``validate`` the bits per byte of the split's validation chunks (the budget check's metric)."""
-    cfg, seed, target, method, budget, validate, pc = args
+def tiny_job(args: tuple[Config, int, str, str, float, bool, dict[str, Any]]) -> dict[str, Any]:
+    """One tiny-transformer run: ``method``'s selection (a tuned method at its chosen setting, ``settings``), or the
+    target's held-in text for the premise arm, at ``budget`` × ``lm_steps``. At budget 1 its row (held-out bits per
+    byte, the test split); with ``validate`` the bits per byte of the split's validation chunks (the budget check's
+    metric)."""
+    cfg, seed, target, method, budget, validate, settings = args
     prepared: Prepared = SHARED["prepared"]
     split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed, n_val=cfg.n_val)
     if method == PREMISE_ARM:
         chosen = held_in_target(prepared, split, target)
     else:
         k = min(cfg.budget_k, len(split.pool))
-        dsir_pc = pc if method == "dsir" else None  # the other DSIR-based methods keep the config's
-        chosen = select(method, prepared, split, target, k, seed, cfg, target_pseudocount=dsir_pc)
+        chosen = select(method, prepared, split, target, k, seed, cfg, setting=settings.get(method))
     texts = prepared.corpus.text.to_numpy()
     model, curve = train_byte_lm(list(texts[chosen]), cfg, seed, budget)
     out: dict[str, Any] = {"curve": curve, "validation": float("nan"), "row": None}
@@ -173,7 +168,7 @@ def tiny_job(args: tuple[Config, int, str, str, float, bool, float]) -> dict[str
 
 
 def tiny_track(
-    cfg: Config, targets: list[str], pc: float, progress: bool
+    cfg: Config, targets: list[str], settings: dict[str, Any], progress: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str, float], list[float]]]:
     """The transformer track: every configured (seed, target) cell × method, plus the premise arm (the target's
     held-in text, same steps × windows of bytes) where random selection runs; and the budget check, which reruns the
@@ -188,8 +183,8 @@ def tiny_track(
     if not cells or not arms:
         return empty
     first = cells[0]
-    jobs = [(cfg, *first, arm, cfg.budget_factor, True, pc) for arm in arms]  # the longest first
-    jobs += [(cfg, s, t, arm, 1.0, (s, t) == first, pc) for s, t in cells for arm in arms]
+    jobs = [(cfg, *first, arm, cfg.budget_factor, True, settings) for arm in arms]  # the longest first
+    jobs += [(cfg, s, t, arm, 1.0, (s, t) == first, settings) for s, t in cells for arm in arms]
     done = run_jobs(tiny_job, jobs, workers=cfg.workers, desc="dsir tiny transformer", progress=progress,
                     start="fork")
     rows, budget, curves = [], [], {}

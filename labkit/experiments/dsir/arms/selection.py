@@ -7,10 +7,11 @@ Every method sees the whole corpus with the split's fit, held-out, validation an
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from labkit.experiments.dsir.config import METHODS, TARGETS, Config
+from labkit.experiments.dsir.config import METHODS, SMOOTHED, TARGETS, TUNED, Config, HeuristicSetting
 from labkit.experiments.dsir.data import Prepared, Split
 from labkit.select import (
     gumbel_top_k,
@@ -30,39 +31,37 @@ def select(
     k: int,
     seed: int,
     cfg: Config,
-    target_pseudocount: float | None = None,
+    setting: Any = None,
 ) -> np.ndarray:
-    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``; ``target_pseudocount``
-    overrides the config's for DSIR."""
+    """Indices into the corpus of the k chunks ``method`` picks from ``split.pool``.
+
+    ``setting`` is a tuned method's (:data:`~labkit.experiments.dsir.config.TUNED`) setting from its grid, chosen on
+    validation (default: the grid's first); "dsir", "dsir-topk" and "anti-dsir" use the config's
+    ``target_pseudocount`` (the paper's 0 by default), the other methods have no knob.
+    """
+    if method in TUNED and setting is None:
+        setting = cfg.grid(method)[0]
     drawn = split.drawn()
     fit_feats = prepared.features.subset(split.fit)
     if method == "random":
         return split.pool[random_select(len(split.pool), k, seed)]
-    if method in ("dsir", "dsir-topk", "anti-dsir"):
-        dsir = prepared.dsir(cfg, target_pseudocount).fit(prepared.features, fit_feats, exclude=drawn)
+    if method in ("dsir", "dsir-topk", SMOOTHED, "anti-dsir"):
+        pc = setting if method == SMOOTHED else None
+        dsir = prepared.dsir(cfg, pc).fit(prepared.features, fit_feats, exclude=drawn)
         if method == "anti-dsir":
             weights = dsir.log_weights()
             weights[drawn] = np.inf
             return gumbel_top_k(-weights, k, top_k=True)
         return dsir.resample(k, seed=seed, top_k=method == "dsir-topk", temperature=cfg.temperature)
-    if method == "heuristic":
-        return heuristic_select(
-            prepared.matrix,
-            fit_feats,
-            k,
-            seed,
-            pareto_alpha=cfg.heuristic_alpha,
-            num_buckets=cfg.num_buckets,
-            exclude=drawn,
-        )
-    if method == "heuristic-words":
-        words = prepared.words()
-        return heuristic_select(words, words[split.fit], k, seed, pareto_alpha=cfg.heuristic_alpha,
-                                num_buckets=words.shape[1], exclude=drawn)
+    if method in ("heuristic", "heuristic-words"):
+        raw = prepared.matrix if method == "heuristic" else prepared.words()
+        return heuristic_select(raw, raw[split.fit], k, seed, **HeuristicSetting(*setting)._asdict(),
+                                num_buckets=raw.shape[1], exclude=drawn)
     if method == "target-likelihood":
-        return target_likelihood_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
+        return target_likelihood_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets,
+                                        target_pseudocount=setting, exclude=drawn)
     if method == "tfidf":
-        return tfidf_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, exclude=drawn)
+        return tfidf_select(prepared.matrix, fit_feats, k, num_buckets=cfg.num_buckets, tf=setting, exclude=drawn)
     if method == "expert":  # oracle: the target's own labels first, then its source, then random
         corpus = prepared.corpus
         own = np.isin(corpus.label.to_numpy(), TARGETS[target])
