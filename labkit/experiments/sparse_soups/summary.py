@@ -78,6 +78,9 @@ def phase_premise_scores(phases: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{"seed": seed, "arm": arm, **cols} for (seed, arm), cols in wide.items()])
 
 
+EDGES = ("lowest", "highest")  # where a chosen lr sits at its grid's edge (lr_choice's "grid edge" column)
+
+
 def lr_choice(tuning: pd.DataFrame) -> pd.DataFrame:
     """Per tuned baseline and learning rate: mean validation and test accuracy over seeds, whether it was chosen (on
     validation, in ``compute``) and whether that lr is the grid's lowest or highest (a choice at an edge says the
@@ -86,14 +89,14 @@ def lr_choice(tuning: pd.DataFrame) -> pd.DataFrame:
                                                           chosen=("chosen", "all")).reset_index()
     grid = table.groupby("arm", sort=False)["lr"]
     table["grid edge"] = np.select([table["lr"] == grid.transform("min"), table["lr"] == grid.transform("max")],
-                                   ["lowest", "highest"], "")
+                                   list(EDGES), "")
     return table
 
 
 def lr_notes(choice: pd.DataFrame) -> list[str]:
     """One line per tuned baseline of :func:`lr_choice`: the lr chosen on validation, and where it is a grid edge."""
-    return [f"{r['arm']}: lr {r['lr']:.3g} chosen on validation" + (f" (the grid's {r['grid edge']}; a wider grid "
-                                                                     "might move it)" if r["grid edge"] else "")
+    return [f"{r['arm']}: lr {r['lr']:.3g} chosen on validation"
+            + (f" (the grid's {r['grid edge']}; a wider grid might move it)" if r["grid edge"] in EDGES else "")
             for r in choice[choice["chosen"]].to_dict("records")]
 
 
