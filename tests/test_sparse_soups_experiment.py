@@ -2,6 +2,8 @@
 (judged from computed rows), one tiny run (smoke preset, 2 seeds), and the same verdicts after the CSV round trip and
 after loading a recorded report."""
 
+import io
+
 import pandas as pd
 import pytest
 
@@ -113,6 +115,10 @@ def test_the_baselines_are_tuned_on_validation_over_the_ingredients_lr_grid(smok
     assert edges["grid edge"].tolist() == ["lowest", "highest"]
     assert summary.lr_notes(edges) == ["IMP: lr 0.2 chosen on validation (the grid's highest; a wider grid might "
                                        "move it)"]
+    inside = summary.lr_choice(pd.concat([hand, hand.assign(lr=hand.lr * 2)]).assign(chosen=lambda t: t.lr == 0.2))
+    recorded = pd.read_csv(io.StringIO(inside.to_csv(index=False)))  # a committed table: "" comes back as NaN
+    assert summary.lr_notes(recorded) == ["IMP: lr 0.2 chosen on validation"]
+    assert summary.lr_choice(hand[hand.lr == 0.1].assign(chosen=True))["grid edge"].tolist() == [""]  # one lr
 
 
 def test_ood_is_scored_per_corruption_and_the_naive_average_is_also_retrained(smoke):

@@ -88,8 +88,9 @@ def lr_choice(tuning: pd.DataFrame) -> pd.DataFrame:
     table = tuning.groupby(["arm", "lr"], sort=False).agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
                                                           chosen=("chosen", "all")).reset_index()
     grid = table.groupby("arm", sort=False)["lr"]
-    table["grid edge"] = np.select([table["lr"] == grid.transform("min"), table["lr"] == grid.transform("max")],
-                                   list(EDGES), "")
+    wide = grid.transform("nunique") > 1  # a one-lr grid has no edge to move past
+    table["grid edge"] = np.select([wide & (table["lr"] == grid.transform("min")),
+                                    wide & (table["lr"] == grid.transform("max"))], list(EDGES), "")
     return table
 
 
