@@ -14,7 +14,8 @@ their retraining seeds), with a Student-t 95 % interval of the difference in per
 weights). IMP, IMP m x and SWA run at the learning rate chosen on validation from the ingredients' grid. OOD
 accuracy (``ood_acc``) is the mean over the corruption types of ``Config.ood``, each also judged on its own
 (secondary); every OOD comparison with a baseline has a *control* beside it: the best single ingredient against the
-same baseline. When the control gains as much as SMS, the OOD gain is a single retrained model's, not the soup's.
+same baseline. When the control gains as much as SMS, the gain cannot be credited to the last averaging: one
+ingredient retrained from the previous phase's soup gets it too (the earlier phases' soups are behind both).
 The comparison arms are fixed in advance; the "best ingredient" is chosen on validation, never on test. Claims with
 a ``paper`` reference are the paper's statements (main: Holm-adjusted); the others are secondary. The paper's
 numbers (CIFAR-10/100, ImageNet; Tables 1-2 of arXiv 2306.16788) are not transcribed in the notes, so the ``paper``
@@ -90,7 +91,7 @@ def claims(m: int = 4, phases: int = 1, ood: tuple[str, ...] = ()) -> tuple[Clai
     equal = f"equal retraining per phase: {m} x the epochs of one IMP retrain; one sparse model at inference"
     more = f"SMS retrains {m} x more per phase than IMP; same final sparsity and inference cost"
     naive = "the naive average merges independent IMP chains at the default lr, each one IMP's compute"
-    control = "control: one retrained ingredient, no averaging"
+    control = "control: one ingredient retrained from the previous phase's soup, no last averaging"
 
     def acc(name: str, text: str, metric: str, arm: str, baseline: str, compute: str, paper: str,
             rests_on: tuple[str, ...] = ()) -> Claim:
