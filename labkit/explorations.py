@@ -172,6 +172,55 @@ def run(exploration: Exploration, *, engine: str = "local", jobs: int | None = N
     return out, results
 
 
+CLAIM_COLUMNS = ["claim", "role", "interval verdict", "verdict", "sanity"]  # what premise_readings reads
+
+
+def point_dirs(exploration: Exploration) -> list[Path]:
+    """The folder of every declared grid point, where :func:`run` writes it (``grid-<i>/`` first with several grids)."""
+    several = len(exploration.grids) > 1
+    return [exploration.out_dir / (f"grid-{i}" if several else "") / sweep.point_name(values)
+            for i, grid in enumerate(exploration.grids) for values in sweep.expand_grid(grid)]
+
+
+def recorded_claims(paper: str, directory: Path | None = None) -> pd.DataFrame:
+    """Every claims table that ``paper``'s declared explorations recorded, one per declared grid point, stacked: the
+    columns ``exploration`` and ``point`` (the point's folder under the exploration's), then the table as that point's
+    report wrote it. Points without a ``tables/claims.csv`` (not run, unfinished, or run by an older driver) are left
+    out; with none, an empty frame with the columns :func:`premise_readings` reads."""
+    frames = []
+    for name, exploration in sorted(load(directory).get(paper, {}).items()):
+        for folder in point_dirs(exploration):
+            if (folder / "tables" / "claims.csv").is_file():
+                frames.append(pd.read_csv(folder / "tables" / "claims.csv").assign(
+                    exploration=name, point=folder.relative_to(exploration.out_dir).as_posix()))
+    if not frames:
+        return pd.DataFrame(columns=["exploration", "point", *CLAIM_COLUMNS])
+    table = pd.concat(frames, ignore_index=True)
+    return table[["exploration", "point", *[c for c in table.columns if c not in ("exploration", "point")]]]
+
+
+def premise_readings(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per recorded run (``exploration``, ``point``) of :func:`recorded_claims`: how many premises held, were
+    inconclusive or not held, how many held by their interval alone and how many a sanity check flagged, whether the
+    premise was met (the run has premises and every one held), and the final verdicts of its main claims (what
+    :func:`labkit.protocol.conclude` made of those premises), so the regimes searched read side by side."""
+    if missing := sorted({"exploration", "point", *CLAIM_COLUMNS} - set(claims.columns)):
+        raise ExplorationError(f"premise_readings needs a recorded_claims table; missing column(s) {missing}")
+    rows = []
+    for (name, point), run in claims.groupby(["exploration", "point"], sort=False):
+        premises = run[run["role"] == "premise"]
+        held = int((premises["verdict"] == "held").sum())
+        main = run[run["role"] == "main"]["verdict"].value_counts()
+        rows.append({"exploration": name, "point": point, "premises": len(premises), "held": held,
+                     **{v: int((premises["verdict"] == v).sum()) for v in ("inconclusive", "not held")},
+                     "held by interval": int((premises["interval verdict"] == "held").sum()),
+                     "flagged": int((premises["sanity"] != "ok").sum()),
+                     "premise met": bool(len(premises)) and held == len(premises),
+                     "main claims read": ", ".join(f"{v} x{n}" for v, n in main.items())})
+    return pd.DataFrame(rows, columns=["exploration", "point", "premises", "held", "inconclusive", "not held",
+                                       "held by interval", "flagged", "premise met", "main claims read"])
+
+
 def _cell(text: str, digits: int | None) -> str:
     """A CSV cell for markdown: as written, or a non-integer number to ``digits`` decimals."""
     if digits is not None and not re.fullmatch(r"-?\d+", text):

@@ -141,6 +141,41 @@ def test_markdown_tables_render_from_csv(tmp_path):
                                               "| 1000 | 0.12 | a |\n| 20 |  | nan |\n<!-- /table -->\n")
 
 
+def _claims(rows: list[tuple[str, str, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["claim", "role", "interval verdict", "verdict", "sanity"])
+
+
+def test_recorded_premises_read_side_by_side_per_run(tmp_path, monkeypatch):
+    _write(tmp_path, VALID)
+    monkeypatch.setattr(runner, "REPORTS_DIR", tmp_path / "reports")
+    runs = {
+        "spread/sigma=0.5": [("p1", "premise", "held", "held", "ok"), ("p2", "premise", "held", "inconclusive", "x"),
+                             ("c", "main", "inconclusive", "premise unconfirmed", "ok")],
+        "spread/sigma=2.0": [("p1", "premise", "not held", "not held", "ok"),
+                             ("c", "main", "held", "premise not met", "ok")],
+        "arms/grid-0/arm=plain": [("p1", "premise", "held", "held", "ok"), ("c", "main", "held", "held", "ok")],
+        "arms/grid-1/arm=shifted,seed=1": [("c", "main", "held", "held", "ok")],  # no premise: not met
+        "spread/sigma=9.0": [("p1", "premise", "held", "held", "ok")],  # not a declared point: left out
+    }
+    for folder, rows in runs.items():
+        tables = tmp_path / "reports" / "tiny" / "explorations" / folder / "tables"
+        tables.mkdir(parents=True)
+        _claims(rows).to_csv(tables / "claims.csv", index=False)
+    (tmp_path / "reports" / "tiny" / "explorations" / "spread" / "old-driver").mkdir()  # no claims table: left out
+    claims = explorations.recorded_claims("tiny", tmp_path)
+    assert list(claims.columns[:2]) == ["exploration", "point"] and len(claims) == 8
+    readings = explorations.premise_readings(claims).set_index("point")
+    assert readings.loc["sigma=0.5", ["held", "inconclusive", "held by interval", "flagged"]].tolist() == [1, 1, 2, 1]
+    assert readings.loc["sigma=0.5", "main claims read"] == "premise unconfirmed x1"
+    assert readings.loc["sigma=2.0", ["not held", "main claims read"]].tolist() == [1, "premise not met x1"]
+    assert readings.loc["grid-0/arm=plain", "exploration"] == "arms"
+    assert readings["premise met"].tolist() == [True, False, False, False]  # arms: plain, shifted; spread: 0.5, 2.0
+    nothing = explorations.recorded_claims("other", tmp_path)
+    assert nothing.empty and explorations.premise_readings(nothing).empty
+    with pytest.raises(explorations.ExplorationError, match="missing column"):
+        explorations.premise_readings(claims.drop(columns="sanity"))
+
+
 @pytest.mark.parametrize("markdown", sorted(runner.REPORTS_DIR.glob("*/explorations.md")), ids=lambda p: p.parent.name)
 def test_committed_explorations_md_tables_match_their_csv(markdown):
     stale = explorations.stale_tables(markdown)

@@ -18,18 +18,21 @@ from labkit.experiments.sparse_soups.claims import (
     MEAN_INGREDIENT,
     NAIVE,
     REPRUNED,
+    REPRUNED_RETRAINED,
 )
 
 # test accuracy (%) per arm: SMS beats IMP clearly, loses to IMP 4x, ties its best ingredient
 ARM_ACC = {"IMP": 96.0, "IMP 4x": 96.8, "SWA": 96.3, "SMS uniform": 96.5, "SMS greedy": 96.5, BEST_INGREDIENT: 96.5,
-           MEAN_INGREDIENT: 96.2, NAIVE: 97.0, REPRUNED: 92.0}
+           MEAN_INGREDIENT: 96.2, NAIVE: 97.0, REPRUNED: 92.0, REPRUNED_RETRAINED: 96.1}
 TRAINED = ("IMP", "IMP 4x", "SWA", "SMS uniform", "SMS greedy", BEST_INGREDIENT, MEAN_INGREDIENT, DENSE)
-MAIN = {c.name for c in sparse_soups_claims.claims(4) if c.role == "main"}
+OOD = ("rotate:35", "noise:0.5", "contrast:0.3")
+PHASES = 2
 
 
-def _final(seeds: int = 5, soup_val_gain: float = 1.0) -> pd.DataFrame:
+def _final(seeds: int = 5, soup_val_gain: float = 1.0, phase1_gain: float | None = None) -> pd.DataFrame:
     """Per-seed final rows; validation accuracy equals test accuracy except the soup's, ``soup_val_gain`` higher (1:
-    the premise holds; 0: the soup ties its ingredients on validation)."""
+    the premise holds; 0: the soup ties its ingredients on validation), after every phase (``phase1_gain``: after
+    phase 1 instead). OOD accuracy is 40 pp below test on every corruption, the mean included."""
     rng = np.random.default_rng(0)
     rows = []
     for seed in range(seeds):
@@ -37,9 +40,13 @@ def _final(seeds: int = 5, soup_val_gain: float = 1.0) -> pd.DataFrame:
         for arm, acc in ARM_ACC.items():
             noise = rng.normal(0, 0.3) if arm == BEST_INGREDIENT else rng.normal(0, 0.01)
             test = acc + shift + noise
+            soup = arm == "SMS uniform"
+            gains = {p: (soup_val_gain if p > 1 or phase1_gain is None else phase1_gain) if soup else 0.0
+                     for p in range(1, PHASES + 1)}
             rows.append({"seed": seed, "arm": arm, "sparsity": 0.981 if arm == NAIVE else 0.99, "test_acc": test,
-                         "ood_acc": test - 40, "ece": 0.01,
-                         "val_acc": test + (soup_val_gain if arm == "SMS uniform" else 0.0)})
+                         "ood_acc": test - 40, **{f"ood_acc[{spec}]": test - 40 for spec in OOD}, "ece": 0.01,
+                         "val_acc": test + gains[PHASES],
+                         **{sparse_soups_claims.phase_val(p): test + g for p, g in gains.items()}})
     return pd.DataFrame(rows)
 
 
@@ -62,15 +69,17 @@ def _longer(scores: pd.DataFrame, still_improving: str | None = None, gain: floa
 
 def _verdicts(scores: pd.DataFrame | None = None, **longer) -> tuple[dict[str, str], pd.DataFrame, pd.DataFrame]:
     scores = _scores() if scores is None else scores
-    claims, sanity, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores, **longer), m=4)
+    claims, sanity, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores, **longer), m=4, phases=PHASES,
+                                                        ood=OOD)
     return dict(zip(claims["claim"], claims["verdict"], strict=True)), claims, sanity
 
 
 def test_premises_come_first_and_every_claim_is_judged_paired_over_five_seeds():
     verdict, claims, sanity = _verdicts()
-    assert set(verdict) == {c.name for c in sparse_soups_claims.claims(4)}
-    assert list(claims["role"][:2]) == ["premise", "premise"]
-    assert verdict["soup_beats_mean_ingredient_val"] == "held" and verdict["soup_beats_best_ingredient_val"] == "held"
+    assert set(verdict) == {c.name for c in sparse_soups_claims.claims(4, PHASES, OOD)}
+    assert list(claims["role"][:2 * PHASES]) == ["premise"] * 2 * PHASES
+    assert all(verdict[f"soup_beats_{w}_ingredient_val_phase{p}"] == "held" for w in ("mean", "best")
+               for p in range(1, PHASES + 1))
     assert verdict["sms_beats_imp"] == "held" and verdict["sms_beats_imp_ood"] == "held"  # +0.5 pp
     assert verdict["sms_beats_imp_mx"] == "not held" and verdict["sms_beats_imp_mx_ood"] == "not held"  # -0.3 pp
     assert verdict["soup_beats_best_ingredient"] == "inconclusive"  # equal means on test, noisy ingredient
@@ -87,13 +96,39 @@ def test_premises_come_first_and_every_claim_is_judged_paired_over_five_seeds():
 
 def test_a_premise_not_held_makes_the_accuracy_claims_premise_not_met():
     verdict, claims, _ = _verdicts(_scores(_final(soup_val_gain=-1.0)))  # the soup trails its ingredients on val
-    assert verdict["soup_beats_mean_ingredient_val"] == "not held"
+    assert verdict["soup_beats_mean_ingredient_val_phase2"] == "not held"
     governed = claims[claims.role != "premise"].set_index("claim")
     assert (governed.drop(index="naive_average_loses_sparsity")["verdict"] == "premise not met").all()
     assert governed.loc["sms_beats_imp", "raw verdict"] == "held"  # the interval verdict stays beside it
     assert verdict["naive_average_loses_sparsity"] == "held"  # structural: not governed by the soup premise
     tied, _, _ = _verdicts(_scores(_final(soup_val_gain=0.0)))  # a tie is inconclusive: not refuted, not shown
-    assert tied["soup_beats_best_ingredient_val"] == "inconclusive" and tied["sms_beats_imp"] == "premise unconfirmed"
+    assert tied["soup_beats_best_ingredient_val_phase2"] == "inconclusive"
+    assert tied["sms_beats_imp"] == "premise unconfirmed"
+
+
+def test_a_premise_not_held_at_an_early_phase_alone_still_governs_the_claims():
+    verdict, _, _ = _verdicts(_scores(_final(phase1_gain=-1.0)))  # the last phase holds, phase 1 does not
+    assert verdict["soup_beats_mean_ingredient_val_phase2"] == "held"
+    assert verdict["soup_beats_mean_ingredient_val_phase1"] == "not held"
+    assert verdict["sms_beats_imp"] == "premise not met" and verdict["naive_average_loses_sparsity"] == "held"
+    premise = {c.name: c for c in sparse_soups_claims.premises(3)}
+    assert len(premise) == 6 and premise["soup_beats_best_ingredient_val_phase3"].metric == "val_acc_phase3"
+
+
+def test_every_ood_comparison_has_the_best_ingredient_as_control_and_each_corruption_is_judged():
+    claims = {c.name: c for c in sparse_soups_claims.claims(4, PHASES, OOD)}
+    for baseline, name in (("IMP", "imp"), ("IMP 4x", "imp_mx")):
+        sms, control = claims[f"sms_beats_{name}_ood"], claims[f"control_best_ingredient_vs_{name}_ood"]
+        assert (sms.arm, control.arm) == ("SMS uniform", BEST_INGREDIENT)
+        assert sms.baseline == control.baseline == baseline and sms.metric == control.metric == "ood_acc"
+        assert control.role == "secondary"
+    for spec in OOD:
+        assert claims[f"sms_beats_imp_mx_ood[{spec}]"].metric == f"ood_acc[{spec}]"
+        assert claims[f"control_best_ingredient_vs_imp_mx_ood[{spec}]"].arm == BEST_INGREDIENT
+    _, table, _ = _verdicts()  # the control gains what SMS gains over IMP 4x (-0.3 pp): not the soup's doing
+    effect = table.set_index("claim")["mean"]
+    assert abs(effect["sms_beats_imp_mx_ood"] - effect["control_best_ingredient_vs_imp_mx_ood"]) < 0.5
+    assert claims["repruned_average_loses_accuracy"].baseline == REPRUNED_RETRAINED  # re-pruned *and* retrained
 
 
 def test_the_budget_check_fires_on_an_arm_still_improving_at_twice_the_budget():
@@ -118,7 +153,7 @@ def test_health_flags_an_arm_far_below_its_dense_model_but_not_the_naive_baselin
     assert not checks.loc["SWA", "healthy"] and checks.loc["IMP", "healthy"]
     assert math.isnan(checks.loc[REPRUNED, "healthy"])  # 6 pp below dense by design: its loss is the claim
     _, _, _, health = sparse_soups_claims.verdicts(_scores(), _longer(_scores()))
-    assert set(health.arm) == set(TRAINED) - {DENSE} and health.healthy.all()
+    assert set(health.arm) == set(TRAINED) - {DENSE} | {REPRUNED_RETRAINED} and health.healthy.all()
     assert (health[DENSE] - health.val_acc).max() < HEALTH_TOLERANCE_PP
 
 
@@ -145,6 +180,7 @@ def test_verdict_text_has_rule_roles_n_and_sanity():
     scores = _scores(_final(soup_val_gain=0.0))
     claims, sanity, _, _ = sparse_soups_claims.verdicts(scores, _longer(scores))
     text = protocol.verdict_text(claims, sanity, "every trained arm converged and beat chance", " pp")
-    assert text.startswith("rule: ") and "Student-t" in text and "soup_beats_best_ingredient_val: inconclusive" in text
+    assert text.startswith("rule: ") and "Student-t" in text
+    assert "soup_beats_best_ingredient_val_phase1: inconclusive" in text
     assert "sms_beats_imp_mx: premise unconfirmed" in text and "raw not held" in text and "premise" in text
     assert "n=5" in text and "sanity: every trained arm converged" in text and " pp, n=5" in text

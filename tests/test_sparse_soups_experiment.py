@@ -2,6 +2,8 @@
 (judged from computed rows), one tiny run (smoke preset, 2 seeds), and the same verdicts after the CSV round trip and
 after loading a recorded report."""
 
+import io
+
 import pandas as pd
 import pytest
 
@@ -15,12 +17,15 @@ from labkit.experiments.sparse_soups.config import (
     MEAN_INGREDIENT,
     NAIVE,
     REPRUNED,
+    REPRUNED_RETRAINED,
     longer,
+    lr_grid,
     trained_arms,
+    tuned_arms,
 )
 
-COMPUTED = {"phases", "trained", "naive", "curves", "soups", "val_curves", "longer", "trivial"}
-JUDGED = {"final", "selection", "convergence_curves", "scores", "claims", "sanity", "budget", "health"}
+COMPUTED = {"phases", "trained", "naive", "curves", "soups", "val_curves", "longer", "tuning", "trivial"}
+JUDGED = {"final", "selection", "convergence_curves", "scores", "claims", "sanity", "budget", "health", "lr_choice"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def test_longer_doubles_every_retrain_and_the_pretraining_and_drops_the_naive_ch
     cfg = sparse_soups.configure("cpu")
     long = longer(cfg)
     assert (long.retrain_epochs, long.pretrain_epochs) == (2 * cfg.retrain_epochs, 2 * cfg.pretrain_epochs)
-    assert long.naive_runs == 0 and long.warmup_frac == cfg.warmup_frac and long.m == cfg.m and long.seeds == cfg.seeds
+    assert long.warmup_frac == cfg.warmup_frac and long.m == cfg.m and long.seeds == cfg.seeds
     odd = longer(sparse_soups.configure("smoke", {"budget_factor": 2.5}))
     assert (odd.retrain_epochs, odd.pretrain_epochs) == (3, 8)  # rounded up: at least the factor
     with pytest.raises(ValueError, match="budget_factor"):
@@ -73,8 +78,9 @@ def test_smoke_run_judges_premise_and_claims_and_reruns_the_first_seed_at_twice_
     assert set(computed.tables) == COMPUTED
     results = sparse_soups.summary.judge(cfg, computed)
     assert JUDGED <= set(results.tables) and not JUDGED & COMPUTED
-    assert set(results.claims["claim"]) == {c.name for c in sparse_soups.claims.claims(cfg.m)}
-    assert (results.claims["n"] == 2).all() and list(results.claims["role"][:2]) == ["premise", "premise"]
+    assert set(results.claims["claim"]) == {c.name for c in sparse_soups.claims.claims(cfg.m, cfg.phases, cfg.ood)}
+    assert (results.claims["n"] == 2).all()
+    assert list(results.claims["role"][:2 * cfg.phases]) == ["premise"] * 2 * cfg.phases
     lengths = results.convergence_curves.groupby(["arm", "seed", "member"]).size()
     assert (lengths == cfg.val_points).all()
     assert {"IMP", "SWA", "SMS uniform", "SMS greedy", f"IMP {cfg.m}x", BEST_INGREDIENT,
@@ -89,6 +95,52 @@ def test_smoke_run_judges_premise_and_claims_and_reruns_the_first_seed_at_twice_
     assert set(results.health.arm) == set(results.final.arm) - {NAIVE, REPRUNED} and len(results.health) > 0
     assert set(results.sanity.arm) >= set(budget.arm) and results.sanity.converged.notna().sum() == len(set(budget.arm))
     assert all(results.checks.values()) and "rule: " in sparse_soups.verdict_text(results)
+
+
+def test_the_baselines_are_tuned_on_validation_over_the_ingredients_lr_grid(smoke):
+    cfg, computed = smoke
+    tuning = computed.tables["tuning"]
+    assert set(tuning.arm) == set(tuned_arms(cfg)) == {"IMP", f"IMP {cfg.m}x", "SWA"}
+    assert all(sorted(set(rows.lr)) == sorted(lr_grid(cfg)) for _, rows in tuning.groupby("arm"))
+    choice = summary.lr_choice(tuning)
+    for arm, rows in choice.groupby("arm"):
+        assert rows.chosen.sum() == 1 and rows.loc[rows.chosen, "val_acc"].iloc[0] == rows.val_acc.max()
+        kept = computed.tables["trained"].set_index(["arm", "seed"]).loc[arm, "val_acc"]
+        chosen = tuning[(tuning.arm == arm) & tuning.chosen].set_index("seed").val_acc
+        pd.testing.assert_series_equal(kept.sort_index(), chosen.sort_index(), check_names=False)
+    hand = pd.DataFrame({"arm": "IMP", "seed": [0, 1, 0, 1], "lr": [0.1, 0.1, 0.2, 0.2],
+                         "val_acc": [90.0, 91.0, 92.0, 90.0], "test_acc": [99.0, 99.0, 0.0, 0.0]})
+    assert sparse_soups.arms.runs.choose_lrs(hand) == {"IMP": 0.2}  # best mean validation, not best test
+    edges = summary.lr_choice(hand.assign(chosen=hand.lr == 0.2))
+    assert edges["grid edge"].tolist() == ["lowest", "highest"]
+    assert summary.lr_notes(edges) == ["IMP: lr 0.2 chosen on validation (the grid's highest; a wider grid might "
+                                       "move it)"]
+    inside = summary.lr_choice(pd.concat([hand, hand.assign(lr=hand.lr * 2)]).assign(chosen=lambda t: t.lr == 0.2))
+    recorded = pd.read_csv(io.StringIO(inside.to_csv(index=False)))  # a committed table: "" comes back as NaN
+    assert summary.lr_notes(recorded) == ["IMP: lr 0.2 chosen on validation"]
+    assert summary.lr_choice(hand[hand.lr == 0.1].assign(chosen=True))["grid edge"].tolist() == [""]  # one lr
+
+
+def test_ood_is_scored_per_corruption_and_the_naive_average_is_also_retrained(smoke):
+    cfg, computed = smoke
+    trained = computed.tables["trained"]
+    per = trained[[f"ood_acc[{spec}]" for spec in cfg.ood]]
+    assert len(cfg.ood) >= 3 and (abs(per.mean(axis=1) - trained.ood_acc) < 1e-9).all()
+    retrained = trained[trained.arm == REPRUNED_RETRAINED]
+    assert len(retrained) == cfg.seeds and (abs(retrained.sparsity - cfg.goal_sparsity) < 1e-4).all()
+
+
+@pytest.mark.parametrize("vary, expected", [
+    (("seed",), [(0.1, 1e-4, 10.0)] * 3),
+    (("lr",), [(0.05, 1e-4, 10.0), (0.1, 1e-4, 10.0), (0.15, 1e-4, 10.0)]),
+    (("wd", "augment"), [(0.1, 0.5e-4, 10.0), (0.1, 1e-4, 15.0), (0.1, 1.5e-4, 5.0)]),
+])
+def test_ingredients_vary_by_the_declared_knobs(vary, expected):
+    from labkit.experiments.sparse_soups.arms.training import variant
+
+    cfg = sparse_soups.configure("smoke", {"m": 3, "vary": vary, "augment": 10.0})
+    got = [tuple(variant(cfg, j).values()) for j in range(cfg.m)]
+    assert got == [pytest.approx(e) for e in expected]
 
 
 def test_judging_the_csv_round_trip_gives_the_same_verdicts(smoke):

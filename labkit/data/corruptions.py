@@ -63,6 +63,30 @@ def contrast(x: Tensor, factor: float, generator: torch.Generator | None = None)
 CORRUPTIONS: dict[str, Callable[..., Tensor]] = {"rotate": rotate, "noise": noise, "blur": blur, "contrast": contrast}
 
 
+def parse(spec: str) -> list[tuple[str, float]]:
+    """``"kind:severity+kind:severity"`` as (kind, severity) pairs; raises ValueError naming the bad part and the
+    accepted kinds."""
+    steps = []
+    for part in spec.split("+"):
+        kind, _, value = part.partition(":")
+        if kind not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {kind!r} in {spec!r}; expected one of {sorted(CORRUPTIONS)}")
+        try:
+            steps.append((kind, float(value)))
+        except ValueError:
+            raise ValueError(f"corruption {part!r} needs a number after ':', e.g. 'noise:0.25'") from None
+    return steps
+
+
+def check_spec(name: str, spec: str) -> str:
+    """A declared check (``labkit.config.Check``) of a corruption spec held in parameter ``name``."""
+    try:
+        parse(spec)
+    except ValueError as err:
+        raise ValueError(f"parameter {name!r}: {err}") from None
+    return spec
+
+
 def corrupt(x: Tensor, spec: str, seed: int = 0, clip: bool = True) -> Tensor:
     """Apply ``spec`` = ``"kind:severity+kind:severity"`` left to right with one seeded generator.
 
@@ -70,13 +94,6 @@ def corrupt(x: Tensor, spec: str, seed: int = 0, clip: bool = True) -> Tensor:
     to [0, 1] (images); pass False for signals on another scale (MNIST-1D).
     """
     generator = torch.Generator().manual_seed(seed)
-    for part in spec.split("+"):
-        kind, _, value = part.partition(":")
-        if kind not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {kind!r} in {spec!r}; expected one of {sorted(CORRUPTIONS)}")
-        try:
-            severity = float(value)
-        except ValueError:
-            raise ValueError(f"corruption {part!r} needs a number after ':', e.g. 'noise:0.25'") from None
+    for kind, severity in parse(spec):
         x = CORRUPTIONS[kind](x, severity, generator)
     return x.clamp(0, 1) if clip else x

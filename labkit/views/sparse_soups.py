@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from labkit import plots, protocol
+from labkit.experiments.sparse_soups.config import NAIVE, REPRUNED, REPRUNED_RETRAINED
 from labkit.experiments.sparse_soups.data import Data
 from labkit.stats import summarize
 
@@ -21,10 +22,11 @@ def arm_order(final: pd.DataFrame) -> list[str]:
 
 
 def sample_grid(data: Data, n: int = 8) -> plt.Figure:
-    """Test examples (top) and their OOD corruption (bottom)."""
-    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8))
+    """Test examples (top) and, below them, each OOD corruption of the same examples."""
+    sets = {"clean": data.test_x, **data.ood}
+    fig, axes = plt.subplots(len(sets), n, figsize=(1.2 * n, 1.4 * len(sets)), squeeze=False)
     for i in range(n):
-        for row, x in enumerate((data.test_x, data.ood_x)):
+        for row, x in enumerate(sets.values()):
             ax = axes[row, i]
             img = x[i].detach().cpu().numpy()
             if img.shape[0] == 1 and img.ndim == 3:
@@ -34,8 +36,8 @@ def sample_grid(data: Data, n: int = 8) -> plt.Figure:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, i].set_title(str(int(data.test_y[i])), fontsize=9)
-    axes[0, 0].set_ylabel("clean")
-    axes[1, 0].set_ylabel("OOD")
+    for row, name in enumerate(sets):
+        axes[row, 0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -44,7 +46,8 @@ def final_figure(final: pd.DataFrame) -> plt.Figure:
     """Clean and OOD test accuracy per arm at the final sparsity: mean, bootstrap 95 % CI, seeds as dots."""
     order = arm_order(final)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for ax, metric, title in zip(axes, ("test_acc", "ood_acc"), ("clean test", "OOD test"), strict=True):
+    titles = ("clean test", "OOD test (mean over corruptions)")
+    for ax, metric, title in zip(axes, ("test_acc", "ood_acc"), titles, strict=True):
         plots.bars_ci(final, "arm", metric, ax=ax, order=order)
         stats = summarize(final, "arm", metric)
         lo, hi = stats["low"].min(), stats["high"].max()
@@ -143,7 +146,8 @@ def soup_vs_ingredients(phases: pd.DataFrame, chain: str = "SMS uniform") -> pd.
 
 
 def naive_figure(final: pd.DataFrame, naive: pd.DataFrame) -> plt.Figure:
-    """Naive averaging of differently-masked IMP runs: the sparsity it loses, and accuracy before/after re-pruning."""
+    """Naive averaging of differently-masked IMP runs: the sparsity it loses, and accuracy before and after re-pruning
+    (and after re-pruning plus retraining)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
     goal = float(naive.goal.iloc[0])
     left.bar(
@@ -156,7 +160,7 @@ def naive_figure(final: pd.DataFrame, naive: pd.DataFrame) -> plt.Figure:
     left.set_ylim(100 * min(goal, naive.naive_sparsity.min()) - 3, 100)
     left.set_ylabel("sparsity (%)")
     left.set_title(f"mask IoU between IMP runs: {naive.mean_mask_iou.mean():.2f}")
-    arms = ["IMP", "SMS uniform", "naive average (different masks)", "naive average re-pruned"]
+    arms = ["IMP", "SMS uniform", NAIVE, REPRUNED, REPRUNED_RETRAINED]
     plots.bars_ci(final[final.arm.isin(arms)], "arm", "test_acc", ax=right, order=arms)
     sub = final[final.arm.isin(arms)]
     right.set_ylim(sub.test_acc.min() - 1, sub.test_acc.max() + 0.5)

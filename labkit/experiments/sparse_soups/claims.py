@@ -2,26 +2,31 @@
 :mod:`.summary` builds from the computed tables.
 
 **Premise** (judged first, on *validation* accuracy so the test split stays for the claims): the paper presupposes
-that averaging the m retrained copies beats them, so at the last phase, paired by seed, the uniform soup must beat
-the mean of its own ingredients and the ingredient with the best validation accuracy. The second is a strict reading:
-that ingredient's validation accuracy is the maximum of m, so it carries the winner's optimism. Per-phase premises
-would give 2 x ``phases`` rows; the notebook shows them per phase, the verdict is read at the last phase (the model
-every claim compares). While a premise is not held, every accuracy claim (group ``soup``) reads "premise not met"
-("premise unconfirmed" while it is inconclusive); the sparsity claim is structural (whether differently masked
-models keep their zeros) and is not governed by it.
+that averaging the m retrained copies beats them, so *after every phase*, paired by seed, the uniform soup must beat
+the mean of its own ingredients and the ingredient with the best validation accuracy (two premises per phase; their
+score columns are :func:`phase_val`). The second is a strict reading: that ingredient's validation accuracy is the
+maximum of m, so it carries the winner's optimism. While any premise is not held, every accuracy claim (group
+``soup``) reads "premise not met" ("premise unconfirmed" while one is inconclusive); the sparsity claim is structural
+(whether differently masked models keep their zeros) and is not governed by it.
 
 **Claims** compare two arms at the final phase, paired by seed (IMP chain j, SWA cycle j and SMS ingredient j share
 their retraining seeds), with a Student-t 95 % interval of the difference in percentage points (sparsity: in % of
-weights). The comparison arms are fixed in advance; the "best ingredient" is chosen on validation, never on test.
-Claims with a ``paper`` reference are the paper's statements (main: Holm-adjusted); the others are secondary. The
-paper's numbers (CIFAR-10/100, ImageNet; Tables 1-2 of arXiv 2306.16788) are not transcribed in the notes, so the
-``paper`` column names where the claim is made, not a number to match.
+weights). IMP, IMP m x and SWA run at the learning rate chosen on validation from the ingredients' grid. OOD
+accuracy (``ood_acc``) is the mean over the corruption types of ``Config.ood``, each also judged on its own
+(secondary); every OOD comparison with a baseline has a *control* beside it: the best single ingredient against the
+same baseline. When the control gains as much as SMS, the gain cannot be credited to the last averaging: one
+ingredient retrained from the previous phase's soup gets it too (the earlier phases' soups are behind both).
+The comparison arms are fixed in advance; the "best ingredient" is chosen on validation, never on test. Claims with
+a ``paper`` reference are the paper's statements (main: Holm-adjusted); the others are secondary. The paper's
+numbers (CIFAR-10/100, ImageNet; Tables 1-2 of arXiv 2306.16788) are not transcribed in the notes, so the ``paper``
+column names where the claim is made, not a number to match.
 
 **Sanity** per arm: converged (the first seed rerun with every phase's retraining ``Config.budget_factor`` x longer
 gains at most :data:`BUDGET_TOLERANCE_PP` of validation accuracy), healthy (within :data:`HEALTH_TOLERANCE_PP` of
-the dense model of its seed on validation) and better than chance. The naive-average claims rest on IMP too (IMP's
-chain is one of the averaged models). No claim rests on the dense model: it enters no score, only the health check as
-its reference; its own rerun at 2x (pretraining) is shown in the sanity table, not propagated.
+the dense model of its seed on validation) and better than chance. The naive-average claims rest on IMP too: the
+averaged chains are IMP chains (at the default lr), whose convergence IMP's rerun stands for; the re-pruned and
+retrained average is not rerun (its health is checked). No claim rests on the dense model: it enters no score, only
+the health check as its reference; its own rerun at 2x (pretraining) is shown in the sanity table, not propagated.
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ from __future__ import annotations
 import pandas as pd
 
 from labkit import protocol
-from labkit.experiments.sparse_soups.config import BEST_INGREDIENT, CHANCE, DENSE, MEAN_INGREDIENT, NAIVE, REPRUNED
+from labkit.experiments.sparse_soups.config import (
+    BEST_INGREDIENT,
+    CHANCE,
+    DENSE,
+    MEAN_INGREDIENT,
+    NAIVE,
+    REPRUNED,
+    REPRUNED_RETRAINED,
+    ood_metric,
+)
 from labkit.protocol import Claim
 
 TOLERANCE_PP = 0.0  # any improvement counts: at this scale the claims are about the sign of the effect
@@ -47,62 +61,79 @@ _PAPER = "Tables 1-2 (CIFAR-10/100, ImageNet)"
 _SOUP_COMPUTE = "the soup averages the ingredients it is compared with"
 
 
-def premises() -> tuple[Claim, ...]:
-    """What every accuracy claim presupposes: the soup beats its own ingredients, on validation, last phase."""
+def phase_val(phase: int) -> str:
+    """The score column of the premise after ``phase``: validation accuracy of the uniform chain's soup, the mean of
+    its ingredients and the ingredient best on validation, after that phase."""
+    return f"val_acc_phase{phase}"
+
+
+def premises(phases: int = 1) -> tuple[Claim, ...]:
+    """What every accuracy claim presupposes: after each of ``phases`` phases the soup beats its own ingredients, on
+    validation."""
     return tuple(
-        Claim(name, text, "val_acc", "SMS uniform", baseline, lower_is_better=False, tolerance=TOLERANCE_PP,
-              compute=_SOUP_COMPUTE, paper="premise: soups beat their ingredients (abstract, Fig. 1)",
-              kind="premise", group=SOUP)
+        Claim(f"{name}_phase{p}", f"{text} on validation after phase {p}", phase_val(p), "SMS uniform", baseline,
+              lower_is_better=False, tolerance=TOLERANCE_PP, compute=_SOUP_COMPUTE,
+              paper="premise: soups beat their ingredients (abstract, Fig. 1)", kind="premise", group=SOUP)
+        for p in range(1, phases + 1)
         for name, text, baseline in (
-            ("soup_beats_mean_ingredient_val", "the uniform soup beats the mean of its own ingredients on "
-             "validation (last phase)", MEAN_INGREDIENT),
-            ("soup_beats_best_ingredient_val", "the uniform soup beats its best ingredient on validation (last "
-             "phase; the ingredient chosen on the same split)", BEST_INGREDIENT),
+            ("soup_beats_mean_ingredient_val", "the uniform soup beats the mean of its own ingredients",
+             MEAN_INGREDIENT),
+            ("soup_beats_best_ingredient_val", "the uniform soup beats its best ingredient (chosen on the same split)",
+             BEST_INGREDIENT),
         )
     )
 
 
-def claims(m: int = 4) -> tuple[Claim, ...]:
-    """The premises and the claims tested with ``m`` ingredients per phase (the equal-compute IMP arm: ``IMP {m}x``)."""
+def claims(m: int = 4, phases: int = 1, ood: tuple[str, ...] = ()) -> tuple[Claim, ...]:
+    """The premises of ``phases`` phases and the claims tested with ``m`` ingredients per phase (the equal-compute
+    IMP arm: ``IMP {m}x``) and the OOD test sets ``ood`` (corruption specs, each judged on its own too)."""
     mx = f"IMP {m}x"
     equal = f"equal retraining per phase: {m} x the epochs of one IMP retrain; one sparse model at inference"
     more = f"SMS retrains {m} x more per phase than IMP; same final sparsity and inference cost"
-    naive = "the naive average merges independent IMP chains (IMP's own is one of them), each one IMP's compute"
+    naive = "the naive average merges independent IMP chains at the default lr, each one IMP's compute"
+    control = "control: one ingredient retrained from the previous phase's soup, no last averaging"
 
     def acc(name: str, text: str, metric: str, arm: str, baseline: str, compute: str, paper: str,
             rests_on: tuple[str, ...] = ()) -> Claim:
         return Claim(name, text, metric, arm, baseline, lower_is_better=False, tolerance=TOLERANCE_PP,
                      compute=compute, paper=paper, rests_on=rests_on, group=SOUP)
 
-    return premises() + (
+    def ood_pair(name: str, baseline: str, compute: str, paper: str, metric: str = "ood_acc",
+                 what: str = "out of distribution (mean over corruptions)") -> tuple[Claim, Claim]:
+        """An OOD claim of SMS over ``baseline`` and its control: the best single ingredient over the same baseline."""
+        return (acc(name, f"SMS (uniform soup) beats {baseline} {what}", metric, "SMS uniform", baseline, compute,
+                    paper),
+                acc(f"control_{name.replace('sms_beats', 'best_ingredient_vs')}", f"control: the best ingredient "
+                    f"(val) against {baseline} {what}", metric, BEST_INGREDIENT, baseline, control, ""))
+
+    per_corruption = tuple(c for spec in ood for c in ood_pair(
+        f"sms_beats_imp_mx_ood[{spec}]", mx, equal, "", ood_metric(spec), f"on the OOD test set {spec}"))
+    return premises(phases) + (
         acc("sms_beats_imp", "SMS (uniform soup) is more accurate than IMP at the same sparsity", "test_acc",
             "SMS uniform", "IMP", more, f"SMS > IMP, {_PAPER}"),
-        acc("sms_beats_imp_ood", "SMS (uniform soup) is more accurate than IMP out of distribution", "ood_acc",
-            "SMS uniform", "IMP", more, "SMS > IMP on CIFAR-C / ImageNet-C"),
+        *ood_pair("sms_beats_imp_ood", "IMP", more, "SMS > IMP on CIFAR-C / ImageNet-C"),
         acc("sms_beats_imp_mx", f"SMS beats IMP retrained {m} x longer (equal compute)", "test_acc", "SMS uniform",
             mx, equal, f"SMS > IMP m x, {_PAPER}"),
-        acc("sms_beats_imp_mx_ood", f"SMS beats IMP retrained {m} x longer out of distribution", "ood_acc",
-            "SMS uniform", mx, equal, "SMS > IMP m x on CIFAR-C / ImageNet-C"),
+        *ood_pair("sms_beats_imp_mx_ood", mx, equal, "SMS > IMP m x on CIFAR-C / ImageNet-C"),
         acc("greedy_beats_imp", "SMS with a greedy soup (its own chain) beats IMP", "test_acc", "SMS greedy", "IMP",
             more, f"greedy SMS > IMP, {_PAPER}"),
         acc("greedy_beats_imp_mx", f"SMS with a greedy soup beats IMP retrained {m} x longer", "test_acc",
             "SMS greedy", mx, equal, f"greedy SMS > IMP m x, {_PAPER}"),
         acc("soup_beats_best_ingredient", "the soup beats its best ingredient (chosen on validation)", "test_acc",
             "SMS uniform", BEST_INGREDIENT, _SOUP_COMPUTE, "soup > ingredients (Fig. 1, Tables 1-2)"),
-        acc("soup_beats_best_ingredient_ood", "the soup beats its best ingredient out of distribution", "ood_acc",
-            "SMS uniform", BEST_INGREDIENT, _SOUP_COMPUTE, "soup > ingredients OOD"),
+        acc("soup_beats_best_ingredient_ood", "the soup beats its best ingredient out of distribution (mean over "
+            "corruptions)", "ood_acc", "SMS uniform", BEST_INGREDIENT, _SOUP_COMPUTE, "soup > ingredients OOD"),
         acc("sms_beats_swa", "SMS beats SWA along one retraining run (averaged cycle ends, equal compute; not in "
             "the paper: the baseline an OpenReview reviewer asked for)", "test_acc", "SMS uniform", "SWA", equal, ""),
         Claim("naive_average_loses_sparsity", "averaging differently pruned models loses sparsity (SMS soups keep it)",
               "sparsity_pct", "SMS uniform", NAIVE, lower_is_better=False, tolerance=TOLERANCE_PP, compute=naive,
-              paper="motivation (Sec. 1, 3): masks of different runs differ", rests_on=("IMP",), group="masks"),
-        acc("repruned_average_loses_accuracy", "re-pruning the naive average to the goal (no retraining) is worse "
-            "than SMS (the paper's averaged-then-re-pruned baselines, recalled, not verified: secondary)",
-            "test_acc", "SMS uniform", REPRUNED, naive, "", rests_on=("IMP",)),
+              paper="motivation (abstract): averaging sparse models with different connectivities reduces sparsity",
+              rests_on=("IMP",), group="masks"),
+        acc("repruned_average_loses_accuracy", "averaging then re-pruning to the goal and retraining as long as one "
+            "SMS phase is worse than SMS (not a paper claim: the prune-after-averaging alternative)", "test_acc",
+            "SMS uniform", REPRUNED_RETRAINED, f"{naive}; then {m} x one IMP retrain", "", rests_on=("IMP",)),
+        *per_corruption,
     )
-
-
-CLAIMS = claims()
 
 
 def per_seed_scores(final: pd.DataFrame, dense: pd.DataFrame, chance_acc: float) -> pd.DataFrame:
@@ -130,15 +161,16 @@ def budget_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFrame:
 
 def health_arms(scores: pd.DataFrame) -> pd.DataFrame:
     """The trained sparse arms whose health is checked: every arm but the dense reference, chance and the naive
-    averages (baselines built to show what merging differently masked models loses, so their loss is the claim)."""
+    averages without retraining (baselines built to show what merging differently masked models loses, so their loss
+    is the claim); the re-pruned and retrained average is a trained baseline and is checked."""
     return scores[~scores["arm"].isin([DENSE, CHANCE, NAIVE, REPRUNED])]
 
 
 def verdicts(
-    scores: pd.DataFrame, longer: pd.DataFrame, m: int = 4
+    scores: pd.DataFrame, longer: pd.DataFrame, m: int = 4, phases: int = 1, ood: tuple[str, ...] = ()
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The claims table (premises first; every claim whose arms ran), the per-arm sanity table, the budget check
-    (``longer``: the reruns at a longer budget, see :func:`budget_table`) and the health check."""
+    """The claims table (premises first; every claim of :func:`claims` whose arms ran), the per-arm sanity table, the
+    budget check (``longer``: the reruns at a longer budget, see :func:`budget_table`) and the health check."""
     budget = protocol.budget_check(budget_table(scores, longer), "val_acc", BUDGET_TOLERANCE_PP,
                                    lower_is_better=False)
     dense = scores[scores["arm"] == DENSE].set_index("seed")["val_acc"]
@@ -147,5 +179,5 @@ def verdicts(
     checks = protocol.sanity(scores, "test_acc", trivial=CHANCE, budget=budget, healthy=health,
                              lower_is_better=False)
     arms = set(scores["arm"])
-    ran = [c for c in claims(m) if {c.arm, c.baseline} <= arms and c.metric in scores.columns]
+    ran = [c for c in claims(m, phases, ood) if {c.arm, c.baseline} <= arms and c.metric in scores.columns]
     return protocol.claims_table([protocol.judge(c, scores, checks) for c in ran]), checks, budget, health

@@ -1,6 +1,6 @@
-"""The Sparse Model Soups data: train / validation / test splits of the configured dataset and a deterministic OOD
-copy of the test set (the same labels, corrupted inputs). Validation is carved from the training set, so every choice
-(greedy soup, best ingredient) is made without test."""
+"""The Sparse Model Soups data: train / validation / test splits of the configured dataset and deterministic OOD
+copies of the test set, one per corruption type (the same labels, corrupted inputs). Validation is carved from the
+training set, so every choice (greedy soup, best ingredient, the baselines' learning rates) is made without test."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from labkit.profile import resolve_device
 
 @dataclass
 class Data:
-    """Tensors on the run's device; ``ood_x`` is the corrupted test set (same labels as ``test_y``)."""
+    """Tensors on the run's device; ``ood`` maps each corruption spec to its corrupted test set (labels ``test_y``)."""
 
     train_x: Tensor
     train_y: Tensor
@@ -26,13 +26,13 @@ class Data:
     val_y: Tensor
     test_x: Tensor
     test_y: Tensor
-    ood_x: Tensor
+    ood: dict[str, Tensor]
     name: str
     images: bool  # 2-D images (augmentation and rotation apply) or 1-D signals
 
 
 def load_data(cfg: Config) -> Data:
-    """The configured dataset, subset to ``n_train``, with its deterministic OOD test split."""
+    """The configured dataset, subset to ``n_train``, with its deterministic OOD test splits (one per ``cfg.ood``)."""
     device = resolve_device(cfg.device)
     if cfg.data in ("mnist", "digits"):
         from labkit.data import images
@@ -52,8 +52,8 @@ def load_data(cfg: Config) -> Data:
         tx, ty = tx[keep], ty[keep]
     t = {k: torch.as_tensor(v) for k, v in dict(tx=tx, ty=ty, vx=vx, vy=vy, sx=sx, sy=sy).items()}
     images = t["sx"].dim() == 4
-    ood = corruptions.corrupt(t["sx"], cfg.ood, seed=0, clip=images) if cfg.ood else t["sx"].clone()
-    return Data(*(v.to(device) for v in t.values()), ood.to(device), name, images)
+    ood = {spec: corruptions.corrupt(t["sx"], spec, seed=0, clip=images).to(device) for spec in cfg.ood}
+    return Data(*(v.to(device) for v in t.values()), ood, name, images)
 
 
 _CACHE: dict[tuple[Any, ...], Data] = {}

@@ -1,6 +1,7 @@
-"""Sparse Model Soups judged from its computed tables: the rows chosen on validation (the last phase's best
-ingredient, the mean of the ingredients, the greedy soup of the uniform chain), the invariants, the per-seed scores,
-the premise and claims with their sanity checks, and the readings the notebook shows (verdict text, headline metrics).
+"""Sparse Model Soups judged from its computed tables: the rows chosen on validation (each phase's best ingredient,
+the mean of the ingredients, the greedy soup of the uniform chain; the baselines' learning rates, chosen in
+``compute``), the invariants, the per-seed scores, the per-phase premises and the claims with their sanity checks, and
+the readings the notebook shows (verdict text, headline metrics).
 
 Nothing here trains: :func:`judge` is a function of ``compute``'s tables, so a stored report is judged again in
 seconds (``Experiment.load``) and a change here never retrains.
@@ -26,7 +27,7 @@ from labkit.experiments.sparse_soups.config import (
     trained_arms,
 )
 
-METRICS = ("sparsity", "test_acc", "ood_acc", "ece", "val_acc")  # a final model's numbers
+KEYS = ("seed", "arm", "chain", "phase", "member", "budget")  # what identifies a row; every other column is a score
 
 
 def _best_member(ingredients: pd.DataFrame) -> int:
@@ -43,7 +44,7 @@ def with_ingredients(cfg: Config, final: pd.DataFrame, last: pd.DataFrame) -> tu
 
     A derived row copies the uniform soup's row (seed, budget) and takes the metrics ``last`` has: all of them for the
     report's runs, validation accuracy only for the budget check's reruns (the ``longer`` table)."""
-    metrics = [c for c in METRICS if c in last.columns]
+    metrics = [c for c in final.columns if c in last.columns and c not in KEYS]
     derived: dict[int, list[dict[str, Any]]] = {}
     best: dict[int, int] = {}
     for seed, rows in last.groupby("seed", sort=False):
@@ -60,6 +61,44 @@ def with_ingredients(cfg: Config, final: pd.DataFrame, last: pd.DataFrame) -> tu
         if row["arm"] == "SMS uniform":
             out += [{**row, **d} for d in derived.get(int(row["seed"]), [])]
     return pd.DataFrame(out, columns=final.columns), best
+
+
+def phase_premise_scores(phases: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the rows the per-phase premises are judged on: the uniform chain's soup, the mean of its ingredients
+    and the ingredient best on validation (chosen per phase), each with its validation accuracy after every phase in
+    the columns :func:`claims.phase_val`."""
+    chain = phases[phases["chain"] == "SMS uniform"]
+    wide: dict[tuple[int, str], dict[str, float]] = {}
+    for (seed, phase), rows in chain.groupby(["seed", "phase"], sort=True):
+        ing = rows[rows["arm"] == INGREDIENT]
+        best = ing[ing["member"] == _best_member(ing)]
+        for arm, val in (("SMS uniform", rows[rows["arm"] == "SMS uniform"]["val_acc"]), (MEAN_INGREDIENT,
+                         ing["val_acc"].mean()), (BEST_INGREDIENT, best["val_acc"])):
+            wide.setdefault((int(seed), arm), {})[claims.phase_val(int(phase))] = float(np.mean(val))
+    return pd.DataFrame([{"seed": seed, "arm": arm, **cols} for (seed, arm), cols in wide.items()])
+
+
+EDGES = ("lowest", "highest")  # where a chosen lr sits at its grid's edge (lr_choice's "grid edge" column)
+
+
+def lr_choice(tuning: pd.DataFrame) -> pd.DataFrame:
+    """Per tuned baseline and learning rate: mean validation and test accuracy over seeds, whether it was chosen (on
+    validation, in ``compute``) and whether that lr is the grid's lowest or highest (a choice at an edge says the
+    grid may not hold the baseline's best lr): the record of the tuning."""
+    table = tuning.groupby(["arm", "lr"], sort=False).agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
+                                                          chosen=("chosen", "all")).reset_index()
+    grid = table.groupby("arm", sort=False)["lr"]
+    wide = grid.transform("nunique") > 1  # a one-lr grid has no edge to move past
+    table["grid edge"] = np.select([wide & (table["lr"] == grid.transform("min")),
+                                    wide & (table["lr"] == grid.transform("max"))], list(EDGES), "")
+    return table
+
+
+def lr_notes(choice: pd.DataFrame) -> list[str]:
+    """One line per tuned baseline of :func:`lr_choice`: the lr chosen on validation, and where it is a grid edge."""
+    return [f"{r['arm']}: lr {r['lr']:.3g} chosen on validation"
+            + (f" (the grid's {r['grid edge']}; a wider grid might move it)" if r["grid edge"] in EDGES else "")
+            for r in choice[choice["chosen"]].to_dict("records")]
 
 
 def selection_table(last: pd.DataFrame, best: dict[int, int]) -> pd.DataFrame:
@@ -110,8 +149,9 @@ def invariants(cfg: Config, final: pd.DataFrame, soups: pd.DataFrame) -> dict[st
 
 def judge(cfg: Config, computed: Computed) -> Results:
     """The full Results from the computed tables: ``final`` (``trained`` plus the ingredient rows chosen on
-    validation), ``selection``, ``convergence_curves``, ``scores`` (what claims are judged on), ``claims``,
-    ``sanity``, ``budget`` and ``health``; the invariants as the artefact ``checks``."""
+    validation), ``selection``, ``convergence_curves``, ``scores`` (what claims are judged on, the per-phase premise
+    columns included), ``claims``, ``sanity``, ``budget``, ``health`` and ``lr_choice``; the invariants as the
+    artefact ``checks``."""
     t = computed.tables
     phases = t["phases"]
     last = phases[(phases["chain"] == "SMS uniform") & (phases["phase"] == cfg.phases)
@@ -124,21 +164,23 @@ def judge(cfg: Config, computed: Computed) -> Results:
     long_final, _ = with_ingredients(cfg, reruns[~reruns.index.isin(long_last.index)], long_last)
     dense = phases[phases["chain"] == DENSE][["seed", "sparsity", "test_acc", "ood_acc", "ece", "val_acc"]]
     scores = claims.per_seed_scores(final, dense, float(t["trivial"]["test_acc"].iloc[0]))
-    table, sanity, budget, health = claims.verdicts(scores, long_final.drop(columns="member"), cfg.m)
+    scores = scores.merge(phase_premise_scores(phases), on=["seed", "arm"], how="left")
+    table, sanity, budget, health = claims.verdicts(scores, long_final.drop(columns="member"), cfg.m, cfg.phases,
+                                                    cfg.ood)
     judged = {"final": final, "selection": selection_table(last, best),
               "convergence_curves": convergence_curves(t["val_curves"], best), "scores": scores, "claims": table,
-              "sanity": sanity, "budget": budget, "health": health}
+              "sanity": sanity, "budget": budget, "health": health, "lr_choice": lr_choice(t["tuning"])}
     return Results(cfg, {**t, **judged}, computed, {"checks": checks})
 
 
 def verdict_text(results: Results) -> str:
     """The recorded verdict (:func:`labkit.protocol.verdict_text`): the rule, the premises then every claim with its
-    role, effect (percentage points), interval, n and verdict (and raw verdict where it differs), then the sanity
-    flags."""
+    role, effect (percentage points), interval, n and verdict (and raw verdict where it differs), the sanity flags,
+    then each tuned baseline's chosen lr (:func:`lr_notes`)."""
     budget, health = claims.BUDGET_TOLERANCE_PP, claims.HEALTH_TOLERANCE_PP
     ok = (f"every trained arm converged (gained at most {budget:g} pp of validation accuracy at a longer budget), "
           f"stayed within {health:g} pp of its dense model and beat chance")
-    return protocol.verdict_text(results.claims, results.sanity, ok, " pp")
+    return protocol.verdict_text(results.claims, results.sanity, ok, " pp", lr_notes(results.lr_choice))
 
 
 def headline_metrics(results: Results) -> dict[str, float]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from labkit import merge, prune
 from labkit.calibration import expected_calibration_error
 from labkit.data import corruptions
-from labkit.experiments.sparse_soups.config import GREEDY_OF_UNIFORM, INGREDIENT, Config
+from labkit.experiments.sparse_soups.config import GREEDY_OF_UNIFORM, INGREDIENT, Config, factors, ood_metric
 from labkit.experiments.sparse_soups.data import Data
 from labkit.models.vision import predict
 
@@ -34,18 +34,21 @@ def accuracy(probs: Tensor, labels: Tensor) -> float:
     return 100 * int((probs.argmax(-1) == labels).sum()) / len(labels)
 
 
-def scores(probs_test: Tensor, probs_ood: Tensor, data: Data) -> dict[str, float]:
-    """Test and OOD accuracy (%) and test ECE from class probabilities (a model's, or an ensemble's mean)."""
+def scores(probs_test: Tensor, probs_ood: dict[str, Tensor], data: Data) -> dict[str, float]:
+    """Test accuracy (%), OOD accuracy (%) per corruption and their mean (``ood_acc``), and test ECE, from class
+    probabilities (a model's, or an ensemble's mean); ``probs_ood`` maps each corruption spec to its probabilities."""
+    ood = {ood_metric(spec): accuracy(probs, data.test_y) for spec, probs in probs_ood.items()}
     return {
         "test_acc": accuracy(probs_test, data.test_y),
-        "ood_acc": accuracy(probs_ood, data.test_y),
+        "ood_acc": float(np.mean(list(ood.values()))),
+        **ood,
         "ece": expected_calibration_error(probs_test, data.test_y),
     }
 
 
 def evaluate(model: nn.Module, data: Data) -> dict[str, float]:
     """Test and OOD accuracy (%) and test ECE."""
-    return scores(predict(model, data.test_x), predict(model, data.ood_x), data)
+    return scores(predict(model, data.test_x), {spec: predict(model, x) for spec, x in data.ood.items()}, data)
 
 
 def val_acc(model: nn.Module, data: Data) -> float:
@@ -69,14 +72,14 @@ def phase_row(seed: int, chain: str, phase: int, arm: str, member: int, model: n
 
 
 # --------------------------------------------------------------------------------------------------------- training
-def variant(cfg: Config, j: int) -> tuple[float, float]:
-    """Peak LR and weight decay of ingredient ``j`` (seeds always differ; ``vary`` picks the knob on top)."""
-    factor = float(np.linspace(*cfg.spread, cfg.m)[j]) if cfg.m > 1 else 1.0
-    if cfg.vary == "seed":
-        return cfg.lr, cfg.weight_decay
-    if cfg.vary == "lr":
-        return cfg.lr * factor, cfg.weight_decay
-    return cfg.lr, cfg.weight_decay * factor  # wd (Config admits no other value)
+def variant(cfg: Config, j: int) -> dict[str, float]:
+    """Peak ``lr``, ``weight_decay`` and ``augment`` (rotation degrees) of ingredient ``j``. Seeds always differ; each
+    knob named in ``vary`` is scaled by one of :func:`factors`, the k-th varied knob by factor (j + k) mod m, so
+    two knobs varied together do not rise together (ingredient 0: the lowest lr, the second-lowest wd)."""
+    f = factors(cfg)
+    scale = {knob: float(f[(j + k) % len(f)]) for k, knob in enumerate(k for k in cfg.vary if k != "seed")}
+    return {"lr": cfg.lr * scale.get("lr", 1.0), "weight_decay": cfg.weight_decay * scale.get("wd", 1.0),
+            "augment": cfg.augment * scale.get("augment", 1.0)}
 
 
 def retrain_seed(seed: int, phase: int, j: int) -> int:
@@ -96,12 +99,15 @@ def train(
     masks: prune.Masks | None = None,
     warmup_frac: float = 0.0,
     curve: list[float] | None = None,
+    augment: float | None = None,
 ) -> nn.Module:
     """SGD (Nesterov) with a linear schedule: ``warmup_frac`` warm-up to ``lr``, then linear to 0 (SMS's LLR).
 
     A fresh optimizer per call, as SMS; with ``masks`` pruned weights stay exactly zero (gradients and state masked).
     With ``curve``, validation accuracy is appended at ``cfg.val_points`` evenly spaced steps (the last at the end).
+    ``augment``: random rotation degrees of the batches (None: ``cfg.augment``; images only).
     """
+    degrees = cfg.augment if augment is None else augment
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=weight_decay
@@ -121,8 +127,8 @@ def train(
             if len(idx) < 2:
                 continue
             x = data.train_x[idx]
-            if cfg.augment and data.images:
-                x = corruptions.affine(x, cfg.augment, 2 / 28, gen)
+            if degrees and data.images:
+                x = corruptions.affine(x, degrees, 2 / 28, gen)
             scale = (step + 1) / warm if step < warm else (total - step) / max(total - warm, 1)
             for group in opt.param_groups:
                 group["lr"] = lr * scale
@@ -176,11 +182,11 @@ def imp_chain(
     clock: Clock,
     name: str,
     rows: list[dict[str, Any]],
+    lr: float,
     curve: list[float] | None = None,
 ) -> tuple[nn.Module, prune.Masks]:
-    """IMP: prune to each phase's target, retrain ``epochs`` with the chain's seeds; chain 0 logs its phases.
-
-    ``curve`` receives the last phase's validation curve."""
+    """IMP: prune to each phase's target, retrain ``epochs`` at peak ``lr`` with the chain's seeds;
+    chain 0 logs its phases. ``curve`` receives the last phase's validation curve."""
     start = time.perf_counter()
     model, masks = copy.deepcopy(dense), None
     for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
@@ -190,7 +196,7 @@ def imp_chain(
             data,
             cfg,
             epochs=epochs,
-            lr=cfg.lr,
+            lr=lr,
             weight_decay=cfg.weight_decay,
             seed=retrain_seed(seed, p, chain),
             masks=masks,
@@ -213,14 +219,12 @@ def _ingredients(
     ingredients = []
     for j in range(cfg.m):
         curve: list[float] | None = [] if curves is not None else None
-        lr, wd = variant(cfg, j)
         ing = train(
             copy.deepcopy(model),
             data,
             cfg,
             epochs=cfg.retrain_epochs,
-            lr=lr,
-            weight_decay=wd,
+            **variant(cfg, j),
             seed=retrain_seed(seed, phase, j),
             masks=masks,
             warmup_frac=cfg.warmup_frac,
@@ -295,19 +299,20 @@ def sms_chain(
 
 
 def swa_chain(
-    dense: nn.Module, data: Data, cfg: Config, seed: int, clock: Clock, rows: list[dict[str, Any]],
+    dense: nn.Module, data: Data, cfg: Config, seed: int, clock: Clock, rows: list[dict[str, Any]], lr: float,
     curve: list[float] | None = None,
 ) -> nn.Module:
     """SWA along one run (Izmailov et al. 2018, cyclical LR): per phase, prune, retrain m cycles of the same LLR
-    schedule one after the other, and average the m cycle ends (one mask, so no sparsity is lost); the same retrain
-    compute as SMS and IMP m x. ``curve`` receives the last phase's last cycle's validation curve."""
+    schedule (peak ``lr``) one after the other, and average the m cycle ends (one mask, so no
+    sparsity is lost); the same retrain compute as SMS and IMP m x. ``curve`` receives the last phase's last cycle's
+    validation curve."""
     start = time.perf_counter()
     model, masks = copy.deepcopy(dense), None
     for p, target in enumerate(prune.imp_schedule(cfg.goal_sparsity, cfg.phases), start=1):
         masks = prune.magnitude_masks(model, target, prev_masks=masks)
         ends = []
         for c in range(cfg.m):
-            train(model, data, cfg, epochs=cfg.retrain_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            train(model, data, cfg, epochs=cfg.retrain_epochs, lr=lr, weight_decay=cfg.weight_decay,
                   seed=retrain_seed(seed, p, c), masks=masks, warmup_frac=cfg.warmup_frac,
                   curve=curve if p == cfg.phases and c == cfg.m - 1 else None)
             ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
