@@ -153,6 +153,13 @@ def check(exploration: Exploration) -> None:
                 raise ExplorationError(f"{exploration.paper}/{exploration.name} point {point}: {err}") from err
 
 
+def grid_dir(exploration: Exploration, index: int, out: Path | None = None) -> Path:
+    """Where grid ``index`` of ``exploration`` is written under ``out`` (default its ``out_dir``): ``out`` itself
+    with one grid, ``out/grid-<index>`` with several."""
+    out = Path(out) if out is not None else exploration.out_dir
+    return out / f"grid-{index}" if len(exploration.grids) > 1 else out
+
+
 def run(exploration: Exploration, *, engine: str = "local", jobs: int | None = None, address: str | None = None,
         out_dir: Path | None = None, progress: bool = True) -> tuple[Path, list[sweep.SweepResult]]:
     """Run an exploration through ``labkit.sweep`` into ``out_dir`` (default its ``out_dir``) and write one tidy
@@ -161,11 +168,10 @@ def run(exploration: Exploration, *, engine: str = "local", jobs: int | None = N
     out = Path(out_dir) if out_dir is not None else exploration.out_dir
     results = []
     for index, grid in enumerate(exploration.grids):
-        several = len(exploration.grids) > 1
+        folder = grid_dir(exploration, index, out)
         results.append(sweep.run_sweep(exploration.notebook, exploration.preset, grid, exploration.fixed,
-                                       engine=engine, jobs=jobs, address=address,
-                                       out_root=out if several else out.parent,
-                                       name=f"grid-{index}" if several else out.name, progress=progress))
+                                       engine=engine, jobs=jobs, address=address, out_root=folder.parent,
+                                       name=folder.name, progress=progress))
     if len(results) > 1:
         table = pd.concat([r.table.assign(grid=i) for i, r in enumerate(results)], ignore_index=True)
         sweep.write_table(out, table.to_dict("records"))
@@ -176,9 +182,8 @@ CLAIM_COLUMNS = ["claim", "role", "interval verdict", "verdict", "sanity"]  # wh
 
 
 def point_dirs(exploration: Exploration) -> list[Path]:
-    """The folder of every declared grid point, where :func:`run` writes it (``grid-<i>/`` first with several grids)."""
-    several = len(exploration.grids) > 1
-    return [exploration.out_dir / (f"grid-{i}" if several else "") / sweep.point_name(values)
+    """The folder of every declared grid point, where :func:`run` writes it (:func:`grid_dir`)."""
+    return [grid_dir(exploration, i) / sweep.point_name(values)
             for i, grid in enumerate(exploration.grids) for values in sweep.expand_grid(grid)]
 
 

@@ -20,6 +20,7 @@ from labkit.experiments.sparse_soups.claims import (
     REPRUNED,
     REPRUNED_RETRAINED,
 )
+from labkit.experiments.sparse_soups.summary import withheld
 
 # test accuracy (%) per arm: SMS beats IMP clearly, loses to IMP 4x, ties its best ingredient
 ARM_ACC = {"IMP": 96.0, "IMP 4x": 96.8, "SWA": 96.3, "SMS uniform": 96.5, "SMS greedy": 96.5, BEST_INGREDIENT: 96.5,
@@ -184,3 +185,12 @@ def test_verdict_text_has_rule_roles_n_and_sanity():
     assert "soup_beats_best_ingredient_val_phase1: inconclusive" in text
     assert "sms_beats_imp_mx: premise unconfirmed" in text and "raw not held" in text and "premise" in text
     assert "n=5" in text and "sanity: every trained arm converged" in text and " pp, n=5" in text
+
+
+def test_withheld_lists_claims_whose_decided_interval_the_final_verdict_overrides():
+    table = pd.DataFrame({"claim": ["a", "b", "c", "d"], "effect": ["+1", "-1", "+0", "+2"],
+                          "interval verdict": ["held", "not held", "inconclusive", "held"],
+                          "raw verdict": ["held", "not held", "inconclusive", "held"],
+                          "verdict": ["premise unconfirmed", "not held", "premise unconfirmed", "held"],
+                          "sanity": ["ok"] * 4})
+    assert withheld(table)["claim"].tolist() == ["a"]

@@ -132,7 +132,8 @@ def phase_figure(phases: pd.DataFrame, phase: int, metric: str = "test_acc") -> 
 
 def soup_vs_ingredients(phases: pd.DataFrame, chain: str = "SMS uniform") -> pd.DataFrame:
     """Per seed and phase of ``chain``: its soup minus the mean of its ingredients and minus the ingredient with the
-    best validation accuracy, on validation (what the premise is judged on, at the last phase) and on test (pp)."""
+    best validation accuracy, on validation (what the premises are judged on, after every phase) and on test
+    (pp)."""
     rows = phases[(phases.chain == chain) & (phases.phase > 0)]
     ing = rows[rows.arm == "ingredient"]
     soup = rows[rows.arm == chain].set_index(["seed", "phase"])

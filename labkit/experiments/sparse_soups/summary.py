@@ -101,6 +101,14 @@ def lr_notes(choice: pd.DataFrame) -> list[str]:
             for r in choice[choice["chosen"]].to_dict("records")]
 
 
+def withheld(claims_table: pd.DataFrame) -> pd.DataFrame:
+    """The claims whose interval alone was decided (held or not held) but whose final verdict is not: what a governing
+    premise left unconfirmed, a sanity flag or the Holm adjustment keeps out of the verdict."""
+    decided = claims_table["interval verdict"].isin(["held", "not held"])
+    return claims_table.loc[decided & (claims_table["verdict"] != claims_table["interval verdict"]),
+                            ["claim", "effect", "interval verdict", "raw verdict", "verdict", "sanity"]]
+
+
 def selection_table(last: pd.DataFrame, best: dict[int, int]) -> pd.DataFrame:
     """The last phase's ingredients on validation and test and which one was selected (on validation)."""
     ing = last[last["arm"] == INGREDIENT]
