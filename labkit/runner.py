@@ -555,11 +555,22 @@ def run_notebook(notebook: str | Path, preset: str = "cpu", params: dict[str, An
                 where = [f"{what}: {file}" for what, file in kept.items() if file.is_file()]
                 error = "\n".join([*where, error])  # the error last: its last line is the exception
                 return RunResult(path, out, ok=False, wall_seconds=wall, error=error)
+            if rejudge:
+                _keep_training_files(out, staging)
             _replace(staging, out)
             shutil.rmtree(jobs, ignore_errors=True)
             return RunResult(path, out, ok=True, rejudged=rejudge, wall_seconds=wall)
         finally:  # an interrupted run (Ctrl-C) leaves nothing; a killed one is cleaned up by the next run
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _keep_training_files(report: Path, staging: Path) -> None:
+    """Carry into a re-judge's ``staging`` folder the files the trained run wrote beside its report and the re-judge
+    does not write again (``report.output_path``: profiling's ``trace.json``); only top-level files, so a figure or
+    table the judgement no longer makes is not kept."""
+    for file in report.iterdir():
+        if file.is_file() and not (staging / file.name).exists():
+            shutil.copy2(file, staging / file.name)
 
 
 @functools.cache

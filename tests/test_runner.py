@@ -226,11 +226,13 @@ def test_a_judgement_change_re_judges_from_the_stored_tables_and_a_training_chan
     digests = runner.input_digests(nb, "smoke", {})
     assert runner.run_notebook(nb, "smoke", out_dir=out, digests=digests, progress=False).ok
     measured = (out / "tables" / "throughput.csv").read_text()
+    trace = (out / "trace.json").read_bytes()  # written by the training (report.output_path), not by the judgement
     judged = runner.run_notebook(nb, "smoke", out_dir=out, force=False, progress=False,
                                  digests={**digests, "code": "0" * 64, "notebook": "1" * 64})
     assert judged.ok and judged.rejudged
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert (out / "tables" / "throughput.csv").read_text() == measured and meta["trained"]["kernel_cpu_seconds"] > 0
+    assert (out / "trace.json").read_bytes() == trace  # a re-judge keeps what only the training wrote
     assert "gflops_s16" in json.loads((out / "results.json").read_text())["metrics"]
     retrained = runner.run_notebook(nb, "smoke", out_dir=out, force=False, progress=False,
                                     digests={**digests, "compute": "2" * 64})
