@@ -25,3 +25,17 @@ def test_committed_report_is_not_stale(folder):
     reason = runner.stale_reason(folder, runner.input_digests(notebook, preset, variants[folder.name]))
     assert not reason, (f"committed report {folder.relative_to(runner.ROOT)} is stale ({reason}); regenerate it with "
                         f"`labkit report --preset {preset} {notebook.stem}` (or `make report`) and commit it")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("folder", COMMITTED, ids=[f"{p.parent.name}/{p.name}" for p in COMMITTED])
+def test_committed_report_re_judges_to_its_own_metrics(folder, tmp_path):
+    """What a workshop runs (``reuse=True``: the notebook on the committed report's computed tables, in seconds)
+    executes every cell of it and recomputes the headline metrics it recorded: every verdict comes from its tables."""
+    notebook = runner.resolve_notebook(folder.parent.name)
+    recorded = json.loads((folder / RESULTS_FILE).read_text())
+    result = runner.run_notebook(notebook, recorded["meta"]["preset"], {"reuse": True}, out_dir=tmp_path / "judged",
+                                 force=True, progress=False)
+    assert result.ok, result.error
+    judged = json.loads((tmp_path / "judged" / RESULTS_FILE).read_text())["metrics"]
+    assert judged == recorded["metrics"], f"{folder}: re-judged metrics differ from the committed ones"
