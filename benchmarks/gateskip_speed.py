@@ -32,6 +32,7 @@ import contextlib
 import copy
 import datetime
 import inspect
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,7 +42,7 @@ import torch
 import transformers
 from torch import nn
 
-from labkit import gate, profile, skip
+from labkit import gate, profile, protocol, skip
 from labkit.data import sequences
 from labkit.models import pretrained
 from labkit.models.decoder_lm import build_causal_lm
@@ -152,6 +153,28 @@ def _rate(tokens: int, t: profile.Timing) -> str:
     return f"{tokens / t.median:,.1f} ±{100 * t.iqr / t.median:.0f}%"
 
 
+def speedup(base: profile.Timing, other: profile.Timing) -> tuple[float, float, float]:
+    """How many times faster ``other`` is than ``base``, paired by round: the geometric mean of the per-round ratios
+    base/other with its Student-t 95 % interval (over log ratios). The variants of a round ran back to back, so a
+    change in machine load between rounds cancels; a ratio of medians keeps it."""
+    logs = [math.log(b / o) for b, o in zip(base.times, other.times, strict=True)]
+    mean, low, high = protocol.student_t_ci(logs) if len(logs) > 1 else (logs[0],) * 3
+    return math.exp(mean), math.exp(low), math.exp(high)
+
+
+def _speedup(base: profile.Timing, other: profile.Timing) -> str:
+    ratio, low, high = speedup(base, other)
+    return f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
+
+
+def target_verdict(base: profile.Timing, other: profile.Timing, target: float) -> str:
+    """``other``'s speed-up over ``base`` against ``target``: met when its interval lies at or above it, missed when
+    below, undecided when it straddles it (more rounds, or a quieter machine, would decide)."""
+    ratio, low, high = speedup(base, other)
+    verdict = "met" if low >= target else "missed" if high < target else "undecided"
+    return f"{ratio:.2f}x [{low:.2f}, {high:.2f}] vs {target:.2f}x: {verdict}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="toy")
@@ -241,11 +264,12 @@ def main() -> None:
     print(f"\n== prefill: batch {batch} x {length} tokens, no cache, batch-scope budget ==")
     print(f"ungated dense: {_rate(tokens, dense_prefill)} tok/s")
     for kind in args.gates:
-        print(f"\n{kind} gates\n{'ratio':>6} {'masked tok/s':>14} {'compact tok/s':>14} {'compact/dense':>14}")
+        print(f"\n{kind} gates\n{'ratio':>6} {'masked tok/s':>14} {'compact tok/s':>14} "
+              f"{'compact/dense [95 % CI]':>24}")
         for r in args.ratios:
             masked, compact = timings["prefill", kind, r, "masked"], timings["prefill", kind, r, "compact"]
             print(f"{r:>6.2f} {_rate(tokens, masked):>14} {_rate(tokens, compact):>14} "
-                  f"{dense_prefill.median / compact.median:>13.2f}x")
+                  f"{_speedup(dense_prefill, compact):>24}")
 
     # -- quality: teacher-forced decoding of held-out windows at the largest decoding batch -------------------------
     q_batch = max(args.decode_batches)
@@ -284,13 +308,14 @@ def main() -> None:
         for kind in args.gates:
             for scope in ("sequence", "step") if b > 1 else ("sequence",):
                 print(f"\n{kind} gates, {_POLICY[scope]} (scope={scope!r})")
-                print(f"{'ratio':>6} {'skipped':>8} {'masked tok/s':>14} {'compact tok/s':>14} {'compact/dense':>14}")
+                print(f"{'ratio':>6} {'skipped':>8} {'masked tok/s':>14} {'compact tok/s':>14} "
+                      f"{'compact/dense [95 % CI]':>24}")
                 for r in args.ratios:
                     masked = timings["decode", b, kind, scope, r, "masked"]
                     compact = timings["decode", b, kind, scope, r, "compact"]
                     skipped = calls["decode", b, kind, scope, r, "compact"]().skipped_fraction  # one more call
                     print(f"{r:>6.2f} {skipped:>8.2f} {_rate(n, masked):>14} {_rate(n, compact):>14} "
-                          f"{base.median / compact.median:>13.2f}x")
+                          f"{_speedup(base, compact):>24}")
     print(f"\n== quality of prefill: one forward over the {q_rows} held-out windows ({q_prompt + q_steps} tokens), "
           "loss of every next token and agreement with the dense model's greedy token ==")
     print(f"{'ratio':>6} {'arm':>24} {'skipped':>8} {'loss':>8} {'agree':>7}")
@@ -310,15 +335,16 @@ def main() -> None:
             arm = "ShortGPT (static)" if key[0] == "shortgpt" else f"{key[0]} gates, {_POLICY[key[1]]}"
             print(f"{r:>6.2f} {arm:>24} {skipped:>8.2f} {loss:>8.3f} {agree:>7.3f}")
     if "scalar" in args.gates and 0.0 in args.ratios and 0.5 in args.ratios:
-        print("\n== issue #26 targets (scalar gates, r = 0.5 unless stated; compact / ungated dense) ==")
-        ratio = lambda *key: timings[key[:2] + ("dense",)].median / timings[key].median  # noqa: E731
-        prefill = dense_prefill.median / timings["prefill", "scalar", 0.5, "compact"].median
-        print(f"prefill >= 1.5x: {prefill:.2f}x")
+        print("\n== issue #26 targets (scalar gates, r = 0.5 unless stated; compact vs ungated dense, paired by round: "
+              "geometric mean [95 % CI]; met when the interval clears the target) ==")
+        print(f"prefill >= 1.5x: {target_verdict(dense_prefill, timings['prefill', 'scalar', 0.5, 'compact'], 1.5)}")
         for b in args.decode_batches:
-            scope = "step" if b > 1 else "sequence"
-            print(f"batch-{b} decode, {_POLICY[scope]} >= {1.4 if b == 1 else 1.2}x: "
-                  f"{ratio('decode', b, 'scalar', scope, 0.5, 'compact'):.2f}x; at r = 0 within 5 % of dense: "
-                  f"{ratio('decode', b, 'scalar', scope, 0.0, 'compact'):.2f}x")
+            scope, base = "step" if b > 1 else "sequence", timings["decode", b, "dense"]
+            goal = 1.4 if b == 1 else 1.2
+            print(f"batch-{b} decode, {_POLICY[scope]} >= {goal}x: "
+                  f"{target_verdict(base, timings['decode', b, 'scalar', scope, 0.5, 'compact'], goal)}")
+            print(f"batch-{b} decode at r = 0 within 5 % of dense (>= 0.95x): "
+                  f"{target_verdict(base, timings['decode', b, 'scalar', scope, 0.0, 'compact'], 0.95)}")
         for scope in ("sequence", "step"):  # a decoding policy is worth keeping where it loses no more than ShortGPT
             loss, agree, skipped = quality_rows["scalar", scope, 0.5]
             static_loss, static_agree, _ = quality_rows["shortgpt", 0.5]
@@ -327,7 +353,8 @@ def main() -> None:
                   f"ShortGPT {static_loss:.3f} nats/token, agreement {agree:.3f} vs {static_agree:.3f}: {verdict}")
     print(f"\nAll speed variants timed round-robin in one process ({args.repeat} rounds, medians); load average "
           f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. Absolute rates vary with machine load; "
-          "compare the ratios. 'skipped' is the achieved fraction of (token, branch) pairs skipped while decoding.")
+          "compare the paired ratios. 'skipped' is the achieved fraction of (token, branch) pairs skipped while "
+          "decoding.")
 
 
 if __name__ == "__main__":
