@@ -167,11 +167,14 @@ def _speedup(base: profile.Timing, other: profile.Timing) -> str:
     return f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
 
 
+_TARGET = {"held": "met", "not held": "missed", "inconclusive": "undecided"}  # protocol's words for a speed target
+
+
 def target_verdict(base: profile.Timing, other: profile.Timing, target: float) -> str:
-    """``other``'s speed-up over ``base`` against ``target``: met when its interval lies at or above it, missed when
-    below, undecided when it straddles it (more rounds, or a quieter machine, would decide)."""
+    """``other``'s speed-up over ``base`` against ``target``, read by its interval as every claim is
+    (:func:`labkit.protocol.interval_verdict`): met above it, missed below, undecided when it straddles it."""
     ratio, low, high = speedup(base, other)
-    verdict = "met" if low >= target else "missed" if high < target else "undecided"
+    verdict = _TARGET[protocol.interval_verdict(low, high, target)]
     return f"{ratio:.2f}x [{low:.2f}, {high:.2f}] vs {target:.2f}x: {verdict}"
 
 
