@@ -1,4 +1,5 @@
-# The two commands of README.md: `make report` (regenerate the cpu-preset reports) and `make test`.
+# The two commands of README.md: `make report` (regenerate the cpu-preset reports, and GateSkip's toy one) and
+# `make test`.
 # Each creates .venv on first use (scripts/setup.sh: exactly requirements.lock; CPU torch here, the machine's own CUDA
 # torch on a GPU box). `make test-latest` runs the same tests on the newest releases pyproject.toml allows;
 # `make lock` regenerates requirements.lock.
@@ -15,6 +16,7 @@ test: setup
 
 report: setup
 	.venv/bin/labkit report --preset cpu
+	.venv/bin/labkit report --preset toy gateskip
 
 lab: setup
 	.venv/bin/jupyter lab --notebook-dir=notebooks

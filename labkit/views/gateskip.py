@@ -211,6 +211,33 @@ def training_curves(history: pd.DataFrame, task: str) -> plt.Figure:
     return fig
 
 
+def premise_curves(curves: pd.DataFrame, stage1: pd.DataFrame, history: pd.DataFrame) -> plt.Figure:
+    """Stage 1 on the choosing half of the text validation windows: bits per byte against the skipped fraction for each
+    configuration's final stop, ranked by its gates (solid) and at random (dashed), the pretrained LM as a line; and
+    the gates' training loss (task loss plus gate penalty, 10-step mean)."""
+    sel = curves[(curves.half == "select") & (curves.task == "text")]
+    last = stage1.groupby("config", sort=False).steps.max()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, (config, steps) in enumerate(last.items()):
+        ours = sel[(sel.config == config) & (sel.steps == steps)]
+        for arm, style in (("gateskip", "-"), ("gateskip + random rank", "--")):
+            points = pd.concat([ours[(ours.arm == "gateskip") & (ours.budget == 0)], ours[ours.arm == arm]])
+            mean = points.groupby("budget").bpb.mean()
+            label = f"{config}: {'gates' if arm == 'gateskip' else 'random'}"
+            axes[0].plot(100 * mean.index, mean.to_numpy(), style, color=f"C{i}", marker="o", label=label)
+    axes[0].axhline(sel[sel.arm == "dense"].bpb.mean(), color="k", lw=0.8, label="pretrained LM")
+    axes[0].set(xlabel="branch-tokens skipped (%)", ylabel="bits per byte (validation, choosing half)",
+                title="learned vs random ranking, same model")
+    axes[0].legend(fontsize="x-small")
+    for i, (config, group) in enumerate(history.groupby("config", sort=False)):
+        loss = (group.loss + group.extra).rolling(10, min_periods=1).mean()
+        axes[1].plot(group.step, loss, color=f"C{i}", label=config)
+    axes[1].set(xlabel="step", title="gate training: task loss + gate penalty (10-step mean)")
+    axes[1].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
 def token_controls(ratio: float, n_examples: int) -> dict:
     """Widgets for :func:`token_skips`: the budget and the example index."""
     import ipywidgets as widgets

@@ -1,5 +1,11 @@
-"""GateSkip's parameters: the tiny LM, the fine-tuning schedule and its stopping points, every family's tuning grid
-(each of the same size: the equal tuning budget), the inference budgets, and the seeds.
+"""GateSkip's parameters: the base LM (a tiny one pretrained here, or the catalogued SmolLM2-135M), the fine-tuning
+schedule and its stopping points, every family's tuning grid (each of the same size: the equal tuning budget), the
+inference budgets, and the seeds.
+
+Two regimes share these rooms. ``model="tiny"`` (presets ``smoke`` and ``toy``) pretrains a small decoder per seed and
+runs the whole comparison. ``model="smollm2"`` (presets ``cpu`` and ``gpu``) starts from the real pretrained LLM and
+runs stage 1 first, the premise on validation (:mod:`labkit.experiments.gateskip.arms.premise`): do trained gates rank
+tokens better than random ranking of the same model?
 
 ``tune_seeds`` and ``seeds`` are counts: choices are made on validation seeds ``0 .. tune_seeds-1``, and reported
 on fresh test seeds ``100 .. 100+seeds-1`` (:data:`TEST_SEED_OFFSET`: new pretraining, fine-tuning and data seeds,
@@ -15,16 +21,23 @@ from labkit import config, gate, skip
 from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, Positive
 from labkit.models import decoder_lm
 
-TASKS = ("cumsum", "text")
+TASKS = ("cumsum", "text", "dictmc")
+LLM_TASKS = ("text", "dictmc")  # a pretrained LLM's: its gates train on text; dictmc only scores them
+MODELS = ("tiny", "smollm2")  # pretrained here from a transformers config, or the catalogued real LLM
 TEST_SEED_OFFSET = 100  # test seeds start here: fresh pretraining, fine-tuning and data seeds
 
+# Gates lie in [0, 1] and start saturated at sigmoid(5) = 0.9933, 0.0067 below 1. A mean shift of at most 0.01, about
+# that whole headroom, has not left the initialisation: the ranking is then the random init's, not a learned one.
+GATE_SHIFT_TOLERANCE = 0.01
 Grid = Annotated[tuple[float, ...], NON_EMPTY, UNIQUE]  # a tuning grid: a repeated value would count twice
 Rate = Annotated[tuple[float, ...], Interval("(0, inf)"), NON_EMPTY, UNIQUE]  # a grid of learning rates
 
 
 @dataclass
 class Config:
-    # "text" (stdlib bytes, bits per byte) and "cumsum" (running sums, exact match)
+    model: Literal[*MODELS] = "tiny"  # the base LM: pretrained here per seed, or SmolLM2-135M (stage 1 only)
+    # "text" (stdlib sources, bits per byte), "cumsum" (running sums, exact match; tiny model only) and "dictmc"
+    # (GCIDE multiple choice, accuracy; a pretrained LLM only, scoring the gates trained on text)
     tasks: Annotated[tuple[Literal[*TASKS], ...], NON_EMPTY, UNIQUE] = ("text", "cumsum")
     arch: Literal[*decoder_lm.ARCHS] = "llama"  # transformers family of the tiny LM
     n_digits: Count = 8  # running-sum digits N: sequences of 2N+5 tokens (21 for N=8)
@@ -52,6 +65,11 @@ class Config:
     gate_kind: Literal["vector", "scalar"] = "vector"  # "vector" (paper) | "scalar"
     # GateSkip's training budget ramps linearly 0 -> this over fine-tuning (paper: 0.2); kl needs it > 0
     train_skip_end: Annotated[float, Interval("[0, 1)")] = 0.2
+    # stage 1 (smollm2): train the gates only, the LM frozen (its pilot's joint fine-tunes degraded the LM)
+    freeze_lm: bool = False
+    # stage 1: skipped fractions at which learned and random ranking are compared; the premise is read at the last
+    mc_questions: Count = 400  # dictmc: validation questions (half choose nothing: dictmc only judges)
+    premise_budgets: Annotated[tuple[float, ...], Interval("(0, 1)"), NON_EMPTY, UNIQUE] = (0.02, 0.05)
     budgets: Annotated[tuple[float, ...], Interval("[0, 1)"), NON_EMPTY, UNIQUE] = (
         0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # inference skip ratios r
     # compute saved is read where quality falls below these x dense
@@ -80,6 +98,12 @@ class Config:
                 f"{stop_steps(self)}; use fewer stops or more finetune_steps"
             )
         config.require_divisible(self, "d_model", "n_heads")
+        if self.model == "tiny" and "dictmc" in self.tasks:
+            raise ValueError("task 'dictmc' needs a pretrained LLM (parameter 'model'), got model 'tiny'")
+        if self.model != "tiny" and (self.tasks[0] != "text" or not set(self.tasks) <= set(LLM_TASKS)):
+            raise ValueError(f"parameter 'tasks' must start with 'text' and hold only {LLM_TASKS} with model "
+                             f"{self.model!r} (its gates train on text; running sums need the tiny model's own "
+                             f"vocabulary), got {self.tasks}")
         sizes = {
             "dense_lrs": len(self.dense_lrs),
             "gate_lrs x sparsity_weights": len(self.gate_lrs) * len(self.sparsity_weights),
@@ -113,7 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "calib_batches": 1,
         "budgets": (0.0, 0.2, 0.5),
     },
-    "cpu": {  # both tasks, 4 configurations per family tuned on 1 validation seed, 5 fresh test seeds
+    "toy": {  # the tiny LM: both tasks, 4 configurations per family tuned on 1 validation seed, 5 fresh test seeds
         "d_model": 64,
         "n_digits": 4,
         "pretrain_steps": 1200,  # running sums, N=4: dense exact match ~1 after pretraining
@@ -122,18 +146,41 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_size": 256,
         "workers": 2,
     },
+    # SmolLM2-135M, stage 1 (the premise) on validation: scalar gates trained alone (34,620 parameters; vector gates
+    # are 46.5 M here) for 150 steps of 8 x 64 tokens, the budget ramped to 5 %, over gate lr x λ; the settings of
+    # the issue's pilot (gate lr 5e-2, λ 0.01, ramp to 5 %: learned ahead of random at every budget) and around it
+    "cpu": {
+        "model": "smollm2",
+        "tasks": ("text", "dictmc"),
+        "gate_kind": "scalar",
+        "freeze_lm": True,
+        "text_length": 64,
+        "batch_size": 8,
+        "finetune_steps": 150,
+        "finetune_stops": (0.5, 1.0),
+        "finetune_lr": 1e-5,  # unused while the LM is frozen
+        "gate_lrs": (1e-2, 5e-2),
+        "sparsity_weights": (0.01, 0.1),
+        "train_skip_end": 0.05,
+        "eval_size": 64,
+        "eval_batch": 16,
+        "workers": 2,
+    },
+    # SmolLM2-135M with the paper's vector gates and a longer schedule, for a lent GPU (stage 1 as on CPU)
     "gpu": {
-        "d_model": 256,
-        "n_layers": 8,
-        "n_heads": 8,
-        "n_digits": 12,
-        "pretrain_steps": 2000,
-        "text_pretrain_steps": 4000,
+        "model": "smollm2",
+        "tasks": ("text", "dictmc"),
+        "freeze_lm": True,
+        "text_length": 128,
+        "batch_size": 16,
         "finetune_steps": 1000,
-        "sparsity_weights": (1.0, 0.1),
-        "tune_seeds": 2,
-        "eval_size": 4096,
-        "flops_batch": 64,
+        "finetune_lr": 1e-5,
+        "gate_lrs": (1e-3, 1e-2),
+        "sparsity_weights": (0.01, 0.1),
+        "train_skip_end": 0.05,
+        "premise_budgets": (0.02, 0.05, 0.1),
+        "eval_size": 512,
+        "eval_batch": 32,
         "threads": 4,
     },
 }

@@ -4,11 +4,19 @@
 exact match of chains generated with a KV cache; ``text``: byte-level LM on pinned CPython stdlib sources, scored by
 bits per byte. Train, validation and test never share a prompt (cumsum) or a file (text). Compute is scored as FLOPs
 actually executed in compact execution (:func:`labkit.profile.count_flops`).
+
+With a real pretrained LLM (stage 1, :class:`TokenText`) the same stdlib files are read as the LLM's own tokens, and
+bits per byte divide each window's loss by the UTF-8 bytes its scored tokens decode to, so they compare across
+tokenizers; each window is scored on its own, the unit the premise is paired on. ``dictmc`` (:class:`DictMC`) is an
+accuracy task the gates are not trained on: which of four GCIDE definitions belongs to a headword, by the LM's
+likelihood of each definition per byte; its unit is the question.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -19,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit import profile, skip
-from labkit.data import sequences
+from labkit.data import corpora, sequences
 from labkit.experiments.gateskip.config import Config
 
 SkipContext = Callable[[], AbstractContextManager[skip.SkipStats]]  # a fresh skip block per evaluation batch
@@ -183,12 +191,16 @@ def executed_flops(model: nn.Module, task: Task, context: SkipContext | None = N
 
 
 @torch.no_grad()
-def gate_importance(model: nn.Module, task: Task) -> torch.Tensor:
-    """Gate importance of every branch and token of the first test batch at r = 0, as (branches, batch, tokens)."""
-    x = task.tokens("test")[: task.cfg.eval_batch].to(task.device)
+def importance_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Gate importance of every branch and token of the batch ``x`` at r = 0, as (branches, batch, tokens)."""
     with skip.budget(model, 0.0, measure_flops=False, record=True) as stats:
         model(x, use_cache=False)
     return torch.stack([rec["importance"].float() for rec in stats.records.values()])
+
+
+def gate_importance(model: nn.Module, task: Task) -> torch.Tensor:
+    """:func:`importance_of` the first test batch of ``task``."""
+    return importance_of(model, task.tokens("test")[: task.cfg.eval_batch].to(task.device))
 
 
 def mean_gate(importance: torch.Tensor) -> float:
@@ -226,3 +238,161 @@ def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str,
         for pos, value in enumerate((~rec["keep"]).float().mean(0).tolist()):
             skips.append({"task": task.name, "module": name, "position": pos, "skip_fraction": value})
     return gates, skips
+
+
+class TokenText:
+    """The stdlib text task in a pretrained LLM's tokens: a training stream and held-out windows of ``split``, each
+    with the UTF-8 bytes its scored tokens (positions 1 .. T-1) decode to, so bits per byte compare across
+    tokenizers. ``tokenizer`` needs ``encode(text, add_special_tokens=False)`` and ``decode(ids)``."""
+
+    def __init__(self, tokenizer: Any, cfg: Config, seed: int, split: str = "val") -> None:
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+        self.cfg, self.train_gen = cfg, torch.Generator().manual_seed(seed)
+        self.provenance: dict[str, Any] = {}
+        streams = {}
+        for part in ("train", split):
+            data, self.provenance[part] = sequences.stdlib_bytes(sequences.STDLIB_SPLIT_FILES[part])
+            text = bytes(data.numpy()).decode("utf-8")
+            streams[part] = torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
+            self.provenance[part]["tokens"] = int(streams[part].numel())
+        self.train = streams["train"]
+        gen = torch.Generator().manual_seed((10_000 if split == "val" else 50_000) + seed)
+        self.windows = sequences.byte_windows(streams[split], cfg.eval_size, cfg.text_length, gen)
+        self.scored_bytes = torch.tensor(
+            [len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in self.windows], dtype=torch.float64
+        )
+
+    def batch(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` training windows drawn with ``generator`` (default: the task's own training stream)."""
+        return sequences.byte_windows(self.train, n, self.cfg.text_length, generator or self.train_gen)
+
+
+@torch.no_grad()
+def window_bpb(
+    model: nn.Module, text: TokenText, context: SkipContext | None = None, device: torch.device | None = None
+) -> tuple[np.ndarray, float]:
+    """Bits per byte of every held-out window of ``text`` (``eval_batch`` windows per forward, each inside a fresh
+    ``context()``) and the mean token x branch fraction skipped."""
+    model.eval()
+    nll, fractions = [], []
+    for start in range(0, text.windows.shape[0], text.cfg.eval_batch):
+        x = text.windows[start : start + text.cfg.eval_batch].to(device or "cpu")
+        if context is None:
+            logits = model(x, use_cache=False).logits
+        else:
+            with context() as stats:
+                logits = model(x, use_cache=False).logits
+            fractions.append(stats.skipped_fraction)
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").sum(1)
+        nll.append(loss.double().cpu())
+    bpb = torch.cat(nll) / text.scored_bytes / math.log(2)
+    return bpb.numpy(), float(np.mean(fractions)) if fractions else 0.0
+
+
+def window_trivial_bpb(text: TokenText, vocab: int) -> np.ndarray:
+    """Bits per byte of every held-out window under the training stream's unigram token frequencies (add-one): the
+    trivial predictor the pretrained LM must beat."""
+    counts = torch.bincount(text.train, minlength=vocab).double() + 1
+    logp = torch.log(counts / counts.sum())
+    nll = -logp[text.windows[:, 1:]].sum(1)
+    return (nll / text.scored_bytes / math.log(2)).numpy()
+
+
+MC_OPTIONS = 4  # one definition is the headword's own, three belong to other headwords (chance: 25 %)
+_HEADWORD = re.compile(r"^([A-Za-z][a-z-]{2,}) \\")
+_TAGS = re.compile(r"\([A-Z][A-Za-z. ]*\.\)|^\d+\.\s*|--.*$")
+
+
+def _first_definition(text: str) -> str:
+    """The first sense of a GCIDE entry: its bracketed etymologies and header line dropped, then the first block of
+    lines, without domain tags, sense number and source, cut at its first sentence or semicolon."""
+    lines = re.sub(r"\[[^\]]*\]", "", text).splitlines()[1:]
+    sense = []
+    for line in lines:
+        if not line.strip():
+            if sense:
+                break
+            continue
+        sense.append(line.strip())
+    first = _TAGS.sub("", " ".join(sense)).strip()
+    return re.split(r"(?<=[a-z])\.(?:\s|$)|;", first)[0].strip()
+
+
+def dictionary_questions(n: int, seed: int, split: str = "val") -> list[tuple[str, list[str], int]]:
+    """``n`` multiple-choice questions from GCIDE headwords of ``split`` (a fixed hash of the headword puts each
+    in one of train / val / test): (headword, four definitions, index of the right one), drawn with ``seed``.
+    A definition of 3-24 words without the headword or a leftover bracket is kept; distractors are other headwords'."""
+    if split not in ("train", *EVAL_SPLITS):
+        raise ValueError(f"split must be 'train' or one of {EVAL_SPLITS}, got {split!r}")
+    pool, seen = [], set()
+    for _, text in corpora.gcide_entries():
+        match = _HEADWORD.match(text)
+        if not match or match.group(1).lower() in seen:
+            continue
+        word = match.group(1)
+        seen.add(word.lower())
+        bucket = int(hashlib.sha256(word.lower().encode()).hexdigest(), 16) % 3
+        definition = _first_definition(text)
+        if ("train", "val", "test")[bucket] == split and 3 <= len(definition.split()) <= 24 \
+                and word.lower()[:5] not in definition.lower() and not re.search(r"[\[\]\\]", definition):
+            pool.append((word, definition))
+    if len(pool) < n * MC_OPTIONS:
+        raise ValueError(f"GCIDE's {split} split has {len(pool)} usable headwords, fewer than {n * MC_OPTIONS}")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(pool), size=(n, MC_OPTIONS), replace=False)
+    questions = []
+    for row in picks:
+        answer = int(rng.integers(MC_OPTIONS))
+        options = [pool[j][1] for j in row]
+        options[0], options[answer] = options[answer], options[0]
+        questions.append((pool[row[0]][0], options, answer))
+    return questions
+
+
+class DictMC:
+    """``dictionary_questions`` as token sequences ``"<headword>: <definition>"``, one per option, right-padded with
+    EOS (a causal LM's scores of earlier positions do not see the padding); each option scored by its tokens'
+    log-likelihood per UTF-8 byte. ``questions`` of validation, drawn with ``seed``."""
+
+    def __init__(self, tokenizer: Any, cfg: Config, seed: int, questions: int) -> None:
+        self.cfg = cfg
+        self.questions = dictionary_questions(questions, seed)
+        self.answers = torch.tensor([answer for _, _, answer in self.questions])
+        rows, spans, sizes = [], [], []
+        for word, options, _ in self.questions:
+            prompt = tokenizer.encode(f"{word}:", add_special_tokens=False)
+            for option in options:
+                ids = tokenizer.encode(" " + option, add_special_tokens=False)
+                rows.append(prompt + ids)
+                spans.append((len(prompt), len(prompt) + len(ids)))
+                sizes.append(len((" " + option).encode("utf-8")))
+        width = max(map(len, rows))
+        self.tokens = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
+        positions = torch.arange(1, width)[None]  # the target positions of the next-token predictions
+        begin, end = torch.tensor(spans).T
+        self.scored = (positions >= begin[:, None]) & (positions < end[:, None])
+        self.option_bytes = torch.tensor(sizes, dtype=torch.float64)
+
+
+@torch.no_grad()
+def mc_correct(
+    model: nn.Module, mc: DictMC, context: SkipContext | None = None, device: torch.device | None = None
+) -> tuple[np.ndarray, float]:
+    """Per question, 1 when the right definition has the highest log-likelihood per byte (``eval_batch`` x 4
+    sequences per forward, each inside a fresh ``context()``), and the mean token x branch fraction skipped."""
+    model.eval()
+    scores, fractions = [], []
+    step = mc.cfg.eval_batch * MC_OPTIONS
+    for start in range(0, mc.tokens.shape[0], step):
+        x = mc.tokens[start : start + step].to(device or "cpu")
+        if context is None:
+            logits = model(x, use_cache=False).logits
+        else:
+            with context() as stats:
+                logits = model(x, use_cache=False).logits
+            fractions.append(stats.skipped_fraction)
+        logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").double().cpu()
+        scores.append((logp * mc.scored[start : start + step]).sum(1))
+    per_byte = (torch.cat(scores) / mc.option_bytes).view(-1, MC_OPTIONS)
+    return (per_byte.argmax(1) == mc.answers).double().numpy(), float(np.mean(fractions)) if fractions else 0.0

@@ -10,6 +10,8 @@ executed FLOPs.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import torch
@@ -27,8 +29,9 @@ from labkit.experiments.gateskip.arms import (
     choose,
     quality_column,
     saved_at_quality,
+    stage1_choice,
 )
-from labkit.experiments.gateskip.config import Config
+from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, Config
 
 MEASURES = {"tokens": "skipped_fraction", "flops": "flops_saved"}  # compute-saved measures and their columns
 
@@ -147,11 +150,78 @@ def widget_model(cfg: Config, tensors: dict[str, torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+def stage1_evidence(
+    curves: pd.DataFrame, gates: pd.DataFrame, chosen: pd.Series, budget: float, task: str
+) -> pd.DataFrame:
+    """Per judging-half window or question of ``task`` (``seed``: the paired unit) and arm: the task's quality at
+    full compute (its :func:`quality_column`) and at ``budget`` (``<metric>_skipped``: GateSkip ranked by its gates,
+    its control at random), and on text the gate shift (GateSkip, and 0 for its initialisation)."""
+    metric = quality_column(task)
+    judge = curves[(curves.half == "judge") & (curves.task == task)]
+    ours = judge[(judge.config == chosen.config) & (judge.steps == chosen.steps)]
+    parts = [judge[judge.arm.isin(["dense", claims.TRIVIAL])], ours[(ours.arm == "gateskip") & (ours.budget == 0)]]
+    parts = [part[["arm", "window", metric]] for part in parts]
+    skipped = ours[ours.budget == budget][["arm", "window", metric]]
+    parts.append(skipped.rename(columns={metric: f"{metric}_skipped"}))
+    if task == "text":
+        shift = gates[(gates.half == "judge") & (gates.config == chosen.config) & (gates.steps == chosen.steps)]
+        shift = shift[["window", "gate_shift"]].assign(arm="gateskip")
+        parts += [shift, shift.assign(arm=claims.INIT, gate_shift=0.0)]
+    table = pd.concat(parts, ignore_index=True)
+    return table.groupby(["arm", "window"], as_index=False).first().rename(columns={"window": "seed"}).assign(task=task)
+
+
+def _judge_stage1(cfg: Config, computed: Computed) -> Results:
+    """Stage 1's judgement: the choice on one half of the text windows (``stage1``), the premises of every task
+    judged on the other half with those gates (``claims``, premises only: the comparison did not run) and their
+    per-window ``evidence``."""
+    t = computed.tables
+    budget = cfg.premise_budgets[-1]
+    curves, gates = t["premise_curves"], t["premise_gates"]
+    choice = stage1_choice(curves, gates, budget, GATE_SHIFT_TOLERANCE)
+    chosen = choice[choice.chosen].iloc[0]
+    judged, evidence = [], []
+    for task in cfg.tasks:
+        table = stage1_evidence(curves, gates, chosen, budget, task)
+        means = table.groupby("arm").mean(numeric_only=True)
+        metric = quality_column(task)
+        reference = (means[metric]["dense"], means[f"{metric}_skipped"][CONTROL])
+        for claim in claims.stage1_premises(task, budget, *reference):
+            rows = table.dropna(subset=[claim.metric])
+            judged.append(protocol.judge(dataclasses.replace(claim, name=f"{task}: {claim.name}", group=task), rows))
+        evidence.append(table)
+    tables = {"stage1": choice, "evidence": pd.concat(evidence, ignore_index=True),
+              "claims": protocol.claims_table(judged)}
+    return Results(cfg, {**t, **tables}, computed)
+
+
+def ran_comparison(results: Results) -> bool:
+    """Whether stage 2, the comparison of arms, ran (the tiny model) or the run stopped after stage 1's premises."""
+    return "scores" in results.tables
+
+
+def stage2_status(results: Results) -> str:
+    """Why the comparison did or did not run, in one sentence the notebook and the verdict show."""
+    if ran_comparison(results):
+        return "stage 2 ran: every arm compared on test seeds"
+    premises = results.claims[results.claims.role == "premise"]
+    if (premises.verdict == "not held").any():
+        reason = "a premise is not met"
+    elif (premises.verdict != "held").any():
+        reason = "a premise is unconfirmed (inconclusive)"
+    else:
+        reason = "every premise held, but the comparison on a pretrained LLM is not built yet (about 5 h on 2 cores)"
+    return f"STAGE 2 DID NOT RUN: {reason}; only stage 1 (the premises, on validation) is reported"
+
+
 def judge(cfg: Config, computed: Computed) -> Results:
-    """Every judged table from the computed ones: ``chosen`` and ``validation`` (the choices, again from the
+    """Stage 1 alone for a pretrained LLM (:func:`_judge_stage1`); else every judged table from the computed ones:
+    ``chosen`` and ``validation`` (the choices, again from the
     validation rows), ``scores``, ``budget`` (convergence), ``health``, ``claims`` and ``sanity``; artefacts ``model``
     and ``examples`` for the token widget."""
     t = computed.tables
+    if "premise_curves" in t:
+        return _judge_stage1(cfg, computed)
     curves = t["curves"]
     chosen, validation = choose(curves[curves.split == "val"], cfg.levels[0])
     scores = test_scores(curves, t["generation"], cfg.levels)
@@ -171,10 +241,24 @@ def judge(cfg: Config, computed: Computed) -> Results:
     return Results(cfg, {**t, **judged}, computed, artefacts)
 
 
+def recorded_tables(results: Results) -> dict[str, pd.DataFrame]:
+    """The judged tables a report records beside its computed ones (stage 1 only: its choice and evidence)."""
+    names = ("claims", "sanity", "budget", "health", "scores", "chosen", "validation")
+    if not ran_comparison(results):
+        names = ("claims", "stage1", "evidence")
+    return {name: results.tables[name] for name in names}
+
+
 def verdict_lines(results: Results) -> list[str]:
     """The rule, every claim with its effect (percentage points; premises in their own units), interval, n and
     verdict, then the sanity flags and the configurations chosen on validation: one line each
     (:func:`labkit.protocol.verdict_lines`)."""
+    if not ran_comparison(results):
+        chosen = results.stage1[results.stage1.chosen].iloc[0]
+        note = f"chosen on the other half of the text windows: {chosen.config}, {chosen.steps} steps"
+        ok = "no arms compared (stage 1 judges its premises only)"
+        return protocol.verdict_lines(results.claims, pd.DataFrame(columns=["flags"]), ok,
+                                      notes=[stage2_status(results), note])
     picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
     premise = results.claims.role == "premise"
     table = results.claims.assign(effect=results.claims.effect.where(premise, results.claims.effect + " pp"))
@@ -193,12 +277,17 @@ def verdict_text(results: Results) -> str:
 def headline_metrics(results: Results) -> dict[str, float]:
     """Seed means a rerun reproduces: per task and arm the saved fractions (%), full-compute quality and gate shift;
     each claim's effect (pp); each premise's effect (in its own units) and whether it was met (1 or 0)."""
+    if ran_comparison(results):
+        means = results.scores.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
+    else:  # stage 1: per task and arm, means over the judging half's windows or questions
+        means = results.evidence.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
     out = {}
-    means = results.scores.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
     for (task, arm), row in means.iterrows():
         for column, value in row.items():
             if pd.notna(value):
                 out[f"{task}/{arm}/{column}"] = float(value)
+    if not ran_comparison(results):
+        out["text/chosen/edge"] = float(results.stage1[results.stage1.chosen].edge.iloc[0])
     for r in results.claims.itertuples():
         name = r.claim.replace(": ", "/")
         if r.role == "premise":

@@ -5,7 +5,7 @@
 from labkit.experiments.gateskip.arms.compute import EXAMPLES, MODEL_PREFIX, budget_jobs, compute
 from labkit.experiments.gateskip.arms.finetune import SCOPES, ArmResults, Pretrained, base_lm, pretrain, run_arm
 from labkit.experiments.gateskip.arms.grid import CONTROL, FAMILIES, STATIC, Spec, longer, tuning_grid, tuning_runs
-from labkit.experiments.gateskip.arms.selection import choose, quality_column, saved_at_quality
+from labkit.experiments.gateskip.arms.selection import choose, quality_column, saved_at_quality, stage1_choice
 
 __all__ = [
     "CONTROL",
@@ -26,6 +26,7 @@ __all__ = [
     "quality_column",
     "run_arm",
     "saved_at_quality",
+    "stage1_choice",
     "tuning_grid",
     "tuning_runs",
 ]

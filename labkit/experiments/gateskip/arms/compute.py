@@ -16,6 +16,7 @@ import pandas as pd
 
 from labkit import gate, jobs, profile
 from labkit.experiments import Computed
+from labkit.experiments.gateskip.arms import premise
 from labkit.experiments.gateskip.arms.finetune import ArmResults, Pretrained, pretrain, run_arm
 from labkit.experiments.gateskip.arms.grid import Spec, longer, tuning_grid, tuning_runs
 from labkit.experiments.gateskip.arms.selection import choose
@@ -80,8 +81,10 @@ def _workdir() -> Iterator[str]:
 
 
 def compute(cfg: Config, progress: bool = True) -> Computed:
-    """Tune every family on validation, freeze the choices, run them on test with fresh seeds, and rerun the first
-    test seed of every trained choice at ``budget_factor`` x its schedule (the convergence check).
+    """With a real pretrained LLM (``cfg.model`` other than "tiny"): stage 1 only, the premise on validation
+    (:func:`labkit.experiments.gateskip.arms.premise.compute`). Else tune every family on validation, freeze the
+    choices, run them on test with fresh seeds, and rerun the first test seed of every trained choice at
+    ``budget_factor`` x its schedule (the convergence check).
 
     Jobs (pretraining per task and seed, then one fine-tune per configuration) run in ``cfg.workers`` spawned
     processes of ``cfg.threads`` threads (:func:`labkit.jobs.run_jobs`); per-step bars only in-process. Tables:
@@ -90,6 +93,8 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
     (wall seconds) and ``provenance``; tensors: the first test seed's GateSkip model of the first task (its state
     dict under ``model.``) and its first test batch (``examples``) for the token widget.
     """
+    if cfg.model != "tiny":
+        return premise.compute(cfg, progress)
     inner = progress and cfg.workers == 1
 
     def run(fn: Callable[[Any], T], args: list[Any], desc: str) -> list[T]:

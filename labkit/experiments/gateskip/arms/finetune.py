@@ -30,6 +30,7 @@ from labkit.experiments.gateskip.config import Config
 from labkit.experiments.gateskip.data import (
     SkipContext,
     Task,
+    TokenText,
     evaluate,
     executed_flops,
     gate_importance,
@@ -112,9 +113,9 @@ def pretrain(cfg: Config, task_name: str, seed: int, workdir: Path, progress: bo
     return Pretrained(task_name, seed, checkpoint, history, seconds, n_parameters(base), task.provenance)
 
 
-def _finetune(
+def finetune(
     model: nn.Module,
-    task: Task,
+    task: Task | TokenText,
     cfg: Config,
     spec: Spec,
     seed: int,
@@ -278,7 +279,7 @@ def _dense(job: _Job, roles: tuple[str, ...]) -> ArmResults:
 
     out.history = job.timed(
         f"finetune {job.spec.family}",
-        lambda: _finetune(model, job.task, job.cfg, job.spec, job.pre.seed, job.stops, score, job.progress),
+        lambda: finetune(model, job.task, job.cfg, job.spec, job.pre.seed, job.stops, score, job.progress),
     )
     score(job.spec.steps)
     return out
@@ -335,7 +336,7 @@ def _skipping(job: _Job) -> ArmResults:
     out = ArmResults([])
     out.history = job.timed(
         f"finetune {spec.family}",
-        lambda: _finetune(
+        lambda: finetune(
             model, task, cfg, spec, seed, job.stops, lambda done: _score_skipping(job, model, done, out), job.progress
         ),
     )

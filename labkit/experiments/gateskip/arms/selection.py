@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 
 from labkit import selection
-from labkit.experiments.gateskip.arms.grid import STATIC, Spec
+from labkit.experiments.gateskip.arms.grid import CONTROL, STATIC, Spec
 
 
 def quality_column(task: str) -> str:
-    """The headline quality of a task: sequence exact match (cumsum) or bits per byte (text, lower is better)."""
-    return "seq_em" if task == "cumsum" else "bpb"
+    """The headline quality of a task: sequence exact match (cumsum), accuracy (dictmc) or bits per byte (text, lower
+    is better)."""
+    return {"cumsum": "seq_em", "dictmc": "accuracy"}.get(task, "bpb")
 
 
 def _saved_at(xs: np.ndarray, ys: np.ndarray, threshold: float, higher_is_better: bool) -> float:
@@ -129,6 +130,26 @@ def choose(val: pd.DataFrame, level: float = 0.9) -> tuple[pd.DataFrame, pd.Data
             for (arm, config), quality in full.items()
         ]
     return pd.DataFrame(rows), pd.DataFrame(table)
+
+
+def stage1_choice(curves: pd.DataFrame, gates: pd.DataFrame, budget: float, tolerance: float) -> pd.DataFrame:
+    """Stage 1's choice on a pretrained LLM: every configuration x stop scored on the choosing half of the text
+    validation windows, and the one chosen: the largest edge of the learned over the random ranking at ``budget``
+    (random minus learned bits per byte) among those whose gates moved more than ``tolerance`` (among all when none
+    did: the gates-move premise then fails). Columns: config, steps, gate_shift, bpb at r=0, learned, random, edge,
+    moved, chosen."""
+    sel = curves[(curves.half == "select") & (curves.task == "text")]
+    keys = ["config", "steps"]
+    shift = gates[gates.half == "select"].groupby(keys, sort=False).gate_shift.mean()
+    trained = sel[sel.arm.isin(["gateskip", CONTROL])]
+    full = trained[(trained.arm == "gateskip") & (trained.budget == 0)].groupby(keys, sort=False).bpb.mean()
+    at = trained[trained.budget == budget].groupby([*keys, "arm"], sort=False).bpb.mean().unstack("arm")
+    table = pd.DataFrame({"gate_shift": shift, "bpb at r=0": full, "learned": at["gateskip"], "random": at[CONTROL]})
+    table["edge"] = table.random - table.learned
+    table["moved"] = table.gate_shift > tolerance
+    pool = table[table.moved] if table.moved.any() else table
+    table["chosen"] = table.index == pool.edge.idxmax()
+    return table.reset_index()
 
 
 def _chosen(task: str, role: str, config: str, rows: pd.DataFrame, score: float) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""GateSkip's stage 1 on a pretrained LLM, run end to end with a tiny Llama and a byte tokenizer standing in for
+SmolLM2 (the tests never read the 98 MB model): per-window scores, the choice on one half of the validation windows,
+the premises judged on the other half, GCIDE multiple choice with the chosen gates, the stage-2 status and a CSV
+round trip that keeps every verdict."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labkit.experiments import gateskip as experiment
+from labkit.experiments.gateskip import claims, data, summary
+from labkit.experiments.gateskip.arms import CONTROL, selection
+from labkit.models import decoder_lm, pretrained
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids: what stage 1 needs of a tokenizer."""
+
+    eos_token_id = 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def tiny_llm(name: str = "smollm2"):
+    return decoder_lm.build_causal_lm("llama", 256, 32, 2, 2, max_positions=64, seed=0).eval(), ByteTokenizer()
+
+
+@pytest.fixture(scope="module")
+def stage1():
+    cfg = experiment.configure("cpu", {
+        "finetune_steps": 6, "batch_size": 4, "text_length": 16, "eval_size": 16, "eval_batch": 8, "workers": 1,
+        "gate_lrs": (0.05,), "sparsity_weights": (0.01,), "dense_lrs": (1e-3,), "random_lrs": (1e-3,),
+        "random_skip_ends": (0.2,), "premise_budgets": (0.1, 0.25), "mc_questions": 8,
+    })
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pretrained, "load", tiny_llm)
+        computed = experiment.arms.compute(cfg, progress=False)
+    return cfg, computed
+
+
+def test_stage1_scores_every_window_of_every_arm_budget_and_stop(stage1):
+    cfg, computed = stage1
+    curves = computed.tables["premise_curves"]
+    mc, curves = curves[curves.task == "dictmc"], curves[curves.task == "text"]
+    assert set(curves.arm) == {"dense", "trivial", "gateskip", CONTROL}
+    assert sorted(set(curves[curves.arm == CONTROL].budget)) == [0.1, 0.25]
+    # dictmc scores the gates chosen on text, once, at full compute and at the last premise budget
+    assert mc.groupby(["arm", "budget"]).size().to_dict() == {
+        (CONTROL, 0.25): 8, ("dense", 0.0): 8, ("gateskip", 0.0): 8, ("gateskip", 0.25): 8, ("trivial", 0.0): 8}
+    assert mc.accuracy.isin([0.0, 1.0]).all() or (mc[mc.arm == "trivial"].accuracy == 0.25).all()
+    assert len(set(mc[mc.arm == "gateskip"].config)) == 1
+    assert sorted(set(curves[curves.arm == "gateskip"].steps)) == [3, 6]  # both stops of the schedule
+    per_cell = curves.groupby(["arm", "config", "steps", "budget"]).size()
+    assert set(curves.config) == {"", "gate lr=0.05, λ=0.01"}
+    assert (per_cell == cfg.eval_size).all()
+    assert set(curves.half) == {"select", "judge"} and (curves[curves.window < 8].half == "select").all()
+    assert curves.bpb.gt(0).all() and computed.tables["premise_gates"].gate_shift.ge(0).all()
+    assert "scores" not in computed.tables
+
+
+def test_stage1_judges_every_premise_on_the_other_half(stage1):
+    cfg, computed = stage1
+    results = experiment.summary.judge(cfg, computed)
+    names = [f"{task}: {c.name}" for task in ("text", "dictmc") for c in claims.stage1_premises(task, 0.25, 1, 1)]
+    assert list(results.claims.claim) == names and len(names) == 7  # whether the gates moved is judged on text
+    assert (results.claims.role == "premise").all() and list(results.claims.n) == [8] * 4 + [4] * 3  # judging half
+    assert set(results.claims.claim[results.claims["interval verdict"].isna()]) == set()
+    assert results.stage1.chosen.sum() == 1
+    assert not summary.ran_comparison(results)
+    assert summary.stage2_status(results).startswith("STAGE 2 DID NOT RUN")
+    lines = experiment.verdict_lines(results)
+    assert any("STAGE 2 DID NOT RUN" in line for line in lines)
+    metrics = experiment.headline_metrics(results)
+    assert "premise/text/learned ranking beats random/met" in metrics and "text/dense/bpb" in metrics
+    assert "dictmc/dense/accuracy" in metrics
+    again = experiment.summary.judge(cfg, computed.roundtrip())
+    pd.testing.assert_frame_equal(results.claims, again.claims, check_dtype=False)
+    assert experiment.verdict_text(results) == experiment.verdict_text(again)
+
+
+def test_stage1_choice_takes_the_largest_edge_among_gates_that_moved():
+    curves, gates = [], []
+    for config, shift, learned in (("a", 0.001, 1.0), ("b", 0.05, 1.5), ("c", 0.05, 1.2)):
+        row = {"task": "text", "config": config, "steps": 5, "half": "select"}
+        for arm, bpb in (("gateskip", learned), (CONTROL, 2.0)):
+            curves.append({**row, "arm": arm, "budget": 0.05, "bpb": bpb})
+        curves.append({**row, "arm": "gateskip", "budget": 0.0, "bpb": 0.9})
+        curves.append({**row, "half": "judge", "arm": "gateskip", "budget": 0.05, "bpb": 0.1})  # never chooses
+        gates.append({"config": config, "steps": 5, "half": "select", "gate_shift": shift})
+    table = selection.stage1_choice(pd.DataFrame(curves), pd.DataFrame(gates), 0.05, 0.01)
+    assert table[table.chosen].config.tolist() == ["c"]  # "a" ranks best but its gates never moved
+    assert np.allclose(table.set_index("config").edge, [1.0, 0.5, 0.8])
+
+
+def test_token_text_counts_the_bytes_each_window_scores():
+    cfg = dataclasses.replace(experiment.configure("cpu", {}), text_length=8, eval_size=4)
+    text = data.TokenText(ByteTokenizer(), cfg, 0)
+    assert text.windows.shape == (4, 8) and (text.scored_bytes == 7).all()  # one byte per token, positions 1..7
+    assert text.batch(3).shape == (3, 8) and text.provenance["val"]["tokens"] > 0
+    assert np.isfinite(data.window_trivial_bpb(text, 256)).all()
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.TokenText(ByteTokenizer(), cfg, 0, "train")
+
+
+def test_dictionary_questions_have_one_right_definition_among_four():
+    questions = data.dictionary_questions(20, 0)
+    assert len({word for word, _, _ in questions}) == 20
+    for word, options, answer in questions:
+        assert len(set(options)) == data.MC_OPTIONS and 0 <= answer < data.MC_OPTIONS
+        assert all(3 <= len(o.split()) <= 24 and word.lower()[:5] not in o.lower() for o in options)
+    assert data.dictionary_questions(20, 0) == questions and data.dictionary_questions(20, 1) != questions
+    assert not {w for w, _, _ in questions} & {w for w, _, _ in data.dictionary_questions(200, 0, "test")}
+
+
+def test_a_pretrained_llm_trains_its_gates_on_text_and_dictmc_needs_one():
+    with pytest.raises(ValueError, match="'tasks' must start with 'text'"):
+        experiment.configure("cpu", {"tasks": ("text", "cumsum")})
+    with pytest.raises(ValueError, match="'tasks' must start with 'text'"):
+        experiment.configure("cpu", {"tasks": ("dictmc",)})
+    with pytest.raises(ValueError, match="task 'dictmc' needs a pretrained LLM"):
+        experiment.configure("toy", {"tasks": ("text", "dictmc")})
