@@ -54,7 +54,7 @@ def test_stage1_scores_every_window_of_every_arm_budget_and_stop(stage1):
     assert mc.groupby(["arm", "budget"]).size().to_dict() == {
         (CONTROL, 0.25): 8, ("dense", 0.0): 8, ("gateskip", 0.0): 8, ("gateskip", 0.25): 8, ("trivial", 0.0): 8}
     assert mc.accuracy.isin([0.0, 1.0]).all() or (mc[mc.arm == "trivial"].accuracy == 0.25).all()
-    assert len(set(mc[mc.arm == "gateskip"].config)) == 1
+    assert len(set(mc[mc.arm == "gateskip"].config)) == 1 and set(mc.half) == {"judge"}
     assert sorted(set(curves[curves.arm == "gateskip"].steps)) == [3, 6]  # both stops of the schedule
     per_cell = curves.groupby(["arm", "config", "steps", "budget"]).size()
     assert set(curves.config) == {"", "gate lr=0.05, λ=0.01"}
@@ -69,7 +69,8 @@ def test_stage1_judges_every_premise_on_the_other_half(stage1):
     results = experiment.summary.judge(cfg, computed)
     names = [f"{task}: {c.name}" for task in ("text", "dictmc") for c in claims.stage1_premises(task, 0.25, 1, 1)]
     assert list(results.claims.claim) == names and len(names) == 7  # whether the gates moved is judged on text
-    assert (results.claims.role == "premise").all() and list(results.claims.n) == [8] * 4 + [4] * 3  # judging half
+    # text: its judging half; dictmc: every question (nothing is chosen on it)
+    assert (results.claims.role == "premise").all() and list(results.claims.n) == [8] * 4 + [8] * 3
     assert set(results.claims.claim[results.claims["interval verdict"].isna()]) == set()
     assert results.stage1.chosen.sum() == 1
     assert not summary.ran_comparison(results)
@@ -125,3 +126,13 @@ def test_a_pretrained_llm_trains_its_gates_on_text_and_dictmc_needs_one():
         experiment.configure("cpu", {"tasks": ("dictmc",)})
     with pytest.raises(ValueError, match="task 'dictmc' needs a pretrained LLM"):
         experiment.configure("toy", {"tasks": ("text", "dictmc")})
+
+
+def test_dictmc_scores_each_option_after_the_word_and_after_the_neutral_prompt():
+    mc = data.DictMC(ByteTokenizer(), experiment.configure("cpu", {}), 0, 3)
+    sizes = [len((" " + option).encode()) for _, options, _ in mc.questions for option in options]
+    for name in ("word", "neutral"):  # the scored positions of each row are exactly its option's tokens
+        assert mc.tokens[name].shape[0] == 3 * data.MC_OPTIONS
+        assert mc.scored[name].sum(1).tolist() == sizes
+    assert all(f'"{word}"' in ByteTokenizer().decode(mc.tokens["word"][data.MC_OPTIONS * i].tolist())
+               for i, (word, _, _) in enumerate(mc.questions))

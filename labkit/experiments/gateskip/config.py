@@ -68,7 +68,7 @@ class Config:
     # stage 1 (smollm2): train the gates only, the LM frozen (its pilot's joint fine-tunes degraded the LM)
     freeze_lm: bool = False
     # stage 1: skipped fractions at which learned and random ranking are compared; the premise is read at the last
-    mc_questions: Count = 400  # dictmc: validation questions (half choose nothing: dictmc only judges)
+    mc_questions: Count = 200  # dictmc: validation questions, every one judged (nothing is chosen on dictmc)
     premise_budgets: Annotated[tuple[float, ...], Interval("(0, 1)"), NON_EMPTY, UNIQUE] = (0.02, 0.05)
     budgets: Annotated[tuple[float, ...], Interval("[0, 1)"), NON_EMPTY, UNIQUE] = (
         0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # inference skip ratios r

@@ -9,7 +9,7 @@ With a real pretrained LLM (stage 1, :class:`TokenText`) the same stdlib files a
 bits per byte divide each window's loss by the UTF-8 bytes its scored tokens decode to, so they compare across
 tokenizers; each window is scored on its own, the unit the premise is paired on. ``dictmc`` (:class:`DictMC`) is an
 accuracy task the gates are not trained on: which of four GCIDE definitions belongs to a headword, by the LM's
-likelihood of each definition per byte; its unit is the question.
+likelihood of each definition after the headword against after a neutral prompt; its unit is the question.
 """
 
 from __future__ import annotations
@@ -351,48 +351,57 @@ def dictionary_questions(n: int, seed: int, split: str = "val") -> list[tuple[st
 
 
 class DictMC:
-    """``dictionary_questions`` as token sequences ``"<headword>: <definition>"``, one per option, right-padded with
-    EOS (a causal LM's scores of earlier positions do not see the padding); each option scored by its tokens'
-    log-likelihood per UTF-8 byte. ``questions`` of validation, drawn with ``seed``."""
+    """``dictionary_questions`` as token sequences, each option twice: after ``The word "<headword>" means:`` and after
+    the neutral ``Definition:``, right-padded with EOS (a causal LM's scores of earlier positions do not see the
+    padding). An option is scored by the log-likelihood of its tokens under the headword less that under the neutral
+    prompt (pointwise mutual information: a definition is not chosen for being a likely sentence); measured on
+    SmolLM2 this takes the pretrained LM from 34 % (the likelihood alone) to 66 % on 100 validation questions.
+    ``questions`` of validation, drawn with ``seed``."""
+
+    NEUTRAL = "Definition:"
 
     def __init__(self, tokenizer: Any, cfg: Config, seed: int, questions: int) -> None:
         self.cfg = cfg
         self.questions = dictionary_questions(questions, seed)
         self.answers = torch.tensor([answer for _, _, answer in self.questions])
-        rows, spans, sizes = [], [], []
-        for word, options, _ in self.questions:
-            prompt = tokenizer.encode(f"{word}:", add_special_tokens=False)
-            for option in options:
-                ids = tokenizer.encode(" " + option, add_special_tokens=False)
-                rows.append(prompt + ids)
-                spans.append((len(prompt), len(prompt) + len(ids)))
-                sizes.append(len((" " + option).encode("utf-8")))
-        width = max(map(len, rows))
-        self.tokens = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
-        positions = torch.arange(1, width)[None]  # the target positions of the next-token predictions
-        begin, end = torch.tensor(spans).T
-        self.scored = (positions >= begin[:, None]) & (positions < end[:, None])
-        self.option_bytes = torch.tensor(sizes, dtype=torch.float64)
+        self.tokens, self.scored = {}, {}
+        for name, prompt_of in (("word", lambda w: f'The word "{w}" means:'), ("neutral", lambda w: self.NEUTRAL)):
+            rows, spans = [], []
+            for word, options, _ in self.questions:
+                prompt = tokenizer.encode(prompt_of(word), add_special_tokens=False)
+                for option in options:
+                    ids = tokenizer.encode(" " + option, add_special_tokens=False)
+                    rows.append(prompt + ids)
+                    spans.append((len(prompt), len(prompt) + len(ids)))
+            width = max(map(len, rows))
+            self.tokens[name] = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
+            positions = torch.arange(1, width)[None]  # the target positions of the next-token predictions
+            begin, end = torch.tensor(spans).T
+            self.scored[name] = (positions >= begin[:, None]) & (positions < end[:, None])
 
 
 @torch.no_grad()
 def mc_correct(
     model: nn.Module, mc: DictMC, context: SkipContext | None = None, device: torch.device | None = None
 ) -> tuple[np.ndarray, float]:
-    """Per question, 1 when the right definition has the highest log-likelihood per byte (``eval_batch`` x 4
-    sequences per forward, each inside a fresh ``context()``), and the mean token x branch fraction skipped."""
+    """Per question, 1 when the right definition scores highest (:class:`DictMC`: its log-likelihood after the
+    headword less after the neutral prompt; ``eval_batch`` x 4 sequences per forward, each inside a fresh
+    ``context()``), and the mean token x branch fraction skipped."""
     model.eval()
-    scores, fractions = [], []
-    step = mc.cfg.eval_batch * MC_OPTIONS
-    for start in range(0, mc.tokens.shape[0], step):
-        x = mc.tokens[start : start + step].to(device or "cpu")
-        if context is None:
-            logits = model(x, use_cache=False).logits
-        else:
-            with context() as stats:
+    fractions, step = [], mc.cfg.eval_batch * MC_OPTIONS
+    loglik = {}
+    for name, tokens in mc.tokens.items():
+        scores = []
+        for start in range(0, tokens.shape[0], step):
+            x = tokens[start : start + step].to(device or "cpu")
+            if context is None:
                 logits = model(x, use_cache=False).logits
-            fractions.append(stats.skipped_fraction)
-        logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").double().cpu()
-        scores.append((logp * mc.scored[start : start + step]).sum(1))
-    per_byte = (torch.cat(scores) / mc.option_bytes).view(-1, MC_OPTIONS)
-    return (per_byte.argmax(1) == mc.answers).double().numpy(), float(np.mean(fractions)) if fractions else 0.0
+            else:
+                with context() as stats:
+                    logits = model(x, use_cache=False).logits
+                fractions.append(stats.skipped_fraction)
+            logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").double().cpu()
+            scores.append((logp * mc.scored[name][start : start + step]).sum(1))
+        loglik[name] = torch.cat(scores)
+    pmi = (loglik["word"] - loglik["neutral"]).view(-1, MC_OPTIONS)
+    return (pmi.argmax(1) == mc.answers).double().numpy(), float(np.mean(fractions)) if fractions else 0.0

@@ -12,7 +12,7 @@ Every score is per window (the unit the premise is paired on). A configuration a
 the text windows (:func:`~.selection.stage1_choice`) and the premises are judged on the other half. With ``dictmc``
 among the tasks, the chosen gates (trained on text only) and the pretrained LM are then scored on GCIDE multiple-choice
 questions at full compute and at the last premise budget, ranked by the gates and at random: an accuracy task the
-gates never saw, its unit the question.
+gates never saw, its unit the question (every question judges: nothing is chosen on them).
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ def _half(window: int, n: int) -> str:
 
 def _rows(values: Any, base: dict[str, Any], task: str = "text", **columns: Any) -> list[dict[str, Any]]:
     """One row per window (question) of the per-window ``values`` of ``task``'s quality, tagged ``base`` and
-    ``columns``."""
+    ``columns``; text's windows are split into halves, dictmc's questions all judge (nothing is chosen on them)."""
     n, metric = len(values), quality_column(task)
-    return [{"task": task, **base, **columns, "window": i, "half": _half(i, n), metric: float(v)}
-            for i, v in enumerate(values)]
+    return [{"task": task, **base, **columns, "window": i, "half": _half(i, n) if task == "text" else HALVES[1],
+             metric: float(v)} for i, v in enumerate(values)]
 
 
 def _load(cfg: Config, seed: int) -> tuple[nn.Module, TokenText, torch.device]:
