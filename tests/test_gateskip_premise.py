@@ -136,3 +136,14 @@ def test_dictmc_scores_each_option_after_the_word_and_after_the_neutral_prompt()
         assert mc.scored[name].sum(1).tolist() == sizes
     assert all(f'"{word}"' in ByteTokenizer().decode(mc.tokens["word"][data.MC_OPTIONS * i].tolist())
                for i, (word, _, _) in enumerate(mc.questions))
+
+
+def test_dictmc_is_judged_with_the_gates_its_rows_were_scored_with():
+    choice = pd.DataFrame([{"config": "a", "steps": 5, "chosen": True}, {"config": "b", "steps": 5, "chosen": False}])
+    rows = [{"task": "dictmc", "arm": "gateskip", "config": "b", "steps": 5}, {"task": "dictmc", "arm": "dense",
+                                                                               "config": "", "steps": 0}]
+    assert summary._gates_of("text", pd.DataFrame(rows), choice).config == "a"
+    assert summary._gates_of("dictmc", pd.DataFrame(rows), choice).config == "b"  # not re-chosen at judgement
+    rows.append({"task": "dictmc", "arm": "gateskip", "config": "a", "steps": 5})
+    with pytest.raises(ValueError, match="scored with 2 gate configurations"):
+        summary._gates_of("dictmc", pd.DataFrame(rows), choice)

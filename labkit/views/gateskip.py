@@ -12,6 +12,7 @@ from torch import nn
 
 from labkit import plots, protocol, skip
 from labkit.data import sequences
+from labkit.experiments.gateskip.arms.grid import CONTROL
 from labkit.views.claims import claims_forest as forest
 
 
@@ -220,7 +221,7 @@ def premise_curves(curves: pd.DataFrame, stage1: pd.DataFrame, history: pd.DataF
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, (config, steps) in enumerate(last.items()):
         ours = sel[(sel.config == config) & (sel.steps == steps)]
-        for arm, style in (("gateskip", "-"), ("gateskip + random rank", "--")):
+        for arm, style in (("gateskip", "-"), (CONTROL, "--")):
             points = pd.concat([ours[(ours.arm == "gateskip") & (ours.budget == 0)], ours[ours.arm == arm]])
             mean = points.groupby("budget").bpb.mean()
             label = f"{config}: {'gates' if arm == 'gateskip' else 'random'}"
