@@ -42,7 +42,7 @@ class Architecture:
 
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
-MLP_NAMES = ("mlp", "feed_forward", "ffn")  # else: the one child class named *MLP
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # else: the one child class named *MLP
 ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)
 
 
@@ -319,13 +319,18 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             f"{type(layer).__name__} in {type(model).__name__} does not map one residual stream to one: layer input "
             f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
             f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
-    error = (h_out - (h_in + a + m)).abs().max()
+    # h_out = α h_in + β a + γ m with scalars: 1, 1, 1 in most families; β = γ = a residual multiplier (Granite's
+    # muP, MiniCPM's depth scale). Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
+    terms = torch.stack([h_in.double().flatten(), a.double().flatten(), m.double().flatten()], dim=1)
+    fit = torch.linalg.lstsq(terms, h_out.double().flatten()[:, None]).solution.flatten()
+    error = (h_out.double().flatten() - terms @ fit).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
-    if not error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale:
+    if not (error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()):
         raise ValueError(
             f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
-            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to the residual stream: layer output - (input + "
-            f"branches) is {float(error):.3g}; looked for h_out = h_in + attention + mlp"
+            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: the best fit "
+            f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by {float(error):.3g}; "
+            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
         )
     parallel = torch.equal(record["mlp_in"], found["mlp_in"])
     return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
@@ -460,6 +465,11 @@ def gate_penalty(model: nn.Module, penalty: str = "l2", keep_fraction: float = 0
     return torch.stack(terms).mean()
 
 
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every residual gate of ``model`` (none for a model without gates)."""
+    return [p for b in gated_branches(model) if b.residual_gate is not None for p in b.residual_gate.parameters()]
+
+
 def parameter_groups(model: nn.Module, lr: float, gate_lr: float = 0.0) -> list[dict[str, Any]]:
     """AdamW parameter groups: the residual gates' parameters at peak ``gate_lr`` (0: ``lr``), all others at ``lr``.
 
@@ -471,9 +481,7 @@ def parameter_groups(model: nn.Module, lr: float, gate_lr: float = 0.0) -> list[
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not (isinstance(gate_lr, (int, float)) and math.isfinite(gate_lr) and gate_lr >= 0):
         raise ValueError(f"gate_lr must be a finite number >= 0 (0: the same as lr), got {gate_lr!r}")
-    gate_ids = {
-        id(p) for b in gated_branches(model) if b.residual_gate is not None for p in b.residual_gate.parameters()
-    }
+    gate_ids = {id(p) for p in gate_parameters(model)}
     rest = [p for p in model.parameters() if id(p) not in gate_ids]
     gates = [p for p in model.parameters() if id(p) in gate_ids]
     groups: list[dict[str, Any]] = [{"params": rest, "lr": lr}]

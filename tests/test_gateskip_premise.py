@@ -3,15 +3,18 @@ SmolLM2 (the tests never read the 98 MB model): per-window scores, the choice on
 the premises judged on the other half, GCIDE multiple choice with the chosen gates, the stage-2 status and a CSV
 round trip that keeps every verdict."""
 
+import contextlib
 import dataclasses
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from labkit import gate, skip
 from labkit.experiments import gateskip as experiment
 from labkit.experiments.gateskip import claims, data, summary
-from labkit.experiments.gateskip.arms import CONTROL, selection
+from labkit.experiments.gateskip.arms import CONTROL, premise, selection
 from labkit.models import decoder_lm, pretrained
 
 
@@ -147,3 +150,64 @@ def test_dictmc_is_judged_with_the_gates_its_rows_were_scored_with():
     rows.append({"task": "dictmc", "arm": "gateskip", "config": "a", "steps": 5})
     with pytest.raises(ValueError, match="scored with 2 gate configurations"):
         summary._gates_of("dictmc", pd.DataFrame(rows), choice)
+
+
+def test_held_out_windows_never_overlap_and_too_many_is_a_clear_error():
+    stream = torch.arange(40)
+    starts = data.disjoint_windows(stream, 5, 8, torch.Generator().manual_seed(0))[:, 0]
+    assert sorted(starts.tolist()) == [0, 8, 16, 24, 32]  # all five non-overlapping windows, each once
+    with pytest.raises(ValueError, match=r"'eval_size' \(6\) needs 6 non-overlapping windows of 8 tokens; .* has 5"):
+        data.disjoint_windows(stream, 6, 8, torch.Generator())
+
+
+def test_dictmc_skips_the_budget_of_real_tokens_not_of_padding():
+    """EOS padding is exempt from skipping: unmasked, the budget of a padded batch fell on the real tokens alone
+    (2.9-3.9x the nominal 5 % on SmolLM2's questions). Masked, the skipped share of real tokens is the budget."""
+    model, tokenizer = tiny_llm()
+    model = gate.add_gates(model, kind="scalar")
+    mc = data.DictMC(tokenizer, experiment.configure("cpu", {"eval_batch": 3}), 0, 6)
+    real, skipped, budget = 0, 0, 0.25
+
+    @contextlib.contextmanager
+    def context():
+        nonlocal real, skipped
+        with skip.budget(model, budget, ranking="random", measure_flops=False, record=True) as stats:
+            yield stats
+        keep = torch.stack([r["keep"] for r in stats.records.values()])
+        mask = forwards.pop(0)
+        real += int(mask.sum()) * keep.shape[0]
+        skipped += int((~keep & mask).sum())
+
+    forwards = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        forwards.append(kwargs["attention_mask"].bool())
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    correct, fraction = data.mc_correct(model, mc, context)
+    assert correct.shape == (6,) and not forwards
+    assert abs(skipped / real - budget) < 0.01 and abs(fraction - budget) < 0.01
+
+
+def test_random_ranking_draws_anew_for_every_forward():
+    """One draw per evaluation batch repeated the random mask every batch; each forward now draws its own, and a fresh
+    set of contexts draws the same sequence again (the run is reproducible)."""
+    model = gate.add_gates(tiny_llm()[0], kind="scalar")
+    cfg, x = experiment.configure("cpu", {}), torch.randint(1, 256, (4, 16))
+
+    def logits(contexts) -> list[torch.Tensor]:
+        return [data.forward_logits(model, x, contexts, []) for _ in range(2)]
+
+    first, second = logits(premise._contexts(model, cfg, 0.5, "random", 0))
+    assert not torch.allclose(first, second)  # a different half of the tokens skipped each time
+    assert torch.equal(logits(premise._contexts(model, cfg, 0.5, "random", 0))[0], first)
+
+
+def test_premise_budgets_ascend_and_stage_one_needs_no_comparison_grids():
+    with pytest.raises(ValueError, match="'premise_budgets' must ascend"):
+        experiment.configure("cpu", {"premise_budgets": (0.05, 0.02)})
+    experiment.configure("cpu", {"dense_lrs": (1e-3,)})  # stage 1 tunes GateSkip alone: unequal grids are fine
+    with pytest.raises(ValueError, match="same tuning budget"):
+        experiment.configure("toy", {"dense_lrs": (1e-3,)})

@@ -67,8 +67,9 @@ class Config:
     train_skip_end: Annotated[float, Interval("[0, 1)")] = 0.2
     # stage 1 (smollm2): train the gates only, the LM frozen (its pilot's joint fine-tunes degraded the LM)
     freeze_lm: bool = False
-    # stage 1: skipped fractions at which learned and random ranking are compared; the premise is read at the last
     mc_questions: Count = 200  # dictmc: validation questions, every one judged (nothing is chosen on dictmc)
+    # stage 1: skipped fractions (ascending) at which learned and random ranking are compared; the premise is read
+    # at the last
     premise_budgets: Annotated[tuple[float, ...], Interval("(0, 1)"), NON_EMPTY, UNIQUE] = (0.02, 0.05)
     budgets: Annotated[tuple[float, ...], Interval("[0, 1)"), NON_EMPTY, UNIQUE] = (
         0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # inference skip ratios r
@@ -104,6 +105,11 @@ class Config:
             raise ValueError(f"parameter 'tasks' must start with 'text' and hold only {LLM_TASKS} with model "
                              f"{self.model!r} (its gates train on text; running sums need the tiny model's own "
                              f"vocabulary), got {self.tasks}")
+        if list(self.premise_budgets) != sorted(self.premise_budgets):
+            raise ValueError(f"parameter 'premise_budgets' must ascend (the premise is read at the last, the "
+                             f"largest), got {self.premise_budgets}")
+        if self.model != "tiny":  # stage 1 tunes GateSkip alone: the other families' grids are not used
+            return
         sizes = {
             "dense_lrs": len(self.dense_lrs),
             "gate_lrs x sparsity_weights": len(self.gate_lrs) * len(self.sparsity_weights),

@@ -33,6 +33,25 @@ from labkit.experiments.gateskip.config import Config
 SkipContext = Callable[[], AbstractContextManager[skip.SkipStats]]  # a fresh skip block per evaluation batch
 
 
+
+def forward_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    context: SkipContext | None,
+    fractions: list[float],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The logits of one forward over ``x`` (no KV cache), inside a fresh ``context()`` when one is given: its
+    token x branch fraction skipped is appended to ``fractions``. ``attention_mask`` marks real tokens (padding is
+    neither attended to nor counted in the budget)."""
+    if context is None:
+        return model(x, attention_mask=attention_mask, use_cache=False).logits
+    with context() as stats:
+        logits = model(x, attention_mask=attention_mask, use_cache=False).logits
+    fractions.append(stats.skipped_fraction)
+    return logits
+
+
 EVAL_SPLITS = ("val", "test")  # tuning sees "val", the frozen configuration is reported on "test"
 
 
@@ -99,12 +118,7 @@ def evaluate(model: nn.Module, task: Task, context: SkipContext | None = None, s
     fractions = []
     for start in range(0, tokens.shape[0], cfg.eval_batch):
         x = tokens[start : start + cfg.eval_batch].to(task.device)
-        if context is None:
-            logits = model(x, use_cache=False).logits
-        else:
-            with context() as stats:
-                logits = model(x, use_cache=False).logits
-            fractions.append(stats.skipped_fraction)
+        logits = forward_logits(model, x, context, fractions)
         pred, target = logits[:, :-1], x[:, 1:]
         correct = (pred.argmax(-1) == target) & scored
         n_correct += int(correct.sum())
@@ -240,6 +254,17 @@ def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str,
     return gates, skips
 
 
+def disjoint_windows(stream: torch.Tensor, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` windows of ``length`` tokens of ``stream`` drawn without replacement from its non-overlapping windows:
+    no token is scored twice, and a window that chooses never overlaps one that judges."""
+    available = stream.numel() // length
+    if n > available:
+        raise ValueError(f"parameter 'eval_size' ({n}) needs {n} non-overlapping windows of {length} tokens; the "
+                         f"held-out text has {available}")
+    starts = torch.randperm(available, generator=generator)[:n] * length
+    return stream[starts[:, None] + torch.arange(length)[None]]
+
+
 class TokenText:
     """The stdlib text task in a pretrained LLM's tokens: a training stream and held-out windows of ``split``, each
     with the UTF-8 bytes its scored tokens (positions 1 .. T-1) decode to, so bits per byte compare across
@@ -258,7 +283,7 @@ class TokenText:
             self.provenance[part]["tokens"] = int(streams[part].numel())
         self.train = streams["train"]
         gen = torch.Generator().manual_seed((10_000 if split == "val" else 50_000) + seed)
-        self.windows = sequences.byte_windows(streams[split], cfg.eval_size, cfg.text_length, gen)
+        self.windows = disjoint_windows(streams[split], cfg.eval_size, cfg.text_length, gen)
         self.scored_bytes = torch.tensor(
             [len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in self.windows], dtype=torch.float64
         )
@@ -278,12 +303,7 @@ def window_bpb(
     nll, fractions = [], []
     for start in range(0, text.windows.shape[0], text.cfg.eval_batch):
         x = text.windows[start : start + text.cfg.eval_batch].to(device or "cpu")
-        if context is None:
-            logits = model(x, use_cache=False).logits
-        else:
-            with context() as stats:
-                logits = model(x, use_cache=False).logits
-            fractions.append(stats.skipped_fraction)
+        logits = forward_logits(model, x, context, fractions)
         loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").sum(1)
         nll.append(loss.double().cpu())
     bpb = torch.cat(nll) / text.scored_bytes / math.log(2)
@@ -352,8 +372,8 @@ def dictionary_questions(n: int, seed: int, split: str = "val") -> list[tuple[st
 
 class DictMC:
     """``dictionary_questions`` as token sequences, each option twice: after ``The word "<headword>" means:`` and after
-    the neutral ``Definition:``, right-padded with EOS (a causal LM's scores of earlier positions do not see the
-    padding). An option is scored by the log-likelihood of its tokens under the headword less that under the neutral
+    the neutral ``Definition:``, right-padded with EOS to the longest row (:func:`mc_correct` trims each batch to its
+    own longest row and masks the padding, so the skip budget counts real tokens only). An option is scored by the log-likelihood of its tokens under the headword less that under the neutral
     prompt (pointwise mutual information: a definition is not chosen for being a likely sentence); measured on
     SmolLM2 this takes the pretrained LM from 34 % (the likelihood alone) to 66 % on 100 validation questions.
     ``questions`` of validation, drawn with ``seed``."""
@@ -364,7 +384,7 @@ class DictMC:
         self.cfg = cfg
         self.questions = dictionary_questions(questions, seed)
         self.answers = torch.tensor([answer for _, _, answer in self.questions])
-        self.tokens, self.scored = {}, {}
+        self.tokens, self.scored, self.lengths = {}, {}, {}
         for name, prompt_of in (("word", lambda w: f'The word "{w}" means:'), ("neutral", lambda w: self.NEUTRAL)):
             rows, spans = [], []
             for word, options, _ in self.questions:
@@ -374,6 +394,7 @@ class DictMC:
                     rows.append(prompt + ids)
                     spans.append((len(prompt), len(prompt) + len(ids)))
             width = max(map(len, rows))
+            self.lengths[name] = torch.tensor([len(r) for r in rows])
             self.tokens[name] = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
             positions = torch.arange(1, width)[None]  # the target positions of the next-token predictions
             begin, end = torch.tensor(spans).T
@@ -385,23 +406,21 @@ def mc_correct(
     model: nn.Module, mc: DictMC, context: SkipContext | None = None, device: torch.device | None = None
 ) -> tuple[np.ndarray, float]:
     """Per question, 1 when the right definition scores highest (:class:`DictMC`: its log-likelihood after the
-    headword less after the neutral prompt; ``eval_batch`` x 4 sequences per forward, each inside a fresh
-    ``context()``), and the mean token x branch fraction skipped."""
+    headword less after the neutral prompt; ``eval_batch`` x 4 sequences per forward, padded to the batch's longest
+    and masked, each inside a fresh ``context()``), and the mean token x branch fraction skipped of real tokens."""
     model.eval()
     fractions, step = [], mc.cfg.eval_batch * MC_OPTIONS
     loglik = {}
     for name, tokens in mc.tokens.items():
         scores = []
         for start in range(0, tokens.shape[0], step):
-            x = tokens[start : start + step].to(device or "cpu")
-            if context is None:
-                logits = model(x, use_cache=False).logits
-            else:
-                with context() as stats:
-                    logits = model(x, use_cache=False).logits
-                fractions.append(stats.skipped_fraction)
+            lengths = mc.lengths[name][start : start + step]
+            width = int(lengths.max())
+            x = tokens[start : start + step, :width].to(device or "cpu")
+            real = (torch.arange(width)[None] < lengths[:, None]).long().to(x.device)
+            logits = forward_logits(model, x, context, fractions, attention_mask=real)
             logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").double().cpu()
-            scores.append((logp * mc.scored[name][start : start + step]).sum(1))
+            scores.append((logp * mc.scored[name][start : start + step, : width - 1]).sum(1))
         loglik[name] = torch.cat(scores)
     pmi = (loglik["word"] - loglik["neutral"]).view(-1, MC_OPTIONS)
     return (pmi.argmax(1) == mc.answers).double().numpy(), float(np.mean(fractions)) if fractions else 0.0

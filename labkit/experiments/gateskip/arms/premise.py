@@ -18,6 +18,7 @@ gates never saw, its unit the question (every question judges: nothing is chosen
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, Config, tun
 from labkit.experiments.gateskip.data import (
     MC_OPTIONS,
     DictMC,
+    SkipContext,
     TokenText,
     importance_of,
     mc_correct,
@@ -99,10 +101,16 @@ def _importance(model: nn.Module, text: TokenText, device: torch.device) -> torc
     return torch.cat(parts, dim=1)
 
 
+def _contexts(model: nn.Module, cfg: Config, budget: float, ranking: str, seed: int) -> SkipContext:
+    """Fresh skip contexts at ``budget`` ranked by ``ranking``, one per forward, each with its own random draw (seeds
+    ``seed * 10_000``, +1, ...): random ranking never repeats its pattern from one batch to the next."""
+    draws = itertools.count(seed * 10_000)
+    return lambda: skip.budget(model, budget, scope=cfg.scope, ranking=ranking, seed=next(draws), measure_flops=False)
+
+
 def _freeze_lm(model: nn.Module) -> None:
     """Train the residual gates alone: every other parameter stops taking gradients."""
-    gates = {id(p) for b in gate.gated_branches(model) if b.residual_gate is not None
-             for p in b.residual_gate.parameters()}
+    gates = {id(p) for p in gate.gate_parameters(model)}
     for p in model.parameters():
         p.requires_grad_(id(p) in gates)
 
@@ -134,10 +142,7 @@ def _gates_job(args: tuple[Config, Spec, tuple[int, ...], int, bool]) -> StageOn
         out.rows += _rows(full, {**base, "arm": "gateskip"}, budget=0.0, skipped_fraction=0.0)
         for budget in cfg.premise_budgets:
             for arm, ranking in (("gateskip", "gate"), (CONTROL, "random")):
-                def context(r: float = budget, k: str = ranking) -> Any:
-                    return skip.budget(model, r, scope=cfg.scope, ranking=k, seed=seed, measure_flops=False)
-
-                values, fraction = window_bpb(model, text, context, device)
+                values, fraction = window_bpb(model, text, _contexts(model, cfg, budget, ranking, seed), device)
                 out.rows += _rows(values, {**base, "arm": arm}, budget=budget, skipped_fraction=fraction)
         out.cost.append({"phase": "eval gateskip", "config": label, "seconds": time.perf_counter() - start})
 
@@ -166,11 +171,8 @@ def _mc_job(args: tuple[Config, int, dict[str, torch.Tensor] | None, dict[str, A
             raise ValueError(f"gate weights {unexpected[:3]} do not fit the gated {cfg.model!r}")
     mc = DictMC(tokenizer, cfg, seed, cfg.mc_questions)
     out, start = StageOne([]), time.perf_counter()
-
-    def context() -> Any:
-        return skip.budget(model, budget, scope=cfg.scope, ranking=ranking, seed=seed, measure_flops=False)
-
-    values, fraction = mc_correct(model, mc, context if ranking else None, device)
+    context = _contexts(model, cfg, budget, ranking, seed) if ranking else None
+    values, fraction = mc_correct(model, mc, context, device)
     out.rows += _rows(values, {**base, "arm": arm}, "dictmc", budget=budget, skipped_fraction=fraction)
     out.cost.append({"phase": "eval dictmc", "config": base["config"], "seconds": time.perf_counter() - start})
     return out
