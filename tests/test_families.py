@@ -152,6 +152,7 @@ TINY = {  # config field -> tiny value, set wherever a family's config class has
     "moe_intermediate_size": 16,
     "shared_expert_intermediate_size": 32,
     "shared_experts_intermediate_size": 32,
+    "shared_intermediate_size": 32,  # Granite-MoE-shared's shared MLP (0, none, by default)
     "num_experts": 4,
     "num_local_experts": 4,
     "n_routed_experts": 4,

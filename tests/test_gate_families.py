@@ -50,6 +50,14 @@ FAMILIES = {
                    "shared_expert_intermediate_size": 32}, SEQ),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2},
               SEQ),
+    # a residual multiplier (muP: h + 0.22 branch), attention sinks and sliding layers
+    "granite_swa": ("GraniteSWAConfig", "GraniteSWAForCausalLM",
+                    {"num_key_value_heads": 2, "residual_multiplier": 0.22, "sliding_window": 5,
+                     "attn_implementation": "eager"}, SEQ),
+    # an output gate per head (softplus) before the output projection, q/k norms, an MoE feed-forward
+    "laguna": ("LagunaConfig", "LagunaForCausalLM",
+               {"num_key_value_heads": 2, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2,
+                "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16}, SEQ),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -278,3 +286,15 @@ def test_llama4_moe_runs_masked_and_refuses_compact_clearly_falcon_is_refused():
         **{**COMMON, "num_kv_heads": 2, "new_decoder_architecture": True})).eval()
     with pytest.raises(ValueError, match="FalconDecoderLayer in FalconForCausalLM does not add its"):
         gate.add_gates(falcon)
+
+
+def test_compact_refuses_inputs_its_adapters_do_not_apply():
+    """A query scale that depends on position (Beam's full-attention layers) or a cache slot per recurrent cycle (HRM)
+    may not show in the 3-token probe; compact execution names the input instead of computing without it."""
+    model = build("llama")
+    attn = gate.decoder_layers(model)[1].self_attn
+    hidden, keep = torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="LlamaAttention: it takes 'attention_scaling' .*execution='masked'"):
+        compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.ones(1, 4, 1)})
+    with pytest.raises(ValueError, match="takes 'cycle_offset'"):
+        compact.compact_attention(attn, hidden, keep, {"cycle_offset": 0})

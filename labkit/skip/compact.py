@@ -5,10 +5,12 @@ the kept tokens only, and attention computes K/V for every token (later tokens m
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
 Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
-over the width), fused ``qkv_proj`` (Phi3), per-head fused ``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn``
-(GPT-2); rotary through the family's own function, partial rotary included; sliding windows and Gemma2's logit
-softcap in the mask and scores. An MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP.
-Llama4's complex rotary embedding has no adapter (a clear error; masked execution works).
+over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), per-head fused
+``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); rotary through the family's own function, partial
+rotary included; sliding windows, Gemma2's logit softcap and attention sinks in the mask and scores; an output gate
+before the output projection (AFMoE, Laguna, Beam). An MoE feed-forward is position-wise, so it runs on the kept
+tokens like any MLP. Llama4's complex rotary embedding and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter
+(a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ import functools
 import inspect
 import math
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
+
+
+# Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
+UNSUPPORTED_INPUTS = {
+    "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
+    "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
+}
 
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,12 +84,23 @@ def _rotary(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         done = apply(x[..., :rot].unsqueeze(1), sin.unsqueeze(1), cos.unsqueeze(1)).squeeze(1)
         return torch.cat([done.to(x.dtype), x[..., rot:]], dim=-1)
     rot = cos.shape[-1]
-    x4, c, s = x[..., :rot].unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, rot) and (N, 1, rot)
+    if apply is not None and 2 * rot == _rotary_dims(attn, x.shape[-1]):  # half-width cos / sin (GPT-OSS)
+        rot *= 2
+    x4, c, s = x[..., :rot].unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, rot) and (N, 1, width)
     if apply is not None:  # it rotates a (q, k) pair: x as q, one head of x as a k that is discarded
         done = apply(x4, x4[:, :1], c, s)[0].squeeze(2).to(x.dtype)
     else:
         done = (x4 * c.unsqueeze(1) + _rotate_half(x4) * s.unsqueeze(1)).squeeze(2)
     return done if rot == x.shape[-1] else torch.cat([done, x[..., rot:]], dim=-1)
+
+
+def _rotary_dims(attn: nn.Module, head_dim: int) -> int:
+    """How many dimensions of a head the family rotates, by its config (partial rotary: a fraction of them)."""
+    config = getattr(attn, "config", None)
+    rope = getattr(config, "rope_parameters", None)
+    fraction = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) or \
+        getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None) or 1.0
+    return int(head_dim * fraction)
 
 
 @functools.cache
@@ -95,6 +115,13 @@ def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch
     if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() == x.shape[-1]:
         return norm(x).view(x.shape[0], -1, head_dim)
     x = x.view(x.shape[0], -1, head_dim)
+    return norm(x) if norm is not None else x
+
+
+def _after_rotary(attn: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
+    """Queries or keys (N, heads, head_dim) through the per-head norm a family applies after rotary
+    (``query_layernorm`` / ``key_layernorm``: HunYuan), else unchanged."""
+    norm = getattr(attn, f"{which}_layernorm", None)
     return norm(x) if norm is not None else x
 
 
@@ -117,6 +144,8 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, *_rows(attn.qkv_proj, slice(0, width))).view(x.shape[0], -1, hd)
     if hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [q | k | v]
         return F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0))).view(x.shape[0], -1, hd)
+    if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
+        return F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, 0))).view(x.shape[0], -1, hd)
     if hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
         width = attn.split_size
         return (x @ attn.c_attn.weight[:, :width] + attn.c_attn.bias[:width]).view(x.shape[0], -1, hd)
@@ -136,6 +165,9 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
         v = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 2)))
         return k.view(n, -1, hd), v.view(n, -1, hd)
+    if isinstance(getattr(attn, "c_attn", None), nn.Linear):
+        k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
+        return k.view(n, -1, hd), v.view(n, -1, hd)
     if hasattr(attn, "c_attn"):
         width = attn.split_size
         k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
@@ -143,15 +175,23 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     raise _no_adapter(attn)
 
 
-def _neox_rows(attn: nn.Module, part: int) -> torch.Tensor:
-    """Rows of GPT-NeoX's fused projection holding part 0 (q), 1 (k) or 2 (v) of every head."""
+def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
+    """Rows of a per-head fused projection (GPT-NeoX's ``query_key_value``, or ``fused``) holding part 0 (q), 1 (k)
+    or 2 (v) of every head."""
+    fused = attn.query_key_value if fused is None else fused
     hd = _head_dim(attn)
-    heads = attn.query_key_value.out_features // (3 * hd)
-    return (
-        torch.arange(heads, device=attn.query_key_value.weight.device)[:, None] * 3 * hd
-        + part * hd
-        + torch.arange(hd, device=attn.query_key_value.weight.device)
-    ).reshape(-1)
+    heads = fused.out_features // (3 * hd)
+    device = fused.weight.device
+    return (torch.arange(heads, device=device)[:, None] * 3 * hd + part * hd + torch.arange(hd, device=device)).reshape(-1)
+
+
+def _bigcode_rows(attn: nn.Module, part: int) -> torch.Tensor | slice:
+    """Rows of GPTBigCode's fused ``c_attn`` holding part 0 (q), 1 (k) or 2 (v): [q | k | v] with one K/V head under
+    multi-query attention, else per head like GPT-NeoX."""
+    if not attn.multi_query:
+        return _neox_rows(attn, part, attn.c_attn)
+    start = (0, attn.embed_dim, attn.embed_dim + attn.kv_dim)[part]
+    return slice(start, start + (attn.embed_dim if part == 0 else attn.kv_dim))
 
 
 def _no_adapter(attn: nn.Module) -> ValueError:
@@ -160,6 +200,25 @@ def _no_adapter(attn: nn.Module) -> ValueError:
         "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX) or c_attn/c_proj (GPT-2); "
         "use execution='masked'"
     )
+
+
+def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """Gated attention: the mixed values ``o`` times a gate of each token's input ``x`` before the output projection,
+    sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam) or softplus of ``g_proj`` (Laguna), per channel
+    or one per head; ``o`` unchanged for an attention without one."""
+    if hasattr(attn, "g_proj"):
+        gate = F.softplus(attn.g_proj(x).float()).to(o.dtype)
+    elif hasattr(attn, "gate_proj"):
+        logits = attn.gate_proj(x)
+        bias = getattr(attn, "gate_bias", None)  # one per head (Beam)
+        if bias is not None:
+            logits = (logits.view(*logits.shape[:-1], bias.numel(), -1) + bias[:, None]).view(logits.shape)
+        gate = torch.sigmoid(logits)
+    else:
+        return o
+    if gate.shape[-1] != o.shape[-1]:  # one gate per head
+        return (o.view(*o.shape[:-1], gate.shape[-1], -1) * gate.unsqueeze(-1)).view(o.shape)
+    return o * gate
 
 
 def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
@@ -172,15 +231,26 @@ def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
     return attn.resid_dropout(attn.c_proj(o))
 
 
-def _attention_settings(attn: nn.Module) -> tuple[float, float, int | None, float | None]:
-    """(scale, dropout, sliding window, logit softcap) of an attention module, as its own forward uses them."""
-    if hasattr(attn, "c_attn"):  # GPT-2
-        scale = 1.0 / math.sqrt(_head_dim(attn)) if attn.scale_attn_weights else 1.0
-        if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
-            scale /= float(attn.layer_idx + 1)
-        return scale, attn.attn_dropout.p if attn.training else 0.0, None, None
-    dropout = float(getattr(attn, "attention_dropout", 0.0) or 0.0) if attn.training else 0.0
-    return attn.scaling, dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None)
+class Settings(NamedTuple):
+    """How an attention module's own forward scores its keys."""
+
+    scale: float
+    dropout: float
+    window: int | None  # sliding window, or None for full attention
+    softcap: float | None  # Gemma2's logit softcap
+    sinks: torch.Tensor | None  # a learned sink logit per head (GPT-OSS, Granite-SWA): an extra softmax column
+
+
+def _attention_settings(attn: nn.Module) -> Settings:
+    """The :class:`Settings` of an attention module, as its own forward uses them."""
+    dropout = 0.0
+    if attn.training:
+        rate = getattr(attn, "attention_dropout", None)
+        rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
+        dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
+    sinks = getattr(attn, "sinks", None)
+    return Settings(attn.scaling, dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
+                    sinks if isinstance(sinks, torch.Tensor) else None)
 
 
 def _sliding_window(attn: nn.Module) -> int | None:
@@ -202,11 +272,12 @@ def _attend(
     v: torch.Tensor,
     qpos: torch.Tensor,
     key_valid: torch.Tensor | None,
-    settings: tuple[float, float, int | None, float | None],
+    settings: Settings,
 ) -> torch.Tensor:
     """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding;
-    Gemma2's logit softcap ``tanh(s / c) c`` computed explicitly (SDPA has none)."""
-    scale, dropout, window, softcap = settings
+    Gemma2's logit softcap ``tanh(s / c) c`` and attention sinks (a per-head logit in the softmax's denominator
+    only) computed explicitly (SDPA has neither)."""
+    scale, dropout, window, softcap, sinks = settings
     S = k.shape[2]
     kpos = torch.arange(S, device=q.device)[None, None, :]
     allowed = kpos <= qpos[:, :, None]
@@ -216,14 +287,22 @@ def _attend(
         allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
     grouped = k.shape[1] != q.shape[1]
-    if softcap is None:  # grouped-query heads read their K/V head without a copy per query head
+    if softcap is None and sinks is None:  # grouped-query heads read their K/V head without a copy per query head
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale,
                                               enable_gqa=grouped)
     if grouped:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-    scores = torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap) * softcap
-    weights = scores.masked_fill(~allowed[:, None], -math.inf).softmax(-1, dtype=torch.float32).to(q.dtype)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed[:, None], -math.inf)
+    if sinks is not None:
+        sink = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        scores = torch.cat([scores, sink], dim=-1)
+    weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    if sinks is not None:
+        weights = weights[..., :-1]
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
 
 
@@ -270,6 +349,10 @@ def compact_attention(
     GateSkip's copy-forward would leave them. The official code raises NotImplementedError for this case.
     """
     B, T, d = hidden.shape
+    for name, what in UNSUPPORTED_INPUTS.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
+                             "labkit's adapter does not apply; use execution='masked'")
     _, cache = find_cache(kwargs)
     if copy_forward and cache is not None and T == 1 and attn.layer_idx > 0 and not bool(keep.any()):
         copy_forward_step(attn, cache, model)
@@ -290,6 +373,7 @@ def compact_attention(
         k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d))
         if cos is not None:
             k_new = _rotary(attn, k_new, cos.reshape(B * T, -1), sin.reshape(B * T, -1))
+        k_new = _after_rotary(attn, "key", k_new)
         k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
     else:
         flat = needed.reshape(-1).nonzero().squeeze(1)
@@ -298,6 +382,7 @@ def compact_attention(
             k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
             if cos is not None:
                 k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
+            k_new = _after_rotary(attn, "key", k_new)
             k, v = (old.reshape(B * T, *new.shape[1:]).index_put((flat,), new.to(old.dtype)).view(B, T, *new.shape[1:])
                     for old, new in ((k, k_new), (v, v_new)))
     k, v = k.transpose(1, 2), v.transpose(1, 2)
@@ -310,7 +395,8 @@ def compact_attention(
     rows = slice(None) if every_row else has_kept.nonzero().squeeze(1)  # a slice: no copy of the step's tensors
     index, valid = _kept_index(keep[rows])
     n_rows, width = index.shape
-    q = _project_q(attn, _gather_rows(hidden[rows], index).reshape(n_rows * width, d))
+    x = _gather_rows(hidden[rows], index)  # the kept tokens' inputs (n_rows, width, d)
+    q = _project_q(attn, x.reshape(n_rows * width, d))
     if cos is not None:
         q = _rotary(
             attn,
@@ -318,11 +404,11 @@ def compact_attention(
             _gather_rows(cos[rows], index).reshape(n_rows * width, -1),
             _gather_rows(sin[rows], index).reshape(n_rows * width, -1),
         )
-    q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
+    q = _after_rotary(attn, "query", q).view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     past = k.shape[2] - T
     kv_rows = key_valid[rows] if key_valid is not None else None
     o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
-    o = _out_proj(attn, o.transpose(1, 2).reshape(n_rows, width, -1))
+    o = _out_proj(attn, _output_gate(attn, x, o.transpose(1, 2).reshape(n_rows, width, -1)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:
         return scattered
