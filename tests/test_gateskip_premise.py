@@ -88,18 +88,22 @@ def test_stage1_judges_every_premise_on_the_other_half(stage1):
     assert experiment.verdict_text(results) == experiment.verdict_text(again)
 
 
-def test_stage1_choice_takes_the_largest_edge_among_gates_that_moved():
-    curves, gates = [], []
-    for config, shift, learned in (("a", 0.001, 1.0), ("b", 0.05, 1.5), ("c", 0.05, 1.2)):
+def test_stage1_choice_takes_the_largest_edge_among_healthy_gates_that_moved():
+    curves, gates = [{"task": "text", "config": "", "steps": 0, "half": "select", "arm": "dense", "budget": 0.0,
+                      "bpb": 1.0}], []
+    for config, shift, full, learned in (("a", 0.001, 1.0, 1.0), ("b", 0.05, 1.0, 1.5), ("c", 0.05, 1.0, 1.2),
+                                         ("d", 0.05, 1.2, 1.1)):
         row = {"task": "text", "config": config, "steps": 5, "half": "select"}
         for arm, bpb in (("gateskip", learned), (CONTROL, 2.0)):
             curves.append({**row, "arm": arm, "budget": 0.05, "bpb": bpb})
-        curves.append({**row, "arm": "gateskip", "budget": 0.0, "bpb": 0.9})
+        curves.append({**row, "arm": "gateskip", "budget": 0.0, "bpb": full})
         curves.append({**row, "half": "judge", "arm": "gateskip", "budget": 0.05, "bpb": 0.1})  # never chooses
         gates.append({"config": config, "steps": 5, "half": "select", "gate_shift": shift})
-    table = selection.stage1_choice(pd.DataFrame(curves), pd.DataFrame(gates), 0.05, 0.01)
-    assert table[table.chosen].config.tolist() == ["c"]  # "a" ranks best but its gates never moved
-    assert np.allclose(table.set_index("config").edge, [1.0, 0.5, 0.8])
+    table = selection.stage1_choice(pd.DataFrame(curves), pd.DataFrame(gates), 0.05)
+    # "a" ranks best but its gates never moved; "d" ranks next but costs 20 % at full compute (tolerance 5 %)
+    assert table[table.chosen].config.tolist() == ["c"]
+    assert table.set_index("config").healthy.to_dict() == {"a": True, "b": True, "c": True, "d": False}
+    assert np.allclose(table.set_index("config").edge, [1.0, 0.5, 0.8, 0.9])
 
 
 def test_token_text_counts_the_bytes_each_window_scores():

@@ -29,7 +29,7 @@ import pandas as pd
 
 from labkit import protocol
 from labkit.experiments.gateskip.arms import CONTROL, quality_column
-from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE
+from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, HEALTH_TOLERANCE_PCT
 from labkit.protocol import Claim
 
 TOLERANCE_PP = 1.0  # a difference below 1 percentage point of compute saved does not count
@@ -40,10 +40,6 @@ INIT = "init"  # the GateSkip model before fine-tuning: its gates' shift is 0 by
 # reference moves those thresholds by a fifth of the strictest level's 5 % margin or less. GateSkip and random skip are
 # checked on the saving they were chosen on, against the claims' own tolerance TOLERANCE_PP.
 CONVERGED_QUALITY_PCT = 1.0
-# Health: at full compute every arm must be within 5 % (relative) of the dense fine-tune of its seed. 95 % of dense is
-# the strictest level the claims are read at: an arm already further below at r = 0 saves 0 there by construction,
-# which the claims would read as "GateSkip saves nothing" when it measures damage.
-HEALTH_TOLERANCE_PCT = 5.0
 # Stage 1: the learned ranking must keep quality better than random ranking by more than 1 % (relative, in bits per
 # byte at the premise budget): a smaller edge would not survive into a saving at 90 % or 95 % of dense quality.
 RANKING_TOLERANCE_PCT = 1.0

@@ -33,7 +33,7 @@ from labkit.experiments import Computed
 from labkit.experiments.gateskip.arms.finetune import finetune
 from labkit.experiments.gateskip.arms.grid import CONTROL, Spec, tuning_grid, tuning_runs
 from labkit.experiments.gateskip.arms.selection import quality_column, stage1_choice
-from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, Config, tune_seeds
+from labkit.experiments.gateskip.config import Config, tune_seeds
 from labkit.experiments.gateskip.data import (
     MC_OPTIONS,
     DictMC,
@@ -183,7 +183,7 @@ def _dictmc(
 ) -> list[StageOne]:
     """GCIDE multiple choice for the pretrained LM and the gates chosen on text (:func:`~.selection.stage1_choice`),
     in four one-pass jobs; the trivial predictor guesses (1 / options per question)."""
-    choice = stage1_choice(curves, gates, cfg.premise_budgets[-1], GATE_SHIFT_TOLERANCE)
+    choice = stage1_choice(curves, gates, cfg.premise_budgets[-1])
     pick = choice[choice.chosen].iloc[0]
     state = next(out.states[pick.steps] for out in trained if out.config == pick.config)
     chosen = {"config": pick.config, "steps": int(pick.steps)}

@@ -15,6 +15,7 @@ import pandas as pd
 
 from labkit import selection
 from labkit.experiments.gateskip.arms.grid import CONTROL, STATIC, Spec
+from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, HEALTH_TOLERANCE_PCT
 
 
 def quality_column(task: str) -> str:
@@ -132,12 +133,13 @@ def choose(val: pd.DataFrame, level: float = 0.9) -> tuple[pd.DataFrame, pd.Data
     return pd.DataFrame(rows), pd.DataFrame(table)
 
 
-def stage1_choice(curves: pd.DataFrame, gates: pd.DataFrame, budget: float, tolerance: float) -> pd.DataFrame:
+def stage1_choice(curves: pd.DataFrame, gates: pd.DataFrame, budget: float) -> pd.DataFrame:
     """Stage 1's choice on a pretrained LLM: every configuration x stop scored on the choosing half of the text
     validation windows, and the one chosen: the largest edge of the learned over the random ranking at ``budget``
-    (random minus learned bits per byte) among those whose gates moved more than ``tolerance`` (among all when none
-    did: the gates-move premise then fails). Columns: config, steps, gate_shift, bpb at r=0, learned, random, edge,
-    moved, chosen."""
+    (random minus learned bits per byte) among those whose gates moved more than :data:`GATE_SHIFT_TOLERANCE` and
+    that stay within :data:`HEALTH_TOLERANCE_PCT` % of the pretrained LM at full compute (failing that, among those
+    that moved; failing that, among all: the premises then fail). Columns: config, steps, gate_shift, bpb at r=0,
+    learned, random, edge, moved, healthy, chosen."""
     sel = curves[(curves.half == "select") & (curves.task == "text")]
     keys = ["config", "steps"]
     shift = gates[gates.half == "select"].groupby(keys, sort=False).gate_shift.mean()
@@ -146,8 +148,10 @@ def stage1_choice(curves: pd.DataFrame, gates: pd.DataFrame, budget: float, tole
     at = trained[trained.budget == budget].groupby([*keys, "arm"], sort=False).bpb.mean().unstack("arm")
     table = pd.DataFrame({"gate_shift": shift, "bpb at r=0": full, "learned": at["gateskip"], "random": at[CONTROL]})
     table["edge"] = table.random - table.learned
-    table["moved"] = table.gate_shift > tolerance
-    pool = table[table.moved] if table.moved.any() else table
+    table["moved"] = table.gate_shift > GATE_SHIFT_TOLERANCE
+    table["healthy"] = table["bpb at r=0"] <= sel[sel.arm == "dense"].bpb.mean() * (1 + HEALTH_TOLERANCE_PCT / 100)
+    eligible = table.moved & table.healthy
+    pool = table[eligible] if eligible.any() else table[table.moved] if table.moved.any() else table
     table["chosen"] = table.index == pool.edge.idxmax()
     return table.reset_index()
 
