@@ -27,7 +27,6 @@ from torch import nn
 
 from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
 
-
 # Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
 UNSUPPORTED_INPUTS = {
     "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
@@ -182,7 +181,8 @@ def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> to
     hd = _head_dim(attn)
     heads = fused.out_features // (3 * hd)
     device = fused.weight.device
-    return (torch.arange(heads, device=device)[:, None] * 3 * hd + part * hd + torch.arange(hd, device=device)).reshape(-1)
+    rows = torch.arange(heads, device=device)[:, None] * 3 * hd + part * hd + torch.arange(hd, device=device)
+    return rows.reshape(-1)
 
 
 def _bigcode_rows(attn: nn.Module, part: int) -> torch.Tensor | slice:

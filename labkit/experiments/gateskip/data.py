@@ -373,10 +373,10 @@ def dictionary_questions(n: int, seed: int, split: str = "val") -> list[tuple[st
 class DictMC:
     """``dictionary_questions`` as token sequences, each option twice: after ``The word "<headword>" means:`` and after
     the neutral ``Definition:``, right-padded with EOS to the longest row (:func:`mc_correct` trims each batch to its
-    own longest row and masks the padding, so the skip budget counts real tokens only). An option is scored by the log-likelihood of its tokens under the headword less that under the neutral
-    prompt (pointwise mutual information: a definition is not chosen for being a likely sentence); measured on
-    SmolLM2 this takes the pretrained LM from 34 % (the likelihood alone) to 66 % on 100 validation questions.
-    ``questions`` of validation, drawn with ``seed``."""
+    own longest row and masks the padding, so the skip budget counts real tokens only). An option is scored by the
+    log-likelihood of its tokens under the headword less that under the neutral prompt (pointwise mutual information:
+    a definition is not chosen for being a likely sentence); measured on SmolLM2 this takes the pretrained LM from 34 %
+    (the likelihood alone) to 66 % on 100 validation questions. ``questions`` of validation, drawn with ``seed``."""
 
     NEUTRAL = "Definition:"
 

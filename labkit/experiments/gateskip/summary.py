@@ -31,7 +31,7 @@ from labkit.experiments.gateskip.arms import (
     saved_at_quality,
     stage1_choice,
 )
-from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, Config
+from labkit.experiments.gateskip.config import Config
 
 MEASURES = {"tokens": "skipped_fraction", "flops": "flops_saved"}  # compute-saved measures and their columns
 
