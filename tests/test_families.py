@@ -188,6 +188,7 @@ TINY = {  # config field -> tiny value, set wherever a family's config class has
 }
 OVERRIDES = {  # model type -> config kwargs over TINY, where a family names a size its own way or needs consistency
     "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+    "afmoe": {"num_hidden_layers": 4},  # its fourth layer is a full-attention one (no rotary): 2 would test none
     "cpmant": {"dim_head": 8, "dim_ff": 64, "position_bias_num_buckets": 32, "position_bias_max_distance": 64},
     "dbrx": {
         "attn_config": {"kv_n_heads": 2, "rope_theta": 1e4, "clip_qkv": 8.0},  # its defaults do not build

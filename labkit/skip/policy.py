@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -369,6 +370,31 @@ def _check_common(model: nn.Module, execution: str, kv: str) -> None:
 
 
 @torch.no_grad()
+def _widened(value: Any) -> Any:
+    """A probe input with float16 / bfloat16 tensors in float32 (tuples, e.g. rotary cos / sin, element-wise)."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() and value.element_size() < 4 else value
+    if isinstance(value, tuple):
+        return tuple(_widened(v) for v in value)
+    return value
+
+
+@contextlib.contextmanager
+def _in_float32(module: nn.Module) -> Iterator[None]:
+    """``module``'s float16 / bfloat16 parameters and buffers in float32 inside the block, restored exactly after
+    (every such value is a float32 value); float32 and wider stay as they are."""
+    tensors = [t for t in itertools.chain(module.parameters(), module.buffers())
+               if t.is_floating_point() and t.element_size() < 4]
+    dtypes = [t.dtype for t in tensors]
+    for t in tensors:
+        t.data = t.data.float()
+    try:
+        yield
+    finally:
+        for t, dtype in zip(tensors, dtypes, strict=True):
+            t.data = t.data.to(dtype)
+
+
 def verify_compact(branch: gate_lib.GatedBranch) -> None:
     """Before a budget first runs a branch compact: its compact execution, keeping every token of add_gates' probe
     forward, must reproduce the branch's own output there, else ValueError (and every later try raises the same).
@@ -389,20 +415,23 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
     kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS}
     training = module.training
     module.eval()  # the module's weights now (it may have been fine-tuned since the probe), without dropout
+    hidden, kwargs = _widened(hidden), {k: _widened(v) for k, v in kwargs.items()}
     try:
-        own = module(**kwargs) if "hidden_states" in kwargs else module(hidden, **kwargs)
-        own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
-        if branch.role == "mlp":
-            out = compact_mlp(module, hidden, keep)
-        else:
-            out = compact_attention(module, hidden, keep, kwargs)
+        with _in_float32(module):  # a bf16 model's rounding would hide a mismatch of a few per cent
+            own = module(**{**kwargs, "hidden_states": hidden}) if "hidden_states" in kwargs else \
+                module(hidden, **kwargs)
+            own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
+            if branch.role == "mlp":
+                out = compact_mlp(module, hidden, keep)
+            else:
+                out = compact_attention(module, hidden, keep, kwargs)
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
         branch.compact_error = str(error)
     except Exception as error:
         branch.compact_error = (f"compact execution cannot run {what}: its adapter failed with {type(error).__name__}: "
                                 f"{error}; use execution='masked'")
     else:
-        tol = max(1e-5, 64 * torch.finfo(own.dtype).eps) * (1 + float(own.abs().max()))
+        tol = max(1e-5, 64 * torch.finfo(own.dtype).eps) * (1 + float(own.abs().max()))  # float32 or wider
         err = float((out.to(own.dtype) - own).abs().max()) if out.shape == own.shape else math.inf
         if not err <= tol:
             branch.compact_error = (

@@ -33,7 +33,6 @@ from labkit.experiments.gateskip.config import Config
 SkipContext = Callable[[], AbstractContextManager[skip.SkipStats]]  # a fresh skip block per evaluation batch
 
 
-
 def forward_logits(
     model: nn.Module,
     x: torch.Tensor,
