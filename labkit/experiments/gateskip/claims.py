@@ -150,7 +150,7 @@ def stage1_premises(task: str, budget: float, dense: float, random: float) -> li
     unit = "accuracy" if accuracy else "bits per byte"
     return out + [
         Claim("learned ranking beats random",
-              f"at {budget:.0%} of branch-tokens skipped{' (nominal: padding counts toward it)' if accuracy else ''}, "
+              f"at {budget:.0%} of branch-tokens skipped, "
               "ranking tokens by the trained gates keeps more quality than ranking them at random in the same model "
               f"({unit}; per-unit difference, tolerance {RANKING_TOLERANCE_PCT:g} % of random's)",
               f"{metric}_skipped", "gateskip", CONTROL, lower_is_better=not accuracy, relative=not accuracy,
