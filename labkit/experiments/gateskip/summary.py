@@ -264,12 +264,12 @@ def claim_text(results: Results) -> str:
 
 
 def rule_text(results: Results) -> str:
-    """The rule of the report's claims (every claim of one kind shares it)."""
-    cfg = results.config
+    """The rule of the report's headline claim, as its claims table records it: the first comparison claim, or (stage 1)
+    text's learned-vs-random premise."""
+    table = results.claims
     if ran_comparison(results):
-        return claims.claims(cfg.levels, generation=False)[0].rule()
-    premises = claims.stage1_premises("text", cfg.premise_budgets[-1], 1.0, 1.0)  # placeholder references: the rule
-    return next(c for c in premises if c.name == "learned ranking beats random").rule()
+        return table[table.role != "premise"].rule.iloc[0]
+    return table[table.claim == "text: learned ranking beats random"].rule.iloc[0]
 
 
 def recorded_tables(results: Results) -> dict[str, pd.DataFrame]:
