@@ -27,6 +27,9 @@ COMMON = dict(
 SEQ = ("self_attn", "mlp", None, None, False)  # attention, mlp, attention post-norm, mlp post-norm, parallel
 POST = ("self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm", False)
 GEMMA = dict(head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager")  # eager: Gemma2's logit softcap
+MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
+           v_head_dim=12, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
+           first_k_dense_replace=1)  # multi-head latent attention, a dense first layer, then MoE
 FAMILIES = {
     # name: (config class, model class, config kwargs, expected layout)
     "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 2}, SEQ),
@@ -58,6 +61,12 @@ FAMILIES = {
     "laguna": ("LagunaConfig", "LagunaForCausalLM",
                {"num_key_value_heads": 2, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2,
                 "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16}, SEQ),
+    # multi-head latent attention: the cache holds a low-rank KV latent; rotary on interleaved pairs of part of a head
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", MLA, SEQ),
+    # ... with DeepSeek-V2's complex rotary frequencies and a full-rank query
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", {**MLA, "q_lora_rank": None}, SEQ),
+    # a norm of the mixed values before the output projection
+    "bitnet": ("BitNetConfig", "BitNetForCausalLM", {"num_key_value_heads": 2}, SEQ),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -298,6 +307,33 @@ def test_compact_refuses_inputs_its_adapters_do_not_apply():
         compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.ones(1, 4, 1)})
     with pytest.raises(ValueError, match="takes 'cycle_offset'"):
         compact.compact_attention(attn, hidden, keep, {"cycle_offset": 0})
+
+
+def test_compact_refuses_deepseek_sparse_attention():
+    """DeepSeek-V3.2's indexer picks each query's top-k keys (4 of 9 here), which the adapter's mask does not apply:
+    compact execution names it; the latent attention it sparsifies is supported (deepseek_v3 above)."""
+    torch.manual_seed(0)
+    config = transformers.DeepseekV32Config(**{**COMMON, **MLA, "index_n_heads": 2, "index_head_dim": 8,
+                                               "index_topk": 4})
+    model = gate.add_gates(transformers.DeepseekV32ForCausalLM._from_config(config).eval())
+    with pytest.raises(ValueError, match="DeepseekV32Attention: its sparse attention .* indexer"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            model(tokens())
+
+
+def test_compact_scales_queries_by_position_as_llama4_scaling_does():
+    """Ministral3 multiplies each query by 1 + 0.1 log(1 + floor(position / 16384)): 1 on the 3-token probe, so the
+    probe cannot see it; far into a sequence compact execution must scale as the module does."""
+    torch.manual_seed(0)
+    config = transformers.Ministral3Config(**{**COMMON, "num_key_value_heads": 2, "head_dim": 8})
+    model = randomize_gates(gate.add_gates(transformers.Ministral3ForCausalLM._from_config(config).eval()))
+    x = tokens()
+    positions = torch.arange(x.shape[1])[None] + 3 * config.rope_parameters["original_max_position_embeddings"]
+    logits = {}
+    for execution in ("masked", "compact"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False):
+            logits[execution] = model(x, position_ids=positions).logits
+    torch.testing.assert_close(logits["compact"], logits["masked"], atol=1e-5, rtol=1e-5)
 
 
 def test_compact_is_verified_in_float32_for_a_bf16_model():

@@ -6,11 +6,15 @@ scores, values-mixing and the output projection for the kept tokens only. Output
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
 Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
 over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), per-head fused
-``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); rotary through the family's own function, partial
-rotary included; sliding windows, Gemma2's logit softcap and attention sinks in the mask and scores; an output gate
-before the output projection (AFMoE, Laguna, Beam). An MoE feed-forward is position-wise, so it runs on the kept
-tokens like any MLP. Llama4's complex rotary embedding and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter
-(a clear error; masked execution works).
+``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); multi-head latent attention (MLA: DeepSeek-V2/V3 and
+Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared
+key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the family's own
+function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies), partial
+rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding windows, Gemma2's logit
+softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
+the output projection. An MoE feed-forward is position-wise, so it runs on the kept tokens
+like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer and the inputs in
+:data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ UNSUPPORTED_INPUTS = {
     "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
     "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
 }
+Rope = tuple[torch.Tensor, ...]  # rotary rows of some tokens: (cos, sin), (complex frequencies,) or () without rotary
 
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,12 +77,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _rotary(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their cos/sin (N, width): the family's own
-    ``apply_rotary_pos_emb`` where its modeling module has one, else rotate-half. Partial rotary (GPT-NeoX, Phi,
-    Phi3, StableLM, GPT-J) rotates the first ``rot`` dimensions and passes the rest through; GPT-J's function takes
-    ``(tensor, sin, cos)`` of half width and rotates interleaved pairs."""
-    apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their ``rope`` rows: cos and sin (N, width), or one
+    complex tensor (N, width / 2) for DeepSeek-V2's ``apply_rotary_emb``. Through the family's own function where
+    its modeling module has one (``apply_rotary_pos_emb_interleave`` when the config sets ``rope_interleave``), else
+    rotate-half. Partial rotary (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first ``rot`` dimensions and passes
+    the rest through; GPT-J's function takes ``(tensor, sin, cos)`` of half width and rotates interleaved pairs."""
+    module = sys.modules.get(type(attn).__module__)
+    if len(rope) == 1:  # complex frequencies, broadcast over heads as the family's function expects
+        x4 = x.unsqueeze(2)
+        return module.apply_rotary_emb(x4, x4[:, :1], rope[0].unsqueeze(1))[0].squeeze(2)
+    cos, sin = rope
+    interleaved = getattr(getattr(attn, "config", None), "rope_interleave", False)
+    apply = getattr(module, "apply_rotary_pos_emb_interleave" if interleaved else "apply_rotary_pos_emb", None)
     if apply is not None and _gptj_style(apply):
         rot = 2 * cos.shape[-1]
         done = apply(x[..., :rot].unsqueeze(1), sin.unsqueeze(1), cos.unsqueeze(1)).squeeze(1)
@@ -133,8 +145,16 @@ def _head_dim(attn: nn.Module) -> int:
     return int(getattr(attn, "head_dim", None) or attn.head_size)
 
 
+def _latent(attn: nn.Module) -> bool:
+    """Whether ``attn`` is multi-head latent attention (MLA): K/V come from one low-rank latent per token."""
+    return hasattr(attn, "kv_a_proj_with_mqa")
+
+
 def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Queries (N, heads, head_dim) of tokens x (N, d), before rotary."""
+    if _latent(attn):  # MLA: a low-rank query (q_a -> norm -> q_b) unless q_lora_rank is None
+        q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
+        return q.view(x.shape[0], -1, attn.qk_head_dim)
     hd = _head_dim(attn)
     if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
         return _norm_heads(getattr(attn, "q_norm", None), attn.q_proj(x), hd)
@@ -152,8 +172,13 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values (N, kv heads, head_dim) of tokens x (N, d), before rotary."""
-    hd, n = _head_dim(attn), x.shape[0]
+    """Keys and values (N, kv heads, head_dim) of tokens x (N, d), before rotary; under latent attention the pair the
+    cache holds instead: the normalised KV latent and the shared rotary key, each (N, 1, width)."""
+    n = x.shape[0]
+    if _latent(attn):
+        latent, shared = attn.kv_a_proj_with_mqa(x).split([attn.kv_lora_rank, attn.qk_rope_head_dim], dim=-1)
+        return attn.kv_a_layernorm(latent).view(n, 1, -1), shared.view(n, 1, -1)
+    hd = _head_dim(attn)
     if hasattr(attn, "k_proj"):
         return _norm_heads(getattr(attn, "k_norm", None), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
     if hasattr(attn, "qkv_proj"):
@@ -194,11 +219,45 @@ def _bigcode_rows(attn: nn.Module, part: int) -> torch.Tensor | slice:
     return slice(start, start + (attn.embed_dim if part == 0 else attn.kv_dim))
 
 
+def _cache_entries(attn: nn.Module, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the KV cache holds for tokens x (N, d) with their ``rope`` rows (empty without rotary): keys after rotary
+    and any key norm, and values; under latent attention the latent and the rotated shared key."""
+    k, v = _project_kv(attn, x)
+    if _latent(attn):
+        return k, _rotary(attn, v, *rope) if rope else v
+    k = _rotary(attn, k, *rope) if rope else k
+    return _after_rotary(attn, "key", k), v
+
+
+def _rotated_queries(attn: nn.Module, q: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Queries after rotary and any query norm; under latent attention only the trailing rotary part is rotated."""
+    if _latent(attn):
+        nope = attn.qk_nope_head_dim
+        return torch.cat([q[..., :nope], _rotary(attn, q[..., nope:], *rope)], dim=-1) if rope else q
+    q = _rotary(attn, q, *rope) if rope else q
+    return _after_rotary(attn, "query", q)
+
+
+def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: torch.Tensor, past: int
+                 ) -> torch.Tensor | None:
+    """Llama-4 attention scaling (Ministral3, Mistral4): each kept query (``index`` of ``rows``) times
+    1 + β log(1 + ⌊position / original max⌋), as (N, 1, 1), at the ``position_ids`` the layer was handed (else cache
+    length + index); None where the config sets no ``llama_4_scaling_beta``."""
+    rope = getattr(getattr(attn, "config", None), "rope_parameters", None)
+    beta = rope.get("llama_4_scaling_beta") if isinstance(rope, dict) else None
+    if beta is None:
+        return None
+    ids = kwargs.get("position_ids")
+    positions = past + index if ids is None else torch.gather(ids.expand(batch, -1)[rows], 1, index)
+    scale = 1 + beta * torch.log(1 + torch.floor(positions / rope.get("original_max_position_embeddings")))
+    return scale.reshape(-1, 1, 1)
+
+
 def _no_adapter(attn: nn.Module) -> ValueError:
     return ValueError(
         f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
-        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX) or c_attn/c_proj (GPT-2); "
-        "use execution='masked'"
+        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX), c_attn/c_proj (GPT-2) or "
+        "kv_a_proj_with_mqa (latent attention); use execution='masked'"
     )
 
 
@@ -222,6 +281,9 @@ def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Ten
 
 
 def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
+    """The output projection of the mixed values, after BitNet's ``attn_sub_norm`` where the family has one."""
+    sub_norm = getattr(attn, "attn_sub_norm", None)
+    o = sub_norm(o) if sub_norm is not None else o
     if hasattr(attn, "o_proj"):
         return attn.o_proj(o)
     if hasattr(attn, "out_proj"):  # GPT-J
@@ -306,11 +368,13 @@ def _attend(
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
 
 
-def _cos_sin(attn: nn.Module, rope: Any, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The ``position_embeddings`` a decoder layer hands its attention as (cos, sin), each (B, T, width); GPT-J
-    hands (sin, cos)."""
+def _rope(attn: nn.Module, rope: Any, batch: int) -> Rope:
+    """The ``position_embeddings`` a decoder layer hands its attention, each (B, T, width): (cos, sin) (GPT-J hands
+    (sin, cos)), one complex tensor under DeepSeek-V2's latent attention, or () without rotary."""
     if rope is None:
-        return None, None
+        return ()
+    if torch.is_tensor(rope) and rope.is_complex() and _latent(attn):
+        return (rope.expand(batch, -1, -1),)
     if not (isinstance(rope, tuple | list) and len(rope) == 2):  # Llama4: one complex freqs_cis tensor
         raise ValueError(
             f"compact execution has no adapter for {type(attn).__name__}'s rotary embedding (position_embeddings "
@@ -328,7 +392,8 @@ def _needed(keep: torch.Tensor) -> torch.Tensor:
 
 def copy_forward_step(attn: nn.Module, cache: Any, model: Any = "model") -> None:
     """A one-token decoding step that skips attention at layer l for every row: the layer's new K/V are layer
-    l-1's newest position (GateSkip's copy-forward), appended to the cache; no projection runs, one position moves."""
+    l-1's newest position (GateSkip's copy-forward), appended to the cache; no projection runs, one position moves.
+    Under latent attention the cache holds the latent and the rotated shared key, so those are what is copied."""
     keys, values = layer_kv(cache, attn.layer_idx - 1, model)
     self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], attn.layer_idx)
 
@@ -353,12 +418,16 @@ def compact_attention(
         if kwargs.get(name) is not None:
             raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
                              "labkit's adapter does not apply; use execution='masked'")
+    if getattr(attn, "indexer", None) is not None or getattr(attn, "skip_topk", False):
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
+                         "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
+                         "adapter does not apply; use execution='masked'")
     _, cache = find_cache(kwargs)
     if copy_forward and cache is not None and T == 1 and attn.layer_idx > 0 and not bool(keep.any()):
         copy_forward_step(attn, cache, model)
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
-    cos, sin = _cos_sin(attn, kwargs.get("position_embeddings"), B)
+    rope = _rope(attn, kwargs.get("position_embeddings"), B)
     needed = torch.ones_like(keep)
     prev = None
     if copy_forward and cache is not None and attn.layer_idx > 0:
@@ -369,25 +438,22 @@ def compact_attention(
                 prev = keys[:, :, -T:].transpose(1, 2), values[:, :, -T:].transpose(1, 2)
             else:
                 needed = torch.ones_like(keep)
+    token_rope = tuple(r.reshape(B * T, -1) for r in rope)
     if prev is None:  # every token's K/V: project the whole step, no gather
-        k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d))
-        if cos is not None:
-            k_new = _rotary(attn, k_new, cos.reshape(B * T, -1), sin.reshape(B * T, -1))
-        k_new = _after_rotary(attn, "key", k_new)
+        k_new, v_new = _cache_entries(attn, hidden.reshape(B * T, d), token_rope)
         k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
     else:
         flat = needed.reshape(-1).nonzero().squeeze(1)
         k, v = prev
         if flat.numel():  # else every token is copied forward (a skipped one-token step)
-            k_new, v_new = _project_kv(attn, hidden.reshape(B * T, d)[flat])
-            if cos is not None:
-                k_new = _rotary(attn, k_new, cos.reshape(B * T, -1)[flat], sin.reshape(B * T, -1)[flat])
-            k_new = _after_rotary(attn, "key", k_new)
+            k_new, v_new = _cache_entries(attn, hidden.reshape(B * T, d)[flat], tuple(r[flat] for r in token_rope))
             k, v = (old.reshape(B * T, *new.shape[1:]).index_put((flat,), new.to(old.dtype)).view(B, T, *new.shape[1:])
                     for old, new in ((k, k_new), (v, v_new)))
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
         k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
+    if _latent(attn):  # per-head keys and values of every cached token, as the module's own forward expands them
+        k, v = attn.expand_kv(k, v)
     has_kept = keep.any(1)
     every_row = bool(has_kept.all())
     if not every_row and not bool(has_kept.any()):
@@ -397,15 +463,11 @@ def compact_attention(
     n_rows, width = index.shape
     x = _gather_rows(hidden[rows], index)  # the kept tokens' inputs (n_rows, width, d)
     q = _project_q(attn, x.reshape(n_rows * width, d))
-    if cos is not None:
-        q = _rotary(
-            attn,
-            q,
-            _gather_rows(cos[rows], index).reshape(n_rows * width, -1),
-            _gather_rows(sin[rows], index).reshape(n_rows * width, -1),
-        )
-    q = _after_rotary(attn, "query", q).view(n_rows, width, *q.shape[1:]).transpose(1, 2)
+    q = _rotated_queries(attn, q, tuple(_gather_rows(r[rows], index).reshape(n_rows * width, -1) for r in rope))
     past = k.shape[2] - T
+    scale = _query_scale(attn, kwargs, B, rows, index, past)
+    q = q if scale is None else q * scale.to(q.dtype)
+    q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
     o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
     o = _out_proj(attn, _output_gate(attn, x, o.transpose(1, 2).reshape(n_rows, width, -1)))

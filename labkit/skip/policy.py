@@ -400,9 +400,10 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
     forward, must reproduce the branch's own output there, else ValueError (and every later try raises the same).
 
     labkit's compact adapters re-implement attention from a family's projections; a family that does something more
-    (an output gate, q/k norms after rotary, attention sinks, latent attention) would otherwise give silently wrong
+    (a differential or gated attention, a norm the adapter does not apply) would otherwise give silently wrong
     logits. Compared once per branch, with the module's weights at that moment (it may have been fine-tuned since
-    add_gates recorded the probe input: 3 tokens, no cache).
+    add_gates recorded the probe input: 3 tokens, no cache). What 3 tokens at positions 0-2 cannot show (a query
+    scale by position, a sparse key indexer) the adapters apply or refuse by name.
     """
     if branch.compact_error is not None:
         raise ValueError(branch.compact_error)
@@ -431,13 +432,13 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
         branch.compact_error = (f"compact execution cannot run {what}: its adapter failed with {type(error).__name__}: "
                                 f"{error}; use execution='masked'")
     else:
-        tol = max(1e-5, 64 * torch.finfo(own.dtype).eps) * (1 + float(own.abs().max()))  # float32 or wider
-        err = float((out.to(own.dtype) - own).abs().max()) if out.shape == own.shape else math.inf
+        tol = max(1e-5, 64 * torch.finfo(own.dtype).eps) * (1 + float(own.detach().abs().max()))  # float32 or wider
+        err = float((out.to(own.dtype) - own).detach().abs().max()) if out.shape == own.shape else math.inf
         if not err <= tol:
             branch.compact_error = (
                 f"compact execution does not reproduce {what}: keeping every token of a 3-token probe it differs from "
                 f"the module's own output by {err:.3g} (tolerance {tol:.3g}); this family does something labkit's "
-                "adapter does not (e.g. an output gate, q/k norms, attention sinks, latent attention); use "
+                "adapter does not (e.g. a norm, gate or scale of its own); use "
                 "execution='masked'")
     finally:
         module.train(training)
