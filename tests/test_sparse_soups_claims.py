@@ -20,7 +20,7 @@ from labkit.experiments.sparse_soups.claims import (
     REPRUNED,
     REPRUNED_RETRAINED,
 )
-from labkit.experiments.sparse_soups.summary import withheld
+from labkit.experiments.sparse_soups.summary import best_ingredient_controls, withheld
 
 # test accuracy (%) per arm: SMS beats IMP clearly, loses to IMP 4x, ties its best ingredient
 ARM_ACC = {"IMP": 96.0, "IMP 4x": 96.8, "SWA": 96.3, "SMS uniform": 96.5, "SMS greedy": 96.5, BEST_INGREDIENT: 96.5,
@@ -194,3 +194,18 @@ def test_withheld_lists_claims_whose_decided_interval_the_final_verdict_override
                           "verdict": ["premise unconfirmed", "not held", "premise unconfirmed", "held"],
                           "sanity": ["ok"] * 4})
     assert withheld(table)["claim"].tolist() == ["a"]
+
+
+def test_test_controls_keep_the_soup_against_its_best_ingredient_per_recorded_run():
+    recorded = pd.DataFrame({
+        "exploration": ["a", "a", "a", "b"], "point": ["p", "p", "p", "q"],
+        "claim": ["soup_beats_best_ingredient", "soup_beats_best_ingredient_ood", "sms_beats_imp",
+                  "soup_beats_best_ingredient"],
+        "mean": [0.1, 0.3, 0.2, -0.1], "low": [0.0, 0.1, -0.1, -0.2], "high": [0.2, 0.5, 0.5, 0.0], "n": [5] * 4,
+        "interval verdict": ["inconclusive", "held", "inconclusive", "inconclusive"], "sanity": ["ok"] * 4,
+        "role": ["main"] * 4})
+    table = best_ingredient_controls(recorded)
+    assert list(table["claim"]) == ["soup_beats_best_ingredient", "soup_beats_best_ingredient_ood",
+                                    "soup_beats_best_ingredient"]
+    assert list(table.columns) == ["exploration", "point", "claim", "mean", "low", "high", "n", "interval verdict",
+                                   "sanity"]

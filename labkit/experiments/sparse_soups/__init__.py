@@ -11,10 +11,10 @@ from labkit.experiments.sparse_soups import arms, claims, summary
 from labkit.experiments.sparse_soups.arms import template
 from labkit.experiments.sparse_soups.config import PRESETS, Config
 from labkit.experiments.sparse_soups.data import load_data
-from labkit.experiments.sparse_soups.summary import headline_metrics, verdict_text, withheld
+from labkit.experiments.sparse_soups.summary import best_ingredient_controls, headline_metrics, verdict_text, withheld
 
 EXPERIMENT = Experiment("sparse_soups", Config, PRESETS, arms.compute, summary.judge)
 configure = EXPERIMENT.configure
 
 __all__ = ["EXPERIMENT", "PRESETS", "Config", "arms", "claims", "configure", "headline_metrics", "load_data", "summary",
-           "template", "verdict_text", "withheld"]
+           "template", "best_ingredient_controls", "verdict_text", "withheld"]

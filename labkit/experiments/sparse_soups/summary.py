@@ -109,6 +109,17 @@ def withheld(claims_table: pd.DataFrame) -> pd.DataFrame:
                             ["claim", "effect", "interval verdict", "raw verdict", "verdict", "sanity"]]
 
 
+BEST_INGREDIENT_CONTROLS = ("soup_beats_best_ingredient", "soup_beats_best_ingredient_ood")
+
+
+def best_ingredient_controls(recorded: pd.DataFrame) -> pd.DataFrame:
+    """Per run of ``labkit.explorations.recorded_claims``, the soup against its best ingredient chosen on validation,
+    on test and on the OOD mean, by interval: what the validation premise cannot show without bias, its best
+    ingredient being the maximum on the split that judges it."""
+    return recorded.loc[recorded["claim"].isin(BEST_INGREDIENT_CONTROLS),
+                        ["exploration", "point", "claim", "mean", "low", "high", "n", "interval verdict", "sanity"]]
+
+
 def selection_table(last: pd.DataFrame, best: dict[int, int]) -> pd.DataFrame:
     """The last phase's ingredients on validation and test and which one was selected (on validation)."""
     ing = last[last["arm"] == INGREDIENT]
