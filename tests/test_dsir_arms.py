@@ -1,19 +1,23 @@
 """DSIR's arms on a tiny in-memory pool: task draws are reserved everywhere, the probe, the classification track and
-the LM track end to end (target-pseudocount sweep on validation, the premise arm, the budget checks), and forked
-workers agreeing with one process."""
+the LM track end to end (target-pseudocount sweep on validation, the premise arm, the budget checks), the SmolLM2
+track with a tiny Llama standing in, and forked workers agreeing with one process."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from labkit.experiments import dsir
 from labkit.experiments.dsir import claims as dsir_claims
 from labkit.experiments.dsir.arms import compute_on, pooled_features, probe, run_classification
+from labkit.experiments.dsir.arms.llm import bits_per_byte, trainable
 from labkit.experiments.dsir.data import draw_task
-from labkit.experiments.dsir.summary import classify_held, classify_summary
+from labkit.experiments.dsir.summary import classify_held, classify_summary, llm_pilot
+from labkit.models import pretrained
 from labkit.models.ngram_lm import build_vocabulary, encode
 from labkit.select.features import featurize
+from tests.llm_helpers import tiny_llm
 
 TAGS = dsir.CLASSIFY_TASKS["python-topics"]  # python/api, python/topics, man/2, man/3
 VOCAB = {
@@ -208,3 +212,71 @@ def test_run_trains_the_premise_arm_and_budget_checks_the_tiny_track_end_to_end(
     two = run(tiny_config(**values, workers=2), prepared)
     pd.testing.assert_frame_equal(tables["tiny_lm"], two["tiny_lm"])
     pd.testing.assert_frame_equal(budget, two["budget_runs"])
+
+
+def llm_config(**overrides) -> dsir.Config:
+    """The SmolLM2 track alone on the tiny pool (the bigram LM for the selections; no transformer, no probe)."""
+    values = dict(methods=["random", "dsir"], classify=False, downstream="bigram", seeds=2, n_val=6, llm=True,
+                  llm_targets=["python-topics"], llm_methods=["random", "dsir"], llm_seeds=2, llm_steps=2,
+                  llm_layers=1, llm_context=16, llm_batch=2, llm_eval_chunks=4)
+    return tiny_config(**{**values, **overrides})
+
+
+def test_llm_track_continues_the_pretrained_model_on_each_selection_and_budget_checks_it(monkeypatch):
+    monkeypatch.setattr(pretrained, "load", tiny_llm)
+    prepared = tiny_prepared(encoded=True)
+    tables = run(llm_config(), prepared)
+    llm = tables["llm"]
+    assert sorted(llm.method) == ["base", "base", "dsir", "dsir", "random", "random"] and set(llm.seed) == {0, 1}
+    assert np.isfinite(llm.bits_per_byte).all() and (llm.uniform_bits_per_byte == 8.0).all()  # log2 256 per byte
+    assert llm[llm.method == "base"].kl_reduction.isna().all() and (llm[llm.method != "base"].k == 30).all()
+    budget = tables["budget_runs"]
+    assert set(budget.track) == {"SmolLM2 continued pretraining"} and set(budget.seed) == {"python-topics/0"}
+    assert sorted(budget.budget) == [1.0, 1.0, 2.0, 2.0] and sorted(set(budget.steps)) == [2, 4]
+    again = run(llm_config(workers=2), prepared)  # forked workers agree with one process
+    pd.testing.assert_frame_equal(llm, again["llm"])
+    pd.testing.assert_frame_equal(budget, again["budget_runs"])
+    # a pilot (2 seeds < 5): checked, no claim; its comparisons with n stated
+    claims, sanity, _ = dsir_claims.verdicts(tables["scores"], budget=budget, llm=llm)
+    assert not claims.claim.str.startswith("llm_").any()
+    assert sanity.track.str.startswith("SmolLM2 continued pretraining pilot").any()
+    pilot = llm_pilot(llm)
+    assert set(pilot.comparison) == {"dsir − random", "dsir − base", "random − base"}
+    overall = pilot[pilot.target == "all"].set_index("comparison")
+    assert (overall.n == 2).all() and overall.status.str.startswith("pilot: 2 seeds").all()
+    gap = llm.pivot_table(index="seed", columns="method", values="bits_per_byte")
+    assert np.isclose(overall.loc["dsir − random", "mean_diff"], (gap.dsir - gap.random).mean())
+
+
+def test_llm_track_with_five_seeds_is_judged_as_claims():
+    rng = np.random.default_rng(0)
+    rows = [{"seed": s, "target": t, "method": m, "bits_per_byte": 2.0 - 0.1 * (m == "dsir") + 0.01 * rng.normal(),
+             "uniform_bits_per_byte": 4.0, "kl_reduction": 0.0, "k": 30}
+            for s in range(5) for t in ("a", "b") for m in ("base", "random", "dsir", "heuristic")]
+    claims, sanity, _ = dsir_claims.verdicts(pd.DataFrame(columns=["method", "target", "seed"]), llm=pd.DataFrame(rows))
+    judged = claims.set_index("claim")
+    assert list(judged.index) == ["llm_vs_random", "llm_vs_heuristic"]
+    assert (judged.n == 10).all() and (judged.verdict == "held").all()  # paired by (target, seed) cell
+    assert "interval over (target, seed) cells" in judged.loc["llm_vs_random", "rule"]
+
+
+def test_llm_bits_per_byte_scores_every_token_after_an_end_of_sequence_and_freezes_all_but_the_last_layers():
+    import torch
+
+    model, tokenizer = tiny_llm()
+    texts = ["abc de", "xyz"]
+    bits, uniform = bits_per_byte(model, tokenizer, texts, context=16, batch=1)
+    nats = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([[0, *text.encode()]])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            nats -= float(logp.gather(-1, ids[0, 1:, None]).sum())
+    assert np.isclose(bits, nats / np.log(2) / 9, rtol=1e-5) and uniform == 8.0
+    assert np.isclose(bits_per_byte(model, tokenizer, texts, context=16, batch=2)[0], bits, rtol=1e-5)  # padding
+    params = trainable(model, 1)
+    assert {id(p) for p in params} == {id(p) for p in (*model.model.layers[-1].parameters(),
+                                                       *model.model.norm.parameters())}
+    assert sum(p.requires_grad for p in model.parameters()) == len(params)
+    with pytest.raises(ValueError, match="'llm_layers' is 3; the model has 2 decoder layers"):
+        trainable(model, 3)

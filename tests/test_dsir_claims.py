@@ -177,20 +177,24 @@ def test_tiny_track_with_two_cells_reports_not_enough_units_instead_of_a_false_a
     assert (sanity.set_index("arm").beats_trivial == True).all()  # noqa: E712  (every arm beats 8 bits/byte)
 
 
-def test_the_classification_pilot_is_checked_but_is_no_claim():
+def test_classification_is_a_secondary_claim_per_cell_flagged_by_its_checks():
     arms = ("random", "dsir")
     track = "continued pretraining"
     claims, sanity, checks = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.0))
-    assert "classify_vs_random" not in set(claims.claim) and len(checks) == 2  # a pilot: too few targets, examples
-    cls = sanity[sanity.track.str.startswith("classification pilot")].set_index("arm")
+    judged = claims.set_index("claim")
+    assert judged.loc["classify_vs_random", "role"] == "secondary" and judged.loc["classify_vs_random", "n"] == 6
+    assert "classify_vs_heuristic" not in judged.index and len(checks) == 2  # heuristic did not run
+    assert "interval over (target, seed) cells" in judged.loc["classify_vs_random", "rule"]
+    assert judged.loc["classify_vs_random", "verdict"] == "inconclusive"  # dsir flagged: not converged
+    cls = sanity[sanity.track.str.startswith("classification")].set_index("arm")
     assert "dsir not converged" in cls.loc["dsir", "flags"]
     _, sanity, _ = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.29))
-    cls = sanity[sanity.track.str.startswith("classification pilot")].set_index("arm")
+    cls = sanity[sanity.track.str.startswith("classification")].set_index("arm")
     assert cls.beats_trivial.drop("chance").all() and cls.loc["dsir", "healthy"] == True  # noqa: E712
     assert (cls["flags"] == "").all()
     # continued pretraining that loses 0.2 accuracy against its own base model is unhealthy, with the seed named
     _, sanity, _ = dsir_claims.verdicts(scores(), classify_table(dsir_acc=0.25))
-    cls = sanity[sanity.track.str.startswith("classification pilot")].set_index("arm")
+    cls = sanity[sanity.track.str.startswith("classification")].set_index("arm")
     assert "dsir unhealthy (seed a/0" in cls.loc["dsir", "flags"]
 
 
@@ -205,6 +209,7 @@ def test_headline_metrics_gaps_and_targets_below():
                           "split": ["val", "val", "test", "test"], "bigram_nats_per_token": [6.0, 5.0, 5.5, 5.6],
                           "chosen": [False, True, False, True]})  # as compute marks the validation choice
     computed = Computed({"scores": table, "picks": pd.DataFrame(), "sweep": sweep, "tiny_lm": pd.DataFrame(),
+                         "llm": pd.DataFrame(),
                          "classify": classify, "budget_runs": pd.DataFrame(), "budget_curves": pd.DataFrame(),
                          "skipped": pd.DataFrame(columns=["track", "target", "reason"])})
     results = dsir.EXPERIMENT.judge(dsir.configure("smoke", {"target_pseudocounts": [0.1, 1.0]}), computed)

@@ -15,23 +15,8 @@ from labkit import gate, skip
 from labkit.experiments import gateskip as experiment
 from labkit.experiments.gateskip import claims, data, summary
 from labkit.experiments.gateskip.arms import CONTROL, premise, selection
-from labkit.models import decoder_lm, pretrained
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids: what stage 1 needs of a tokenizer."""
-
-    eos_token_id = 0
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
-def tiny_llm(name: str = "smollm2"):
-    return decoder_lm.build_causal_lm("llama", 256, 32, 2, 2, max_positions=64, seed=0).eval(), ByteTokenizer()
+from labkit.models import pretrained
+from tests.llm_helpers import ByteTokenizer, tiny_llm
 
 
 @pytest.fixture(scope="module")

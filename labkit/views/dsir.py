@@ -178,13 +178,16 @@ def explorer(
     )
 
 
-def tiny_lm_bars(tiny: pd.DataFrame) -> plt.Figure:
-    """Held-out bits/byte of the tiny byte-level transformer per target and method."""
+def tiny_lm_bars(
+    tiny: pd.DataFrame, title: str = "Tiny byte-level transformer trained on each selection"
+) -> plt.Figure:
+    """Held-out bits/byte of a model trained on each selection (the tiny transformer, or SmolLM2 continued on it) per
+    target and method."""
     fig, ax = plt.subplots(figsize=(8, 4))
     plots.bars_ci(tiny, "target", "bits_per_byte", hue="method", ax=ax, hue_order=_order(tiny.method))
     ax.set_ylim(bottom=max(0.0, float(tiny.bits_per_byte.min()) - 0.5))
     ax.set_ylabel("held-out bits/byte (lower is better)")
-    ax.set_title("Tiny byte-level transformer trained on each selection")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 

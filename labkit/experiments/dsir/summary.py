@@ -1,5 +1,6 @@
 """DSIR's judgement: from the computed tables to the claims, sanity and budget tables and the readings the notebook
-shows (per-method correlation, DSIR's paired gaps per target, the classification summary, headline metrics).
+shows (per-method correlation, DSIR's paired gaps per target, the classification summary, the SmolLM2 pilot,
+headline metrics).
 
 Everything here is a function of the computed tables and the config: a report's stored tables are judged again by
 :func:`judge` without training. Nothing here draws or prints.
@@ -21,6 +22,7 @@ from labkit.experiments.dsir.claims import (
     NGRAM_LOSS,
     PREMISE,
     VALIDATION,
+    VERDICT_SEEDS,
     correlation_interval,
     leave_one_out,
     verdict_text,
@@ -28,11 +30,17 @@ from labkit.experiments.dsir.claims import (
 )
 from labkit.experiments.dsir.config import PREMISE_ARM, TINY_TRACK, VARIANTS, Config
 from labkit.experiments.dsir.data import Prepared, split_target
+from labkit.protocol import student_t_ci
 from labkit.stats import bootstrap_ci, interval_sign
 
 __all__ = ["CORRELATION_VARIANTS", "PAPER_R", "SCORE_COLUMNS", "budget_effects", "classify_held", "classify_summary",
-           "dsir_gaps", "explorer_weights", "headline_metrics", "judge", "paired_gaps", "targets_below", "verdict_text"]
+           "dsir_gaps", "explorer_weights", "headline_metrics", "judge", "llm_pilot", "paired_gaps", "targets_below",
+           "verdict_text"]
 GAP_REFERENCES = ("random", "heuristic", "heuristic-words")  # DSIR's per-target detail is paired against these
+# The SmolLM2 track's comparisons (arm, reference): DSIR against the other selections, and what continued
+# pretraining on each selection does to the pretrained model (against "base", the model before it)
+LLM_COMPARISONS = (("dsir", "random"), ("dsir", "heuristic"), ("dsir", "base"), ("random", "base"),
+                   ("heuristic", "base"))
 SCORE_COLUMNS = ("kl_reduction", "bigram_nats_per_token", "label_precision")  # per-method means in the headline
 # KL reduction vs downstream accuracy across methods, as each version of the paper states it (reference only).
 PAPER_R = {"NeurIPS 2023 (final)": 0.82, "arXiv abstract (earlier version)": 0.89}
@@ -47,8 +55,8 @@ def judge(cfg: Config, computed: Computed) -> Results:
     the notebook shows (the ``tuning`` table: each tuned method's grid and the setting chosen on validation), from the
     computed tables; artefacts: the skipped targets of each track (target -> reason)."""
     tables = computed.tables
-    scores, classify, tiny = tables["scores"], tables["classify"], tables["tiny_lm"]
-    claims, sanity, budget = verdicts(scores, classify, tiny, tables["budget_runs"])
+    scores, classify, tiny, llm = tables["scores"], tables["classify"], tables["tiny_lm"], tables["llm"]
+    claims, sanity, budget = verdicts(scores, classify, tiny, tables["budget_runs"], llm)
     downstreams = [(name, table, loss) for name, table, loss in ((TINY_TRACK, tiny, LOSS), ("bigram LM", scores,
                    NGRAM_LOSS)) if loss in table.columns]
     correlation_rows = [{"downstream": name, "variant": variant, **correlation_interval(table, loss, exclude)}
@@ -66,6 +74,7 @@ def judge(cfg: Config, computed: Computed) -> Results:
         "paired_gaps": dsir_gaps(scores) if ngram_measured else pd.DataFrame(),
         "classify_summary": classify_summary(classify) if len(classify) else pd.DataFrame(),
         "budget_effects": budget_effects(tables["budget_runs"]),
+        "llm_pilot": llm_pilot(llm),
     }
     skipped = tables["skipped"]
     artefacts = {
@@ -79,6 +88,30 @@ def _reasons(skipped: pd.DataFrame, track: str) -> dict[str, str]:
     """Target -> why ``track`` could not run it, from the computed ``skipped`` table."""
     rows = skipped[skipped.track == track] if len(skipped) else skipped
     return dict(zip(rows.get("target", []), rows.get("reason", []), strict=True))
+
+
+def llm_pilot(llm: pd.DataFrame) -> pd.DataFrame:
+    """The SmolLM2 track's comparisons (:data:`LLM_COMPARISONS`): the mean gap in held-out target bits per byte
+    (arm − reference; negative = the arm predicts the target better) per target over seeds and over every (target,
+    seed) cell, with a Student-t 95 % interval, its n, and whether the track has the seeds of a verdict
+    (:data:`~labkit.experiments.dsir.claims.VERDICT_SEEDS`) or is a pilot."""
+    columns = ["comparison", "target", "mean_diff", "low", "high", "n", "status"]
+    if not len(llm):
+        return pd.DataFrame(columns=columns)
+    bits = llm.pivot_table(index=["target", "seed"], columns="method", values="bits_per_byte")
+    status = "verdict (claims table)" if llm.seed.nunique() >= VERDICT_SEEDS else (
+        f"pilot: {llm.seed.nunique()} seeds < {VERDICT_SEEDS}")
+    rows = []
+    for arm, reference in LLM_COMPARISONS:
+        if not {arm, reference} <= set(bits.columns):
+            continue
+        gap = (bits[arm] - bits[reference]).dropna()
+        groups = [*gap.groupby(level="target", sort=False), ("all", gap)]
+        for target, values in groups:
+            mean, low, high = student_t_ci(values.to_numpy()) if len(values) > 1 else (float(values.mean()),) * 3
+            rows.append({"comparison": f"{arm} − {reference}", "target": target, "mean_diff": mean, "low": low,
+                         "high": high, "n": len(values), "status": status})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def budget_effects(budget_runs: pd.DataFrame) -> pd.DataFrame:
@@ -200,6 +233,11 @@ def headline_metrics(results: Results) -> dict[str, float]:
         out |= {f"{method}/{LOSS}": float(value) for method, value in tiny_means.items()}
     for r in results.tiny_lm.itertuples():
         out[f"tiny_lm/{r.target}/{r.method}/seed{r.seed}/bits_per_byte"] = float(r.bits_per_byte)
+    for r in results.llm.itertuples():
+        out[f"llm/{r.target}/{r.method}/seed{r.seed}/bits_per_byte"] = float(r.bits_per_byte)
+    for r in results.llm_pilot.itertuples():
+        key = f"llm_pilot/{r.comparison}/{r.target}"
+        out |= {f"{key}/mean_diff": float(r.mean_diff), f"{key}/ci_low": float(r.low), f"{key}/ci_high": float(r.high)}
     for r in results.classify_summary.itertuples():
         out[f"classify/{r.target}/{r.method}/accuracy"] = float(r.accuracy)
         out[f"classify/{r.target}/{r.method}/macro_f1"] = float(r.macro_f1)

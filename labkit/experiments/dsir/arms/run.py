@@ -4,7 +4,8 @@ For every seed × target: draw the target's fit sample and held-out evaluation c
 (the rest of the domain stays in the pool), let each method pick k chunks, then score the selection by KL
 reduction (hashed n-grams, vs the held-out chunks) and by the held-out loss of a language model trained on it:
 a bigram LM (nats/token) and optionally a tiny byte-level transformer (bits/byte), which also trains on the target's
-own held-in text (the premise arm, "target"); with ``classify`` also the classification track. "dsir" runs at the
+own held-in text (the premise arm, "target"); with ``classify`` also the classification track, with ``llm`` the
+paper's own setting (SmolLM2 continued pretraining on the selections, bits/byte). "dsir" runs at the
 paper's setting (the config's ``target_pseudocount``, 0 by default); every tuned method (labkit's smoothed DSIR,
 heuristic classification, target likelihood, TF-IDF; ``TUNED``) chooses its setting from a grid on validation chunks
 of each target, never on the held-out (test) chunks; the budget check scores validation text too.
@@ -19,6 +20,7 @@ import pandas as pd
 from labkit import seed_everything, selection
 from labkit.experiments import Computed
 from labkit.experiments.dsir.arms.classify import run_classification
+from labkit.experiments.dsir.arms.llm import llm_track
 from labkit.experiments.dsir.arms.lm import bigram_cells, shared_pool, tiny_track
 from labkit.experiments.dsir.config import TUNED, Config, HeuristicSetting
 from labkit.experiments.dsir.data import Prepared, prepare
@@ -70,12 +72,13 @@ def tuning_table(cfg: Config, sweep: pd.DataFrame) -> pd.DataFrame:
 
 def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Computed:
     """Every seed × target × method on the pool ``prepared``: selection, KL reduction, bigram-LM loss, label
-    precision; then the transformer and classification tracks with their budget checks.
+    precision; then the transformer, SmolLM2 and classification tracks with their budget checks.
 
     Each tuned method runs at every setting of its grid; the one :func:`choose_settings` picks becomes its arm, and
     only it trains a transformer. Jobs run in ``cfg.workers`` forked processes when more than one. Tables:
-    ``scores``, ``picks``, ``sweep``, ``tiny_lm``, ``classify``, ``budget_runs`` (the budget check's runs of both
-    tracks), ``budget_curves`` (their training-loss curves) and ``skipped`` (targets a track could not run, and why).
+    ``scores``, ``picks``, ``sweep``, ``tiny_lm``, ``llm``, ``classify``, ``budget_runs`` (the budget check's runs of
+    every trained track), ``budget_curves`` (their training-loss curves) and ``skipped`` (targets a track could not
+    run, and why).
     """
     if "heuristic-words" in cfg.methods:
         prepared.words()  # built once, before forking
@@ -88,6 +91,9 @@ def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Comput
             sweep["chosen"] = sweep.setting == sweep.method.map(chosen)  # the one record of the choice
         settings = {method: cfg.grid(method)[index] for method, index in chosen.items()}
         tiny, budget, curves = tiny_track(cfg, targets, settings, progress)
+        llm, llm_budget, llm_curves = llm_track(cfg, targets, settings, progress)
+    budget = pd.concat([budget, llm_budget], ignore_index=True)
+    curves |= llm_curves
 
     def keep(rows: list[dict]) -> pd.DataFrame:  # drop the tuned methods' rows at settings not chosen
         frame = pd.DataFrame(rows)
@@ -111,6 +117,7 @@ def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Comput
         "picks": keep([r for c in cells for r in c["picks"]]),
         "sweep": sweep,
         "tiny_lm": tiny,
+        "llm": llm,
         "classify": classify,
         "budget_runs": budget,
         "budget_curves": pd.DataFrame(curve_rows, columns=CURVE_COLUMNS),
