@@ -8,6 +8,12 @@ class ByteTokenizer:
 
     eos_token_id = 0
 
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 0  # every special token is byte 0 here
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return "<|endoftext|>" if token_id == 0 else chr(token_id)
+
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(text.encode("utf-8"))
 

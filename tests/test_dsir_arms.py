@@ -11,13 +11,13 @@ import pytest
 from labkit.experiments import dsir
 from labkit.experiments.dsir import claims as dsir_claims
 from labkit.experiments.dsir.arms import compute_on, pooled_features, probe, run_classification
-from labkit.experiments.dsir.arms.llm import bits_per_byte, trainable
+from labkit.experiments.dsir.arms.llm import bits_per_byte, load_llm, separator_id, spread, trainable
 from labkit.experiments.dsir.data import draw_task
 from labkit.experiments.dsir.summary import classify_held, classify_summary, llm_pilot
 from labkit.models import pretrained
 from labkit.models.ngram_lm import build_vocabulary, encode
 from labkit.select.features import featurize
-from tests.llm_helpers import tiny_llm
+from tests.llm_helpers import ByteTokenizer, tiny_llm
 
 TAGS = dsir.CLASSIFY_TASKS["python-topics"]  # python/api, python/topics, man/2, man/3
 VOCAB = {
@@ -131,7 +131,7 @@ def test_run_classification_end_to_end_and_summaries():
     assert set(budget.arm) == {"random", "dsir", "heuristic"} and set(budget.seed) == {"python-topics/0"}
     assert sorted(budget.budget) == [1.0] * 3 + [2.0] * 3 and sorted(set(budget.steps)) == [2, 4]
     assert budget.validation_bits_per_byte.between(0, 9).all()
-    assert set(track.budget_curves) == {("continued pretraining", m, b) for m in ("random", "dsir", "heuristic")
+    assert set(track.budget_curves) == {("byte-LM continued pretraining", m, b) for m in ("random", "dsir", "heuristic")
                                         for b in (1.0, 2.0)}
     assert all(len(c) == 4 for (_, _, b), c in track.budget_curves.items() if b == 2.0)  # one point per step
     small = run_classification(tiny_config(classify_train=39), tiny_prepared(), progress=False)
@@ -280,3 +280,23 @@ def test_llm_bits_per_byte_scores_every_token_after_an_end_of_sequence_and_freez
     assert sum(p.requires_grad for p in model.parameters()) == len(params)
     with pytest.raises(ValueError, match="'llm_layers' is 3; the model has 2 decoder layers"):
         trainable(model, 3)
+
+
+def test_spread_keeps_a_subset_over_the_whole_corpus_order():
+    ids = np.arange(100, 200, 2)
+    assert list(spread(ids, 5)) == [100, 124, 148, 174, 198] and spread(ids, 80) is ids
+
+
+def test_llm_track_errors_name_the_parameter_before_anything_trains(monkeypatch):
+    with pytest.raises(ValueError, match="'n_val' is 0; the SmolLM2 track"):
+        llm_config(n_val=0)
+    monkeypatch.setattr(pretrained, "load", tiny_llm)
+    with pytest.raises(ValueError, match="'llm_layers' is 3; smollm2 has 2 decoder layers"):
+        load_llm(llm_config(llm_layers=3))
+
+    class WithoutSeparator(ByteTokenizer):
+        def convert_ids_to_tokens(self, token_id: int) -> str:
+            return "<unk>"
+
+    with pytest.raises(ValueError, match=r"the tokenizer has no '<\|endoftext\|>' token"):
+        separator_id(WithoutSeparator())

@@ -179,7 +179,7 @@ def test_tiny_track_with_two_cells_reports_not_enough_units_instead_of_a_false_a
 
 def test_classification_is_a_secondary_claim_per_cell_flagged_by_its_checks():
     arms = ("random", "dsir")
-    track = "continued pretraining"
+    track = "byte-LM continued pretraining"
     claims, sanity, checks = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.0))
     judged = claims.set_index("claim")
     assert judged.loc["classify_vs_random", "role"] == "secondary" and judged.loc["classify_vs_random", "n"] == 6

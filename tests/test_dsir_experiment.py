@@ -35,8 +35,9 @@ def test_config_validates_budget_fields():
 
 
 def test_seeds_are_counts_and_presets_keep_their_seeds():
-    # the lists the presets used before seeds became counts: smoke [0], cpu [0..4], gpu [0, 1, 2]
-    assert [dsir.configure(p).seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
+    # smoke [0], cpu [0..4], gpu [0..4] (gpu had 3 until its SmolLM2 track needed 5)
+    assert [dsir.configure(p).seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 5]
+    assert [dsir.configure(p).llm_seeds for p in ("cpu", "gpu")] == [3, 5]
     assert [dsir.configure(p).classify_seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
     assert [dsir.configure(p).tiny_lm_seeds for p in ("smoke", "cpu", "gpu")] == [1, 5, 3]
     with pytest.raises(ValueError, match=r"seeds.*>= 1.*0"):
@@ -85,7 +86,7 @@ def test_load_rejudges_a_recorded_report(computed, tmp_path, monkeypatch):
 
     views.budget_curves(loaded.budget_runs, loaded.budget_curves)
     views.classify_bars(loaded.classify)
-    views.tiny_lm_bars(loaded.tiny_lm)
+    views.lm_bars(loaded.tiny_lm)
     views.loss_bars(loaded.scores)
     views.kl_vs_loss(loaded.scores, loaded.correlation_intervals, "bigram_nats_per_token", "bigram LM")
     views.kl_vs_loss(loaded.tiny_lm, loaded.correlation_intervals, "bits_per_byte", dsir.TINY_TRACK,

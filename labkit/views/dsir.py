@@ -11,7 +11,7 @@ import pandas as pd
 
 from labkit import plots, widgets
 from labkit.experiments.dsir.claims import method_means
-from labkit.experiments.dsir.config import METHODS
+from labkit.experiments.dsir.config import LLM_TRACK, METHODS
 from labkit.experiments.dsir.summary import CORRELATION_VARIANTS
 from labkit.select import HashedFeatures, ShardedFeatures, gumbel_top_k, kl_reduction
 
@@ -178,7 +178,7 @@ def explorer(
     )
 
 
-def tiny_lm_bars(
+def lm_bars(
     tiny: pd.DataFrame, title: str = "Tiny byte-level transformer trained on each selection"
 ) -> plt.Figure:
     """Held-out bits/byte of a model trained on each selection (the tiny transformer, or SmolLM2 continued on it) per
@@ -235,7 +235,7 @@ def budget_curves(budget: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure:
                 ax.plot(steps, curve, color=colors(j % 10), linestyle="-" if r.budget == 1 else "--",
                         label=f"{arm} ({r.budget:g}x: {r.steps} steps)")
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats/byte)")
+        ax.set_ylabel(f"training loss (nats/{'token' if track == LLM_TRACK else 'byte'})")
         ax.set_title(f"{track}, {rows.seed.iloc[0]}: 1x and longer budget", fontsize=10)
         ax.legend(fontsize="x-small")
     fig.tight_layout()

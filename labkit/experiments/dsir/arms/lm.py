@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-SHARED: dict[str, Any] = {}  # the prepared pool for forked workers (inherited, never pickled)
+SHARED: dict[str, Any] = {}  # what forked workers inherit, never pickled: the prepared pool, and what a track adds
 
 
 @contextmanager

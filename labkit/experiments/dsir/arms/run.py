@@ -20,7 +20,7 @@ import pandas as pd
 from labkit import seed_everything, selection
 from labkit.experiments import Computed
 from labkit.experiments.dsir.arms.classify import run_classification
-from labkit.experiments.dsir.arms.llm import llm_track
+from labkit.experiments.dsir.arms.llm import llm_track, load_llm
 from labkit.experiments.dsir.arms.lm import bigram_cells, shared_pool, tiny_track
 from labkit.experiments.dsir.config import TUNED, Config, HeuristicSetting
 from labkit.experiments.dsir.data import Prepared, prepare
@@ -80,6 +80,7 @@ def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Comput
     every trained track), ``budget_curves`` (their training-loss curves) and ``skipped`` (targets a track could not
     run, and why).
     """
+    loaded = load_llm(cfg) if cfg.llm else None  # a missing model or a bad llm_layers fails here, not after an hour
     if "heuristic-words" in cfg.methods:
         prepared.words()  # built once, before forking
     targets = [t for t in cfg.targets if t not in prepared.skipped_targets]
@@ -91,7 +92,7 @@ def compute_on(cfg: Config, prepared: Prepared, progress: bool = True) -> Comput
             sweep["chosen"] = sweep.setting == sweep.method.map(chosen)  # the one record of the choice
         settings = {method: cfg.grid(method)[index] for method, index in chosen.items()}
         tiny, budget, curves = tiny_track(cfg, targets, settings, progress)
-        llm, llm_budget, llm_curves = llm_track(cfg, targets, settings, progress)
+        llm, llm_budget, llm_curves = llm_track(cfg, targets, settings, loaded, progress)
     budget = pd.concat([budget, llm_budget], ignore_index=True)
     curves |= llm_curves
 
