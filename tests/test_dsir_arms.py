@@ -120,9 +120,9 @@ def test_run_classification_end_to_end_and_summaries():
     again = run_classification(cfg, tiny_prepared(), progress=False)
     pd.testing.assert_frame_equal(table, again.table)  # deterministic for the seeds
     pd.testing.assert_frame_equal(track.budget, again.budget)
-    summary = classify_summary(table, n_boot=200)
+    summary = classify_summary(table)
     assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1"} <= set(summary.columns) and len(summary) == 4
-    held = classify_held(table, n_boot=200)
+    held = classify_held(table)
     assert held.startswith("classification after continued pretraining (linear probe, 1 targets × 2 seeds)")
     assert "DSIR − random accuracy" in held and "DSIR − heuristic accuracy" in held
     # the budget check: the first seed × target of every method, at 1x and 2x continue_steps, on the fit sample

@@ -187,7 +187,7 @@ def test_classification_is_a_secondary_claim_per_cell_flagged_by_its_checks():
     assert "interval over (target, seed) cells" in judged.loc["classify_vs_random", "rule"]
     assert judged.loc["classify_vs_random", "verdict"] == "inconclusive"  # dsir flagged: not converged
     cls = sanity[sanity.track.str.startswith("classification")].set_index("arm")
-    assert "dsir not converged" in cls.loc["dsir", "flags"]
+    assert cls.loc["dsir", "flags"].startswith("classification: dsir not converged")  # each flag names its track
     _, sanity, _ = dsir_claims.verdicts(scores(), classify_table(), budget=budget(track, arms, 3.3, 3.29))
     cls = sanity[sanity.track.str.startswith("classification")].set_index("arm")
     assert cls.beats_trivial.drop("chance").all() and cls.loc["dsir", "healthy"] == True  # noqa: E712

@@ -332,6 +332,9 @@ def verdicts(
         correlations = table.claim.isin([c.name for c, _ in CORRELATIONS])
         table.loc[correlations, "effect"] = "r = " + table.loc[correlations, "effect"]
     sanity = pd.concat(checks, ignore_index=True) if checks else pd.DataFrame()
+    if len(sanity):  # the recorded verdict lists the flags of every track: each names its track
+        short = sanity.track.str.split(" (", regex=False).str[0]
+        sanity["flags"] = [f"{t}: {f}" if f else f for t, f in zip(short, sanity["flags"], strict=True)]
     budgets = [b for b in budgets if len(b)]
     return table, sanity, pd.concat(budgets, ignore_index=True) if budgets else pd.DataFrame()
 

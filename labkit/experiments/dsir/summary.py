@@ -31,7 +31,7 @@ from labkit.experiments.dsir.claims import (
 from labkit.experiments.dsir.config import PREMISE_ARM, TINY_TRACK, VARIANTS, Config
 from labkit.experiments.dsir.data import Prepared, split_target
 from labkit.protocol import student_t_ci
-from labkit.stats import bootstrap_ci, interval_sign
+from labkit.stats import interval_sign
 
 __all__ = ["CORRELATION_VARIANTS", "PAPER_R", "SCORE_COLUMNS", "budget_effects", "classify_held", "classify_summary",
            "dsir_gaps", "explorer_weights", "headline_metrics", "judge", "llm_pilot", "paired_gaps", "targets_below",
@@ -91,28 +91,18 @@ def _reasons(skipped: pd.DataFrame, track: str) -> dict[str, str]:
 
 
 def llm_pilot(llm: pd.DataFrame) -> pd.DataFrame:
-    """The SmolLM2 track's comparisons (:data:`LLM_COMPARISONS`): the mean gap in held-out target bits per byte
-    (arm − reference; negative = the arm predicts the target better) per target over seeds and over every (target,
-    seed) cell, with a Student-t 95 % interval, its n, and whether the track has the seeds of a verdict
-    (:data:`~labkit.experiments.dsir.claims.VERDICT_SEEDS`) or is a pilot."""
+    """The SmolLM2 track's comparisons (:data:`LLM_COMPARISONS`, :func:`paired_gaps` of held-out target bits per
+    byte: arm − reference, negative = the arm predicts the target better) per target and over every (target, seed)
+    cell, and whether the track has the seeds of a verdict (:data:`~labkit.experiments.dsir.claims.VERDICT_SEEDS`)
+    or is a pilot."""
     columns = ["comparison", "target", "mean_diff", "low", "high", "n", "status"]
     if not len(llm):
         return pd.DataFrame(columns=columns)
-    bits = llm.pivot_table(index=["target", "seed"], columns="method", values="bits_per_byte")
-    status = "verdict (claims table)" if llm.seed.nunique() >= VERDICT_SEEDS else (
-        f"pilot: {llm.seed.nunique()} seeds < {VERDICT_SEEDS}")
-    rows = []
-    for arm, reference in LLM_COMPARISONS:
-        if not {arm, reference} <= set(bits.columns):
-            continue
-        gap = (bits[arm] - bits[reference]).dropna()
-        groups = [*gap.groupby(level="target", sort=False), ("all", gap)]
-        for target, values in groups:
-            mean, low, high = (student_t_ci(values.to_numpy()) if len(values) > 1
-                               else (float(values.mean()), float("nan"), float("nan")))
-            rows.append({"comparison": f"{arm} − {reference}", "target": target, "mean_diff": mean, "low": low,
-                         "high": high, "n": len(values), "status": status})
-    return pd.DataFrame(rows, columns=columns)
+    seeds = llm.seed.nunique()
+    status = "verdict (claims table)" if seeds >= VERDICT_SEEDS else f"pilot: {seeds} seeds < {VERDICT_SEEDS}"
+    gaps = [paired_gaps(llm, arm, reference, value="bits_per_byte") for arm, reference in LLM_COMPARISONS
+            if {arm, reference} <= set(llm.method)]
+    return pd.concat(gaps, ignore_index=True).assign(status=status)[columns]
 
 
 def budget_effects(budget_runs: pd.DataFrame) -> pd.DataFrame:
@@ -135,20 +125,21 @@ def budget_effects(budget_runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_gaps(
-    scores: pd.DataFrame, method: str, reference: str, value: str = "bigram_nats_per_token", n_boot: int = 2000
+    scores: pd.DataFrame, method: str, reference: str, value: str = "bigram_nats_per_token"
 ) -> pd.DataFrame:
-    """Per target and overall: mean of (method − reference) over seeds with a bootstrap 95 % interval.
+    """Per target and overall: mean of (method − reference) over seeds with a Student-t 95 % interval (NaN bounds
+    from one value).
 
-    Negative = ``method`` has the lower loss. The overall row pairs every (seed, target) cell.
+    Negative = ``method`` has the lower ``value``. The overall row pairs every (seed, target) cell.
     """
     a = scores[scores.method == method].set_index(["seed", "target"])[value]
     b = scores[scores.method == reference].set_index(["seed", "target"])[value]
     diff = (a - b).dropna().reset_index()
     rows = []
     for target, group in diff.groupby("target", sort=False):
-        mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+        mean, low, high = student_t_ci(group[value].to_numpy())
         rows.append({"target": target, "mean_diff": mean, "low": low, "high": high, "n": len(group)})
-    mean, low, high = bootstrap_ci(diff[value].to_numpy(), n_boot=n_boot)
+    mean, low, high = student_t_ci(diff[value].to_numpy())
     rows.append({"target": "all", "mean_diff": mean, "low": low, "high": high, "n": len(diff)})
     out = pd.DataFrame(rows)
     out.insert(0, "comparison", f"{method} − {reference}")
@@ -171,20 +162,20 @@ def targets_below(gaps: pd.DataFrame, reference: str = "random") -> tuple[int, i
     return int((rows.high < 0).sum()), len(rows)
 
 
-def classify_summary(classify: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """Per target × method: mean accuracy and macro-F1 over seeds with bootstrap 95 % intervals."""
+def classify_summary(classify: pd.DataFrame) -> pd.DataFrame:
+    """Per target × method: mean accuracy and macro-F1 over seeds with Student-t 95 % intervals."""
     rows = []
     for (target, method), group in classify.groupby(["target", "method"], sort=False):
         row = {"target": target, "method": method, "n_seeds": len(group)}
         for value in ("accuracy", "macro_f1"):
-            mean, low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+            mean, low, high = student_t_ci(group[value].to_numpy())
             row.update({value: mean, f"{value}_low": low, f"{value}_high": high})
         row["bits_per_byte"] = float(group.bits_per_byte.mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
+def classify_held(classify: pd.DataFrame) -> str:
     """A one-line statement of the paired accuracy gaps (DSIR − random, DSIR − heuristic, DSIR − base) of a run."""
     if classify.empty or "dsir" not in set(classify.method):
         return "downstream classification not run"
@@ -192,7 +183,7 @@ def classify_held(classify: pd.DataFrame, n_boot: int = 2000) -> str:
     for ref in ("random", "heuristic", "base"):
         if ref not in set(classify.method):
             continue
-        gap = paired_gaps(classify, "dsir", ref, value="accuracy", n_boot=n_boot)
+        gap = paired_gaps(classify, "dsir", ref, value="accuracy")
         per_target, overall = gap[gap.target != "all"], gap[gap.target == "all"].iloc[0]
         word = {1: "higher", -1: "lower", 0: "tied (interval spans 0)"}[interval_sign(overall.low, overall.high)]
         if overall.n < 3:
