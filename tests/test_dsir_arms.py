@@ -125,6 +125,8 @@ def test_run_classification_end_to_end_and_summaries():
     held = classify_held(table)
     assert held.startswith("classification after continued pretraining (linear probe, 1 targets × 2 seeds)")
     assert "DSIR − random accuracy" in held and "DSIR − heuristic accuracy" in held
+    one_seed = classify_held(table[table.seed == 0])  # a single cell has no interval (smoke runs 1 seed)
+    assert "from 1 paired cell(s): too few for an interval" in one_seed and "[+nan, +nan]" in one_seed
     # the budget check: the first seed × target of every method, at 1x and 2x continue_steps, on the fit sample
     budget = track.budget
     assert list(budget.columns) == ["track", "arm", "seed", "budget", "steps", "validation_bits_per_byte"]

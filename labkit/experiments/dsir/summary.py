@@ -185,9 +185,10 @@ def classify_held(classify: pd.DataFrame) -> str:
             continue
         gap = paired_gaps(classify, "dsir", ref, value="accuracy")
         per_target, overall = gap[gap.target != "all"], gap[gap.target == "all"].iloc[0]
-        word = {1: "higher", -1: "lower", 0: "tied (interval spans 0)"}[interval_sign(overall.low, overall.high)]
         if overall.n < 3:
             word = f"from {int(overall.n)} paired cell(s): too few for an interval"
+        else:
+            word = {1: "higher", -1: "lower", 0: "tied (interval spans 0)"}[interval_sign(overall.low, overall.high)]
         parts.append(
             f"DSIR − {ref} accuracy {overall.mean_diff:+.3f} [{overall.low:+.3f}, {overall.high:+.3f}] {word}, "
             f"DSIR higher on {int((per_target.mean_diff > 0).sum())}/{len(per_target)} targets"
