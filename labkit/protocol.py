@@ -38,6 +38,7 @@ ROLES = ("premise", "main", "secondary")  # the order a report shows them in
 KINDS = ("claim", "premise")
 ALPHA = 0.05  # two-sided level of every interval (95 %) and of the Holm–Bonferroni family
 MIN_UNITS = 3  # fewer units than this: no t-interval sanity check ("not enough units")
+IS_TRIVIAL = "is the trivial arm"  # sanity's beats_trivial on the trivial arm's own row: not compared with itself
 REL_EPS = 1e-9  # a gain equal to its tolerance up to float rounding counts as equal (0.2 computed as 97.24 - 97.04)
 
 
@@ -276,7 +277,8 @@ def sanity(
     """Per arm: converged (:func:`budget_check` rows; NaN for an arm not rerun, e.g. one without training), the
     metric at 1× and at the longer budget, healthy (:func:`health` rows; NaN where not checked), whether it beats
     ``trivial`` (paired t interval; "not enough units" below :data:`MIN_UNITS`; "no <trivial> run" when a run left
-    the trivial arm out, so the check cannot be made), and every failure as a flag.
+    the trivial arm out, so the check cannot be made; :data:`IS_TRIVIAL` on the trivial arm's own row, which is not
+    compared with itself), and every failure as a flag.
 
     ``table`` has one row per (arm, seed) with ``metric`` (the measure the trivial baseline is compared on).
     """
@@ -301,7 +303,7 @@ def sanity(
             if len(mine):
                 row["healthy"] = bool(mine["healthy"].all())
                 flags += [f for f in mine["flags"] if f]
-        beats: object = True
+        beats: object = IS_TRIVIAL if arm == trivial else True
         if not ran_trivial:
             beats = f"no {trivial} run"
         elif arm != trivial:

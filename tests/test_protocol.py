@@ -121,7 +121,8 @@ def test_sanity_flags_from_budget_health_and_trivial_make_a_verdict_inconclusive
     assert not row.loc["a", "converged"] and "a not converged" in row.loc["a", "flags"]
     assert row.loc["b", "converged"] and "does not beat mean" in row.loc["b", "flags"]
     assert math.isnan(row.loc["mean", "converged"])  # not rerun: not checked, not flagged
-    assert row.loc["a", "beats_trivial"] and not row.loc["b", "beats_trivial"]
+    assert row.loc["a", "beats_trivial"] is True and row.loc["b", "beats_trivial"] is False
+    assert row.loc["mean", "beats_trivial"] == protocol.IS_TRIVIAL  # the trivial arm is not said to beat itself
     v = protocol.judge(CLAIM, t, checks)
     assert v.verdict == "inconclusive" and len(v.flags) == 2
     table = protocol.claims_table([v])

@@ -92,7 +92,7 @@ def test_premises_come_first_and_every_claim_is_judged_paired_over_five_seeds():
     roles = dict(zip(claims["claim"], claims["role"], strict=True))
     assert roles["sms_beats_swa"] == "secondary" and roles["repruned_average_loses_accuracy"] == "secondary"
     assert claims.loc[claims.role == "main", "p (Holm)"].notna().all()
-    assert set(sanity["flags"]) == {""} and sanity.set_index("arm").loc[CHANCE, "beats_trivial"]
+    assert set(sanity["flags"]) == {""} and sanity.set_index("arm").loc[CHANCE, "beats_trivial"] == protocol.IS_TRIVIAL
 
 
 def test_a_premise_not_held_makes_the_accuracy_claims_premise_not_met():
