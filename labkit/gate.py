@@ -120,8 +120,9 @@ class GatedBranch(nn.Module):
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
+        self.own_extras: tuple[str | None, ...] = ()  # names of the branch's parameters among its extra outputs
         self.record_probe = False  # set by add_gates around its probe forward
-        self.probe: tuple[torch.Tensor, dict] | None = None  # (input, keyword arguments) of that forward
+        self.probe: tuple[torch.Tensor, tuple, dict] | None = None  # (input, arguments, keyword arguments) of it
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
         self.register_state_dict_post_hook(_flatten_branch_keys)
@@ -144,6 +145,13 @@ class GatedBranch(nn.Module):
         scale, self.pending_scale = self.pending_scale, None
         return output if scale is None else output * scale
 
+    def _compact_extras(self, arity: int) -> tuple:
+        """What a compact branch returns after its output: a parameter of the branch where its own forward returned
+        one (GPT-NeoX-Japanese's output bias, which its layer adds), else None (attention weights and router logits
+        are not computed)."""
+        names = self.own_extras or (None,) * (arity - 1)
+        return tuple(None if name is None else self.branch.get_parameter(name) for name in names)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         gate = self.residual_gate
@@ -158,15 +166,16 @@ class GatedBranch(nn.Module):
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
             arity = self.arity if self.arity is not None else 2 if self.role == "attn" else 0
-            rest: tuple | None = (None,) * (arity - 1) if arity else None  # extras (attention weights) not computed
+            rest: tuple | None = self._compact_extras(arity) if arity else None
         else:
             out = self.branch(*args, **kwargs)
             y, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
             if self.arity is None:
                 self.arity = 0 if rest is None else len(out)
+                self.own_extras = _parameter_names(self.branch, rest or ())
             y = y.view(hidden.shape) if y.shape != hidden.shape else y  # Llama4's MoE returns tokens flattened
             if self.record_probe:  # an input compact execution is checked on (by labkit.skip, before first use)
-                self.probe = (hidden.detach(), _detached(kwargs))
+                self.probe = (hidden.detach(), _detached(args), _detached(kwargs))
             if keep is not None:
                 y = y * keep.unsqueeze(-1).to(y.dtype)
         if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that
@@ -181,6 +190,12 @@ class GatedBranch(nn.Module):
         return with_first(out, y) if out is not None else (y, *rest)  # the branch's own container (named tuples)
 
 
+def _parameter_names(module: nn.Module, values: tuple) -> tuple[str | None, ...]:
+    """For each of ``values``, its name if it is a parameter of ``module``, else None."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    return tuple(names.get(id(v)) if isinstance(v, nn.Parameter) else None for v in values)
+
+
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
     """A branch's output container (tuple, list or named tuple) with ``first`` in place of its leading tensor."""
     if hasattr(out, "_fields"):
@@ -188,16 +203,16 @@ def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
     return type(out)([first, *out[1:]])
 
 
-def _detached(kwargs: dict) -> dict:
-    """A probe's keyword arguments with every tensor (and tensor pair, e.g. rotary cos/sin) detached."""
-    def detach(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.detach()
-        if isinstance(value, tuple):
-            return tuple(detach(v) for v in value)
-        return value
-
-    return {k: detach(v) for k, v in kwargs.items()}
+def _detached(value: Any) -> Any:
+    """A probe's input with every tensor detached, in tuples (positional arguments, rotary cos/sin) and dicts (keyword
+    arguments)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
 
 
 def _flatten_branch_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:

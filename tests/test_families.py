@@ -198,11 +198,12 @@ OVERRIDES = {  # model type -> config kwargs over TINY, where a family names a s
     "gemma3n_text": {"num_kv_shared_layers": 0, "laurel_rank": 4, "activation_sparsity_pattern": [0.0, 0.0]},
     "gemma4_text": {"global_head_dim": 16},
     "gemma4_unified_text": {"global_head_dim": 16},
-    "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 5},  # a local window that takes effect
     "inkling2_loop_text": {"unpadded_vocab_size": V, "rel_extent": 16},
     "inkling2_text": {"unpadded_vocab_size": V, "rel_extent": 16},
     "inkling_text": {"rel_extent": 16},
     "longcat_flash": {"head_dim": 4, "expert_ffn_hidden_size": 16, "zero_expert_num": 2, "moe_topk": 2},
+    "modernbert-decoder": {"local_attention": 10},  # its sliding window is half of this: 5, as TINY's elsewhere
     "reformer": {"is_decoder": True, "attn_layers": ["local", "lsh"], "attention_head_size": 8,
                  "feed_forward_size": 64, "axial_pos_shape": [8, 8], "axial_pos_embds_dim": [16, 16],
                  "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8},

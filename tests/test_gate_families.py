@@ -336,6 +336,25 @@ def test_compact_scales_queries_by_position_as_llama4_scaling_does():
     torch.testing.assert_close(logits["compact"], logits["masked"], atol=1e-5, rtol=1e-5)
 
 
+def test_compact_returns_the_output_bias_the_layer_adds():
+    """GPT-NeoX-Japanese's last attention returns its output bias for the layer to add (zero at initialisation, not
+    in a checkpoint): compact execution returns it too, so compact == masked with a nonzero bias; partial rotary on
+    an attention module without a config."""
+    torch.manual_seed(0)
+    rope = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
+    config = transformers.GPTNeoXJapaneseConfig(**{**COMMON, "rope_parameters": rope})
+    model = transformers.GPTNeoXJapaneseForCausalLM._from_config(config).eval()
+    bias = gate.decoder_layers(model)[1].attention.dense_bias
+    with torch.no_grad():
+        bias.normal_()
+    model = randomize_gates(gate.add_gates(model))
+    logits = {}
+    for execution in ("masked", "compact"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False):
+            logits[execution] = model(tokens()).logits
+    torch.testing.assert_close(logits["compact"], logits["masked"], atol=1e-5, rtol=1e-5)
+
+
 def test_compact_is_verified_in_float32_for_a_bf16_model():
     """AFMoE's full-attention layers (every fourth) use no rotary embedding, which compact execution applies. In bf16
     the model's rounding (eps 2^-8) would hide that mismatch; the check widens the branch to float32 and refuses."""

@@ -4,17 +4,19 @@ GateSkip's default path computes every branch densely and zeroes skipped tokens 
 the kept tokens only, and attention computes K/V for every token (later tokens may attend to them) but queries,
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
-Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
-over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), per-head fused
-``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); multi-head latent attention (MLA: DeepSeek-V2/V3 and
-Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared
-key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the family's own
-function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies), partial
-rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding windows, Gemma2's logit
+Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral,
+Qwen2-MoE, OLMoE; q/k norms per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj``
+(Phi3), per-head fused ``query_key_value`` (GPT-NeoX, GPT-NeoX-Japanese), Conv1D ``c_attn`` (GPT-2) and JetMoE's
+mixture of attention (routed query and output experts over shared K/V heads); multi-head latent attention (MLA:
+DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the
+rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the
+family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies),
+partial rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo),
+sliding windows (GPT-Neo's local layers among them), Gemma2's logit
 softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
 the output projection. An MoE feed-forward is position-wise, so it runs on the kept tokens
-like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer and the inputs in
-:data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
+like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer, Zaya's convolutional q/k/v
+projection and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -106,7 +108,10 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
 
 
 def _rotary_dims(attn: nn.Module, head_dim: int) -> int:
-    """How many dimensions of a head the family rotates, by its config (partial rotary: a fraction of them)."""
+    """How many dimensions of a head the family rotates: the module's ``rotary_ndims``, else by its config (partial
+    rotary: a fraction of them); GPT-NeoX-Japanese's attention keeps no config."""
+    if hasattr(attn, "rotary_ndims"):
+        return attn.rotary_ndims
     config = getattr(attn, "config", None)
     rope = getattr(config, "rope_parameters", None)
     fraction = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) or \
@@ -150,12 +155,22 @@ def _latent(attn: nn.Module) -> bool:
     return hasattr(attn, "kv_a_proj_with_mqa")
 
 
+def _mixture_of_attention(attn: nn.Module) -> bool:
+    """Whether ``attn`` is JetMoE's mixture of attention heads: query and output projections are per-token routed
+    experts (``experts.map`` / ``experts.reduce``) over shared K/V heads."""
+    return hasattr(getattr(attn, "experts", None), "reduce")
+
+
 def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Queries (N, heads, head_dim) of tokens x (N, d), before rotary."""
     if _latent(attn):  # MLA: a low-rank query (q_a -> norm -> q_b) unless q_lora_rank is None
         q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
         return q.view(x.shape[0], -1, attn.qk_head_dim)
     hd = _head_dim(attn)
+    if _mixture_of_attention(attn):  # JetMoE: each token's top-k query experts, top_k x kv heads query heads
+        return attn.experts.map(x.unsqueeze(0))[0].view(x.shape[0], -1, hd)
+    if hasattr(attn, "Wq"):  # CTRL
+        return attn.Wq(x).view(x.shape[0], -1, hd)
     if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
         return _norm_heads(getattr(attn, "q_norm", None), attn.q_proj(x), hd)
     if hasattr(attn, "qkv_proj"):  # Phi3: [q | k | v] rows
@@ -179,6 +194,11 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         latent, shared = attn.kv_a_proj_with_mqa(x).split([attn.kv_lora_rank, attn.qk_rope_head_dim], dim=-1)
         return attn.kv_a_layernorm(latent).view(n, 1, -1), shared.view(n, 1, -1)
     hd = _head_dim(attn)
+    if _mixture_of_attention(attn):  # JetMoE: [k | v]
+        k, v = attn.kv_proj(x).chunk(2, dim=-1)
+        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
+    if hasattr(attn, "Wk"):  # CTRL
+        return attn.Wk(x).view(n, -1, hd), attn.Wv(x).view(n, -1, hd)
     if hasattr(attn, "k_proj"):
         return _norm_heads(getattr(attn, "k_norm", None), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
     if hasattr(attn, "qkv_proj"):
@@ -253,11 +273,22 @@ def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: to
     return scale.reshape(-1, 1, 1)
 
 
+def _check_position_wise(attn: nn.Module) -> None:
+    """ValueError where the q/k/v projection is not a linear layer: Zaya's compressed convolutional attention mixes
+    each token's queries and keys with its predecessors' by a causal convolution and its values with the previous
+    token's (states kept in the cache), so a kept query needs the projections of skipped neighbours."""
+    proj = getattr(attn, "qkv_proj", None)
+    if proj is not None and not isinstance(proj, nn.Linear):
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its q/k/v projection "
+                         f"{type(proj).__name__} is not a linear layer (Zaya's convolutional attention mixes each "
+                         "token's queries, keys and values with earlier tokens'); use execution='masked'")
+
+
 def _no_adapter(attn: nn.Module) -> ValueError:
     return ValueError(
         f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
-        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX), c_attn/c_proj (GPT-2) or "
-        "kv_a_proj_with_mqa (latent attention); use execution='masked'"
+        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX), c_attn/c_proj (GPT-2), "
+        "Wq/Wk/Wv (CTRL), experts/kv_proj (JetMoE) or kv_a_proj_with_mqa (latent attention); use execution='masked'"
     )
 
 
@@ -280,14 +311,28 @@ def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Ten
     return o * gate
 
 
+def _project_out(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """The attention output of the mixed values ``o`` (N, W, heads x head_dim) of tokens ``x`` (N, W, d): under
+    JetMoE's mixture of attention each token's top-k output experts, routed by ``x`` as its queries were (the
+    routing is per token), weighted and summed; else any output gate, then the output projection."""
+    if _mixture_of_attention(attn):
+        n, width = o.shape[:2]
+        topology = attn.experts.router(x.reshape(n * width, -1))[:4]
+        return attn.experts.reduce(o.view(1, n * width, attn.top_k, -1), topology).view(n, width, -1)
+    return _out_proj(attn, _output_gate(attn, x, o))
+
+
 def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
     """The output projection of the mixed values, after BitNet's ``attn_sub_norm`` where the family has one."""
     sub_norm = getattr(attn, "attn_sub_norm", None)
     o = sub_norm(o) if sub_norm is not None else o
     if hasattr(attn, "o_proj"):
         return attn.o_proj(o)
-    if hasattr(attn, "out_proj"):  # GPT-J
-        return attn.out_proj(o)
+    if hasattr(attn, "out_proj"):  # GPT-J, GPT-Neo: then their output dropout
+        dropout = getattr(attn, "resid_dropout", None)
+        return attn.out_proj(o) if dropout is None else dropout(attn.out_proj(o))
+    if hasattr(attn, "Wo"):  # ModernBERT-decoder
+        return attn.out_drop(attn.Wo(o))
     if hasattr(attn, "dense"):
         return attn.dense(o)
     return attn.resid_dropout(attn.c_proj(o))
@@ -311,8 +356,21 @@ def _attention_settings(attn: nn.Module) -> Settings:
         rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
         dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
     sinks = getattr(attn, "sinks", None)
-    return Settings(attn.scaling, dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
+    return Settings(_scale(attn), dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
                     sinks if isinstance(sinks, torch.Tensor) else None)
+
+
+def _scale(attn: nn.Module) -> float:
+    """The factor on query-key products: the module's ``scaling``, 1 / ``norm_factor`` (GPT-NeoX-Japanese), or 1 for
+    GPT-Neo, whose global and local layers (``attention_type``) do not scale scores by 1 / sqrt(head_dim)."""
+    if hasattr(attn, "scaling"):
+        return attn.scaling
+    if hasattr(attn, "norm_factor"):
+        return 1 / attn.norm_factor
+    if getattr(attn, "attention_type", None) in ("global", "local"):
+        return 1.0
+    raise ValueError(f"compact execution cannot run {type(attn).__name__}: it sets no score scale labkit's adapter "
+                     "reads (scaling, norm_factor); use execution='masked'")
 
 
 def _sliding_window(attn: nn.Module) -> int | None:
@@ -321,6 +379,8 @@ def _sliding_window(attn: nn.Module) -> int | None:
     types this layer as full attention. A window of 0 or None means none (Qwen2-MoE's config says 0)."""
     if hasattr(attn, "sliding_window"):
         return attn.sliding_window or None
+    if getattr(attn, "attention_type", None) in ("global", "local"):  # GPT-Neo: a window on its local layers
+        return attn.config.window_size if attn.attention_type == "local" else None
     config = getattr(attn, "config", None)
     types = getattr(config, "layer_types", None)
     if getattr(config, "use_sliding_window", True) is False or (types and types[attn.layer_idx] != "sliding_attention"):
@@ -390,12 +450,25 @@ def _needed(keep: torch.Tensor) -> torch.Tensor:
     return keep.flip(1).to(torch.int8).cummax(1).values.flip(1).bool()
 
 
+def _self_attention(attn: nn.Module) -> nn.Module:
+    """The module that computes the attention: GPT-Neo's ``GPTNeoAttention`` only dispatches to the global or local
+    self-attention it holds as ``attention``."""
+    inner = getattr(attn, "attention", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(attn, "attention_layers") else attn
+
+
+def _layer(attn: nn.Module) -> int:
+    """The attention's layer index in the KV cache (``layer_id`` in GPT-Neo)."""
+    return attn.layer_idx if hasattr(attn, "layer_idx") else attn.layer_id
+
+
 def copy_forward_step(attn: nn.Module, cache: Any, model: Any = "model") -> None:
     """A one-token decoding step that skips attention at layer l for every row: the layer's new K/V are layer
     l-1's newest position (GateSkip's copy-forward), appended to the cache; no projection runs, one position moves.
     Under latent attention the cache holds the latent and the rotated shared key, so those are what is copied."""
-    keys, values = layer_kv(cache, attn.layer_idx - 1, model)
-    self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], attn.layer_idx)
+    layer = _layer(_self_attention(attn))
+    keys, values = layer_kv(cache, layer - 1, model)
+    self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], layer)
 
 
 def compact_attention(
@@ -414,6 +487,7 @@ def compact_attention(
     GateSkip's copy-forward would leave them. The official code raises NotImplementedError for this case.
     """
     B, T, d = hidden.shape
+    attn = _self_attention(attn)
     for name, what in UNSUPPORTED_INPUTS.items():
         if kwargs.get(name) is not None:
             raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
@@ -422,18 +496,20 @@ def compact_attention(
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
                          "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
                          "adapter does not apply; use execution='masked'")
+    _check_position_wise(attn)
+    layer = _layer(attn)
     _, cache = find_cache(kwargs)
-    if copy_forward and cache is not None and T == 1 and attn.layer_idx > 0 and not bool(keep.any()):
+    if copy_forward and cache is not None and T == 1 and layer > 0 and not bool(keep.any()):
         copy_forward_step(attn, cache, model)
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
     rope = _rope(attn, kwargs.get("position_embeddings"), B)
     needed = torch.ones_like(keep)
     prev = None
-    if copy_forward and cache is not None and attn.layer_idx > 0:
+    if copy_forward and cache is not None and layer > 0:
         needed = _needed(keep)
         if not bool(needed.all()):
-            keys, values = layer_kv(cache, attn.layer_idx - 1, model)
+            keys, values = layer_kv(cache, layer - 1, model)
             if keys.shape[2] >= T:  # layer l-1 holds this step's tokens (a short sliding window may not)
                 prev = keys[:, :, -T:].transpose(1, 2), values[:, :, -T:].transpose(1, 2)
             else:
@@ -451,9 +527,11 @@ def compact_attention(
                     for old, new in ((k, k_new), (v, v_new)))
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
-        k, v = self_attention_cache(cache).update(k, v, attn.layer_idx)
+        k, v = self_attention_cache(cache).update(k, v, layer)
     if _latent(attn):  # per-head keys and values of every cached token, as the module's own forward expands them
         k, v = attn.expand_kv(k, v)
+    if _mixture_of_attention(attn):  # query head h of JetMoE reads K/V head h mod kv heads (tiled, not grouped)
+        k, v = k.repeat(1, attn.top_k, 1, 1), v.repeat(1, attn.top_k, 1, 1)
     has_kept = keep.any(1)
     every_row = bool(has_kept.all())
     if not every_row and not bool(has_kept.any()):
@@ -470,7 +548,7 @@ def compact_attention(
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
     o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
-    o = _out_proj(attn, _output_gate(attn, x, o.transpose(1, 2).reshape(n_rows, width, -1)))
+    o = _project_out(attn, x, o.transpose(1, 2).reshape(n_rows, width, -1))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:
         return scattered

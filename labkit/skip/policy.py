@@ -409,18 +409,17 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
         raise ValueError(branch.compact_error)
     if branch.compact_checked or branch.probe is None:
         return
-    hidden, kwargs = branch.probe
+    hidden, args, kwargs = branch.probe
     module = branch.branch
     what = f"{type(module).__name__} (branch {branch.name})"
     keep = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
     kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS}
     training = module.training
     module.eval()  # the module's weights now (it may have been fine-tuned since the probe), without dropout
-    hidden, kwargs = _widened(hidden), {k: _widened(v) for k, v in kwargs.items()}
+    hidden, args, kwargs = _widened(hidden), _widened(args), {k: _widened(v) for k, v in kwargs.items()}
     try:
         with _in_float32(module):  # a bf16 model's rounding would hide a mismatch of a few per cent
-            own = module(**{**kwargs, "hidden_states": hidden}) if "hidden_states" in kwargs else \
-                module(hidden, **kwargs)
+            own = module(*args, **kwargs)  # as the layer called it (CTRL passes its input as v, k and q)
             own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
             if branch.role == "mlp":
                 out = compact_mlp(module, hidden, keep)
