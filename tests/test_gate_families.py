@@ -356,14 +356,13 @@ def test_compact_returns_the_output_bias_the_layer_adds():
 
 
 def test_compact_is_verified_in_float32_for_a_bf16_model():
-    """AFMoE's full-attention layers (every fourth) use no rotary embedding, which compact execution applies. In bf16
-    the model's rounding (eps 2^-8) would hide that mismatch; the check widens the branch to float32 and refuses."""
+    """An attention whose output is scaled by 1 + 2^-9, which compact execution does not apply. In bf16 the model's
+    rounding (eps 2^-8) would hide that mismatch; the check widens the branch to float32 and refuses."""
     torch.manual_seed(0)
-    config = transformers.AfmoeConfig(**{**COMMON, "num_hidden_layers": 4, "num_key_value_heads": 2, "head_dim": 8,
-                                         "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16})
-    model = gate.add_gates(transformers.AfmoeForCausalLM._from_config(config).eval()).to(torch.bfloat16)
-    assert config.layer_types[3] == "full_attention"
-    with pytest.raises(ValueError, match=r"does not reproduce AfmoeAttention \(branch 3.attn\)"):
+    model = transformers.LlamaForCausalLM._from_config(transformers.LlamaConfig(**COMMON)).eval()
+    model.model.layers[1].self_attn.register_forward_hook(lambda module, args, out: (out[0] * (1 + 2**-9), *out[1:]))
+    model = gate.add_gates(model).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"does not reproduce LlamaAttention \(branch 1.attn\)"):
         with torch.no_grad(), skip.budget(model, 0.4, execution="compact", measure_flops=False):
             model(tokens())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # widened for the check only

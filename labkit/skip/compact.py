@@ -6,17 +6,20 @@ scores, values-mixing and the output projection for the kept tokens only. Output
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
 Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral,
 Qwen2-MoE, OLMoE; q/k norms per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj``
-(Phi3), per-head fused ``query_key_value`` (GPT-NeoX, GPT-NeoX-Japanese), Conv1D ``c_attn`` (GPT-2) and JetMoE's
-mixture of attention (routed query and output experts over shared K/V heads); multi-head latent attention (MLA:
-DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the
-rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the
-family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies),
-partial rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo),
-sliding windows (GPT-Neo's local layers among them), Gemma2's logit
-softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
-the output projection. An MoE feed-forward is position-wise, so it runs on the kept tokens
-like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer, Zaya's convolutional q/k/v
-projection and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
+(Phi3; CodeGen's in model-parallel shards of [q | v | k]), per-head fused ``query_key_value`` (GPT-NeoX,
+GPT-NeoX-Japanese, Persimmon), Conv1D ``c_attn`` (GPT-2) and JetMoE's mixture of attention (routed query and output
+experts over shared K/V heads); multi-head latent attention (MLA: DeepSeek-V2/V3 and Sarvam, MiniCPM3,
+GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared key, expanded into
+per-head keys and values by the module's own ``expand_kv``; rotary through the family's own function (cos/sin, the
+interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or the attention's own
+``rotary_emb`` (Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2 and Flint, and
+Llama-4 query scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo), sliding windows (GPT-Neo's
+local layers among them), Gemma2's logit softcap and attention sinks in the mask and scores; an output gate (AFMoE,
+Laguna, Beam) or a norm (BitNet) before the output projection; differential attention (DiffLlama: two softmax maps
+of the same queries and keys, the second's output subtracted, then a norm). An MoE feed-forward is position-wise, so
+it runs on the kept tokens like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer, Zaya's
+convolutional q/k/v projection and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked
+execution works).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ UNSUPPORTED_INPUTS = {
     "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
     "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
 }
+# Attention classes that rotate queries and keys on their sliding-window layers only: full attention is NoPE
+SLIDING_ONLY_ROTARY = ("AfmoeAttention", "Cohere2Attention", "FlintAttention")
+# Attention classes whose model masks full-causal though the config sets a sliding window (it only truncates the cache)
+FULL_CAUSAL = ("MoshiAttention",)
 Rope = tuple[torch.Tensor, ...]  # rotary rows of some tokens: (cos, sin), (complex frequencies,) or () without rotary
 
 
@@ -134,6 +141,13 @@ def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch
     return norm(x) if norm is not None else x
 
 
+def _qk_norm(attn: nn.Module, which: str) -> nn.Module | None:
+    """The norm a family applies to its queries (``which`` "q") or keys ("k") before rotary: ``q_norm`` (Qwen3,
+    OLMo2, Gemma3) or ``q_layernorm`` (Persimmon, Phi, StableLM); None without one."""
+    norm = getattr(attn, f"{which}_norm", None)
+    return norm if norm is not None else getattr(attn, f"{which}_layernorm", None)
+
+
 def _after_rotary(attn: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
     """Queries or keys (N, heads, head_dim) through the per-head norm a family applies after rotary
     (``query_layernorm`` / ``key_layernorm``: HunYuan), else unchanged."""
@@ -172,12 +186,15 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(attn, "Wq"):  # CTRL
         return attn.Wq(x).view(x.shape[0], -1, hd)
     if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
-        return _norm_heads(getattr(attn, "q_norm", None), attn.q_proj(x), hd)
+        return _norm_heads(_qk_norm(attn, "q"), attn.q_proj(x), hd)
+    if hasattr(attn, "mp_num"):  # CodeGen
+        return F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, 0))).view(x.shape[0], -1, hd)
     if hasattr(attn, "qkv_proj"):  # Phi3: [q | k | v] rows
         width = attn.config.num_attention_heads * hd
         return F.linear(x, *_rows(attn.qkv_proj, slice(0, width))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [q | k | v]
-        return F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0))).view(x.shape[0], -1, hd)
+    if hasattr(attn, "query_key_value"):  # GPT-NeoX, Persimmon: per head [q | k | v]
+        q = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0)))
+        return _norm_heads(_qk_norm(attn, "q"), q, hd)
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
         return F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, 0))).view(x.shape[0], -1, hd)
     if hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
@@ -200,7 +217,10 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if hasattr(attn, "Wk"):  # CTRL
         return attn.Wk(x).view(n, -1, hd), attn.Wv(x).view(n, -1, hd)
     if hasattr(attn, "k_proj"):
-        return _norm_heads(getattr(attn, "k_norm", None), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
+        return _norm_heads(_qk_norm(attn, "k"), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
+    if hasattr(attn, "mp_num"):
+        k, v = (F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, part))) for part in (1, 2))
+        return k.view(n, -1, hd), v.view(n, -1, hd)
     if hasattr(attn, "qkv_proj"):
         width = attn.config.num_attention_heads * hd
         k, v = F.linear(x, *_rows(attn.qkv_proj, slice(width, None))).chunk(2, dim=-1)
@@ -208,7 +228,7 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if hasattr(attn, "query_key_value"):
         k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
         v = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 2)))
-        return k.view(n, -1, hd), v.view(n, -1, hd)
+        return _norm_heads(_qk_norm(attn, "k"), k, hd), v.view(n, -1, hd)
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):
         k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
@@ -228,6 +248,15 @@ def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> to
     device = fused.weight.device
     rows = torch.arange(heads, device=device)[:, None] * 3 * hd + part * hd + torch.arange(hd, device=device)
     return rows.reshape(-1)
+
+
+def _codegen_rows(attn: nn.Module, part: int) -> torch.Tensor:
+    """Rows of CodeGen's fused ``qkv_proj`` holding part 0 (q), 1 (k) or 2 (v): ``mp_num`` model-parallel shards,
+    each [q | v | k] for its consecutive slice of the heads."""
+    local = attn.embed_dim // attn.mp_num
+    device = attn.qkv_proj.weight.device
+    start = torch.arange(attn.mp_num, device=device)[:, None] * 3 * local + (0, 2, 1)[part] * local
+    return (start + torch.arange(local, device=device)).reshape(-1)
 
 
 def _bigcode_rows(attn: nn.Module, part: int) -> torch.Tensor | slice:
@@ -322,6 +351,33 @@ def _project_out(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Ten
     return _out_proj(attn, _output_gate(attn, x, o))
 
 
+def _differential(attn: nn.Module) -> bool:
+    """Whether ``attn`` is differential attention (DiffLlama): two softmax maps, the second's output subtracted."""
+    return hasattr(attn, "lambda_q1")
+
+
+def _values(attn: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """The values (B, kv heads, S, head_dim) attended over; under differential attention, per kv head, the values
+    of the first half of the kv heads beside those of the second half (repeated to every head, as its module does):
+    one attention call then gives the outputs of its module's two calls (same queries and keys) side by side."""
+    if not _differential(attn):
+        return v
+    first, second = (half.repeat(1, 2, 1, 1) for half in v.chunk(2, dim=1))
+    return torch.cat([first, second], dim=-1)
+
+
+def _mixed(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
+    """The attention output (N, W, heads, width) as the output projection takes it, (N, W, heads x width); under
+    differential attention the first half of the heads minus λ times the second, RMS-normed, times 1 - λ_init."""
+    if _differential(attn):
+        first, second = o.chunk(2, dim=2)
+        lambda_1, lambda_2 = (torch.exp(torch.sum(q * k, dim=-1, dtype=torch.float32)).to(o.dtype)
+                              for q, k in ((attn.lambda_q1, attn.lambda_k1), (attn.lambda_q2, attn.lambda_k2)))
+        lam = lambda_1 - lambda_2 + attn.lambda_init
+        o = (1 - attn.lambda_init) * attn.groupnorm(first - lam * second)
+    return o.reshape(*o.shape[:2], -1)
+
+
 def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
     """The output projection of the mixed values, after BitNet's ``attn_sub_norm`` where the family has one."""
     sub_norm = getattr(attn, "attn_sub_norm", None)
@@ -376,7 +432,10 @@ def _scale(attn: nn.Module) -> float:
 def _sliding_window(attn: nn.Module) -> int | None:
     """The attention's sliding window, or None for full attention: set on the module for sliding layers only (Qwen2/3,
     Gemma2/3); else the config's, unless the config switches it off (``use_sliding_window=False``, Qwen2-MoE) or
-    types this layer as full attention. A window of 0 or None means none (Qwen2-MoE's config says 0)."""
+    types this layer as full attention, or the family masks full-causal (:data:`FULL_CAUSAL`). A window of 0 or None
+    means none (Qwen2-MoE's config says 0)."""
+    if type(attn).__name__ in FULL_CAUSAL:
+        return None
     if hasattr(attn, "sliding_window"):
         return attn.sliding_window or None
     if getattr(attn, "attention_type", None) in ("global", "local"):  # GPT-Neo: a window on its local layers
@@ -426,6 +485,22 @@ def _attend(
     if sinks is not None:
         weights = weights[..., :-1]
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
+
+
+def _position_embeddings(attn: nn.Module, hidden: torch.Tensor, kwargs: dict) -> Any:
+    """The rotary rows this layer applies: the ``position_embeddings`` its decoder layer hands it, else those of its
+    own ``rotary_emb`` at ``position_ids`` (Moshi); None on a layer without rotary (a full-attention layer of
+    :data:`SLIDING_ONLY_ROTARY`: AFMoE's ``is_local_attention`` False, else no ``sliding_window``)."""
+    local = getattr(attn, "is_local_attention", getattr(attn, "sliding_window", None) is not None)
+    if type(attn).__name__ in SLIDING_ONLY_ROTARY and not local:
+        return None
+    rope, rotary = kwargs.get("position_embeddings"), getattr(attn, "rotary_emb", None)
+    if rope is not None or rotary is None:
+        return rope
+    if kwargs.get("position_ids") is None:
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: it computes its rotary embedding from "
+                         "position_ids, which its decoder layer did not hand it; use execution='masked'")
+    return rotary(hidden, kwargs["position_ids"])
 
 
 def _rope(attn: nn.Module, rope: Any, batch: int) -> Rope:
@@ -503,7 +578,7 @@ def compact_attention(
         copy_forward_step(attn, cache, model)
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
-    rope = _rope(attn, kwargs.get("position_embeddings"), B)
+    rope = _rope(attn, _position_embeddings(attn, hidden, kwargs), B)
     needed = torch.ones_like(keep)
     prev = None
     if copy_forward and cache is not None and layer > 0:
@@ -547,8 +622,8 @@ def compact_attention(
     q = q if scale is None else q * scale.to(q.dtype)
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
-    o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
-    o = _project_out(attn, x, o.transpose(1, 2).reshape(n_rows, width, -1))
+    o = _attend(q, k[rows], _values(attn, v[rows]), past + index, kv_rows, settings)
+    o = _project_out(attn, x, _mixed(attn, o.transpose(1, 2)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:
         return scattered
