@@ -5,12 +5,12 @@ the kept tokens only, and attention computes K/V for every token (later tokens m
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
 Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
-over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), per-head fused
-``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); multi-head latent attention (MLA: DeepSeek-V2/V3 and
-Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared
-key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the family's own
-function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies), partial
-rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding windows, Gemma2's logit
+over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX, clipped to
+``clip_qkv``), per-head fused ``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); multi-head latent attention
+(MLA: DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and
+the rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the
+family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies),
+partial rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding windows, Gemma2's logit
 softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
 the output projection. An MoE feed-forward is position-wise, so it runs on the kept tokens
 like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer and the inputs in
@@ -158,9 +158,9 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     hd = _head_dim(attn)
     if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
         return _norm_heads(getattr(attn, "q_norm", None), attn.q_proj(x), hd)
-    if hasattr(attn, "qkv_proj"):  # Phi3: [q | k | v] rows
+    if _fused_qkv(attn) is not None:  # Phi3, DBRX: [q | k | v] rows
         width = attn.config.num_attention_heads * hd
-        return F.linear(x, *_rows(attn.qkv_proj, slice(0, width))).view(x.shape[0], -1, hd)
+        return _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(0, width)))).view(x.shape[0], -1, hd)
     if hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [q | k | v]
         return F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0))).view(x.shape[0], -1, hd)
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
@@ -181,9 +181,9 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     hd = _head_dim(attn)
     if hasattr(attn, "k_proj"):
         return _norm_heads(getattr(attn, "k_norm", None), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
-    if hasattr(attn, "qkv_proj"):
+    if _fused_qkv(attn) is not None:
         width = attn.config.num_attention_heads * hd
-        k, v = F.linear(x, *_rows(attn.qkv_proj, slice(width, None))).chunk(2, dim=-1)
+        k, v = _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(width, None)))).chunk(2, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     if hasattr(attn, "query_key_value"):
         k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
@@ -197,6 +197,18 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     raise _no_adapter(attn)
+
+
+def _fused_qkv(attn: nn.Module) -> nn.Linear | None:
+    """A projection of [q | k | v] rows: ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX), else None."""
+    fused = getattr(attn, "qkv_proj", None)
+    return fused if fused is not None else getattr(attn, "Wqkv", None)
+
+
+def _clipped(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Projected q, k or v clamped to [-clip_qkv, clip_qkv] where the family clips them (DBRX), else unchanged."""
+    clip = getattr(attn, "clip_qkv", None)
+    return x if clip is None else x.clamp(-clip, clip)
 
 
 def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
@@ -256,8 +268,8 @@ def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: to
 def _no_adapter(attn: nn.Module) -> ValueError:
     return ValueError(
         f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
-        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX), c_attn/c_proj (GPT-2) or "
-        "kv_a_proj_with_mqa (latent attention); use execution='masked'"
+        "v_proj/o_proj (Llama family), qkv_proj (Phi3) or Wqkv/out_proj (DBRX), query_key_value/dense (GPT-NeoX), "
+        "c_attn/c_proj (GPT-2) or kv_a_proj_with_mqa (latent attention); use execution='masked'"
     )
 
 
