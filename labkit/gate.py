@@ -379,8 +379,8 @@ def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: 
     if abs(float(fit[0])) <= 1e-3:
         one = [name for name, c in ((attention, fit[1]), (mlp, fit[2])) if abs(float(c) - 1) <= 1e-3]
         if exact and len(one) == 1 and min(abs(float(fit[1])), abs(float(fit[2]))) <= 1e-3:
-            hints.append(f"{one[0]!r} returns the residual stream itself (a residual sub-block: norm, branch and "
-                         "residual add inside), not a branch output")
+            hints.append(f"{one[0]!r} returns the residual stream itself (it adds the residual inside: a residual "
+                         "sub-block), not a branch output")
         else:
             hints.append("the output does not keep the layer input (α ≈ 0): the layer rebuilds its residual stream "
                          "from other inputs (e.g. an attention over earlier blocks' outputs)")
