@@ -34,8 +34,8 @@ class Architecture:
     """Where a decoder keeps its layers and branches, as :func:`architecture` finds them by structure."""
 
     layers: tuple[str, ...]  # attribute path from the given model to the ModuleList of decoder layers
-    attention: str  # attribute of a decoder layer holding the self-attention branch
-    mlp: str  # attribute of a decoder layer holding the MLP branch
+    attention: str  # attribute of a decoder layer holding the self-attention branch (dotted where nested: DBRX)
+    mlp: str  # attribute of a decoder layer holding the MLP branch (dotted where nested)
     attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
     mlp_norm: str | None = None  # the same for the MLP output
     parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
@@ -232,6 +232,18 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
+    """The child of ``layer`` named one of ``names``, else the single child whose class name ends in ``suffix``;
+    else that branch one level down, as ``"child.branch"``, in the one child holding it (DBRX keeps its attention in
+    ``norm_attn_norm``, a container of the pre-norms and the attention)."""
+    found = _child_branch(layer, names, suffix)
+    if found is not None:
+        return found
+    nested = [f"{n}.{b}" for n, c in layer.named_children() if not isinstance(c, GatedBranch)
+              for b in [_child_branch(c, names, suffix)] if b is not None]
+    return nested[0] if len(nested) == 1 else None
+
+
+def _child_branch(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
     """The child of ``layer`` named one of ``names``, else the single child whose class name ends in ``suffix``."""
     children = dict(layer.named_children())
     for name in names:
@@ -241,8 +253,21 @@ def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str |
     return by_class[0] if len(by_class) == 1 else None
 
 
+def submodule(layer: nn.Module, attr: str) -> nn.Module:
+    """The module at ``attr`` of ``layer``: a child's name, or a dotted path to a grandchild (DBRX's attention)."""
+    return _get(layer, tuple(attr.split(".")))
+
+
+def _replace(layer: nn.Module, attr: str, module: nn.Module) -> None:
+    """Put ``module`` at ``attr`` of ``layer`` (a child name or a dotted path)."""
+    parent, _, name = attr.rpartition(".")
+    setattr(submodule(layer, parent) if parent else layer, name, module)
+
+
 def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
-    """The first ModuleList of identical blocks that each hold an attention and an MLP child (breadth first)."""
+    """The first ModuleList of identical blocks that each hold an attention and an MLP child, or grandchild inside one
+    child (breadth first)."""
+    inline = ""  # why blocks with attention but no MLP child were passed over
     for path, module in sorted(model.named_modules(), key=lambda item: item[0].count(".") if item[0] else -1):
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
@@ -252,11 +277,22 @@ def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
                  for layer in module]
         if all(a is not None and m is not None for a, m in attrs) and len(set(attrs)) == 1:
             return tuple(path.split(".")), attrs[0][0], attrs[0][1]
+        if not inline and all(a is not None and m is None for a, m in attrs):
+            inline = _inline_mlp(module[0], attrs[0][0])
     raise ValueError(
-        f"no decoder layer ModuleList with attention and MLP submodules found in {type(model).__name__}; looked for "
-        f"an nn.ModuleList of identical blocks each with an attention child (named one of {ATTENTION_NAMES} or the "
-        f"one child class named *Attention) and an MLP child (named one of {MLP_NAMES} or the one class named *MLP)"
+        f"no decoder layer ModuleList with attention and MLP submodules found in {type(model).__name__}; {inline}"
+        f"looked for an nn.ModuleList of identical blocks each with an attention child (named one of {ATTENTION_NAMES} "
+        f"or the one child class named *Attention) and an MLP child (named one of {MLP_NAMES} or the one class named "
+        "*MLP)"
     )
+
+
+def _inline_mlp(layer: nn.Module, attention: str) -> str:
+    """Why a block with an attention child but no MLP child has no MLP branch to gate (OPT, BioGPT, XGLM)."""
+    others = [n for n in dict(layer.named_children()) if n != attention.partition(".")[0]]
+    return (f"{type(layer).__name__} has attention {attention!r} but no MLP child: its own forward runs the "
+            "feed-forward inline, so no module returns the MLP output for a gate to scale (gating it would mean "
+            f"rewriting that forward); its other children are {others}; ")
 
 
 @torch.no_grad()
@@ -298,9 +334,9 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     handles = [
         layer.register_forward_pre_hook(lambda m, a, k: record.__setitem__("in", first(a, k)), with_kwargs=True),
         layer.register_forward_hook(lambda m, a, out: record.__setitem__("out", tensor(out))),
-        getattr(layer, attention).register_forward_hook(on_attn),
-        getattr(layer, mlp).register_forward_hook(lambda m, a, out: record.__setitem__("mlp", tensor(out))),
-        getattr(layer, mlp).register_forward_pre_hook(
+        submodule(layer, attention).register_forward_hook(on_attn),
+        submodule(layer, mlp).register_forward_hook(lambda m, a, out: record.__setitem__("mlp", tensor(out))),
+        submodule(layer, mlp).register_forward_pre_hook(
             lambda m, a, k: record.__setitem__("mlp_in", first(a, k).clone()), with_kwargs=True
         ),
         *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
@@ -343,12 +379,31 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     if not (error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()):
         raise ValueError(
             f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
-            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: the best fit "
+            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
+            f"{_fit_hint(found, fit, error <= 1e-3 * scale, attention, mlp)}the best fit "
             f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by {float(error):.3g}; "
             "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
         )
     parallel = torch.equal(record["mlp_in"], found["mlp_in"])
     return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
+
+
+def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: str) -> str:
+    """What the probe saw that breaks h_out = α h_in + β attention + γ mlp, as clauses ending in "; " (or "")."""
+    hints = []
+    if abs(float(fit[0])) <= 1e-3:
+        one = [name for name, c in ((attention, fit[1]), (mlp, fit[2])) if abs(float(c) - 1) <= 1e-3]
+        if exact and len(one) == 1 and min(abs(float(fit[1])), abs(float(fit[2]))) <= 1e-3:
+            hints.append(f"{one[0]!r} returns the residual stream itself (it adds the residual inside: a residual "
+                         "sub-block), not a branch output")
+        else:
+            hints.append("the output does not keep the layer input (α ≈ 0): the layer rebuilds its residual stream "
+                         "from other inputs (e.g. an attention over earlier blocks' outputs)")
+    for role, name in (("attn", attention), ("mlp", mlp)):
+        hints += [f"its child {child!r} transforms the {name!r} output before the residual add (only a norm may)"
+                  for child, x, y in found.get("children", [])
+                  if x is found[role] and "norm" not in child.lower() and not torch.equal(x, y)]  # not eval dropout
+    return "".join(f"{h}; " for h in hints)
 
 
 def _probe_forward(model: nn.Module) -> None:
@@ -373,9 +428,10 @@ def _get(model: nn.Module, path: tuple[str, ...]) -> Any:
 def architecture(model: nn.Module) -> Architecture:
     """Where ``model``'s decoder layers and branches are, found by structure (no list of model types).
 
-    Decoder layers: the first ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child;
-    post-branch norms and a parallel residual are read from a probe forward (:func:`_probe`). A model with gates
-    returns the layout found when they were added. ValueError naming the class and what was looked for otherwise.
+    Decoder layers: the first ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child (or
+    grandchild, DBRX); post-branch norms and a parallel residual are read from a probe forward (:func:`_probe`). A
+    model with gates returns the layout found when they were added. ValueError naming the class and what was looked
+    for otherwise.
     """
     found = model.__dict__.get(ARCH_ATTR)
     if found is not None:
@@ -417,10 +473,10 @@ def add_gates(
             gate = None
             if kind != "none":
                 gate = ResidualGate(hidden, kind, init_bias, init_std, detach_input).to(ref.device, ref.dtype)
-            wrapped = GatedBranch(getattr(layer, attr), gate, index, role).train(layer.training)
+            wrapped = GatedBranch(submodule(layer, attr), gate, index, role).train(layer.training)
             if norm is not None:
                 wrapped.attach_post_norm(getattr(layer, norm))
-            setattr(layer, attr, wrapped)
+            _replace(layer, attr, wrapped)
     model.__dict__[ARCH_ATTR] = arch
     branches = gated_branches(model)
     for b in branches:
@@ -446,10 +502,10 @@ def remove_gates(model: nn.Module) -> nn.Module:
     arch = architecture(model)
     for layer in _get(model, arch.layers):
         for attr in (arch.attention, arch.mlp):
-            wrapped = getattr(layer, attr)
+            wrapped = submodule(layer, attr)
             if isinstance(wrapped, GatedBranch):
                 wrapped.detach_post_norm()
-                setattr(layer, attr, wrapped.branch)
+                _replace(layer, attr, wrapped.branch)
     model.__dict__.pop(ARCH_ATTR, None)
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)

@@ -122,7 +122,7 @@ def test_parameter_groups_bad_lr(lr, gate_lr, match):
 def test_bad_inputs(tmp_path):
     from transformers import BertConfig, BertModel
 
-    with pytest.raises(ValueError, match=r"no decoder layer ModuleList .* found in BertModel; looked for"):
+    with pytest.raises(ValueError, match=r"no decoder layer ModuleList .* found in BertModel; .*looked for"):
         gate.add_gates(
             BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
         )

@@ -67,6 +67,12 @@ FAMILIES = {
     "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", {**MLA, "q_lora_rank": None}, SEQ),
     # a norm of the mixed values before the output projection
     "bitnet": ("BitNetConfig", "BitNetForCausalLM", {"num_key_value_heads": 2}, SEQ),
+    # the attention one level down (in norm_attn_norm, with the pre-norms), a fused Wqkv clipped to clip_qkv, an MoE
+    "dbrx": ("DbrxConfig", "DbrxForCausalLM",
+             {"d_model": 32, "n_heads": 4, "n_layers": 2, "tie_word_embeddings": False,
+              "attn_config": {"kv_n_heads": 2, "rope_theta": 1e4, "clip_qkv": 0.1},  # clips about 40 % of them
+              "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2}},
+             ("norm_attn_norm.attn", "ffn", None, None, False)),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -158,7 +164,7 @@ def test_gate_scales_what_the_residual_receives(family):
     def contribution() -> torch.Tensor:
         added = []
         layer = gate.decoder_layers(model)[0]
-        hook = getattr(layer, arch.attention_norm or arch.attention).register_forward_hook(
+        hook = gate.submodule(layer, arch.attention_norm or arch.attention).register_forward_hook(
             lambda m, a, out: added.append(out[0] if isinstance(out, tuple) else out)
         )
         model(tokens())

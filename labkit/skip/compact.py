@@ -1,25 +1,24 @@
 """Compact ("physical") execution of a skipped branch: gather the kept tokens, run the branch on them, scatter back.
 
-GateSkip's default path computes every branch densely and zeroes skipped tokens (masked). Here the MLP runs on
-the kept tokens only, and attention computes K/V for every token (later tokens may attend to them) but queries,
-scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
-floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
-Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral,
-Qwen2-MoE, OLMoE; q/k norms per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj``
-(Phi3; CodeGen's in model-parallel shards of [q | v | k]), per-head fused ``query_key_value`` (GPT-NeoX,
-GPT-NeoX-Japanese, Persimmon), Conv1D ``c_attn`` (GPT-2) and JetMoE's mixture of attention (routed query and output
-experts over shared K/V heads); multi-head latent attention (MLA: DeepSeek-V2/V3 and Sarvam, MiniCPM3,
+GateSkip's default path computes every branch densely and zeroes skipped tokens (masked). Here the MLP runs on the kept
+tokens only, and attention computes K/V for every token (later tokens may attend to them) but queries, scores,
+values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to floating-point
+rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral, Qwen2/3, Gemma2/3,
+OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms
+per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3; CodeGen's in
+model-parallel shards of [q | v | k]) or ``Wqkv`` (DBRX, clipped to ``clip_qkv``), per-head fused ``query_key_value``
+(GPT-NeoX, GPT-NeoX-Japanese, Persimmon), Conv1D ``c_attn`` (GPT-2) and JetMoE's mixture of attention (routed query and
+output experts over shared K/V heads); multi-head latent attention (MLA: DeepSeek-V2/V3 and Sarvam, MiniCPM3,
 GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared key, expanded into
 per-head keys and values by the module's own ``expand_kv``; rotary through the family's own function (cos/sin, the
-interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or the attention's own
-``rotary_emb`` (Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2 and Flint, and
-Llama-4 query scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo), sliding windows (GPT-Neo's
-local layers among them), Gemma2's logit softcap and attention sinks in the mask and scores; an output gate (AFMoE,
-Laguna, Beam) or a norm (BitNet) before the output projection; differential attention (DiffLlama: two softmax maps
-of the same queries and keys, the second's output subtracted, then a norm). An MoE feed-forward is position-wise, so
-it runs on the kept tokens like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer, Zaya's
-convolutional q/k/v projection and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked
-execution works).
+interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or the attention's own ``rotary_emb``
+(Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2 and Flint, and Llama-4 query
+scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo), sliding windows (GPT-Neo's local layers among
+them), Gemma2's logit softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm
+(BitNet) before the output projection; differential attention (DiffLlama: two softmax maps of the same queries and keys,
+the second's output subtracted, then a norm). An MoE feed-forward is position-wise, so it runs on the kept tokens like
+any MLP. Llama4's complex rotary embedding, sparse attention's key indexer, Zaya's convolutional q/k/v projection and
+the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -189,9 +188,9 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _norm_heads(_qk_norm(attn, "q"), attn.q_proj(x), hd)
     if hasattr(attn, "mp_num"):  # CodeGen
         return F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, 0))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "qkv_proj"):  # Phi3: [q | k | v] rows
+    if _fused_qkv(attn) is not None:  # Phi3, DBRX: [q | k | v] rows
         width = attn.config.num_attention_heads * hd
-        return F.linear(x, *_rows(attn.qkv_proj, slice(0, width))).view(x.shape[0], -1, hd)
+        return _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(0, width)))).view(x.shape[0], -1, hd)
     if hasattr(attn, "query_key_value"):  # GPT-NeoX, Persimmon: per head [q | k | v]
         q = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0)))
         return _norm_heads(_qk_norm(attn, "q"), q, hd)
@@ -221,9 +220,9 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if hasattr(attn, "mp_num"):
         k, v = (F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
-    if hasattr(attn, "qkv_proj"):
+    if _fused_qkv(attn) is not None:
         width = attn.config.num_attention_heads * hd
-        k, v = F.linear(x, *_rows(attn.qkv_proj, slice(width, None))).chunk(2, dim=-1)
+        k, v = _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(width, None)))).chunk(2, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     if hasattr(attn, "query_key_value"):
         k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
@@ -237,6 +236,18 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     raise _no_adapter(attn)
+
+
+def _fused_qkv(attn: nn.Module) -> nn.Linear | None:
+    """A projection of [q | k | v] rows: ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX), else None."""
+    fused = getattr(attn, "qkv_proj", None)
+    return fused if fused is not None else getattr(attn, "Wqkv", None)
+
+
+def _clipped(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Projected q, k or v clamped to [-clip_qkv, clip_qkv] where the family clips them (DBRX), else unchanged."""
+    clip = getattr(attn, "clip_qkv", None)
+    return x if clip is None else x.clamp(-clip, clip)
 
 
 def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
@@ -316,8 +327,9 @@ def _check_position_wise(attn: nn.Module) -> None:
 def _no_adapter(attn: nn.Module) -> ValueError:
     return ValueError(
         f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
-        "v_proj/o_proj (Llama family), qkv_proj (Phi3), query_key_value/dense (GPT-NeoX), c_attn/c_proj (GPT-2), "
-        "Wq/Wk/Wv (CTRL), experts/kv_proj (JetMoE) or kv_a_proj_with_mqa (latent attention); use execution='masked'"
+        "v_proj/o_proj (Llama family), qkv_proj (Phi3) or Wqkv/out_proj (DBRX), query_key_value/dense (GPT-NeoX), "
+        "c_attn/c_proj (GPT-2), Wq/Wk/Wv (CTRL), experts/kv_proj (JetMoE) or kv_a_proj_with_mqa (latent attention); "
+        "use execution='masked'"
     )
 
 

@@ -347,17 +347,33 @@ def _skipping(model: nn.Module, policy: _Policy, measure_flops: bool) -> Iterato
 def _replay_flops(model: nn.Module, policy: _Policy) -> tuple[int, int]:
     """Re-run the block's forwards under the FLOP counter with the same keep decisions, then with none."""
     flops = dense = 0
-    for call in policy.calls:
-        for mode in ("skip", "dense"):
-            kwargs = dict(call["kwargs"])
-            name, cache = find_cache(kwargs)
-            if name is not None:
-                kwargs[name] = copy.deepcopy(cache)
-            policy.replay, policy.dense = (list(call["keeps"]), False) if mode == "skip" else (None, True)
-            n = count_flops(lambda a=call["args"], k=kwargs: model(*a, **k))
-            flops, dense = (flops + n, dense) if mode == "skip" else (flops, dense + n)
+    with _frozen(model):
+        for call in policy.calls:
+            for mode in ("skip", "dense"):
+                kwargs = dict(call["kwargs"])
+                name, cache = find_cache(kwargs)
+                if name is not None:
+                    kwargs[name] = copy.deepcopy(cache)
+                policy.replay, policy.dense = (list(call["keeps"]), False) if mode == "skip" else (None, True)
+                n = count_flops(lambda a=call["args"], k=kwargs: model(*a, **k))
+                flops, dense = (flops + n, dense) if mode == "skip" else (flops, dense + n)
     policy.replay, policy.dense = None, False
     return flops, dense
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters without requires_grad for a replay: torch's FLOP counter hooks every module input that requires
+    grad, and a view of a parameter taken under no_grad claims to without a graph to hook (DBRX's experts), which
+    fails inside the counter."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _check_common(model: nn.Module, execution: str, kv: str) -> None:

@@ -82,7 +82,7 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_in(i), with_kwargs=True))
-        added = getattr(layer, arch.attention_norm or arch.attention)  # what the residual receives (post-norm)
+        added = gate_lib.submodule(layer, arch.attention_norm or arch.attention)  # what the residual receives
         handles.append(added.register_forward_hook(attn_out(i)))
         handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
 
