@@ -39,6 +39,7 @@ class Architecture:
     attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
     mlp_norm: str | None = None  # the same for the MLP output
     parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
+    mlp_sibling: str | None = None  # a child reading the MLP's input, added to its output (Granite-MoE's shared_mlp)
 
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
@@ -117,6 +118,7 @@ class GatedBranch(nn.Module):
         self.role = role  # "attn" or "mlp"
         self.policy: SkipPolicy | None = None  # set only inside a labkit.skip context
         self.last_gate: torch.Tensor | None = None  # gate values of the latest forward, for gate_penalty
+        self.last_keep: torch.Tensor | None = None  # keep mask of the latest forward, for a SiblingBranch
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
@@ -154,6 +156,7 @@ class GatedBranch(nn.Module):
         if policy is not None:
             importance = None if g is None else g.squeeze(-1) if g.shape[-1] == 1 else g.mean(-1)  # scalar: a view
             keep = policy.decide(self, importance, hidden)
+        object.__setattr__(self, "last_keep", keep)
         out: Any = None
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
@@ -179,6 +182,33 @@ class GatedBranch(nn.Module):
         if rest is None:
             return y
         return with_first(out, y) if out is not None else (y, *rest)  # the branch's own container (named tuples)
+
+
+class SiblingBranch(nn.Module):
+    """A module beside a layer's MLP that reads the MLP's input and whose output the layer adds to the MLP's
+    (Granite-MoE-shared's ``shared_mlp``), run under that MLP branch's gate and keep mask: the gated branch is the sum.
+
+    The layer runs it after the MLP on the same input, so the MLP's latest gate and keep mask are this token's; under
+    compact execution it runs on the kept tokens only. Saved under the original key names; it has no gate of its own.
+    """
+
+    role = "mlp"  # what a skip policy's compact execution reads of a branch, besides ``branch``
+
+    def __init__(self, branch: nn.Module, leader: GatedBranch) -> None:
+        super().__init__()
+        self.branch = branch
+        object.__setattr__(self, "leader", leader)  # not a submodule: the MLP's weights stay under its own name
+        self.register_state_dict_post_hook(_flatten_branch_keys)
+        self.register_load_state_dict_pre_hook(_nest_branch_keys)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        keep, g, policy = self.leader.last_keep, self.leader.last_gate, self.leader.policy
+        if keep is not None and policy.execution == "compact":
+            y = policy.compact(self, hidden, keep, (hidden,), {})
+        else:
+            y = self.branch(hidden)
+            y = y if keep is None else y * keep.unsqueeze(-1).to(y.dtype)
+        return y if g is None else y * g
 
 
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
@@ -213,7 +243,7 @@ def _nest_branch_keys(module: nn.Module, state_dict: dict, prefix: str, *args: A
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    return module.branch if isinstance(module, GatedBranch) else module
+    return module.branch if isinstance(module, (GatedBranch, SiblingBranch)) else module
 
 
 def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
@@ -251,6 +281,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     A child norm whose input is a branch's output is that branch's post-norm; if replacing the attention output
     leaves the MLP input unchanged the layer is parallel; and the layer output must equal its input plus the two
     branch contributions, otherwise the branches are not added to the residual stream and gating them would be wrong.
+    Where it does not, a child run after the MLP on the MLP's input whose output completes the sum is the MLP's
+    sibling (Granite-MoE-shared's ``shared_mlp``), gated with the MLP (:class:`SiblingBranch`).
     """
     layer = _get(model, path)[0]
     record: dict[str, Any] = {}
@@ -260,17 +292,18 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     def tensor(out: Any) -> Any:
+        """The output's leading tensor as it is now (a copy: Falcon adds the attention output to the MLP's in place)."""
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"a branch or layer of {type(model).__name__} returns {type(out).__name__}; labkit gates "
                              "decoder layers whose branches return a tensor or a tuple/list starting with one")
-        return out
+        return out.clone()
 
     def on_child(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             if args or "hidden_states" in kwargs:
-                record.setdefault("children", []).append((name, first(args, kwargs), tensor(out)))
+                record.setdefault("children", []).append((name, first(args, kwargs), tensor(out), "mlp" in record))
 
         return hook
 
@@ -307,9 +340,9 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         raise ValueError(f"the probe forward of {type(model).__name__} never ran {missing} of {type(layer).__name__} "
                          f"as single modules (its {attention!r} / {mlp!r} children are containers, not branches)")
     children = found.get("children", [])
-    attention_norm = next((n for n, x, _ in children if x is found["attn"] and "norm" in n.lower()), None)
-    mlp_norm = next((n for n, x, _ in children if x is found["mlp"] and "norm" in n.lower()), None)
-    outputs = {n: y for n, _, y in children}
+    attention_norm = next((n for n, x, _, _ in children if _same(x, found["attn"]) and "norm" in n.lower()), None)
+    mlp_norm = next((n for n, x, _, _ in children if _same(x, found["mlp"]) and "norm" in n.lower()), None)
+    outputs = {n: y for n, _, y, _ in children}
     a = outputs[attention_norm] if attention_norm else found["attn"]
     m = outputs[mlp_norm] if mlp_norm else found["mlp"]
     h_in, h_out = found["in"], found["out"]
@@ -319,21 +352,43 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             f"{type(layer).__name__} in {type(model).__name__} does not map one residual stream to one: layer input "
             f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
             f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
-    # h_out = α h_in + β a + γ m with scalars: 1, 1, 1 in most families; β = γ = a residual multiplier (Granite's
-    # muP, MiniCPM's depth scale). Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
+    fit, error = _residual_fit(h_in, a, m, h_out)
+    sibling = None
+    if error is not None and mlp_norm is None:  # a module beside the MLP, run after it on its input (shared_mlp)
+        beside = [(n, y) for n, x, y, after in children
+                  if after and "norm" not in n.lower() and _same(x, found["mlp_in"]) and y.shape == m.shape]
+        if len(beside) == 1 and _residual_fit(h_in, a, m + beside[0][1], h_out)[1] is None:
+            sibling, error = beside[0][0], None
+    if error is not None:
+        raise ValueError(
+            f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
+            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: the best fit "
+            f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by {error:.3g}; "
+            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
+        )
+    parallel = torch.equal(record["mlp_in"], found["mlp_in"])
+    return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel, sibling)
+
+
+def _same(x: Any, y: torch.Tensor) -> bool:
+    """Whether a probe's recorded input ``x`` holds the values of tensor ``y``."""
+    return isinstance(x, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+
+
+def _residual_fit(
+    h_in: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_out: torch.Tensor
+) -> tuple[torch.Tensor, float | None]:
+    """Least-squares scalars (α, β, γ) of h_out = α h_in + β a + γ m, and the miss where the fit fails (None: it holds).
+
+    1, 1, 1 in most families; β = γ = a residual multiplier (Granite's muP, MiniCPM's depth scale). Gating a branch
+    scales its term whatever β or γ, and a skipped one adds nothing.
+    """
     terms = torch.stack([h_in.double().flatten(), a.double().flatten(), m.double().flatten()], dim=1)
     fit = torch.linalg.lstsq(terms, h_out.double().flatten()[:, None]).solution.flatten()
     error = (h_out.double().flatten() - terms @ fit).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
-    if not (error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()):
-        raise ValueError(
-            f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
-            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: the best fit "
-            f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by {float(error):.3g}; "
-            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
-        )
-    parallel = torch.equal(record["mlp_in"], found["mlp_in"])
-    return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
+    holds = error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()
+    return fit, None if holds else float(error)
 
 
 def _probe_forward(model: nn.Module) -> None:
@@ -406,6 +461,8 @@ def add_gates(
             if norm is not None:
                 wrapped.attach_post_norm(getattr(layer, norm))
             setattr(layer, attr, wrapped)
+        if arch.mlp_sibling is not None:
+            setattr(layer, arch.mlp_sibling, SiblingBranch(getattr(layer, arch.mlp_sibling), getattr(layer, arch.mlp)))
     model.__dict__[ARCH_ATTR] = arch
     branches = gated_branches(model)
     for b in branches:
@@ -430,10 +487,11 @@ def remove_gates(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no gates to remove")
     arch = architecture(model)
     for layer in _get(model, arch.layers):
-        for attr in (arch.attention, arch.mlp):
-            wrapped = getattr(layer, attr)
+        for attr in (arch.attention, arch.mlp, arch.mlp_sibling):
+            wrapped = getattr(layer, attr) if attr is not None else None
             if isinstance(wrapped, GatedBranch):
                 wrapped.detach_post_norm()
+            if isinstance(wrapped, (GatedBranch, SiblingBranch)):
                 setattr(layer, attr, wrapped.branch)
     model.__dict__.pop(ARCH_ATTR, None)
     if hasattr(model.config, CONFIG_KEY):

@@ -67,6 +67,16 @@ FAMILIES = {
     "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", {**MLA, "q_lora_rank": None}, SEQ),
     # a norm of the mixed values before the output projection
     "bitnet": ("BitNetConfig", "BitNetForCausalLM", {"num_key_value_heads": 2}, SEQ),
+    # the MLP output gets the attention output added in place; multi-query [q x 4 | k | v] fused projection
+    "falcon": ("FalconConfig", "FalconForCausalLM", {}, ("self_attention", "mlp", None, None, True)),
+    # ... and the new decoder architecture: [q x 2 | k | v] per K/V group, K/V cached once per query head
+    "falcon_grouped": ("FalconConfig", "FalconForCausalLM", {"num_kv_heads": 2, "new_decoder_architecture": True},
+                       ("self_attention", "mlp", None, None, True)),
+    # a shared MLP beside the MoE, on its input, added to its output: gated with it
+    "granitemoeshared": ("GraniteMoeSharedConfig", "GraniteMoeSharedForCausalLM",
+                         {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
+                          "shared_intermediate_size": 32, "residual_multiplier": 0.22},
+                         ("self_attn", "block_sparse_moe", None, None, False)),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -277,9 +287,9 @@ def test_detection_finds_the_layout_of_every_family_decoder_lm_builds_and_base_m
     base(tokens())
 
 
-def test_llama4_moe_runs_masked_and_refuses_compact_clearly_falcon_is_refused():
+def test_llama4_moe_runs_masked_and_refuses_compact_clearly():
     """Llama4's MoE feed-forward returns (flattened tokens, router logits) and its attention takes one complex rotary
-    tensor: masked skipping works, compact execution names what it lacks. Falcon's new layout is refused at once."""
+    tensor: masked skipping works, compact execution names what it lacks."""
     torch.manual_seed(0)
     config = transformers.Llama4TextConfig(**{**COMMON, "num_key_value_heads": 2, "num_local_experts": 4,
                                               "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8})
@@ -291,15 +301,12 @@ def test_llama4_moe_runs_masked_and_refuses_compact_clearly_falcon_is_refused():
     with pytest.raises(ValueError, match="no adapter for Llama4TextAttention's rotary embedding.*execution='masked'"):
         with skip.budget(model, 0.4, execution="compact", measure_flops=False):
             model(x)
-    falcon = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(
-        **{**COMMON, "num_kv_heads": 2, "new_decoder_architecture": True})).eval()
-    with pytest.raises(ValueError, match="FalconDecoderLayer in FalconForCausalLM does not add its"):
-        gate.add_gates(falcon)
 
 
 def test_compact_refuses_inputs_its_adapters_do_not_apply():
-    """A query scale that depends on position (Beam's full-attention layers) or a cache slot per recurrent cycle (HRM)
-    may not show in the 3-token probe; compact execution names the input instead of computing without it."""
+    """A query scale that depends on position (Beam's full-attention layers), a cache slot per recurrent cycle (HRM)
+    or ALiBi biases (Falcon-RW) may not show in the 3-token probe; compact execution names the input instead of
+    computing without it."""
     model = build("llama")
     attn = gate.decoder_layers(model)[1].self_attn
     hidden, keep = torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
@@ -307,6 +314,11 @@ def test_compact_refuses_inputs_its_adapters_do_not_apply():
         compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.ones(1, 4, 1)})
     with pytest.raises(ValueError, match="takes 'cycle_offset'"):
         compact.compact_attention(attn, hidden, keep, {"cycle_offset": 0})
+    falcon_rw = gate.add_gates(transformers.FalconForCausalLM._from_config(transformers.FalconConfig(
+        **COMMON, alibi=True, multi_query=False)).eval())  # ALiBi biases on the scores: masked skipping only
+    with pytest.raises(ValueError, match="FalconAttention: it takes 'alibi'"), torch.no_grad():
+        with skip.budget(falcon_rw, 0.4, execution="compact", measure_flops=False):
+            falcon_rw(tokens())
 
 
 def test_compact_refuses_deepseek_sparse_attention():

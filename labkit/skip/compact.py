@@ -5,8 +5,8 @@ the kept tokens only, and attention computes K/V for every token (later tokens m
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
 Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
-over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), per-head fused
-``query_key_value`` (GPT-NeoX) and Conv1D ``c_attn`` (GPT-2); multi-head latent attention (MLA: DeepSeek-V2/V3 and
+over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), fused ``query_key_value``
+per head (GPT-NeoX) or group (Falcon), Conv1D ``c_attn`` (GPT-2); multi-head latent attention (MLA: DeepSeek-V2/V3 and
 Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared
 key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the family's own
 function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies), partial
@@ -33,6 +33,7 @@ from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
 
 # Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
 UNSUPPORTED_INPUTS = {
+    "alibi": "ALiBi position biases on the attention scores (Falcon-RW)",
     "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
     "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
 }
@@ -186,9 +187,10 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         k, v = F.linear(x, *_rows(attn.qkv_proj, slice(width, None))).chunk(2, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     if hasattr(attn, "query_key_value"):
-        k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
-        v = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 2)))
-        return k.view(n, -1, hd), v.view(n, -1, hd)
+        k, v = (F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, part))).view(n, -1, hd) for part in (1, 2))
+        if getattr(attn, "new_decoder_architecture", False):  # Falcon caches each group's K/V once per query head
+            k, v = (t.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1) for t in (k, v))
+        return k, v
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):
         k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
@@ -200,14 +202,24 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
-    """Rows of a per-head fused projection (GPT-NeoX's ``query_key_value``, or ``fused``) holding part 0 (q), 1 (k)
-    or 2 (v) of every head."""
+    """Rows of a fused projection (``query_key_value``, or ``fused``) holding part 0 (q), 1 (k) or 2 (v), laid out
+    per K/V group as [q x n | k | v]: one query head per group (GPT-NeoX), or as :func:`_fused_groups` says."""
     fused = attn.query_key_value if fused is None else fused
     hd = _head_dim(attn)
-    heads = fused.out_features // (3 * hd)
+    groups = _fused_groups(attn) or fused.out_features // (3 * hd)
+    size = fused.out_features // (groups * hd)  # heads per group: n queries, a key and a value
     device = fused.weight.device
-    rows = torch.arange(heads, device=device)[:, None] * 3 * hd + part * hd + torch.arange(hd, device=device)
-    return rows.reshape(-1)
+    offsets = torch.arange(size - 2, device=device) if part == 0 else torch.tensor([size - 3 + part], device=device)
+    heads = torch.arange(groups, device=device)[:, None] * size + offsets
+    return (heads.reshape(-1, 1) * hd + torch.arange(hd, device=device)).reshape(-1)
+
+
+def _fused_groups(attn: nn.Module) -> int | None:
+    """K/V groups of Falcon's fused ``query_key_value``: ``num_kv_heads`` under its new decoder architecture, one
+    under multi-query attention; None (one per head) otherwise."""
+    if getattr(attn, "new_decoder_architecture", False):
+        return attn.num_kv_heads
+    return 1 if getattr(attn, "multi_query", False) else None
 
 
 def _bigcode_rows(attn: nn.Module, part: int) -> torch.Tensor | slice:
@@ -311,8 +323,14 @@ def _attention_settings(attn: nn.Module) -> Settings:
         rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
         dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
     sinks = getattr(attn, "sinks", None)
-    return Settings(attn.scaling, dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
+    return Settings(_scale(attn), dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
                     sinks if isinstance(sinks, torch.Tensor) else None)
+
+
+def _scale(attn: nn.Module) -> float:
+    """The factor on the query-key products: ``scaling``, or ``inv_norm_factor`` (Falcon)."""
+    scale = getattr(attn, "scaling", None)
+    return attn.inv_norm_factor if scale is None else scale
 
 
 def _sliding_window(attn: nn.Module) -> int | None:
