@@ -10,6 +10,7 @@ restores the gates too. Skipping itself (budgets, compact execution) lives in :m
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -27,6 +28,7 @@ GATE_KINDS = ("vector", "scalar", "none")
 PENALTY_KINDS = ("l2", "l1", "kl")
 CONFIG_KEY = "labkit_gates"  # attribute added to the HF config so a saved gated model says how to rebuild its gates
 GATE_ATTR = "residual_gate"  # submodule name of the gate inside a wrapped branch (and in saved keys)
+RESIDUAL = "residual"  # the argument through which a branch takes a residual it adds itself (Bloom, MPT)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class GatedBranch(nn.Module):
     when a skip policy is active). Where the family normalises the branch output before the residual add (Gemma2/3,
     OLMo2), the branch output is only masked here and the gate multiplies the post-norm's output instead (a forward
     hook on that norm, see :meth:`attach_post_norm`), so the gate always scales what is added to the residual.
-    Saved under the original key names; the gate adds ``<name>.residual_gate.*``.
+    A branch that takes the residual and adds it itself (Bloom, MPT) is handed zero in its place; the residual is
+    added after the gate. Saved under the original key names; the gate adds ``<name>.residual_gate.*``.
     """
 
     def __init__(self, branch: nn.Module, gate: ResidualGate | None, layer_index: int, role: str) -> None:
@@ -126,6 +129,7 @@ class GatedBranch(nn.Module):
         self.probe: tuple[torch.Tensor, dict] | None = None  # (input, keyword arguments) of that forward
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
+        self.residual_at = _residual_position(branch)  # the branch returns residual + F(u) itself (Bloom, MPT)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -147,6 +151,9 @@ class GatedBranch(nn.Module):
         return output if scale is None else output * scale
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        residual = None
+        if self.residual_at is not None:  # the branch gets a zero residual, so that F(u) alone is gated and masked
+            args, kwargs, residual = _zero_residual(args, kwargs, self.residual_at)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         gate = self.residual_gate
         g = gate.forward(hidden) if gate is not None else None  # a gate has no hooks: skip the module-call overhead
@@ -177,6 +184,8 @@ class GatedBranch(nn.Module):
             self.pending_scale = g if mask is None else mask if g is None else g * mask
         elif g is not None:
             y = y * g
+        if residual is not None:
+            y = residual + y
         if keep is not None:
             policy.after(self, keep, kwargs)
         if rest is None:
@@ -209,6 +218,30 @@ class SiblingBranch(nn.Module):
             y = self.branch(hidden)
             y = y if keep is None else y * keep.unsqueeze(-1).to(y.dtype)
         return y if g is None else y * g
+
+
+def _residual_position(module: nn.Module) -> int | None:
+    """Where ``module``'s forward takes a ``residual`` argument it adds to its output (Bloom, MPT), else None."""
+    parameters = list(inspect.signature(module.forward).parameters)
+    return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
+
+
+def given_residual(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The residual a call hands a branch that adds it to its output itself (Bloom, MPT; wrapped or not), else None."""
+    at = _residual_position(_unwrap(module))
+    if at is None:
+        return None
+    return kwargs[RESIDUAL] if RESIDUAL in kwargs else args[at] if len(args) > at else None
+
+
+def _zero_residual(args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
+    """A branch call's arguments with its residual (position ``at``, or by keyword) replaced by a zero that broadcasts,
+    passed by keyword, and that residual: the branch then returns its own contribution alone."""
+    if RESIDUAL in kwargs:
+        residual = kwargs[RESIDUAL]
+    else:
+        residual, args = args[at], args[:at] + args[at + 1 :]
+    return args, {**kwargs, RESIDUAL: residual.new_zeros(())}, residual
 
 
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
@@ -307,6 +340,14 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
 
         return hook
 
+    def on_residual(role: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            residual = given_residual(module, args, kwargs)
+            if residual is not None:
+                record[f"{role}_residual"] = residual.clone()
+
+        return hook
+
     def on_attn(module: nn.Module, args: tuple, out: Any) -> Any:
         record["attn"] = tensor(out)
         if record.get("perturb"):
@@ -322,6 +363,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             lambda m, a, k: record.__setitem__("mlp_in", first(a, k).clone()), with_kwargs=True
         ),
         *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
+        *(getattr(layer, attr).register_forward_pre_hook(on_residual(role), with_kwargs=True)
+          for role, attr in (("attn", attention), ("mlp", mlp))),
     ]
     try:
         _probe_forward(model)
@@ -339,6 +382,9 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     if missing:
         raise ValueError(f"the probe forward of {type(model).__name__} never ran {missing} of {type(layer).__name__} "
                          f"as single modules (its {attention!r} / {mlp!r} children are containers, not branches)")
+    for role in ("attn", "mlp"):  # a branch that adds the residual it is given (Bloom, MPT): its contribution alone
+        if f"{role}_residual" in found:
+            found[role] = found[role] - found[f"{role}_residual"]
     children = found.get("children", [])
     attention_norm = next((n for n, x, _, _ in children if _same(x, found["attn"]) and "norm" in n.lower()), None)
     mlp_norm = next((n for n, x, _, _ in children if _same(x, found["mlp"]) and "norm" in n.lower()), None)

@@ -5,16 +5,16 @@ the kept tokens only, and attention computes K/V for every token (later tokens m
 scores, values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to
 floating-point rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral,
 Qwen2/3, Gemma2/3, OLMo2, StableLM, Phi, GPT-J and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per head or
-over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3), fused ``query_key_value``
-per head (GPT-NeoX) or group (Falcon), Conv1D ``c_attn`` (GPT-2); multi-head latent attention (MLA: DeepSeek-V2/V3 and
-Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared
-key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the family's own
-function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies), partial
-rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding windows, Gemma2's logit
-softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
-the output projection. An MoE feed-forward is position-wise, so it runs on the kept tokens
-like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer and the inputs in
-:data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
+over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3) or ``Wqkv`` (MPT), fused
+``query_key_value`` per head (GPT-NeoX, Bloom) or K/V group (Falcon), Conv1D ``c_attn`` (GPT-2); multi-head latent
+attention (MLA: DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised
+KV latent and the rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``;
+rotary through the family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's
+complex frequencies), partial rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding
+windows, Gemma2's logit softcap, attention sinks and ALiBi biases (Bloom, MPT, Falcon-RW) in the mask and scores; an
+output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before the output projection. An MoE feed-forward is
+position-wise, so it runs on the kept tokens like any MLP. Llama4's complex rotary embedding, sparse attention's key
+indexer and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
 
 # Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
 UNSUPPORTED_INPUTS = {
-    "alibi": "ALiBi position biases on the attention scores (Falcon-RW)",
     "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
     "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
 }
@@ -60,14 +59,18 @@ def _scatter_rows(values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     return out.index_put((flat,), values[valid]).view(B, T, d)
 
 
-def compact_mlp(branch: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """A position-wise branch applied to the kept tokens only; zeros at skipped tokens."""
+def compact_mlp(
+    branch: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A position-wise branch applied to the kept tokens only; zeros at skipped tokens. ``residual``: the zero a branch
+    that adds its own residual (Bloom, MPT) is given in its place."""
     B, T, d = hidden.shape
     flat_keep = keep.reshape(-1)
     out = hidden.new_zeros(B * T, d)
     if bool(flat_keep.any()):
         positions = flat_keep.nonzero().squeeze(1)
-        y = branch(hidden.reshape(B * T, d)[positions].unsqueeze(0))
+        x = hidden.reshape(B * T, d)[positions].unsqueeze(0)
+        y = branch(x) if residual is None else branch(x, residual=residual)
         y = y[0] if isinstance(y, tuple) else y  # an MoE block's router logits are not kept (Llama4)
         out = out.index_put((positions,), y.reshape(-1, d))
     return out.view(B, T, d)
@@ -164,6 +167,8 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, *_rows(attn.qkv_proj, slice(0, width))).view(x.shape[0], -1, hd)
     if hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [q | k | v]
         return F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0))).view(x.shape[0], -1, hd)
+    if hasattr(attn, "Wqkv"):  # MPT: [q | k | v] rows
+        return _wqkv(attn, x, slice(0, attn.n_heads * hd)).view(x.shape[0], -1, hd)
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
         return F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, 0))).view(x.shape[0], -1, hd)
     if hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
@@ -191,6 +196,9 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         if getattr(attn, "new_decoder_architecture", False):  # Falcon caches each group's K/V once per query head
             k, v = (t.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1) for t in (k, v))
         return k, v
+    if hasattr(attn, "Wqkv"):
+        k, v = _wqkv(attn, x, slice(attn.n_heads * hd, None)).chunk(2, dim=-1)
+        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):
         k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
@@ -199,6 +207,12 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     raise _no_adapter(attn)
+
+
+def _wqkv(attn: nn.Module, x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows of MPT's fused ``Wqkv`` applied to tokens x, clamped to ±``clip_qkv`` where set, as its forward does."""
+    y = F.linear(x, *_rows(attn.Wqkv, rows))
+    return y.clamp(-attn.clip_qkv, attn.clip_qkv) if attn.clip_qkv else y
 
 
 def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
@@ -321,6 +335,7 @@ def _attention_settings(attn: nn.Module) -> Settings:
     if attn.training:
         rate = getattr(attn, "attention_dropout", None)
         rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
+        rate = getattr(attn, "attn_dropout_p", rate)  # MPT's
         dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
     sinks = getattr(attn, "sinks", None)
     return Settings(_scale(attn), dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
@@ -328,9 +343,28 @@ def _attention_settings(attn: nn.Module) -> Settings:
 
 
 def _scale(attn: nn.Module) -> float:
-    """The factor on the query-key products: ``scaling``, or ``inv_norm_factor`` (Falcon)."""
-    scale = getattr(attn, "scaling", None)
-    return attn.inv_norm_factor if scale is None else scale
+    """The factor on query-key products: ``scaling``, ``inv_norm_factor`` (Falcon, Bloom) or ``softmax_scale`` (MPT)."""
+    for name in ("scaling", "inv_norm_factor", "softmax_scale"):
+        if getattr(attn, name, None) is not None:
+            return getattr(attn, name)
+    raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s score scale (looked for scaling, "
+                     "inv_norm_factor, softmax_scale); use execution='masked'")
+
+
+def _alibi(attn: nn.Module, kwargs: dict, batch: int, keys: int) -> torch.Tensor | None:
+    """ALiBi biases on the scores of every key, (B, heads, 1, keys): Bloom's and Falcon-RW's ``alibi`` (B x heads, 1,
+    keys) times the module's ``beta`` (Falcon-RW's is its score scale), or MPT's ``position_bias`` (heads, 1, L), its
+    last ``keys`` columns; None without either."""
+    alibi = kwargs.get("alibi")
+    if alibi is not None:
+        return attn.beta * alibi.view(batch, -1, 1, alibi.shape[-1])[..., -keys:]
+    bias = kwargs.get("position_bias")
+    if bias is None:
+        return None
+    if bias.dim() != 3 or bias.shape[1] != 1:
+        raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s position_bias of shape "
+                         f"{tuple(bias.shape)} (expected MPT's ALiBi, (heads, 1, length)); use execution='masked'")
+    return bias[None, :, :, -keys:].expand(batch, -1, -1, -1)
 
 
 def _sliding_window(attn: nn.Module) -> int | None:
@@ -353,10 +387,11 @@ def _attend(
     qpos: torch.Tensor,
     key_valid: torch.Tensor | None,
     settings: Settings,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding;
-    Gemma2's logit softcap ``tanh(s / c) c`` and attention sinks (a per-head logit in the softmax's denominator
-    only) computed explicitly (SDPA has neither)."""
+    Gemma2's logit softcap ``tanh(s / c) c``, attention sinks (a per-head logit in the softmax's denominator
+    only) and ALiBi ``bias`` (B, heads, 1, S) added to the scaled scores computed explicitly."""
     scale, dropout, window, softcap, sinks = settings
     S = k.shape[2]
     kpos = torch.arange(S, device=q.device)[None, None, :]
@@ -367,13 +402,15 @@ def _attend(
         allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
     grouped = k.shape[1] != q.shape[1]
-    if softcap is None and sinks is None:  # grouped-query heads read their K/V head without a copy per query head
+    if softcap is None and sinks is None and bias is None:  # grouped-query heads read their K/V head without a copy
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale,
                                               enable_gqa=grouped)
     if grouped:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
     scores = (q @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed[:, None], -math.inf)
@@ -445,7 +482,8 @@ def compact_attention(
         copy_forward_step(attn, cache, model)
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
-    rope = _rope(attn, kwargs.get("position_embeddings"), B)
+    alibi = kwargs.get("alibi") is not None  # Falcon-RW is handed rotary embeddings too, and applies ALiBi instead
+    rope = _rope(attn, None if alibi else kwargs.get("position_embeddings"), B)
     needed = torch.ones_like(keep)
     prev = None
     if copy_forward and cache is not None and attn.layer_idx > 0:
@@ -487,7 +525,8 @@ def compact_attention(
     q = q if scale is None else q * scale.to(q.dtype)
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
-    o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings)
+    bias = _alibi(attn, kwargs, B, k.shape[2])
+    o = _attend(q, k[rows], v[rows], past + index, kv_rows, settings, bias[rows] if bias is not None else None)
     o = _out_proj(attn, _output_gate(attn, x, o.transpose(1, 2).reshape(n_rows, width, -1)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:
