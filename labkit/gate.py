@@ -10,6 +10,7 @@ restores the gates too. Skipping itself (budgets, compact execution) lives in :m
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -27,6 +28,7 @@ GATE_KINDS = ("vector", "scalar", "none")
 PENALTY_KINDS = ("l2", "l1", "kl")
 CONFIG_KEY = "labkit_gates"  # attribute added to the HF config so a saved gated model says how to rebuild its gates
 GATE_ATTR = "residual_gate"  # submodule name of the gate inside a wrapped branch (and in saved keys)
+RESIDUAL = "residual"  # the argument through which a branch takes a residual it adds itself (Bloom, MPT)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Architecture:
     attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
     mlp_norm: str | None = None  # the same for the MLP output
     parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
+    mlp_sibling: str | None = None  # a child reading the MLP's input, added to its output (Granite-MoE's shared_mlp)
 
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
@@ -106,7 +109,8 @@ class GatedBranch(nn.Module):
     when a skip policy is active). Where the family normalises the branch output before the residual add (Gemma2/3,
     OLMo2), the branch output is only masked here and the gate multiplies the post-norm's output instead (a forward
     hook on that norm, see :meth:`attach_post_norm`), so the gate always scales what is added to the residual.
-    Saved under the original key names; the gate adds ``<name>.residual_gate.*``.
+    A branch that takes the residual and adds it itself (Bloom, MPT) is handed zero in its place; the residual is
+    added after the gate. Saved under the original key names; the gate adds ``<name>.residual_gate.*``.
     """
 
     def __init__(self, branch: nn.Module, gate: ResidualGate | None, layer_index: int, role: str) -> None:
@@ -117,6 +121,7 @@ class GatedBranch(nn.Module):
         self.role = role  # "attn" or "mlp"
         self.policy: SkipPolicy | None = None  # set only inside a labkit.skip context
         self.last_gate: torch.Tensor | None = None  # gate values of the latest forward, for gate_penalty
+        self.last_keep: torch.Tensor | None = None  # keep mask of the latest forward, for a SiblingBranch
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
@@ -125,6 +130,7 @@ class GatedBranch(nn.Module):
         self.probe: tuple[torch.Tensor, tuple, dict] | None = None  # (input, arguments, keyword arguments) of it
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
+        self.residual_at = _residual_position(branch)  # the branch returns residual + F(u) itself (Bloom, MPT)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -153,6 +159,9 @@ class GatedBranch(nn.Module):
         return tuple(None if name is None else self.branch.get_parameter(name) for name in names)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        residual = None
+        if self.residual_at is not None:  # the branch gets a zero residual, so that F(u) alone is gated and masked
+            args, kwargs, residual = _zero_residual(args, kwargs, self.residual_at)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         gate = self.residual_gate
         g = gate.forward(hidden) if gate is not None else None  # a gate has no hooks: skip the module-call overhead
@@ -162,6 +171,7 @@ class GatedBranch(nn.Module):
         if policy is not None:
             importance = None if g is None else g.squeeze(-1) if g.shape[-1] == 1 else g.mean(-1)  # scalar: a view
             keep = policy.decide(self, importance, hidden)
+        object.__setattr__(self, "last_keep", keep)
         out: Any = None
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
@@ -183,6 +193,8 @@ class GatedBranch(nn.Module):
             self.pending_scale = g if mask is None else mask if g is None else g * mask
         elif g is not None:
             y = y * g
+        if residual is not None:
+            y = residual + y
         if keep is not None:
             policy.after(self, keep, kwargs)
         if rest is None:
@@ -194,6 +206,57 @@ def _parameter_names(module: nn.Module, values: tuple) -> tuple[str | None, ...]
     """For each of ``values``, its name if it is a parameter of ``module``, else None."""
     names = {id(p): name for name, p in module.named_parameters()}
     return tuple(names.get(id(v)) if isinstance(v, nn.Parameter) else None for v in values)
+
+
+class SiblingBranch(nn.Module):
+    """A module beside a layer's MLP that reads the MLP's input and whose output the layer adds to the MLP's
+    (Granite-MoE-shared's ``shared_mlp``), run under that MLP branch's gate and keep mask: the gated branch is the sum.
+
+    The layer runs it after the MLP on the same input, so the MLP's latest gate and keep mask are this token's; under
+    compact execution it runs on the kept tokens only. Saved under the original key names; it has no gate of its own.
+    """
+
+    role = "mlp"  # what a skip policy's compact execution reads of a branch, besides ``branch``
+
+    def __init__(self, branch: nn.Module, leader: GatedBranch) -> None:
+        super().__init__()
+        self.branch = branch
+        object.__setattr__(self, "leader", leader)  # not a submodule: the MLP's weights stay under its own name
+        self.register_state_dict_post_hook(_flatten_branch_keys)
+        self.register_load_state_dict_pre_hook(_nest_branch_keys)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        keep, g, policy = self.leader.last_keep, self.leader.last_gate, self.leader.policy
+        if keep is not None and policy.execution == "compact":
+            y = policy.compact(self, hidden, keep, (hidden,), {})
+        else:
+            y = self.branch(hidden)
+            y = y if keep is None else y * keep.unsqueeze(-1).to(y.dtype)
+        return y if g is None else y * g
+
+
+def _residual_position(module: nn.Module) -> int | None:
+    """Where ``module``'s forward takes a ``residual`` argument it adds to its output (Bloom, MPT), else None."""
+    parameters = list(inspect.signature(module.forward).parameters)
+    return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
+
+
+def given_residual(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The residual a call hands a branch that adds it to its output itself (Bloom, MPT; wrapped or not), else None."""
+    at = _residual_position(_unwrap(module))
+    if at is None:
+        return None
+    return kwargs[RESIDUAL] if RESIDUAL in kwargs else args[at] if len(args) > at else None
+
+
+def _zero_residual(args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
+    """A branch call's arguments with its residual (position ``at``, or by keyword) replaced by a zero that broadcasts,
+    passed by keyword, and that residual: the branch then returns its own contribution alone."""
+    if RESIDUAL in kwargs:
+        residual = kwargs[RESIDUAL]
+    else:
+        residual, args = args[at], args[:at] + args[at + 1 :]
+    return args, {**kwargs, RESIDUAL: residual.new_zeros(())}, residual
 
 
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
@@ -228,7 +291,7 @@ def _nest_branch_keys(module: nn.Module, state_dict: dict, prefix: str, *args: A
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    return module.branch if isinstance(module, GatedBranch) else module
+    return module.branch if isinstance(module, (GatedBranch, SiblingBranch)) else module
 
 
 def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
@@ -302,6 +365,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     A child norm whose input is a branch's output is that branch's post-norm; if replacing the attention output
     leaves the MLP input unchanged the layer is parallel; and the layer output must equal its input plus the two
     branch contributions, otherwise the branches are not added to the residual stream and gating them would be wrong.
+    Where it does not, a child run after the MLP on the MLP's input whose output completes the sum is the MLP's
+    sibling (Granite-MoE-shared's ``shared_mlp``), gated with the MLP (:class:`SiblingBranch`).
     """
     layer = _get(model, path)[0]
     record: dict[str, Any] = {}
@@ -311,17 +376,26 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     def tensor(out: Any) -> Any:
+        """The output's leading tensor as it is now (a copy: Falcon adds the attention output to the MLP's in place)."""
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"a branch or layer of {type(model).__name__} returns {type(out).__name__}; labkit gates "
                              "decoder layers whose branches return a tensor or a tuple/list starting with one")
-        return out
+        return out.clone()
 
     def on_child(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             if args or "hidden_states" in kwargs:
-                record.setdefault("children", []).append((name, first(args, kwargs), tensor(out)))
+                record.setdefault("children", []).append((name, first(args, kwargs), tensor(out), "mlp" in record))
+
+        return hook
+
+    def on_residual(role: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            residual = given_residual(module, args, kwargs)
+            if residual is not None:
+                record[f"{role}_residual"] = residual.clone()
 
         return hook
 
@@ -340,6 +414,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             lambda m, a, k: record.__setitem__("mlp_in", first(a, k).clone()), with_kwargs=True
         ),
         *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
+        *(getattr(layer, attr).register_forward_pre_hook(on_residual(role), with_kwargs=True)
+          for role, attr in (("attn", attention), ("mlp", mlp))),
     ]
     try:
         _probe_forward(model)
@@ -357,10 +433,13 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     if missing:
         raise ValueError(f"the probe forward of {type(model).__name__} never ran {missing} of {type(layer).__name__} "
                          f"as single modules (its {attention!r} / {mlp!r} children are containers, not branches)")
+    for role in ("attn", "mlp"):  # a branch that adds the residual it is given (Bloom, MPT): its contribution alone
+        if f"{role}_residual" in found:
+            found[role] = found[role] - found[f"{role}_residual"]
     children = found.get("children", [])
-    attention_norm = next((n for n, x, _ in children if x is found["attn"] and "norm" in n.lower()), None)
-    mlp_norm = next((n for n, x, _ in children if x is found["mlp"] and "norm" in n.lower()), None)
-    outputs = {n: y for n, _, y in children}
+    attention_norm = next((n for n, x, _, _ in children if _same(x, found["attn"]) and "norm" in n.lower()), None)
+    mlp_norm = next((n for n, x, _, _ in children if _same(x, found["mlp"]) and "norm" in n.lower()), None)
+    outputs = {n: y for n, _, y, _ in children}
     a = outputs[attention_norm] if attention_norm else found["attn"]
     m = outputs[mlp_norm] if mlp_norm else found["mlp"]
     h_in, h_out = found["in"], found["out"]
@@ -370,22 +449,45 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             f"{type(layer).__name__} in {type(model).__name__} does not map one residual stream to one: layer input "
             f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
             f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
-    # h_out = α h_in + β a + γ m with scalars: 1, 1, 1 in most families; β = γ = a residual multiplier (Granite's
-    # muP, MiniCPM's depth scale). Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
+    fit, error = _residual_fit(h_in, a, m, h_out)
+    sibling = None
+    if error is not None and mlp_norm is None:  # a module beside the MLP, run after it on its input (shared_mlp)
+        beside = [(n, y) for n, x, y, after in children
+                  if after and "norm" not in n.lower() and _same(x, found["mlp_in"]) and y.shape == m.shape]
+        if len(beside) == 1 and _residual_fit(h_in, a, m + beside[0][1], h_out)[1] is None:
+            sibling, error = beside[0][0], None
+    if error is not None:
+        raise ValueError(
+            f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
+            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
+            f"{_fit_hint(found, fit, error <= 1e-3 * float(sum(x.abs().max() for x in (h_in, a, m))), attention, mlp)}"
+            f"the best fit h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by "
+            f"{error:.3g}; "
+            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
+        )
+    parallel = torch.equal(record["mlp_in"], found["mlp_in"])
+    return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel, sibling)
+
+
+def _same(x: Any, y: torch.Tensor) -> bool:
+    """Whether a probe's recorded input ``x`` holds the values of tensor ``y``."""
+    return isinstance(x, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+
+
+def _residual_fit(
+    h_in: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_out: torch.Tensor
+) -> tuple[torch.Tensor, float | None]:
+    """Least-squares scalars (α, β, γ) of h_out = α h_in + β a + γ m, and the miss where the fit fails (None: it holds).
+
+    1, 1, 1 in most families; β = γ = a residual multiplier (Granite's muP, MiniCPM's depth scale). Gating a branch
+    scales its term whatever β or γ, and a skipped one adds nothing.
+    """
     terms = torch.stack([h_in.double().flatten(), a.double().flatten(), m.double().flatten()], dim=1)
     fit = torch.linalg.lstsq(terms, h_out.double().flatten()[:, None]).solution.flatten()
     error = (h_out.double().flatten() - terms @ fit).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
-    if not (error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()):
-        raise ValueError(
-            f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
-            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
-            f"{_fit_hint(found, fit, error <= 1e-3 * scale, attention, mlp)}the best fit "
-            f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by {float(error):.3g}; "
-            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
-        )
-    parallel = torch.equal(record["mlp_in"], found["mlp_in"])
-    return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
+    holds = error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()
+    return fit, None if holds else float(error)
 
 
 def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: str) -> str:
@@ -401,8 +503,8 @@ def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: 
                          "from other inputs (e.g. an attention over earlier blocks' outputs)")
     for role, name in (("attn", attention), ("mlp", mlp)):
         hints += [f"its child {child!r} transforms the {name!r} output before the residual add (only a norm may)"
-                  for child, x, y in found.get("children", [])
-                  if x is found[role] and "norm" not in child.lower() and not torch.equal(x, y)]  # not eval dropout
+                  for child, x, y, _ in found.get("children", [])
+                  if _same(x, found[role]) and "norm" not in child.lower() and not torch.equal(x, y)]  # not dropout
     return "".join(f"{h}; " for h in hints)
 
 
@@ -477,6 +579,9 @@ def add_gates(
             if norm is not None:
                 wrapped.attach_post_norm(getattr(layer, norm))
             _replace(layer, attr, wrapped)
+        if arch.mlp_sibling is not None:
+            sibling = SiblingBranch(submodule(layer, arch.mlp_sibling), submodule(layer, arch.mlp))
+            _replace(layer, arch.mlp_sibling, sibling)
     model.__dict__[ARCH_ATTR] = arch
     branches = gated_branches(model)
     for b in branches:
@@ -501,10 +606,11 @@ def remove_gates(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no gates to remove")
     arch = architecture(model)
     for layer in _get(model, arch.layers):
-        for attr in (arch.attention, arch.mlp):
-            wrapped = submodule(layer, attr)
+        for attr in (arch.attention, arch.mlp, arch.mlp_sibling):
+            wrapped = submodule(layer, attr) if attr is not None else None
             if isinstance(wrapped, GatedBranch):
                 wrapped.detach_post_norm()
+            if isinstance(wrapped, (GatedBranch, SiblingBranch)):
                 _replace(layer, attr, wrapped.branch)
     model.__dict__.pop(ARCH_ATTR, None)
     if hasattr(model.config, CONFIG_KEY):

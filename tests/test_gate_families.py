@@ -5,6 +5,8 @@ Each family is a tiny random model built from its config (hidden 32, 2 layers, v
 normalises a branch output before the residual add, and GPT-NeoX's parallel residual.
 """
 
+from typing import Any
+
 import pytest
 import torch
 import transformers
@@ -73,6 +75,27 @@ FAMILIES = {
               "attn_config": {"kv_n_heads": 2, "rope_theta": 1e4, "clip_qkv": 0.1},  # clips about 40 % of them
               "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2}},
              ("norm_attn_norm.attn", "ffn", None, None, False)),
+    # the MLP output gets the attention output added in place; multi-query [q x 4 | k | v] fused projection
+    "falcon": ("FalconConfig", "FalconForCausalLM", {}, ("self_attention", "mlp", None, None, True)),
+    # ... and the new decoder architecture: [q x 2 | k | v] per K/V group, K/V cached once per query head
+    "falcon_grouped": ("FalconConfig", "FalconForCausalLM", {"num_kv_heads": 2, "new_decoder_architecture": True},
+                       ("self_attention", "mlp", None, None, True)),
+    # ALiBi biases instead of rotary (handed both), a per-head fused projection, sequential residual
+    "falcon_rw": ("FalconConfig", "FalconForCausalLM",
+                  {"alibi": True, "multi_query": False, "num_kv_heads": 4, "parallel_attn": False},
+                  ("self_attention", "mlp", None, None, False)),
+    # branches that take the residual and add it themselves; ALiBi per key with left padding (Bloom), clipped q/k/v
+    # and a fixed ALiBi table (MPT)
+    "bloom": ("BloomConfig", "BloomForCausalLM", {"attn_implementation": "eager"},
+              ("self_attention", "mlp", None, None, False)),
+    "mpt": ("MptConfig", "MptForCausalLM",
+            {"max_seq_len": 64, "attn_config": {"clip_qkv": 0.5}, "attn_implementation": "eager"},
+            ("attn", "ffn", None, None, False)),
+    # a shared MLP beside the MoE, on its input, added to its output: gated with it
+    "granitemoeshared": ("GraniteMoeSharedConfig", "GraniteMoeSharedForCausalLM",
+                         {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
+                          "shared_intermediate_size": 32, "residual_multiplier": 0.22},
+                         ("self_attn", "block_sparse_moe", None, None, False)),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -163,10 +186,14 @@ def test_gate_scales_what_the_residual_receives(family):
 
     def contribution() -> torch.Tensor:
         added = []
-        layer = gate.decoder_layers(model)[0]
-        hook = gate.submodule(layer, arch.attention_norm or arch.attention).register_forward_hook(
-            lambda m, a, out: added.append(out[0] if isinstance(out, tuple) else out)
-        )
+        module = gate.submodule(gate.decoder_layers(model)[0], arch.attention_norm or arch.attention)
+
+        def hook(m: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            y = out[0] if isinstance(out, tuple) else out
+            residual = gate.given_residual(m, args, kwargs)  # Bloom's attention returns residual + its contribution
+            added.append(y if residual is None else y - residual)
+
+        hook = module.register_forward_hook(hook, with_kwargs=True)
         model(tokens())
         hook.remove()
         return added[0]
@@ -283,9 +310,9 @@ def test_detection_finds_the_layout_of_every_family_decoder_lm_builds_and_base_m
     base(tokens())
 
 
-def test_llama4_moe_runs_masked_and_refuses_compact_clearly_falcon_is_refused():
+def test_llama4_moe_runs_masked_and_refuses_compact_clearly():
     """Llama4's MoE feed-forward returns (flattened tokens, router logits) and its attention takes one complex rotary
-    tensor: masked skipping works, compact execution names what it lacks. Falcon's new layout is refused at once."""
+    tensor: masked skipping works, compact execution names what it lacks."""
     torch.manual_seed(0)
     config = transformers.Llama4TextConfig(**{**COMMON, "num_key_value_heads": 2, "num_local_experts": 4,
                                               "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8})
@@ -297,10 +324,6 @@ def test_llama4_moe_runs_masked_and_refuses_compact_clearly_falcon_is_refused():
     with pytest.raises(ValueError, match="no adapter for Llama4TextAttention's rotary embedding.*execution='masked'"):
         with skip.budget(model, 0.4, execution="compact", measure_flops=False):
             model(x)
-    falcon = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(
-        **{**COMMON, "num_kv_heads": 2, "new_decoder_architecture": True})).eval()
-    with pytest.raises(ValueError, match="FalconDecoderLayer in FalconForCausalLM does not add its"):
-        gate.add_gates(falcon)
 
 
 def test_compact_refuses_inputs_its_adapters_do_not_apply():

@@ -6,19 +6,20 @@ values-mixing and the output projection for the kept tokens only. Output equals 
 rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral, Qwen2/3, Gemma2/3,
 OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms
 per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3; CodeGen's in
-model-parallel shards of [q | v | k]) or ``Wqkv`` (DBRX, clipped to ``clip_qkv``), per-head fused ``query_key_value``
-(GPT-NeoX, GPT-NeoX-Japanese, Persimmon), Conv1D ``c_attn`` (GPT-2) and JetMoE's mixture of attention (routed query and
-output experts over shared K/V heads); multi-head latent attention (MLA: DeepSeek-V2/V3 and Sarvam, MiniCPM3,
-GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared key, expanded into
-per-head keys and values by the module's own ``expand_kv``; rotary through the family's own function (cos/sin, the
-interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or the attention's own ``rotary_emb``
-(Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2 and Flint, and Llama-4 query
-scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo), sliding windows (GPT-Neo's local layers among
-them), Gemma2's logit softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm
-(BitNet) before the output projection; differential attention (DiffLlama: two softmax maps of the same queries and keys,
-the second's output subtracted, then a norm). An MoE feed-forward is position-wise, so it runs on the kept tokens like
-any MLP. Llama4's complex rotary embedding, sparse attention's key indexer, Zaya's convolutional q/k/v projection and
-the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
+model-parallel shards of [q | v | k]) or ``Wqkv`` (DBRX, MPT; clipped to ``clip_qkv``), fused ``query_key_value`` per
+head (GPT-NeoX, GPT-NeoX-Japanese, Persimmon, Bloom) or per K/V group (Falcon), Conv1D ``c_attn`` (GPT-2) and JetMoE's
+mixture of attention (routed query and output experts over shared K/V heads); multi-head latent attention (MLA:
+DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the
+rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the
+family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or
+the attention's own ``rotary_emb`` (Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2
+and Flint, and Llama-4 query scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo), sliding windows
+(GPT-Neo's local layers among them), Gemma2's logit softcap, attention sinks and ALiBi biases (Bloom, MPT, Falcon-RW) in
+the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before the output projection; differential
+attention (DiffLlama: two softmax maps of the same queries and keys, the second's output subtracted, then a norm). An
+MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP. Llama4's complex rotary embedding, sparse
+attention's key indexer, Zaya's convolutional q/k/v projection and the inputs in :data:`UNSUPPORTED_INPUTS` have no
+adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -67,14 +68,18 @@ def _scatter_rows(values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     return out.index_put((flat,), values[valid]).view(B, T, d)
 
 
-def compact_mlp(branch: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """A position-wise branch applied to the kept tokens only; zeros at skipped tokens."""
+def compact_mlp(
+    branch: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A position-wise branch applied to the kept tokens only; zeros at skipped tokens. ``residual``: the zero a branch
+    that adds its own residual (Bloom, MPT) is given in its place."""
     B, T, d = hidden.shape
     flat_keep = keep.reshape(-1)
     out = hidden.new_zeros(B * T, d)
     if bool(flat_keep.any()):
         positions = flat_keep.nonzero().squeeze(1)
-        y = branch(hidden.reshape(B * T, d)[positions].unsqueeze(0))
+        x = hidden.reshape(B * T, d)[positions].unsqueeze(0)
+        y = branch(x) if residual is None else branch(x, residual=residual)
         y = y[0] if isinstance(y, tuple) else y  # an MoE block's router logits are not kept (Llama4)
         out = out.index_put((positions,), y.reshape(-1, d))
     return out.view(B, T, d)
@@ -188,10 +193,10 @@ def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _norm_heads(_qk_norm(attn, "q"), attn.q_proj(x), hd)
     if hasattr(attn, "mp_num"):  # CodeGen
         return F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, 0))).view(x.shape[0], -1, hd)
-    if _fused_qkv(attn) is not None:  # Phi3, DBRX: [q | k | v] rows
-        width = attn.config.num_attention_heads * hd
+    if _fused_qkv(attn) is not None:  # Phi3, DBRX, MPT: [q | k | v] rows
+        width = _query_heads(attn) * hd
         return _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(0, width)))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "query_key_value"):  # GPT-NeoX, Persimmon: per head [q | k | v]
+    if hasattr(attn, "query_key_value"):  # GPT-NeoX, Persimmon, Bloom, Falcon: per head or K/V group [q | k | v]
         q = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0)))
         return _norm_heads(_qk_norm(attn, "q"), q, hd)
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
@@ -221,13 +226,15 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
         k, v = (F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
     if _fused_qkv(attn) is not None:
-        width = attn.config.num_attention_heads * hd
+        width = _query_heads(attn) * hd
         k, v = _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(width, None)))).chunk(2, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     if hasattr(attn, "query_key_value"):
-        k = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 1)))
-        v = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 2)))
-        return _norm_heads(_qk_norm(attn, "k"), k, hd), v.view(n, -1, hd)
+        k, v = (F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, part))) for part in (1, 2))
+        k, v = _norm_heads(_qk_norm(attn, "k"), k, hd), v.view(n, -1, hd)
+        if getattr(attn, "new_decoder_architecture", False):  # Falcon caches each group's K/V once per query head
+            k, v = (t.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1) for t in (k, v))
+        return k, v
     if isinstance(getattr(attn, "c_attn", None), nn.Linear):
         k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
@@ -239,26 +246,41 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _fused_qkv(attn: nn.Module) -> nn.Linear | None:
-    """A projection of [q | k | v] rows: ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX), else None."""
+    """A projection of [q | k | v] rows: ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX, MPT), else None."""
     fused = getattr(attn, "qkv_proj", None)
     return fused if fused is not None else getattr(attn, "Wqkv", None)
 
 
+def _query_heads(attn: nn.Module) -> int:
+    """Query heads of a fused [q | k | v] projection: MPT's ``n_heads``, else the config's."""
+    return getattr(attn, "n_heads", None) or attn.config.num_attention_heads
+
+
 def _clipped(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Projected q, k or v clamped to [-clip_qkv, clip_qkv] where the family clips them (DBRX), else unchanged."""
+    """Projected q, k or v clamped to ±``clip_qkv`` where the family clips them (DBRX, MPT), else unchanged."""
     clip = getattr(attn, "clip_qkv", None)
-    return x if clip is None else x.clamp(-clip, clip)
+    return x.clamp(-clip, clip) if clip else x
 
 
 def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
-    """Rows of a per-head fused projection (GPT-NeoX's ``query_key_value``, or ``fused``) holding part 0 (q), 1 (k)
-    or 2 (v) of every head."""
+    """Rows of a fused projection (``query_key_value``, or ``fused``) holding part 0 (q), 1 (k) or 2 (v), laid out
+    per K/V group as [q x n | k | v]: one query head per group (GPT-NeoX), or as :func:`_fused_groups` says."""
     fused = attn.query_key_value if fused is None else fused
     hd = _head_dim(attn)
-    heads = fused.out_features // (3 * hd)
+    groups = _fused_groups(attn) or fused.out_features // (3 * hd)
+    size = fused.out_features // (groups * hd)  # heads per group: n queries, a key and a value
     device = fused.weight.device
-    rows = torch.arange(heads, device=device)[:, None] * 3 * hd + part * hd + torch.arange(hd, device=device)
-    return rows.reshape(-1)
+    offsets = torch.arange(size - 2, device=device) if part == 0 else torch.tensor([size - 3 + part], device=device)
+    heads = torch.arange(groups, device=device)[:, None] * size + offsets
+    return (heads.reshape(-1, 1) * hd + torch.arange(hd, device=device)).reshape(-1)
+
+
+def _fused_groups(attn: nn.Module) -> int | None:
+    """K/V groups of Falcon's fused ``query_key_value``: ``num_kv_heads`` under its new decoder architecture, one
+    under multi-query attention; None (one per head) otherwise."""
+    if getattr(attn, "new_decoder_architecture", False):
+        return attn.num_kv_heads
+    return 1 if getattr(attn, "multi_query", False) else None
 
 
 def _codegen_rows(attn: nn.Module, part: int) -> torch.Tensor:
@@ -422,6 +444,7 @@ def _attention_settings(attn: nn.Module) -> Settings:
     if attn.training:
         rate = getattr(attn, "attention_dropout", None)
         rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
+        rate = getattr(attn, "attn_dropout_p", rate)  # MPT's
         dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
     sinks = getattr(attn, "sinks", None)
     return Settings(_scale(attn), dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
@@ -429,16 +452,34 @@ def _attention_settings(attn: nn.Module) -> Settings:
 
 
 def _scale(attn: nn.Module) -> float:
-    """The factor on query-key products: the module's ``scaling``, 1 / ``norm_factor`` (GPT-NeoX-Japanese), or 1 for
-    GPT-Neo, whose global and local layers (``attention_type``) do not scale scores by 1 / sqrt(head_dim)."""
-    if hasattr(attn, "scaling"):
-        return attn.scaling
-    if hasattr(attn, "norm_factor"):
+    """The factor on query-key products: ``scaling``, ``inv_norm_factor`` (Falcon, Bloom), ``softmax_scale`` (MPT),
+    1 / ``norm_factor`` (GPT-NeoX-Japanese), or 1 for GPT-Neo, whose global and local layers (``attention_type``) do
+    not scale scores by 1 / sqrt(head_dim)."""
+    for name in ("scaling", "inv_norm_factor", "softmax_scale"):
+        if getattr(attn, name, None) is not None:
+            return getattr(attn, name)
+    if getattr(attn, "norm_factor", None) is not None:
         return 1 / attn.norm_factor
     if getattr(attn, "attention_type", None) in ("global", "local"):
         return 1.0
-    raise ValueError(f"compact execution cannot run {type(attn).__name__}: it sets no score scale labkit's adapter "
-                     "reads (scaling, norm_factor); use execution='masked'")
+    raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s score scale (looked for scaling, "
+                     "inv_norm_factor, softmax_scale, norm_factor); use execution='masked'")
+
+
+def _alibi(attn: nn.Module, kwargs: dict, batch: int, keys: int) -> torch.Tensor | None:
+    """ALiBi biases on the scores of every key, (B, heads, 1, keys): Bloom's and Falcon-RW's ``alibi`` (B x heads, 1,
+    keys) times the module's ``beta`` (Falcon-RW's is its score scale), or MPT's ``position_bias`` (heads, 1, L), its
+    last ``keys`` columns; None without either."""
+    alibi = kwargs.get("alibi")
+    if alibi is not None:
+        return attn.beta * alibi.view(batch, -1, 1, alibi.shape[-1])[..., -keys:]
+    bias = kwargs.get("position_bias")
+    if bias is None:
+        return None
+    if bias.dim() != 3 or bias.shape[1] != 1:
+        raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s position_bias of shape "
+                         f"{tuple(bias.shape)} (expected MPT's ALiBi, (heads, 1, length)); use execution='masked'")
+    return bias[None, :, :, -keys:].expand(batch, -1, -1, -1)
 
 
 def _sliding_window(attn: nn.Module) -> int | None:
@@ -466,10 +507,11 @@ def _attend(
     qpos: torch.Tensor,
     key_valid: torch.Tensor | None,
     settings: Settings,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding;
-    Gemma2's logit softcap ``tanh(s / c) c`` and attention sinks (a per-head logit in the softmax's denominator
-    only) computed explicitly (SDPA has neither)."""
+    Gemma2's logit softcap ``tanh(s / c) c``, attention sinks (a per-head logit in the softmax's denominator
+    only) and ALiBi ``bias`` (B, heads, 1, S) added to the scaled scores computed explicitly."""
     scale, dropout, window, softcap, sinks = settings
     S = k.shape[2]
     kpos = torch.arange(S, device=q.device)[None, None, :]
@@ -480,13 +522,15 @@ def _attend(
         allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
     grouped = k.shape[1] != q.shape[1]
-    if softcap is None and sinks is None:  # grouped-query heads read their K/V head without a copy per query head
+    if softcap is None and sinks is None and bias is None:  # grouped-query heads read their K/V head without a copy
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale,
                                               enable_gqa=grouped)
     if grouped:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
     scores = (q @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed[:, None], -math.inf)
@@ -590,7 +634,8 @@ def compact_attention(
         copy_forward_step(attn, cache, model)
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
-    rope = _rope(attn, _position_embeddings(attn, hidden, kwargs), B)
+    alibi = kwargs.get("alibi") is not None  # Falcon-RW is handed rotary embeddings too, and applies ALiBi instead
+    rope = _rope(attn, None if alibi else _position_embeddings(attn, hidden, kwargs), B)
     needed = torch.ones_like(keep)
     prev = None
     if copy_forward and cache is not None and layer > 0:
@@ -634,7 +679,9 @@ def compact_attention(
     q = q if scale is None else q * scale.to(q.dtype)
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
-    o = _attend(q, k[rows], _values(attn, v[rows]), past + index, kv_rows, settings)
+    bias = _alibi(attn, kwargs, B, k.shape[2])
+    o = _attend(q, k[rows], _values(attn, v[rows]), past + index, kv_rows, settings,
+                bias[rows] if bias is not None else None)
     o = _project_out(attn, x, _mixed(attn, o.transpose(1, 2)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:

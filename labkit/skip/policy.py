@@ -245,7 +245,7 @@ class _Policy:
             if branch.role == "mlp":
                 return zeros
         if branch.role == "mlp":
-            return compact_mlp(branch.branch, hidden, keep)
+            return compact_mlp(branch.branch, hidden, keep, kwargs.get(gate_lib.RESIDUAL))
         return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
@@ -438,7 +438,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
             own = module(*args, **kwargs)  # as the layer called it (CTRL passes its input as v, k and q)
             own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
             if branch.role == "mlp":
-                out = compact_mlp(module, hidden, keep)
+                out = compact_mlp(module, hidden, keep, kwargs.get(gate_lib.RESIDUAL))
             else:
                 out = compact_attention(module, hidden, keep, kwargs)
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for

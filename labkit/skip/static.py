@@ -69,8 +69,10 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
         return hook
 
     def attn_out(i: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            current[f"{i}.attn"] = output[0] if isinstance(output, tuple) else output
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            y = output[0] if isinstance(output, tuple) else output
+            residual = gate_lib.given_residual(module, args, kwargs)  # Bloom's attention returns it plus its own
+            current[f"{i}.attn"] = y if residual is None else y - residual
 
         return hook
 
@@ -83,7 +85,7 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_in(i), with_kwargs=True))
         added = gate_lib.submodule(layer, arch.attention_norm or arch.attention)  # what the residual receives
-        handles.append(added.register_forward_hook(attn_out(i)))
+        handles.append(added.register_forward_hook(attn_out(i), with_kwargs=True))
         handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
 
     def influence(a: torch.Tensor, b: torch.Tensor) -> float:
