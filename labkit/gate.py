@@ -414,7 +414,7 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             lambda m, a, k: record.__setitem__("mlp_in", first(a, k).clone()), with_kwargs=True
         ),
         *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
-        *(getattr(layer, attr).register_forward_pre_hook(on_residual(role), with_kwargs=True)
+        *(submodule(layer, attr).register_forward_pre_hook(on_residual(role), with_kwargs=True)
           for role, attr in (("attn", attention), ("mlp", mlp))),
     ]
     try:
