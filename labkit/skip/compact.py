@@ -10,10 +10,10 @@ over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi
 Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the rotated shared
 key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the family's own
 function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies), partial
-rotary included, and Llama-4 query scaling by position (Ministral3, Mistral4); sliding windows, Gemma2's logit
-softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
-the output projection. An MoE feed-forward is position-wise, so it runs on the kept tokens
-like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer and the inputs in
+rotary included, and query scaling by position (Llama-4's: Ministral3, Mistral4; the scale Beam hands its layers);
+sliding windows, Gemma2's logit softcap and attention sinks in the mask and scores; an output gate (AFMoE, Laguna,
+Beam) or a norm (BitNet) before the output projection. An MoE feed-forward is position-wise, so it runs on the kept
+tokens like any MLP. Llama4's complex rotary embedding, sparse attention's key indexer and the inputs in
 :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
 """
 
@@ -33,7 +33,6 @@ from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
 
 # Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
 UNSUPPORTED_INPUTS = {
-    "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
     "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
 }
 Rope = tuple[torch.Tensor, ...]  # rotary rows of some tokens: (cos, sin), (complex frequencies,) or () without rotary
@@ -242,7 +241,12 @@ def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: to
                  ) -> torch.Tensor | None:
     """Llama-4 attention scaling (Ministral3, Mistral4): each kept query (``index`` of ``rows``) times
     1 + β log(1 + ⌊position / original max⌋), as (N, 1, 1), at the ``position_ids`` the layer was handed (else cache
-    length + index); None where the config sets no ``llama_4_scaling_beta``."""
+    length + index); the per-token scale the layer was handed as ``attention_scaling`` (B or 1, 1, T, 1) (Beam's
+    full-attention layers); None where neither applies."""
+    given = kwargs.get("attention_scaling")
+    if given is not None:
+        per_token = given.reshape(given.shape[0], -1).expand(batch, -1)[rows]
+        return torch.gather(per_token, 1, index).reshape(-1, 1, 1)
     rope = getattr(getattr(attn, "config", None), "rope_parameters", None)
     beta = rope.get("llama_4_scaling_beta") if isinstance(rope, dict) else None
     if beta is None:
