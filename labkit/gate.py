@@ -320,20 +320,32 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
             f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
     # h_out = α h_in + β a + γ m with scalars: 1, 1, 1 in most families; β = γ = a residual multiplier (Granite's
-    # muP, MiniCPM's depth scale). Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
-    terms = torch.stack([h_in.double().flatten(), a.double().flatten(), m.double().flatten()], dim=1)
+    # muP, MiniCPM's depth scale); Gemma 4 scales the whole sum by a per-layer scalar. Gating a branch scales its term
+    # whatever β or γ, and a skipped one adds nothing. Ungated side branches add terms of their own (any coefficient).
+    side = _side_branches(children, h_out)
+    terms = torch.stack([x.double().flatten() for x in (h_in, a, m, *side.values())], dim=1)
     fit = torch.linalg.lstsq(terms, h_out.double().flatten()[:, None]).solution.flatten()
     error = (h_out.double().flatten() - terms @ fit).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
-    if not (error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()):
+    if not (error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit[:3].abs() > 1e-3).all()):
         raise ValueError(
             f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
             f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: the best fit "
-            f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by {float(error):.3g}; "
-            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
+            f"h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp"
+            + "".join(f" + {c:.3g} {n}" for n, c in zip(side, fit[3:].tolist(), strict=True))
+            + f" misses by {float(error):.3g}; looked for h_out = α h_in + β attention + γ mlp (+ post-normed side "
+            "branches) with scalars α, β, γ != 0"
         )
     parallel = torch.equal(record["mlp_in"], found["mlp_in"])
     return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel)
+
+
+def _side_branches(children: list[tuple[str, Any, Any]], h_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of a layer's post-normed side branches, by norm name: a child norm whose input is another (non-norm)
+    child's output, e.g. Gemma 3n / 4's per-layer-input projection. Each adds an ungated term to the residual."""
+    made = {id(y): n for n, _, y in children if "norm" not in n.lower()}
+    return {n: y for n, x, y in children
+            if "norm" in n.lower() and id(x) in made and y.shape == h_out.shape}
 
 
 def _probe_forward(model: nn.Module) -> None:
