@@ -449,21 +449,23 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             f"{type(layer).__name__} in {type(model).__name__} does not map one residual stream to one: layer input "
             f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
             f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
-    fit, error = _residual_fit(h_in, a, m, h_out)
+    side = _side_branches(children, h_out)
+    fit, error = _residual_fit(h_in, a, m, h_out, tuple(side.values()))
     sibling = None
     if error is not None and mlp_norm is None:  # a module beside the MLP, run after it on its input (shared_mlp)
         beside = [(n, y) for n, x, y, after in children
                   if after and "norm" not in n.lower() and _same(x, found["mlp_in"]) and y.shape == m.shape]
-        if len(beside) == 1 and _residual_fit(h_in, a, m + beside[0][1], h_out)[1] is None:
+        if len(beside) == 1 and _residual_fit(h_in, a, m + beside[0][1], h_out, tuple(side.values()))[1] is None:
             sibling, error = beside[0][0], None
     if error is not None:
         raise ValueError(
             f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
             f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
             f"{_fit_hint(found, fit, error <= 1e-3 * float(sum(x.abs().max() for x in (h_in, a, m))), attention, mlp)}"
-            f"the best fit h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp misses by "
-            f"{error:.3g}; "
-            "looked for h_out = α h_in + β attention + γ mlp with scalars α, β, γ != 0"
+            f"the best fit h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp"
+            + "".join(f" + {c:.3g} {n}" for n, c in zip(side, fit[3:].tolist(), strict=True))
+            + f" misses by {error:.3g}; looked for h_out = α h_in + β attention + γ mlp (+ post-normed side "
+            "branches) with scalars α, β, γ != 0"
         )
     parallel = torch.equal(record["mlp_in"], found["mlp_in"])
     return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel, sibling)
@@ -475,18 +477,20 @@ def _same(x: Any, y: torch.Tensor) -> bool:
 
 
 def _residual_fit(
-    h_in: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_out: torch.Tensor
+    h_in: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_out: torch.Tensor, side: tuple[torch.Tensor, ...] = ()
 ) -> tuple[torch.Tensor, float | None]:
-    """Least-squares scalars (α, β, γ) of h_out = α h_in + β a + γ m, and the miss where the fit fails (None: it holds).
+    """Least-squares scalars (α, β, γ, then one per ``side`` branch) of h_out = α h_in + β a + γ m + ..., and the miss
+    where the fit fails (None: it holds).
 
-    1, 1, 1 in most families; β = γ = a residual multiplier (Granite's muP, MiniCPM's depth scale). Gating a branch
-    scales its term whatever β or γ, and a skipped one adds nothing.
+    1, 1, 1 in most families; β = γ = a residual multiplier (Granite's muP, MiniCPM's depth scale); Gemma 4 scales the
+    whole sum by a per-layer scalar. Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
+    Ungated side branches add terms of their own (any coefficient).
     """
-    terms = torch.stack([h_in.double().flatten(), a.double().flatten(), m.double().flatten()], dim=1)
+    terms = torch.stack([x.double().flatten() for x in (h_in, a, m, *side)], dim=1)
     fit = torch.linalg.lstsq(terms, h_out.double().flatten()[:, None]).solution.flatten()
     error = (h_out.double().flatten() - terms @ fit).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
-    holds = error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit.abs() > 1e-3).all()
+    holds = error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit[:3].abs() > 1e-3).all()
     return fit, None if holds else float(error)
 
 
@@ -506,6 +510,14 @@ def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: 
                   for child, x, y, _ in found.get("children", [])
                   if _same(x, found[role]) and "norm" not in child.lower() and not torch.equal(x, y)]  # not dropout
     return "".join(f"{h}; " for h in hints)
+
+
+def _side_branches(children: list[tuple[str, Any, Any, bool]], h_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of a layer's post-normed side branches, by norm name: a child norm whose input is another (non-norm)
+    child's output, e.g. Gemma 3n / 4's per-layer-input projection. Each adds an ungated term to the residual."""
+    made = [y for n, _, y, _ in children if "norm" not in n.lower()]
+    return {n: y for n, x, y, _ in children
+            if "norm" in n.lower() and y.shape == h_out.shape and any(_same(x, o) for o in made)}
 
 
 def _probe_forward(model: nn.Module) -> None:

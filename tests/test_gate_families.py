@@ -310,32 +310,74 @@ def test_detection_finds_the_layout_of_every_family_decoder_lm_builds_and_base_m
     base(tokens())
 
 
-def test_llama4_moe_runs_masked_and_refuses_compact_clearly():
-    """Llama4's MoE feed-forward returns (flattened tokens, router logits) and its attention takes one complex rotary
-    tensor: masked skipping works, compact execution names what it lacks."""
+def test_llama4_masked_equals_compact():
+    """Llama4's MoE feed-forward returns (flattened tokens, router logits), its attention takes one complex rotary
+    tensor, its NoPE layers scale queries by position and its rotary layers attend within chunks: with chunks of 4
+    and a temperature from position 1 on, compact execution gives the masked logits of a left-padded batch."""
     torch.manual_seed(0)
     config = transformers.Llama4TextConfig(**{**COMMON, "num_key_value_heads": 2, "num_local_experts": 4,
-                                              "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8})
+                                              "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8,
+                                              "attention_chunk_size": 4, "floor_scale": 2, "no_rope_layers": [1, 0]})
     model = gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval())
-    x = tokens()
-    with skip.budget(model, 0.4, measure_flops=False) as stats:
-        masked = model(x).logits
-    assert stats.skipped_fraction > 0.3 and masked.shape == (3, 9, V)
-    with pytest.raises(ValueError, match="no adapter for Llama4TextAttention's rotary embedding.*execution='masked'"):
-        with skip.budget(model, 0.4, execution="compact", measure_flops=False):
-            model(x)
+    x, mask = tokens(), torch.ones(3, 9, dtype=torch.long)
+    mask[0, :2] = 0
+    logits = {}
+    for execution in ("masked", "compact"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False) as stats:
+            logits[execution] = model(x, attention_mask=mask).logits
+        assert stats.skipped_fraction > 0.3
+    torch.testing.assert_close(logits["compact"][mask.bool()], logits["masked"][mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():
+    """MiMo-V2-Flash's sliding layers cache twice the K/V heads of its full-attention ones: a token skipped at a layer
+    takes the K/V of the nearest earlier layer of that layer's head shape (layer 2 from 0, 3 from 1); layer 1, with
+    none before it, keeps its own. Compact decoding gives the masked tokens and scores."""
+    torch.manual_seed(0)
+    config = transformers.MiMoV2FlashConfig(**{
+        **COMMON, "num_hidden_layers": 4, "num_key_value_heads": 2, "head_dim": 8, "v_head_dim": 8,
+        "sliding_window": 16, "layer_types": ["full_attention", "sliding_attention"] * 2,
+        "mlp_layer_types": ["dense"] * 4})
+    model = randomize_gates(gate.add_gates(transformers.MiMoV2FlashForCausalLM._from_config(config).eval()))
+    model.generation_config.pad_token_id = PAD
+    prompt = tokens(3, 4)
+    with torch.no_grad(), skip.budget(model, 0.4, record=True, measure_flops=False) as stats:
+        cache = kv_cache.output_cache(model(prompt, use_cache=True))
+    assert [kv_cache.copy_source(cache, layer, model) for layer in (1, 2, 3)] == [None, 0, 1]
+    for layer, source in ((2, 0), (3, 1)):
+        skipped = ~stats.records[f"{layer}.attn"]["keep"]
+        assert skipped.any()
+        for copied, original in zip(kv_cache.layer_kv(cache, layer, model), kv_cache.layer_kv(cache, source, model),
+                                    strict=True):
+            assert torch.equal(copied.transpose(1, 2)[skipped], original.transpose(1, 2)[skipped])
+    with torch.no_grad():
+        runs = {execution: budget_generate(model, prompt, execution)[0] for execution in ("masked", "compact")}
+    assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
+    for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
+        torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
 
 
 def test_compact_refuses_inputs_its_adapters_do_not_apply():
-    """A query scale that depends on position (Beam's full-attention layers) or a cache slot per recurrent cycle (HRM)
-    may not show in the 3-token probe; compact execution names the input instead of computing without it."""
+    """A cache slot per recurrent cycle (HRM) may not show in the 3-token probe; compact execution names the input
+    instead of computing without it."""
     model = build("llama")
     attn = gate.decoder_layers(model)[1].self_attn
     hidden, keep = torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
-    with pytest.raises(ValueError, match="LlamaAttention: it takes 'attention_scaling' .*execution='masked'"):
-        compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.ones(1, 4, 1)})
-    with pytest.raises(ValueError, match="takes 'cycle_offset'"):
+    with pytest.raises(ValueError, match="LlamaAttention: it takes 'cycle_offset' .*execution='masked'"):
         compact.compact_attention(attn, hidden, keep, {"cycle_offset": 0})
+
+
+def test_compact_applies_the_query_scale_a_layer_is_handed():
+    """Beam hands its full-attention layers a per-token query scale (``attention_scaling``, (B, 1, T, 1)) that the
+    3-token probe may not show: compact attention scales each kept query by it, so a scale of 2 acts as a softmax
+    scale twice as large."""
+    model = build("llama")
+    attn = gate.decoder_layers(model)[1].self_attn
+    hidden, keep = torch.randn(2, 4, 32), torch.tensor([[True, False, True, True], [False, True, True, False]])
+    with torch.no_grad():
+        scaled = compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.full((1, 1, 4, 1), 2.0)})
+        attn.scaling *= 2
+        torch.testing.assert_close(scaled, compact.compact_attention(attn, hidden, keep, {}))
 
 
 def test_compact_refuses_deepseek_sparse_attention():

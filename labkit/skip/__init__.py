@@ -8,7 +8,8 @@ per sequence (``scope="sequence"``; one-token decoding steps then use per-branch
 their mean importance is at or below its calibrated threshold, so compact execution does not read the branch's
 weights at all; decoding is memory-bound, and skipping half the rows of a step saves almost nothing). A skipped
 token's branch output is zero, so its residual stream passes through; in a cached forward its K/V at layer l are
-copied from layer l-1 ("copy-forward"). Pad and EOS tokens are never skipped. Baselines share the machinery: random
+copied from layer l-1 ("copy-forward"; where layer shapes differ, from the nearest earlier layer of l's head shape,
+else computed: Gemma 4, MiMo-V2-Flash). Pad and EOS tokens are never skipped. Baselines share the machinery: random
 ranking (``ranking="random"``), static branch/layer skipping (:func:`static_skip` with :func:`shortgpt_order` or
 :func:`uls_layers`). Compact execution runs a family's attention from its projections; :func:`verify_compact`
 checks once per branch (when a compact budget opens) that it reproduces the module's own output, and refuses clearly

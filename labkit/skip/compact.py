@@ -13,13 +13,14 @@ DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache h
 rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the
 family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or
 the attention's own ``rotary_emb`` (Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2
-and Flint, and Llama-4 query scaling by position (Ministral3, Mistral4); unscaled scores (GPT-Neo), sliding windows
-(GPT-Neo's local layers among them), Gemma2's logit softcap, attention sinks and ALiBi biases (Bloom, MPT, Falcon-RW) in
-the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before the output projection; differential
-attention (DiffLlama: two softmax maps of the same queries and keys, the second's output subtracted, then a norm). An
-MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP. Llama4's complex rotary embedding, sparse
-attention's key indexer, Zaya's convolutional q/k/v projection and the inputs in :data:`UNSUPPORTED_INPUTS` have no
-adapter (a clear error; masked execution works).
+and Flint, and query scaling by position (Llama-4's: Ministral3, Mistral4; the scale Beam hands its layers); unscaled
+scores (GPT-Neo), sliding windows (GPT-Neo's local layers among them), Gemma2's logit softcap, attention sinks and ALiBi
+biases (Bloom, MPT, Falcon-RW) in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
+the output projection; differential attention (DiffLlama: two softmax maps of the same queries and keys, the second's
+output subtracted, then a norm). An MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP. Llama
+4's complex rotary embedding, NoPE-layer temperature and chunked attention are applied too, and value norms or scales
+(Gemma 4, MiMo-V2-Flash). Sparse attention's key indexer, Zaya's convolutional q/k/v projection, Gemma 4's KV-shared
+layers and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.skip.kv_cache import find_cache, layer_kv, self_attention_cache
+from labkit.skip.kv_cache import copy_source, find_cache, layer_kv, self_attention_cache
 
 # Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
 UNSUPPORTED_INPUTS = {
-    "attention_scaling": "a position-dependent query scale (Beam's full-attention layers)",
     "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
 }
 # Attention classes that rotate queries and keys on their sliding-window layers only: full attention is NoPE
@@ -97,9 +97,10 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
     rotate-half. Partial rotary (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first ``rot`` dimensions and passes
     the rest through; GPT-J's function takes ``(tensor, sin, cos)`` of half width and rotates interleaved pairs."""
     module = sys.modules.get(type(attn).__module__)
-    if len(rope) == 1:  # complex frequencies, broadcast over heads as the family's function expects
-        x4 = x.unsqueeze(2)
-        return module.apply_rotary_emb(x4, x4[:, :1], rope[0].unsqueeze(1))[0].squeeze(2)
+    if len(rope) == 1:  # complex frequencies, one (token, head) a row: DeepSeek-V2's and Llama 4's broadcasts agree
+        n, heads, dim = x.shape
+        x4 = x.reshape(n * heads, 1, 1, dim)
+        return module.apply_rotary_emb(x4, x4, rope[0].repeat_interleave(heads, 0).unsqueeze(1))[0].view(n, heads, dim)
     cos, sin = rope
     interleaved = getattr(getattr(attn, "config", None), "rope_interleave", False)
     apply = getattr(module, "apply_rotary_pos_emb_interleave" if interleaved else "apply_rotary_pos_emb", None)
@@ -111,7 +112,9 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
     if apply is not None and 2 * rot == _rotary_dims(attn, x.shape[-1]):  # half-width cos / sin (GPT-OSS)
         rot *= 2
     x4, c, s = x[..., :rot].unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, rot) and (N, 1, width)
-    if apply is not None:  # it rotates a (q, k) pair: x as q, one head of x as a k that is discarded
+    if apply is not None and _rotates_one(apply):  # Gemma 4: apply(x, cos, sin)
+        done = apply(x4, c, s).squeeze(2).to(x.dtype)
+    elif apply is not None:  # it rotates a (q, k) pair: x as q, one head of x as a k that is discarded
         done = apply(x4, x4[:, :1], c, s)[0].squeeze(2).to(x.dtype)
     else:
         done = (x4 * c.unsqueeze(1) + _rotate_half(x4) * s.unsqueeze(1)).squeeze(2)
@@ -136,6 +139,12 @@ def _gptj_style(apply: Any) -> bool:
     return list(inspect.signature(apply).parameters)[:3] == ["tensor", "sin", "cos"]
 
 
+@functools.cache
+def _rotates_one(apply: Any) -> bool:
+    """Whether a family's ``apply_rotary_pos_emb`` rotates one tensor, ``(x, cos, sin, ...)`` (Gemma 4)."""
+    return list(inspect.signature(apply).parameters)[:3] == ["x", "cos", "sin"]
+
+
 def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """(N, width) -> (N, heads, head_dim), with the family's q/k norm over the whole width (OLMo2) or per head
     (Qwen3, Gemma3), chosen by the norm's weight size."""
@@ -154,8 +163,9 @@ def _qk_norm(attn: nn.Module, which: str) -> nn.Module | None:
 
 def _after_rotary(attn: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
     """Queries or keys (N, heads, head_dim) through the per-head norm a family applies after rotary
-    (``query_layernorm`` / ``key_layernorm``: HunYuan), else unchanged."""
+    (``query_layernorm`` / ``key_layernorm``: HunYuan; one ``qk_norm`` for both: Llama 4), else unchanged."""
     norm = getattr(attn, f"{which}_layernorm", None)
+    norm = getattr(attn, "qk_norm", None) if norm is None else norm
     return norm(x) if norm is not None else x
 
 
@@ -221,7 +231,7 @@ def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if hasattr(attn, "Wk"):  # CTRL
         return attn.Wk(x).view(n, -1, hd), attn.Wv(x).view(n, -1, hd)
     if hasattr(attn, "k_proj"):
-        return _norm_heads(_qk_norm(attn, "k"), attn.k_proj(x), hd), attn.v_proj(x).view(n, -1, hd)
+        return _norm_heads(_qk_norm(attn, "k"), attn.k_proj(x), hd), _project_v(attn, x)
     if hasattr(attn, "mp_num"):
         k, v = (F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
@@ -260,6 +270,16 @@ def _clipped(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Projected q, k or v clamped to ±``clip_qkv`` where the family clips them (DBRX, MPT), else unchanged."""
     clip = getattr(attn, "clip_qkv", None)
     return x.clamp(-clip, clip) if clip else x
+
+
+def _project_v(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Values (N, kv heads, value head_dim) of tokens x from ``v_proj``, or from ``k_proj`` in a layer without one
+    (Gemma 4's K = V full-attention layers); through a value norm (Gemma 4's ``v_norm``) and times a value scale
+    (MiMo-V2-Flash's ``v_scale``) where the family has them."""
+    v = (getattr(attn, "v_proj", None) or attn.k_proj)(x)
+    v = _norm_heads(getattr(attn, "v_norm", None), v, getattr(attn, "v_head_dim", None) or _head_dim(attn))
+    scale = getattr(attn, "v_scale", None)
+    return v * scale if isinstance(scale, float | int) else v
 
 
 def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
@@ -324,7 +344,16 @@ def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: to
                  ) -> torch.Tensor | None:
     """Llama-4 attention scaling (Ministral3, Mistral4): each kept query (``index`` of ``rows``) times
     1 + β log(1 + ⌊position / original max⌋), as (N, 1, 1), at the ``position_ids`` the layer was handed (else cache
-    length + index); None where the config sets no ``llama_4_scaling_beta``."""
+    length + index); the per-token scale the layer was handed as ``attention_scaling`` (B or 1, 1, T, 1) (Beam's
+    full-attention layers); Llama 4's temperature 1 + s log(1 + ⌊(position + 1) / floor⌋) on its NoPE layers; None
+    where none applies."""
+    if getattr(attn, "attn_temperature_tuning", False) and not attn.use_rope:  # by cache position, as Llama 4 counts
+        positions = (past + index).float()
+        return (torch.log1p(torch.floor((positions + 1) / attn.floor_scale)) * attn.attn_scale + 1).reshape(-1, 1, 1)
+    given = kwargs.get("attention_scaling")
+    if given is not None:
+        per_token = given.reshape(given.shape[0], -1).expand(batch, -1)[rows]
+        return torch.gather(per_token, 1, index).reshape(-1, 1, 1)
     rope = getattr(getattr(attn, "config", None), "rope_parameters", None)
     beta = rope.get("llama_4_scaling_beta") if isinstance(rope, dict) else None
     if beta is None:
@@ -508,10 +537,12 @@ def _attend(
     key_valid: torch.Tensor | None,
     settings: Settings,
     bias: torch.Tensor | None = None,
+    chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding;
-    Gemma2's logit softcap ``tanh(s / c) c``, attention sinks (a per-head logit in the softmax's denominator
-    only) and ALiBi ``bias`` (B, heads, 1, S) added to the scaled scores computed explicitly."""
+    """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding, the
+    ``chunks`` of queries and keys (:func:`_chunks`); Gemma2's logit softcap ``tanh(s / c) c``, attention sinks (a
+    per-head logit in the softmax's denominator only) and ALiBi ``bias`` (B, heads, 1, S) added to the scaled scores
+    computed explicitly."""
     scale, dropout, window, softcap, sinks = settings
     S = k.shape[2]
     kpos = torch.arange(S, device=q.device)[None, None, :]
@@ -520,6 +551,8 @@ def _attend(
         allowed = allowed & (kpos > qpos[:, :, None] - window)
     if key_valid is not None and key_valid.shape[-1] >= S:
         allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
+    if chunks is not None:  # Llama 4's chunked attention: keys of the query's own chunk only
+        allowed = allowed & (chunks[0][:, :, None] == chunks[1][:, None, :])
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
     grouped = k.shape[1] != q.shape[1]
     if softcap is None and sinks is None and bias is None:  # grouped-query heads read their K/V head without a copy
@@ -559,14 +592,29 @@ def _position_embeddings(attn: nn.Module, hidden: torch.Tensor, kwargs: dict) ->
     return rotary(hidden, kwargs["position_ids"])
 
 
+def _chunks(attn: nn.Module, cache: Any, key_valid: torch.Tensor | None, qpos: torch.Tensor, S: int
+            ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Llama 4's chunked attention (``attention_chunk_size`` on its chunked_attention layers): the chunk of each kept
+    query at ``qpos`` (rows, W) and of each of the S held keys (rows, S), by position from the row's first real token
+    as transformers' chunked mask counts it; None for any other layer."""
+    config = getattr(attn, "config", None)
+    size, types = getattr(config, "attention_chunk_size", None), getattr(config, "layer_types", None)
+    if size is None or not types or types[attn.layer_idx] != "chunked_attention":
+        return None
+    start = self_attention_cache(cache).get_seq_length(attn.layer_idx) - S if cache is not None else 0  # first held
+    pad = (key_valid.cumsum(-1) == 0).sum(-1, keepdim=True) if key_valid is not None else 0
+    keys = start + torch.arange(S, device=qpos.device)[None, :] - pad
+    return torch.div(start + qpos - pad, size, rounding_mode="floor"), torch.div(keys, size, rounding_mode="floor")
+
+
 def _rope(attn: nn.Module, rope: Any, batch: int) -> Rope:
     """The ``position_embeddings`` a decoder layer hands its attention, each (B, T, width): (cos, sin) (GPT-J hands
-    (sin, cos)), one complex tensor under DeepSeek-V2's latent attention, or () without rotary."""
-    if rope is None:
+    (sin, cos)), one complex tensor (DeepSeek-V2's latent attention, Llama 4), or () without rotary."""
+    if rope is None or not getattr(attn, "use_rope", True):  # Llama 4's NoPE layers are handed one and ignore it
         return ()
-    if torch.is_tensor(rope) and rope.is_complex() and _latent(attn):
+    if torch.is_tensor(rope) and rope.is_complex():
         return (rope.expand(batch, -1, -1),)
-    if not (isinstance(rope, tuple | list) and len(rope) == 2):  # Llama4: one complex freqs_cis tensor
+    if not (isinstance(rope, tuple | list) and len(rope) == 2):
         raise ValueError(
             f"compact execution has no adapter for {type(attn).__name__}'s rotary embedding (position_embeddings "
             f"{type(rope).__name__}, expected a (cos, sin) pair); use execution='masked'"
@@ -593,13 +641,36 @@ def _layer(attn: nn.Module) -> int:
     return attn.layer_idx if hasattr(attn, "layer_idx") else attn.layer_id
 
 
-def copy_forward_step(attn: nn.Module, cache: Any, model: Any = "model") -> None:
-    """A one-token decoding step that skips attention at layer l for every row: the layer's new K/V are layer
-    l-1's newest position (GateSkip's copy-forward), appended to the cache; no projection runs, one position moves.
-    Under latent attention the cache holds the latent and the rotated shared key, so those are what is copied."""
-    layer = _layer(_self_attention(attn))
-    keys, values = layer_kv(cache, layer - 1, model)
-    self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], layer)
+def _copy_source(attn: nn.Module, cache: Any, model: Any, hidden: torch.Tensor, kwargs: dict) -> int | None:
+    """Layer l's copy source (:func:`~labkit.skip.kv_cache.copy_source`); before l's cache holds anything (a prompt's
+    forward) the shapes of its entries come from projecting one token."""
+    layer = _layer(attn)
+    if self_attention_cache(cache).get_seq_length(layer) > 0:
+        return copy_source(cache, layer, model)
+    rope = _rope(attn, _position_embeddings(attn, hidden, kwargs), hidden.shape[0])
+    one = _cache_entries(attn, hidden[:1, 0], tuple(r[:1, 0] for r in rope))
+    return copy_source(cache, layer, model, tuple(e.transpose(0, 1)[None] for e in one))
+
+
+def copy_forward_step(attn: nn.Module, cache: Any, hidden: torch.Tensor, kwargs: dict, model: Any = "model") -> bool:
+    """A one-token decoding step that skips attention at layer l for every row: the layer's new K/V are its copy
+    source's newest position (GateSkip's copy-forward from layer l-1, or the nearest earlier layer of l's head shape),
+    appended to the cache; no projection runs, one position moves. Under latent attention the cache holds the latent
+    and the rotated shared key, so those are what is copied. False, copying nothing, where l has no copy source."""
+    attn = _self_attention(attn)
+    source = _copy_source(attn, cache, model, hidden, kwargs)
+    if source is None:
+        return False
+    keys, values = layer_kv(cache, source, model)
+    _share(attn, kwargs, *self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], _layer(attn)))
+    return True
+
+
+def _share(attn: nn.Module, kwargs: dict, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """The layer's K/V (after the cache update) in ``shared_kv_states`` where its forward keeps them there for later
+    layers or an assistant model (Gemma 4's ``store_full_length_kv``)."""
+    if getattr(attn, "store_full_length_kv", False):
+        kwargs["shared_kv_states"][attn.layer_type] = keys, values
 
 
 def compact_attention(
@@ -614,8 +685,10 @@ def compact_attention(
     """Self-attention output for the kept queries only (zeros elsewhere); K/V of every token go to the cache.
 
     With ``copy_forward`` and a cache (decoding), a skipped token that no later kept token of its row attends to
-    (every skipped token of a one-token step) is not computed at all: its K/V at this layer are layer l-1's, as
-    GateSkip's copy-forward would leave them. The official code raises NotImplementedError for this case.
+    (every skipped token of a one-token step) is not computed at all: its K/V at this layer are layer l-1's (or
+    those of the nearest earlier layer of this one's head shape, :func:`copy_forward_step`), as GateSkip's
+    copy-forward would leave them; a layer without such a source computes them. The official code raises
+    NotImplementedError for this case.
     """
     B, T, d = hidden.shape
     attn = _self_attention(attn)
@@ -628,21 +701,26 @@ def compact_attention(
                          "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
                          "adapter does not apply; use execution='masked'")
     _check_position_wise(attn)
+    if getattr(attn, "is_kv_shared_layer", False):
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: it reuses an earlier layer's K/V "
+                         "(shared_kv_states, Gemma 4's KV-shared layers), which labkit's adapter does not read; use "
+                         "execution='masked'")
     layer = _layer(attn)
     _, cache = find_cache(kwargs)
-    if copy_forward and cache is not None and T == 1 and layer > 0 and not bool(keep.any()):
-        copy_forward_step(attn, cache, model)
+    copying = copy_forward and cache is not None and layer > 0
+    if copying and T == 1 and not bool(keep.any()) and copy_forward_step(attn, cache, hidden, kwargs, model):
         return hidden.new_zeros(B, T, d)
     settings = _attention_settings(attn)
     alibi = kwargs.get("alibi") is not None  # Falcon-RW is handed rotary embeddings too, and applies ALiBi instead
     rope = _rope(attn, None if alibi else _position_embeddings(attn, hidden, kwargs), B)
     needed = torch.ones_like(keep)
     prev = None
-    if copy_forward and cache is not None and layer > 0:
+    if copying:
         needed = _needed(keep)
-        if not bool(needed.all()):
-            keys, values = layer_kv(cache, layer - 1, model)
-            if keys.shape[2] >= T:  # layer l-1 holds this step's tokens (a short sliding window may not)
+        source = None if bool(needed.all()) else _copy_source(attn, cache, model, hidden, kwargs)
+        if source is not None:
+            keys, values = layer_kv(cache, source, model)
+            if keys.shape[2] >= T:  # the source holds this step's tokens (a short sliding window may not)
                 prev = keys[:, :, -T:].transpose(1, 2), values[:, :, -T:].transpose(1, 2)
             else:
                 needed = torch.ones_like(keep)
@@ -660,6 +738,7 @@ def compact_attention(
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
         k, v = self_attention_cache(cache).update(k, v, layer)
+    _share(attn, kwargs, k, v)
     if _latent(attn):  # per-head keys and values of every cached token, as the module's own forward expands them
         k, v = attn.expand_kv(k, v)
     if _mixture_of_attention(attn):  # query head h of JetMoE reads K/V head h mod kv heads (tiled, not grouped)
@@ -679,9 +758,10 @@ def compact_attention(
     q = q if scale is None else q * scale.to(q.dtype)
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
+    chunks = _chunks(attn, cache, kv_rows, past + index, k.shape[2])
     bias = _alibi(attn, kwargs, B, k.shape[2])
     o = _attend(q, k[rows], _values(attn, v[rows]), past + index, kv_rows, settings,
-                bias[rows] if bias is not None else None)
+                bias[rows] if bias is not None else None, chunks)
     o = _project_out(attn, x, _mixed(attn, o.transpose(1, 2)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:

@@ -64,3 +64,18 @@ def layer_kv(cache: Any, layer: int, model: Any) -> tuple[torch.Tensor, torch.Te
         raise CacheLayoutError(f"{where(model)}: cache layer {layer} ({type(layers[layer]).__name__}) has no "
                                f"(batch, heads, tokens, head_dim) keys/values; found keys {shape}")
     return keys, values
+
+
+def copy_source(cache: Any, layer: int, model: Any, entries: tuple[torch.Tensor, ...] | None = None) -> int | None:
+    """The layer whose K/V a skipped token's copy-forward to ``layer`` takes: the nearest earlier layer whose cached
+    keys and values have ``layer``'s (heads, head_dim), usually layer - 1. Families that mix layer shapes
+    (Gemma 4's wider full-attention heads, MiMo-V2-Flash's sliding layers with more heads) copy between layers of
+    one kind; None where no earlier layer has the shape (the token's own K/V are computed there). ``entries``: the
+    (keys, values) layer ``layer`` is about to cache, for a layer whose cache holds nothing yet."""
+    keys, values = entries if entries is not None else layer_kv(cache, layer, model)
+    for source in range(layer - 1, -1, -1):
+        prev_keys, prev_values = layer_kv(cache, source, model)
+        if all(a.shape[1] == b.shape[1] and a.shape[-1] == b.shape[-1]
+               for a, b in ((keys, prev_keys), (values, prev_values))):
+            return source
+    return None

@@ -23,7 +23,15 @@ from labkit import gate as gate_lib
 from labkit.config import number_in_range, renamed
 from labkit.profile import count_flops
 from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step
-from labkit.skip.kv_cache import CACHE_KWARGS, CacheLayoutError, find_cache, layer_kv, self_attention_cache, where
+from labkit.skip.kv_cache import (
+    CACHE_KWARGS,
+    CacheLayoutError,
+    copy_source,
+    find_cache,
+    layer_kv,
+    self_attention_cache,
+    where,
+)
 from labkit.skip.static import branch_names
 
 SCOPES = ("batch", "sequence", "step")
@@ -239,8 +247,8 @@ class _Policy:
         if self.uniform is False:  # a decoding step that skips every row: nothing of the branch runs
             zeros = self._constant(("zeros", *hidden.shape, hidden.dtype), lambda: hidden.new_zeros(hidden.shape))
             _, cache = find_cache(kwargs)
-            if branch.role == "attn" and copy and cache is not None and branch.layer_index > 0:
-                copy_forward_step(branch.branch, cache, self.model)
+            if branch.role == "attn" and copy and cache is not None and branch.layer_index > 0 and \
+                    copy_forward_step(branch.branch, cache, hidden, kwargs, self.model):
                 return zeros
             if branch.role == "mlp":
                 return zeros
@@ -260,7 +268,7 @@ class _Policy:
             return
         _, cache = find_cache(kwargs)
         if cache is not None and self.execution == "compact" and keep.shape[1] == 1:
-            return  # compact attention already stored layer l-1's K/V for this step's skipped rows
+            return  # compact attention already stored the copy source's K/V for this step's skipped rows
         if cache is None:
             if self.use_cache:
                 raise CacheLayoutError(
@@ -273,25 +281,29 @@ class _Policy:
 
 @torch.no_grad()
 def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor, model: Any = "model") -> None:
-    """Overwrite layer ``layer``'s cached K/V of the newest tokens marked ``skipped`` (B, T) with layer l-1's.
+    """Overwrite layer ``layer``'s cached K/V of the newest tokens marked ``skipped`` (B, T) with its copy source's
+    (:func:`~labkit.skip.kv_cache.copy_source`: layer l-1, or the nearest earlier layer of the same head shape).
 
     Sliding-window layers (Gemma2/3, Mistral) hold fewer tokens: only tokens both layers still hold are rewritten,
-    so a skipped token older than layer l-1's window keeps its own layer-l K/V. Raises CacheLayoutError (naming
-    ``model`` and the transformers version) when either layer holds no K/V, their head shapes differ, or a full
-    (non-sliding) layer lacks this step's tokens: copy-forward never silently does nothing.
+    so a skipped token older than the source's window keeps its own layer-l K/V. A layer without a source (no earlier
+    layer of its head shape) keeps the K/V computed for it. Raises CacheLayoutError (naming ``model`` and the
+    transformers version) when a layer holds no K/V, or a full (non-sliding) layer lacks this step's tokens:
+    copy-forward never silently does nothing.
     """
     keys, values = layer_kv(cache, layer, model)
-    prev_keys, prev_values = layer_kv(cache, layer - 1, model)
+    source = copy_source(cache, layer, model)
+    if source is None:
+        return
+    prev_keys, prev_values = layer_kv(cache, source, model)
     layers = self_attention_cache(cache).layers
     n = skipped.shape[1]
-    for index, held in ((layer, keys.shape[-2]), (layer - 1, prev_keys.shape[-2])):
+    for index, held in ((layer, keys.shape[-2]), (source, prev_keys.shape[-2])):
         if getattr(layers[index], "is_sliding", False):
             n = min(n, held)  # the newest tokens a sliding-window layer still holds
-    same = keys.shape[:2] == prev_keys.shape[:2] and keys.shape[-1] == prev_keys.shape[-1]
     held = keys.shape[-2] >= n and prev_keys.shape[-2] >= n
-    if not (same and held) or keys.shape[0] != skipped.shape[0]:
+    if not held or keys.shape[0] != skipped.shape[0]:
         raise CacheLayoutError(
-            f"{where(model)}: KV copy-forward from layer {layer - 1} to {layer} needs equal cached head shapes holding "
+            f"{where(model)}: KV copy-forward from layer {source} to {layer} needs equal cached head shapes holding "
             f"the newest {skipped.shape[1]} tokens of a batch of {skipped.shape[0]}; found keys "
             f"{tuple(prev_keys.shape)} and {tuple(keys.shape)}"
         )
