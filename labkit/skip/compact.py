@@ -91,11 +91,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their ``rope`` rows: cos and sin (N, width), or one
-    complex tensor (N, width / 2) for DeepSeek-V2's ``apply_rotary_emb``. Through the family's own function where
-    its modeling module has one (``apply_rotary_pos_emb_interleave`` when the config sets ``rope_interleave``), else
-    rotate-half. Partial rotary (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first ``rot`` dimensions and passes
-    the rest through; GPT-J's function takes ``(tensor, sin, cos)`` of half width and rotates interleaved pairs."""
+    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their ``rope`` rows: cos and sin (N, width), one
+    complex tensor (N, width / 2) for DeepSeek-V2's ``apply_rotary_emb``, or none (``x`` unchanged). Through the
+    family's own function where its modeling module has one (``apply_rotary_pos_emb_interleave`` when the config sets
+    ``rope_interleave``), else rotate-half. Partial rotary (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first
+    ``rot`` dimensions and passes the rest through; GPT-J's function takes ``(tensor, sin, cos)`` of half width and
+    rotates interleaved pairs."""
+    if not rope:  # a layer without rotary
+        return x
     module = sys.modules.get(type(attn).__module__)
     if len(rope) == 1:  # complex frequencies, one (token, head) a row: DeepSeek-V2's and Llama 4's broadcasts agree
         n, heads, dim = x.shape
@@ -326,8 +329,8 @@ def _cache_entries(attn: nn.Module, x: torch.Tensor, rope: Rope) -> tuple[torch.
     and any key norm, and values; under latent attention the latent and the rotated shared key."""
     k, v = _project_kv(attn, x)
     if _latent(attn):
-        return k, _rotary(attn, v, *rope) if rope else v
-    k = _rotary(attn, k, *rope) if rope else k
+        return k, _rotary(attn, v, *rope)
+    k = _rotary(attn, k, *rope)
     return _after_rotary(attn, "key", k), v
 
 
@@ -335,8 +338,8 @@ def _rotated_queries(attn: nn.Module, q: torch.Tensor, rope: Rope) -> torch.Tens
     """Queries after rotary and any query norm; under latent attention only the trailing rotary part is rotated."""
     if _latent(attn):
         nope = attn.qk_nope_head_dim
-        return torch.cat([q[..., :nope], _rotary(attn, q[..., nope:], *rope)], dim=-1) if rope else q
-    q = _rotary(attn, q, *rope) if rope else q
+        return torch.cat([q[..., :nope], _rotary(attn, q[..., nope:], *rope)], dim=-1)
+    q = _rotary(attn, q, *rope)
     return _after_rotary(attn, "query", q)
 
 
@@ -354,25 +357,39 @@ def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: to
     if given is not None:
         per_token = given.reshape(given.shape[0], -1).expand(batch, -1)[rows]
         return torch.gather(per_token, 1, index).reshape(-1, 1, 1)
-    rope = getattr(getattr(attn, "config", None), "rope_parameters", None)
-    beta = rope.get("llama_4_scaling_beta") if isinstance(rope, dict) else None
+    params = getattr(getattr(attn, "config", None), "rope_parameters", None)
+    beta = params.get("llama_4_scaling_beta") if isinstance(params, dict) else None
     if beta is None:
         return None
     ids = kwargs.get("position_ids")
     positions = past + index if ids is None else torch.gather(ids.expand(batch, -1)[rows], 1, index)
-    scale = 1 + beta * torch.log(1 + torch.floor(positions / rope.get("original_max_position_embeddings")))
+    scale = 1 + beta * torch.log(1 + torch.floor(positions / params.get("original_max_position_embeddings")))
     return scale.reshape(-1, 1, 1)
 
 
-def _check_position_wise(attn: nn.Module) -> None:
-    """ValueError where the q/k/v projection is not a linear layer: Zaya's compressed convolutional attention mixes
-    each token's queries and keys with its predecessors' by a causal convolution and its values with the previous
-    token's (states kept in the cache), so a kept query needs the projections of skipped neighbours."""
+def _refuse_unsupported(attn: nn.Module, kwargs: dict) -> None:
+    """ValueError naming what ``attn`` does that no adapter here applies: an input of :data:`UNSUPPORTED_INPUTS`, a
+    sparse attention's key indexer, a q/k/v projection that is not position-wise (Zaya) or K/V shared from an
+    earlier layer (Gemma 4; Zaya's convolutional attention mixes each token's queries and keys with its
+    predecessors' and its values with the previous token's, so a kept query would need skipped neighbours'
+    projections); masked execution runs them all."""
+    for name, what in UNSUPPORTED_INPUTS.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
+                             "labkit's adapter does not apply; use execution='masked'")
+    if getattr(attn, "indexer", None) is not None or getattr(attn, "skip_topk", False):
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
+                         "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
+                         "adapter does not apply; use execution='masked'")
     proj = getattr(attn, "qkv_proj", None)
     if proj is not None and not isinstance(proj, nn.Linear):
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: its q/k/v projection "
                          f"{type(proj).__name__} is not a linear layer (Zaya's convolutional attention mixes each "
                          "token's queries, keys and values with earlier tokens'); use execution='masked'")
+    if getattr(attn, "is_kv_shared_layer", False):
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: it reuses an earlier layer's K/V "
+                         "(shared_kv_states, Gemma 4's KV-shared layers), which labkit's adapter does not read; use "
+                         "execution='masked'")
 
 
 def _no_adapter(attn: nn.Module) -> ValueError:
@@ -692,19 +709,7 @@ def compact_attention(
     """
     B, T, d = hidden.shape
     attn = _self_attention(attn)
-    for name, what in UNSUPPORTED_INPUTS.items():
-        if kwargs.get(name) is not None:
-            raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
-                             "labkit's adapter does not apply; use execution='masked'")
-    if getattr(attn, "indexer", None) is not None or getattr(attn, "skip_topk", False):
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
-                         "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
-                         "adapter does not apply; use execution='masked'")
-    _check_position_wise(attn)
-    if getattr(attn, "is_kv_shared_layer", False):
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: it reuses an earlier layer's K/V "
-                         "(shared_kv_states, Gemma 4's KV-shared layers), which labkit's adapter does not read; use "
-                         "execution='masked'")
+    _refuse_unsupported(attn, kwargs)
     layer = _layer(attn)
     _, cache = find_cache(kwargs)
     copying = copy_forward and cache is not None and layer > 0
