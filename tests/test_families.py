@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 import labkit
 from labkit import gate, skip
-from labkit.skip import compact, kv_cache
+from labkit.skip import adapters, kv_cache
 from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
 MULTIMODAL = "multimodal"
@@ -294,10 +294,10 @@ def check_generate(model: torch.nn.Module) -> None:
     for b, t in skipped.nonzero().tolist() if source is not None else []:
         assert torch.equal(k1[b, :, t], k0[b, :, t]) and torch.equal(v1[b, :, t], v0[b, :, t]), "K/V not copied"
     projected = []  # tokens whose K/V compact execution computes, per attention call
-    project_kv = compact._project_kv
+    project_kv = adapters.project_kv
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compact, "_project_kv", lambda attn, h: projected.append(h.shape[0]) or project_kv(attn, h))
+        patch.setattr(adapters, "project_kv", lambda attn, h: projected.append(h.shape[0]) or project_kv(attn, h))
         for execution in ("masked", "compact"):
             runs[execution], stats = budget_generate(model, prompt, execution)
             assert 0.3 < stats.skipped_fraction < 0.5

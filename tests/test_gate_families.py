@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from labkit import gate, skip
-from labkit.skip import compact, kv_cache
+from labkit.skip import adapters, compact, kv_cache
 from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
 COMMON = dict(
@@ -249,8 +249,8 @@ def test_generate_copy_forward_and_compact_decoding(family, monkeypatch):
     assert not torch.equal(cache.layers[1].keys[b, :, t], cache.layers[0].keys[b, :, t])
 
     projected = []  # tokens whose K/V compact execution computes, per attention call
-    project_kv = compact._project_kv
-    monkeypatch.setattr(compact, "_project_kv", lambda attn, x: projected.append(x.shape[0]) or project_kv(attn, x))
+    project_kv = adapters.project_kv
+    monkeypatch.setattr(adapters, "project_kv", lambda attn, x: projected.append(x.shape[0]) or project_kv(attn, x))
     runs = {}
     for execution in ("masked", "compact"):
         runs[execution], stats = budget_generate(model, prompt, execution, record=True)

@@ -16,7 +16,8 @@ checks once per branch (when a compact budget opens) that it reproduces the modu
 where it does not.
 
 Modules: :mod:`~labkit.skip.policy` (the skip contexts and their accounting), :mod:`~labkit.skip.compact` (compact
-execution of a branch on its kept tokens), :mod:`~labkit.skip.static` (ShortGPT and ULS orders),
+execution of a branch on its kept tokens), :mod:`~labkit.skip.adapters` (how each family's attention computes, the
+pieces compact execution reassembles), :mod:`~labkit.skip.static` (ShortGPT and ULS orders),
 :mod:`~labkit.skip.kv_cache` (finding and rewriting the Hugging Face KV cache).
 """
 

@@ -3,49 +3,41 @@
 GateSkip's default path computes every branch densely and zeroes skipped tokens (masked). Here the MLP runs on the kept
 tokens only, and attention computes K/V for every token (later tokens may attend to them) but queries, scores,
 values-mixing and the output projection for the kept tokens only. Output equals the masked path's up to floating-point
-rounding (tested). Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral, Qwen2/3, Gemma2/3,
-OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms
-per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3; CodeGen's in
-model-parallel shards of [q | v | k]) or ``Wqkv`` (DBRX, MPT; clipped to ``clip_qkv``), fused ``query_key_value`` per
-head (GPT-NeoX, GPT-NeoX-Japanese, Persimmon, Bloom) or per K/V group (Falcon), Conv1D ``c_attn`` (GPT-2) and JetMoE's
-mixture of attention (routed query and output experts over shared K/V heads); multi-head latent attention (MLA:
-DeepSeek-V2/V3 and Sarvam, MiniCPM3, GLM-4-MoE-Lite, Youtu, AXK1), whose cache holds the normalised KV latent and the
-rotated shared key, expanded into per-head keys and values by the module's own ``expand_kv``; rotary through the
-family's own function (cos/sin, the interleaved pairs of ``rope_interleave``, or DeepSeek-V2's complex frequencies) or
-the attention's own ``rotary_emb`` (Moshi), partial rotary included, none on the full-attention layers of AFMoE, Cohere2
-and Flint, and query scaling by position (Llama-4's: Ministral3, Mistral4; the scale Beam hands its layers); unscaled
-scores (GPT-Neo), sliding windows (GPT-Neo's local layers among them), Gemma2's logit softcap, attention sinks and ALiBi
-biases (Bloom, MPT, Falcon-RW) in the mask and scores; an output gate (AFMoE, Laguna, Beam) or a norm (BitNet) before
-the output projection; differential attention (DiffLlama: two softmax maps of the same queries and keys, the second's
-output subtracted, then a norm). An MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP. Llama
-4's complex rotary embedding, NoPE-layer temperature and chunked attention are applied too, and value norms or scales
-(Gemma 4, MiMo-V2-Flash). Sparse attention's key indexer, Zaya's convolutional q/k/v projection, Gemma 4's KV-shared
-layers and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
+rounding (tested). How each family's attention computes (projections, rotary, norms, score scale and masks, output
+gate) is in :mod:`labkit.skip.adapters`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-import sys
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.skip.adapters import (
+    Settings,
+    alibi_bias,
+    attended_values,
+    attention_settings,
+    cache_entries,
+    is_latent,
+    is_mixture_of_attention,
+    layer_index,
+    mixed_heads,
+    position_embeddings,
+    project_out,
+    project_q,
+    query_key_chunks,
+    query_scale,
+    refuse_unsupported,
+    rope_rows,
+    rotated_queries,
+    self_attention,
+    share_kv,
+)
 from labkit.skip.kv_cache import copy_source, find_cache, layer_kv, self_attention_cache
-
-# Inputs some attention modules take that the adapters below do not apply (the 3-token probe may not expose them)
-UNSUPPORTED_INPUTS = {
-    "cycle_offset": "the layers run once per recurrent cycle, each with its own cache slot (HRM)",
-}
-# Attention classes that rotate queries and keys on their sliding-window layers only: full attention is NoPE
-SLIDING_ONLY_ROTARY = ("AfmoeAttention", "Cohere2Attention", "FlintAttention")
-# Attention classes whose model masks full-causal though the config sets a sliding window (it only truncates the cache)
-FULL_CAUSAL = ("MoshiAttention",)
-Rope = tuple[torch.Tensor, ...]  # rotary rows of some tokens: (cos, sin), (complex frequencies,) or () without rotary
 
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,467 +77,6 @@ def compact_mlp(
     return out.view(B, T, d)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their ``rope`` rows: cos and sin (N, width), one
-    complex tensor (N, width / 2) for DeepSeek-V2's ``apply_rotary_emb``, or none (``x`` unchanged). Through the
-    family's own function where its modeling module has one (``apply_rotary_pos_emb_interleave`` when the config sets
-    ``rope_interleave``), else rotate-half. Partial rotary (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first
-    ``rot`` dimensions and passes the rest through; GPT-J's function takes ``(tensor, sin, cos)`` of half width and
-    rotates interleaved pairs."""
-    if not rope:  # a layer without rotary
-        return x
-    module = sys.modules.get(type(attn).__module__)
-    if len(rope) == 1:  # complex frequencies, one (token, head) a row: DeepSeek-V2's and Llama 4's broadcasts agree
-        n, heads, dim = x.shape
-        x4 = x.reshape(n * heads, 1, 1, dim)
-        return module.apply_rotary_emb(x4, x4, rope[0].repeat_interleave(heads, 0).unsqueeze(1))[0].view(n, heads, dim)
-    cos, sin = rope
-    interleaved = getattr(getattr(attn, "config", None), "rope_interleave", False)
-    apply = getattr(module, "apply_rotary_pos_emb_interleave" if interleaved else "apply_rotary_pos_emb", None)
-    if apply is not None and _gptj_style(apply):
-        rot = 2 * cos.shape[-1]
-        done = apply(x[..., :rot].unsqueeze(1), sin.unsqueeze(1), cos.unsqueeze(1)).squeeze(1)
-        return torch.cat([done.to(x.dtype), x[..., rot:]], dim=-1)
-    rot = cos.shape[-1]
-    if apply is not None and 2 * rot == _rotary_dims(attn, x.shape[-1]):  # half-width cos / sin (GPT-OSS)
-        rot *= 2
-    x4, c, s = x[..., :rot].unsqueeze(2), cos.unsqueeze(1), sin.unsqueeze(1)  # (N, H, 1, rot) and (N, 1, width)
-    if apply is not None and _rotates_one(apply):  # Gemma 4: apply(x, cos, sin)
-        done = apply(x4, c, s).squeeze(2).to(x.dtype)
-    elif apply is not None:  # it rotates a (q, k) pair: x as q, one head of x as a k that is discarded
-        done = apply(x4, x4[:, :1], c, s)[0].squeeze(2).to(x.dtype)
-    else:
-        done = (x4 * c.unsqueeze(1) + _rotate_half(x4) * s.unsqueeze(1)).squeeze(2)
-    return done if rot == x.shape[-1] else torch.cat([done, x[..., rot:]], dim=-1)
-
-
-def _rotary_dims(attn: nn.Module, head_dim: int) -> int:
-    """How many dimensions of a head the family rotates: the module's ``rotary_ndims``, else by its config (partial
-    rotary: a fraction of them); GPT-NeoX-Japanese's attention keeps no config."""
-    if hasattr(attn, "rotary_ndims"):
-        return attn.rotary_ndims
-    config = getattr(attn, "config", None)
-    rope = getattr(config, "rope_parameters", None)
-    fraction = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) or \
-        getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None) or 1.0
-    return int(head_dim * fraction)
-
-
-@functools.cache
-def _gptj_style(apply: Any) -> bool:
-    """Whether a family's ``apply_rotary_pos_emb`` is GPT-J's ``(tensor, sin, cos)``, not ``(q, k, cos, sin, ...)``."""
-    return list(inspect.signature(apply).parameters)[:3] == ["tensor", "sin", "cos"]
-
-
-@functools.cache
-def _rotates_one(apply: Any) -> bool:
-    """Whether a family's ``apply_rotary_pos_emb`` rotates one tensor, ``(x, cos, sin, ...)`` (Gemma 4)."""
-    return list(inspect.signature(apply).parameters)[:3] == ["x", "cos", "sin"]
-
-
-def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """(N, width) -> (N, heads, head_dim), with the family's q/k norm over the whole width (OLMo2) or per head
-    (Qwen3, Gemma3), chosen by the norm's weight size."""
-    if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() == x.shape[-1]:
-        return norm(x).view(x.shape[0], -1, head_dim)
-    x = x.view(x.shape[0], -1, head_dim)
-    return norm(x) if norm is not None else x
-
-
-def _qk_norm(attn: nn.Module, which: str) -> nn.Module | None:
-    """The norm a family applies to its queries (``which`` "q") or keys ("k") before rotary: ``q_norm`` (Qwen3,
-    OLMo2, Gemma3) or ``q_layernorm`` (Persimmon, Phi, StableLM); None without one."""
-    norm = getattr(attn, f"{which}_norm", None)
-    return norm if norm is not None else getattr(attn, f"{which}_layernorm", None)
-
-
-def _after_rotary(attn: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
-    """Queries or keys (N, heads, head_dim) through the per-head norm a family applies after rotary
-    (``query_layernorm`` / ``key_layernorm``: HunYuan; one ``qk_norm`` for both: Llama 4), else unchanged."""
-    norm = getattr(attn, f"{which}_layernorm", None)
-    norm = getattr(attn, "qk_norm", None) if norm is None else norm
-    return norm(x) if norm is not None else x
-
-
-def _rows(linear: nn.Module, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
-    bias = linear.bias[rows] if linear.bias is not None else None
-    return linear.weight[rows], bias
-
-
-def _head_dim(attn: nn.Module) -> int:
-    return int(getattr(attn, "head_dim", None) or attn.head_size)
-
-
-def _latent(attn: nn.Module) -> bool:
-    """Whether ``attn`` is multi-head latent attention (MLA): K/V come from one low-rank latent per token."""
-    return hasattr(attn, "kv_a_proj_with_mqa")
-
-
-def _mixture_of_attention(attn: nn.Module) -> bool:
-    """Whether ``attn`` is JetMoE's mixture of attention heads: query and output projections are per-token routed
-    experts (``experts.map`` / ``experts.reduce``) over shared K/V heads."""
-    return hasattr(getattr(attn, "experts", None), "reduce")
-
-
-def _project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Queries (N, heads, head_dim) of tokens x (N, d), before rotary."""
-    if _latent(attn):  # MLA: a low-rank query (q_a -> norm -> q_b) unless q_lora_rank is None
-        q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
-        return q.view(x.shape[0], -1, attn.qk_head_dim)
-    hd = _head_dim(attn)
-    if _mixture_of_attention(attn):  # JetMoE: each token's top-k query experts, top_k x kv heads query heads
-        return attn.experts.map(x.unsqueeze(0))[0].view(x.shape[0], -1, hd)
-    if hasattr(attn, "Wq"):  # CTRL
-        return attn.Wq(x).view(x.shape[0], -1, hd)
-    if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
-        return _norm_heads(_qk_norm(attn, "q"), attn.q_proj(x), hd)
-    if hasattr(attn, "mp_num"):  # CodeGen
-        return F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, 0))).view(x.shape[0], -1, hd)
-    if _fused_qkv(attn) is not None:  # Phi3, DBRX, MPT: [q | k | v] rows
-        width = _query_heads(attn) * hd
-        return _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(0, width)))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "query_key_value"):  # GPT-NeoX, Persimmon, Bloom, Falcon: per head or K/V group [q | k | v]
-        q = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0)))
-        return _norm_heads(_qk_norm(attn, "q"), q, hd)
-    if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
-        return F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, 0))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
-        width = attn.split_size
-        return (x @ attn.c_attn.weight[:, :width] + attn.c_attn.bias[:width]).view(x.shape[0], -1, hd)
-    raise _no_adapter(attn)
-
-
-def _project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values (N, kv heads, head_dim) of tokens x (N, d), before rotary; under latent attention the pair the
-    cache holds instead: the normalised KV latent and the shared rotary key, each (N, 1, width)."""
-    n = x.shape[0]
-    if _latent(attn):
-        latent, shared = attn.kv_a_proj_with_mqa(x).split([attn.kv_lora_rank, attn.qk_rope_head_dim], dim=-1)
-        return attn.kv_a_layernorm(latent).view(n, 1, -1), shared.view(n, 1, -1)
-    hd = _head_dim(attn)
-    if _mixture_of_attention(attn):  # JetMoE: [k | v]
-        k, v = attn.kv_proj(x).chunk(2, dim=-1)
-        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
-    if hasattr(attn, "Wk"):  # CTRL
-        return attn.Wk(x).view(n, -1, hd), attn.Wv(x).view(n, -1, hd)
-    if hasattr(attn, "k_proj"):
-        return _norm_heads(_qk_norm(attn, "k"), attn.k_proj(x), hd), _project_v(attn, x)
-    if hasattr(attn, "mp_num"):
-        k, v = (F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, part))) for part in (1, 2))
-        return k.view(n, -1, hd), v.view(n, -1, hd)
-    if _fused_qkv(attn) is not None:
-        width = _query_heads(attn) * hd
-        k, v = _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(width, None)))).chunk(2, dim=-1)
-        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
-    if hasattr(attn, "query_key_value"):
-        k, v = (F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, part))) for part in (1, 2))
-        k, v = _norm_heads(_qk_norm(attn, "k"), k, hd), v.view(n, -1, hd)
-        if getattr(attn, "new_decoder_architecture", False):  # Falcon caches each group's K/V once per query head
-            k, v = (t.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1) for t in (k, v))
-        return k, v
-    if isinstance(getattr(attn, "c_attn", None), nn.Linear):
-        k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
-        return k.view(n, -1, hd), v.view(n, -1, hd)
-    if hasattr(attn, "c_attn"):
-        width = attn.split_size
-        k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
-        return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
-    raise _no_adapter(attn)
-
-
-def _fused_qkv(attn: nn.Module) -> nn.Linear | None:
-    """A projection of [q | k | v] rows: ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX, MPT), else None."""
-    fused = getattr(attn, "qkv_proj", None)
-    return fused if fused is not None else getattr(attn, "Wqkv", None)
-
-
-def _query_heads(attn: nn.Module) -> int:
-    """Query heads of a fused [q | k | v] projection: MPT's ``n_heads``, else the config's."""
-    return getattr(attn, "n_heads", None) or attn.config.num_attention_heads
-
-
-def _clipped(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Projected q, k or v clamped to ±``clip_qkv`` where the family clips them (DBRX, MPT), else unchanged."""
-    clip = getattr(attn, "clip_qkv", None)
-    return x.clamp(-clip, clip) if clip else x
-
-
-def _project_v(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Values (N, kv heads, value head_dim) of tokens x from ``v_proj``, or from ``k_proj`` in a layer without one
-    (Gemma 4's K = V full-attention layers); through a value norm (Gemma 4's ``v_norm``) and times a value scale
-    (MiMo-V2-Flash's ``v_scale``) where the family has them."""
-    v = (getattr(attn, "v_proj", None) or attn.k_proj)(x)
-    v = _norm_heads(getattr(attn, "v_norm", None), v, getattr(attn, "v_head_dim", None) or _head_dim(attn))
-    scale = getattr(attn, "v_scale", None)
-    return v * scale if isinstance(scale, float | int) else v
-
-
-def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> torch.Tensor:
-    """Rows of a fused projection (``query_key_value``, or ``fused``) holding part 0 (q), 1 (k) or 2 (v), laid out
-    per K/V group as [q x n | k | v]: one query head per group (GPT-NeoX), or as :func:`_fused_groups` says."""
-    fused = attn.query_key_value if fused is None else fused
-    hd = _head_dim(attn)
-    groups = _fused_groups(attn) or fused.out_features // (3 * hd)
-    size = fused.out_features // (groups * hd)  # heads per group: n queries, a key and a value
-    device = fused.weight.device
-    offsets = torch.arange(size - 2, device=device) if part == 0 else torch.tensor([size - 3 + part], device=device)
-    heads = torch.arange(groups, device=device)[:, None] * size + offsets
-    return (heads.reshape(-1, 1) * hd + torch.arange(hd, device=device)).reshape(-1)
-
-
-def _fused_groups(attn: nn.Module) -> int | None:
-    """K/V groups of Falcon's fused ``query_key_value``: ``num_kv_heads`` under its new decoder architecture, one
-    under multi-query attention; None (one per head) otherwise."""
-    if getattr(attn, "new_decoder_architecture", False):
-        return attn.num_kv_heads
-    return 1 if getattr(attn, "multi_query", False) else None
-
-
-def _codegen_rows(attn: nn.Module, part: int) -> torch.Tensor:
-    """Rows of CodeGen's fused ``qkv_proj`` holding part 0 (q), 1 (k) or 2 (v): ``mp_num`` model-parallel shards,
-    each [q | v | k] for its consecutive slice of the heads."""
-    local = attn.embed_dim // attn.mp_num
-    device = attn.qkv_proj.weight.device
-    start = torch.arange(attn.mp_num, device=device)[:, None] * 3 * local + (0, 2, 1)[part] * local
-    return (start + torch.arange(local, device=device)).reshape(-1)
-
-
-def _bigcode_rows(attn: nn.Module, part: int) -> torch.Tensor | slice:
-    """Rows of GPTBigCode's fused ``c_attn`` holding part 0 (q), 1 (k) or 2 (v): [q | k | v] with one K/V head under
-    multi-query attention, else per head like GPT-NeoX."""
-    if not attn.multi_query:
-        return _neox_rows(attn, part, attn.c_attn)
-    start = (0, attn.embed_dim, attn.embed_dim + attn.kv_dim)[part]
-    return slice(start, start + (attn.embed_dim if part == 0 else attn.kv_dim))
-
-
-def _cache_entries(attn: nn.Module, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the KV cache holds for tokens x (N, d) with their ``rope`` rows (empty without rotary): keys after rotary
-    and any key norm, and values; under latent attention the latent and the rotated shared key."""
-    k, v = _project_kv(attn, x)
-    if _latent(attn):
-        return k, _rotary(attn, v, *rope)
-    k = _rotary(attn, k, *rope)
-    return _after_rotary(attn, "key", k), v
-
-
-def _rotated_queries(attn: nn.Module, q: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Queries after rotary and any query norm; under latent attention only the trailing rotary part is rotated."""
-    if _latent(attn):
-        nope = attn.qk_nope_head_dim
-        return torch.cat([q[..., :nope], _rotary(attn, q[..., nope:], *rope)], dim=-1)
-    q = _rotary(attn, q, *rope)
-    return _after_rotary(attn, "query", q)
-
-
-def _query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: torch.Tensor, past: int
-                 ) -> torch.Tensor | None:
-    """Llama-4 attention scaling (Ministral3, Mistral4): each kept query (``index`` of ``rows``) times
-    1 + β log(1 + ⌊position / original max⌋), as (N, 1, 1), at the ``position_ids`` the layer was handed (else cache
-    length + index); the per-token scale the layer was handed as ``attention_scaling`` (B or 1, 1, T, 1) (Beam's
-    full-attention layers); Llama 4's temperature 1 + s log(1 + ⌊(position + 1) / floor⌋) on its NoPE layers; None
-    where none applies."""
-    if getattr(attn, "attn_temperature_tuning", False) and not attn.use_rope:  # by cache position, as Llama 4 counts
-        positions = (past + index).float()
-        return (torch.log1p(torch.floor((positions + 1) / attn.floor_scale)) * attn.attn_scale + 1).reshape(-1, 1, 1)
-    given = kwargs.get("attention_scaling")
-    if given is not None:
-        per_token = given.reshape(given.shape[0], -1).expand(batch, -1)[rows]
-        return torch.gather(per_token, 1, index).reshape(-1, 1, 1)
-    params = getattr(getattr(attn, "config", None), "rope_parameters", None)
-    beta = params.get("llama_4_scaling_beta") if isinstance(params, dict) else None
-    if beta is None:
-        return None
-    ids = kwargs.get("position_ids")
-    positions = past + index if ids is None else torch.gather(ids.expand(batch, -1)[rows], 1, index)
-    scale = 1 + beta * torch.log(1 + torch.floor(positions / params.get("original_max_position_embeddings")))
-    return scale.reshape(-1, 1, 1)
-
-
-def _refuse_unsupported(attn: nn.Module, kwargs: dict) -> None:
-    """ValueError naming what ``attn`` does that no adapter here applies: an input of :data:`UNSUPPORTED_INPUTS`, a
-    sparse attention's key indexer, a q/k/v projection that is not position-wise (Zaya) or K/V shared from an
-    earlier layer (Gemma 4; Zaya's convolutional attention mixes each token's queries and keys with its
-    predecessors' and its values with the previous token's, so a kept query would need skipped neighbours'
-    projections); masked execution runs them all."""
-    for name, what in UNSUPPORTED_INPUTS.items():
-        if kwargs.get(name) is not None:
-            raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
-                             "labkit's adapter does not apply; use execution='masked'")
-    if getattr(attn, "indexer", None) is not None or getattr(attn, "skip_topk", False):
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
-                         "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
-                         "adapter does not apply; use execution='masked'")
-    proj = getattr(attn, "qkv_proj", None)
-    if proj is not None and not isinstance(proj, nn.Linear):
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its q/k/v projection "
-                         f"{type(proj).__name__} is not a linear layer (Zaya's convolutional attention mixes each "
-                         "token's queries, keys and values with earlier tokens'); use execution='masked'")
-    if getattr(attn, "is_kv_shared_layer", False):
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: it reuses an earlier layer's K/V "
-                         "(shared_kv_states, Gemma 4's KV-shared layers), which labkit's adapter does not read; use "
-                         "execution='masked'")
-
-
-def _no_adapter(attn: nn.Module) -> ValueError:
-    return ValueError(
-        f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
-        "v_proj/o_proj (Llama family), qkv_proj (Phi3) or Wqkv/out_proj (DBRX), query_key_value/dense (GPT-NeoX), "
-        "c_attn/c_proj (GPT-2), Wq/Wk/Wv (CTRL), experts/kv_proj (JetMoE) or kv_a_proj_with_mqa (latent attention); "
-        "use execution='masked'"
-    )
-
-
-def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """Gated attention: the mixed values ``o`` times a gate of each token's input ``x`` before the output projection,
-    sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam) or softplus of ``g_proj`` (Laguna), per channel
-    or one per head; ``o`` unchanged for an attention without one."""
-    if hasattr(attn, "g_proj"):
-        gate = F.softplus(attn.g_proj(x).float()).to(o.dtype)
-    elif hasattr(attn, "gate_proj"):
-        logits = attn.gate_proj(x)
-        bias = getattr(attn, "gate_bias", None)  # one per head (Beam)
-        if bias is not None:
-            logits = (logits.view(*logits.shape[:-1], bias.numel(), -1) + bias[:, None]).view(logits.shape)
-        gate = torch.sigmoid(logits)
-    else:
-        return o
-    if gate.shape[-1] != o.shape[-1]:  # one gate per head
-        return (o.view(*o.shape[:-1], gate.shape[-1], -1) * gate.unsqueeze(-1)).view(o.shape)
-    return o * gate
-
-
-def _project_out(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """The attention output of the mixed values ``o`` (N, W, heads x head_dim) of tokens ``x`` (N, W, d): under
-    JetMoE's mixture of attention each token's top-k output experts, routed by ``x`` as its queries were (the
-    routing is per token), weighted and summed; else any output gate, then the output projection."""
-    if _mixture_of_attention(attn):
-        n, width = o.shape[:2]
-        topology = attn.experts.router(x.reshape(n * width, -1))[:4]
-        return attn.experts.reduce(o.view(1, n * width, attn.top_k, -1), topology).view(n, width, -1)
-    return _out_proj(attn, _output_gate(attn, x, o))
-
-
-def _differential(attn: nn.Module) -> bool:
-    """Whether ``attn`` is differential attention (DiffLlama): two softmax maps, the second's output subtracted."""
-    return hasattr(attn, "lambda_q1")
-
-
-def _values(attn: nn.Module, v: torch.Tensor) -> torch.Tensor:
-    """The values (B, kv heads, S, head_dim) attended over; under differential attention, per kv head, the values
-    of the first half of the kv heads beside those of the second half (repeated to every head, as its module does):
-    one attention call then gives the outputs of its module's two calls (same queries and keys) side by side."""
-    if not _differential(attn):
-        return v
-    first, second = (half.repeat(1, 2, 1, 1) for half in v.chunk(2, dim=1))
-    return torch.cat([first, second], dim=-1)
-
-
-def _mixed(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
-    """The attention output (N, W, heads, width) as the output projection takes it, (N, W, heads x width); under
-    differential attention the first half of the heads minus λ times the second, RMS-normed, times 1 - λ_init."""
-    if _differential(attn):
-        first, second = o.chunk(2, dim=2)
-        lambda_1, lambda_2 = (torch.exp(torch.sum(q * k, dim=-1, dtype=torch.float32)).to(o.dtype)
-                              for q, k in ((attn.lambda_q1, attn.lambda_k1), (attn.lambda_q2, attn.lambda_k2)))
-        lam = lambda_1 - lambda_2 + attn.lambda_init
-        o = (1 - attn.lambda_init) * attn.groupnorm(first - lam * second)
-    return o.reshape(*o.shape[:2], -1)
-
-
-def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
-    """The output projection of the mixed values, after BitNet's ``attn_sub_norm`` where the family has one."""
-    sub_norm = getattr(attn, "attn_sub_norm", None)
-    o = sub_norm(o) if sub_norm is not None else o
-    if hasattr(attn, "o_proj"):
-        return attn.o_proj(o)
-    if hasattr(attn, "out_proj"):  # GPT-J, GPT-Neo: then their output dropout
-        dropout = getattr(attn, "resid_dropout", None)
-        return attn.out_proj(o) if dropout is None else dropout(attn.out_proj(o))
-    if hasattr(attn, "Wo"):  # ModernBERT-decoder
-        return attn.out_drop(attn.Wo(o))
-    if hasattr(attn, "dense"):
-        return attn.dense(o)
-    return attn.resid_dropout(attn.c_proj(o))
-
-
-class Settings(NamedTuple):
-    """How an attention module's own forward scores its keys."""
-
-    scale: float
-    dropout: float
-    window: int | None  # sliding window, or None for full attention
-    softcap: float | None  # Gemma2's logit softcap
-    sinks: torch.Tensor | None  # a learned sink logit per head (GPT-OSS, Granite-SWA): an extra softmax column
-
-
-def _attention_settings(attn: nn.Module) -> Settings:
-    """The :class:`Settings` of an attention module, as its own forward uses them."""
-    dropout = 0.0
-    if attn.training:
-        rate = getattr(attn, "attention_dropout", None)
-        rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
-        rate = getattr(attn, "attn_dropout_p", rate)  # MPT's
-        dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
-    sinks = getattr(attn, "sinks", None)
-    return Settings(_scale(attn), dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
-                    sinks if isinstance(sinks, torch.Tensor) else None)
-
-
-def _scale(attn: nn.Module) -> float:
-    """The factor on query-key products: ``scaling``, ``inv_norm_factor`` (Falcon, Bloom), ``softmax_scale`` (MPT),
-    1 / ``norm_factor`` (GPT-NeoX-Japanese), or 1 for GPT-Neo, whose global and local layers (``attention_type``) do
-    not scale scores by 1 / sqrt(head_dim)."""
-    for name in ("scaling", "inv_norm_factor", "softmax_scale"):
-        if getattr(attn, name, None) is not None:
-            return getattr(attn, name)
-    if getattr(attn, "norm_factor", None) is not None:
-        return 1 / attn.norm_factor
-    if getattr(attn, "attention_type", None) in ("global", "local"):
-        return 1.0
-    raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s score scale (looked for scaling, "
-                     "inv_norm_factor, softmax_scale, norm_factor); use execution='masked'")
-
-
-def _alibi(attn: nn.Module, kwargs: dict, batch: int, keys: int) -> torch.Tensor | None:
-    """ALiBi biases on the scores of every key, (B, heads, 1, keys): Bloom's and Falcon-RW's ``alibi`` (B x heads, 1,
-    keys) times the module's ``beta`` (Falcon-RW's is its score scale), or MPT's ``position_bias`` (heads, 1, L), its
-    last ``keys`` columns; None without either."""
-    alibi = kwargs.get("alibi")
-    if alibi is not None:
-        return attn.beta * alibi.view(batch, -1, 1, alibi.shape[-1])[..., -keys:]
-    bias = kwargs.get("position_bias")
-    if bias is None:
-        return None
-    if bias.dim() != 3 or bias.shape[1] != 1:
-        raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s position_bias of shape "
-                         f"{tuple(bias.shape)} (expected MPT's ALiBi, (heads, 1, length)); use execution='masked'")
-    return bias[None, :, :, -keys:].expand(batch, -1, -1, -1)
-
-
-def _sliding_window(attn: nn.Module) -> int | None:
-    """The attention's sliding window, or None for full attention: set on the module for sliding layers only (Qwen2/3,
-    Gemma2/3); else the config's, unless the config switches it off (``use_sliding_window=False``, Qwen2-MoE) or
-    types this layer as full attention, or the family masks full-causal (:data:`FULL_CAUSAL`). A window of 0 or None
-    means none (Qwen2-MoE's config says 0)."""
-    if type(attn).__name__ in FULL_CAUSAL:
-        return None
-    if hasattr(attn, "sliding_window"):
-        return attn.sliding_window or None
-    if getattr(attn, "attention_type", None) in ("global", "local"):  # GPT-Neo: a window on its local layers
-        return attn.config.window_size if attn.attention_type == "local" else None
-    config = getattr(attn, "config", None)
-    types = getattr(config, "layer_types", None)
-    if getattr(config, "use_sliding_window", True) is False or (types and types[attn.layer_idx] != "sliding_attention"):
-        return None
-    return getattr(config, "sliding_window", None) or None
-
-
 def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -557,9 +88,9 @@ def _attend(
     chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding, the
-    ``chunks`` of queries and keys (:func:`_chunks`); Gemma2's logit softcap ``tanh(s / c) c``, attention sinks (a
-    per-head logit in the softmax's denominator only) and ALiBi ``bias`` (B, heads, 1, S) added to the scaled scores
-    computed explicitly."""
+    ``chunks`` of queries and keys (:func:`~labkit.skip.adapters.query_key_chunks`); Gemma2's logit softcap
+    ``tanh(s / c) c``, attention sinks (a per-head logit in the softmax's denominator only) and ALiBi ``bias``
+    (B, heads, 1, S) added to the scaled scores computed explicitly."""
     scale, dropout, window, softcap, sinks = settings
     S = k.shape[2]
     kpos = torch.arange(S, device=q.device)[None, None, :]
@@ -593,79 +124,19 @@ def _attend(
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
 
 
-def _position_embeddings(attn: nn.Module, hidden: torch.Tensor, kwargs: dict) -> Any:
-    """The rotary rows this layer applies: the ``position_embeddings`` its decoder layer hands it, else those of its
-    own ``rotary_emb`` at ``position_ids`` (Moshi); None on a layer without rotary (a full-attention layer of
-    :data:`SLIDING_ONLY_ROTARY`: AFMoE's ``is_local_attention`` False, else no ``sliding_window``)."""
-    local = getattr(attn, "is_local_attention", getattr(attn, "sliding_window", None) is not None)
-    if type(attn).__name__ in SLIDING_ONLY_ROTARY and not local:
-        return None
-    rope, rotary = kwargs.get("position_embeddings"), getattr(attn, "rotary_emb", None)
-    if rope is not None or rotary is None:
-        return rope
-    if kwargs.get("position_ids") is None:
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: it computes its rotary embedding from "
-                         "position_ids, which its decoder layer did not hand it; use execution='masked'")
-    return rotary(hidden, kwargs["position_ids"])
-
-
-def _chunks(attn: nn.Module, cache: Any, key_valid: torch.Tensor | None, qpos: torch.Tensor, S: int
-            ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Llama 4's chunked attention (``attention_chunk_size`` on its chunked_attention layers): the chunk of each kept
-    query at ``qpos`` (rows, W) and of each of the S held keys (rows, S), by position from the row's first real token
-    as transformers' chunked mask counts it; None for any other layer."""
-    config = getattr(attn, "config", None)
-    size, types = getattr(config, "attention_chunk_size", None), getattr(config, "layer_types", None)
-    if size is None or not types or types[attn.layer_idx] != "chunked_attention":
-        return None
-    start = self_attention_cache(cache).get_seq_length(attn.layer_idx) - S if cache is not None else 0  # first held
-    pad = (key_valid.cumsum(-1) == 0).sum(-1, keepdim=True) if key_valid is not None else 0
-    keys = start + torch.arange(S, device=qpos.device)[None, :] - pad
-    return torch.div(start + qpos - pad, size, rounding_mode="floor"), torch.div(keys, size, rounding_mode="floor")
-
-
-def _rope(attn: nn.Module, rope: Any, batch: int) -> Rope:
-    """The ``position_embeddings`` a decoder layer hands its attention, each (B, T, width): (cos, sin) (GPT-J hands
-    (sin, cos)), one complex tensor (DeepSeek-V2's latent attention, Llama 4), or () without rotary."""
-    if rope is None or not getattr(attn, "use_rope", True):  # Llama 4's NoPE layers are handed one and ignore it
-        return ()
-    if torch.is_tensor(rope) and rope.is_complex():
-        return (rope.expand(batch, -1, -1),)
-    if not (isinstance(rope, tuple | list) and len(rope) == 2):
-        raise ValueError(
-            f"compact execution has no adapter for {type(attn).__name__}'s rotary embedding (position_embeddings "
-            f"{type(rope).__name__}, expected a (cos, sin) pair); use execution='masked'"
-        )
-    first, second = (c.expand(batch, -1, -1) for c in rope)
-    apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
-    return (second, first) if apply is not None and _gptj_style(apply) else (first, second)
-
-
 def _needed(keep: torch.Tensor) -> torch.Tensor:
     """Tokens whose K/V this forward needs: kept ones and skipped ones a later kept token of the row attends to."""
     return keep.flip(1).to(torch.int8).cummax(1).values.flip(1).bool()
 
 
-def _self_attention(attn: nn.Module) -> nn.Module:
-    """The module that computes the attention: GPT-Neo's ``GPTNeoAttention`` only dispatches to the global or local
-    self-attention it holds as ``attention``."""
-    inner = getattr(attn, "attention", None)
-    return inner if isinstance(inner, nn.Module) and hasattr(attn, "attention_layers") else attn
-
-
-def _layer(attn: nn.Module) -> int:
-    """The attention's layer index in the KV cache (``layer_id`` in GPT-Neo)."""
-    return attn.layer_idx if hasattr(attn, "layer_idx") else attn.layer_id
-
-
 def _copy_source(attn: nn.Module, cache: Any, model: Any, hidden: torch.Tensor, kwargs: dict) -> int | None:
     """Layer l's copy source (:func:`~labkit.skip.kv_cache.copy_source`); before l's cache holds anything (a prompt's
     forward) the shapes of its entries come from projecting one token."""
-    layer = _layer(attn)
+    layer = layer_index(attn)
     if self_attention_cache(cache).get_seq_length(layer) > 0:
         return copy_source(cache, layer, model)
-    rope = _rope(attn, _position_embeddings(attn, hidden, kwargs), hidden.shape[0])
-    one = _cache_entries(attn, hidden[:1, 0], tuple(r[:1, 0] for r in rope))
+    rope = rope_rows(attn, position_embeddings(attn, hidden, kwargs), hidden.shape[0])
+    one = cache_entries(attn, hidden[:1, 0], tuple(r[:1, 0] for r in rope))
     return copy_source(cache, layer, model, tuple(e.transpose(0, 1)[None] for e in one))
 
 
@@ -674,20 +145,13 @@ def copy_forward_step(attn: nn.Module, cache: Any, hidden: torch.Tensor, kwargs:
     source's newest position (GateSkip's copy-forward from layer l-1, or the nearest earlier layer of l's head shape),
     appended to the cache; no projection runs, one position moves. Under latent attention the cache holds the latent
     and the rotated shared key, so those are what is copied. False, copying nothing, where l has no copy source."""
-    attn = _self_attention(attn)
+    attn = self_attention(attn)
     source = _copy_source(attn, cache, model, hidden, kwargs)
     if source is None:
         return False
     keys, values = layer_kv(cache, source, model)
-    _share(attn, kwargs, *self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], _layer(attn)))
+    share_kv(attn, kwargs, *self_attention_cache(cache).update(keys[:, :, -1:], values[:, :, -1:], layer_index(attn)))
     return True
-
-
-def _share(attn: nn.Module, kwargs: dict, keys: torch.Tensor, values: torch.Tensor) -> None:
-    """The layer's K/V (after the cache update) in ``shared_kv_states`` where its forward keeps them there for later
-    layers or an assistant model (Gemma 4's ``store_full_length_kv``)."""
-    if getattr(attn, "store_full_length_kv", False):
-        kwargs["shared_kv_states"][attn.layer_type] = keys, values
 
 
 def compact_attention(
@@ -708,16 +172,16 @@ def compact_attention(
     NotImplementedError for this case.
     """
     B, T, d = hidden.shape
-    attn = _self_attention(attn)
-    _refuse_unsupported(attn, kwargs)
-    layer = _layer(attn)
+    attn = self_attention(attn)
+    refuse_unsupported(attn, kwargs)
+    layer = layer_index(attn)
     _, cache = find_cache(kwargs)
     copying = copy_forward and cache is not None and layer > 0
     if copying and T == 1 and not bool(keep.any()) and copy_forward_step(attn, cache, hidden, kwargs, model):
         return hidden.new_zeros(B, T, d)
-    settings = _attention_settings(attn)
+    settings = attention_settings(attn)
     alibi = kwargs.get("alibi") is not None  # Falcon-RW is handed rotary embeddings too, and applies ALiBi instead
-    rope = _rope(attn, None if alibi else _position_embeddings(attn, hidden, kwargs), B)
+    rope = rope_rows(attn, None if alibi else position_embeddings(attn, hidden, kwargs), B)
     needed = torch.ones_like(keep)
     prev = None
     if copying:
@@ -731,22 +195,22 @@ def compact_attention(
                 needed = torch.ones_like(keep)
     token_rope = tuple(r.reshape(B * T, -1) for r in rope)
     if prev is None:  # every token's K/V: project the whole step, no gather
-        k_new, v_new = _cache_entries(attn, hidden.reshape(B * T, d), token_rope)
+        k_new, v_new = cache_entries(attn, hidden.reshape(B * T, d), token_rope)
         k, v = k_new.view(B, T, *k_new.shape[1:]), v_new.view(B, T, *v_new.shape[1:])
     else:
         flat = needed.reshape(-1).nonzero().squeeze(1)
         k, v = prev
         if flat.numel():  # else every token is copied forward (a skipped one-token step)
-            k_new, v_new = _cache_entries(attn, hidden.reshape(B * T, d)[flat], tuple(r[flat] for r in token_rope))
+            k_new, v_new = cache_entries(attn, hidden.reshape(B * T, d)[flat], tuple(r[flat] for r in token_rope))
             k, v = (old.reshape(B * T, *new.shape[1:]).index_put((flat,), new.to(old.dtype)).view(B, T, *new.shape[1:])
                     for old, new in ((k, k_new), (v, v_new)))
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
         k, v = self_attention_cache(cache).update(k, v, layer)
-    _share(attn, kwargs, k, v)
-    if _latent(attn):  # per-head keys and values of every cached token, as the module's own forward expands them
+    share_kv(attn, kwargs, k, v)
+    if is_latent(attn):  # per-head keys and values of every cached token, as the module's own forward expands them
         k, v = attn.expand_kv(k, v)
-    if _mixture_of_attention(attn):  # query head h of JetMoE reads K/V head h mod kv heads (tiled, not grouped)
+    if is_mixture_of_attention(attn):  # query head h of JetMoE reads K/V head h mod kv heads (tiled, not grouped)
         k, v = k.repeat(1, attn.top_k, 1, 1), v.repeat(1, attn.top_k, 1, 1)
     has_kept = keep.any(1)
     every_row = bool(has_kept.all())
@@ -756,18 +220,18 @@ def compact_attention(
     index, valid = _kept_index(keep[rows])
     n_rows, width = index.shape
     x = _gather_rows(hidden[rows], index)  # the kept tokens' inputs (n_rows, width, d)
-    q = _project_q(attn, x.reshape(n_rows * width, d))
-    q = _rotated_queries(attn, q, tuple(_gather_rows(r[rows], index).reshape(n_rows * width, -1) for r in rope))
+    q = project_q(attn, x.reshape(n_rows * width, d))
+    q = rotated_queries(attn, q, tuple(_gather_rows(r[rows], index).reshape(n_rows * width, -1) for r in rope))
     past = k.shape[2] - T
-    scale = _query_scale(attn, kwargs, B, rows, index, past)
+    scale = query_scale(attn, kwargs, B, rows, index, past)
     q = q if scale is None else q * scale.to(q.dtype)
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
-    chunks = _chunks(attn, cache, kv_rows, past + index, k.shape[2])
-    bias = _alibi(attn, kwargs, B, k.shape[2])
-    o = _attend(q, k[rows], _values(attn, v[rows]), past + index, kv_rows, settings,
+    chunks = query_key_chunks(attn, cache, kv_rows, past + index, k.shape[2])
+    bias = alibi_bias(attn, kwargs, B, k.shape[2])
+    o = _attend(q, k[rows], attended_values(attn, v[rows]), past + index, kv_rows, settings,
                 bias[rows] if bias is not None else None, chunks)
-    o = _project_out(attn, x, _mixed(attn, o.transpose(1, 2)))
+    o = project_out(attn, x, mixed_heads(attn, o.transpose(1, 2)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:
         return scattered
