@@ -10,6 +10,7 @@ restores the gates too. Skipping itself (budgets, compact execution) lives in :m
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -237,7 +238,13 @@ class SiblingBranch(nn.Module):
 
 def _residual_position(module: nn.Module) -> int | None:
     """Where ``module``'s forward takes a ``residual`` argument it adds to its output (Bloom, MPT), else None."""
-    parameters = list(inspect.signature(module.forward).parameters)
+    return _residual_position_in(type(module))
+
+
+@functools.cache
+def _residual_position_in(cls: type) -> int | None:
+    """:func:`_residual_position` of a module class (its forward's signature, read once per class)."""
+    parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
     return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
 
 
@@ -250,13 +257,13 @@ def given_residual(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor
 
 
 def _zero_residual(args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
-    """A branch call's arguments with its residual (position ``at``, or by keyword) replaced by a zero that broadcasts,
-    passed by keyword, and that residual: the branch then returns its own contribution alone."""
+    """A branch call's arguments with its residual (position ``at``, or by keyword) replaced in place by a zero that
+    broadcasts, and that residual: the branch then returns its own contribution alone."""
     if RESIDUAL in kwargs:
         residual = kwargs[RESIDUAL]
-    else:
-        residual, args = args[at], args[:at] + args[at + 1 :]
-    return args, {**kwargs, RESIDUAL: residual.new_zeros(())}, residual
+        return args, {**kwargs, RESIDUAL: residual.new_zeros(())}, residual
+    residual = args[at]
+    return (*args[:at], residual.new_zeros(()), *args[at + 1 :]), kwargs, residual
 
 
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
@@ -370,7 +377,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     """
     layer = _get(model, path)[0]
     record: dict[str, Any] = {}
-    other = [(n, c) for n, c in layer.named_children() if n not in (attention, mlp)]
+    branches = {attention.partition(".")[0], mlp.partition(".")[0]}  # DBRX's attention: its container's child
+    other = [(n, c) for n, c in layer.named_children() if n not in branches]
 
     def first(args: tuple, kwargs: dict) -> Any:
         return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

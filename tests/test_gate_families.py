@@ -357,6 +357,35 @@ def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():
         torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
 
 
+def test_a_skipped_step_s_zeros_stay_zero_when_a_family_adds_into_the_mlp_output():
+    """Falcon adds its attention output into the MLP output in place: where a decoding step skips every row's MLP
+    (step scope, ungated random skipping) the reused zeros are made again, never read back as a sum."""
+    torch.manual_seed(0)
+    config = transformers.FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
+    model = gate.add_gates(transformers.FalconForCausalLM._from_config(config).eval(), kind="none")
+    with torch.no_grad(), skip.budget(model, 0.5, scope="step", execution="compact", ranking="random",
+                                      measure_flops=False) as stats:
+        model.generate(tokens(1, 4), max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=PAD)
+        constants = gate.gated_branches(model)[0].policy.constants
+    zeros = [tensor for key, (tensor, _) in constants.items() if key[0] == "zeros"]
+    assert stats.skipped_fraction > 0 and zeros and all(not z.any() for z in zeros)
+
+
+def test_gemma4_kv_shared_layers_skip_masked_with_a_cache_and_refuse_compact_clearly():
+    """Gemma 4's KV-shared layers cache nothing of their own (placeholder layers): masked skipping copies forward
+    between the layers that do; compact execution names what it cannot read."""
+    config = transformers.Gemma4TextConfig(**{
+        **COMMON, "num_hidden_layers": 4, "num_kv_shared_layers": 2, "num_key_value_heads": 2, "head_dim": 8,
+        "global_head_dim": 16, "layer_types": ["sliding_attention", "full_attention"] * 2})
+    model = randomize_gates(gate.add_gates(transformers.Gemma4ForCausalLM._from_config(config).eval()))
+    with torch.no_grad(), skip.budget(model, 0.4, measure_flops=False) as stats:
+        model(tokens(), use_cache=True)
+    assert stats.skipped_fraction > 0.3
+    with pytest.raises(ValueError, match="reuses an earlier layer's K/V.*execution='masked'"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            model(tokens(), use_cache=True)
+
+
 def test_compact_refuses_inputs_its_adapters_do_not_apply():
     """A cache slot per recurrent cycle (HRM) may not show in the 3-token probe; compact execution names the input
     instead of computing without it."""

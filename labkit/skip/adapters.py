@@ -435,8 +435,9 @@ def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
         return attn.out_proj(o) if dropout is None else dropout(attn.out_proj(o))
     if hasattr(attn, "Wo"):  # ModernBERT-decoder
         return attn.out_drop(attn.Wo(o))
-    if hasattr(attn, "dense"):
-        return attn.dense(o)
+    if hasattr(attn, "dense"):  # GPT-NeoX, Falcon, Persimmon; Bloom's then drops out (hidden_dropout, in training)
+        rate = getattr(attn, "hidden_dropout", 0.0)
+        return F.dropout(attn.dense(o), rate, attn.training) if rate else attn.dense(o)
     return attn.resid_dropout(attn.c_proj(o))
 
 

@@ -129,15 +129,16 @@ def _needed(keep: torch.Tensor) -> torch.Tensor:
     return keep.flip(1).to(torch.int8).cummax(1).values.flip(1).bool()
 
 
-def _copy_source(attn: nn.Module, cache: Any, model: Any, hidden: torch.Tensor, kwargs: dict) -> int | None:
+def _source(attn: nn.Module, cache: Any, model: Any, hidden: torch.Tensor, kwargs: dict) -> int | None:
     """Layer l's copy source (:func:`~labkit.skip.kv_cache.copy_source`); before l's cache holds anything (a prompt's
     forward) the shapes of its entries come from projecting one token."""
-    layer = layer_index(attn)
-    if self_attention_cache(cache).get_seq_length(layer) > 0:
-        return copy_source(cache, layer, model)
-    rope = rope_rows(attn, position_embeddings(attn, hidden, kwargs), hidden.shape[0])
-    one = cache_entries(attn, hidden[:1, 0], tuple(r[:1, 0] for r in rope))
-    return copy_source(cache, layer, model, tuple(e.transpose(0, 1)[None] for e in one))
+
+    def one_token() -> tuple[torch.Tensor, torch.Tensor]:
+        rope = rope_rows(attn, position_embeddings(attn, hidden, kwargs), hidden.shape[0])
+        k, v = cache_entries(attn, hidden[:1, 0], tuple(r[:1, 0] for r in rope))
+        return k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+
+    return copy_source(cache, layer_index(attn), model, one_token)
 
 
 def copy_forward_step(attn: nn.Module, cache: Any, hidden: torch.Tensor, kwargs: dict, model: Any = "model") -> bool:
@@ -146,7 +147,7 @@ def copy_forward_step(attn: nn.Module, cache: Any, hidden: torch.Tensor, kwargs:
     appended to the cache; no projection runs, one position moves. Under latent attention the cache holds the latent
     and the rotated shared key, so those are what is copied. False, copying nothing, where l has no copy source."""
     attn = self_attention(attn)
-    source = _copy_source(attn, cache, model, hidden, kwargs)
+    source = _source(attn, cache, model, hidden, kwargs)
     if source is None:
         return False
     keys, values = layer_kv(cache, source, model)
@@ -186,7 +187,7 @@ def compact_attention(
     prev = None
     if copying:
         needed = _needed(keep)
-        source = None if bool(needed.all()) else _copy_source(attn, cache, model, hidden, kwargs)
+        source = None if bool(needed.all()) else _source(attn, cache, model, hidden, kwargs)
         if source is not None:
             keys, values = layer_kv(cache, source, model)
             if keys.shape[2] >= T:  # the source holds this step's tokens (a short sliding window may not)

@@ -8,7 +8,8 @@ where it expects it: a silent miss once made copy-forward a no-op without failin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -66,16 +67,35 @@ def layer_kv(cache: Any, layer: int, model: Any) -> tuple[torch.Tensor, torch.Te
     return keys, values
 
 
-def copy_source(cache: Any, layer: int, model: Any, entries: tuple[torch.Tensor, ...] | None = None) -> int | None:
+def _held(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Layer ``layer``'s cached (keys, values) when it holds some, else None (empty, or a placeholder layer such as
+    Gemma 4's KV-shared ones)."""
+    entry = self_attention_cache(cache).layers[layer]
+    keys, values = getattr(entry, "keys", None), getattr(entry, "values", None)
+    ok = torch.is_tensor(keys) and torch.is_tensor(values) and keys.dim() == 4 and values.dim() == 4
+    return (keys, values) if ok and keys.shape[-2] > 0 else None
+
+
+_SOURCES: weakref.WeakKeyDictionary[Any, dict[int, int | None]] = weakref.WeakKeyDictionary()
+
+
+def copy_source(
+    cache: Any, layer: int, model: Any, entries: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+) -> int | None:
     """The layer whose K/V a skipped token's copy-forward to ``layer`` takes: the nearest earlier layer whose cached
     keys and values have ``layer``'s (heads, head_dim), usually layer - 1. Families that mix layer shapes
     (Gemma 4's wider full-attention heads, MiMo-V2-Flash's sliding layers with more heads) copy between layers of
-    one kind; None where no earlier layer has the shape (the token's own K/V are computed there). ``entries``: the
-    (keys, values) layer ``layer`` is about to cache, for a layer whose cache holds nothing yet."""
-    keys, values = entries if entries is not None else layer_kv(cache, layer, model)
-    for source in range(layer - 1, -1, -1):
-        prev_keys, prev_values = layer_kv(cache, source, model)
-        if all(a.shape[1] == b.shape[1] and a.shape[-1] == b.shape[-1]
-               for a, b in ((keys, prev_keys), (values, prev_values))):
-            return source
-    return None
+    one kind; None where no earlier layer has the shape (the token's own K/V are computed there). ``entries`` gives
+    the (keys, values) layer ``layer`` is about to cache, for a layer whose cache holds nothing yet. Head shapes are
+    fixed per model, so the answer is found once per cache and layer (a decoding step asks it at every branch)."""
+    known = _SOURCES.setdefault(cache, {})
+    if layer not in known:
+        own = _held(cache, layer)
+        if own is None and entries is None:
+            own = layer_kv(cache, layer, model)  # raises, naming what the layer holds
+        keys, values = own if own is not None else entries()
+        earlier = (s for s in range(layer - 1, -1, -1) if _held(cache, s) is not None)
+        known[layer] = next((s for s in earlier if all(
+            a.shape[1] == b.shape[1] and a.shape[-1] == b.shape[-1]
+            for a, b in zip((keys, values), _held(cache, s), strict=True))), None)
+    return known[layer]

@@ -110,7 +110,7 @@ class _Policy:
         self.dense = False  # when set, nothing is skipped (dense FLOP replay)
         self.use_cache = False  # whether the current top-level forward asked for a KV cache
         self.uniform: bool | None = None  # the latest decision kept every row (True), none (False), or varied (None)
-        self.constants: dict[tuple, torch.Tensor] = {}  # reused keep masks and zero outputs of one-token steps
+        self.constants: dict[tuple, tuple[torch.Tensor, int]] = {}  # reused masks and zeros, with their versions
 
     # -- context of one top-level forward -------------------------------------------------------------------------
     def capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -230,10 +230,13 @@ class _Policy:
         return self._constant(("keep", B, not skipped), lambda: torch.full((B, 1), not skipped, device=score.device))
 
     def _constant(self, key: tuple, make: Any) -> torch.Tensor:
-        """A tensor made once per skip context and reused by every step (never written to)."""
-        if key not in self.constants:
-            self.constants[key] = make()
-        return self.constants[key]
+        """A tensor made once per skip context and reused by every step; made again if a family wrote into it (Falcon
+        adds its attention output into the MLP output in place)."""
+        known = self.constants.get(key)
+        if known is None or known[0]._version != known[1]:
+            tensor = make()
+            self.constants[key] = known = tensor, tensor._version
+        return known[0]
 
     # -- execution --------------------------------------------------------------------------------------------------
     def compact(
@@ -253,7 +256,7 @@ class _Policy:
             if branch.role == "mlp":
                 return zeros
         if branch.role == "mlp":
-            return compact_mlp(branch.branch, hidden, keep, kwargs.get(gate_lib.RESIDUAL))
+            return compact_mlp(branch.branch, hidden, keep, gate_lib.given_residual(branch.branch, args, kwargs))
         return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
@@ -264,6 +267,7 @@ class _Policy:
             or branch.layer_index == 0
             or branch.training  # a training forward never decodes from its cache (and autograd needs it intact)
             or bool(keep.all())
+            or getattr(branch.branch, "is_kv_shared_layer", False)  # Gemma 4: it caches nothing of its own to copy
         ):
             return
         _, cache = find_cache(kwargs)
@@ -286,9 +290,9 @@ def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor, model: Any = 
 
     Sliding-window layers (Gemma2/3, Mistral) hold fewer tokens: only tokens both layers still hold are rewritten,
     so a skipped token older than the source's window keeps its own layer-l K/V. A layer without a source (no earlier
-    layer of its head shape) keeps the K/V computed for it. Raises CacheLayoutError (naming ``model`` and the
-    transformers version) when a layer holds no K/V, or a full (non-sliding) layer lacks this step's tokens:
-    copy-forward never silently does nothing.
+    layer of its head shape: the first layer of each shape in Gemma 4 and MiMo-V2-Flash) keeps the K/V computed for
+    it; the token's branch output is still skipped. Raises CacheLayoutError (naming ``model`` and the transformers
+    version) when the layer holds no K/V, or a full (non-sliding) layer lacks this step's tokens.
     """
     keys, values = layer_kv(cache, layer, model)
     source = copy_source(cache, layer, model)
@@ -303,8 +307,8 @@ def copy_forward_kv(cache: Any, layer: int, skipped: torch.Tensor, model: Any = 
     held = keys.shape[-2] >= n and prev_keys.shape[-2] >= n
     if not held or keys.shape[0] != skipped.shape[0]:
         raise CacheLayoutError(
-            f"{where(model)}: KV copy-forward from layer {source} to {layer} needs equal cached head shapes holding "
-            f"the newest {skipped.shape[1]} tokens of a batch of {skipped.shape[0]}; found keys "
+            f"{where(model)}: KV copy-forward from layer {source} to {layer} needs both layers to hold the newest "
+            f"{skipped.shape[1]} tokens of a batch of {skipped.shape[0]}; found keys "
             f"{tuple(prev_keys.shape)} and {tuple(keys.shape)}"
         )
     if n == 0:
@@ -450,7 +454,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
             own = module(*args, **kwargs)  # as the layer called it (CTRL passes its input as v, k and q)
             own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
             if branch.role == "mlp":
-                out = compact_mlp(module, hidden, keep, kwargs.get(gate_lib.RESIDUAL))
+                out = compact_mlp(module, hidden, keep, gate_lib.given_residual(module, args, kwargs))
             else:
                 out = compact_attention(module, hidden, keep, kwargs)
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
