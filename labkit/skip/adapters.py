@@ -51,6 +51,29 @@ FULL_CAUSAL = ("MoshiAttention",)
 Rope = tuple[torch.Tensor, ...]  # rotary rows of some tokens: (cos, sin), (complex frequencies,) or () without rotary
 
 
+_MISSING = object()
+
+
+def _attr(attn: nn.Module, name: str, default: Any = None) -> Any:
+    """``getattr(attn, name, default)``, remembering which names ``attn`` lacks: adapters ask every attention module
+    for a dozen attributes its family does not have, at every branch of every decoding step, and each miss costs
+    ``nn.Module.__getattr__`` a raised AttributeError (~2 us)."""
+    missing = attn.__dict__.setdefault("_labkit_missing", set())
+    if name in missing:
+        return default
+    value = getattr(attn, name, _MISSING)
+    if value is _MISSING:
+        missing.add(name)
+        return default
+    return value
+
+
+def _has(attn: nn.Module, name: str) -> bool:
+    """``hasattr(attn, name)`` through :func:`_attr`."""
+    return _attr(attn, name, _MISSING) is not _MISSING
+
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -71,7 +94,7 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
         x4 = x.reshape(n * heads, 1, 1, dim)
         return module.apply_rotary_emb(x4, x4, rope[0].repeat_interleave(heads, 0).unsqueeze(1))[0].view(n, heads, dim)
     cos, sin = rope
-    interleaved = getattr(getattr(attn, "config", None), "rope_interleave", False)
+    interleaved = getattr(_attr(attn, "config", None), "rope_interleave", False)
     apply = getattr(module, "apply_rotary_pos_emb_interleave" if interleaved else "apply_rotary_pos_emb", None)
     if apply is not None and _gptj_style(apply):
         rot = 2 * cos.shape[-1]
@@ -93,9 +116,9 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
 def _rotary_dims(attn: nn.Module, head_dim: int) -> int:
     """How many dimensions of a head the family rotates: the module's ``rotary_ndims``, else by its config (partial
     rotary: a fraction of them); GPT-NeoX-Japanese's attention keeps no config."""
-    if hasattr(attn, "rotary_ndims"):
+    if _has(attn, "rotary_ndims"):
         return attn.rotary_ndims
-    config = getattr(attn, "config", None)
+    config = _attr(attn, "config", None)
     rope = getattr(config, "rope_parameters", None)
     fraction = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) or \
         getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None) or 1.0
@@ -126,15 +149,15 @@ def _norm_heads(norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch
 def _qk_norm(attn: nn.Module, which: str) -> nn.Module | None:
     """The norm a family applies to its queries (``which`` "q") or keys ("k") before rotary: ``q_norm`` (Qwen3,
     OLMo2, Gemma3) or ``q_layernorm`` (Persimmon, Phi, StableLM); None without one."""
-    norm = getattr(attn, f"{which}_norm", None)
-    return norm if norm is not None else getattr(attn, f"{which}_layernorm", None)
+    norm = _attr(attn, f"{which}_norm", None)
+    return norm if norm is not None else _attr(attn, f"{which}_layernorm", None)
 
 
 def _after_rotary(attn: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
     """Queries or keys (N, heads, head_dim) through the per-head norm a family applies after rotary
     (``query_layernorm`` / ``key_layernorm``: HunYuan; one ``qk_norm`` for both: Llama 4), else unchanged."""
-    norm = getattr(attn, f"{which}_layernorm", None)
-    norm = getattr(attn, "qk_norm", None) if norm is None else norm
+    norm = _attr(attn, f"{which}_layernorm", None)
+    norm = _attr(attn, "qk_norm", None) if norm is None else norm
     return norm(x) if norm is not None else x
 
 
@@ -144,18 +167,18 @@ def _rows(linear: nn.Module, rows: torch.Tensor | slice) -> tuple[torch.Tensor, 
 
 
 def _head_dim(attn: nn.Module) -> int:
-    return int(getattr(attn, "head_dim", None) or attn.head_size)
+    return int(_attr(attn, "head_dim", None) or attn.head_size)
 
 
 def is_latent(attn: nn.Module) -> bool:
     """Whether ``attn`` is multi-head latent attention (MLA): K/V come from one low-rank latent per token."""
-    return hasattr(attn, "kv_a_proj_with_mqa")
+    return _has(attn, "kv_a_proj_with_mqa")
 
 
 def is_mixture_of_attention(attn: nn.Module) -> bool:
     """Whether ``attn`` is JetMoE's mixture of attention heads: query and output projections are per-token routed
     experts (``experts.map`` / ``experts.reduce``) over shared K/V heads."""
-    return hasattr(getattr(attn, "experts", None), "reduce")
+    return hasattr(_attr(attn, "experts", None), "reduce")
 
 
 def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -166,21 +189,21 @@ def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     hd = _head_dim(attn)
     if is_mixture_of_attention(attn):  # JetMoE: each token's top-k query experts, top_k x kv heads query heads
         return attn.experts.map(x.unsqueeze(0))[0].view(x.shape[0], -1, hd)
-    if hasattr(attn, "Wq"):  # CTRL
+    if _has(attn, "Wq"):  # CTRL
         return attn.Wq(x).view(x.shape[0], -1, hd)
-    if hasattr(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
+    if _has(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
         return _norm_heads(_qk_norm(attn, "q"), attn.q_proj(x), hd)
-    if hasattr(attn, "mp_num"):  # CodeGen
+    if _has(attn, "mp_num"):  # CodeGen
         return F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, 0))).view(x.shape[0], -1, hd)
     if _fused_qkv(attn) is not None:  # Phi3, DBRX, MPT: [q | k | v] rows
         width = _query_heads(attn) * hd
         return _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(0, width)))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "query_key_value"):  # GPT-NeoX, Persimmon, Bloom, Falcon: per head or K/V group [q | k | v]
+    if _has(attn, "query_key_value"):  # GPT-NeoX, Persimmon, Bloom, Falcon: per head or K/V group [q | k | v]
         q = F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, 0)))
         return _norm_heads(_qk_norm(attn, "q"), q, hd)
-    if isinstance(getattr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
+    if isinstance(_attr(attn, "c_attn", None), nn.Linear):  # GPTBigCode
         return F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, 0))).view(x.shape[0], -1, hd)
-    if hasattr(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
+    if _has(attn, "c_attn"):  # GPT-2 (Conv1D: y = x W + b, W of shape (d, 3d))
         width = attn.split_size
         return (x @ attn.c_attn.weight[:, :width] + attn.c_attn.bias[:width]).view(x.shape[0], -1, hd)
     raise _no_adapter(attn)
@@ -197,27 +220,27 @@ def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     if is_mixture_of_attention(attn):  # JetMoE: [k | v]
         k, v = attn.kv_proj(x).chunk(2, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
-    if hasattr(attn, "Wk"):  # CTRL
+    if _has(attn, "Wk"):  # CTRL
         return attn.Wk(x).view(n, -1, hd), attn.Wv(x).view(n, -1, hd)
-    if hasattr(attn, "k_proj"):
+    if _has(attn, "k_proj"):
         return _norm_heads(_qk_norm(attn, "k"), attn.k_proj(x), hd), _project_v(attn, x)
-    if hasattr(attn, "mp_num"):
+    if _has(attn, "mp_num"):
         k, v = (F.linear(x, *_rows(attn.qkv_proj, _codegen_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
     if _fused_qkv(attn) is not None:
         width = _query_heads(attn) * hd
         k, v = _clipped(attn, F.linear(x, *_rows(_fused_qkv(attn), slice(width, None)))).chunk(2, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
-    if hasattr(attn, "query_key_value"):
+    if _has(attn, "query_key_value"):
         k, v = (F.linear(x, *_rows(attn.query_key_value, _neox_rows(attn, part))) for part in (1, 2))
         k, v = _norm_heads(_qk_norm(attn, "k"), k, hd), v.view(n, -1, hd)
-        if getattr(attn, "new_decoder_architecture", False):  # Falcon caches each group's K/V once per query head
+        if _attr(attn, "new_decoder_architecture", False):  # Falcon caches each group's K/V once per query head
             k, v = (t.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1) for t in (k, v))
         return k, v
-    if isinstance(getattr(attn, "c_attn", None), nn.Linear):
+    if isinstance(_attr(attn, "c_attn", None), nn.Linear):
         k, v = (F.linear(x, *_rows(attn.c_attn, _bigcode_rows(attn, part))) for part in (1, 2))
         return k.view(n, -1, hd), v.view(n, -1, hd)
-    if hasattr(attn, "c_attn"):
+    if _has(attn, "c_attn"):
         width = attn.split_size
         k, v = (x @ attn.c_attn.weight[:, width:] + attn.c_attn.bias[width:]).split(width, dim=-1)
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
@@ -226,18 +249,18 @@ def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def _fused_qkv(attn: nn.Module) -> nn.Linear | None:
     """A projection of [q | k | v] rows: ``qkv_proj`` (Phi3) or ``Wqkv`` (DBRX, MPT), else None."""
-    fused = getattr(attn, "qkv_proj", None)
-    return fused if fused is not None else getattr(attn, "Wqkv", None)
+    fused = _attr(attn, "qkv_proj", None)
+    return fused if fused is not None else _attr(attn, "Wqkv", None)
 
 
 def _query_heads(attn: nn.Module) -> int:
     """Query heads of a fused [q | k | v] projection: MPT's ``n_heads``, else the config's."""
-    return getattr(attn, "n_heads", None) or attn.config.num_attention_heads
+    return _attr(attn, "n_heads", None) or attn.config.num_attention_heads
 
 
 def _clipped(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Projected q, k or v clamped to ±``clip_qkv`` where the family clips them (DBRX, MPT), else unchanged."""
-    clip = getattr(attn, "clip_qkv", None)
+    clip = _attr(attn, "clip_qkv", None)
     return x.clamp(-clip, clip) if clip else x
 
 
@@ -245,9 +268,9 @@ def _project_v(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Values (N, kv heads, value head_dim) of tokens x from ``v_proj``, or from ``k_proj`` in a layer without one
     (Gemma 4's K = V full-attention layers); through a value norm (Gemma 4's ``v_norm``) and times a value scale
     (MiMo-V2-Flash's ``v_scale``) where the family has them."""
-    v = (getattr(attn, "v_proj", None) or attn.k_proj)(x)
-    v = _norm_heads(getattr(attn, "v_norm", None), v, getattr(attn, "v_head_dim", None) or _head_dim(attn))
-    scale = getattr(attn, "v_scale", None)
+    v = (_attr(attn, "v_proj", None) or attn.k_proj)(x)
+    v = _norm_heads(_attr(attn, "v_norm", None), v, _attr(attn, "v_head_dim", None) or _head_dim(attn))
+    scale = _attr(attn, "v_scale", None)
     return v * scale if isinstance(scale, float | int) else v
 
 
@@ -267,9 +290,9 @@ def _neox_rows(attn: nn.Module, part: int, fused: nn.Linear | None = None) -> to
 def _fused_groups(attn: nn.Module) -> int | None:
     """K/V groups of Falcon's fused ``query_key_value``: ``num_kv_heads`` under its new decoder architecture, one
     under multi-query attention; None (one per head) otherwise."""
-    if getattr(attn, "new_decoder_architecture", False):
+    if _attr(attn, "new_decoder_architecture", False):
         return attn.num_kv_heads
-    return 1 if getattr(attn, "multi_query", False) else None
+    return 1 if _attr(attn, "multi_query", False) else None
 
 
 def _codegen_rows(attn: nn.Module, part: int) -> torch.Tensor:
@@ -316,14 +339,14 @@ def query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: tor
     length + index); the per-token scale the layer was handed as ``attention_scaling`` (B or 1, 1, T, 1) (Beam's
     full-attention layers); Llama 4's temperature 1 + s log(1 + ⌊(position + 1) / floor⌋) on its NoPE layers; None
     where none applies."""
-    if getattr(attn, "attn_temperature_tuning", False) and not attn.use_rope:  # by cache position, as Llama 4 counts
+    if _attr(attn, "attn_temperature_tuning", False) and not attn.use_rope:  # by cache position, as Llama 4 counts
         positions = (past + index).float()
         return (torch.log1p(torch.floor((positions + 1) / attn.floor_scale)) * attn.attn_scale + 1).reshape(-1, 1, 1)
     given = kwargs.get("attention_scaling")
     if given is not None:
         per_token = given.reshape(given.shape[0], -1).expand(batch, -1)[rows]
         return torch.gather(per_token, 1, index).reshape(-1, 1, 1)
-    params = getattr(getattr(attn, "config", None), "rope_parameters", None)
+    params = getattr(_attr(attn, "config", None), "rope_parameters", None)
     beta = params.get("llama_4_scaling_beta") if isinstance(params, dict) else None
     if beta is None:
         return None
@@ -343,16 +366,16 @@ def refuse_unsupported(attn: nn.Module, kwargs: dict) -> None:
         if kwargs.get(name) is not None:
             raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
                              "labkit's adapter does not apply; use execution='masked'")
-    if getattr(attn, "indexer", None) is not None or getattr(attn, "skip_topk", False):
+    if _attr(attn, "indexer", None) is not None or _attr(attn, "skip_topk", False):
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
                          "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
                          "adapter does not apply; use execution='masked'")
-    proj = getattr(attn, "qkv_proj", None)
+    proj = _attr(attn, "qkv_proj", None)
     if proj is not None and not isinstance(proj, nn.Linear):
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: its q/k/v projection "
                          f"{type(proj).__name__} is not a linear layer (Zaya's convolutional attention mixes each "
                          "token's queries, keys and values with earlier tokens'); use execution='masked'")
-    if getattr(attn, "is_kv_shared_layer", False):
+    if _attr(attn, "is_kv_shared_layer", False):
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: it reuses an earlier layer's K/V "
                          "(shared_kv_states, Gemma 4's KV-shared layers), which labkit's adapter does not read; use "
                          "execution='masked'")
@@ -371,11 +394,11 @@ def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Ten
     """Gated attention: the mixed values ``o`` times a gate of each token's input ``x`` before the output projection,
     sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam) or softplus of ``g_proj`` (Laguna), per channel
     or one per head; ``o`` unchanged for an attention without one."""
-    if hasattr(attn, "g_proj"):
+    if _has(attn, "g_proj"):
         gate = F.softplus(attn.g_proj(x).float()).to(o.dtype)
-    elif hasattr(attn, "gate_proj"):
+    elif _has(attn, "gate_proj"):
         logits = attn.gate_proj(x)
-        bias = getattr(attn, "gate_bias", None)  # one per head (Beam)
+        bias = _attr(attn, "gate_bias", None)  # one per head (Beam)
         if bias is not None:
             logits = (logits.view(*logits.shape[:-1], bias.numel(), -1) + bias[:, None]).view(logits.shape)
         gate = torch.sigmoid(logits)
@@ -399,7 +422,7 @@ def project_out(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tens
 
 def _differential(attn: nn.Module) -> bool:
     """Whether ``attn`` is differential attention (DiffLlama): two softmax maps, the second's output subtracted."""
-    return hasattr(attn, "lambda_q1")
+    return _has(attn, "lambda_q1")
 
 
 def attended_values(attn: nn.Module, v: torch.Tensor) -> torch.Tensor:
@@ -426,17 +449,17 @@ def mixed_heads(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
 
 def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
     """The output projection of the mixed values, after BitNet's ``attn_sub_norm`` where the family has one."""
-    sub_norm = getattr(attn, "attn_sub_norm", None)
+    sub_norm = _attr(attn, "attn_sub_norm", None)
     o = sub_norm(o) if sub_norm is not None else o
-    if hasattr(attn, "o_proj"):
+    if _has(attn, "o_proj"):
         return attn.o_proj(o)
-    if hasattr(attn, "out_proj"):  # GPT-J, GPT-Neo: then their output dropout
-        dropout = getattr(attn, "resid_dropout", None)
+    if _has(attn, "out_proj"):  # GPT-J, GPT-Neo: then their output dropout
+        dropout = _attr(attn, "resid_dropout", None)
         return attn.out_proj(o) if dropout is None else dropout(attn.out_proj(o))
-    if hasattr(attn, "Wo"):  # ModernBERT-decoder
+    if _has(attn, "Wo"):  # ModernBERT-decoder
         return attn.out_drop(attn.Wo(o))
-    if hasattr(attn, "dense"):  # GPT-NeoX, Falcon, Persimmon; Bloom's then drops out (hidden_dropout, in training)
-        rate = getattr(attn, "hidden_dropout", 0.0)
+    if _has(attn, "dense"):  # GPT-NeoX, Falcon, Persimmon; Bloom's then drops out (hidden_dropout, in training)
+        rate = _attr(attn, "hidden_dropout", 0.0)
         return F.dropout(attn.dense(o), rate, attn.training) if rate else attn.dense(o)
     return attn.resid_dropout(attn.c_proj(o))
 
@@ -455,12 +478,12 @@ def attention_settings(attn: nn.Module) -> Settings:
     """The :class:`Settings` of an attention module, as its own forward uses them."""
     dropout = 0.0
     if attn.training:
-        rate = getattr(attn, "attention_dropout", None)
-        rate = getattr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
-        rate = getattr(attn, "attn_dropout_p", rate)  # MPT's
+        rate = _attr(attn, "attention_dropout", None)
+        rate = _attr(attn, "attn_dropout", 0.0) if rate is None else rate  # GPT-2's is a module
+        rate = _attr(attn, "attn_dropout_p", rate)  # MPT's
         dropout = float(rate.p if isinstance(rate, nn.Dropout) else rate or 0.0)
-    sinks = getattr(attn, "sinks", None)
-    return Settings(_scale(attn), dropout, _sliding_window(attn), getattr(attn, "attn_logit_softcapping", None),
+    sinks = _attr(attn, "sinks", None)
+    return Settings(_scale(attn), dropout, _sliding_window(attn), _attr(attn, "attn_logit_softcapping", None),
                     sinks if isinstance(sinks, torch.Tensor) else None)
 
 
@@ -469,11 +492,11 @@ def _scale(attn: nn.Module) -> float:
     1 / ``norm_factor`` (GPT-NeoX-Japanese), or 1 for GPT-Neo, whose global and local layers (``attention_type``) do
     not scale scores by 1 / sqrt(head_dim)."""
     for name in ("scaling", "inv_norm_factor", "softmax_scale"):
-        if getattr(attn, name, None) is not None:
-            return getattr(attn, name)
-    if getattr(attn, "norm_factor", None) is not None:
+        if _attr(attn, name, None) is not None:
+            return _attr(attn, name)
+    if _attr(attn, "norm_factor", None) is not None:
         return 1 / attn.norm_factor
-    if getattr(attn, "attention_type", None) in ("global", "local"):
+    if _attr(attn, "attention_type", None) in ("global", "local"):
         return 1.0
     raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s score scale (looked for scaling, "
                      "inv_norm_factor, softmax_scale, norm_factor); use execution='masked'")
@@ -502,11 +525,11 @@ def _sliding_window(attn: nn.Module) -> int | None:
     means none (Qwen2-MoE's config says 0)."""
     if type(attn).__name__ in FULL_CAUSAL:
         return None
-    if hasattr(attn, "sliding_window"):
+    if _has(attn, "sliding_window"):
         return attn.sliding_window or None
-    if getattr(attn, "attention_type", None) in ("global", "local"):  # GPT-Neo: a window on its local layers
+    if _attr(attn, "attention_type", None) in ("global", "local"):  # GPT-Neo: a window on its local layers
         return attn.config.window_size if attn.attention_type == "local" else None
-    config = getattr(attn, "config", None)
+    config = _attr(attn, "config", None)
     types = getattr(config, "layer_types", None)
     if getattr(config, "use_sliding_window", True) is False or (types and types[attn.layer_idx] != "sliding_attention"):
         return None
@@ -517,10 +540,10 @@ def position_embeddings(attn: nn.Module, hidden: torch.Tensor, kwargs: dict) -> 
     """The rotary rows this layer applies: the ``position_embeddings`` its decoder layer hands it, else those of its
     own ``rotary_emb`` at ``position_ids`` (Moshi); None on a layer without rotary (a full-attention layer of
     :data:`SLIDING_ONLY_ROTARY`: AFMoE's ``is_local_attention`` False, else no ``sliding_window``)."""
-    local = getattr(attn, "is_local_attention", getattr(attn, "sliding_window", None) is not None)
+    local = _attr(attn, "is_local_attention", _attr(attn, "sliding_window", None) is not None)
     if type(attn).__name__ in SLIDING_ONLY_ROTARY and not local:
         return None
-    rope, rotary = kwargs.get("position_embeddings"), getattr(attn, "rotary_emb", None)
+    rope, rotary = kwargs.get("position_embeddings"), _attr(attn, "rotary_emb", None)
     if rope is not None or rotary is None:
         return rope
     if kwargs.get("position_ids") is None:
@@ -534,7 +557,7 @@ def query_key_chunks(attn: nn.Module, cache: Any, key_valid: torch.Tensor | None
     """Llama 4's chunked attention (``attention_chunk_size`` on its chunked_attention layers): the chunk of each kept
     query at ``qpos`` (rows, W) and of each of the S held keys (rows, S), by position from the row's first real token
     as transformers' chunked mask counts it; None for any other layer."""
-    config = getattr(attn, "config", None)
+    config = _attr(attn, "config", None)
     size, types = getattr(config, "attention_chunk_size", None), getattr(config, "layer_types", None)
     if size is None or not types or types[attn.layer_idx] != "chunked_attention":
         return None
@@ -547,7 +570,7 @@ def query_key_chunks(attn: nn.Module, cache: Any, key_valid: torch.Tensor | None
 def rope_rows(attn: nn.Module, rope: Any, batch: int) -> Rope:
     """The ``position_embeddings`` a decoder layer hands its attention, each (B, T, width): (cos, sin) (GPT-J hands
     (sin, cos)), one complex tensor (DeepSeek-V2's latent attention, Llama 4), or () without rotary."""
-    if rope is None or not getattr(attn, "use_rope", True):  # Llama 4's NoPE layers are handed one and ignore it
+    if rope is None or not _attr(attn, "use_rope", True):  # Llama 4's NoPE layers are handed one and ignore it
         return ()
     if torch.is_tensor(rope) and rope.is_complex():
         return (rope.expand(batch, -1, -1),)
@@ -564,17 +587,17 @@ def rope_rows(attn: nn.Module, rope: Any, batch: int) -> Rope:
 def self_attention(attn: nn.Module) -> nn.Module:
     """The module that computes the attention: GPT-Neo's ``GPTNeoAttention`` only dispatches to the global or local
     self-attention it holds as ``attention``."""
-    inner = getattr(attn, "attention", None)
-    return inner if isinstance(inner, nn.Module) and hasattr(attn, "attention_layers") else attn
+    inner = _attr(attn, "attention", None)
+    return inner if isinstance(inner, nn.Module) and _has(attn, "attention_layers") else attn
 
 
 def layer_index(attn: nn.Module) -> int:
     """The attention's layer index in the KV cache (``layer_id`` in GPT-Neo)."""
-    return attn.layer_idx if hasattr(attn, "layer_idx") else attn.layer_id
+    return attn.layer_idx if _has(attn, "layer_idx") else attn.layer_id
 
 
 def share_kv(attn: nn.Module, kwargs: dict, keys: torch.Tensor, values: torch.Tensor) -> None:
     """The layer's K/V (after the cache update) in ``shared_kv_states`` where its forward keeps them there for later
     layers or an assistant model (Gemma 4's ``store_full_length_kv``)."""
-    if getattr(attn, "store_full_length_kv", False):
+    if _attr(attn, "store_full_length_kv", False):
         kwargs["shared_kv_states"][attn.layer_type] = keys, values
