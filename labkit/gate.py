@@ -15,6 +15,7 @@ import inspect
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,7 +96,7 @@ class SkipPolicy(Protocol):
         """Boolean keep mask (batch, tokens), or None to keep every token."""
 
     def compact(
-        self, branch: GatedBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
+        self, branch: GatedBranch | SiblingBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
     ) -> torch.Tensor:
         """Run the branch on the kept tokens only; zeros elsewhere, shape of ``hidden``."""
 
@@ -186,7 +187,7 @@ class GatedBranch(nn.Module):
                 self.own_extras = _parameter_names(self.branch, rest or ())
             y = y.view(hidden.shape) if y.shape != hidden.shape else y  # Llama4's MoE returns tokens flattened
             if self.record_probe:  # an input compact execution is checked on (by labkit.skip, before first use)
-                self.probe = (hidden.detach(), _detached(args), _detached(kwargs))
+                self.probe = (hidden.detach(), *map_tensors(torch.Tensor.detach, (args, kwargs)))
             if keep is not None:
                 y = y * keep.unsqueeze(-1).to(y.dtype)
         if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that
@@ -273,15 +274,15 @@ def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
     return type(out)([first, *out[1:]])
 
 
-def _detached(value: Any) -> Any:
-    """A probe's input with every tensor detached, in tuples (positional arguments, rotary cos/sin) and dicts (keyword
-    arguments)."""
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it, through tuples (positional arguments, rotary cos/sin) and
+    dicts (keyword arguments): how a branch's recorded probe call is detached or widened."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return fn(value)
     if isinstance(value, tuple):
-        return tuple(_detached(v) for v in value)
+        return tuple(map_tensors(fn, v) for v in value)
     if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
+        return {k: map_tensors(fn, v) for k, v in value.items()}
     return value
 
 

@@ -240,7 +240,12 @@ class _Policy:
 
     # -- execution --------------------------------------------------------------------------------------------------
     def compact(
-        self, branch: gate_lib.GatedBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
+        self,
+        branch: gate_lib.GatedBranch | gate_lib.SiblingBranch,
+        hidden: torch.Tensor,
+        keep: torch.Tensor,
+        args: tuple,
+        kwargs: dict,
     ) -> torch.Tensor:
         one_token = hidden.shape[1] == 1
         if self.uniform or (self.uniform is None and one_token and bool(keep.all())):
@@ -402,13 +407,9 @@ def _check_common(model: nn.Module, execution: str, kv: str) -> None:
 
 
 @torch.no_grad()
-def _widened(value: Any) -> Any:
-    """A probe input with float16 / bfloat16 tensors in float32 (tuples, e.g. rotary cos / sin, element-wise)."""
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() and value.element_size() < 4 else value
-    if isinstance(value, tuple):
-        return tuple(_widened(v) for v in value)
-    return value
+def _widened(tensor: torch.Tensor) -> torch.Tensor:
+    """A float16 / bfloat16 tensor of a probe call in float32; others as they are."""
+    return tensor.float() if tensor.is_floating_point() and tensor.element_size() < 4 else tensor
 
 
 @contextlib.contextmanager
@@ -448,7 +449,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
     kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS}
     training = module.training
     module.eval()  # the module's weights now (it may have been fine-tuned since the probe), without dropout
-    hidden, args, kwargs = _widened(hidden), _widened(args), {k: _widened(v) for k, v in kwargs.items()}
+    hidden, args, kwargs = gate_lib.map_tensors(_widened, (hidden, args, kwargs))
     try:
         with _in_float32(module):  # a bf16 model's rounding would hide a mismatch of a few per cent
             own = module(*args, **kwargs)  # as the layer called it (CTRL passes its input as v, k and q)
