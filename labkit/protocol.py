@@ -84,16 +84,18 @@ class Claim:
         """Every arm the claim's score rests on: a sanity flag on any of them makes it inconclusive."""
         return tuple(dict.fromkeys((self.arm, self.baseline, *self.rests_on)))
 
-    def rule(self) -> str:
-        """The decision rule in words, printed with every verdict."""
+    def rule(self, checked: bool = True) -> str:
+        """The decision rule in words, printed with every verdict; ``checked``: whether sanity checks were applied
+        (a premise judged on its own measurement is not)."""
         what = "% improvement" if self.relative else "improvement"
         unit = " %" if self.relative else ""
         direction = "lower" if self.lower_is_better else "higher"
+        checks = (f"inconclusive if a sanity check fails on {', '.join(self.arms)}" if checked
+                  else "judged on its own measurement, without sanity checks")
         return (
             f"{what} of {self.arm} over {self.baseline} in {self.metric} ({direction} is better), 95 % Student-t "
             f"interval over seeds: held if it lies above {self.tolerance:g}{unit}, "
-            f"not held if below, else inconclusive; inconclusive if a sanity check fails on "
-            f"{', '.join(self.arms)}"
+            f"not held if below, else inconclusive; {checks}"
         )
 
 
@@ -113,6 +115,7 @@ class Verdict:
     raw: str = ""  # the verdict before premise and multiplicity (set by :func:`conclude`; "" until then)
     interval: str = ""  # what the interval alone says against the tolerance: before flags, premise and multiplicity
     p_holm: float = math.nan  # Holm-Bonferroni adjusted p over the report's main claims (set by :func:`conclude`)
+    checked: bool = True  # sanity checks were applied (False: judged on its own measurement, e.g. a premise)
 
     def summary(self) -> str:
         """One line: claim, effect with interval and n, verdict, and flags."""
@@ -354,7 +357,7 @@ def judge(claim: Claim, table: pd.DataFrame, checks: pd.DataFrame | None = None,
     if math.isnan(low) and not flags:
         flags = (f"n={n}: no interval",)
     p = t_p_value(mean, low, high, claim.tolerance, dof)
-    return Verdict(claim, mean, low, high, n, paired, verdict, flags, p, interval=interval)
+    return Verdict(claim, mean, low, high, n, paired, verdict, flags, p, interval=interval, checked=checks is not None)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -424,9 +427,9 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
                 "interval verdict": v.interval,
                 "raw verdict": v.raw,
                 "verdict": v.verdict,
-                "sanity": "; ".join(v.flags) or "ok",
+                "sanity": "; ".join(v.flags) or ("ok" if v.checked else "not checked"),
                 "compute": v.claim.compute,
-                "rule": v.claim.rule(),
+                "rule": v.claim.rule(v.checked),
             }
         )
     return pd.DataFrame(rows)
@@ -436,9 +439,10 @@ RULE = (
     "each claim: the improvement of its arm over its baseline with a 95 % interval (Student-t over seeds unless its "
     "rule in the claims table says otherwise): held if the interval lies above the claim's tolerance, not held if "
     "below, else inconclusive; inconclusive too when a sanity check (converged at 2x budget, healthy, beats trivial) "
-    "fails on any arm it rests on; premises are judged first: a premise not held makes the claims it governs "
-    "'premise not met', an inconclusive one 'premise unconfirmed'; main claims (those with a paper reference) are "
-    "Holm-Bonferroni adjusted at 5 % (raw verdict beside the adjusted one), the others are secondary"
+    "fails on any arm it rests on, unless its rule says it is judged without them; premises are judged first: a "
+    "premise not held makes the claims it governs 'premise not met', an inconclusive one 'premise unconfirmed'; main "
+    "claims (those with a paper reference) are Holm-Bonferroni adjusted at 5 % (raw verdict beside the adjusted one), "
+    "the others are secondary"
 )
 
 
