@@ -107,6 +107,27 @@ def test_pad_and_eos_never_skipped():
         assert rec["keep"][:, -1].all() and rec["keep"][1, :3].all()
 
 
+def test_protect_keeps_the_first_real_tokens_counting_past_ones():
+    model = gated()
+    x = tokens(2, 8)
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0  # left padding: row 1's first real token is at position 3
+    with skip.budget(model, 0.9, record=True, measure_flops=False, protect=2) as stats:
+        model(x, attention_mask=mask)
+    for rec in stats.records.values():
+        assert rec["keep"][0, :2].all() and rec["keep"][1, 3:5].all()
+        assert not rec["keep"][0, 2:].all()
+    assert stats.skipped_fraction == pytest.approx(9 / 13)  # floor(0.9 x 13 real) = 11, capped by the 9 eligible
+    with torch.no_grad():  # a cached continuation: its tokens are at positions 8.., none protected
+        past = kv_cache.output_cache(model(x[:1, :1], use_cache=True))
+        with skip.budget(model, 0.5, record=True, measure_flops=False, protect=1) as stats:
+            model(x[:1, 1:5], cache=past, use_cache=True)
+    assert all((~rec["keep"]).sum() == 2 for rec in stats.records.values())
+    with pytest.raises(ValueError, match="protect"):
+        with skip.budget(model, 0.5, protect=-1):
+            pass
+
+
 def test_single_sequence_decoding_batch_scope_skips_nothing_sequence_scope_uses_thresholds():
     model = gated()
     prompt = tokens(1, 5)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from labkit import gate as gate_lib
-from labkit.config import number_in_range, renamed
+from labkit.config import NonNegative, check_value, number_in_range, renamed
 from labkit.profile import count_flops
 from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step
 from labkit.skip.kv_cache import (
@@ -91,8 +91,10 @@ class _Policy:
         static: set[str] | None,
         record: bool,
         keep_calls: bool,
+        protect: int = 0,
     ) -> None:
         self.model, self.skip_fraction, self.scope, self.execution = model, skip_fraction, scope, execution
+        self.protect = protect  # the first `protect` real tokens of every row are never skipped
         self.ranking, self.kv, self.thresholds, self.static, self.record = ranking, kv, thresholds, static, record
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -118,20 +120,32 @@ class _Policy:
         mask = kwargs.get("attention_mask")
         self.key_valid = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
         self.valid = self.eligible = None
+        name, cache = find_cache(kwargs)
         if torch.is_tensor(ids):
             T = ids.shape[1]
             exempt = torch.isin(ids, self.exempt_ids.to(ids.device)) if self.exempt_ids.numel() else None
+            if self.protect:
+                first = self._positions(ids, cache) < self.protect
+                exempt = first if exempt is None else exempt | first
             self.valid = self.key_valid[:, -T:] if self.key_valid is not None else None
             self.n_valid = int(self.valid.sum()) if self.valid is not None else ids.numel()
             eligible = self.valid if exempt is None else ~exempt if self.valid is None else self.valid & ~exempt
             self.eligible = None if eligible is None or bool(eligible.all()) else eligible
-        name, cache = find_cache(kwargs)
         use_cache = kwargs.get("use_cache")
         default = getattr(getattr(module, "config", None), "use_cache", False)
         self.use_cache = bool(default if use_cache is None else use_cache)
         if self.keep_calls and self.replay is None and not self.dense:
             saved = dict(kwargs, **{name: copy.deepcopy(cache)}) if name is not None else dict(kwargs)
             self.calls.append({"args": args, "kwargs": saved, "keeps": []})
+
+    def _positions(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """(B, T) place of each token of this forward among its row's real tokens, earlier (cached) ones included:
+        counted along the attention mask where there is one, else from the cache's length."""
+        T = ids.shape[1]
+        if self.key_valid is not None:
+            return (self.key_valid.long().cumsum(1) - 1)[:, -T:]
+        past = cache.get_seq_length() if cache is not None else 0
+        return (past + torch.arange(T, device=ids.device)).expand_as(ids)
 
     # -- decisions --------------------------------------------------------------------------------------------------
     def decide(
@@ -494,6 +508,7 @@ def budget(
     seed: int = 0,
     measure_flops: bool = True,
     record: bool = False,
+    protect: int = 0,
 ) -> Iterator[SkipStats]:
     """Skip the lowest-importance fraction ``skip_fraction`` of tokens in every gated branch inside the block.
 
@@ -506,8 +521,13 @@ def budget(
     ``add_gates(kind="none")`` wrappers). After the block the yielded :class:`SkipStats` holds the paper's
     ``skipped_fraction``, the executed ``flops`` (forwards replayed under ``labkit.profile.count_flops`` when
     ``measure_flops``) and the block's wall ``seconds``; ``record`` keeps the last forward's importances and masks.
+
+    ``protect``: the first ``protect`` real tokens of every row are never skipped, like pad and EOS (the attention
+    sink: a pretrained LLM's first token draws attention in every layer); the budget still counts them, so the other
+    tokens of a row or batch absorb it.
     """
     number_in_range("skip_fraction", skip_fraction, 0.0, 1.0, "[)")
+    check_value("protect", protect, NonNegative)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if ranking not in RANKINGS:
@@ -522,7 +542,7 @@ def budget(
             "(use ranking='random' or add_gates(model, kind='vector'))"
         )
     policy = _Policy(model, skip_fraction, scope, execution, ranking, kv, thresholds, seed, None, record,
-                     measure_flops)
+                     measure_flops, protect)
     with _skipping(model, policy, measure_flops) as stats:
         yield stats
 

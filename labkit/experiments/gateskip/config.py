@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from labkit import config, gate, skip
-from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, Positive
+from labkit.config import NON_EMPTY, UNIQUE, BudgetFactor, Count, Device, Interval, NonNegative, Positive
 from labkit.models import decoder_lm
 
 TASKS = ("cumsum", "text", "dictmc")
@@ -80,6 +80,9 @@ class Config:
     # compute saved is read where quality falls below these x dense
     levels: Annotated[tuple[float, ...], Interval("(0, 1)"), NON_EMPTY, UNIQUE] = (0.9, 0.95)
     budget_factor: BudgetFactor = 2.0  # convergence check: the first test seed of each trained choice this x longer
+    # the first n real tokens of every row are never skipped, in training and evaluation alike (attention sinks;
+    # the budget still counts them): 0 = the paper's (only pad and EOS exempt)
+    protect_first: NonNegative = 0
     # teacher-forced budget quantile over the whole eval batch (paper) or per "sequence"
     scope: Literal[*skip.SCOPES] = "batch"
     tune_seeds: Count = 1  # validation seeds 0 .. tune_seeds-1 on which every choice is made

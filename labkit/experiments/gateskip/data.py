@@ -244,7 +244,8 @@ def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str,
             gates.append({"task": task.name, "layer": int(layer), "branch": role, "position": pos, "importance": value})
     with (
         torch.no_grad(),
-        skip.budget(model, cfg.train_skip_end, scope=cfg.scope, measure_flops=False, record=True) as stats,
+        skip.budget(model, cfg.train_skip_end, scope=cfg.scope, measure_flops=False, record=True,
+                    protect=cfg.protect_first) as stats,
     ):
         model(x)
     for name, rec in stats.records.items():

@@ -145,7 +145,8 @@ def finetune(
 
     def context(step: int) -> AbstractContextManager[skip.SkipStats]:
         ratio = spec.train_skip_end * step / max(1, cfg.finetune_steps - 1)
-        return skip.budget(model, ratio, scope=cfg.scope, ranking=ranking, seed=step, measure_flops=False)
+        return skip.budget(model, ratio, scope=cfg.scope, ranking=ranking, seed=step, measure_flops=False,
+                           protect=cfg.protect_first)
 
     def penalty(m: nn.Module) -> torch.Tensor:
         return spec.sparsity_weight * gate.gate_penalty(m, cfg.penalty, keep_fraction=1 - spec.train_skip_end)
@@ -215,7 +216,8 @@ class _Job:
 def _budget_maker(model: nn.Module, cfg: Config, ranking: str, seed: int) -> Callable[[Any, str, bool], SkipContext]:
     def make(r: float, execution: str, flops: bool) -> SkipContext:
         return lambda: skip.budget(
-            model, r, scope=cfg.scope, execution=execution, ranking=ranking, seed=seed, measure_flops=flops
+            model, r, scope=cfg.scope, execution=execution, ranking=ranking, seed=seed, measure_flops=flops,
+            protect=cfg.protect_first,
         )
 
     return make
@@ -251,7 +253,8 @@ def _generation(job: _Job, model: nn.Module, arm: str, ranking: str | None, sets
                 model,
                 task,
                 lambda b=budget, s=scope, t=thresholds: skip.budget(
-                    model, b, scope=s, ranking=ranking, thresholds=t, seed=seed, measure_flops=False
+                    model, b, scope=s, ranking=ranking, thresholds=t, seed=seed, measure_flops=False,
+                    protect=cfg.protect_first,
                 ),
             )
             rows.append({**base, "scope": scope, "budget": budget, **out})

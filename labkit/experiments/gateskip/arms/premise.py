@@ -105,7 +105,8 @@ def _contexts(model: nn.Module, cfg: Config, budget: float, ranking: str, seed: 
     """Fresh skip contexts at ``budget`` ranked by ``ranking``, one per forward, each with its own random draw (seeds
     ``seed * 10_000``, +1, ...): random ranking never repeats its pattern from one batch to the next."""
     draws = itertools.count(seed * 10_000)
-    return lambda: skip.budget(model, budget, scope=cfg.scope, ranking=ranking, seed=next(draws), measure_flops=False)
+    return lambda: skip.budget(model, budget, scope=cfg.scope, ranking=ranking, seed=next(draws), measure_flops=False,
+                               protect=cfg.protect_first)
 
 
 def _freeze_lm(model: nn.Module) -> None:
