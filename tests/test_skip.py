@@ -118,7 +118,7 @@ def test_protect_keeps_the_first_real_tokens_counting_past_ones():
         assert rec["keep"][0, :2].all() and rec["keep"][1, 3:5].all()
         assert not rec["keep"][0, 2:].all()
     assert stats.skipped_fraction == pytest.approx(9 / 13)  # floor(0.9 x 13 real) = 11, capped by the 9 eligible
-    with torch.no_grad():  # a cached continuation: its tokens are at positions 8.., none protected
+    with torch.no_grad():  # a cached continuation: its tokens sit at positions 1-4, none protected
         past = kv_cache.output_cache(model(x[:1, :1], use_cache=True))
         with skip.budget(model, 0.5, record=True, measure_flops=False, protect=1) as stats:
             model(x[:1, 1:5], cache=past, use_cache=True)
