@@ -52,28 +52,36 @@ def self_attention_cache(cache: Any) -> Any:
     return getattr(cache, "self_attention_cache", cache)
 
 
+def _kv(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Layer ``layer``'s cached ``(keys, values)`` when the cache has that layer and it holds 4-D tensors, else None."""
+    layers = getattr(self_attention_cache(cache), "layers", None)
+    if layers is None or layer >= len(layers):
+        return None
+    keys, values = getattr(layers[layer], "keys", None), getattr(layers[layer], "values", None)
+    ok = torch.is_tensor(keys) and torch.is_tensor(values) and keys.dim() == 4 and values.dim() == 4
+    return (keys, values) if ok else None
+
+
 def layer_kv(cache: Any, layer: int, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``layer``'s cached ``(keys, values)``, each (B, heads, S, head_dim); CacheLayoutError if there are none."""
-    cache = self_attention_cache(cache)
-    layers = getattr(cache, "layers", None)
+    found = _kv(cache, layer)
+    if found is not None:
+        return found
+    layers = getattr(self_attention_cache(cache), "layers", None)
     if layers is None or layer >= len(layers):
-        found = f"{len(layers)} layers" if layers is not None else f"a {type(cache).__name__} without `.layers`"
-        raise CacheLayoutError(f"{where(model)}: expected a KV cache with a layer {layer}, found {found}")
-    keys, values = getattr(layers[layer], "keys", None), getattr(layers[layer], "values", None)
-    if not (torch.is_tensor(keys) and torch.is_tensor(values) and keys.dim() == 4 and values.dim() == 4):
-        shape = tuple(keys.shape) if torch.is_tensor(keys) else keys
-        raise CacheLayoutError(f"{where(model)}: cache layer {layer} ({type(layers[layer]).__name__}) has no "
-                               f"(batch, heads, tokens, head_dim) keys/values; found keys {shape}")
-    return keys, values
+        held = f"{len(layers)} layers" if layers is not None else f"a {type(cache).__name__} without `.layers`"
+        raise CacheLayoutError(f"{where(model)}: expected a KV cache with a layer {layer}, found {held}")
+    keys = getattr(layers[layer], "keys", None)
+    shape = tuple(keys.shape) if torch.is_tensor(keys) else keys
+    raise CacheLayoutError(f"{where(model)}: cache layer {layer} ({type(layers[layer]).__name__}) has no "
+                           f"(batch, heads, tokens, head_dim) keys/values; found keys {shape}")
 
 
 def _held(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Layer ``layer``'s cached (keys, values) when it holds some, else None (empty, or a placeholder layer such as
     Gemma 4's KV-shared ones)."""
-    entry = self_attention_cache(cache).layers[layer]
-    keys, values = getattr(entry, "keys", None), getattr(entry, "values", None)
-    ok = torch.is_tensor(keys) and torch.is_tensor(values) and keys.dim() == 4 and values.dim() == 4
-    return (keys, values) if ok and keys.shape[-2] > 0 else None
+    found = _kv(cache, layer)
+    return found if found is not None and found[0].shape[-2] > 0 else None
 
 
 _SOURCES: weakref.WeakKeyDictionary[Any, dict[int, int | None]] = weakref.WeakKeyDictionary()
@@ -94,8 +102,8 @@ def copy_source(
         if own is None and entries is None:
             own = layer_kv(cache, layer, model)  # raises, naming what the layer holds
         keys, values = own if own is not None else entries()
-        earlier = (s for s in range(layer - 1, -1, -1) if _held(cache, s) is not None)
-        known[layer] = next((s for s in earlier if all(
+        earlier = ((s, _held(cache, s)) for s in range(layer - 1, -1, -1))
+        known[layer] = next((s for s, held in earlier if held is not None and all(
             a.shape[1] == b.shape[1] and a.shape[-1] == b.shape[-1]
-            for a, b in zip((keys, values), _held(cache, s), strict=True))), None)
+            for a, b in zip((keys, values), held, strict=True))), None)
     return known[layer]
