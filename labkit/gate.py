@@ -30,6 +30,7 @@ from labkit.layout import (
     _get,
     _probe_forward,
     _replace,
+    _residual_argument,
     _residual_position,
     architecture,
     submodule,
@@ -123,7 +124,7 @@ class GatedBranch(BranchWrapper):
         self.probe: tuple[torch.Tensor, tuple, dict] | None = None  # (input, arguments, keyword arguments) of it
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
-        self.residual_at = _residual_position(branch)  # the branch returns residual + F(u) itself (Bloom, MPT)
+        self.residual_at = _residual_position(type(branch))  # the branch returns residual + F(u) itself (Bloom, MPT)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -231,11 +232,11 @@ class SiblingBranch(BranchWrapper):
 def _zero_residual(args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
     """A branch call's arguments with its residual (position ``at``, or by keyword) replaced in place by a zero that
     broadcasts, and that residual: the branch then returns its own contribution alone."""
-    if RESIDUAL in kwargs:
-        residual = kwargs[RESIDUAL]
-        return args, {**kwargs, RESIDUAL: residual.new_zeros(())}, residual
-    residual = args[at]
-    return (*args[:at], residual.new_zeros(()), *args[at + 1 :]), kwargs, residual
+    residual, by_keyword = _residual_argument(args, kwargs, at)
+    zero = residual.new_zeros(())
+    if by_keyword:
+        return args, {**kwargs, RESIDUAL: zero}, residual
+    return (*args[:at], zero, *args[at + 1 :]), kwargs, residual
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:

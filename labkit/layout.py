@@ -300,24 +300,26 @@ def _probe_forward(model: nn.Module) -> None:
             m.training = training
 
 
-def _residual_position(module: nn.Module) -> int | None:
-    """Where ``module``'s forward takes a ``residual`` argument it adds to its output (Bloom, MPT), else None."""
-    return _residual_position_in(type(module))
-
-
 @functools.cache
-def _residual_position_in(cls: type) -> int | None:
-    """:func:`_residual_position` of a module class (its forward's signature, read once per class)."""
+def _residual_position(cls: type) -> int | None:
+    """Where the forward of module class ``cls`` takes a ``residual`` argument it adds to its output (Bloom, MPT), else
+    None; the signature is read once per class."""
     parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
     return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
 
 
+def _residual_argument(args: tuple, kwargs: dict, at: int) -> tuple[torch.Tensor | None, bool]:
+    """The residual a branch call hands over, by keyword or else at position ``at`` (None where it hands none), and
+    whether it came by keyword."""
+    if RESIDUAL in kwargs:
+        return kwargs[RESIDUAL], True
+    return (args[at] if len(args) > at else None), False
+
+
 def given_residual(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The residual a call hands a branch that adds it to its output itself (Bloom, MPT; wrapped or not), else None."""
-    at = _residual_position(_unwrap(module))
-    if at is None:
-        return None
-    return kwargs[RESIDUAL] if RESIDUAL in kwargs else args[at] if len(args) > at else None
+    at = _residual_position(type(_unwrap(module)))
+    return None if at is None else _residual_argument(args, kwargs, at)[0]
 
 
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
