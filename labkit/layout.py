@@ -218,7 +218,7 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
             f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
     side = _side_branches(children, h_out)
-    fit, error = _residual_fit(h_in, a, m, h_out, tuple(side.values()))
+    fit, error, exact = _residual_fit(h_in, a, m, h_out, tuple(side.values()))
     sibling = None
     if error is not None and mlp_norm is None:  # a module beside the MLP, run after it on its input (shared_mlp)
         beside = [(n, y) for n, x, y, after in children
@@ -229,7 +229,7 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         raise ValueError(
             f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
             f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
-            f"{_fit_hint(found, fit, error <= 1e-3 * float(sum(x.abs().max() for x in (h_in, a, m))), attention, mlp)}"
+            f"{_fit_hint(found, fit, exact, attention, mlp)}"
             f"the best fit h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp"
             + "".join(f" + {c:.3g} {n}" for n, c in zip(side, fit[3:].tolist(), strict=True))
             + f" misses by {error:.3g}; looked for h_out = α h_in + β attention + γ mlp (+ post-normed side "
@@ -246,9 +246,10 @@ def _same(x: Any, y: torch.Tensor) -> bool:
 
 def _residual_fit(
     h_in: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_out: torch.Tensor, side: tuple[torch.Tensor, ...] = ()
-) -> tuple[torch.Tensor, float | None]:
-    """Least-squares scalars (α, β, γ, then one per ``side`` branch) of h_out = α h_in + β a + γ m + ..., and the miss
-    where the fit fails (None: it holds).
+) -> tuple[torch.Tensor, float | None, bool]:
+    """Least-squares scalars (α, β, γ, then one per ``side`` branch) of h_out = α h_in + β a + γ m + ..., the miss
+    where the fit fails (None: it holds), and whether the miss is within 1e-3 of the terms' scale (the sum is right
+    though a coefficient may be 0: what :func:`_fit_hint` reads to tell a residual sub-block).
 
     1, 1, 1 in most families; β = γ = a residual multiplier (Granite's muP, MiniCPM's depth scale); Gemma 4 scales the
     whole sum by a per-layer scalar. Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
@@ -259,7 +260,8 @@ def _residual_fit(
     error = (h_out.double().flatten() - terms @ fit).abs().max()
     scale = h_in.abs().max() + a.abs().max() + m.abs().max()
     holds = error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit[:3].abs() > 1e-3).all()
-    return fit, None if holds else float(error)
+    miss = float(error)
+    return fit, None if holds else miss, miss <= 1e-3 * float(scale)
 
 
 def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: str) -> str:
