@@ -115,7 +115,8 @@ class GatedBranch(BranchWrapper):
         self.role = role  # "attn" or "mlp"
         self.policy: SkipPolicy | None = None  # set only inside a labkit.skip context
         self.last_gate: torch.Tensor | None = None  # gate values of the latest forward, for gate_penalty
-        self.last_keep: torch.Tensor | None = None  # keep mask of the latest forward, for a SiblingBranch
+        self.last_keep: torch.Tensor | None = None  # keep mask of the latest forward, kept only for a SiblingBranch
+        self.has_sibling = False  # a SiblingBranch reads last_keep (set when one is made beside this branch)
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
@@ -165,7 +166,8 @@ class GatedBranch(BranchWrapper):
         if policy is not None:
             importance = None if g is None else g.squeeze(-1) if g.shape[-1] == 1 else g.mean(-1)  # scalar: a view
             keep = policy.decide(self, importance, hidden)
-        object.__setattr__(self, "last_keep", keep)
+        if self.has_sibling:  # only a SiblingBranch reads it: one write less per call in every other branch
+            object.__setattr__(self, "last_keep", keep)
         out: Any = None
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
@@ -216,6 +218,7 @@ class SiblingBranch(BranchWrapper):
         super().__init__()
         self.branch = branch
         object.__setattr__(self, "leader", leader)  # not a submodule: the MLP's weights stay under its own name
+        leader.has_sibling = True  # so the leader keeps its keep mask for this module's forward
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 

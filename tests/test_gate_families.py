@@ -357,6 +357,21 @@ def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():
         torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
 
 
+def test_the_shared_mlp_is_skipped_with_the_mlp_it_sits_beside():
+    """Granite-MoE-shared's shared_mlp (a SiblingBranch) runs under its MLP's keep mask: a token the MLP skips gets
+    nothing from either. Only a branch with such a sibling keeps its keep mask after its forward."""
+    model = gated("granitemoeshared")
+    layer = layout.decoder_layers(model)[0]
+    outputs = []
+    layer.shared_mlp.register_forward_hook(lambda module, args, out: outputs.append(out))
+    with torch.no_grad(), skip.budget(model, 0.5, measure_flops=False):
+        model(tokens())
+        keep = layer.block_sparse_moe.last_keep
+    assert keep is not None and not keep.all() and keep.any()
+    assert not outputs[0][~keep].any() and outputs[0][keep].abs().sum() > 0
+    others = [b for b in gate.gated_branches(model) if b is not layer.block_sparse_moe and b.role == "attn"]
+    assert others and all(b.last_keep is None for b in others)
+
 def test_a_skipped_step_s_zeros_stay_zero_when_a_family_adds_into_the_mlp_output():
     """Falcon adds its attention output into the MLP output in place: where a decoding step skips every row's MLP
     (step scope, ungated random skipping) the reused zeros are made again, never read back as a sum."""
