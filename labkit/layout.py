@@ -122,6 +122,7 @@ def _child_branch(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str 
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
+    """The branch a gate wrapper holds, else ``module`` itself."""
     return module.branch if isinstance(module, BranchWrapper) else module
 
 
