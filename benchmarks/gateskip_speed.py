@@ -42,7 +42,7 @@ import torch
 import transformers
 from torch import nn
 
-from labkit import gate, profile, protocol, skip
+from labkit import gate, layout, profile, protocol, skip
 from labkit.data import sequences
 from labkit.models import pretrained
 from labkit.models.decoder_lm import build_causal_lm
@@ -197,7 +197,7 @@ def main() -> None:
     batch, length, prompt_len, new_tokens, (q_rows, q_prompt, q_steps) = SHAPES[args.model]
     models, tokenizer = load_models(args.model, device, dtype, args.gates, args.gates_from)
     dense, vocab = models["dense"], models["dense"].config.vocab_size
-    n_branches = 2 * len(gate.decoder_layers(dense))
+    n_branches = 2 * len(layout.decoder_layers(dense))
     calibration = held_out_tokens(tokenizer, vocab, 16, q_prompt + q_steps, 0, device)
     windows = held_out_tokens(tokenizer, vocab, q_rows, q_prompt + q_steps, 1, device)
     ratios = [r for r in args.ratios if r > 0]
@@ -227,7 +227,7 @@ def main() -> None:
     print("device:", profile.device_info())
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}")
     print(f"model: {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f} M parameters, "
-          f"{len(gate.decoder_layers(dense))} layers, d={dense.config.hidden_size}); {dtype}; gates {args.gates}, "
+          f"{len(layout.decoder_layers(dense))} layers, d={dense.config.hidden_size}); {dtype}; gates {args.gates}, "
           f"{'trained, from ' + args.gates_from if args.gates_from else 'untrained'}")
 
     # -- speed: every variant timed round-robin in one process -------------------------------------------------------

@@ -5,18 +5,16 @@ Each branch F of every decoder layer is wrapped so that it returns ``g * F(u)`` 
 read from the branch input ``u``; the token's importance for that branch is ``mean(g)``. Wrapping (not replacing
 ``forward``) keeps ``generate`` and ``save_pretrained`` working: the saved keys of the original weights are unchanged,
 so plain ``from_pretrained`` loads the backbone and warns about the gate keys, and :func:`from_pretrained` here
-restores the gates too. Skipping itself (budgets, compact execution) lives in :mod:`labkit.skip`.
+restores the gates too. Where each family keeps its layers and branches is found by :mod:`labkit.layout`;
+skipping itself (budgets, compact execution) lives in :mod:`labkit.skip`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,30 +23,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.config import Count, check_value, number_in_range, renamed
+from labkit.layout import (
+    ARCH_ATTR,
+    RESIDUAL,
+    BranchWrapper,
+    _get,
+    _probe_forward,
+    _replace,
+    _residual_argument,
+    _residual_position,
+    architecture,
+    submodule,
+    with_first,
+)
 
 GATE_KINDS = ("vector", "scalar", "none")
 PENALTY_KINDS = ("l2", "l1", "kl")
 CONFIG_KEY = "labkit_gates"  # attribute added to the HF config so a saved gated model says how to rebuild its gates
 GATE_ATTR = "residual_gate"  # submodule name of the gate inside a wrapped branch (and in saved keys)
-RESIDUAL = "residual"  # the argument through which a branch takes a residual it adds itself (Bloom, MPT)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where a decoder keeps its layers and branches, as :func:`architecture` finds them by structure."""
-
-    layers: tuple[str, ...]  # attribute path from the given model to the ModuleList of decoder layers
-    attention: str  # attribute of a decoder layer holding the self-attention branch (dotted where nested: DBRX)
-    mlp: str  # attribute of a decoder layer holding the MLP branch (dotted where nested)
-    attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
-    mlp_norm: str | None = None  # the same for the MLP output
-    parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
-    mlp_sibling: str | None = None  # a child reading the MLP's input, added to its output (Granite-MoE's shared_mlp)
-
-
-ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
-MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # else: the one child class named *MLP
-ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)
 
 
 class ResidualGate(nn.Module):
@@ -104,7 +96,7 @@ class SkipPolicy(Protocol):
         """Called after the branch ran (e.g. to copy a skipped token's K/V forward)."""
 
 
-class GatedBranch(nn.Module):
+class GatedBranch(BranchWrapper):
     """A decoder branch (attention or MLP) with a residual gate on its output.
 
     Returns what the branch returns, with the hidden-state output multiplied by the gate (and by the keep mask
@@ -123,7 +115,8 @@ class GatedBranch(nn.Module):
         self.role = role  # "attn" or "mlp"
         self.policy: SkipPolicy | None = None  # set only inside a labkit.skip context
         self.last_gate: torch.Tensor | None = None  # gate values of the latest forward, for gate_penalty
-        self.last_keep: torch.Tensor | None = None  # keep mask of the latest forward, for a SiblingBranch
+        self.last_keep: torch.Tensor | None = None  # keep mask of the latest forward, kept only for a SiblingBranch
+        self.has_sibling = False  # a SiblingBranch reads last_keep (set when one is made beside this branch)
         self.post_norm_hook: Any = None  # handle of the hook on the family's post-branch norm, if it has one
         self.pending_scale: torch.Tensor | None = None  # gate x keep waiting for that post-norm
         self.arity: int | None = None  # the branch returns a tensor (0) or a tuple of this length (Llama4's MoE: 2)
@@ -132,7 +125,7 @@ class GatedBranch(nn.Module):
         self.probe: tuple[torch.Tensor, tuple, dict] | None = None  # (input, arguments, keyword arguments) of it
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
-        self.residual_at = _residual_position(branch)  # the branch returns residual + F(u) itself (Bloom, MPT)
+        self.residual_at = _residual_position(type(branch))  # the branch returns residual + F(u) itself (Bloom, MPT)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -173,7 +166,8 @@ class GatedBranch(nn.Module):
         if policy is not None:
             importance = None if g is None else g.squeeze(-1) if g.shape[-1] == 1 else g.mean(-1)  # scalar: a view
             keep = policy.decide(self, importance, hidden)
-        object.__setattr__(self, "last_keep", keep)
+        if self.has_sibling:  # only a SiblingBranch reads it: one write less per call in every other branch
+            object.__setattr__(self, "last_keep", keep)
         out: Any = None
         if keep is not None and policy.execution == "compact":
             y = policy.compact(self, hidden, keep, args, kwargs)
@@ -210,7 +204,7 @@ def _parameter_names(module: nn.Module, values: tuple) -> tuple[str | None, ...]
     return tuple(names.get(id(v)) if isinstance(v, nn.Parameter) else None for v in values)
 
 
-class SiblingBranch(nn.Module):
+class SiblingBranch(BranchWrapper):
     """A module beside a layer's MLP that reads the MLP's input and whose output the layer adds to the MLP's
     (Granite-MoE-shared's ``shared_mlp``), run under that MLP branch's gate and keep mask: the gated branch is the sum.
 
@@ -224,6 +218,7 @@ class SiblingBranch(nn.Module):
         super().__init__()
         self.branch = branch
         object.__setattr__(self, "leader", leader)  # not a submodule: the MLP's weights stay under its own name
+        leader.has_sibling = True  # so the leader keeps its keep mask for this module's forward
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -237,41 +232,14 @@ class SiblingBranch(nn.Module):
         return y if g is None else y * g
 
 
-def _residual_position(module: nn.Module) -> int | None:
-    """Where ``module``'s forward takes a ``residual`` argument it adds to its output (Bloom, MPT), else None."""
-    return _residual_position_in(type(module))
-
-
-@functools.cache
-def _residual_position_in(cls: type) -> int | None:
-    """:func:`_residual_position` of a module class (its forward's signature, read once per class)."""
-    parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
-    return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
-
-
-def given_residual(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The residual a call hands a branch that adds it to its output itself (Bloom, MPT; wrapped or not), else None."""
-    at = _residual_position(_unwrap(module))
-    if at is None:
-        return None
-    return kwargs[RESIDUAL] if RESIDUAL in kwargs else args[at] if len(args) > at else None
-
-
 def _zero_residual(args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
     """A branch call's arguments with its residual (position ``at``, or by keyword) replaced in place by a zero that
     broadcasts, and that residual: the branch then returns its own contribution alone."""
-    if RESIDUAL in kwargs:
-        residual = kwargs[RESIDUAL]
-        return args, {**kwargs, RESIDUAL: residual.new_zeros(())}, residual
-    residual = args[at]
-    return (*args[:at], residual.new_zeros(()), *args[at + 1 :]), kwargs, residual
-
-
-def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
-    """A branch's output container (tuple, list or named tuple) with ``first`` in place of its leading tensor."""
-    if hasattr(out, "_fields"):
-        return type(out)(first, *out[1:])
-    return type(out)([first, *out[1:]])
+    residual, by_keyword = _residual_argument(args, kwargs, at)
+    zero = residual.new_zeros(())
+    if by_keyword:
+        return args, {**kwargs, RESIDUAL: zero}, residual
+    return (*args[:at], zero, *args[at + 1 :]), kwargs, residual
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
@@ -296,277 +264,6 @@ def _nest_branch_keys(module: nn.Module, state_dict: dict, prefix: str, *args: A
         rest = key[len(prefix) :]
         if not rest.startswith((GATE_ATTR + ".", "branch.")):
             state_dict[prefix + "branch." + rest] = state_dict.pop(key)
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.branch if isinstance(module, (GatedBranch, SiblingBranch)) else module
-
-
-def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
-    """The child of ``layer`` named one of ``names``, else the single child whose class name ends in ``suffix``;
-    else that branch one level down, as ``"child.branch"``, in the one child holding it (DBRX keeps its attention in
-    ``norm_attn_norm``, a container of the pre-norms and the attention)."""
-    found = _child_branch(layer, names, suffix)
-    if found is not None:
-        return found
-    nested = [f"{n}.{b}" for n, c in layer.named_children() if not isinstance(c, GatedBranch)
-              for b in [_child_branch(c, names, suffix)] if b is not None]
-    return nested[0] if len(nested) == 1 else None
-
-
-def _child_branch(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
-    """The child of ``layer`` named one of ``names``, else the single child whose class name ends in ``suffix``."""
-    children = dict(layer.named_children())
-    for name in names:
-        if name in children:
-            return name
-    by_class = [n for n, c in children.items() if type(_unwrap(c)).__name__.endswith(suffix)]
-    return by_class[0] if len(by_class) == 1 else None
-
-
-def submodule(layer: nn.Module, attr: str) -> nn.Module:
-    """The module at ``attr`` of ``layer``: a child's name, or a dotted path to a grandchild (DBRX's attention)."""
-    return _get(layer, tuple(attr.split(".")))
-
-
-def _replace(layer: nn.Module, attr: str, module: nn.Module) -> None:
-    """Put ``module`` at ``attr`` of ``layer`` (a child name or a dotted path)."""
-    parent, _, name = attr.rpartition(".")
-    setattr(submodule(layer, parent) if parent else layer, name, module)
-
-
-def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
-    """The first ModuleList of identical blocks that each hold an attention and an MLP child, or grandchild inside one
-    child (breadth first)."""
-    inline = ""  # why blocks with attention but no MLP child were passed over
-    for path, module in sorted(model.named_modules(), key=lambda item: item[0].count(".") if item[0] else -1):
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(layer) for layer in module}) != 1:
-            continue
-        attrs = [(_branch_attr(layer, ATTENTION_NAMES, "Attention"), _branch_attr(layer, MLP_NAMES, "MLP"))
-                 for layer in module]
-        if all(a is not None and m is not None for a, m in attrs) and len(set(attrs)) == 1:
-            return tuple(path.split(".")), attrs[0][0], attrs[0][1]
-        if not inline and all(a is not None and m is None for a, m in attrs):
-            inline = _inline_mlp(module[0], attrs[0][0])
-    raise ValueError(
-        f"no decoder layer ModuleList with attention and MLP submodules found in {type(model).__name__}; {inline}"
-        f"looked for an nn.ModuleList of identical blocks each with an attention child (named one of {ATTENTION_NAMES} "
-        f"or the one child class named *Attention) and an MLP child (named one of {MLP_NAMES} or the one class named "
-        "*MLP)"
-    )
-
-
-def _inline_mlp(layer: nn.Module, attention: str) -> str:
-    """Why a block with an attention child but no MLP child has no MLP branch to gate (OPT, BioGPT, XGLM)."""
-    others = [n for n in dict(layer.named_children()) if n != attention.partition(".")[0]]
-    return (f"{type(layer).__name__} has attention {attention!r} but no MLP child: its own forward runs the "
-            "feed-forward inline, so no module returns the MLP output for a gate to scale (gating it would mean "
-            f"rewriting that forward); its other children are {others}; ")
-
-
-@torch.no_grad()
-def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) -> Architecture:
-    """Run two 3-token eval forwards with hooks on the first decoder layer to see how its branches reach the residual.
-
-    A child norm whose input is a branch's output is that branch's post-norm; if replacing the attention output
-    leaves the MLP input unchanged the layer is parallel; and the layer output must equal its input plus the two
-    branch contributions, otherwise the branches are not added to the residual stream and gating them would be wrong.
-    Where it does not, a child run after the MLP on the MLP's input whose output completes the sum is the MLP's
-    sibling (Granite-MoE-shared's ``shared_mlp``), gated with the MLP (:class:`SiblingBranch`).
-    """
-    layer = _get(model, path)[0]
-    record: dict[str, Any] = {}
-    branches = {attention.partition(".")[0], mlp.partition(".")[0]}  # DBRX's attention: its container's child
-    other = [(n, c) for n, c in layer.named_children() if n not in branches]
-
-    def first(args: tuple, kwargs: dict) -> Any:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def tensor(out: Any) -> Any:
-        """The output's leading tensor as it is now (a copy: Falcon adds the attention output to the MLP's in place)."""
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(f"a branch or layer of {type(model).__name__} returns {type(out).__name__}; labkit gates "
-                             "decoder layers whose branches return a tensor or a tuple/list starting with one")
-        return out.clone()
-
-    def on_child(name: str) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            if args or "hidden_states" in kwargs:
-                record.setdefault("children", []).append((name, first(args, kwargs), tensor(out), "mlp" in record))
-
-        return hook
-
-    def on_residual(role: str) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            residual = given_residual(module, args, kwargs)
-            if residual is not None:
-                record[f"{role}_residual"] = residual.clone()
-
-        return hook
-
-    def on_attn(module: nn.Module, args: tuple, out: Any) -> Any:
-        record["attn"] = tensor(out)
-        if record.get("perturb"):
-            return with_first(out, tensor(out) + 1.0) if isinstance(out, (tuple, list)) else out + 1.0
-        return None
-
-    handles = [
-        layer.register_forward_pre_hook(lambda m, a, k: record.__setitem__("in", first(a, k)), with_kwargs=True),
-        layer.register_forward_hook(lambda m, a, out: record.__setitem__("out", tensor(out))),
-        submodule(layer, attention).register_forward_hook(on_attn),
-        submodule(layer, mlp).register_forward_hook(lambda m, a, out: record.__setitem__("mlp", tensor(out))),
-        submodule(layer, mlp).register_forward_pre_hook(
-            lambda m, a, k: record.__setitem__("mlp_in", first(a, k).clone()), with_kwargs=True
-        ),
-        *(c.register_forward_hook(on_child(n), with_kwargs=True) for n, c in other),
-        *(submodule(layer, attr).register_forward_pre_hook(on_residual(role), with_kwargs=True)
-          for role, attr in (("attn", attention), ("mlp", mlp))),
-    ]
-    try:
-        _probe_forward(model)
-        found = dict(record)
-        record.clear()
-        record["perturb"] = True
-        _probe_forward(model)
-    except Exception as error:
-        raise ValueError(f"could not run a probe forward of {type(model).__name__} on three tokens to find how its "
-                         f"branches reach the residual stream: {error}") from error
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [k for k in ("in", "out", "attn", "mlp", "mlp_in") if k not in found]
-    if missing:
-        raise ValueError(f"the probe forward of {type(model).__name__} never ran {missing} of {type(layer).__name__} "
-                         f"as single modules (its {attention!r} / {mlp!r} children are containers, not branches)")
-    for role in ("attn", "mlp"):  # a branch that adds the residual it is given (Bloom, MPT): its contribution alone
-        if f"{role}_residual" in found:
-            found[role] = found[role] - found[f"{role}_residual"]
-    children = found.get("children", [])
-    attention_norm = next((n for n, x, _, _ in children if _same(x, found["attn"]) and "norm" in n.lower()), None)
-    mlp_norm = next((n for n, x, _, _ in children if _same(x, found["mlp"]) and "norm" in n.lower()), None)
-    outputs = {n: y for n, _, y, _ in children}
-    a = outputs[attention_norm] if attention_norm else found["attn"]
-    m = outputs[mlp_norm] if mlp_norm else found["mlp"]
-    h_in, h_out = found["in"], found["out"]
-    a, m = (x.reshape(h_out.shape) if x.numel() == h_out.numel() else x for x in (a, m))  # Llama4's MoE: flattened
-    if not h_in.shape == h_out.shape == a.shape == m.shape:
-        raise ValueError(
-            f"{type(layer).__name__} in {type(model).__name__} does not map one residual stream to one: layer input "
-            f"{tuple(h_in.shape)}, output {tuple(h_out.shape)}, {attention!r} {tuple(a.shape)}, {mlp!r} "
-            f"{tuple(m.shape)} (several residual streams, e.g. hyper-connections, are not supported)")
-    side = _side_branches(children, h_out)
-    fit, error = _residual_fit(h_in, a, m, h_out, tuple(side.values()))
-    sibling = None
-    if error is not None and mlp_norm is None:  # a module beside the MLP, run after it on its input (shared_mlp)
-        beside = [(n, y) for n, x, y, after in children
-                  if after and "norm" not in n.lower() and _same(x, found["mlp_in"]) and y.shape == m.shape]
-        if len(beside) == 1 and _residual_fit(h_in, a, m + beside[0][1], h_out, tuple(side.values()))[1] is None:
-            sibling, error = beside[0][0], None
-    if error is not None:
-        raise ValueError(
-            f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
-            f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
-            f"{_fit_hint(found, fit, error <= 1e-3 * float(sum(x.abs().max() for x in (h_in, a, m))), attention, mlp)}"
-            f"the best fit h_out = {fit[0]:.3g} h_in + {fit[1]:.3g} attention + {fit[2]:.3g} mlp"
-            + "".join(f" + {c:.3g} {n}" for n, c in zip(side, fit[3:].tolist(), strict=True))
-            + f" misses by {error:.3g}; looked for h_out = α h_in + β attention + γ mlp (+ post-normed side "
-            "branches) with scalars α, β, γ != 0"
-        )
-    parallel = torch.equal(record["mlp_in"], found["mlp_in"])
-    return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel, sibling)
-
-
-def _same(x: Any, y: torch.Tensor) -> bool:
-    """Whether a probe's recorded input ``x`` holds the values of tensor ``y``."""
-    return isinstance(x, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
-
-
-def _residual_fit(
-    h_in: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_out: torch.Tensor, side: tuple[torch.Tensor, ...] = ()
-) -> tuple[torch.Tensor, float | None]:
-    """Least-squares scalars (α, β, γ, then one per ``side`` branch) of h_out = α h_in + β a + γ m + ..., and the miss
-    where the fit fails (None: it holds).
-
-    1, 1, 1 in most families; β = γ = a residual multiplier (Granite's muP, MiniCPM's depth scale); Gemma 4 scales the
-    whole sum by a per-layer scalar. Gating a branch scales its term whatever β or γ, and a skipped one adds nothing.
-    Ungated side branches add terms of their own (any coefficient).
-    """
-    terms = torch.stack([x.double().flatten() for x in (h_in, a, m, *side)], dim=1)
-    fit = torch.linalg.lstsq(terms, h_out.double().flatten()[:, None]).solution.flatten()
-    error = (h_out.double().flatten() - terms @ fit).abs().max()
-    scale = h_in.abs().max() + a.abs().max() + m.abs().max()
-    holds = error <= max(1e-4, 32 * torch.finfo(h_out.dtype).eps) * scale and (fit[:3].abs() > 1e-3).all()
-    return fit, None if holds else float(error)
-
-
-def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: str) -> str:
-    """What the probe saw that breaks h_out = α h_in + β attention + γ mlp, as clauses ending in "; " (or "")."""
-    hints = []
-    if abs(float(fit[0])) <= 1e-3:
-        one = [name for name, c in ((attention, fit[1]), (mlp, fit[2])) if abs(float(c) - 1) <= 1e-3]
-        if exact and len(one) == 1 and min(abs(float(fit[1])), abs(float(fit[2]))) <= 1e-3:
-            hints.append(f"{one[0]!r} returns the residual stream itself (it adds the residual inside: a residual "
-                         "sub-block), not a branch output")
-        else:
-            hints.append("the output does not keep the layer input (α ≈ 0): the layer rebuilds its residual stream "
-                         "from other inputs (e.g. an attention over earlier blocks' outputs)")
-    for role, name in (("attn", attention), ("mlp", mlp)):
-        hints += [f"its child {child!r} transforms the {name!r} output before the residual add (only a norm may)"
-                  for child, x, y, _ in found.get("children", [])
-                  if _same(x, found[role]) and "norm" not in child.lower() and not torch.equal(x, y)]  # not dropout
-    return "".join(f"{h}; " for h in hints)
-
-
-def _side_branches(children: list[tuple[str, Any, Any, bool]], h_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Outputs of a layer's post-normed side branches, by norm name: a child norm whose input is another (non-norm)
-    child's output, e.g. Gemma 3n / 4's per-layer-input projection. Each adds an ungated term to the residual."""
-    made = [y for n, _, y, _ in children if "norm" not in n.lower()]
-    return {n: y for n, x, y, _ in children
-            if "norm" in n.lower() and y.shape == h_out.shape and any(_same(x, o) for o in made)}
-
-
-def _probe_forward(model: nn.Module) -> None:
-    """One eval forward of three tokens (0, 1, 2) without a cache; training flags restored after."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    vocab = getattr(model.config, "vocab_size", None) or 2
-    try:
-        model(input_ids=(torch.arange(3, device=next(model.parameters()).device) % vocab)[None], use_cache=False)
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
-def _get(model: nn.Module, path: tuple[str, ...]) -> Any:
-    node = model
-    for attr in path:
-        node = getattr(node, attr)
-    return node
-
-
-def architecture(model: nn.Module) -> Architecture:
-    """Where ``model``'s decoder layers and branches are, found by structure (no list of model types).
-
-    Decoder layers: the first ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child (or
-    grandchild, DBRX); post-branch norms and a parallel residual are read from a probe forward (:func:`_probe`). A
-    model with gates returns the layout found when they were added. ValueError naming the class and what was looked
-    for otherwise.
-    """
-    found = model.__dict__.get(ARCH_ATTR)
-    if found is not None:
-        return found
-    path, attention, mlp = _find_layers(model)
-    return _probe(model, path, attention, mlp)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (or its base model)."""
-    found = model.__dict__.get(ARCH_ATTR)
-    return _get(model, found.layers if found is not None else _find_layers(model)[0])
 
 
 def gated_branches(model: nn.Module) -> list[GatedBranch]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from labkit import gate, skip
+from labkit import gate, layout, skip
 
 V, EOS, PAD, BOS = 64, 61, 62, 60  # tiny vocabulary and its special tokens (tokens() draws below BOS)
 
@@ -39,7 +39,7 @@ def check_round_trip(model: torch.nn.Module, folder: Path | str) -> None:
         expected_skipping = model(x).logits
     model.save_pretrained(folder)
     restored = gate.from_pretrained(folder, attn_implementation=model.config._attn_implementation).eval()
-    assert gate.architecture(restored) == gate.architecture(model)
+    assert layout.architecture(restored) == layout.architecture(model)
     torch.testing.assert_close(restored(x).logits, expected, atol=0.0, rtol=0.0)
     with skip.budget(restored, 0.3, measure_flops=False):
         torch.testing.assert_close(restored(x).logits, expected_skipping, atol=0.0, rtol=0.0)

@@ -30,7 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 import labkit
-from labkit import gate, skip
+from labkit import gate, layout, skip
 from labkit.skip import adapters, kv_cache
 from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
@@ -304,7 +304,7 @@ def check_generate(model: torch.nn.Module) -> None:
     assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
     for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
         torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
-    layers = len(gate.decoder_layers(model))  # layer 0 has no layer to copy from, nor has a layer of a new shape
+    layers = len(layout.decoder_layers(model))  # layer 0 has no layer to copy from, nor has a layer of a new shape
     computed = [3] + [2 if kv_cache.copy_source(cache, layer, model) is not None else 3 for layer in range(1, layers)]
     assert projected[len(projected) - 4 * layers :] == computed * 4, "compact decoding computed a skipped token's K/V"
 

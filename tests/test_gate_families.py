@@ -1,7 +1,7 @@
 """Residual gates and budgeted skipping on every decoder family add_gates finds by structure (labkit issue #13).
 
 Each family is a tiny random model built from its config (hidden 32, 2 layers, vocab 64; nothing downloaded). The
-``expect`` column is the layout :func:`labkit.gate.architecture` must find: post-branch norms where the family
+``expect`` column is the layout :func:`labkit.layout.architecture` must find: post-branch norms where the family
 normalises a branch output before the residual add, and GPT-NeoX's parallel residual.
 """
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from labkit import gate, skip
+from labkit import gate, layout, skip
 from labkit.skip import adapters, compact, kv_cache
 from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
@@ -138,9 +138,9 @@ def test_layout_found_by_structure_and_open_gates_equal_ungated(family):
     model = build(family)
     x = tokens()
     dense = model(x).logits
-    arch = gate.architecture(model)
+    arch = layout.architecture(model)
     assert (arch.attention, arch.mlp, arch.attention_norm, arch.mlp_norm, arch.parallel) == FAMILIES[family][3]
-    assert len(gate.decoder_layers(model)) == 2
+    assert len(layout.decoder_layers(model)) == 2
     gate.add_gates(model)
     assert [b.name for b in gate.gated_branches(model)] == ["0.attn", "0.mlp", "1.attn", "1.mlp"]
     torch.testing.assert_close(model(x).logits, dense, atol=0.1, rtol=0.0)  # sigmoid(5) = 0.993
@@ -159,7 +159,7 @@ def test_layout_found_by_structure_and_open_gates_equal_ungated(family):
     assert not gate.gated_branches(model)
     for norm in (arch.attention_norm, arch.mlp_norm):  # the post-norm hooks are gone too
         if norm is not None:
-            assert not getattr(gate.decoder_layers(model)[0], norm)._forward_hooks
+            assert not getattr(layout.decoder_layers(model)[0], norm)._forward_hooks
 
 
 def test_gate_scales_what_the_residual_receives(family):
@@ -170,7 +170,7 @@ def test_gate_scales_what_the_residual_receives(family):
             b.residual_gate.linear.weight.zero_()
             b.residual_gate.linear.bias.fill_(-40.0)
     seen = []
-    layer = gate.decoder_layers(model)[1]
+    layer = layout.decoder_layers(model)[1]
     hook = layer.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
     pre = layer.register_forward_pre_hook(
         lambda m, a, k: seen.append(k.get("hidden_states", a[0] if a else None)), with_kwargs=True
@@ -182,15 +182,15 @@ def test_gate_scales_what_the_residual_receives(family):
     # A scalar gate of 0.5 halves what layer 0's attention adds to the residual (its input is the same as without
     # gates). Gating before a post-norm instead would be (partly) undone by the norm.
     model = build(family)
-    arch = gate.architecture(model)
+    arch = layout.architecture(model)
 
     def contribution() -> torch.Tensor:
         added = []
-        module = gate.submodule(gate.decoder_layers(model)[0], arch.attention_norm or arch.attention)
+        module = layout.submodule(layout.decoder_layers(model)[0], arch.attention_norm or arch.attention)
 
         def hook(m: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             y = out[0] if isinstance(out, tuple) else out
-            residual = gate.given_residual(m, args, kwargs)  # Bloom's attention returns residual + its contribution
+            residual = layout.given_residual(m, args, kwargs)  # Bloom's attention returns residual + its contribution
             added.append(y if residual is None else y - residual)
 
         hook = module.register_forward_hook(hook, with_kwargs=True)
@@ -296,15 +296,15 @@ def test_sliding_window_longer_than_the_window():
 def test_detection_finds_the_layout_of_every_family_decoder_lm_builds_and_base_models_work():
     from labkit.models.decoder_lm import ARCHS, build_causal_lm
 
-    layouts = {"llama": gate.Architecture(("model", "layers"), "self_attn", "mlp"),
-               "qwen2": gate.Architecture(("model", "layers"), "self_attn", "mlp"),
-               "gpt2": gate.Architecture(("transformer", "h"), "attn", "mlp")}
+    layouts = {"llama": layout.Architecture(("model", "layers"), "self_attn", "mlp"),
+               "qwen2": layout.Architecture(("model", "layers"), "self_attn", "mlp"),
+               "gpt2": layout.Architecture(("transformer", "h"), "attn", "mlp")}
     assert set(layouts) == set(ARCHS)
     for arch, expected in layouts.items():
         model = build_causal_lm(arch, vocab_size=16, hidden_size=32, n_layers=2, n_heads=2, seed=0).eval()
-        assert gate.architecture(model) == expected
+        assert layout.architecture(model) == expected
     base = build("llama").model  # LlamaModel: the layers sit directly on it
-    assert gate.architecture(base).layers == ("layers",)
+    assert layout.architecture(base).layers == ("layers",)
     gate.add_gates(base)
     assert len(gate.gated_branches(base)) == 4
     base(tokens())
@@ -357,6 +357,21 @@ def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():
         torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
 
 
+def test_the_shared_mlp_is_skipped_with_the_mlp_it_sits_beside():
+    """Granite-MoE-shared's shared_mlp (a SiblingBranch) runs under its MLP's keep mask: a token the MLP skips gets
+    nothing from either. Only a branch with such a sibling keeps its keep mask after its forward."""
+    model = gated("granitemoeshared")
+    layer = layout.decoder_layers(model)[0]
+    outputs = []
+    layer.shared_mlp.register_forward_hook(lambda module, args, out: outputs.append(out))
+    with torch.no_grad(), skip.budget(model, 0.5, measure_flops=False):
+        model(tokens())
+        keep = layer.block_sparse_moe.last_keep
+    assert keep is not None and not keep.all() and keep.any()
+    assert not outputs[0][~keep].any() and outputs[0][keep].abs().sum() > 0
+    others = [b for b in gate.gated_branches(model) if b is not layer.block_sparse_moe and b.role == "attn"]
+    assert others and all(b.last_keep is None for b in others)
+
 def test_a_skipped_step_s_zeros_stay_zero_when_a_family_adds_into_the_mlp_output():
     """Falcon adds its attention output into the MLP output in place: where a decoding step skips every row's MLP
     (step scope, ungated random skipping) the reused zeros are made again, never read back as a sum."""
@@ -390,7 +405,7 @@ def test_compact_refuses_inputs_its_adapters_do_not_apply():
     """A cache slot per recurrent cycle (HRM) may not show in the 3-token probe; compact execution names the input
     instead of computing without it."""
     model = build("llama")
-    attn = gate.decoder_layers(model)[1].self_attn
+    attn = layout.decoder_layers(model)[1].self_attn
     hidden, keep = torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
     with pytest.raises(ValueError, match="LlamaAttention: it takes 'cycle_offset' .*execution='masked'"):
         compact.compact_attention(attn, hidden, keep, {"cycle_offset": 0})
@@ -401,7 +416,7 @@ def test_compact_applies_the_query_scale_a_layer_is_handed():
     3-token probe may not show: compact attention scales each kept query by it, so a scale of 2 acts as a softmax
     scale twice as large."""
     model = build("llama")
-    attn = gate.decoder_layers(model)[1].self_attn
+    attn = layout.decoder_layers(model)[1].self_attn
     hidden, keep = torch.randn(2, 4, 32), torch.tensor([[True, False, True, True], [False, True, True, False]])
     with torch.no_grad():
         scaled = compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.full((1, 1, 4, 1), 2.0)})
@@ -444,7 +459,7 @@ def test_compact_returns_the_output_bias_the_layer_adds():
     rope = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
     config = transformers.GPTNeoXJapaneseConfig(**{**COMMON, "rope_parameters": rope})
     model = transformers.GPTNeoXJapaneseForCausalLM._from_config(config).eval()
-    bias = gate.decoder_layers(model)[1].attention.dense_bias
+    bias = layout.decoder_layers(model)[1].attention.dense_bias
     with torch.no_grad():
         bias.normal_()
     model = randomize_gates(gate.add_gates(model))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from labkit import gate as gate_lib
+from labkit import layout
 from labkit.config import NonNegative, check_value, number_in_range, renamed
 from labkit.profile import count_flops
 from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step
@@ -275,7 +276,7 @@ class _Policy:
             if branch.role == "mlp":
                 return zeros
         if branch.role == "mlp":
-            return compact_mlp(branch.branch, hidden, keep, gate_lib.given_residual(branch.branch, args, kwargs))
+            return compact_mlp(branch.branch, hidden, keep, layout.given_residual(branch.branch, args, kwargs))
         return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
@@ -469,7 +470,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
             own = module(*args, **kwargs)  # as the layer called it (CTRL passes its input as v, k and q)
             own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
             if branch.role == "mlp":
-                out = compact_mlp(module, hidden, keep, gate_lib.given_residual(module, args, kwargs))
+                out = compact_mlp(module, hidden, keep, layout.given_residual(module, args, kwargs))
             else:
                 out = compact_attention(module, hidden, keep, kwargs)
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
@@ -548,7 +549,7 @@ def budget(
 
 
 def _branch_names(model: nn.Module, layers: Iterable[int | tuple[int, str] | str]) -> set[str]:
-    return branch_names(layers, len(gate_lib.decoder_layers(model)))
+    return branch_names(layers, len(layout.decoder_layers(model)))
 
 
 @contextlib.contextmanager

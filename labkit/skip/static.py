@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit import gate as gate_lib
+from labkit import layout
 
 BRANCH_ROLES = ("attn", "mlp")
 _ACCEPTED = "a layer index (3), a (layer, 'attn'|'mlp') pair ((3, 'mlp')) or a 'layer.role' string ('3.mlp')"
@@ -55,8 +55,8 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
     ``1 - cos(h_in, h_out)`` of the residual stream around each, averaged over the tokens of ``batches``."""
     if granularity not in ("branch", "layer"):
         raise ValueError(f"granularity must be 'branch' or 'layer', got {granularity!r}")
-    arch = gate_lib.architecture(model)
-    layers = gate_lib.decoder_layers(model)
+    arch = layout.architecture(model)
+    layers = layout.decoder_layers(model)
     sums: dict[str, float] = {}
     count = 0
     current: dict[str, torch.Tensor] = {}
@@ -71,7 +71,7 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
     def attn_out(i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             y = output[0] if isinstance(output, tuple) else output
-            residual = gate_lib.given_residual(module, args, kwargs)  # Bloom's attention returns it plus its own
+            residual = layout.given_residual(module, args, kwargs)  # Bloom's attention returns it plus its own
             current[f"{i}.attn"] = y if residual is None else y - residual
 
         return hook
@@ -84,7 +84,7 @@ def shortgpt_order(model: nn.Module, batches: Iterable[torch.Tensor | dict], gra
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_in(i), with_kwargs=True))
-        added = gate_lib.submodule(layer, arch.attention_norm or arch.attention)  # what the residual receives
+        added = layout.submodule(layer, arch.attention_norm or arch.attention)  # what the residual receives
         handles.append(added.register_forward_hook(attn_out(i), with_kwargs=True))
         handles.append(layer.register_forward_hook(layer_out(i), with_kwargs=True))
 
