@@ -386,8 +386,11 @@ def parameter_groups(model: nn.Module, lr: float, gate_lr: float = 0.0) -> list[
 
 
 def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor saved at ``path``: one ``.safetensors`` file, or a model folder (single file or shards)."""
     from safetensors.torch import load_file
 
+    if path.suffix == ".safetensors" and path.is_file():
+        return load_file(str(path))
     single = path / "model.safetensors"
     if single.exists():
         return load_file(str(single))
@@ -442,7 +445,8 @@ def _renamed_branch(key: str, saved: dict, expected: set[str]) -> str:
 
 
 def load_gates(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load the gate weights saved at ``path`` into a model that already has matching gates."""
+    """Load the gate weights saved at ``path`` into a model that already has matching gates: a saved gated model's
+    folder, or a ``.safetensors`` file of gate weights (a GateSkip report's ``artefacts.safetensors``)."""
     branches = gated_branches(model)
     if not branches or all(b.residual_gate is None for b in branches):
         raise ValueError(

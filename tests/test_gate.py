@@ -141,3 +141,18 @@ def test_bad_inputs(tmp_path):
         gate.from_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="lacks gate weights"):
         gate.load_gates(gate.add_gates(tiny()), tmp_path / "plain")
+
+
+def test_load_gates_from_one_safetensors_file(tmp_path):
+    """A file of gate weights alone (a GateSkip report's artefacts) loads like a saved gated model."""
+    from safetensors.torch import save_file
+
+    trained = gate.add_gates(tiny(), kind="scalar")
+    with torch.no_grad():
+        for b in gate.gated_branches(trained):
+            b.residual_gate.linear.weight.normal_()
+    state = {k: v for k, v in trained.state_dict().items() if f".{gate.GATE_ATTR}." in k}
+    save_file(state, str(tmp_path / "artefacts.safetensors"))
+    fresh = gate.load_gates(gate.add_gates(tiny(), kind="scalar"), tmp_path / "artefacts.safetensors")
+    for key, value in state.items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)

@@ -33,7 +33,7 @@ from labkit.experiments import Computed
 from labkit.experiments.gateskip.arms.finetune import finetune
 from labkit.experiments.gateskip.arms.grid import CONTROL, Spec, tuning_grid, tuning_runs
 from labkit.experiments.gateskip.arms.selection import quality_column, stage1_choice
-from labkit.experiments.gateskip.config import Config, tune_seeds
+from labkit.experiments.gateskip.config import Config
 from labkit.experiments.gateskip.data import (
     MC_OPTIONS,
     DictMC,
@@ -179,15 +179,10 @@ def _mc_job(args: tuple[Config, int, dict[str, torch.Tensor] | None, dict[str, A
     return out
 
 
-def _dictmc(
-    cfg: Config, seed: int, curves: pd.DataFrame, gates: pd.DataFrame, trained: list[StageOne], progress: bool
-) -> list[StageOne]:
-    """GCIDE multiple choice for the pretrained LM and the gates chosen on text (:func:`~.selection.stage1_choice`),
-    in four one-pass jobs; the trivial predictor guesses (1 / options per question)."""
-    choice = stage1_choice(curves, gates, cfg.premise_budgets[-1])
-    pick = choice[choice.chosen].iloc[0]
-    state = next(out.states[pick.steps] for out in trained if out.config == pick.config)
-    chosen = {"config": pick.config, "steps": int(pick.steps)}
+def _dictmc(cfg: Config, seed: int, state: dict[str, torch.Tensor], chosen: dict[str, Any], progress: bool
+            ) -> list[StageOne]:
+    """GCIDE multiple choice for the pretrained LM and the gates chosen on text (``state``, trained as ``chosen``
+    says), in four one-pass jobs; the trivial predictor guesses (1 / options per question)."""
     budget = cfg.premise_budgets[-1]
     args = [
         (cfg, seed, None, {"config": "", "steps": 0}, ("dense", None, 0.0)),
@@ -205,11 +200,11 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
     ``cfg.workers`` processes, on the first tuning seed; then, with ``dictmc``, the multiple-choice jobs of the
     chosen gates. Tables: ``premise_curves`` (per window or question: dense, trivial, and every configuration x stop
     x arm x budget), ``premise_gates`` (per window: gate shift and mean per configuration x stop), ``history``,
-    ``cost`` and ``provenance``."""
+    ``cost`` and ``provenance``; the chosen configuration's gate weights are its artefacts."""
     model, _ = pretrained.load(cfg.model)  # converts the GGUF once, before the workers read the converted copy
     parameters = sum(p.numel() for p in model.parameters())
     del model
-    seed = tune_seeds(cfg)[0]
+    seed = cfg.premise_seed
     inner = progress and cfg.workers == 1
     runs = [(spec, stops) for spec, stops in tuning_runs(tuning_grid(cfg)) if spec.family == "gateskip"]
     args = [(cfg, spec, stops, seed, inner) for spec, stops in runs] + [(cfg, seed)]  # the longest jobs first
@@ -218,8 +213,11 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
                          desc="gateskip stage 1", progress=progress)
     curves = pd.DataFrame([row for out in done for row in out.rows])
     gates = pd.DataFrame([row for out in done for row in out.gates])
+    choice = stage1_choice(curves, gates, cfg.premise_budgets[-1])
+    pick = choice[choice.chosen].iloc[0]
+    state = next(out.states[pick.steps] for out in done[: len(runs)] if out.config == pick.config)
     if "dictmc" in cfg.tasks:
-        done += _dictmc(cfg, seed, curves, gates, done[: len(runs)], progress)
+        done += _dictmc(cfg, seed, state, {"config": pick.config, "steps": int(pick.steps)}, progress)
     spec = pretrained.MODELS[cfg.model]
     provenance = {"model": cfg.model, "source": spec.source, "gguf": spec.gguf, "gguf_sha256": spec.gguf_sha256,
                   "parameters": parameters, "weights": "Q4_1 dequantized to float32", "seed": seed}
@@ -233,7 +231,7 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
         "provenance": pd.DataFrame([{"task": "text", **provenance, "data": json.dumps(done[len(runs)].provenance)}]),
     }
     timings = {phase: float(seconds) for phase, seconds in cost.groupby("phase").seconds.sum().items()}
-    return Computed(tables, {}, timings)
+    return Computed(tables, state, timings)  # the chosen gates, for gate.load_gates (benchmarks/gateskip_speed.py)
 
 
 def _dispatch(job: tuple[Any, Any]) -> StageOne:
