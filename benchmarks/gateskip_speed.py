@@ -4,7 +4,8 @@ Two models: ``--model smollm2`` (SmolLM2-135M-Instruct, the catalogued real pret
 ``labkit fetch smollm2`` first) or ``--model toy`` (a random-weight Llama built from a config). Gates are added
 untrained (init bias 5, weights spread so importances differ), so this measures speed and the quality cost of
 *untrained* rankings; ``--gates-from DIR`` loads trained scalar gates instead (``gateskip_pilot_gates.py`` trains a
-pilot set; the GateSkip SmolLM2 report's gates once it exists).
+pilot set; ``reports/gateskip/cpu/artefacts.safetensors`` holds the gates the GateSkip SmolLM2 report chose, trained
+with the first token protected: pass ``--protect 1`` with them).
 
 Masked execution (the paper's default) computes every branch and zeroes skipped tokens, so it cannot be faster than
 dense; compact execution gathers the kept tokens. Prefill uses the paper's batch-scope budget. Decoding is greedy,
@@ -186,7 +187,11 @@ def main() -> None:
     parser.add_argument("--gates", nargs="+", default=["scalar", "vector"], choices=["scalar", "vector"])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--gates-from", help="folder with trained scalar gates (model.safetensors) to load")
+    parser.add_argument("--gates-from", help="trained scalar gates to load: a saved model folder or a .safetensors "
+                        "file (the GateSkip cpu report's reports/gateskip/cpu/artefacts.safetensors)")
+    parser.add_argument("--protect", type=int, default=0,
+                        help="never skip the first N tokens of a row (skip.budget's protect; the gates of the GateSkip "
+                        "cpu report were trained with 1)")
     parser.add_argument("--profile", action="store_true", help="only profile batch-1 compact decoding at r = 0.5")
     args = parser.parse_args()
     if args.gates_from and args.gates != ["scalar"]:
@@ -207,7 +212,8 @@ def main() -> None:
         return skip.calibrate_thresholds(model, list(calibration.split(b)), r, scope)
 
     def policy(model: nn.Module, r: float, scope: str, execution: str, th: dict | None) -> Context:
-        return lambda: skip.budget(model, r, scope, execution, thresholds=th, measure_flops=False)
+        return lambda: skip.budget(model, r, scope, execution, thresholds=th, measure_flops=False,
+                                   protect=args.protect)
 
     if args.profile:
         model, b = models[args.gates[0]], 1
@@ -228,7 +234,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}")
     print(f"model: {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f} M parameters, "
           f"{len(layout.decoder_layers(dense))} layers, d={dense.config.hidden_size}); {dtype}; gates {args.gates}, "
-          f"{'trained, from ' + args.gates_from if args.gates_from else 'untrained'}")
+          f"{'trained, from ' + args.gates_from if args.gates_from else 'untrained'}; "
+          f"first {args.protect} tokens of a row protected")
 
     # -- speed: every variant timed round-robin in one process -------------------------------------------------------
     x = held_out_tokens(tokenizer, vocab, batch, length, 1, device)
@@ -247,7 +254,8 @@ def main() -> None:
             for execution in ("masked", "compact"):
                 calls["prefill", kind, r, execution] = forward(
                     models[kind], lambda m=models[kind], r=r, e=execution: skip.budget(m, r, execution=e,
-                                                                                     measure_flops=False))
+                                                                                     measure_flops=False,
+                                                                                     protect=args.protect))
     decode_thresholds = {}
     for b in args.decode_batches:
         prompt = held_out_tokens(tokenizer, vocab, b, prompt_len, 1, device)
@@ -289,7 +297,7 @@ def main() -> None:
                                                   stats.skipped_fraction)
         for kind in args.gates:
             logits, stats = prefill_logits(models[kind], windows, lambda m=models[kind], r=r: skip.budget(
-                m, r, execution="compact", measure_flops=False))
+                m, r, execution="compact", measure_flops=False, protect=args.protect))
             quality_rows["prefill", kind, r] = (*quality(logits, prefill_reference, windows, 1),
                                                 stats.skipped_fraction)
         logits, stats = teacher_forced(
