@@ -22,20 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import layout
 from labkit.config import Count, check_value, number_in_range, renamed
-from labkit.layout import (
-    ARCH_ATTR,
-    RESIDUAL,
-    BranchWrapper,
-    _get,
-    _probe_forward,
-    _replace,
-    _residual_argument,
-    _residual_position,
-    architecture,
-    submodule,
-    with_first,
-)
+from labkit.layout import RESIDUAL, BranchWrapper
 
 GATE_KINDS = ("vector", "scalar", "none")
 PENALTY_KINDS = ("l2", "l1", "kl")
@@ -125,7 +114,7 @@ class GatedBranch(BranchWrapper):
         self.probe: tuple[torch.Tensor, tuple, dict] | None = None  # (input, arguments, keyword arguments) of it
         self.compact_error: str | None = None  # why compact execution cannot reproduce this branch (None: it can)
         self.compact_checked = False  # compact execution was compared with the probe (labkit.skip does it once)
-        self.residual_at = _residual_position(type(branch))  # the branch returns residual + F(u) itself (Bloom, MPT)
+        self.residual_at = layout.residual_position(type(branch))  # it returns residual + F(u) itself (Bloom, MPT)
         self.register_state_dict_post_hook(_flatten_branch_keys)
         self.register_load_state_dict_pre_hook(_nest_branch_keys)
 
@@ -156,7 +145,7 @@ class GatedBranch(BranchWrapper):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         residual = None
         if self.residual_at is not None:  # the branch gets a zero residual, so that F(u) alone is gated and masked
-            args, kwargs, residual = _zero_residual(args, kwargs, self.residual_at)
+            args, kwargs, residual = _zero_residual(self.branch, args, kwargs, self.residual_at)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         gate = self.residual_gate
         g = gate.forward(hidden) if gate is not None else None  # a gate has no hooks: skip the module-call overhead
@@ -195,7 +184,7 @@ class GatedBranch(BranchWrapper):
             policy.after(self, keep, kwargs)
         if rest is None:
             return y
-        return with_first(out, y) if out is not None else (y, *rest)  # the branch's own container (named tuples)
+        return layout.with_first(out, y) if out is not None else (y, *rest)  # the branch's own container (named tuples)
 
 
 def _parameter_names(module: nn.Module, values: tuple) -> tuple[str | None, ...]:
@@ -232,10 +221,13 @@ class SiblingBranch(BranchWrapper):
         return y if g is None else y * g
 
 
-def _zero_residual(args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
-    """A branch call's arguments with its residual (position ``at``, or by keyword) replaced in place by a zero that
-    broadcasts, and that residual: the branch then returns its own contribution alone."""
-    residual, by_keyword = _residual_argument(args, kwargs, at)
+def _zero_residual(branch: nn.Module, args: tuple, kwargs: dict, at: int) -> tuple[tuple, dict, torch.Tensor]:
+    """A call of ``branch``'s arguments with its residual (position ``at``, or by keyword) replaced in place by a zero
+    that broadcasts, and that residual: the branch then returns its own contribution alone."""
+    residual, by_keyword = layout.residual_argument(args, kwargs, at)
+    if residual is None:
+        raise ValueError(f"{type(branch).__name__} adds the residual it is given (argument {RESIDUAL!r}, position "
+                         f"{at}), but this call hands it none: labkit cannot gate its contribution alone")
     zero = residual.new_zeros(())
     if by_keyword:
         return args, {**kwargs, RESIDUAL: zero}, residual
@@ -283,30 +275,30 @@ def add_gates(
         raise ValueError(f"gate kind must be one of {GATE_KINDS}, got {kind!r}")
     if gated_branches(model):
         raise ValueError(f"{type(model).__name__} already has gates; call remove_gates(model) first")
-    arch = architecture(model)
+    arch = layout.architecture(model)
     if kind != "none":
         _check_init(init_bias, init_std)
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
     ref = next(model.parameters())
-    for index, layer in enumerate(_get(model, arch.layers)):
+    for index, layer in enumerate(layout.at_path(model, arch.layers)):
         for role, attr, norm in (("attn", arch.attention, arch.attention_norm), ("mlp", arch.mlp, arch.mlp_norm)):
             gate = None
             if kind != "none":
                 gate = ResidualGate(hidden, kind, init_bias, init_std, detach_input).to(ref.device, ref.dtype)
-            wrapped = GatedBranch(submodule(layer, attr), gate, index, role).train(layer.training)
+            wrapped = GatedBranch(layout.submodule(layer, attr), gate, index, role).train(layer.training)
             if norm is not None:
                 wrapped.attach_post_norm(getattr(layer, norm))
-            _replace(layer, attr, wrapped)
+            layout.replace_submodule(layer, attr, wrapped)
         if arch.mlp_sibling is not None:
-            sibling = SiblingBranch(submodule(layer, arch.mlp_sibling), submodule(layer, arch.mlp))
-            _replace(layer, arch.mlp_sibling, sibling)
-    model.__dict__[ARCH_ATTR] = arch
+            sibling = SiblingBranch(layout.submodule(layer, arch.mlp_sibling), layout.submodule(layer, arch.mlp))
+            layout.replace_submodule(layer, arch.mlp_sibling, sibling)
+    model.__dict__[layout.ARCH_ATTR] = arch
     branches = gated_branches(model)
     for b in branches:
         b.record_probe = True
     try:  # every branch sees one forward: it knows what it returns, and what compact execution must reproduce
         with torch.no_grad():
-            _probe_forward(model)
+            layout.probe_forward(model)
     finally:
         for b in branches:
             b.record_probe = False
@@ -322,15 +314,15 @@ def remove_gates(model: nn.Module) -> nn.Module:
     """Undo :func:`add_gates`: put the original branch modules back (their trained weights kept)."""
     if not gated_branches(model):
         raise ValueError(f"{type(model).__name__} has no gates to remove")
-    arch = architecture(model)
-    for layer in _get(model, arch.layers):
+    arch = layout.architecture(model)
+    for layer in layout.at_path(model, arch.layers):
         for attr in (arch.attention, arch.mlp, arch.mlp_sibling):
-            wrapped = submodule(layer, attr) if attr is not None else None
+            wrapped = layout.submodule(layer, attr) if attr is not None else None
             if isinstance(wrapped, GatedBranch):
                 wrapped.detach_post_norm()
             if isinstance(wrapped, (GatedBranch, SiblingBranch)):
-                _replace(layer, attr, wrapped.branch)
-    model.__dict__.pop(ARCH_ATTR, None)
+                layout.replace_submodule(layer, attr, wrapped.branch)
+    model.__dict__.pop(layout.ARCH_ATTR, None)
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
     return model
@@ -389,7 +381,9 @@ def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor saved at ``path``: one ``.safetensors`` file, or a model folder (single file or shards)."""
     from safetensors.torch import load_file
 
-    if path.suffix == ".safetensors" and path.is_file():
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"no gate weights file {path}")
         return load_file(str(path))
     single = path / "model.safetensors"
     if single.exists():
@@ -446,7 +440,7 @@ def _renamed_branch(key: str, saved: dict, expected: set[str]) -> str:
 
 def load_gates(model: nn.Module, path: str | Path) -> nn.Module:
     """Load the gate weights saved at ``path`` into a model that already has matching gates: a saved gated model's
-    folder, or a ``.safetensors`` file of gate weights (a GateSkip report's ``artefacts.safetensors``)."""
+    folder, or a ``.safetensors`` file of gate weights (a GateSkip stage-1 report's ``artefacts.safetensors``)."""
     branches = gated_branches(model)
     if not branches or all(b.residual_gate is None for b in branches):
         raise ValueError(

@@ -65,7 +65,7 @@ def architecture(model: nn.Module) -> Architecture:
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a causal LM (or its base model)."""
     found = model.__dict__.get(ARCH_ATTR)
-    return _get(model, found.layers if found is not None else _find_layers(model)[0])
+    return at_path(model, found.layers if found is not None else _find_layers(model)[0])
 
 
 def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
@@ -134,9 +134,9 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     leaves the MLP input unchanged the layer is parallel; and the layer output must equal its input plus the two
     branch contributions, otherwise the branches are not added to the residual stream and gating them would be wrong.
     Where it does not, a child run after the MLP on the MLP's input whose output completes the sum is the MLP's
-    sibling (Granite-MoE-shared's ``shared_mlp``), gated with the MLP (:class:`SiblingBranch`).
+    sibling (Granite-MoE-shared's ``shared_mlp``), gated with the MLP (:class:`~labkit.gate.SiblingBranch`).
     """
-    layer = _get(model, path)[0]
+    layer = at_path(model, path)[0]
     record: dict[str, Any] = {}
     branches = {attention.partition(".")[0], mlp.partition(".")[0]}  # DBRX's attention: its container's child
     other = [(n, c) for n, c in layer.named_children() if n not in branches]
@@ -187,11 +187,11 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
           for role, attr in (("attn", attention), ("mlp", mlp))),
     ]
     try:
-        _probe_forward(model)
+        probe_forward(model)
         found = dict(record)
         record.clear()
         record["perturb"] = True
-        _probe_forward(model)
+        probe_forward(model)
     except Exception as error:
         raise ValueError(f"could not run a probe forward of {type(model).__name__} on three tokens to find how its "
                          f"branches reach the residual stream: {error}") from error
@@ -291,7 +291,7 @@ def _side_branches(children: list[tuple[str, Any, Any, bool]], h_out: torch.Tens
             if "norm" in n.lower() and y.shape == h_out.shape and any(_same(x, o) for o in made)}
 
 
-def _probe_forward(model: nn.Module) -> None:
+def probe_forward(model: nn.Module) -> None:
     """One eval forward of three tokens (0, 1, 2) without a cache; training flags restored after."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -304,14 +304,14 @@ def _probe_forward(model: nn.Module) -> None:
 
 
 @functools.cache
-def _residual_position(cls: type) -> int | None:
+def residual_position(cls: type) -> int | None:
     """Where the forward of module class ``cls`` takes a ``residual`` argument it adds to its output (Bloom, MPT), else
     None; the signature is read once per class."""
     parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
     return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
 
 
-def _residual_argument(args: tuple, kwargs: dict, at: int) -> tuple[torch.Tensor | None, bool]:
+def residual_argument(args: tuple, kwargs: dict, at: int) -> tuple[torch.Tensor | None, bool]:
     """The residual a branch call hands over, by keyword or else at position ``at`` (None where it hands none), and
     whether it came by keyword."""
     if RESIDUAL in kwargs:
@@ -321,8 +321,8 @@ def _residual_argument(args: tuple, kwargs: dict, at: int) -> tuple[torch.Tensor
 
 def given_residual(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The residual a call hands a branch that adds it to its output itself (Bloom, MPT; wrapped or not), else None."""
-    at = _residual_position(type(_unwrap(module)))
-    return None if at is None else _residual_argument(args, kwargs, at)[0]
+    at = residual_position(type(_unwrap(module)))
+    return None if at is None else residual_argument(args, kwargs, at)[0]
 
 
 def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
@@ -334,16 +334,16 @@ def with_first(out: tuple | list, first: torch.Tensor) -> tuple | list:
 
 def submodule(layer: nn.Module, attr: str) -> nn.Module:
     """The module at ``attr`` of ``layer``: a child's name, or a dotted path to a grandchild (DBRX's attention)."""
-    return _get(layer, tuple(attr.split(".")))
+    return at_path(layer, tuple(attr.split(".")))
 
 
-def _replace(layer: nn.Module, attr: str, module: nn.Module) -> None:
+def replace_submodule(layer: nn.Module, attr: str, module: nn.Module) -> None:
     """Put ``module`` at ``attr`` of ``layer`` (a child name or a dotted path)."""
     parent, _, name = attr.rpartition(".")
     setattr(submodule(layer, parent) if parent else layer, name, module)
 
 
-def _get(model: nn.Module, path: tuple[str, ...]) -> Any:
+def at_path(model: nn.Module, path: tuple[str, ...]) -> Any:
     node = model
     for attr in path:
         node = getattr(node, attr)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from labkit import gate
 from labkit.models.decoder_lm import build_causal_lm
@@ -144,9 +145,8 @@ def test_bad_inputs(tmp_path):
 
 
 def test_load_gates_from_one_safetensors_file(tmp_path):
-    """A file of gate weights alone (a GateSkip report's artefacts) loads like a saved gated model."""
-    from safetensors.torch import save_file
-
+    """A file of gate weights alone (a GateSkip stage-1 report's artefacts) loads like a saved gated model; a missing
+    file is named."""
     trained = gate.add_gates(tiny(), kind="scalar")
     with torch.no_grad():
         for b in gate.gated_branches(trained):
@@ -156,3 +156,5 @@ def test_load_gates_from_one_safetensors_file(tmp_path):
     fresh = gate.load_gates(gate.add_gates(tiny(), kind="scalar"), tmp_path / "artefacts.safetensors")
     for key, value in state.items():
         torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="no gate weights file .*missing.safetensors"):
+        gate.load_gates(fresh, tmp_path / "missing.safetensors")

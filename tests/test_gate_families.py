@@ -372,6 +372,7 @@ def test_the_shared_mlp_is_skipped_with_the_mlp_it_sits_beside():
     others = [b for b in gate.gated_branches(model) if b is not layer.block_sparse_moe and b.role == "attn"]
     assert others and all(b.last_keep is None for b in others)
 
+
 def test_a_skipped_step_s_zeros_stay_zero_when_a_family_adds_into_the_mlp_output():
     """Falcon adds its attention output into the MLP output in place: where a decoding step skips every row's MLP
     (step scope, ungated random skipping) the reused zeros are made again, never read back as a sum."""

@@ -145,8 +145,13 @@ def test_held_out_windows_never_overlap_and_too_many_is_a_clear_error():
     stream = torch.arange(40)
     starts = data.disjoint_windows(stream, 5, 8, torch.Generator().manual_seed(0))[:, 0]
     assert sorted(starts.tolist()) == [0, 8, 16, 24, 32]  # all five non-overlapping windows, each once
-    with pytest.raises(ValueError, match=r"'eval_size' \(6\) needs 6 non-overlapping windows of 8 tokens; .* has 5"):
+    with pytest.raises(ValueError, match=r"'eval_size' \(6\) of part 0 needs 6 non-overlapping windows of 8 tokens"):
         data.disjoint_windows(stream, 6, 8, torch.Generator())
+    parts = [set(data.disjoint_windows(stream, 2, 8, torch.Generator().manual_seed(0), part)[:, 0].tolist())
+             for part in (0, 1)]  # two seeds' windows: disjoint
+    assert len(parts[0] | parts[1]) == 4
+    with pytest.raises(ValueError, match=r"of part 2 needs 6 "):
+        data.disjoint_windows(stream, 2, 8, torch.Generator(), 2)
 
 
 def test_dictmc_skips_the_budget_of_real_tokens_not_of_padding():

@@ -118,14 +118,50 @@ def test_protect_keeps_the_first_real_tokens_counting_past_ones():
         assert rec["keep"][0, :2].all() and rec["keep"][1, 3:5].all()
         assert not rec["keep"][0, 2:].all()
     assert stats.skipped_fraction == pytest.approx(9 / 13)  # floor(0.9 x 13 real) = 11, capped by the 9 eligible
-    with torch.no_grad():  # a cached continuation: its tokens sit at positions 1-4, none protected
+    with torch.no_grad():  # a cached continuation: its tokens sit at positions 1-4, so protect=2 keeps only the first
         past = kv_cache.output_cache(model(x[:1, :1], use_cache=True))
-        with skip.budget(model, 0.5, record=True, measure_flops=False, protect=1) as stats:
+        with skip.budget(model, 0.75, record=True, measure_flops=False, protect=2) as stats:
             model(x[:1, 1:5], cache=past, use_cache=True)
-    assert all((~rec["keep"]).sum() == 2 for rec in stats.records.values())
+    assert all(rec["keep"][0].tolist() == [True, False, False, False] for rec in stats.records.values())
+
+
+def test_protect_in_left_padded_generation_and_its_refusals():
+    model = gated()
+    prompt = tokens(2, 6)
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0
+    prompt[1, :2] = PAD
+    firsts = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, k: firsts.append(k["attention_mask"].shape[1]), with_kwargs=True)
+    with skip.budget(model, 0.5, scope="batch", record=True, measure_flops=False, protect=5) as stats:
+        model.generate(prompt, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    hook.remove()
+    assert firsts[:2] == [6, 7]  # the 2-D mask grows with the cache: positions count past tokens
+    # the last step's tokens: row 0 at position 7, row 1 at position 5 (two pads before): neither protected by 5
+    assert all(not rec["keep"].all() for rec in stats.records.values())
+    with pytest.raises(ValueError, match="protect=1 needs a 2-D attention mask over the 0 cached and 6 new"):
+        with skip.budget(model, 0.5, measure_flops=False, protect=1):
+            model(prompt, attention_mask=mask[:, None, None, :].float())
+    with pytest.raises(ValueError, match="protect=1 needs the forward's input_ids"):
+        with skip.budget(model, 0.5, measure_flops=False, protect=1):
+            model(inputs_embeds=model.get_input_embeddings()(prompt))
     with pytest.raises(ValueError, match="protect"):
         with skip.budget(model, 0.5, protect=-1):
             pass
+
+
+def test_copy_source_refuses_a_cache_without_the_layer():
+    model = gated()
+    cache = kv_cache.output_cache(model(tokens(1, 3), use_cache=True))
+
+    class NoLayers:
+        pass
+
+    with pytest.raises(kv_cache.CacheLayoutError, match="expected a KV cache with a layer 5, found 2 layers"):
+        kv_cache.copy_source(cache, 5, model)
+    with pytest.raises(kv_cache.CacheLayoutError, match="without `.layers`"):
+        kv_cache.copy_source(NoLayers(), 1, model)
 
 
 def test_single_sequence_decoding_batch_scope_skips_nothing_sequence_scope_uses_thresholds():

@@ -52,35 +52,38 @@ def self_attention_cache(cache: Any) -> Any:
     return getattr(cache, "self_attention_cache", cache)
 
 
-def _kv(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Layer ``layer``'s cached ``(keys, values)`` when the cache has that layer and it holds 4-D tensors, else None."""
+def _layers(cache: Any, layer: int, model: Any) -> list:
+    """The cache's per-layer entries, which reach layer ``layer``; CacheLayoutError naming what it holds otherwise."""
     layers = getattr(self_attention_cache(cache), "layers", None)
     if layers is None or layer >= len(layers):
-        return None
-    keys, values = getattr(layers[layer], "keys", None), getattr(layers[layer], "values", None)
+        held = f"{len(layers)} layers" if layers is not None else f"a {type(cache).__name__} without `.layers`"
+        raise CacheLayoutError(f"{where(model)}: expected a KV cache with a layer {layer}, found {held}")
+    return layers
+
+
+def _kv(entry: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A cache layer's ``(keys, values)`` when it holds 4-D tensors, else None."""
+    keys, values = getattr(entry, "keys", None), getattr(entry, "values", None)
     ok = torch.is_tensor(keys) and torch.is_tensor(values) and keys.dim() == 4 and values.dim() == 4
     return (keys, values) if ok else None
 
 
 def layer_kv(cache: Any, layer: int, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``layer``'s cached ``(keys, values)``, each (B, heads, S, head_dim); CacheLayoutError if there are none."""
-    found = _kv(cache, layer)
-    if found is not None:
-        return found
-    layers = getattr(self_attention_cache(cache), "layers", None)
-    if layers is None or layer >= len(layers):
-        held = f"{len(layers)} layers" if layers is not None else f"a {type(cache).__name__} without `.layers`"
-        raise CacheLayoutError(f"{where(model)}: expected a KV cache with a layer {layer}, found {held}")
-    keys = getattr(layers[layer], "keys", None)
-    shape = tuple(keys.shape) if torch.is_tensor(keys) else keys
-    raise CacheLayoutError(f"{where(model)}: cache layer {layer} ({type(layers[layer]).__name__}) has no "
-                           f"(batch, heads, tokens, head_dim) keys/values; found keys {shape}")
+    entry = _layers(cache, layer, model)[layer]
+    found = _kv(entry)
+    if found is None:
+        keys = getattr(entry, "keys", None)
+        shape = tuple(keys.shape) if torch.is_tensor(keys) else keys
+        raise CacheLayoutError(f"{where(model)}: cache layer {layer} ({type(entry).__name__}) has no "
+                               f"(batch, heads, tokens, head_dim) keys/values; found keys {shape}")
+    return found
 
 
-def _held(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Layer ``layer``'s cached (keys, values) when it holds some, else None (empty, or a placeholder layer such as
-    Gemma 4's KV-shared ones)."""
-    found = _kv(cache, layer)
+def _held(entry: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A cache layer's (keys, values) when it holds some, else None (empty, or a placeholder layer such as Gemma 4's
+    KV-shared ones)."""
+    found = _kv(entry)
     return found if found is not None and found[0].shape[-2] > 0 else None
 
 
@@ -98,11 +101,12 @@ def copy_source(
     fixed per model, so the answer is found once per cache and layer (a decoding step asks it at every branch)."""
     known = _SOURCES.setdefault(cache, {})
     if layer not in known:
-        own = _held(cache, layer)
+        layers = _layers(cache, layer, model)
+        own = _held(layers[layer])
         if own is None and entries is None:
             own = layer_kv(cache, layer, model)  # raises, naming what the layer holds
         keys, values = own if own is not None else entries()
-        earlier = ((s, _held(cache, s)) for s in range(layer - 1, -1, -1))
+        earlier = ((s, _held(layers[s])) for s in range(layer - 1, -1, -1))
         known[layer] = next((s for s, held in earlier if held is not None and all(
             a.shape[1] == b.shape[1] and a.shape[-1] == b.shape[-1]
             for a, b in zip((keys, values), held, strict=True))), None)

@@ -122,11 +122,14 @@ class _Policy:
         self.key_valid = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
         self.valid = self.eligible = None
         name, cache = find_cache(kwargs)
+        if self.protect and not torch.is_tensor(ids):
+            raise ValueError(f"protect={self.protect} needs the forward's input_ids to place its tokens; got "
+                             f"{type(ids).__name__} (inputs_embeds are not supported)")
         if torch.is_tensor(ids):
             T = ids.shape[1]
             exempt = torch.isin(ids, self.exempt_ids.to(ids.device)) if self.exempt_ids.numel() else None
             if self.protect:
-                first = self._positions(ids, cache) < self.protect
+                first = self._positions(ids, mask, cache) < self.protect
                 exempt = first if exempt is None else exempt | first
             self.valid = self.key_valid[:, -T:] if self.key_valid is not None else None
             self.n_valid = int(self.valid.sum()) if self.valid is not None else ids.numel()
@@ -139,14 +142,19 @@ class _Policy:
             saved = dict(kwargs, **{name: copy.deepcopy(cache)}) if name is not None else dict(kwargs)
             self.calls.append({"args": args, "kwargs": saved, "keeps": []})
 
-    def _positions(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    def _positions(self, ids: torch.Tensor, mask: Any, cache: Any) -> torch.Tensor:
         """(B, T) place of each token of this forward among its row's real tokens, earlier (cached) ones included:
-        counted along the attention mask where there is one, else from the cache's length."""
+        counted along a 2-D attention mask over past and current tokens where there is one, else from the cache's
+        length. A mask of another shape could not place left-padded rows: ValueError."""
         T = ids.shape[1]
-        if self.key_valid is not None:
-            return (self.key_valid.long().cumsum(1) - 1)[:, -T:]
         past = cache.get_seq_length() if cache is not None else 0
-        return (past + torch.arange(T, device=ids.device)).expand_as(ids)
+        if mask is None:
+            return (past + torch.arange(T, device=ids.device)).expand_as(ids)
+        if self.key_valid is None or self.key_valid.shape[1] != past + T:
+            shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f"protect={self.protect} needs a 2-D attention mask over the {past} cached and {T} new "
+                             f"tokens (batch, {past + T}), or none; got {shape}")
+        return (self.key_valid.long().cumsum(1) - 1)[:, -T:]
 
     # -- decisions --------------------------------------------------------------------------------------------------
     def decide(

@@ -28,7 +28,7 @@ import dataclasses
 import pandas as pd
 
 from labkit import protocol
-from labkit.experiments.gateskip.arms import CONTROL, STATIC, quality_column
+from labkit.experiments.gateskip.arms import CONTROL, quality_column
 from labkit.experiments.gateskip.config import GATE_SHIFT_TOLERANCE, HEALTH_TOLERANCE_PCT
 from labkit.protocol import Claim
 
@@ -188,17 +188,13 @@ def convergence(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def health(scores: pd.DataFrame) -> pd.DataFrame:
-    """Every trained arm's full-compute test quality against the dense fine-tune of its seed
-    (:func:`labkit.protocol.health`, :data:`HEALTH_TOLERANCE_PCT` % relative); failures name the seed. ShortGPT and
-    ULS are left out: at full compute they remove nothing and are the dense fine-tune itself, so the check could not
-    fail (their sanity rows read "not checked"); the random-ranking control is GateSkip's model and shares its rows'
-    outcome."""
+    """Every arm's full-compute test quality against the dense fine-tune of its seed
+    (:func:`labkit.protocol.health`, :data:`HEALTH_TOLERANCE_PCT` % relative); failures name the seed."""
     parts = []
     for task, table in scores.groupby("task", sort=False):
         metric = quality_column(task)
         dense = table[table.arm == "dense"].set_index("seed")["quality"]
-        checked = table[~table.arm.isin(["dense", *STATIC])]
-        others = checked[["arm", "seed", "quality"]].rename(columns={"quality": metric})
+        others = table[table.arm != "dense"][["arm", "seed", "quality"]].rename(columns={"quality": metric})
         checked = protocol.health(
             others, metric, dense, HEALTH_TOLERANCE_PCT, lower_is_better=metric == "bpb", relative=True, what="dense"
         )

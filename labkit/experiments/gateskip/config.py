@@ -9,7 +9,7 @@ tokens better than random ranking of the same model?
 
 ``tune_seeds`` and ``seeds`` are counts: choices are made on validation seeds ``0 .. tune_seeds-1``, and reported
 on fresh test seeds ``100 .. 100+seeds-1`` (:data:`TEST_SEED_OFFSET`: new pretraining, fine-tuning and data seeds,
-disjoint from every tuning seed).
+disjoint from every tuning seed). Stage 1 runs on one seed of its own, ``premise_seed``.
 """
 
 from __future__ import annotations
@@ -179,14 +179,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_skip_end": 0.05,
         # the window's first token (the attention sink) is never skipped, and stage 1 runs on seed 1: exploration
         # smollm2_sink found the ranking premise only with the sink protected, on seed 0's windows, so the report
-        # confirms it on windows, questions, gates and batches of a seed that exploration never read
+        # confirms it on seed 1's: validation windows disjoint from seed 0's, its own gate initialisation and
+        # training batches (dictmc's questions may repeat some of seed 0's; that exploration never scored dictmc)
         "protect_first": 1,
         "premise_seed": 1,
         "eval_size": 64,
         "eval_batch": 16,
         "workers": 2,
     },
-    # SmolLM2-135M with the paper's vector gates and a longer schedule, for a lent GPU (stage 1 as on CPU)
+    # SmolLM2-135M with the paper's vector gates and a longer schedule, for a lent GPU: stage 1 with the first token
+    # protected as on CPU (its 128-token windows of seed 0 were never read)
     "gpu": {
         "model": "smollm2",
         "tasks": ("text", "dictmc"),

@@ -254,19 +254,22 @@ def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str,
     return gates, skips
 
 
-def disjoint_windows(stream: torch.Tensor, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+def disjoint_windows(stream: torch.Tensor, n: int, length: int, generator: torch.Generator, part: int = 0
+                     ) -> torch.Tensor:
     """``n`` windows of ``length`` tokens of ``stream`` drawn without replacement from its non-overlapping windows:
-    no token is scored twice, and a window that chooses never overlaps one that judges."""
+    no token is scored twice, and a window that chooses never overlaps one that judges. ``part`` takes the ``part``-th
+    n windows of one permutation (drawn by ``generator``), so the windows of different parts never overlap either."""
     available = stream.numel() // length
-    if n > available:
-        raise ValueError(f"parameter 'eval_size' ({n}) needs {n} non-overlapping windows of {length} tokens; the "
-                         f"held-out text has {available}")
-    starts = torch.randperm(available, generator=generator)[:n] * length
+    if (part + 1) * n > available:
+        raise ValueError(f"parameter 'eval_size' ({n}) of part {part} needs {(part + 1) * n} non-overlapping "
+                         f"windows of {length} tokens; the held-out text has {available}")
+    starts = torch.randperm(available, generator=generator)[part * n : (part + 1) * n] * length
     return stream[starts[:, None] + torch.arange(length)[None]]
 
 
 class TokenText:
-    """The stdlib text task in a pretrained LLM's tokens: a training stream and held-out windows of ``split``, each
+    """The stdlib text task in a pretrained LLM's tokens: a training stream and held-out windows of ``split`` (seed s
+    takes the s-th ``eval_size`` windows of one permutation: different seeds never share a window), each
     with the UTF-8 bytes its scored tokens (positions 1 .. T-1) decode to, so bits per byte compare across
     tokenizers. ``tokenizer`` needs ``encode(text, add_special_tokens=False)`` and ``decode(ids)``."""
 
@@ -282,8 +285,8 @@ class TokenText:
             streams[part] = torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
             self.provenance[part]["tokens"] = int(streams[part].numel())
         self.train = streams["train"]
-        gen = torch.Generator().manual_seed((10_000 if split == "val" else 50_000) + seed)
-        self.windows = disjoint_windows(streams[split], cfg.eval_size, cfg.text_length, gen)
+        gen = torch.Generator().manual_seed(10_000 if split == "val" else 50_000)  # one permutation; a seed its part
+        self.windows = disjoint_windows(streams[split], cfg.eval_size, cfg.text_length, gen, part=seed)
         self.scored_bytes = torch.tensor(
             [len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in self.windows], dtype=torch.float64
         )

@@ -134,7 +134,7 @@ def _gates_job(args: tuple[Config, Spec, tuple[int, ...], int, bool]) -> StageOn
         base = {"config": label, "gate_lr": spec.gate_lr, "sparsity_weight": spec.sparsity_weight, "steps": done}
         importance = _importance(model, text, device)
         shift, mean = (importance - initial).abs().mean(dim=(0, 2)), importance.mean(dim=(0, 2))
-        out.states[done] = {k: v.detach().clone() for k, v in model.state_dict().items() if ".residual_gate." in k}
+        out.states[done] = {k: v.detach().clone() for k, v in model.state_dict().items() if f".{gate.GATE_ATTR}." in k}
         out.gates += [
             {**base, "window": i, "half": _half(i, len(shift)), "gate_shift": float(s), "gate_mean": float(m)}
             for i, (s, m) in enumerate(zip(shift, mean, strict=True))
@@ -197,10 +197,10 @@ def _dictmc(cfg: Config, seed: int, state: dict[str, torch.Tensor], chosen: dict
 
 def compute(cfg: Config, progress: bool = True) -> Computed:
     """Stage 1: the reference scores and one gate-training job per GateSkip configuration of the grid, in
-    ``cfg.workers`` processes, on the first tuning seed; then, with ``dictmc``, the multiple-choice jobs of the
+    ``cfg.workers`` processes, on ``cfg.premise_seed``; then, with ``dictmc``, the multiple-choice jobs of the
     chosen gates. Tables: ``premise_curves`` (per window or question: dense, trivial, and every configuration x stop
     x arm x budget), ``premise_gates`` (per window: gate shift and mean per configuration x stop), ``history``,
-    ``cost`` and ``provenance``; the chosen configuration's gate weights are its artefacts."""
+    ``cost`` and ``provenance``; the chosen configuration's scalar gate weights are its artefacts."""
     model, _ = pretrained.load(cfg.model)  # converts the GGUF once, before the workers read the converted copy
     parameters = sum(p.numel() for p in model.parameters())
     del model
@@ -231,7 +231,9 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
         "provenance": pd.DataFrame([{"task": "text", **provenance, "data": json.dumps(done[len(runs)].provenance)}]),
     }
     timings = {phase: float(seconds) for phase, seconds in cost.groupby("phase").seconds.sum().items()}
-    return Computed(tables, state, timings)  # the chosen gates, for gate.load_gates (benchmarks/gateskip_speed.py)
+    # the chosen scalar gates (34,620 values) for gate.load_gates (benchmarks/gateskip_speed.py); vector gates (46.5 M
+    # values on SmolLM2) would be a checkpoint, not an artefact a report commits
+    return Computed(tables, state if cfg.gate_kind == "scalar" else {}, timings)
 
 
 def _dispatch(job: tuple[Any, Any]) -> StageOne:
