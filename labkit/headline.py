@@ -23,7 +23,7 @@ def family(name: str) -> str:
 
 
 def _member(row: pd.Series) -> str:
-    from labkit.protocol import ALPHA  # here, not at import: `labkit list` works without scipy (the data extra)
+    from labkit.protocol import ALPHA, NOT_CHECKED  # here: `labkit list` works without scipy (the data extra)
 
     group = row["claim"].rsplit(": ", 1)[0] + " " if ": " in row["claim"] else ""
     raw = row.get("raw verdict", "") or row["verdict"]
@@ -31,7 +31,7 @@ def _member(row: pd.Series) -> str:
     holm = row.get("p (Holm)", float("nan"))
     if raw in ("held", "not held") and pd.notna(holm) and holm >= ALPHA:
         before += f"; Holm-adjusted p {holm:.2g}: inconclusive"
-    flags = [f for f in str(row.get("sanity", "ok")).split("; ") if f and f != "ok"]
+    flags = [f for f in str(row.get("sanity", "ok")).split("; ") if f and f not in ("ok", NOT_CHECKED)]
     if flags:
         before += f", {len(flags)} sanity flag(s); the interval alone: {row['interval verdict']}"
         if pd.notna(holm) and row["interval verdict"] in ("held", "not held"):

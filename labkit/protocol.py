@@ -39,6 +39,7 @@ KINDS = ("claim", "premise")
 ALPHA = 0.05  # two-sided level of every interval (95 %) and of the Holm–Bonferroni family
 MIN_UNITS = 3  # fewer units than this: no t-interval sanity check ("not enough units")
 IS_TRIVIAL = "is the trivial arm"  # sanity's beats_trivial on the trivial arm's own row: not compared with itself
+NOT_CHECKED = "not checked"  # a claim's sanity where it is judged on its own measurement (a premise)
 REL_EPS = 1e-9  # a gain equal to its tolerance up to float rounding counts as equal (0.2 computed as 97.24 - 97.04)
 
 
@@ -427,7 +428,7 @@ def claims_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
                 "interval verdict": v.interval,
                 "raw verdict": v.raw,
                 "verdict": v.verdict,
-                "sanity": "; ".join(v.flags) or ("ok" if v.checked else "not checked"),
+                "sanity": "; ".join(v.flags) or ("ok" if v.checked else NOT_CHECKED),
                 "compute": v.claim.compute,
                 "rule": v.claim.rule(v.checked),
             }

@@ -220,6 +220,16 @@ def test_headline_says_why_a_claim_is_inconclusive_and_what_its_interval_alone_s
     assert lines[1] == "Sanity — 1 failed check(s): a: x not converged (seed 0: ...)."
 
 
+def test_headline_does_not_count_a_premise_judged_without_sanity_checks_as_flagged():
+    from labkit import headline, protocol
+
+    claims = pd.DataFrame({"claim": ["gates move"], "role": ["premise"], "text": ["the gates move"],
+                           "effect": ["+1 [+0.5, +1.5]"], "mean": [1.0], "low": [0.5], "high": [1.5], "n": [5],
+                           "tolerance": ["0"], "interval verdict": ["held"], "raw verdict": ["held"],
+                           "verdict": ["held"], "sanity": [protocol.NOT_CHECKED]})
+    assert "sanity flag" not in headline.sentences(claims)[0]
+
+
 def test_a_judgement_change_re_judges_from_the_stored_tables_and_a_training_change_retrains(tmp_path):
     """The throughput table is measured (it differs run to run): re-judging keeps it, retraining measures it again."""
     nb, out = runner.resolve_notebook("profiling"), tmp_path / "report"
