@@ -252,10 +252,8 @@ def main() -> None:
     for kind in args.gates:
         for r in args.ratios:
             for execution in ("masked", "compact"):
-                calls["prefill", kind, r, execution] = forward(
-                    models[kind], lambda m=models[kind], r=r, e=execution: skip.budget(m, r, execution=e,
-                                                                                     measure_flops=False,
-                                                                                     protect=args.protect))
+                calls["prefill", kind, r, execution] = forward(models[kind], policy(models[kind], r, "batch", execution,
+                                                                                None))
     decode_thresholds = {}
     for b in args.decode_batches:
         prompt = held_out_tokens(tokenizer, vocab, b, prompt_len, 1, device)
@@ -296,8 +294,7 @@ def main() -> None:
         quality_rows["prefill", "shortgpt", r] = (*quality(logits, prefill_reference, windows, 1),
                                                   stats.skipped_fraction)
         for kind in args.gates:
-            logits, stats = prefill_logits(models[kind], windows, lambda m=models[kind], r=r: skip.budget(
-                m, r, execution="compact", measure_flops=False, protect=args.protect))
+            logits, stats = prefill_logits(models[kind], windows, policy(models[kind], r, "batch", "compact", None))
             quality_rows["prefill", kind, r] = (*quality(logits, prefill_reference, windows, 1),
                                                 stats.skipped_fraction)
         logits, stats = teacher_forced(
