@@ -33,6 +33,13 @@ from labkit.experiments.gateskip.config import Config
 SkipContext = Callable[[], AbstractContextManager[skip.SkipStats]]  # a fresh skip block per evaluation batch
 
 
+def skipping(model: nn.Module, cfg: Config, ratio: float, **options: Any) -> AbstractContextManager[skip.SkipStats]:
+    """``skip.budget`` as this experiment skips everywhere: the configured scope and protected first tokens, FLOPs not
+    counted; ``options`` add to or override these (ranking, seed, thresholds, execution, ...)."""
+    return skip.budget(model, ratio, **{"scope": cfg.scope, "protect": cfg.protect_first, "measure_flops": False,
+                                        **options})
+
+
 def forward_logits(
     model: nn.Module,
     x: torch.Tensor,
@@ -244,8 +251,7 @@ def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str,
             gates.append({"task": task.name, "layer": int(layer), "branch": role, "position": pos, "importance": value})
     with (
         torch.no_grad(),
-        skip.budget(model, cfg.train_skip_end, scope=cfg.scope, measure_flops=False, record=True,
-                    protect=cfg.protect_first) as stats,
+        skipping(model, cfg, cfg.train_skip_end, record=True) as stats,
     ):
         model(x)
     for name, rec in stats.records.items():

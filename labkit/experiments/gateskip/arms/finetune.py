@@ -38,6 +38,7 @@ from labkit.experiments.gateskip.data import (
     gate_shift,
     generate_chains,
     mean_gate,
+    skipping,
     vocabulary,
 )
 from labkit.models.decoder_lm import build_causal_lm, load_lm, n_parameters, save_lm
@@ -145,8 +146,7 @@ def finetune(
 
     def context(step: int) -> AbstractContextManager[skip.SkipStats]:
         ratio = spec.train_skip_end * step / max(1, cfg.finetune_steps - 1)
-        return skip.budget(model, ratio, scope=cfg.scope, ranking=ranking, seed=step, measure_flops=False,
-                           protect=cfg.protect_first)
+        return skipping(model, cfg, ratio, ranking=ranking, seed=step)
 
     def penalty(m: nn.Module) -> torch.Tensor:
         return spec.sparsity_weight * gate.gate_penalty(m, cfg.penalty, keep_fraction=1 - spec.train_skip_end)
@@ -215,10 +215,7 @@ class _Job:
 
 def _budget_maker(model: nn.Module, cfg: Config, ranking: str, seed: int) -> Callable[[Any, str, bool], SkipContext]:
     def make(r: float, execution: str, flops: bool) -> SkipContext:
-        return lambda: skip.budget(
-            model, r, scope=cfg.scope, execution=execution, ranking=ranking, seed=seed, measure_flops=flops,
-            protect=cfg.protect_first,
-        )
+        return lambda: skipping(model, cfg, r, execution=execution, ranking=ranking, seed=seed, measure_flops=flops)
 
     return make
 
@@ -252,10 +249,8 @@ def _generation(job: _Job, model: nn.Module, arm: str, ranking: str | None, sets
             out = generate_chains(
                 model,
                 task,
-                lambda b=budget, s=scope, t=thresholds: skip.budget(
-                    model, b, scope=s, ranking=ranking, thresholds=t, seed=seed, measure_flops=False,
-                    protect=cfg.protect_first,
-                ),
+                lambda b=budget, s=scope, t=thresholds: skipping(model, cfg, b, scope=s, ranking=ranking, thresholds=t,
+                                                                 seed=seed),
             )
             rows.append({**base, "scope": scope, "budget": budget, **out})
     return rows

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit import gate, jobs, profile, seed_everything, skip
+from labkit import gate, jobs, profile, seed_everything
 from labkit.experiments import Computed
 from labkit.experiments.gateskip.arms.finetune import finetune
 from labkit.experiments.gateskip.arms.grid import CONTROL, Spec, tuning_grid, tuning_runs
@@ -41,6 +41,7 @@ from labkit.experiments.gateskip.data import (
     TokenText,
     importance_of,
     mc_correct,
+    skipping,
     window_bpb,
     window_trivial_bpb,
 )
@@ -105,8 +106,7 @@ def _contexts(model: nn.Module, cfg: Config, budget: float, ranking: str, seed: 
     """Fresh skip contexts at ``budget`` ranked by ``ranking``, one per forward, each with its own random draw (seeds
     ``seed * 10_000``, +1, ...): random ranking never repeats its pattern from one batch to the next."""
     draws = itertools.count(seed * 10_000)
-    return lambda: skip.budget(model, budget, scope=cfg.scope, ranking=ranking, seed=next(draws), measure_flops=False,
-                               protect=cfg.protect_first)
+    return lambda: skipping(model, cfg, budget, ranking=ranking, seed=next(draws))
 
 
 def _freeze_lm(model: nn.Module) -> None:
