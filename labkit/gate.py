@@ -78,8 +78,9 @@ class SkipPolicy(Protocol):
 
     def compact(
         self, branch: GatedBranch | SiblingBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
-    ) -> torch.Tensor:
-        """Run the branch on the kept tokens only; zeros elsewhere, shape of ``hidden``."""
+    ) -> tuple[torch.Tensor, tuple]:
+        """Run the branch on the kept tokens only: its output (zeros elsewhere, shape of ``hidden``) and the last of
+        the branch's other outputs that the compact path computed too (a sparse attention's top-k), else ()."""
 
     def after(self, branch: GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
         """Called after the branch ran (e.g. to copy a skipped token's K/V forward)."""
@@ -159,9 +160,9 @@ class GatedBranch(BranchWrapper):
             object.__setattr__(self, "last_keep", keep)
         out: Any = None
         if keep is not None and policy.execution == "compact":
-            y = policy.compact(self, hidden, keep, args, kwargs)
+            y, tail = policy.compact(self, hidden, keep, args, kwargs)
             arity = self.arity if self.arity is not None else 2 if self.role == "attn" else 0
-            rest: tuple | None = self._compact_extras(arity) if arity else None
+            rest: tuple | None = (*self._compact_extras(arity)[: arity - 1 - len(tail)], *tail) if arity else None
         else:
             out = self.branch(*args, **kwargs)
             y, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
@@ -214,7 +215,7 @@ class SiblingBranch(BranchWrapper):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         keep, g, policy = self.leader.last_keep, self.leader.last_gate, self.leader.policy
         if keep is not None and policy.execution == "compact":
-            y = policy.compact(self, hidden, keep, (hidden,), {})
+            y, _ = policy.compact(self, hidden, keep, (hidden,), {})
         else:
             y = self.branch(hidden)
             y = y if keep is None else y * keep.unsqueeze(-1).to(y.dtype)

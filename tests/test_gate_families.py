@@ -420,21 +420,41 @@ def test_compact_applies_the_query_scale_a_layer_is_handed():
     attn = layout.decoder_layers(model)[1].self_attn
     hidden, keep = torch.randn(2, 4, 32), torch.tensor([[True, False, True, True], [False, True, True, False]])
     with torch.no_grad():
-        scaled = compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.full((1, 1, 4, 1), 2.0)})
+        scaled, _ = compact.compact_attention(attn, hidden, keep, {"attention_scaling": torch.full((1, 1, 4, 1), 2.0)})
         attn.scaling *= 2
-        torch.testing.assert_close(scaled, compact.compact_attention(attn, hidden, keep, {}))
+        torch.testing.assert_close(scaled, compact.compact_attention(attn, hidden, keep, {})[0])
 
 
-def test_compact_refuses_deepseek_sparse_attention():
-    """DeepSeek-V3.2's indexer picks each query's top-k keys (4 of 9 here), which the adapter's mask does not apply:
-    compact execution names it; the latent attention it sparsifies is supported (deepseek_v3 above)."""
+SPARSE = {"index_n_heads": 2, "index_head_dim": 8, "index_topk": 4}  # each query reads 4 keys its indexer picks
+
+
+@pytest.mark.parametrize("family", ["DeepseekV32", "GlmMoeDsa"])
+def test_compact_applies_deepseek_sparse_attention(family):
+    """DeepSeek-V3.2's indexer picks each query's top-k keys (4 of up to 9 here), which the 3-token probe cannot show:
+    compact execution runs the indexer over every token (its key cache holds them all) and reads only the picked keys,
+    so compact == masked on a left-padded batch and in cached greedy decoding. GLM-MoE-DSA's second layer is
+    "shared": it reuses the first layer's top-k, which compact execution hands on as the module does."""
     torch.manual_seed(0)
-    config = transformers.DeepseekV32Config(**{**COMMON, **MLA, "index_n_heads": 2, "index_head_dim": 8,
-                                               "index_topk": 4})
-    model = gate.add_gates(transformers.DeepseekV32ForCausalLM._from_config(config).eval())
-    with pytest.raises(ValueError, match="DeepseekV32Attention: its sparse attention .* indexer"):
-        with torch.no_grad(), skip.budget(model, 0.4, execution="compact", measure_flops=False):
-            model(tokens())
+    extra = {"indexer_types": ["full", "shared"], "mlp_layer_types": ["dense", "sparse"]} if family == "GlmMoeDsa" \
+        else {}
+    config = getattr(transformers, f"{family}Config")(**{**COMMON, **MLA, **SPARSE, **extra})
+    model = getattr(transformers, f"{family}ForCausalLM")._from_config(config).eval()
+    model = randomize_gates(gate.add_gates(model))
+    x = tokens()
+    mask = torch.ones_like(x)
+    mask[0, :2] = 0
+    logits = {}
+    for execution in ("masked", "compact"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False) as stats:
+            logits[execution] = model(x, attention_mask=mask).logits
+        assert stats.skipped_fraction > 0.3
+    assert x.shape[1] > SPARSE["index_topk"]  # the indexer leaves keys out
+    torch.testing.assert_close(logits["compact"][mask.bool()], logits["masked"][mask.bool()], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        runs = {execution: budget_generate(model, tokens(3, 6), execution)[0] for execution in ("masked", "compact")}
+    assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
+    for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
+        torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
 
 
 def test_compact_scales_queries_by_position_as_llama4_scaling_does():

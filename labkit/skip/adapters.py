@@ -17,8 +17,9 @@ biases (Bloom, MPT, Falcon-RW) in the mask and scores; an output gate (AFMoE, La
 the output projection; differential attention (DiffLlama: two softmax maps of the same queries and keys, the second's
 output subtracted, then a norm). An MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP. Llama
 4's complex rotary embedding, NoPE-layer temperature and chunked attention are applied too, and value norms or scales
-(Gemma 4, MiMo-V2-Flash). Sparse attention's key indexer, Zaya's convolutional q/k/v projection, Gemma 4's KV-shared
-layers and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter (a clear error; masked execution works).
+(Gemma 4, MiMo-V2-Flash); a sparse attention's key indexer is in :mod:`labkit.skip.sparse_attention`. Zaya's
+convolutional q/k/v projection, Gemma 4's KV-shared layers and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter
+(a clear error; masked execution works).
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
         x4 = x.reshape(n * heads, 1, 1, dim)
         return module.apply_rotary_emb(x4, x4, rope[0].repeat_interleave(heads, 0).unsqueeze(1))[0].view(n, heads, dim)
     cos, sin = rope
-    interleaved = getattr(_attr(attn, "config", None), "rope_interleave", False)
+    # the config's switch where it has one; latent attention without it interleaves whenever its family can
+    # (DeepSeek-V3.2, GLM-MoE-DSA, AXK2, dots3: apply_rotary_pos_emb_interleave unconditionally)
+    always = is_latent(attn) and hasattr(module, "apply_rotary_pos_emb_interleave")
+    interleaved = getattr(_attr(attn, "config", None), "rope_interleave", always)
     apply = getattr(module, "apply_rotary_pos_emb_interleave" if interleaved else "apply_rotary_pos_emb", None)
     if apply is not None and _gptj_style(apply):
         rot = 2 * cos.shape[-1]
@@ -183,6 +187,8 @@ def is_mixture_of_attention(attn: nn.Module) -> bool:
 
 def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Queries (N, heads, head_dim) of tokens x (N, d), before rotary."""
+    if _has(attn, "q_gate_proj"):  # AXK2: queries and output gate from one projection of the low-rank query
+        return _latent_query_gate(attn, x)[0]
     if is_latent(attn):  # MLA: a low-rank query (q_a -> norm -> q_b) unless q_lora_rank is None
         q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
         return q.view(x.shape[0], -1, attn.qk_head_dim)
@@ -207,6 +213,16 @@ def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         width = attn.split_size
         return (x @ attn.c_attn.weight[:, :width] + attn.c_attn.bias[:width]).view(x.shape[0], -1, hd)
     raise _no_adapter(attn)
+
+
+def _latent_query_gate(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AXK2's queries (N, heads, qk_head_dim) and output-gate logits (N, heads x v_head_dim) of tokens x (N, d): one
+    projection of the normed low-rank query beside the raw one, split per head."""
+    compressed = attn.q_a_proj(x)
+    fused = attn.q_gate_proj(torch.cat([attn.q_a_layernorm(compressed), compressed], dim=-1))
+    q, gate = fused.view(x.shape[0], -1, attn.qk_head_dim + attn.v_head_dim).split(
+        [attn.qk_head_dim, attn.v_head_dim], dim=-1)
+    return q, gate.reshape(x.shape[0], -1)
 
 
 def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +374,7 @@ def query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: tor
 
 def refuse_unsupported(attn: nn.Module, kwargs: dict) -> None:
     """ValueError naming what ``attn`` does that no adapter here applies: an input of :data:`UNSUPPORTED_INPUTS`, a
-    sparse attention's key indexer, a q/k/v projection that is not position-wise (Zaya) or K/V shared from an
+    q/k/v projection that is not position-wise (Zaya) or K/V shared from an
     earlier layer (Gemma 4; Zaya's convolutional attention mixes each token's queries and keys with its
     predecessors' and its values with the previous token's, so a kept query would need skipped neighbours'
     projections); masked execution runs them all."""
@@ -366,10 +382,6 @@ def refuse_unsupported(attn: nn.Module, kwargs: dict) -> None:
         if kwargs.get(name) is not None:
             raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
                              "labkit's adapter does not apply; use execution='masked'")
-    if _attr(attn, "indexer", None) is not None or _attr(attn, "skip_topk", False):
-        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
-                         "query's keys with an indexer (DeepSeek-V3.2, GLM-MoE-DSA, MiniMax-M3), which labkit's "
-                         "adapter does not apply; use execution='masked'")
     proj = _attr(attn, "qkv_proj", None)
     if proj is not None and not isinstance(proj, nn.Linear):
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: its q/k/v projection "
@@ -392,8 +404,11 @@ def _no_adapter(attn: nn.Module) -> ValueError:
 
 def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """Gated attention: the mixed values ``o`` times a gate of each token's input ``x`` before the output projection,
-    sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam) or softplus of ``g_proj`` (Laguna), per channel
-    or one per head; ``o`` unchanged for an attention without one."""
+    sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam) or of the gate half of ``q_gate_proj`` (AXK2),
+    or softplus of ``g_proj`` (Laguna), per channel or one per head; ``o`` unchanged for an attention without one."""
+    if _has(attn, "q_gate_proj"):
+        logits = _latent_query_gate(attn, x.reshape(-1, x.shape[-1]))[1].view(o.shape)
+        return (o * torch.sigmoid(logits.float())).to(o.dtype)
     if _has(attn, "g_proj"):
         gate = F.softplus(attn.g_proj(x).float()).to(o.dtype)
     elif _has(attn, "gate_proj"):

@@ -38,6 +38,7 @@ from labkit.skip.adapters import (
     share_kv,
 )
 from labkit.skip.kv_cache import copy_source, find_cache, layer_kv, self_attention_cache
+from labkit.skip.sparse_attention import allowed_keys, hands_on_topk, picked_keys
 
 
 def _kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +87,11 @@ def _attend(
     settings: Settings,
     bias: torch.Tensor | None = None,
     chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    picked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding, the
-    ``chunks`` of queries and keys (:func:`~labkit.skip.adapters.query_key_chunks`); Gemma2's logit softcap
+    ``chunks`` of queries and keys (:func:`~labkit.skip.adapters.query_key_chunks`), the keys a sparse attention's
+    indexer ``picked`` (B, W, S); Gemma2's logit softcap
     ``tanh(s / c) c``, attention sinks (a per-head logit in the softmax's denominator only) and ALiBi ``bias``
     (B, heads, 1, S) added to the scaled scores computed explicitly."""
     scale, dropout, window, softcap, sinks = settings
@@ -101,6 +104,8 @@ def _attend(
         allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
     if chunks is not None:  # Llama 4's chunked attention: keys of the query's own chunk only
         allowed = allowed & (chunks[0][:, :, None] == chunks[1][:, None, :])
+    if picked is not None:
+        allowed = allowed & picked
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
     grouped = k.shape[1] != q.shape[1]
     if softcap is None and sinks is None and bias is None:  # grouped-query heads read their K/V head without a copy
@@ -122,6 +127,11 @@ def _attend(
     if sinks is not None:
         weights = weights[..., :-1]
     return F.dropout(weights, p=dropout, training=dropout > 0) @ v
+
+
+def _handed_on(attn: nn.Module, topk: torch.Tensor | None) -> tuple:
+    """What compact attention returns after the output and attention weights: the top-k, where ``attn`` hands it on."""
+    return (topk,) if hands_on_topk(type(attn)) else ()
 
 
 def _needed(keep: torch.Tensor) -> torch.Tensor:
@@ -163,8 +173,10 @@ def compact_attention(
     key_valid: torch.Tensor | None = None,
     copy_forward: bool = False,
     model: Any = "model",
-) -> torch.Tensor:
-    """Self-attention output for the kept queries only (zeros elsewhere); K/V of every token go to the cache.
+) -> tuple[torch.Tensor, tuple]:
+    """Self-attention output for the kept queries only (zeros elsewhere); K/V of every token go to the cache. With it,
+    what the module returns after its attention weights that compact execution computes too: a sparse attention's
+    top-k of every token where the module hands it on to the next layer (GLM-MoE-DSA), else nothing.
 
     With ``copy_forward`` and a cache (decoding), a skipped token that no later kept token of its row attends to
     (every skipped token of a one-token step) is not computed at all: its K/V at this layer are layer l-1's (or
@@ -179,7 +191,7 @@ def compact_attention(
     _, cache = find_cache(kwargs)
     copying = copy_forward and cache is not None and layer > 0
     if copying and T == 1 and not bool(keep.any()) and copy_forward_step(attn, cache, hidden, kwargs, model):
-        return hidden.new_zeros(B, T, d)
+        return hidden.new_zeros(B, T, d), _handed_on(attn, picked_keys(attn, hidden, kwargs, cache))
     settings = attention_settings(attn)
     alibi = kwargs.get("alibi") is not None  # Falcon-RW is handed rotary embeddings too, and applies ALiBi instead
     rope = rope_rows(attn, None if alibi else position_embeddings(attn, hidden, kwargs), B)
@@ -209,6 +221,7 @@ def compact_attention(
     if cache is not None:
         k, v = self_attention_cache(cache).update(k, v, layer)
     share_kv(attn, kwargs, k, v)
+    topk = picked_keys(attn, hidden, kwargs, cache)  # after the main cache's update, as the module's own forward
     if is_latent(attn):  # per-head keys and values of every cached token, as the module's own forward expands them
         k, v = attn.expand_kv(k, v)
     if is_mixture_of_attention(attn):  # query head h of JetMoE reads K/V head h mod kv heads (tiled, not grouped)
@@ -216,7 +229,7 @@ def compact_attention(
     has_kept = keep.any(1)
     every_row = bool(has_kept.all())
     if not every_row and not bool(has_kept.any()):
-        return hidden.new_zeros(B, T, d)
+        return hidden.new_zeros(B, T, d), _handed_on(attn, topk)
     rows = slice(None) if every_row else has_kept.nonzero().squeeze(1)  # a slice: no copy of the step's tensors
     index, valid = _kept_index(keep[rows])
     n_rows, width = index.shape
@@ -230,12 +243,13 @@ def compact_attention(
     kv_rows = key_valid[rows] if key_valid is not None else None
     chunks = query_key_chunks(attn, cache, kv_rows, past + index, k.shape[2])
     bias = alibi_bias(attn, kwargs, B, k.shape[2])
+    picked = allowed_keys(topk, rows, index, k.shape[2]) if topk is not None else None
     o = _attend(q, k[rows], attended_values(attn, v[rows]), past + index, kv_rows, settings,
-                bias[rows] if bias is not None else None, chunks)
+                bias[rows] if bias is not None else None, chunks, picked)
     o = project_out(attn, x, mixed_heads(attn, o.transpose(1, 2)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:
-        return scattered
+        return scattered, _handed_on(attn, topk)
     out = hidden.new_zeros(B, T, d)
     out[rows] = scattered
-    return out
+    return out, _handed_on(attn, topk)

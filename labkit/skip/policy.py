@@ -33,6 +33,7 @@ from labkit.skip.kv_cache import (
     self_attention_cache,
     where,
 )
+from labkit.skip.sparse_attention import is_sparse
 from labkit.skip.static import branch_names
 
 SCOPES = ("batch", "sequence", "step")
@@ -269,22 +270,23 @@ class _Policy:
         keep: torch.Tensor,
         args: tuple,
         kwargs: dict,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, tuple]:
         one_token = hidden.shape[1] == 1
         if self.uniform or (self.uniform is None and one_token and bool(keep.all())):
             out = branch.branch(*args, **kwargs)  # a decoding step that keeps every row: the branch as it is
-            return out[0] if isinstance(out, tuple) else out
+            return (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
         copy = self.kv == "copy_forward" and not branch.training
         if self.uniform is False:  # a decoding step that skips every row: nothing of the branch runs
             zeros = self._constant(("zeros", *hidden.shape, hidden.dtype), lambda: hidden.new_zeros(hidden.shape))
             _, cache = find_cache(kwargs)
+            attn = branch.branch
             if branch.role == "attn" and copy and cache is not None and branch.layer_index > 0 and \
-                    copy_forward_step(branch.branch, cache, hidden, kwargs, self.model):
-                return zeros
+                    not is_sparse(attn) and copy_forward_step(attn, cache, hidden, kwargs, self.model):
+                return zeros, ()  # a sparse attention's indexer still runs (compact_attention): its keys are cached
             if branch.role == "mlp":
-                return zeros
+                return zeros, ()
         if branch.role == "mlp":
-            return compact_mlp(branch.branch, hidden, keep, layout.given_residual(branch.branch, args, kwargs))
+            return compact_mlp(branch.branch, hidden, keep, layout.given_residual(branch.branch, args, kwargs)), ()
         return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
@@ -459,7 +461,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
     (a differential or gated attention, a norm the adapter does not apply) would otherwise give silently wrong
     logits. Compared once per branch, with the module's weights at that moment (it may have been fine-tuned since
     add_gates recorded the probe input: 3 tokens, no cache). What 3 tokens at positions 0-2 cannot show (a query
-    scale by position, a sparse key indexer) the adapters apply or refuse by name.
+    scale by position, a sparse key indexer) the adapters apply by name or refuse.
     """
     if branch.compact_error is not None:
         raise ValueError(branch.compact_error)
@@ -480,7 +482,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
             if branch.role == "mlp":
                 out = compact_mlp(module, hidden, keep, layout.given_residual(module, args, kwargs))
             else:
-                out = compact_attention(module, hidden, keep, kwargs)
+                out, _ = compact_attention(module, hidden, keep, kwargs)
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
         branch.compact_error = str(error)
     except Exception as error:
