@@ -428,16 +428,26 @@ def test_compact_applies_the_query_scale_a_layer_is_handed():
 SPARSE = {"index_n_heads": 2, "index_head_dim": 8, "index_topk": 4}  # each query reads 4 keys its indexer picks
 
 
-@pytest.mark.parametrize("family", ["DeepseekV32", "GlmMoeDsa"])
+SPARSE_FAMILIES = {  # config and model class prefix: what else the family needs
+    "DeepseekV32": ("DeepseekV32", {}),
+    "GlmMoeDsa": ("GlmMoeDsa", {"indexer_types": ["full", "shared"], "mlp_layer_types": ["dense", "sparse"]}),
+    "AXK2": ("AXK2", {"mlp_layer_types": ["dense", "sparse"]}),
+    "Dots3Note": ("Dots3NoteText", {"layer_types": ["indexed_attention", "sliding_attention"],
+                                    "mlp_layer_types": ["dense", "sparse"], "sliding_window": 4}),
+}
+
+
+@pytest.mark.parametrize("family", SPARSE_FAMILIES)
 def test_compact_applies_deepseek_sparse_attention(family):
     """DeepSeek-V3.2's indexer picks each query's top-k keys (4 of up to 9 here), which the 3-token probe cannot show:
     compact execution runs the indexer over every token (its key cache holds them all) and reads only the picked keys,
     so compact == masked on a left-padded batch and in cached greedy decoding. GLM-MoE-DSA's second layer is
-    "shared": it reuses the first layer's top-k, which compact execution hands on as the module does."""
+    "shared": it reuses the first layer's top-k, which compact execution hands on as the module does; AXK2 gates its
+    output by a half of its query projection; dots3 scales its latents, norms its rotary key, gates per head and
+    slides a window on its second layer."""
     torch.manual_seed(0)
-    extra = {"indexer_types": ["full", "shared"], "mlp_layer_types": ["dense", "sparse"]} if family == "GlmMoeDsa" \
-        else {}
-    config = getattr(transformers, f"{family}Config")(**{**COMMON, **MLA, **SPARSE, **extra})
+    prefix, extra = SPARSE_FAMILIES[family]
+    config = getattr(transformers, f"{prefix}Config")(**{**COMMON, **MLA, **SPARSE, **extra})
     model = getattr(transformers, f"{family}ForCausalLM")._from_config(config).eval()
     model = randomize_gates(gate.add_gates(model))
     x = tokens()

@@ -45,6 +45,10 @@ UNSUPPORTED_INPUTS = {
 SLIDING_ONLY_ROTARY = ("AfmoeAttention", "Cohere2Attention", "FlintAttention")
 
 
+# Attention classes whose per-head output gate g_proj is a sigmoid (Laguna's is a softplus)
+SIGMOID_G_PROJ = ("Dots3NoteTextAttention",)
+
+
 # Attention classes whose model masks full-causal though the config sets a sliding window (it only truncates the cache)
 FULL_CAUSAL = ("MoshiAttention",)
 
@@ -190,7 +194,7 @@ def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if _has(attn, "q_gate_proj"):  # AXK2: queries and output gate from one projection of the low-rank query
         return _latent_query_gate(attn, x)[0]
     if is_latent(attn):  # MLA: a low-rank query (q_a -> norm -> q_b) unless q_lora_rank is None
-        q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
+        q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(latent_query(attn, x))
         return q.view(x.shape[0], -1, attn.qk_head_dim)
     hd = _head_dim(attn)
     if is_mixture_of_attention(attn):  # JetMoE: each token's top-k query experts, top_k x kv heads query heads
@@ -215,6 +219,14 @@ def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise _no_adapter(attn)
 
 
+def latent_query(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The normed low-rank query of latent attention (what a sparse attention's indexer reads too), times the scale
+    dots3 gives it (``q_lora_scale``)."""
+    q = attn.q_a_layernorm(attn.q_a_proj(x))
+    scale = _attr(attn, "q_lora_scale", None)
+    return q if scale is None else q * scale
+
+
 def _latent_query_gate(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """AXK2's queries (N, heads, qk_head_dim) and output-gate logits (N, heads x v_head_dim) of tokens x (N, d): one
     projection of the normed low-rank query beside the raw one, split per head."""
@@ -231,7 +243,10 @@ def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     n = x.shape[0]
     if is_latent(attn):
         latent, shared = attn.kv_a_proj_with_mqa(x).split([attn.kv_lora_rank, attn.qk_rope_head_dim], dim=-1)
-        return attn.kv_a_layernorm(latent).view(n, 1, -1), shared.view(n, 1, -1)
+        latent = attn.kv_a_layernorm(latent.contiguous())
+        scale, norm = _attr(attn, "kv_lora_scale", None), _attr(attn, "k_rope_only_layernorm", None)  # dots3
+        latent = latent if scale is None else latent * scale
+        return latent.view(n, 1, -1), (shared if norm is None else norm(shared)).view(n, 1, -1)
     hd = _head_dim(attn)
     if is_mixture_of_attention(attn):  # JetMoE: [k | v]
         k, v = attn.kv_proj(x).chunk(2, dim=-1)
@@ -404,13 +419,16 @@ def _no_adapter(attn: nn.Module) -> ValueError:
 
 def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """Gated attention: the mixed values ``o`` times a gate of each token's input ``x`` before the output projection,
-    sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam) or of the gate half of ``q_gate_proj`` (AXK2),
-    or softplus of ``g_proj`` (Laguna), per channel or one per head; ``o`` unchanged for an attention without one."""
+    sigmoid of ``gate_proj`` (AFMoE, HRM; plus a bias per head, Beam), of the gate half of ``q_gate_proj`` (AXK2) or
+    of ``g_proj`` (dots3), or softplus of ``g_proj`` (Laguna), per channel or one per head; ``o`` unchanged for an
+    attention without one."""
     if _has(attn, "q_gate_proj"):
         logits = _latent_query_gate(attn, x.reshape(-1, x.shape[-1]))[1].view(o.shape)
         return (o * torch.sigmoid(logits.float())).to(o.dtype)
     if _has(attn, "g_proj"):
-        gate = F.softplus(attn.g_proj(x).float()).to(o.dtype)
+        logits = attn.g_proj(x)
+        sigmoid = type(attn).__name__ in SIGMOID_G_PROJ
+        gate = torch.sigmoid(logits) if sigmoid else F.softplus(logits.float()).to(o.dtype)
     elif _has(attn, "gate_proj"):
         logits = attn.gate_proj(x)
         bias = _attr(attn, "gate_bias", None)  # one per head (Beam)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.skip.adapters import position_embeddings
+from labkit.skip.adapters import latent_query, position_embeddings
 
 
 def is_sparse(attn: nn.Module) -> bool:
@@ -47,10 +47,9 @@ def picked_keys(attn: nn.Module, hidden: torch.Tensor, kwargs: dict, cache: Any)
     if not torch.is_tensor(mask) or mask.dim() != 4:
         raise ValueError(f"compact execution of {type(attn).__name__} needs the 4-D attention mask its indexer "
                          f"scores against; got {type(mask).__name__ if not torch.is_tensor(mask) else mask.shape}")
-    q_resid = attn.q_a_layernorm(attn.q_a_proj(hidden))
     names = inspect.signature(attn.indexer.forward).parameters
     where = {"cache" if "cache" in names else "past_key_values": cache}
-    return attn.indexer(hidden, q_resid, position_embeddings(attn, hidden, kwargs), mask[:, 0],
+    return attn.indexer(hidden, latent_query(attn, hidden), position_embeddings(attn, hidden, kwargs), mask[:, 0],
                         kwargs.get("position_ids"), **where)
 
 
