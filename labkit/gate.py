@@ -76,6 +76,9 @@ class SkipPolicy(Protocol):
     def decide(self, branch: GatedBranch, importance: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
         """Boolean keep mask (batch, tokens), or None to keep every token."""
 
+    def token_shape(self) -> tuple[int, int]:
+        """(batch, tokens) of the current forward, for a branch handed its tokens flattened (OPT's feed-forward)."""
+
     def compact(
         self, branch: GatedBranch | SiblingBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, tuple]:
@@ -134,7 +137,7 @@ class GatedBranch(BranchWrapper):
 
     def _scale_post_norm(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         scale, self.pending_scale = self.pending_scale, None
-        return output if scale is None else output * scale
+        return output if scale is None else output * scale.reshape(*output.shape[:-1], -1)  # OPT's: flattened tokens
 
     def _compact_extras(self, arity: int) -> tuple:
         """What a compact branch returns after its output: a parameter of the branch where its own forward returned
@@ -148,10 +151,13 @@ class GatedBranch(BranchWrapper):
         if self.residual_at is not None:  # the branch gets a zero residual, so that F(u) alone is gated and masked
             args, kwargs, residual = _zero_residual(self.branch, args, kwargs, self.residual_at)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        policy = self.policy
+        flat = hidden.shape if hidden.dim() == 2 and policy is not None else None
+        if flat is not None:  # OPT flattens its tokens before the inline feed-forward: decide on (batch, tokens)
+            hidden = hidden.view(*policy.token_shape(), -1)
         gate = self.residual_gate
         g = gate.forward(hidden) if gate is not None else None  # a gate has no hooks: skip the module-call overhead
         object.__setattr__(self, "last_gate", g)  # as Module.__setattr__ would, without its ~9 us of checks per call
-        policy = self.policy
         keep = None
         if policy is not None:
             importance = None if g is None else g.squeeze(-1) if g.shape[-1] == 1 else g.mean(-1)  # scalar: a view
@@ -169,7 +175,8 @@ class GatedBranch(BranchWrapper):
             if self.arity is None:
                 self.arity = 0 if rest is None else len(out)
                 self.own_extras = _parameter_names(self.branch, rest or ())
-            y = y.view(hidden.shape) if y.shape != hidden.shape else y  # Llama4's MoE returns tokens flattened
+            if y.shape[:-1] != hidden.shape[:-1]:  # Llama4's MoE returns tokens flattened
+                y = y.view(*hidden.shape[:-1], -1)
             if self.record_probe:  # an input compact execution is checked on (by labkit.skip, before first use)
                 self.probe = (hidden.detach(), *map_tensors(torch.Tensor.detach, (args, kwargs)))
             if keep is not None:
@@ -181,6 +188,8 @@ class GatedBranch(BranchWrapper):
             y = y * g
         if residual is not None:
             y = residual + y
+        if flat is not None:
+            y = y.reshape(*flat[:-1], -1)
         if keep is not None:
             policy.after(self, keep, kwargs)
         if rest is None:

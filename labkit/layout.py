@@ -5,8 +5,9 @@ and how their outputs reach the residual stream, differ between families. :func:
 ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child, then runs a probe forward with
 hooks on the first block to read what the code does not name: post-branch norms (Gemma2/3, OLMo2), a parallel
 residual (GPT-NeoX), a branch that adds the residual itself (Bloom, MPT), a module beside the MLP (Granite-MoE's
-``shared_mlp``). A layer whose output is not its input plus the two branch contributions is refused, with what the
-probe saw, because gating its branches would not scale what they add.
+``shared_mlp``). A layer that runs its feed-forward inline (OPT, XGLM, BioGPT) has its entry linear gated and its exit
+linear's output scaled. A layer whose output is not its input plus the two branch contributions is refused, with what
+the probe saw, because gating its branches would not scale what they add.
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ class Architecture:
     attention: str  # attribute of a decoder layer holding the self-attention branch (dotted where nested: DBRX)
     mlp: str  # attribute of a decoder layer holding the MLP branch (dotted where nested)
     attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
-    mlp_norm: str | None = None  # the same for the MLP output
+    # the same for the MLP output; for an inline feed-forward (XGLM, BioGPT) its exit linear: the gate scales what the
+    # module at this name returns, which is what the residual receives
+    mlp_norm: str | None = None
     parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
     mlp_sibling: str | None = None  # a child reading the MLP's input, added to its output (Granite-MoE's shared_mlp)
 
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # else: the one child class named *MLP
+# A layer that runs its feed-forward inline (XGLM, BioGPT): the entry linear is the gated branch (its input the normed
+# hidden state, as any MLP's), the exit linear returns the MLP output, which the gate scales
+INLINE_FFN = ("fc1", "fc2")
 ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)
 
 
@@ -79,6 +85,8 @@ def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
             continue
         attrs = [(_branch_attr(layer, ATTENTION_NAMES, "Attention"), _branch_attr(layer, MLP_NAMES, "MLP"))
                  for layer in module]
+        if all(a is not None and m is None for a, m in attrs) and all(_inline_ffn(layer) for layer in module):
+            attrs = [(a, INLINE_FFN[0]) for a, _ in attrs]
         if all(a is not None and m is not None for a, m in attrs) and len(set(attrs)) == 1:
             return tuple(path.split(".")), attrs[0][0], attrs[0][1]
         if not inline and all(a is not None and m is None for a, m in attrs):
@@ -91,12 +99,17 @@ def _find_layers(model: nn.Module) -> tuple[tuple[str, ...], str, str]:
     )
 
 
+def _inline_ffn(layer: nn.Module) -> bool:
+    """Whether ``layer`` holds an inline feed-forward's entry and exit linears (:data:`INLINE_FFN`)."""
+    return all(isinstance(getattr(layer, name, None), nn.Linear) for name in INLINE_FFN)
+
+
 def _inline_mlp(layer: nn.Module, attention: str) -> str:
-    """Why a block with an attention child but no MLP child has no MLP branch to gate (OPT, BioGPT, XGLM)."""
+    """Why a block with an attention child but no MLP child has no MLP branch to gate."""
     others = [n for n in dict(layer.named_children()) if n != attention.partition(".")[0]]
     return (f"{type(layer).__name__} has attention {attention!r} but no MLP child: its own forward runs the "
-            "feed-forward inline, so no module returns the MLP output for a gate to scale (gating it would mean "
-            f"rewriting that forward); its other children are {others}; ")
+            f"feed-forward inline, and not through linears named {INLINE_FFN} (the entry a gate decides at, the exit "
+            f"whose output it scales); its other children are {others}; ")
 
 
 def _branch_attr(layer: nn.Module, names: tuple[str, ...], suffix: str) -> str | None:
@@ -208,6 +221,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
     children = found.get("children", [])
     attention_norm = next((n for n, x, _, _ in children if _same(x, found["attn"]) and "norm" in n.lower()), None)
     mlp_norm = next((n for n, x, _, _ in children if _same(x, found["mlp"]) and "norm" in n.lower()), None)
+    if mlp == INLINE_FFN[0]:  # the exit linear returns the MLP output (OPT's with the tokens flattened)
+        mlp_norm = INLINE_FFN[1]
     outputs = {n: y for n, _, y, _ in children}
     a = outputs[attention_norm] if attention_norm else found["attn"]
     m = outputs[mlp_norm] if mlp_norm else found["mlp"]

@@ -96,6 +96,12 @@ FAMILIES = {
                          {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
                           "shared_intermediate_size": 32, "residual_multiplier": 0.22},
                          ("self_attn", "block_sparse_moe", None, None, False)),
+    # the feed-forward inline in the layer's own forward: fc1 is the gated branch, fc2's output is what it scales;
+    # OPT flattens the tokens to (B x T, d) before it
+    "opt": ("OPTConfig", "OPTForCausalLM", {"ffn_dim": 64, "word_embed_proj_dim": 32},
+            ("self_attn", "fc1", None, "fc2", False)),
+    "xglm": ("XGLMConfig", "XGLMForCausalLM", {"ffn_dim": 64, "attn_implementation": "eager"},
+             ("self_attn", "fc1", None, "fc2", False)),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",

@@ -68,14 +68,22 @@ def compact_mlp(
     that adds its own residual (Bloom, MPT) is given in its place."""
     B, T, d = hidden.shape
     flat_keep = keep.reshape(-1)
-    out = hidden.new_zeros(B * T, d)
+    width = _out_features(branch, d)
+    out = hidden.new_zeros(B * T, width)
     if bool(flat_keep.any()):
         positions = flat_keep.nonzero().squeeze(1)
         x = hidden.reshape(B * T, d)[positions].unsqueeze(0)
         y = branch(x) if residual is None else branch(x, residual=residual)
         y = y[0] if isinstance(y, tuple) else y  # an MoE block's router logits are not kept (Llama4)
-        out = out.index_put((positions,), y.reshape(-1, d))
-    return out.view(B, T, d)
+        out = out.index_put((positions,), y.reshape(-1, width))
+    return out.view(B, T, width)
+
+
+def _out_features(branch: nn.Module, width: int) -> int:
+    """The width a position-wise branch returns: its input's, but an inline feed-forward's entry linear (XGLM,
+    BioGPT) returns the hidden width of the feed-forward, on which the layer's activation and exit linear then run
+    for every token (zero at skipped ones)."""
+    return branch.out_features if isinstance(branch, nn.Linear) else width
 
 
 def _attend(

@@ -105,6 +105,7 @@ class _Policy:
         self.n_valid = 0  # how many (valid.sum(), counted once per forward rather than per branch)
         self.eligible: torch.Tensor | None = None  # (B, T) tokens that may be skipped (real, not pad/EOS); None: all
         self.key_valid: torch.Tensor | None = None  # (B, S) attention mask over past + current tokens
+        self.tokens: tuple[int, int] | None = None  # (B, T) of the current forward
         self.skipped: dict[str, int] = {}
         self.total: dict[str, int] = {}
         self.records: dict[str, dict[str, torch.Tensor]] = {}
@@ -122,6 +123,9 @@ class _Policy:
         mask = kwargs.get("attention_mask")
         self.key_valid = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
         self.valid = self.eligible = None
+        embeds = kwargs.get("inputs_embeds")
+        self.tokens = tuple(ids.shape[:2]) if torch.is_tensor(ids) else tuple(embeds.shape[:2]) \
+            if torch.is_tensor(embeds) else None
         name, cache = find_cache(kwargs)
         if self.protect and not torch.is_tensor(ids):
             raise ValueError(f"protect={self.protect} needs the forward's input_ids to place its tokens; got "
@@ -156,6 +160,12 @@ class _Policy:
             raise ValueError(f"protect={self.protect} needs a 2-D attention mask over the {past} cached and {T} new "
                              f"tokens (batch, {past + T}), or none; got {shape}")
         return (self.key_valid.long().cumsum(1) - 1)[:, -T:]
+
+    def token_shape(self) -> tuple[int, int]:
+        if self.tokens is None:
+            raise ValueError("a branch handed its tokens flattened (OPT's feed-forward) needs the forward's input_ids "
+                             "or inputs_embeds to know its (batch, tokens)")
+        return self.tokens
 
     # -- decisions --------------------------------------------------------------------------------------------------
     def decide(
@@ -468,6 +478,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
     if branch.compact_checked or branch.probe is None:
         return
     hidden, args, kwargs = branch.probe
+    hidden = hidden[None] if hidden.dim() == 2 else hidden  # tokens handed flattened (OPT's feed-forward): one row
     module = branch.branch
     what = f"{type(module).__name__} (branch {branch.name})"
     keep = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
@@ -478,7 +489,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
     try:
         with _in_float32(module):  # a bf16 model's rounding would hide a mismatch of a few per cent
             own = module(*args, **kwargs)  # as the layer called it (CTRL passes its input as v, k and q)
-            own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(hidden.shape)
+            own = (own[0] if isinstance(own, (tuple, list)) else own).reshape(*hidden.shape[:-1], -1)
             if branch.role == "mlp":
                 out = compact_mlp(module, hidden, keep, layout.given_residual(module, args, kwargs))
             else:
