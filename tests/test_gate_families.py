@@ -129,6 +129,19 @@ def build(family: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def assert_compact_matches_masked(model: torch.nn.Module) -> None:
+    """Compact execution gives the masked logits at every real token of a left-padded batch, skipping > 30 %."""
+    x = tokens()
+    mask = torch.ones_like(x)
+    mask[0, :2] = 0
+    logits = {}
+    for execution in ("masked", "compact"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False) as stats:
+            logits[execution] = model(x, attention_mask=mask).logits
+        assert stats.skipped_fraction > 0.3
+    torch.testing.assert_close(logits["compact"][mask.bool()], logits["masked"][mask.bool()], atol=1e-5, rtol=1e-5)
+
+
 def gated(family: str, kind: str = "vector") -> torch.nn.Module:
     """Gated, with random gate weights so that importances differ between tokens."""
     model = gate.add_gates(build(family), kind=kind)
@@ -324,15 +337,7 @@ def test_llama4_masked_equals_compact():
     config = transformers.Llama4TextConfig(**{**COMMON, "num_key_value_heads": 2, "num_local_experts": 4,
                                               "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8,
                                               "attention_chunk_size": 4, "floor_scale": 2, "no_rope_layers": [1, 0]})
-    model = gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval())
-    x, mask = tokens(), torch.ones(3, 9, dtype=torch.long)
-    mask[0, :2] = 0
-    logits = {}
-    for execution in ("masked", "compact"):
-        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False) as stats:
-            logits[execution] = model(x, attention_mask=mask).logits
-        assert stats.skipped_fraction > 0.3
-    torch.testing.assert_close(logits["compact"][mask.bool()], logits["masked"][mask.bool()], atol=1e-5, rtol=1e-5)
+    assert_compact_matches_masked(gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval()))
 
 
 def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():
@@ -456,16 +461,8 @@ def test_compact_applies_deepseek_sparse_attention(family):
     config = getattr(transformers, f"{prefix}Config")(**{**COMMON, **MLA, **SPARSE, **extra})
     model = getattr(transformers, f"{family}ForCausalLM")._from_config(config).eval()
     model = randomize_gates(gate.add_gates(model))
-    x = tokens()
-    mask = torch.ones_like(x)
-    mask[0, :2] = 0
-    logits = {}
-    for execution in ("masked", "compact"):
-        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False) as stats:
-            logits[execution] = model(x, attention_mask=mask).logits
-        assert stats.skipped_fraction > 0.3
-    assert x.shape[1] > SPARSE["index_topk"]  # the indexer leaves keys out
-    torch.testing.assert_close(logits["compact"][mask.bool()], logits["masked"][mask.bool()], atol=1e-5, rtol=1e-5)
+    assert tokens().shape[1] > SPARSE["index_topk"]  # the indexer leaves keys out
+    assert_compact_matches_masked(model)
     with torch.no_grad():
         runs = {execution: budget_generate(model, tokens(3, 6), execution)[0] for execution in ("masked", "compact")}
     assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
