@@ -82,8 +82,8 @@ class SkipPolicy(Protocol):
     def compact(
         self, branch: GatedBranch | SiblingBranch, hidden: torch.Tensor, keep: torch.Tensor, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, tuple]:
-        """Run the branch on the kept tokens only: its output (zeros elsewhere, shape of ``hidden``) and the last of
-        the branch's other outputs that the compact path computed too (a sparse attention's top-k), else ()."""
+        """Run the branch on the kept tokens only: its output (zeros elsewhere) and the trailing other outputs the
+        compact path computed too: all of the branch's own where it ran whole, a sparse attention's top-k, else ()."""
 
     def after(self, branch: GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
         """Called after the branch ran (e.g. to copy a skipped token's K/V forward)."""
@@ -167,6 +167,8 @@ class GatedBranch(BranchWrapper):
         out: Any = None
         if keep is not None and policy.execution == "compact":
             y, tail = policy.compact(self, hidden, keep, args, kwargs)
+            if y.shape[:-1] != hidden.shape[:-1]:  # Llama4's MoE run whole on a kept step: tokens flattened
+                y = y.view(*hidden.shape[:-1], -1)
             arity = self.arity if self.arity is not None else 2 if self.role == "attn" else 0
             rest: tuple | None = (*self._compact_extras(arity)[: arity - 1 - len(tail)], *tail) if arity else None
         else:

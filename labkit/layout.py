@@ -31,8 +31,8 @@ class Architecture:
     attention: str  # attribute of a decoder layer holding the self-attention branch (dotted where nested: DBRX)
     mlp: str  # attribute of a decoder layer holding the MLP branch (dotted where nested)
     attention_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma2/3, OLMo2)
-    # the same for the MLP output; for an inline feed-forward (XGLM, BioGPT) its exit linear: the gate scales what the
-    # module at this name returns, which is what the residual receives
+    # the same for the MLP output; for an inline feed-forward (OPT, XGLM, BioGPT) its exit linear, not a norm: either
+    # way the gate scales what the module at this name returns, which is what the residual receives
     mlp_norm: str | None = None
     parallel: bool = False  # the MLP reads the layer input, not the attention's result (GPT-NeoX parallel residual)
     mlp_sibling: str | None = None  # a child reading the MLP's input, added to its output (Granite-MoE's shared_mlp)
@@ -40,8 +40,8 @@ class Architecture:
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # else: the one child class named *Attention
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")  # else: the one child class named *MLP
-# A layer that runs its feed-forward inline (XGLM, BioGPT): the entry linear is the gated branch (its input the normed
-# hidden state, as any MLP's), the exit linear returns the MLP output, which the gate scales
+# A layer that runs its feed-forward inline (OPT, XGLM, BioGPT): the entry linear is the gated branch (its input the
+# normed hidden state, as any MLP's), the exit linear returns the MLP output, which the gate scales
 INLINE_FFN = ("fc1", "fc2")
 ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)
 

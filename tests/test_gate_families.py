@@ -13,6 +13,7 @@ import transformers
 
 from labkit import gate, layout, skip
 from labkit.skip import adapters, compact, kv_cache
+from tests import test_families
 from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
 COMMON = dict(
@@ -140,6 +141,18 @@ def assert_compact_matches_masked(model: torch.nn.Module) -> None:
             logits[execution] = model(x, attention_mask=mask).logits
         assert stats.skipped_fraction > 0.3
     torch.testing.assert_close(logits["compact"][mask.bool()], logits["masked"][mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def assert_rowwise_decoding_matches_masked(model: torch.nn.Module) -> None:
+    """Greedy decoding with per-row decisions (sequence scope, random ranking) at batch 1 and 2 reaches the one-token
+    paths that keep, or skip, a branch for every row of a step: compact gives the masked tokens and scores."""
+    for batch in (1, 2):
+        with torch.no_grad():
+            runs = {execution: budget_generate(model, tokens(batch, 6), execution, scope="sequence",
+                                               ranking="random")[0] for execution in ("masked", "compact")}
+        assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
+        for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
+            torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
 
 
 def gated(family: str, kind: str = "vector") -> torch.nn.Module:
@@ -337,7 +350,9 @@ def test_llama4_masked_equals_compact():
     config = transformers.Llama4TextConfig(**{**COMMON, "num_key_value_heads": 2, "num_local_experts": 4,
                                               "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8,
                                               "attention_chunk_size": 4, "floor_scale": 2, "no_rope_layers": [1, 0]})
-    assert_compact_matches_masked(gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval()))
+    model = gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval())
+    assert_compact_matches_masked(model)
+    assert_rowwise_decoding_matches_masked(randomize_gates(model))  # its MoE run whole returns tokens flattened
 
 
 def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():
@@ -413,6 +428,12 @@ def test_gemma4_kv_shared_layers_skip_masked_with_a_cache_and_refuse_compact_cle
             model(tokens(), use_cache=True)
 
 
+@pytest.mark.parametrize("family", ["opt", "xglm"])
+def test_inline_feed_forward_decodes_rowwise(family):
+    """A decoding step that skips the inline feed-forward for every row returns fc1's width, not the hidden width."""
+    assert_rowwise_decoding_matches_masked(gated(family))
+
+
 def test_compact_refuses_inputs_its_adapters_do_not_apply():
     """A cache slot per recurrent cycle (HRM) may not show in the 3-token probe; compact execution names the input
     instead of computing without it."""
@@ -463,11 +484,25 @@ def test_compact_applies_deepseek_sparse_attention(family):
     model = randomize_gates(gate.add_gates(model))
     assert tokens().shape[1] > SPARSE["index_topk"]  # the indexer leaves keys out
     assert_compact_matches_masked(model)
+    assert_rowwise_decoding_matches_masked(model)  # a step that skips every row still runs the indexer
     with torch.no_grad():
         runs = {execution: budget_generate(model, tokens(3, 6), execution)[0] for execution in ("masked", "compact")}
     assert torch.equal(runs["masked"].sequences, runs["compact"].sequences)
     for masked_scores, compact_scores in zip(runs["masked"].scores, runs["compact"].scores, strict=True):
         torch.testing.assert_close(compact_scores, masked_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_compact_refuses_an_indexer_that_is_not_deepseek_sparse_attention():
+    """MiniMax-M3's sparse layers pick key blocks with an indexer of their own, on attention that is not latent:
+    compact execution names it instead of calling it as DeepSeek's."""
+    config = test_families.build("minimax_m3_vl_text").config
+    config.layer_types, config.index_n_heads, config.index_head_dim = ["full_attention", "minimax_m3_sparse"], 2, 8
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = randomize_gates(gate.add_gates(transformers.MiniMaxM3VLForCausalLM._from_config(config).eval()))
+    with pytest.raises(ValueError, match="MiniMaxM3VLAttention: its sparse attention .* indexer of its own"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution="compact", measure_flops=False):
+            model(tokens())
 
 
 def test_compact_scales_queries_by_position_as_llama4_scaling_does():

@@ -45,8 +45,8 @@ UNSUPPORTED_INPUTS = {
 SLIDING_ONLY_ROTARY = ("AfmoeAttention", "Cohere2Attention", "FlintAttention")
 
 
-# Attention classes whose per-head output gate g_proj is a sigmoid (Laguna's is a softplus)
-SIGMOID_G_PROJ = ("Dots3NoteTextAttention",)
+# Attention classes whose output gate g_proj is a softplus (dots3's and most others' are a sigmoid)
+SOFTPLUS_G_PROJ = ("LagunaAttention",)
 
 
 # Attention classes whose model masks full-causal though the config sets a sliding window (it only truncates the cache)
@@ -88,9 +88,9 @@ def _rotary(attn: nn.Module, x: torch.Tensor, *rope: torch.Tensor) -> torch.Tens
     """Rotary embedding of tokens ``x`` (N, heads, head_dim) with their ``rope`` rows: cos and sin (N, width), one
     complex tensor (N, width / 2) for DeepSeek-V2's ``apply_rotary_emb``, or none (``x`` unchanged). Through the
     family's own function where its modeling module has one (``apply_rotary_pos_emb_interleave`` when the config sets
-    ``rope_interleave``), else rotate-half. Partial rotary (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first
-    ``rot`` dimensions and passes the rest through; GPT-J's function takes ``(tensor, sin, cos)`` of half width and
-    rotates interleaved pairs."""
+    ``rope_interleave``, or for latent attention whose config has no such switch), else rotate-half. Partial rotary
+    (GPT-NeoX, Phi, Phi3, StableLM, GPT-J) rotates the first ``rot`` dimensions and passes the rest through; GPT-J's
+    function takes ``(tensor, sin, cos)`` of half width and rotates interleaved pairs."""
     if not rope:  # a layer without rotary
         return x
     module = sys.modules.get(type(attn).__module__)
@@ -389,14 +389,18 @@ def query_scale(attn: nn.Module, kwargs: dict, batch: int, rows: Any, index: tor
 
 def refuse_unsupported(attn: nn.Module, kwargs: dict) -> None:
     """ValueError naming what ``attn`` does that no adapter here applies: an input of :data:`UNSUPPORTED_INPUTS`, a
-    q/k/v projection that is not position-wise (Zaya) or K/V shared from an
-    earlier layer (Gemma 4; Zaya's convolutional attention mixes each token's queries and keys with its
+    key indexer other than DeepSeek Sparse Attention's, a q/k/v projection that is not position-wise (Zaya) or K/V
+    shared from an earlier layer (Gemma 4; Zaya's convolutional attention mixes each token's queries and keys with its
     predecessors' and its values with the previous token's, so a kept query would need skipped neighbours'
     projections); masked execution runs them all."""
     for name, what in UNSUPPORTED_INPUTS.items():
         if kwargs.get(name) is not None:
             raise ValueError(f"compact execution cannot run {type(attn).__name__}: it takes {name!r} ({what}), which "
                              "labkit's adapter does not apply; use execution='masked'")
+    if not is_latent(attn) and _attr(attn, "indexer", None) is not None:
+        raise ValueError(f"compact execution cannot run {type(attn).__name__}: its sparse attention picks each "
+                         "query's key blocks with an indexer of its own (MiniMax-M3), which labkit's adapter does not "
+                         "apply (only DeepSeek Sparse Attention's, on latent attention); use execution='masked'")
     proj = _attr(attn, "qkv_proj", None)
     if proj is not None and not isinstance(proj, nn.Linear):
         raise ValueError(f"compact execution cannot run {type(attn).__name__}: its q/k/v projection "
@@ -427,8 +431,8 @@ def _output_gate(attn: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Ten
         return (o * torch.sigmoid(logits.float())).to(o.dtype)
     if _has(attn, "g_proj"):
         logits = attn.g_proj(x)
-        sigmoid = type(attn).__name__ in SIGMOID_G_PROJ
-        gate = torch.sigmoid(logits) if sigmoid else F.softplus(logits.float()).to(o.dtype)
+        softplus = type(attn).__name__ in SOFTPLUS_G_PROJ
+        gate = F.softplus(logits.float()).to(o.dtype) if softplus else torch.sigmoid(logits)
     elif _has(attn, "gate_proj"):
         logits = attn.gate_proj(x)
         bias = _attr(attn, "gate_bias", None)  # one per head (Beam)

@@ -68,7 +68,7 @@ def compact_mlp(
     that adds its own residual (Bloom, MPT) is given in its place."""
     B, T, d = hidden.shape
     flat_keep = keep.reshape(-1)
-    width = _out_features(branch, d)
+    width = out_features(branch, d)
     out = hidden.new_zeros(B * T, width)
     if bool(flat_keep.any()):
         positions = flat_keep.nonzero().squeeze(1)
@@ -79,8 +79,8 @@ def compact_mlp(
     return out.view(B, T, width)
 
 
-def _out_features(branch: nn.Module, width: int) -> int:
-    """The width a position-wise branch returns: its input's, but an inline feed-forward's entry linear (XGLM,
+def out_features(branch: nn.Module, width: int) -> int:
+    """The width a position-wise branch returns: its input's, but an inline feed-forward's entry linear (OPT, XGLM,
     BioGPT) returns the hidden width of the feed-forward, on which the layer's activation and exit linear then run
     for every token (zero at skipped ones)."""
     return branch.out_features if isinstance(branch, nn.Linear) else width

@@ -23,7 +23,7 @@ from labkit import gate as gate_lib
 from labkit import layout
 from labkit.config import NonNegative, check_value, number_in_range, renamed
 from labkit.profile import count_flops
-from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step
+from labkit.skip.compact import compact_attention, compact_mlp, copy_forward_step, out_features
 from labkit.skip.kv_cache import (
     CACHE_KWARGS,
     CacheLayoutError,
@@ -123,9 +123,8 @@ class _Policy:
         mask = kwargs.get("attention_mask")
         self.key_valid = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
         self.valid = self.eligible = None
-        embeds = kwargs.get("inputs_embeds")
-        self.tokens = tuple(ids.shape[:2]) if torch.is_tensor(ids) else tuple(embeds.shape[:2]) \
-            if torch.is_tensor(embeds) else None
+        inputs = ids if torch.is_tensor(ids) else kwargs.get("inputs_embeds")
+        self.tokens = tuple(inputs.shape[:2]) if torch.is_tensor(inputs) else None
         name, cache = find_cache(kwargs)
         if self.protect and not torch.is_tensor(ids):
             raise ValueError(f"protect={self.protect} needs the forward's input_ids to place its tokens; got "
@@ -287,7 +286,8 @@ class _Policy:
             return (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
         copy = self.kv == "copy_forward" and not branch.training
         if self.uniform is False:  # a decoding step that skips every row: nothing of the branch runs
-            zeros = self._constant(("zeros", *hidden.shape, hidden.dtype), lambda: hidden.new_zeros(hidden.shape))
+            shape = (*hidden.shape[:-1], out_features(branch.branch, hidden.shape[-1]))  # an inline fc1: its width
+            zeros = self._constant(("zeros", *shape, hidden.dtype), lambda: hidden.new_zeros(shape))
             _, cache = find_cache(kwargs)
             attn = branch.branch
             if branch.role == "attn" and copy and cache is not None and branch.layer_index > 0 and \

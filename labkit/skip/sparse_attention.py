@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.skip.adapters import latent_query, position_embeddings
+from labkit.skip.adapters import is_latent, latent_query, position_embeddings
 
 
 def is_sparse(attn: nn.Module) -> bool:
-    """Whether ``attn`` restricts each query to keys picked by an indexer (its own, or a previous layer's)."""
-    return getattr(attn, "indexer", None) is not None or bool(getattr(attn, "skip_topk", False))
+    """Whether ``attn`` is DeepSeek Sparse Attention: latent attention restricted to keys an indexer picks (its own,
+    or a previous layer's). Other indexers (MiniMax-M3's block-sparse one) are refused by
+    :func:`~labkit.skip.adapters.refuse_unsupported`."""
+    return is_latent(attn) and (getattr(attn, "indexer", None) is not None or bool(getattr(attn, "skip_topk", False)))
 
 
 @functools.cache
