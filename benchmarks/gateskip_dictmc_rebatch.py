@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from safetensors.torch import load_file
 
-from labkit import gate, jobs, seed_everything
+from labkit import jobs
 from labkit.experiments.gateskip import data
 from labkit.experiments.gateskip.arms import premise
 from labkit.experiments.gateskip.config import PRESETS, Config
-from labkit.models import pretrained
+from labkit.protocol import student_t_ci
 
 REPORT = Path("reports/gateskip/cpu")
 ARMS = {"gateskip": "gate", "gateskip + random rank": "random"}  # the report's arm names and their rankings
@@ -39,23 +39,22 @@ def shuffled(cfg: Config, order_seed: int) -> tuple[list, np.ndarray]:
 
 
 def score(job: tuple[Config, str, list]) -> np.ndarray:
-    """Per question of ``questions``, 1 when answered right at the premise budget under ``ranking``."""
+    """Per question of ``questions``, 1 when answered right at the premise budget under ``ranking``: the report's own
+    multiple-choice job (:func:`~labkit.experiments.gateskip.arms.premise._mc_job`) on the questions in this order."""
     cfg, ranking, questions = job
-    seed_everything(cfg.premise_seed, threads=cfg.threads)
-    model, tokenizer = pretrained.load(cfg.model)
-    model = gate.load_gates(gate.add_gates(model, kind=cfg.gate_kind), REPORT / "artefacts.safetensors")
+    state = load_file(REPORT / "artefacts.safetensors")
+    point = ("gateskip", ranking, cfg.premise_budgets[-1])
     original, data.dictionary_questions = data.dictionary_questions, lambda n, seed: questions
     try:
-        mc = data.DictMC(tokenizer, cfg, cfg.premise_seed, len(questions))
+        out = premise._mc_job((cfg, cfg.premise_seed, state, {"config": "", "steps": 0}, point))
     finally:
         data.dictionary_questions = original
-    contexts = premise._contexts(model, cfg, cfg.premise_budgets[-1], ranking, cfg.premise_seed)
-    return data.mc_correct(model, mc, contexts)[0]
+    return np.array([row["accuracy"] for row in out.rows])
 
 
 def t_interval(x: np.ndarray) -> str:
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():+.3f} [{x.mean() - half:+.3f}, {x.mean() + half:+.3f}]"
+    mean, low, high = student_t_ci(x)
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def main() -> None:
