@@ -179,6 +179,17 @@ def target_verdict(base: profile.Timing, other: profile.Timing, target: float) -
     return f"{ratio:.2f}x [{low:.2f}, {high:.2f}] vs {target:.2f}x: {verdict}"
 
 
+def versus_static(loss: float, skipped: float, static_loss: float, static_skipped: float, tol: float = 0.01) -> str:
+    """A decoding policy against ShortGPT: at least as good only if it loses no more while skipping at least as much
+    (skipped fractions within ``tol`` count as equal); worse only if it loses more while skipping no more."""
+    if loss <= static_loss and skipped >= static_skipped - tol:
+        return "at least ShortGPT's"
+    if loss > static_loss and skipped <= static_skipped + tol:
+        return "worse than ShortGPT's"
+    return f"not comparable ({'lower' if loss <= static_loss else 'higher'} loss, " \
+        f"{'fewer' if skipped < static_skipped else 'more'} skipped)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="toy")
@@ -186,6 +197,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--gates", nargs="+", default=["scalar", "vector"], choices=["scalar", "vector"])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
+    parser.add_argument("--quality-ratios", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 0.7],
+                        help="skip fractions of the quality rows (the cpu report's gates were trained for 5 %%)")
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--gates-from", help="trained scalar gates to load: a saved model folder or a .safetensors "
                         "file (the GateSkip cpu report's reports/gateskip/cpu/artefacts.safetensors)")
@@ -205,7 +218,7 @@ def main() -> None:
     n_branches = 2 * len(layout.decoder_layers(dense))
     calibration = held_out_tokens(tokenizer, vocab, 16, q_prompt + q_steps, 0, device)
     windows = held_out_tokens(tokenizer, vocab, q_rows, q_prompt + q_steps, 1, device)
-    ratios = [r for r in args.ratios if r > 0]
+    quality_ratios = [r for r in args.quality_ratios if r > 0]
 
     def thresholds(model: nn.Module, r: float, scope: str, b: int) -> dict[str, float]:
         """Calibrated on held-out batches of the decoding batch size ``b`` (what a step scope compares)."""
@@ -287,7 +300,7 @@ def main() -> None:
     order = skip.shortgpt_order(dense, list(calibration.split(q_batch)))
     quality_rows: dict[Any, tuple[float, float, float]] = {}  # arm -> loss, agreement, skipped fraction
     prefill_reference, _ = prefill_logits(dense, windows, contextlib.nullcontext)
-    for r in ratios:
+    for r in quality_ratios:
         removed = order[: round(r * n_branches)]
         logits, stats = prefill_logits(
             dense, windows, lambda k=removed: skip.static_skip(dense, k, "compact", measure_flops=False))
@@ -327,7 +340,7 @@ def main() -> None:
     print(f"\n== quality of prefill: one forward over the {q_rows} held-out windows ({q_prompt + q_steps} tokens), "
           "loss of every next token and agreement with the dense model's greedy token ==")
     print(f"{'ratio':>6} {'arm':>24} {'skipped':>8} {'loss':>8} {'agree':>7}")
-    for r in ratios:
+    for r in quality_ratios:
         for arm in ["shortgpt", *args.gates]:
             loss, agree, skipped = quality_rows["prefill", arm, r]
             label = "ShortGPT (static)" if arm == "shortgpt" else f"{arm} gates, batch scope"
@@ -337,7 +350,7 @@ def main() -> None:
           "ungated dense loss "
           f"{dense_loss:.3f} nats/token ==")
     print(f"{'ratio':>6} {'arm':>24} {'skipped':>8} {'loss':>8} {'agree':>7}")
-    for r in ratios:
+    for r in quality_ratios:
         for key in [("shortgpt", r)] + [(kind, scope, r) for kind in args.gates for scope in ("sequence", "step")]:
             loss, agree, skipped = quality_rows[key]
             arm = "ShortGPT (static)" if key[0] == "shortgpt" else f"{key[0]} gates, {_POLICY[key[1]]}"
@@ -353,12 +366,15 @@ def main() -> None:
                   f"{target_verdict(base, timings['decode', b, 'scalar', scope, 0.5, 'compact'], goal)}")
             print(f"batch-{b} decode at r = 0 within 5 % of dense (>= 0.95x): "
                   f"{target_verdict(base, timings['decode', b, 'scalar', scope, 0.0, 'compact'], 0.95)}")
-        for scope in ("sequence", "step"):  # a decoding policy is worth keeping where it loses no more than ShortGPT
-            loss, agree, skipped = quality_rows["scalar", scope, 0.5]
-            static_loss, static_agree, _ = quality_rows["shortgpt", 0.5]
-            verdict = "at least ShortGPT's" if loss <= static_loss else "worse than ShortGPT's"
-            print(f"decoding quality, {_POLICY[scope]} at r = 0.5 ({skipped:.2f} skipped): loss {loss:.3f} vs "
-                  f"ShortGPT {static_loss:.3f} nats/token, agreement {agree:.3f} vs {static_agree:.3f}: {verdict}")
+    if "scalar" in args.gates:  # a decoding policy is worth keeping where it loses no more than ShortGPT
+        for r in quality_ratios:
+            static_loss, static_agree, static_skipped = quality_rows["shortgpt", r]
+            for scope in ("sequence", "step"):
+                loss, agree, skipped = quality_rows["scalar", scope, r]
+                verdict = versus_static(loss, skipped, static_loss, static_skipped)
+                print(f"decoding quality, {_POLICY[scope]} at r = {r:g} ({skipped:.2f} skipped): loss {loss:.3f} "
+                      f"vs ShortGPT {static_loss:.3f} ({static_skipped:.2f} skipped) nats/token, agreement "
+                      f"{agree:.3f} vs {static_agree:.3f}: {verdict}")
     print(f"\nAll speed variants timed round-robin in one process ({args.repeat} rounds, medians); load average "
           f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. Absolute rates vary with machine load; "
           "compare the paired ratios. 'skipped' is the achieved fraction of (token, branch) pairs skipped while "

@@ -165,10 +165,9 @@ class GatedBranch(BranchWrapper):
         if self.has_sibling:  # only a SiblingBranch reads it: one write less per call in every other branch
             object.__setattr__(self, "last_keep", keep)
         out: Any = None
-        if keep is not None and policy.execution == "compact":
+        compact = keep is not None and policy.execution == "compact"
+        if compact:
             y, tail = policy.compact(self, hidden, keep, args, kwargs)
-            if y.shape[:-1] != hidden.shape[:-1]:  # Llama4's MoE run whole on a kept step: tokens flattened
-                y = y.view(*hidden.shape[:-1], -1)
             arity = self.arity if self.arity is not None else 2 if self.role == "attn" else 0
             rest: tuple | None = (*self._compact_extras(arity)[: arity - 1 - len(tail)], *tail) if arity else None
         else:
@@ -177,12 +176,12 @@ class GatedBranch(BranchWrapper):
             if self.arity is None:
                 self.arity = 0 if rest is None else len(out)
                 self.own_extras = _parameter_names(self.branch, rest or ())
-            if y.shape[:-1] != hidden.shape[:-1]:  # Llama4's MoE returns tokens flattened
-                y = y.view(*hidden.shape[:-1], -1)
             if self.record_probe:  # an input compact execution is checked on (by labkit.skip, before first use)
                 self.probe = (hidden.detach(), *map_tensors(torch.Tensor.detach, (args, kwargs)))
-            if keep is not None:
-                y = y * keep.unsqueeze(-1).to(y.dtype)
+        if y.shape[:-1] != hidden.shape[:-1]:  # Llama4's MoE returns tokens flattened (also run whole on a kept step)
+            y = y.view(*hidden.shape[:-1], -1)
+        if keep is not None and not compact:  # masked execution: the branch ran on every token
+            y = y * keep.unsqueeze(-1).to(y.dtype)
         if self.post_norm_hook is not None:  # the post-norm's output is what the residual receives: scale that
             mask = keep.unsqueeze(-1).to(y.dtype) if keep is not None else None
             self.pending_scale = g if mask is None else mask if g is None else g * mask

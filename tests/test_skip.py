@@ -64,6 +64,11 @@ def test_ratio_zero_is_identity_and_skipped_tokens_pass_residual():
     with skip.budget(model, 0.0, measure_flops=False) as stats:
         torch.testing.assert_close(model(x).logits, plain, atol=0.0, rtol=0.0)
     assert stats.skipped_fraction == 0.0
+    # A zero budget decides nothing (issue #26's r = 0 path) yet still counts every branch and replays its FLOPs.
+    with skip.budget(model, 0.0, execution="compact") as stats:
+        model(x)
+    assert set(stats.per_module) == {b.name for b in gate.gated_branches(model)}
+    assert set(stats.per_module.values()) == {0.0} and stats.flops == stats.dense_flops > 0
     # A branch output is zero exactly where its token was skipped.
     outputs = {}
     hooks = [

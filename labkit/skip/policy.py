@@ -93,11 +93,12 @@ class _Policy:
         static: set[str] | None,
         record: bool,
         keep_calls: bool,
-        protect: int = 0,
+        protect: int,
     ) -> None:
         self.model, self.skip_fraction, self.scope, self.execution = model, skip_fraction, scope, execution
         self.protect = protect  # the first `protect` real tokens of every row are never skipped
         self.ranking, self.kv, self.thresholds, self.static, self.record = ranking, kv, thresholds, static, record
+        self.never_skips = skip_fraction == 0.0 and static is None  # a zero budget: every branch runs on every token
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.exempt_ids = _exempt_token_ids(model)
@@ -178,8 +179,13 @@ class _Policy:
         B, T = hidden.shape[:2]
         here = self.valid is not None and self.valid.shape == (B, T)  # this forward's tokens (not a nested call's)
         valid = self.valid if here else None
-        eligible = self.eligible if self.eligible is not None and self.eligible.shape == (B, T) else None
         n_real = self.n_valid if here else B * T
+        self.total[branch.name] = self.total.get(branch.name, 0) + n_real
+        if self.never_skips and not self.record:  # r = 0: nothing to decide, at the cost of a dict update
+            if self.calls and self.keep_calls:
+                self.calls[-1]["keeps"].append(None)
+            return None
+        eligible = self.eligible if self.eligible is not None and self.eligible.shape == (B, T) else None
         keep = self._keep(branch, importance, hidden, valid, eligible)
         if self.uniform is not None:  # known without looking at the mask: count it without tensor ops
             dropped = 0 if self.uniform else n_real
@@ -187,7 +193,6 @@ class _Policy:
             dropped = int((~keep if valid is None else ~keep & valid).sum())
         if keep is not None:
             self.skipped[branch.name] = self.skipped.get(branch.name, 0) + dropped
-        self.total[branch.name] = self.total.get(branch.name, 0) + n_real
         if self.record:
             real = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=hidden.device)
             score = importance if importance is not None else torch.ones(B, T, device=hidden.device)
@@ -594,7 +599,7 @@ def static_skip(
     try:
         _check_common(model, execution, kv)
         names = _branch_names(model, layers)
-        policy = _Policy(model, 0.0, "batch", execution, "gate", kv, None, 0, names, record, measure_flops)
+        policy = _Policy(model, 0.0, "batch", execution, "gate", kv, None, 0, names, record, measure_flops, 0)
         with _skipping(model, policy, measure_flops) as stats:
             yield stats
     finally:
