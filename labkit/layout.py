@@ -355,6 +355,26 @@ def residual_position(cls: type) -> int | None:
     return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
 
 
+@functools.cache
+def _parameter_names(cls: type) -> tuple[str, ...]:
+    """The names of the positional parameters of ``cls.forward`` after ``self``, up to any ``*args``; read once."""
+    names = []
+    for parameter in list(inspect.signature(cls.forward).parameters.values())[1:]:
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(parameter.name)
+    return tuple(names)
+
+
+def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The keyword arguments of a call of ``module``, with the positional ones after its first (the hidden states)
+    named as its forward names them: CPM-Ant hands its attention the mask, position bias and cache by position, where
+    labkit's skipping reads them. ``kwargs`` itself where there are none (no copy, on every branch call)."""
+    if len(args) <= 1:
+        return kwargs
+    return {**dict(zip(_parameter_names(type(_unwrap(module)))[1:], args[1:], strict=False)), **kwargs}
+
+
 def residual_argument(args: tuple, kwargs: dict, at: int) -> tuple[torch.Tensor | None, bool]:
     """The residual a branch call hands over, by keyword or else at position ``at`` (None where it hands none), and
     whether it came by keyword."""
