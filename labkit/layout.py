@@ -4,10 +4,11 @@ GateSkip (:mod:`labkit.gate`) wraps the attention and MLP branch of every decode
 and how their outputs reach the residual stream, differ between families. :func:`architecture` finds the first
 ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child, then runs a probe forward with
 hooks on the first block to read what the code does not name: post-branch norms (Gemma2/3, OLMo2), a parallel
-residual (GPT-NeoX), a branch that adds the residual itself (Bloom, MPT), a module beside the MLP (Granite-MoE's
-``shared_mlp``). A layer that runs its feed-forward inline (OPT, XGLM, BioGPT) has its entry linear gated and its exit
-linear's output scaled. A layer whose output is not its input plus the two branch contributions is refused, with what
-the probe saw, because gating its branches would not scale what they add.
+residual (GPT-NeoX), a branch that adds the residual itself (Bloom, MPT), a container that does so around its
+pre-norm and branch (CPM-Ant's residual sub-blocks: the branch inside is gated), a module beside the MLP
+(Granite-MoE's ``shared_mlp``). A layer that runs its feed-forward inline (OPT, XGLM, BioGPT) has its entry linear
+gated and its exit linear's output scaled. A layer whose output is not its input plus the two branch contributions is
+refused, with what the probe saw, because gating its branches would not scale what they add.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ INLINE_FFN = ("fc1", "fc2")
 ARCH_ATTR = "_labkit_architecture"  # where add_gates keeps the detected layout on the model (not saved)
 
 
+class ResidualSubBlock(ValueError):
+    """A layer's branch returns the residual stream itself (it adds the residual inside: CPM-Ant's ``ffn``, a
+    container of its pre-norm and feed-forward); ``branch`` names it, so that the branch inside can be gated."""
+
+    def __init__(self, message: str, branch: str) -> None:
+        super().__init__(message)
+        self.branch = branch
+
+
 class BranchWrapper(nn.Module):
     """A module that wraps a decoder branch as ``.branch`` (:mod:`labkit.gate`'s gated branches): the layout is read
     through it, so a model with gates has the layout it had without them."""
@@ -57,7 +67,8 @@ def architecture(model: nn.Module) -> Architecture:
     """Where ``model``'s decoder layers and branches are, found by structure (no list of model types).
 
     Decoder layers: the first ``nn.ModuleList`` of identical blocks that each hold an attention and an MLP child (or
-    grandchild, DBRX); post-branch norms and a parallel residual are read from a probe forward (:func:`_probe`). A
+    grandchild, DBRX); post-branch norms and a parallel residual are read from a probe forward (:func:`_probe`),
+    which also finds a branch that returns the residual stream itself: the branch it holds is gated instead. A
     model with gates returns the layout found when they were added. ValueError naming the class and what was looked
     for otherwise.
     """
@@ -65,7 +76,15 @@ def architecture(model: nn.Module) -> Architecture:
     if found is not None:
         return found
     path, attention, mlp = _find_layers(model)
-    return _probe(model, path, attention, mlp)
+    try:
+        return _probe(model, path, attention, mlp)
+    except ResidualSubBlock as error:  # CPM-Ant's `ffn` adds the residual itself: gate the branch it holds
+        role = (ATTENTION_NAMES, "Attention") if error.branch == attention else (MLP_NAMES, "MLP")
+        inner = _child_branch(submodule(at_path(model, path)[0], error.branch), *role)
+        if inner is None:
+            raise
+        nested = f"{error.branch}.{inner}"
+        return _probe(model, path, *((nested, mlp) if error.branch == attention else (attention, nested)))
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -242,7 +261,7 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
         if len(beside) == 1 and _residual_fit(h_in, a, m + beside[0][1], h_out, tuple(side.values()))[1] is None:
             sibling, error = beside[0][0], None
     if error is not None:
-        raise ValueError(
+        message = (
             f"{type(layer).__name__} in {type(model).__name__} does not add its {attention!r} and {mlp!r} outputs "
             f"(after post-norms {attention_norm!r}, {mlp_norm!r}) to a kept residual stream: "
             f"{_fit_hint(found, fit, exact, attention, mlp)}"
@@ -251,6 +270,8 @@ def _probe(model: nn.Module, path: tuple[str, ...], attention: str, mlp: str) ->
             + f" misses by {error:.3g}; looked for h_out = α h_in + β attention + γ mlp (+ post-normed side "
             "branches) with scalars α, β, γ != 0"
         )
+        block = _sub_block(fit, exact, attention, mlp)
+        raise ValueError(message) if block is None else ResidualSubBlock(message, block)
     parallel = torch.equal(record["mlp_in"], found["mlp_in"])
     return Architecture(path, attention, mlp, attention_norm, mlp_norm, parallel, sibling)
 
@@ -280,13 +301,21 @@ def _residual_fit(
     return fit, None if holds else miss, miss <= 1e-3 * float(scale)
 
 
+def _sub_block(fit: torch.Tensor, exact: bool, attention: str, mlp: str) -> str | None:
+    """The branch whose output alone is the layer output (h_out = 1 · it exactly, α ≈ 0 and the other's coefficient ≈
+    0): it returns the residual stream itself, adding the residual inside (a residual sub-block); else None."""
+    one = [name for name, c in ((attention, fit[1]), (mlp, fit[2])) if abs(float(c) - 1) <= 1e-3]
+    flat = abs(float(fit[0])) <= 1e-3 and min(abs(float(fit[1])), abs(float(fit[2]))) <= 1e-3
+    return one[0] if exact and flat and len(one) == 1 else None
+
+
 def _fit_hint(found: dict, fit: torch.Tensor, exact: bool, attention: str, mlp: str) -> str:
     """What the probe saw that breaks h_out = α h_in + β attention + γ mlp, as clauses ending in "; " (or "")."""
     hints = []
     if abs(float(fit[0])) <= 1e-3:
-        one = [name for name, c in ((attention, fit[1]), (mlp, fit[2])) if abs(float(c) - 1) <= 1e-3]
-        if exact and len(one) == 1 and min(abs(float(fit[1])), abs(float(fit[2]))) <= 1e-3:
-            hints.append(f"{one[0]!r} returns the residual stream itself (it adds the residual inside: a residual "
+        block = _sub_block(fit, exact, attention, mlp)
+        if block is not None:
+            hints.append(f"{block!r} returns the residual stream itself (it adds the residual inside: a residual "
                          "sub-block), not a branch output")
         else:
             hints.append("the output does not keep the layer input (α ≈ 0): the layer rebuilds its residual stream "
@@ -324,6 +353,26 @@ def residual_position(cls: type) -> int | None:
     None; the signature is read once per class."""
     parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
     return parameters.index(RESIDUAL) if RESIDUAL in parameters else None
+
+
+@functools.cache
+def _parameter_names(cls: type) -> tuple[str, ...]:
+    """The names of the positional parameters of ``cls.forward`` after ``self``, up to any ``*args``; read once."""
+    names = []
+    for parameter in list(inspect.signature(cls.forward).parameters.values())[1:]:
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(parameter.name)
+    return tuple(names)
+
+
+def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The keyword arguments of a call of ``module``, with the positional ones after its first (the hidden states)
+    named as its forward names them: CPM-Ant hands its attention the mask, position bias and cache by position, where
+    labkit's skipping reads them. ``kwargs`` itself where there are none (no copy, on every branch call)."""
+    if len(args) <= 1:
+        return kwargs
+    return {**dict(zip(_parameter_names(type(_unwrap(module)))[1:], args[1:], strict=False)), **kwargs}
 
 
 def residual_argument(args: tuple, kwargs: dict, at: int) -> tuple[torch.Tensor | None, bool]:

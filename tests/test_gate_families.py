@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from labkit import gate, layout, skip
-from labkit.skip import adapters, compact, kv_cache
+from labkit.skip import adapters, compact, handed_scores, kv_cache
 from tests import test_families
 from tests.gate_helpers import BOS, EOS, PAD, V, budget_generate, check_round_trip, randomize_gates, tokens
 
@@ -103,6 +103,13 @@ FAMILIES = {
             ("self_attn", "fc1", None, "fc2", False)),
     "xglm": ("XGLMConfig", "XGLMForCausalLM", {"ffn_dim": 64, "attn_implementation": "eager"},
              ("self_attn", "fc1", None, "fc2", False)),
+    # residual sub-blocks (each adds the residual itself: the branches inside them are gated); an attention handed
+    # its mask and relative position bias per (query, key), called with positional arguments, over 32 prompt tokens
+    # ahead of the input that attend bidirectionally with it
+    "cpmant": ("CpmAntConfig", "CpmAntForCausalLM",
+               {"dim_head": 8, "dim_ff": 64, "position_bias_num_buckets": 32, "position_bias_max_distance": 64,
+                "init_std": 0.1, "attn_implementation": "eager"},  # init_std 1: logits ~15, rounding past 1e-5
+               ("self_att.self_attention", "ffn.ffn", None, None, False)),
     "gpt_neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -110,6 +117,7 @@ FAMILIES = {
         ("attention", "mlp", None, None, False),
     ),
 }
+PROMPT_AHEAD = {"cpmant": 32}  # families that run learned prompt tokens ahead of the input and ignore attention_mask
 GPT2_NAMES = dict(n_embd=32, n_layer=2, n_head=4, n_inner=64)
 
 
@@ -252,11 +260,14 @@ def test_compact_equals_masked(family, scope):
     real = mask.bool()
     torch.testing.assert_close(compact_logits[real], masked[real], atol=1e-5, rtol=1e-5)
     assert compact_stats.skipped_fraction == masked_stats.skipped_fraction > 0.3
+    if family in PROMPT_AHEAD:  # the attention mask is not the model's: its prompt and every input token are real
+        real = torch.ones(3, PROMPT_AHEAD[family] + x.shape[1], dtype=torch.bool)
     if scope == "batch":
-        assert masked_stats.skipped_fraction == pytest.approx(int(0.4 * 25) / 25)  # 25 real tokens
+        n = int(real.sum())  # 25 real tokens
+        assert masked_stats.skipped_fraction == pytest.approx(int(0.4 * n) / n)
     else:
-        for rec in masked_stats.records.values():
-            assert ((~rec["keep"] & real).sum(1) == torch.tensor([2, 3, 3])).all()  # floor(0.4 * 7 | 9) per row
+        for rec in masked_stats.records.values():  # floor(0.4 * 7 | 9) = 2 | 3 per row
+            assert ((~rec["keep"] & real).sum(1) == (0.4 * real.sum(1)).floor().long()).all()
 
 
 def test_compact_saves_flops(family):
@@ -353,6 +364,32 @@ def test_llama4_masked_equals_compact():
     model = gate.add_gates(transformers.Llama4ForCausalLM._from_config(config).eval())
     assert_compact_matches_masked(model)
     assert_rowwise_decoding_matches_masked(randomize_gates(model))  # its MoE run whole returns tokens flattened
+
+
+def test_compact_follows_the_mask_an_attention_is_handed():
+    """CPM-Ant hands its attention the mask of every (query, key) pair, by position with the cache: its prompt and
+    input attend bidirectionally, so in a cached forward a kept query reads later skipped tokens, whose K/V compact
+    execution computes rather than copies forward (a causal mask would need only the kept ones); a query reading no
+    key (CPM-Ant pads by token id 0, left) outputs zeros, as the module's own does."""
+    keep = torch.tensor([[True, False, False]])
+    causal = torch.ones(3, 3, dtype=torch.bool).tril()[None]
+    assert handed_scores.needed_keys(keep, causal).tolist() == [[True, False, False]]
+    assert handed_scores.needed_keys(keep, torch.ones_like(causal)).tolist() == [[True, True, True]]
+    model = gated("cpmant")
+    x = tokens()
+    x[1, :3] = 0  # three padded queries in row 1 (row 0 has one)
+    runs = {}
+    for execution in ("masked", "compact"):
+        with torch.no_grad(), skip.budget(model, 0.4, execution=execution, measure_flops=False):
+            out = model(x, use_cache=True)
+        runs[execution] = out.logits, kv_cache.output_cache(out)
+    (masked, masked_cache), (compacted, compact_cache) = runs["masked"], runs["compact"]
+    torch.testing.assert_close(compacted, masked, atol=1e-5, rtol=1e-5)
+    for layer in range(2):  # the same cache: skipped tokens' K/V copied forward, as masked execution leaves them
+        torch.testing.assert_close(kv_cache.layer_kv(compact_cache, layer, model),
+                                   kv_cache.layer_kv(masked_cache, layer, model), atol=1e-4, rtol=1e-4)
+    assert_compact_matches_masked(model)
+    assert_rowwise_decoding_matches_masked(model)
 
 
 def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():

@@ -17,8 +17,9 @@ where it does not.
 
 Modules: :mod:`~labkit.skip.policy` (the skip contexts and their accounting), :mod:`~labkit.skip.compact` (compact
 execution of a branch on its kept tokens), :mod:`~labkit.skip.adapters` (how each family's attention computes, the
-pieces compact execution reassembles), :mod:`~labkit.skip.static` (ShortGPT and ULS orders),
-:mod:`~labkit.skip.kv_cache` (finding and rewriting the Hugging Face KV cache).
+pieces compact execution reassembles), :mod:`~labkit.skip.sparse_attention` (DeepSeek's key indexer),
+:mod:`~labkit.skip.handed_scores` (CPM-Ant's mask and position bias per query and key), :mod:`~labkit.skip.static`
+(ShortGPT and ULS orders), :mod:`~labkit.skip.kv_cache` (finding and rewriting the Hugging Face KV cache).
 """
 
 from labkit.skip.policy import (

@@ -1,9 +1,9 @@
 """How each family's attention computes, in the pieces compact execution (:mod:`labkit.skip.compact`) reassembles
 for the kept tokens only.
 
-Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral, Qwen2/3, Gemma2/3,
-OLMo2, StableLM, Phi, GPT-J, GPT-Neo, CTRL, ModernBERT-decoder and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms
-per head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3; CodeGen's in
+Small per-family adapters for the projections: separate q/k/v/o (Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2, StableLM,
+Phi, GPT-J, GPT-Neo, CTRL, CPM-Ant, ModernBERT-decoder and the MoE families Mixtral, Qwen2-MoE, OLMoE; q/k norms per
+head or over the width, before rotary or after it as HunYuan's), fused ``qkv_proj`` (Phi3; CodeGen's in
 model-parallel shards of [q | v | k]) or ``Wqkv`` (DBRX, MPT; clipped to ``clip_qkv``), fused ``query_key_value`` per
 head (GPT-NeoX, GPT-NeoX-Japanese, Persimmon, Bloom) or per K/V group (Falcon), Conv1D ``c_attn`` (GPT-2) and JetMoE's
 mixture of attention (routed query and output experts over shared K/V heads); multi-head latent attention (MLA:
@@ -17,7 +17,8 @@ biases (Bloom, MPT, Falcon-RW) in the mask and scores; an output gate (AFMoE, La
 the output projection; differential attention (DiffLlama: two softmax maps of the same queries and keys, the second's
 output subtracted, then a norm). An MoE feed-forward is position-wise, so it runs on the kept tokens like any MLP. Llama
 4's complex rotary embedding, NoPE-layer temperature and chunked attention are applied too, and value norms or scales
-(Gemma 4, MiMo-V2-Flash); a sparse attention's key indexer is in :mod:`labkit.skip.sparse_attention`. Zaya's
+(Gemma 4, MiMo-V2-Flash); a sparse attention's key indexer is in :mod:`labkit.skip.sparse_attention`, the mask and
+position bias CPM-Ant hands its attention for every (query, key) pair in :mod:`labkit.skip.handed_scores`. Zaya's
 convolutional q/k/v projection, Gemma 4's KV-shared layers and the inputs in :data:`UNSUPPORTED_INPUTS` have no adapter
 (a clear error; masked execution works).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import sys
 from typing import Any, NamedTuple
 
@@ -175,7 +177,7 @@ def _rows(linear: nn.Module, rows: torch.Tensor | slice) -> tuple[torch.Tensor, 
 
 
 def _head_dim(attn: nn.Module) -> int:
-    return int(_attr(attn, "head_dim", None) or attn.head_size)
+    return int(_attr(attn, "head_dim", None) or _attr(attn, "dim_head", None) or attn.head_size)
 
 
 def is_latent(attn: nn.Module) -> bool:
@@ -201,6 +203,8 @@ def project_q(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return attn.experts.map(x.unsqueeze(0))[0].view(x.shape[0], -1, hd)
     if _has(attn, "Wq"):  # CTRL
         return attn.Wq(x).view(x.shape[0], -1, hd)
+    if _has(attn, "project_q"):  # CPM-Ant
+        return attn.project_q(x).view(x.shape[0], -1, hd)
     if _has(attn, "q_proj"):  # Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2
         return _norm_heads(_qk_norm(attn, "q"), attn.q_proj(x), hd)
     if _has(attn, "mp_num"):  # CodeGen
@@ -253,6 +257,8 @@ def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         return k.reshape(n, -1, hd), v.reshape(n, -1, hd)
     if _has(attn, "Wk"):  # CTRL
         return attn.Wk(x).view(n, -1, hd), attn.Wv(x).view(n, -1, hd)
+    if _has(attn, "project_k"):  # CPM-Ant
+        return attn.project_k(x).view(n, -1, hd), attn.project_v(x).view(n, -1, hd)
     if _has(attn, "k_proj"):
         return _norm_heads(_qk_norm(attn, "k"), attn.k_proj(x), hd), _project_v(attn, x)
     if _has(attn, "mp_num"):
@@ -416,8 +422,8 @@ def _no_adapter(attn: nn.Module) -> ValueError:
     return ValueError(
         f"compact execution has no adapter for attention module {type(attn).__name__}; looked for q_proj/k_proj/"
         "v_proj/o_proj (Llama family), qkv_proj (Phi3) or Wqkv/out_proj (DBRX), query_key_value/dense (GPT-NeoX), "
-        "c_attn/c_proj (GPT-2), Wq/Wk/Wv (CTRL), experts/kv_proj (JetMoE) or kv_a_proj_with_mqa (latent attention); "
-        "use execution='masked'"
+        "c_attn/c_proj (GPT-2), Wq/Wk/Wv (CTRL), project_q/k/v (CPM-Ant), experts/kv_proj (JetMoE) or "
+        "kv_a_proj_with_mqa (latent attention); use execution='masked'"
     )
 
 
@@ -495,6 +501,8 @@ def _out_proj(attn: nn.Module, o: torch.Tensor) -> torch.Tensor:
         return attn.out_proj(o) if dropout is None else dropout(attn.out_proj(o))
     if _has(attn, "Wo"):  # ModernBERT-decoder
         return attn.out_drop(attn.Wo(o))
+    if _has(attn, "attention_out"):  # CPM-Ant
+        return attn.attention_out(o)
     if _has(attn, "dense"):  # GPT-NeoX, Falcon, Persimmon; Bloom's then drops out (hidden_dropout, in training)
         rate = _attr(attn, "hidden_dropout", 0.0)
         return F.dropout(attn.dense(o), rate, attn.training) if rate else attn.dense(o)
@@ -526,17 +534,19 @@ def attention_settings(attn: nn.Module) -> Settings:
 
 def _scale(attn: nn.Module) -> float:
     """The factor on query-key products: ``scaling``, ``inv_norm_factor`` (Falcon, Bloom), ``softmax_scale`` (MPT),
-    1 / ``norm_factor`` (GPT-NeoX-Japanese), or 1 for GPT-Neo, whose global and local layers (``attention_type``) do
-    not scale scores by 1 / sqrt(head_dim)."""
+    1 / ``norm_factor`` (GPT-NeoX-Japanese), 1 / sqrt(``dim_head``) (CPM-Ant), or 1 for GPT-Neo, whose global and
+    local layers (``attention_type``) do not scale scores by 1 / sqrt(head_dim)."""
     for name in ("scaling", "inv_norm_factor", "softmax_scale"):
         if _attr(attn, name, None) is not None:
             return _attr(attn, name)
     if _attr(attn, "norm_factor", None) is not None:
         return 1 / attn.norm_factor
+    if _attr(attn, "dim_head", None) is not None:  # CPM-Ant divides its scores by sqrt(dim_head)
+        return 1 / math.sqrt(attn.dim_head)
     if _attr(attn, "attention_type", None) in ("global", "local"):
         return 1.0
     raise ValueError(f"compact execution has no adapter for {type(attn).__name__}'s score scale (looked for scaling, "
-                     "inv_norm_factor, softmax_scale, norm_factor); use execution='masked'")
+                     "inv_norm_factor, softmax_scale, norm_factor, dim_head); use execution='masked'")
 
 
 def alibi_bias(attn: nn.Module, kwargs: dict, batch: int, keys: int) -> torch.Tensor | None:

@@ -37,6 +37,7 @@ from labkit.skip.adapters import (
     self_attention,
     share_kv,
 )
+from labkit.skip.handed_scores import handed_scores, kept_queries, needed_keys
 from labkit.skip.kv_cache import copy_source, find_cache, layer_kv, self_attention_cache
 from labkit.skip.sparse_attention import allowed_keys, hands_on_topk, picked_keys
 
@@ -96,29 +97,24 @@ def _attend(
     bias: torch.Tensor | None = None,
     chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
     picked: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of queries at positions ``qpos`` (B, W) over all S keys: causal, sliding window, key padding, the
     ``chunks`` of queries and keys (:func:`~labkit.skip.adapters.query_key_chunks`), the keys a sparse attention's
-    indexer ``picked`` (B, W, S); Gemma2's logit softcap
+    indexer ``picked`` (B, W, S), or instead of all these the mask the module was ``given`` (B, W, S) (CPM-Ant,
+    :mod:`~labkit.skip.handed_scores`: a query reading no key outputs zeros); Gemma2's logit softcap
     ``tanh(s / c) c``, attention sinks (a per-head logit in the softmax's denominator only) and ALiBi ``bias``
-    (B, heads, 1, S) added to the scaled scores computed explicitly."""
+    (B, heads, 1, S), or a bias per query (B, heads, W, S), added to the scaled scores computed explicitly."""
     scale, dropout, window, softcap, sinks = settings
     S = k.shape[2]
-    kpos = torch.arange(S, device=q.device)[None, None, :]
-    allowed = kpos <= qpos[:, :, None]
-    if window is not None:
-        allowed = allowed & (kpos > qpos[:, :, None] - window)
-    if key_valid is not None and key_valid.shape[-1] >= S:
-        allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
-    if chunks is not None:  # Llama 4's chunked attention: keys of the query's own chunk only
-        allowed = allowed & (chunks[0][:, :, None] == chunks[1][:, None, :])
-    if picked is not None:
-        allowed = allowed & picked
-    allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: any finite output, discarded
+    allowed = given if given is not None else _allowed(qpos, S, key_valid, window, chunks, picked)
+    empty = ~allowed.any(-1, keepdim=True)
+    allowed = allowed | empty  # padded query rows: any finite output, discarded (zeroed below where given a mask)
     grouped = k.shape[1] != q.shape[1]
     if softcap is None and sinks is None and bias is None:  # grouped-query heads read their K/V head without a copy
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale,
-                                              enable_gqa=grouped)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale,
+                                             enable_gqa=grouped)
+        return out if given is None else out.masked_fill(empty[:, None], 0.0)
     if grouped:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
@@ -134,7 +130,30 @@ def _attend(
     weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
     if sinks is not None:
         weights = weights[..., :-1]
-    return F.dropout(weights, p=dropout, training=dropout > 0) @ v
+    out = F.dropout(weights, p=dropout, training=dropout > 0) @ v
+    return out if given is None else out.masked_fill(empty[:, None], 0.0)
+
+
+def _allowed(
+    qpos: torch.Tensor,
+    S: int,
+    key_valid: torch.Tensor | None,
+    window: int | None,
+    chunks: tuple[torch.Tensor, torch.Tensor] | None,
+    picked: torch.Tensor | None,
+) -> torch.Tensor:
+    """(B, W, S) keys each query at ``qpos`` reads: causal, within the window, not padding, of its chunk, picked."""
+    kpos = torch.arange(S, device=qpos.device)[None, None, :]
+    allowed = kpos <= qpos[:, :, None]
+    if window is not None:
+        allowed = allowed & (kpos > qpos[:, :, None] - window)
+    if key_valid is not None and key_valid.shape[-1] >= S:
+        allowed = allowed & key_valid[:, None, -S:].to(torch.bool)
+    if chunks is not None:  # Llama 4's chunked attention: keys of the query's own chunk only
+        allowed = allowed & (chunks[0][:, :, None] == chunks[1][:, None, :])
+    if picked is not None:
+        allowed = allowed & picked
+    return allowed
 
 
 def _handed_on(attn: nn.Module, topk: torch.Tensor | None) -> tuple:
@@ -205,8 +224,9 @@ def compact_attention(
     rope = rope_rows(attn, None if alibi else position_embeddings(attn, hidden, kwargs), B)
     needed = torch.ones_like(keep)
     prev = None
+    handed = handed_scores(kwargs)  # CPM-Ant's mask and position bias for every (query, key) pair
     if copying:
-        needed = _needed(keep)
+        needed = _needed(keep) if handed is None else needed_keys(keep, handed[0])
         source = None if bool(needed.all()) else _source(attn, cache, model, hidden, kwargs)
         if source is not None:
             keys, values = layer_kv(cache, source, model)
@@ -250,10 +270,14 @@ def compact_attention(
     q = q.view(n_rows, width, *q.shape[1:]).transpose(1, 2)
     kv_rows = key_valid[rows] if key_valid is not None else None
     chunks = query_key_chunks(attn, cache, kv_rows, past + index, k.shape[2])
-    bias = alibi_bias(attn, kwargs, B, k.shape[2])
     picked = allowed_keys(topk, rows, index, k.shape[2]) if topk is not None else None
-    o = _attend(q, k[rows], attended_values(attn, v[rows]), past + index, kv_rows, settings,
-                bias[rows] if bias is not None else None, chunks, picked)
+    if handed is None:
+        given, bias = None, alibi_bias(attn, kwargs, B, k.shape[2])
+        bias = bias[rows] if bias is not None else None
+    else:
+        given, bias = (kept_queries(t, rows, index) if t is not None else None for t in handed)
+    o = _attend(q, k[rows], attended_values(attn, v[rows]), past + index, kv_rows, settings, bias, chunks, picked,
+                given)
     o = project_out(attn, x, mixed_heads(attn, o.transpose(1, 2)))
     scattered = _scatter_rows(o.to(hidden.dtype), index, valid, torch.Size((n_rows, T, d)))
     if every_row:

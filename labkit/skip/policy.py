@@ -290,19 +290,20 @@ class _Policy:
             out = branch.branch(*args, **kwargs)  # a decoding step that keeps every row: the branch as it is
             return (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
         copy = self.kv == "copy_forward" and not branch.training
+        named = layout.call_arguments(branch.branch, args, kwargs)  # CPM-Ant hands its attention the cache by position
         if self.uniform is False:  # a decoding step that skips every row: nothing of the branch runs
             shape = (*hidden.shape[:-1], out_features(branch.branch, hidden.shape[-1]))  # an inline fc1: its width
             zeros = self._constant(("zeros", *shape, hidden.dtype), lambda: hidden.new_zeros(shape))
-            _, cache = find_cache(kwargs)
+            _, cache = find_cache(named)
             attn = branch.branch
             if branch.role == "attn" and copy and cache is not None and branch.layer_index > 0 and \
-                    not is_sparse(attn) and copy_forward_step(attn, cache, hidden, kwargs, self.model):
+                    not is_sparse(attn) and copy_forward_step(attn, cache, hidden, named, self.model):
                 return zeros, ()  # a sparse attention's indexer still runs (compact_attention): its keys are cached
             if branch.role == "mlp":
                 return zeros, ()
         if branch.role == "mlp":
             return compact_mlp(branch.branch, hidden, keep, layout.given_residual(branch.branch, args, kwargs)), ()
-        return compact_attention(branch.branch, hidden, keep, kwargs, self.key_valid, copy, self.model)
+        return compact_attention(branch.branch, hidden, keep, named, self.key_valid, copy, self.model)
 
     def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
         if (
@@ -498,7 +499,7 @@ def verify_compact(branch: gate_lib.GatedBranch) -> None:
             if branch.role == "mlp":
                 out = compact_mlp(module, hidden, keep, layout.given_residual(module, args, kwargs))
             else:
-                out, _ = compact_attention(module, hidden, keep, kwargs)
+                out, _ = compact_attention(module, hidden, keep, layout.call_arguments(module, args, kwargs))
     except ValueError as error:  # labkit's own refusal (no adapter) says what it looked for
         branch.compact_error = str(error)
     except Exception as error:
