@@ -147,16 +147,17 @@ def stage1_premises(task: str, budget: float, dense: float, random: float) -> li
               "gate_shift", "gateskip", INIT, lower_is_better=False, tolerance=GATE_SHIFT_TOLERANCE, compute=where,
               kind="premise"),
     ]
-    unit = "accuracy" if accuracy else "bits per byte"
+    # one description for both tasks: a headline merges a claim's tasks into one sentence under one description
+    units = "text: bits per byte, relative difference; dictmc: accuracy, absolute difference"
     return out + [
         Claim("learned ranking beats random",
               f"at {budget:.0%} of branch-tokens skipped, "
               "ranking tokens by the trained gates keeps more quality than ranking them at random in the same model "
-              f"({unit}; per-unit difference, tolerance {RANKING_TOLERANCE_PCT:g} % of random's)",
+              f"({units}; tolerance {RANKING_TOLERANCE_PCT:g} % of random's)",
               f"{metric}_skipped", "gateskip", CONTROL, lower_is_better=not accuracy, relative=not accuracy,
               tolerance=RANKING_TOLERANCE_PCT * (random / 100 if accuracy else 1), compute=where, kind="premise"),
         Claim("healthy at full compute",
-              f"GateSkip at full compute stays within {HEALTH_TOLERANCE_PCT:g} % of the pretrained LM ({unit})",
+              f"GateSkip at full compute stays within {HEALTH_TOLERANCE_PCT:g} % of the pretrained LM ({units})",
               metric, "gateskip", "dense", lower_is_better=not accuracy, relative=not accuracy,
               tolerance=-HEALTH_TOLERANCE_PCT * (dense / 100 if accuracy else 1), compute=where, kind="premise"),
         Claim("dense beats trivial",
