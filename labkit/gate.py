@@ -192,7 +192,7 @@ class GatedBranch(BranchWrapper):
         if flat is not None:
             y = y.reshape(*flat[:-1], -1)
         if keep is not None:
-            policy.after(self, keep, layout.call_arguments(self.branch, args, kwargs))
+            policy.after(self, keep, args, kwargs)
         if rest is None:
             return y
         return layout.with_first(out, y) if out is not None else (y, *rest)  # the branch's own container (named tuples)

@@ -390,6 +390,10 @@ def test_compact_follows_the_mask_an_attention_is_handed():
                                    kv_cache.layer_kv(masked_cache, layer, model), atol=1e-4, rtol=1e-4)
     assert_compact_matches_masked(model)
     assert_rowwise_decoding_matches_masked(model)
+    # its branches see the prompt's tokens too, so protect could not place the input's first ones: a clear error
+    with pytest.raises(ValueError, match="protect=1: branch '0.attn' sees 41 tokens per row where the forward's "
+                                         "input_ids hold 9"), skip.budget(model, 0.4, "sequence", protect=1):
+        model(x)
 
 
 def test_copy_forward_takes_the_nearest_layer_of_the_same_head_shape():

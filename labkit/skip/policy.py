@@ -180,6 +180,11 @@ class _Policy:
         here = self.valid is not None and self.valid.shape == (B, T)  # this forward's tokens (not a nested call's)
         valid = self.valid if here else None
         n_real = self.n_valid if here else B * T
+        if self.protect and self.tokens is not None and B == self.tokens[0] and T != self.tokens[1]:
+            raise ValueError(
+                f"protect={self.protect}: branch {branch.name!r} sees {T} tokens per row where the forward's input_ids "
+                f"hold {self.tokens[1]} (the model adds tokens of its own, as CPM-Ant's prompt), so the protected "
+                "tokens cannot be placed; use protect=0")
         self.total[branch.name] = self.total.get(branch.name, 0) + n_real
         if self.never_skips and not self.record:  # r = 0: nothing to decide, at the cost of a dict update
             if self.calls and self.keep_calls:
@@ -305,7 +310,7 @@ class _Policy:
             return compact_mlp(branch.branch, hidden, keep, layout.given_residual(branch.branch, args, kwargs)), ()
         return compact_attention(branch.branch, hidden, keep, named, self.key_valid, copy, self.model)
 
-    def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, kwargs: dict) -> None:
+    def after(self, branch: gate_lib.GatedBranch, keep: torch.Tensor | None, args: tuple, kwargs: dict) -> None:
         if (
             branch.role != "attn"
             or keep is None
@@ -316,6 +321,7 @@ class _Policy:
             or getattr(branch.branch, "is_kv_shared_layer", False)  # Gemma 4: it caches nothing of its own to copy
         ):
             return
+        kwargs = layout.call_arguments(branch.branch, args, kwargs)  # CPM-Ant hands its attention the cache by position
         _, cache = find_cache(kwargs)
         if cache is not None and self.execution == "compact" and keep.shape[1] == 1:
             return  # compact attention already stored the copy source's K/V for this step's skipped rows
