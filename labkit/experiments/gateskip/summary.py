@@ -281,15 +281,15 @@ def recorded_tables(results: Results) -> dict[str, pd.DataFrame]:
 
 
 def verdict_lines(results: Results) -> list[str]:
-    """The rule, every claim with its effect (percentage points; premises in their own units), interval, n and
-    verdict, then the sanity flags and the configurations chosen on validation: one line each
+    """Stage 2's status first, then the rule, every claim with its effect (percentage points; premises in their own
+    units), interval, n and verdict, the sanity flags and the configurations chosen on validation: one line each
     (:func:`labkit.protocol.verdict_lines`)."""
+    status = stage2_status(results)
     if not ran_comparison(results):
         chosen = results.stage1[results.stage1.chosen].iloc[0]
         note = f"chosen on the other half of the text windows: {chosen.config}, {chosen.steps} steps"
         ok = "no arms compared (stage 1 judges its premises only)"
-        return protocol.verdict_lines(results.claims, pd.DataFrame(columns=["flags"]), ok,
-                                      notes=[stage2_status(results), note])
+        return [status, *protocol.verdict_lines(results.claims, pd.DataFrame(columns=["flags"]), ok, notes=[note])]
     picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
     premise = results.claims.role == "premise"
     table = results.claims.assign(effect=results.claims.effect.where(premise, results.claims.effect + " pp"))
@@ -297,7 +297,8 @@ def verdict_lines(results: Results) -> list[str]:
         "every trained arm converged at the longer budget, every arm within "
         f"{claims.HEALTH_TOLERANCE_PCT:g} % of dense at full compute and beat the trivial predictor"
     )
-    return protocol.verdict_lines(table, results.sanity, ok, notes=["chosen on validation: " + ", ".join(picks)])
+    notes = ["chosen on validation: " + ", ".join(picks)]
+    return [status, *protocol.verdict_lines(table, results.sanity, ok, notes=notes)]
 
 
 def verdict_text(results: Results) -> str:
