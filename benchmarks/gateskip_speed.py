@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import inspect
 import math
 import os
 import tempfile
@@ -47,7 +46,7 @@ from labkit import gate, layout, profile, protocol, skip
 from labkit.data import sequences
 from labkit.models import pretrained
 from labkit.models.decoder_lm import build_causal_lm
-from labkit.skip.kv_cache import output_cache
+from labkit.skip.kv_cache import cache_argument, output_cache
 
 SHAPES = {  # prefill batch, prefill tokens, decode prompt tokens, decoded tokens per timed call, quality windows
     "smollm2": (8, 256, 64, 32, (8, 32, 64)),  # prefill 8 x 256 as issue #26 measured; quality: 8 windows, 32
@@ -98,14 +97,10 @@ def held_out_tokens(tokenizer: Any, vocab: int, n: int, length: int, part: int, 
     return torch.stack([half[s: s + length] for s in starts]).to(device)
 
 
-def _cache_kwarg(model: nn.Module) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def decoder(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: Context | None) -> Callable[[], Any]:
     """A call that greedily decodes ``new_tokens`` after ``prompt`` (prefilled once, here) and rewinds the cache
     (a negative ``crop`` drops the newest tokens on every transformers release). Returns the context's stats."""
-    name = _cache_kwarg(model)
+    name = cache_argument(model)
     with torch.no_grad(), context() if context else contextlib.nullcontext():
         out = model(prompt, use_cache=True, logits_to_keep=1)
     cache, first = output_cache(out), out.logits[:, -1:].argmax(-1)
@@ -125,7 +120,7 @@ def decoder(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: Co
 def teacher_forced(model: nn.Module, windows: torch.Tensor, prompt: int, context: Context) -> tuple[torch.Tensor, Any]:
     """Logits (B, steps, vocab) of one-token decoding steps fed the held-out tokens after a ``prompt``-token prefill,
     inside ``context`` (the decoding policy's quality, without compounding its own mistakes), and its SkipStats."""
-    name = _cache_kwarg(model)
+    name = cache_argument(model)
     with context() as stats:
         out = model(windows[:, :prompt], use_cache=True, logits_to_keep=1)
         cache, logits = output_cache(out), [out.logits[:, -1]]

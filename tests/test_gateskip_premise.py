@@ -24,7 +24,7 @@ def stage1():
     cfg = experiment.configure("cpu", {
         "finetune_steps": 6, "batch_size": 4, "text_length": 16, "eval_size": 16, "eval_batch": 8, "workers": 1,
         "gate_lrs": (0.05,), "sparsity_weights": (0.01,), "dense_lrs": (1e-3,), "random_lrs": (1e-3,),
-        "random_skip_ends": (0.2,), "premise_budgets": (0.1, 0.25), "mc_questions": 8,
+        "random_skip_ends": (0.2,), "premise_budgets": (0.1, 0.25), "mc_questions": 8, "compare": False,
     })
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pretrained, "load", tiny_llm)
@@ -62,7 +62,7 @@ def test_stage1_judges_every_premise_on_the_other_half(stage1):
     assert set(results.claims.claim[results.claims["interval verdict"].isna()]) == set()
     assert results.stage1.chosen.sum() == 1
     assert not summary.ran_comparison(results)
-    assert summary.stage2_status(results).startswith("STAGE 2 DID NOT RUN")
+    assert summary.stage2_status(results).startswith("STAGE 2 DID NOT RUN: it was not asked for")
     lines = experiment.verdict_lines(results)
     assert any("STAGE 2 DID NOT RUN" in line for line in lines)
     metrics = experiment.headline_metrics(results)
@@ -145,12 +145,12 @@ def test_held_out_windows_never_overlap_and_too_many_is_a_clear_error():
     stream = torch.arange(40)
     starts = data.disjoint_windows(stream, 5, 8, torch.Generator().manual_seed(0))[:, 0]
     assert sorted(starts.tolist()) == [0, 8, 16, 24, 32]  # all five non-overlapping windows, each once
-    with pytest.raises(ValueError, match=r"'eval_size' \(6\) of part 0 needs 6 non-overlapping windows of 8 tokens"):
+    with pytest.raises(ValueError, match=r"6 held-out windows of part 0 \(past 0\) need 6 non-overlapping windows"):
         data.disjoint_windows(stream, 6, 8, torch.Generator())
     parts = [set(data.disjoint_windows(stream, 2, 8, torch.Generator().manual_seed(0), part)[:, 0].tolist())
              for part in (0, 1)]  # two seeds' windows: disjoint
     assert len(parts[0] | parts[1]) == 4
-    with pytest.raises(ValueError, match=r"of part 2 needs 6 "):
+    with pytest.raises(ValueError, match=r"of part 2 \(past 0\) need 6 "):
         data.disjoint_windows(stream, 2, 8, torch.Generator(), 2)
 
 
@@ -194,9 +194,9 @@ def test_random_ranking_draws_anew_for_every_forward():
     def logits(contexts) -> list[torch.Tensor]:
         return [data.forward_logits(model, x, contexts, []) for _ in range(2)]
 
-    first, second = logits(premise._contexts(model, cfg, 0.5, "random", 0))
+    first, second = logits(premise.contexts(model, cfg, 0.5, "random", 0))
     assert not torch.allclose(first, second)  # a different half of the tokens skipped each time
-    assert torch.equal(logits(premise._contexts(model, cfg, 0.5, "random", 0))[0], first)
+    assert torch.equal(logits(premise.contexts(model, cfg, 0.5, "random", 0))[0], first)
 
 
 def test_premise_budgets_ascend_and_stage_one_needs_no_comparison_grids():

@@ -8,6 +8,7 @@ where it expects it: a silent miss once made copy-forward a no-op without failin
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,6 +36,12 @@ def find_cache(kwargs: Mapping[str, Any]) -> tuple[str | None, Any]:
         if kwargs.get(name) is not None:
             return name, kwargs[name]
     return None, None
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its KV cache under (``cache`` on 5.24+, ``past_key_values`` before)."""
+    names = inspect.signature(model.forward).parameters
+    return next((name for name in CACHE_KWARGS if name in names), CACHE_KWARGS[-1])
 
 
 def output_cache(outputs: Any) -> Any:

@@ -10,10 +10,12 @@ thresholds calibrated on validation). "dense" saves 0 by definition, so GateSkip
 anything at that quality". Every baseline got the same tuning budget on validation. Every saved-compute score is read
 against the dense fine-tune of its seed, so every claim rests on "dense" too.
 
-With a real pretrained LLM only stage 1 runs, and its premises are judged on held-out validation windows or questions
-(the paired unit) with the gates chosen on the other half of the text windows (:func:`stage1_premises`): the gates
-move, the learned ranking beats random ranking of the same model, GateSkip stays within
-:data:`HEALTH_TOLERANCE_PCT` % of the pretrained LM at full compute, and the pretrained LM beats the trivial predictor.
+With a real pretrained LLM, stage 1's premises are judged first on held-out validation windows or questions (the
+paired unit) with the gates chosen on the other half of the text windows (:func:`stage1_premises`): the gates move
+(governing every task: all use the gates trained on text), the learned ranking beats random ranking of the same model,
+GateSkip stays within :data:`HEALTH_TOLERANCE_PCT` % of the pretrained LM at full compute, and the pretrained LM beats
+the trivial predictor. They govern stage 2, the comparison on test seeds, with the LM frozen: its "dense" is the
+pretrained LM, nothing but the gates is tuned (:data:`COMPUTE_FROZEN`), and there is no random-skip fine-tune.
 
 In the comparison (the tiny model), per task two premises are judged first: GateSkip's gates move from their initial
 value (else the ranking is the initialisation's, not a learned one), and the dense fine-tune beats the trivial
@@ -24,6 +26,7 @@ inconclusive one, "premise unconfirmed".
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -47,6 +50,7 @@ _COMPUTE = (
     "one fine-tuning schedule, its stopping point tuned on validation; every family tuned there with the same number "
     "of configurations"
 )
+COMPUTE_FROZEN = "stage 1's gate configuration trained on each test seed; static arms on the frozen pretrained LM"
 _PAPER = "up to 15 % saved at > 90 % of baseline accuracy (abstract, 1B-8B LLMs)"
 _BASELINES = {
     "dense": "saves compute at all (the dense model saves 0)",
@@ -56,11 +60,14 @@ _BASELINES = {
     CONTROL: "saves more than the same model with tokens ranked at random (the learned ranking matters)",
 }
 _MEASURES = {"tokens": "token x branch", "flops": "executed FLOPs"}
+# per task: what is generated with a KV cache and the quality it is read in
+_GENERATED = {"cumsum": ("generating chains", "exact match"),
+              "text": ("decoding held-out text token by token", "quality (bits per byte within dense / level)")}
 
 
-def claims(levels: tuple[float, ...], generation: bool) -> list[Claim]:
-    """Every claim of one task: per level x measure x baseline, and (``generation``) per level x scope on generated
-    chains vs dense, random skip and ShortGPT."""
+def claims(levels: tuple[float, ...], generation: bool, task: str) -> list[Claim]:
+    """Every claim of one task: per level x measure x baseline, and (``generation``) per level x scope on text
+    generated with a KV cache vs dense, random skip, ShortGPT, ULS and the same model ranked at random."""
     out = []
     for level in levels:
         pct = round(100 * level)
@@ -75,13 +82,14 @@ def claims(levels: tuple[float, ...], generation: bool) -> list[Claim]:
                     )
                 )
         if generation:
+            what, unit = _GENERATED[task]
             for scope in ("batch", "sequence"):
-                for baseline in ("dense", "random_skip", "shortgpt"):
+                for baseline in ("dense", "random_skip", "shortgpt", "uls", CONTROL):
                     out.append(
                         _claim(
                             f"gen_saved_{pct}_{scope}",
-                            f"generating chains with a KV cache ({scope} scope), "
-                            f"at {pct} % of dense exact match, GateSkip {_BASELINES[baseline]}",
+                            f"{what} with a KV cache ({scope} scope), "
+                            f"at {pct} % of dense {unit}, GateSkip {_BASELINES[baseline]}",
                             baseline,
                         )
                     )
@@ -210,10 +218,13 @@ def verdicts(
     budget: pd.DataFrame,
     healthy: pd.DataFrame,
     levels: tuple[float, ...],
+    stage1: Sequence[protocol.Verdict] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The claims table (``<task>: <claim>`` for every task, premises first) and the sanity table (per task x arm:
     converged at the longer budget (:func:`convergence`), healthy (:func:`health`), full-compute test quality beats
-    the trivial predictor).
+    the trivial predictor). ``stage1``: a pretrained LLM's premises, judged on validation before the comparison
+    (:func:`stage1_premises`); they govern the claims beside each task's test :func:`premises` (then named
+    "... (test seeds)": the gates retrained on every test seed must move too).
 
     A premise is judged on its own measurement, without the arms' sanity flags: whether the gates moved or dense
     beats the trivial predictor does not depend on a longer run or on the skipping arms' health, and a flag there
@@ -241,11 +252,13 @@ def verdicts(
         checks.append(check.assign(task=task))
         gates = table[table.arm == "gateskip"].reindex(columns=["arm", "seed", "gate_shift"]).dropna()
         evidence = {"gate_shift": pd.concat([gates, gates.assign(arm=INIT, gate_shift=0.0)]), "quality": quality}
-        for claim in premises(metric):
+        for claim in premises(metric):  # under stage 1's premises, these are stage 2's own, on its test seeds
+            claim = dataclasses.replace(claim, name=f"{claim.name} (test seeds)") if stage1 else claim
             if len(evidence[claim.metric]):
                 judged.append(protocol.judge(_of(claim, task), evidence[claim.metric]))
         generation = any(c.startswith("gen_saved_") and table[c].notna().any() for c in table.columns)
-        for claim in claims(levels, generation):
+        for claim in claims(levels, generation, task):
+            claim = dataclasses.replace(claim, compute=COMPUTE_FROZEN) if stage1 else claim
             if claim.metric not in table.columns:
                 continue  # e.g. a generation scope that did not run
             rows = table[table.arm.isin([claim.arm, claim.baseline])].dropna(subset=[claim.metric])
@@ -255,7 +268,7 @@ def verdicts(
     measures = budget.drop_duplicates(["task", "arm"]).set_index(["task", "arm"]).measure
     sanity["budget_measure"] = [measures.get((t, a), "") for t, a in zip(sanity.task, sanity.arm, strict=True)]
     columns = ["task", "arm", "converged", "budget_measure", "budget_1x", "budget_long", "healthy", "beats_trivial"]
-    return protocol.claims_table(judged), sanity.reindex(columns=[*columns, "flags"])
+    return protocol.claims_table([*stage1, *judged]), sanity.reindex(columns=[*columns, "flags"])
 
 
 def _of(claim: Claim, task: str) -> Claim:

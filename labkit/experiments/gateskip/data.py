@@ -14,6 +14,7 @@ likelihood of each definition after the headword against after a neutral prompt;
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -28,7 +29,8 @@ from torch import nn
 
 from labkit import profile, skip
 from labkit.data import corpora, sequences
-from labkit.experiments.gateskip.config import Config
+from labkit.experiments.gateskip.config import TEST_SEED_OFFSET, Config
+from labkit.skip.kv_cache import cache_argument, output_cache
 
 SkipContext = Callable[[], AbstractContextManager[skip.SkipStats]]  # a fresh skip block per evaluation batch
 
@@ -59,6 +61,7 @@ def forward_logits(
 
 
 EVAL_SPLITS = ("val", "test")  # tuning sees "val", the frozen configuration is reported on "test"
+DECODE_PROMPT = 8  # tokens of a held-out window read in one forward before decoding the rest token by token
 
 
 def vocabulary(name: str) -> tuple[int, int | None, int | None]:
@@ -200,9 +203,9 @@ def trivial_quality(task: Task, split: str = "test") -> dict[str, float]:
 
 
 @torch.no_grad()
-def executed_flops(model: nn.Module, task: Task, context: SkipContext | None = None) -> int:
-    """FLOPs of one forward over the first ``flops_batch`` test sequences (compact execution inside ``context``)."""
-    x = task.tokens("test")[: task.cfg.flops_batch].to(task.device)
+def executed_flops(model: nn.Module, x: torch.Tensor, context: SkipContext | None = None) -> int:
+    """FLOPs of one forward over the batch ``x`` (the first ``flops_batch`` test sequences; compact execution inside
+    ``context``)."""
     if context is None:
         return profile.count_flops(lambda: model(x, use_cache=False))
     with context() as stats:
@@ -260,29 +263,37 @@ def gate_maps(model: nn.Module, task: Task, cfg: Config) -> tuple[list[dict[str,
     return gates, skips
 
 
-def disjoint_windows(stream: torch.Tensor, n: int, length: int, generator: torch.Generator, part: int = 0
-                     ) -> torch.Tensor:
+def disjoint_windows(stream: torch.Tensor, n: int, length: int, generator: torch.Generator, part: int = 0,
+                     after: int = 0) -> torch.Tensor:
     """``n`` windows of ``length`` tokens of ``stream`` drawn without replacement from its non-overlapping windows:
     no token is scored twice, and a window that chooses never overlaps one that judges. ``part`` takes the ``part``-th
-    n windows of one permutation (drawn by ``generator``), so the windows of different parts never overlap either."""
+    n windows of one permutation (drawn by ``generator``) past its first ``after``, so the windows of different parts
+    never overlap either."""
     available = stream.numel() // length
-    if (part + 1) * n > available:
-        raise ValueError(f"parameter 'eval_size' ({n}) of part {part} needs {(part + 1) * n} non-overlapping "
-                         f"windows of {length} tokens; the held-out text has {available}")
-    starts = torch.randperm(available, generator=generator)[part * n : (part + 1) * n] * length
+    if after + (part + 1) * n > available:
+        raise ValueError(f"{n} held-out windows of part {part} (past {after}) need {after + (part + 1) * n} "
+                         f"non-overlapping windows of {length} tokens; the held-out text has {available} (parameters "
+                         "'eval_size', 'test_windows', 'seeds', 'text_length')")
+    first = after + part * n
+    starts = torch.randperm(available, generator=generator)[first : first + n] * length
     return stream[starts[:, None] + torch.arange(length)[None]]
 
 
+TUNING_PARTS = 2  # validation parts of the tuning seeds 0 and 1 (SmolLM2: exploration on 0, stage 1 on 1)
+
+
 class TokenText:
-    """The stdlib text task in a pretrained LLM's tokens: a training stream and held-out windows of ``split`` (seed s
-    takes the s-th ``eval_size`` windows of one permutation: different seeds never share a window), each
-    with the UTF-8 bytes its scored tokens (positions 1 .. T-1) decode to, so bits per byte compare across
-    tokenizers. ``tokenizer`` needs ``encode(text, add_special_tokens=False)`` and ``decode(ids)``."""
+    """The stdlib text task in a pretrained LLM's tokens: a training stream and held-out windows of ``split``, each
+    with the UTF-8 bytes its scored tokens (positions 1 .. T-1) decode to, so bits per byte compare across tokenizers.
+    Seeds draw parts of one permutation per split, so no two seeds of a split share a window: tuning seed s takes
+    the s-th ``eval_size`` validation windows; test seed 100 + i the i-th ``test_windows`` of each split (of
+    validation past the :data:`TUNING_PARTS` tuning seeds' windows). ``tokenizer`` needs
+    ``encode(text, add_special_tokens=False)`` and ``decode(ids)``."""
 
     def __init__(self, tokenizer: Any, cfg: Config, seed: int, split: str = "val") -> None:
         if split not in EVAL_SPLITS:
             raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
-        self.cfg, self.train_gen = cfg, torch.Generator().manual_seed(seed)
+        self.cfg, self.seed, self.train_gen = cfg, seed, torch.Generator().manual_seed(seed)
         self.provenance: dict[str, Any] = {}
         streams = {}
         for part in ("train", split):
@@ -292,7 +303,11 @@ class TokenText:
             self.provenance[part]["tokens"] = int(streams[part].numel())
         self.train = streams["train"]
         gen = torch.Generator().manual_seed(10_000 if split == "val" else 50_000)  # one permutation; a seed its part
-        self.windows = disjoint_windows(streams[split], cfg.eval_size, cfg.text_length, gen, part=seed)
+        n, part, after = cfg.eval_size, seed, 0
+        if seed >= TEST_SEED_OFFSET:
+            n, part = cfg.test_windows, seed - TEST_SEED_OFFSET
+            after = TUNING_PARTS * cfg.eval_size if split == "val" else 0
+        self.windows = disjoint_windows(streams[split], n, cfg.text_length, gen, part, after)
         self.scored_bytes = torch.tensor(
             [len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in self.windows], dtype=torch.float64
         )
@@ -300,6 +315,11 @@ class TokenText:
     def batch(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` training windows drawn with ``generator`` (default: the task's own training stream)."""
         return sequences.byte_windows(self.train, n, self.cfg.text_length, generator or self.train_gen)
+
+    def calibration(self) -> list[torch.Tensor]:
+        """ShortGPT's calibration batches (training windows), the same for every arm of the seed."""
+        gen = torch.Generator().manual_seed(20_000 + self.seed)
+        return [self.batch(self.cfg.batch_size, gen) for _ in range(self.cfg.calib_batches)]
 
 
 @torch.no_grad()
@@ -316,6 +336,38 @@ def window_bpb(
         loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").sum(1)
         nll.append(loss.double().cpu())
     bpb = torch.cat(nll) / text.scored_bytes / math.log(2)
+    return bpb.numpy(), float(np.mean(fractions)) if fractions else 0.0
+
+
+@torch.no_grad()
+def decoded_bpb(
+    model: nn.Module, text: TokenText, context: SkipContext | None = None, device: torch.device | None = None
+) -> tuple[np.ndarray, float]:
+    """:func:`window_bpb` of the first ``decode_windows`` held-out windows read as a generating model reads them: the
+    first :data:`DECODE_PROMPT` tokens in one forward, then one token per step with a KV cache (teacher-forced), each
+    batch inside one ``context()``, so skipping acts on decoding steps (a skipped token's K/V copied forward) as in
+    generation; returns bits per byte per window and the token x branch fraction skipped over prefill and steps."""
+    if text.cfg.text_length <= DECODE_PROMPT + 1:
+        raise ValueError(f"parameter 'text_length' must exceed {DECODE_PROMPT + 1} to decode after a "
+                         f"{DECODE_PROMPT}-token prompt, got {text.cfg.text_length}")
+    model.eval()
+    windows = text.windows[: text.cfg.decode_windows]
+    nll, fractions, name = [], [], cache_argument(model)
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(1).double()
+
+    for start in range(0, windows.shape[0], text.cfg.eval_batch):
+        x = windows[start : start + text.cfg.eval_batch].to(device or "cpu")
+        with context() if context is not None else contextlib.nullcontext() as stats:
+            out = model(x[:, :DECODE_PROMPT], use_cache=True)
+            total, cache = loss(out.logits, x[:, 1 : DECODE_PROMPT + 1]), output_cache(out)
+            for t in range(DECODE_PROMPT, x.shape[1] - 1):
+                total += loss(model(x[:, t : t + 1], use_cache=True, **{name: cache}).logits, x[:, t + 1 : t + 2])
+        if stats is not None:
+            fractions.append(stats.skipped_fraction)
+        nll.append(total.cpu())
+    bpb = torch.cat(nll) / text.scored_bytes[: windows.shape[0]] / math.log(2)
     return bpb.numpy(), float(np.mean(fractions)) if fractions else 0.0
 
 
@@ -385,13 +437,13 @@ class DictMC:
     own longest row and masks the padding, so the skip budget counts real tokens only). An option is scored by the
     log-likelihood of its tokens under the headword less that under the neutral prompt (pointwise mutual information:
     a definition is not chosen for being a likely sentence); measured on SmolLM2 this takes the pretrained LM from 34 %
-    (the likelihood alone) to 66 % on 100 validation questions. ``questions`` of validation, drawn with ``seed``."""
+    (the likelihood alone) to 66 % on 100 validation questions. ``questions`` of ``split``, drawn with ``seed``."""
 
     NEUTRAL = "Definition:"
 
-    def __init__(self, tokenizer: Any, cfg: Config, seed: int, questions: int) -> None:
+    def __init__(self, tokenizer: Any, cfg: Config, seed: int, questions: int, split: str = "val") -> None:
         self.cfg = cfg
-        self.questions = dictionary_questions(questions, seed)
+        self.questions = dictionary_questions(questions, seed, split)
         self.answers = torch.tensor([answer for _, _, answer in self.questions])
         self.tokens, self.scored, self.lengths = {}, {}, {}
         for name, prompt_of in (("word", lambda w: f'The word "{w}" means:'), ("neutral", lambda w: self.NEUTRAL)):

@@ -30,6 +30,7 @@ from labkit.experiments.gateskip.arms import (
     quality_column,
     saved_at_quality,
     stage1_choice,
+    stage2_blockers,
 )
 from labkit.experiments.gateskip.config import Config
 
@@ -38,7 +39,8 @@ MEASURES = {"tokens": "skipped_fraction", "flops": "flops_saved"}  # compute-sav
 
 def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[float, ...]) -> pd.DataFrame:
     """Per task x arm x seed on test: compute saved (in %) at each quality level, in token x branch fraction and
-    executed FLOPs (``saved_90_tokens``, ``saved_90_flops``, ...), and for generated chains per scope
+    executed FLOPs where counted (``saved_90_tokens``, ``saved_90_flops``, ...), and for text generated with a KV
+    cache (running-sum chains, or decoded held-out text) per scope
     (``gen_saved_90_batch``, ...); the dense rows save 0 by definition (the "saves anything" reference); full-compute
     ``quality`` and, for gated arms, ``gate_shift``."""
     test = curves[curves.split == "test"]
@@ -47,12 +49,15 @@ def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[fl
         metric = quality_column(task)
         for level in levels:
             for name, column in MEASURES.items():
+                if column not in sub or sub[column].isna().all():  # FLOPs are counted on text only (LLM)
+                    continue
                 saved = saved_at_quality(sub, metric, x=column, fraction=level)
                 parts.append(saved.assign(metric=f"saved_{round(100 * level)}_{name}"))
     gen = generation[generation.split == "test"] if len(generation) else generation
     for (task, scope), sub in gen.groupby(["task", "scope"], sort=False) if len(gen) else []:
+        metric = "gen_em" if task == "cumsum" else quality_column(task)  # chains' exact match, or decoded text's
         for level in levels:
-            saved = saved_at_quality(sub.drop(columns="scope"), "gen_em", fraction=level)
+            saved = saved_at_quality(sub.drop(columns="scope").dropna(axis=1, how="all"), metric, fraction=level)
             parts.append(saved.assign(task=task, metric=f"gen_saved_{round(100 * level)}_{scope}"))
     long = pd.concat(parts, ignore_index=True)
     wide = long.pivot_table(index=["task", "arm", "seed"], columns="metric", values="saved").mul(100).reset_index()
@@ -70,13 +75,15 @@ def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[fl
     return scores
 
 
-def budget_values(runs: pd.DataFrame, chosen: pd.DataFrame, level: float) -> pd.DataFrame:
+def budget_values(runs: pd.DataFrame, chosen: pd.DataFrame, level: float, untrained: tuple[str, ...] = ()
+                  ) -> pd.DataFrame:
     """The validation measure each chosen arm is judged on for the convergence check, per task x role x budget (the
     rows of the 1x and longer runs of :func:`labkit.experiments.gateskip.arms.budget_jobs`, tagged ``chosen_config`` and
     ``run_budget``).
 
     Dense, ShortGPT and ULS: the full-compute validation quality of the dense fine-tune each chose (ShortGPT and ULS
-    train nothing else). GateSkip and random skip: compute saved (%, token x branch) at ``level`` of the 1x dense
+    train nothing else; ``untrained`` roles, such as a frozen pretrained LM's, have no longer run and no row).
+    GateSkip and random skip: compute saved (%, token x branch) at ``level`` of the 1x dense
     fine-tune's validation quality, the statistic they were chosen on; the threshold stays at the 1x dense model so
     the check measures the arm's own gain. Returns task, arm, seed, budget, measure, value.
     """
@@ -87,6 +94,8 @@ def budget_values(runs: pd.DataFrame, chosen: pd.DataFrame, level: float) -> pd.
         full = sub[(sub.arm == "dense") & (sub.budget == 0)]
         reference = full[(full.chosen_config == picks["dense"]) & (full.run_budget == 1)]
         for role, config in picks.items():
+            if role in untrained:
+                continue
             for (seed, budget), run in sub[sub.chosen_config == config].groupby(["seed", "run_budget"], sort=False):
                 if role in ("gateskip", "random_skip"):
                     curve = pd.concat([reference[reference.seed == seed], run[run.arm == role]], ignore_index=True)
@@ -183,11 +192,9 @@ def _gates_of(task: str, curves: pd.DataFrame, choice: pd.DataFrame) -> pd.Serie
     return used.iloc[0]
 
 
-def _judge_stage1(cfg: Config, computed: Computed) -> Results:
-    """Stage 1's judgement: the choice on one half of the text windows (``stage1``), the premises of every task
-    judged on the other half with those gates (``claims``, premises only: the comparison did not run) and their
-    per-window ``evidence``."""
-    t = computed.tables
+def _stage1(cfg: Config, t: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], list[protocol.Verdict]]:
+    """Stage 1's judgement: the choice on one half of the text windows (``stage1``) and the premises of every task
+    judged on the other half with those gates, with their per-window ``evidence``."""
     budget = cfg.premise_budgets[-1]
     curves, gates = t["premise_curves"], t["premise_gates"]
     choice = stage1_choice(curves, gates, budget)
@@ -199,15 +206,45 @@ def _judge_stage1(cfg: Config, computed: Computed) -> Results:
         reference = (means[metric]["dense"], means[f"{metric}_skipped"][CONTROL])
         for claim in claims.stage1_premises(task, budget, *reference):
             rows = table.dropna(subset=[claim.metric])
-            judged.append(protocol.judge(dataclasses.replace(claim, name=f"{task}: {claim.name}", group=task), rows))
+            group = "" if claim.metric == "gate_shift" else task  # every task is scored with the gates trained on text
+            judged.append(protocol.judge(dataclasses.replace(claim, name=f"{task}: {claim.name}", group=group), rows))
         evidence.append(table)
-    tables = {"stage1": choice, "evidence": pd.concat(evidence, ignore_index=True),
-              "claims": protocol.claims_table(judged)}
-    return Results(cfg, {**t, **tables}, computed)
+    return {"stage1": choice, "evidence": pd.concat(evidence, ignore_index=True)}, judged
+
+
+def _llm_chosen(cfg: Config, curves: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
+    """Each role's configuration in stage 2: GateSkip's gates as stage 1 chose them (``val_score``: their edge over
+    random ranking on the choosing half), the pretrained LM for dense, ShortGPT and ULS (nothing tuned)."""
+    pick = choice[choice.chosen].iloc[0]
+    gated, dense = (curves[curves.arm == arm].config.iloc[0] for arm in ("gateskip", "dense"))
+    rows = []
+    for task in cfg.tasks:
+        rows.append({"task": task, "role": "gateskip", "config": gated, "val_score": float(pick.edge)})
+        rows += [{"task": task, "role": role, "config": dense, "val_score": np.nan} for role in ("dense", *STATIC)]
+    return pd.DataFrame(rows)
+
+
+def _judge_llm(cfg: Config, computed: Computed) -> Results:
+    """A pretrained LLM: stage 1's premises on validation (:func:`_stage1`); with stage 2's tables, the comparison on
+    test seeds judged under those premises, as the tiny model's is (``chosen``, ``scores``, ``budget``, ``health``,
+    ``claims``, ``sanity``)."""
+    t = computed.tables
+    tables, premises = _stage1(cfg, t)
+    if "curves" not in t:
+        return Results(cfg, {**t, **tables, "claims": protocol.claims_table(premises)}, computed)
+    chosen = _llm_chosen(cfg, t["curves"], tables["stage1"])
+    scores = test_scores(t["curves"], t["generation"], cfg.levels)
+    budget = claims.convergence(budget_values(t["budget_runs"], chosen, cfg.levels[0], ("dense", *STATIC)))
+    health = claims.health(scores)
+    claim_table, sanity = claims.verdicts(scores, t["trivial"], budget, health, cfg.levels, stage1=premises)
+    judged = {"chosen": chosen, "scores": scores, "budget": budget, "health": health, "claims": claim_table,
+              "sanity": sanity}
+    return Results(cfg, {**t, **tables, **judged}, computed)
 
 
 def ran_comparison(results: Results) -> bool:
-    """Whether stage 2, the comparison of arms, ran (the tiny model) or the run stopped after stage 1's premises."""
+    """Whether the comparison of arms ran (the tiny model's, or a pretrained LLM's stage 2) or the run stopped after
+    stage 1's premises."""
     return "scores" in results.tables
 
 
@@ -215,24 +252,25 @@ def stage2_status(results: Results) -> str:
     """Why the comparison did or did not run, in one sentence the notebook and the verdict show."""
     if ran_comparison(results):
         return "stage 2 ran: every arm compared on test seeds"
-    premises = results.claims[results.claims.role == "premise"]
-    if (premises.verdict == "not held").any():
-        reason = "a premise is not met"
-    elif (premises.verdict != "held").any():
-        reason = "a premise is unconfirmed (inconclusive)"
+    blockers = stage2_blockers(results.stage1[results.stage1.chosen].iloc[0])
+    if not results.config.compare:
+        reason = "it was not asked for (parameter compare=False)"
+    elif blockers:
+        reason = (f"on the choosing half of the validation windows the gates stage 1 chose failed: "
+                  f"{'; '.join(blockers)}, so its premises could not hold")
     else:
-        reason = "every premise held, but the comparison on a pretrained LLM is not built yet (about 5 h on 2 cores)"
+        reason = "the run that computed these tables stopped after stage 1"
     return f"STAGE 2 DID NOT RUN: {reason}; only stage 1 (the premises, on validation) is reported"
 
 
 def judge(cfg: Config, computed: Computed) -> Results:
-    """Stage 1 alone for a pretrained LLM (:func:`_judge_stage1`); else every judged table from the computed ones:
+    """A pretrained LLM's stages (:func:`_judge_llm`); else every judged table from the computed ones:
     ``chosen`` and ``validation`` (the choices, again from the
     validation rows), ``scores``, ``budget`` (convergence), ``health``, ``claims`` and ``sanity``; artefacts ``model``
     and ``examples`` for the token widget."""
     t = computed.tables
     if "premise_curves" in t:
-        return _judge_stage1(cfg, computed)
+        return _judge_llm(cfg, computed)
     curves = t["curves"]
     chosen, validation = choose(curves[curves.split == "val"], cfg.levels[0])
     scores = test_scores(curves, t["generation"], cfg.levels)
@@ -254,10 +292,13 @@ def judge(cfg: Config, computed: Computed) -> Results:
 
 def claim_text(results: Results) -> str:
     """The report's claim in one sentence: the paper's (the comparison), or the premise stage 1 tests."""
+    paper = "paper: up to 15 % compute saved at > 90 % of baseline accuracy (arXiv 2510.13876)."
+    if ran_comparison(results) and "stage1" in results.tables:
+        return ("At equal compute saved, residual gates trained on a frozen pretrained LLM keep more quality than the "
+                f"same model with tokens ranked at random and than static branch or layer removal; {paper}")
     if ran_comparison(results):
         return ("At equal compute saved, learned residual gates keep more quality than random token skipping and "
-                "static layer skipping; paper: up to 15 % compute saved at > 90 % of baseline accuracy "
-                "(arXiv 2510.13876).")
+                f"static layer skipping; {paper}")
     return ("Stage 1, the premise on a pretrained LLM: residual gates trained on it rank tokens better than random "
             "ranking of the same model at equal skipped fraction, on held-out text and on multiple choice, while "
             "the model stays healthy at full compute (arXiv 2510.13876 presupposes this of 1B-8B LLMs).")
@@ -273,10 +314,12 @@ def rule_text(results: Results) -> str:
 
 
 def recorded_tables(results: Results) -> dict[str, pd.DataFrame]:
-    """The judged tables a report records beside its computed ones (stage 1 only: its choice and evidence)."""
-    names = ("claims", "sanity", "budget", "health", "scores", "chosen", "validation")
-    if not ran_comparison(results):
-        names = ("claims", "stage1", "evidence")
+    """The judged tables a report records beside its computed ones (a pretrained LLM's: stage 1's choice and
+    evidence too)."""
+    compared = ("claims", "sanity", "budget", "health", "scores", "chosen")
+    names = [*compared, "validation"] if "validation" in results.tables else ["claims", "stage1", "evidence"]
+    if ran_comparison(results) and "stage1" in results.tables:  # a pretrained LLM's two stages
+        names = [*compared, "stage1", "evidence"]
     return {name: results.tables[name] for name in names}
 
 
@@ -285,19 +328,22 @@ def verdict_lines(results: Results) -> list[str]:
     units), interval, n and verdict, the sanity flags and the configurations chosen on validation: one line each
     (:func:`labkit.protocol.verdict_lines`)."""
     status = stage2_status(results)
-    if not ran_comparison(results):
+    stage1 = []
+    if "stage1" in results.tables:
         chosen = results.stage1[results.stage1.chosen].iloc[0]
-        note = f"chosen on the other half of the text windows: {chosen.config}, {chosen.steps} steps"
+        stage1 = [f"stage 1 chose on the other half of the text windows: {chosen.config}, {chosen.steps} steps"]
+    if not ran_comparison(results):
         ok = "no arms compared (stage 1 judges its premises only)"
-        return [status, *protocol.verdict_lines(results.claims, pd.DataFrame(columns=["flags"]), ok, notes=[note])]
-    picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples()]
+        return [status, *protocol.verdict_lines(results.claims, pd.DataFrame(columns=["flags"]), ok, notes=stage1)]
+    picks = [f"{r.task}/{r.role} {r.config}" for r in results.chosen.itertuples() if "stage1" not in results.tables
+             or r.role == "gateskip"]  # a pretrained LLM's other arms choose nothing
     premise = results.claims.role == "premise"
     table = results.claims.assign(effect=results.claims.effect.where(premise, results.claims.effect + " pp"))
     ok = (
         "every trained arm converged at the longer budget, every arm within "
         f"{claims.HEALTH_TOLERANCE_PCT:g} % of dense at full compute and beat the trivial predictor"
     )
-    notes = ["chosen on validation: " + ", ".join(picks)]
+    notes = [*stage1, "chosen on validation: " + ", ".join(picks)]
     return [status, *protocol.verdict_lines(table, results.sanity, ok, notes=notes)]
 
 
@@ -309,16 +355,19 @@ def verdict_text(results: Results) -> str:
 def headline_metrics(results: Results) -> dict[str, float]:
     """Seed means a rerun reproduces: per task and arm the saved fractions (%), full-compute quality and gate shift;
     each claim's effect (pp); each premise's effect (in its own units) and whether it was met (1 or 0)."""
+    tables = {}  # stage 1: per task and arm, means over the judging half's windows or questions
+    if "stage1" in results.tables:
+        tables["stage1/" if ran_comparison(results) else ""] = results.evidence
     if ran_comparison(results):
-        means = results.scores.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
-    else:  # stage 1: per task and arm, means over the judging half's windows or questions
-        means = results.evidence.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
+        tables[""] = results.scores
     out = {}
-    for (task, arm), row in means.iterrows():
-        for column, value in row.items():
-            if pd.notna(value):
-                out[f"{task}/{arm}/{column}"] = float(value)
-    if not ran_comparison(results):
+    for prefix, table in tables.items():
+        means = table.groupby(["task", "arm"], sort=False).mean(numeric_only=True).drop(columns="seed")
+        for (task, arm), row in means.iterrows():
+            for column, value in row.items():
+                if pd.notna(value):
+                    out[f"{prefix}{task}/{arm}/{column}"] = float(value)
+    if "stage1" in results.tables:
         out["text/chosen/select_edge"] = float(results.stage1[results.stage1.chosen].edge.iloc[0])
     for r in results.claims.itertuples():
         name = r.claim.replace(": ", "/")

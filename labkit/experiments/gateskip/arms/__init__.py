@@ -5,7 +5,13 @@
 from labkit.experiments.gateskip.arms.compute import EXAMPLES, MODEL_PREFIX, budget_jobs, compute
 from labkit.experiments.gateskip.arms.finetune import SCOPES, ArmResults, Pretrained, base_lm, pretrain, run_arm
 from labkit.experiments.gateskip.arms.grid import CONTROL, FAMILIES, STATIC, Spec, longer, tuning_grid, tuning_runs
-from labkit.experiments.gateskip.arms.selection import choose, quality_column, saved_at_quality, stage1_choice
+from labkit.experiments.gateskip.arms.selection import (
+    choose,
+    quality_column,
+    saved_at_quality,
+    stage1_choice,
+    stage2_blockers,
+)
 
 __all__ = [
     "CONTROL",
@@ -27,6 +33,7 @@ __all__ = [
     "run_arm",
     "saved_at_quality",
     "stage1_choice",
+    "stage2_blockers",
     "tuning_grid",
     "tuning_runs",
 ]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from labkit import gate, jobs, profile
 from labkit.experiments import Computed
-from labkit.experiments.gateskip.arms import premise
+from labkit.experiments.gateskip.arms import comparison, premise
 from labkit.experiments.gateskip.arms.finetune import ArmResults, Pretrained, pretrain, run_arm
 from labkit.experiments.gateskip.arms.grid import Spec, longer, tuning_grid, tuning_runs
 from labkit.experiments.gateskip.arms.selection import choose
@@ -80,9 +80,29 @@ def _workdir() -> Iterator[str]:
         yield tmp
 
 
+def _pretrained_llm(cfg: Config, progress: bool) -> Computed:
+    """Stage 1 (:mod:`.premise`), then stage 2 (:mod:`.comparison`) of the gates it chose when ``cfg.compare`` and
+    stage 1's choice allows it (:func:`~.selection.stage2_blockers`); stage 2's tables join stage 1's (history, cost
+    and provenance appended)."""
+    if cfg.compare:
+        comparison.check_text(cfg)
+    computed = premise.compute(cfg, progress)
+    spec, blockers = premise.chosen_spec(cfg, computed.tables)
+    if not cfg.compare or blockers:
+        return computed
+    tables = dict(computed.tables)
+    for name, table in comparison.compute(cfg, spec, progress).items():
+        appended = name in ("history", "cost", "provenance")  # stage 1's rows first
+        tables[name] = pd.concat([tables[name], table], ignore_index=True) if appended else table
+    cost = tables["cost"]
+    timings = {phase: float(seconds) for phase, seconds in cost.groupby("phase").seconds.sum().items()}
+    return Computed(tables, computed.tensors, timings)
+
+
 def compute(cfg: Config, progress: bool = True) -> Computed:
-    """With a real pretrained LLM (``cfg.model`` other than "tiny"): stage 1 only, the premise on validation
-    (:func:`labkit.experiments.gateskip.arms.premise.compute`). Else tune every family on validation, freeze the
+    """With a real pretrained LLM (``cfg.model`` other than "tiny"): stage 1, the premise on validation
+    (:func:`labkit.experiments.gateskip.arms.premise.compute`), then stage 2 on test seeds
+    (:func:`labkit.experiments.gateskip.arms.comparison.compute`). Else tune every family on validation, freeze the
     choices, run them on test with fresh seeds, and rerun the first test seed of every trained choice at
     ``budget_factor`` x its schedule (the convergence check).
 
@@ -94,7 +114,7 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
     dict under ``model.``) and its first test batch (``examples``) for the token widget.
     """
     if cfg.model != "tiny":
-        return premise.compute(cfg, progress)
+        return _pretrained_llm(cfg, progress)
     inner = progress and cfg.workers == 1
 
     def run(fn: Callable[[Any], T], args: list[Any], desc: str) -> list[T]:

@@ -190,6 +190,11 @@ class _Job:
         self._nested = nested + seconds
         return out
 
+    @property
+    def flops_input(self) -> torch.Tensor:
+        """The batch whose executed FLOPs are counted: the first ``flops_batch`` test sequences."""
+        return self.task.tokens("test")[: self.cfg.flops_batch].to(self.task.device)
+
     def at(self, done: int) -> Spec:
         """The job's spec stopped after ``done`` fine-tuning steps."""
         return dataclasses.replace(self.spec, steps=done)
@@ -208,7 +213,8 @@ class _Job:
         rows = []
         for budget in budgets:
             quality = evaluate(model, self.task, make(budget, "masked", False), self.split)
-            flops = executed_flops(model, self.task, make(budget, "compact", True)) if self.split == "test" else None
+            flops = executed_flops(model, self.flops_input, make(budget, "compact", True)) if self.split == "test" \
+                else None
             rows.append(self.row(spec, arm, budget, quality, flops))
         return rows
 
@@ -256,13 +262,15 @@ def _generation(job: _Job, model: nn.Module, arm: str, ranking: str | None, sets
     return rows
 
 
-def _static_sets(cfg: Config, model: nn.Module, task: Task) -> dict[str, list[list[Any]]]:
-    """ShortGPT's branch sets (lowest block influence on training calibration batches) and ULS's layer sets, one per
-    budget of ``cfg.budgets`` that removes at least one and not every branch."""
-    order = skip.shortgpt_order(model, task.calibration())
-    n_branches = 2 * cfg.n_layers
-    ks = sorted({round(r * n_branches) for r in cfg.budgets} - {0})
-    uls = sorted({tuple(skip.uls_layers(cfg.n_layers, 1.0 / (1.0 - r))) for r in cfg.budgets if r > 0} - {()})
+def static_sets(
+    model: nn.Module, calibration: list[torch.Tensor], n_layers: int, budgets: tuple[float, ...]
+) -> dict[str, list[list[Any]]]:
+    """ShortGPT's branch sets (lowest block influence on the training ``calibration`` batches) and ULS's layer sets of
+    a model of ``n_layers`` layers, one per budget of ``budgets`` that removes at least one and not every branch."""
+    order = skip.shortgpt_order(model, calibration)
+    n_branches = 2 * n_layers
+    ks = sorted({round(r * n_branches) for r in budgets} - {0})
+    uls = sorted({tuple(skip.uls_layers(n_layers, 1.0 / (1.0 - r))) for r in budgets if r > 0} - {()})
     return {"shortgpt": [order[:k] for k in ks if k < n_branches], "uls": [list(s) for s in uls]}
 
 
@@ -304,7 +312,7 @@ def _score_dense(job: _Job, model: nn.Module, spec: Spec, roles: tuple[str, ...]
             for role in roles
             for scope in SCOPES
         ]
-    sets = job.timed("static orders", lambda: _static_sets(cfg, model, task))
+    sets = job.timed("static orders", lambda: static_sets(model, task.calibration(), cfg.n_layers, cfg.budgets))
     for arm in (r for r in roles if r in STATIC):
         points = job.timed(f"eval {arm}", lambda arm=arm: job.points(model, spec, arm, _static_maker(model), sets[arm]))
         for row, layers in zip(points, sets[arm], strict=True):
@@ -391,7 +399,7 @@ def run_arm(
     task = Task(pre.task, cfg, pre.seed, device)
     job = _Job(cfg, pre, task, spec, split, Path(workdir), tuple(sorted(stops)), progress)
     if split == "test":
-        job.dense_flops = executed_flops(load_lm(pre.checkpoint, device), task)
+        job.dense_flops = executed_flops(load_lm(pre.checkpoint, device), job.flops_input)
     out = _dense(job, roles or ("dense", *STATIC)) if spec.family == "dense" else _skipping(job)
     label = {"task": task.name, "seed": pre.seed, "split": split, "phase": f"{spec.family} {spec.config}"}
     out.history = out.history.assign(**label)

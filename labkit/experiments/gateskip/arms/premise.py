@@ -32,7 +32,7 @@ from labkit import gate, jobs, profile, seed_everything
 from labkit.experiments import Computed
 from labkit.experiments.gateskip.arms.finetune import finetune
 from labkit.experiments.gateskip.arms.grid import CONTROL, Spec, tuning_grid, tuning_runs
-from labkit.experiments.gateskip.arms.selection import quality_column, stage1_choice
+from labkit.experiments.gateskip.arms.selection import quality_column, stage1_choice, stage2_blockers
 from labkit.experiments.gateskip.config import Config
 from labkit.experiments.gateskip.data import (
     MC_OPTIONS,
@@ -102,14 +102,14 @@ def _importance(model: nn.Module, text: TokenText, device: torch.device) -> torc
     return torch.cat(parts, dim=1)
 
 
-def _contexts(model: nn.Module, cfg: Config, budget: float, ranking: str, seed: int) -> SkipContext:
+def contexts(model: nn.Module, cfg: Config, budget: float, ranking: str, seed: int) -> SkipContext:
     """Fresh skip contexts at ``budget`` ranked by ``ranking``, one per forward, each with its own random draw (seeds
     ``seed * 10_000``, +1, ...): random ranking never repeats its pattern from one batch to the next."""
     draws = itertools.count(seed * 10_000)
     return lambda: skipping(model, cfg, budget, ranking=ranking, seed=next(draws))
 
 
-def _freeze_lm(model: nn.Module) -> None:
+def freeze_lm(model: nn.Module) -> None:
     """Train the residual gates alone: every other parameter stops taking gradients."""
     gates = {id(p) for p in gate.gate_parameters(model)}
     for p in model.parameters():
@@ -124,7 +124,7 @@ def _gates_job(args: tuple[Config, Spec, tuple[int, ...], int, bool]) -> StageOn
     torch.manual_seed(40_000 + seed)  # every configuration starts from the same gates
     model = gate.add_gates(model, kind=cfg.gate_kind)
     if cfg.freeze_lm:
-        _freeze_lm(model)
+        freeze_lm(model)
     initial = _importance(model, text, device)
     label = dataclasses.replace(spec, steps=0).config
     out = StageOne([], config=label)
@@ -143,7 +143,7 @@ def _gates_job(args: tuple[Config, Spec, tuple[int, ...], int, bool]) -> StageOn
         out.rows += _rows(full, {**base, "arm": "gateskip"}, budget=0.0, skipped_fraction=0.0)
         for budget in cfg.premise_budgets:
             for arm, ranking in (("gateskip", "gate"), (CONTROL, "random")):
-                values, fraction = window_bpb(model, text, _contexts(model, cfg, budget, ranking, seed), device)
+                values, fraction = window_bpb(model, text, contexts(model, cfg, budget, ranking, seed), device)
                 out.rows += _rows(values, {**base, "arm": arm}, budget=budget, skipped_fraction=fraction)
         out.cost.append({"phase": "eval gateskip", "config": label, "seconds": time.perf_counter() - start})
 
@@ -172,7 +172,7 @@ def _mc_job(args: tuple[Config, int, dict[str, torch.Tensor] | None, dict[str, A
             raise ValueError(f"gate weights {unexpected[:3]} do not fit the gated {cfg.model!r}")
     mc = DictMC(tokenizer, cfg, seed, cfg.mc_questions)
     out, start = StageOne([]), time.perf_counter()
-    context = _contexts(model, cfg, budget, ranking, seed) if ranking else None
+    context = contexts(model, cfg, budget, ranking, seed) if ranking else None
     values, fraction = mc_correct(model, mc, context, device)
     out.rows += _rows(values, {**base, "arm": arm}, "dictmc", budget=budget, skipped_fraction=fraction)
     out.cost.append({"phase": "eval dictmc", "config": base["config"], "seconds": time.perf_counter() - start})
@@ -234,6 +234,16 @@ def compute(cfg: Config, progress: bool = True) -> Computed:
     # the chosen scalar gates (34,620 values) for gate.load_gates (benchmarks/gateskip_speed.py); vector gates (46.5 M
     # values on SmolLM2) would be a checkpoint, not an artefact a report commits
     return Computed(tables, state if cfg.gate_kind == "scalar" else {}, timings)
+
+
+def chosen_spec(cfg: Config, tables: dict[str, pd.DataFrame]) -> tuple[Spec, list[str]]:
+    """The gate configuration stage 1 chose, stopped at its chosen step, and why stage 2 may not run on it
+    (:func:`~.selection.stage2_blockers`; empty: it may)."""
+    choice = stage1_choice(tables["premise_curves"], tables["premise_gates"], cfg.premise_budgets[-1])
+    pick = choice[choice.chosen].iloc[0]
+    spec = next(s for s in tuning_grid(cfg) if s.family == "gateskip" and s.steps == pick.steps
+                and dataclasses.replace(s, steps=0).config == pick.config)
+    return spec, stage2_blockers(pick)
 
 
 def _dispatch(job: tuple[Any, Any]) -> StageOne:

@@ -156,6 +156,15 @@ def stage1_choice(curves: pd.DataFrame, gates: pd.DataFrame, budget: float) -> p
     return table.reset_index()
 
 
+def stage2_blockers(chosen: pd.Series) -> list[str]:
+    """Why stage 2 may not run on stage 1's chosen row of :func:`stage1_choice` (empty: it may): on the choosing half
+    its gates must have moved, it must stay healthy and its ranking must beat random ranking; else the premises cannot
+    hold and stage 2 would spend its budget proving so."""
+    checks = {"its gates did not move": chosen.moved, "it is not healthy at full compute": chosen.healthy,
+              "its ranking does not beat random ranking": chosen.edge > 0}
+    return [reason for reason, ok in checks.items() if not ok]
+
+
 def _chosen(task: str, role: str, config: str, rows: pd.DataFrame, score: float) -> dict[str, Any]:
     first = rows[rows.config == config].iloc[0]
     spec = Spec(
