@@ -251,7 +251,7 @@ def ran_comparison(results: Results) -> bool:
 def stage2_status(results: Results) -> str:
     """Why the comparison did or did not run, in one sentence the notebook and the verdict show."""
     if ran_comparison(results):
-        return "stage 2 ran: every arm compared on test seeds"
+        return f"{'stage 2' if 'stage1' in results.tables else 'the comparison'} ran: every arm compared on test seeds"
     blockers = stage2_blockers(results.stage1[results.stage1.chosen].iloc[0])
     if not results.config.compare:
         reason = "it was not asked for (parameter compare=False)"
