@@ -146,7 +146,8 @@ def stage1_premises(task: str, budget: float, dense: float, random: float) -> li
     unigram predictor (text) or a guess (dictmc). On accuracy, whose per-question values are 0 or 1, the relative
     tolerances are taken of the mean ``dense`` (health) and ``random`` (ranking) accuracy. The gates are trained on
     text, so whether they moved is judged there."""
-    where = "the judging half of the validation windows (questions); gates chosen on the other half of the text's"
+    where = ("the judging half of the validation windows; gates chosen on the other half" if task == "text" else
+             "every validation question (nothing is chosen on them), with the gates chosen on text")
     metric = quality_column(task)
     accuracy = metric != "bpb"
     out = [] if task != "text" else [
