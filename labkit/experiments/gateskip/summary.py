@@ -55,7 +55,7 @@ def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[fl
                 parts.append(saved.assign(metric=f"saved_{round(100 * level)}_{name}"))
     gen = generation[generation.split == "test"] if len(generation) else generation
     for (task, scope), sub in gen.groupby(["task", "scope"], sort=False) if len(gen) else []:
-        metric = "gen_em" if task == "cumsum" else quality_column(task)  # chains' exact match, or decoded text's
+        metric = generation_column(task)
         for level in levels:
             saved = saved_at_quality(sub.drop(columns="scope").dropna(axis=1, how="all"), metric, fraction=level)
             parts.append(saved.assign(task=task, metric=f"gen_saved_{round(100 * level)}_{scope}"))
@@ -242,6 +242,17 @@ def _judge_llm(cfg: Config, computed: Computed) -> Results:
     return Results(cfg, {**t, **tables, **judged}, computed)
 
 
+def generation_column(task: str) -> str:
+    """The quality of text generated with a KV cache: running-sum chains' exact match, else the task's own quality
+    (decoded held-out text: bits per byte)."""
+    return "gen_em" if task == "cumsum" else quality_column(task)
+
+
+def ran_stage1(results: Results) -> bool:
+    """Whether the run is a pretrained LLM's: stage 1's choice and premises on validation come first."""
+    return "stage1" in results.tables
+
+
 def ran_comparison(results: Results) -> bool:
     """Whether the comparison of arms ran (the tiny model's, or a pretrained LLM's stage 2) or the run stopped after
     stage 1's premises."""
@@ -251,7 +262,7 @@ def ran_comparison(results: Results) -> bool:
 def stage2_status(results: Results) -> str:
     """Why the comparison did or did not run, in one sentence the notebook and the verdict show."""
     if ran_comparison(results):
-        return f"{'stage 2' if 'stage1' in results.tables else 'the comparison'} ran: every arm compared on test seeds"
+        return f"{'stage 2' if ran_stage1(results) else 'the comparison'} ran: every arm compared on test seeds"
     blockers = stage2_blockers(results.stage1[results.stage1.chosen].iloc[0])
     if not results.config.compare:
         reason = "it was not asked for (parameter compare=False)"
@@ -293,7 +304,7 @@ def judge(cfg: Config, computed: Computed) -> Results:
 def claim_text(results: Results) -> str:
     """The report's claim in one sentence: the paper's (the comparison), or the premise stage 1 tests."""
     paper = "paper: up to 15 % compute saved at > 90 % of baseline accuracy (arXiv 2510.13876)."
-    if ran_comparison(results) and "stage1" in results.tables:
+    if ran_comparison(results) and ran_stage1(results):
         return ("At equal compute saved, residual gates trained on a frozen pretrained LLM keep more quality than the "
                 f"same model with tokens ranked at random and than static branch or layer removal; {paper}")
     if ran_comparison(results):
@@ -318,7 +329,7 @@ def recorded_tables(results: Results) -> dict[str, pd.DataFrame]:
     evidence too)."""
     compared = ("claims", "sanity", "budget", "health", "scores", "chosen")
     names = [*compared, "validation"] if "validation" in results.tables else ["claims", "stage1", "evidence"]
-    if ran_comparison(results) and "stage1" in results.tables:  # a pretrained LLM's two stages
+    if ran_comparison(results) and ran_stage1(results):  # a pretrained LLM's two stages
         names = [*compared, "stage1", "evidence"]
     return {name: results.tables[name] for name in names}
 
@@ -329,7 +340,7 @@ def verdict_lines(results: Results) -> list[str]:
     (:func:`labkit.protocol.verdict_lines`)."""
     status = stage2_status(results)
     stage1 = []
-    if "stage1" in results.tables:
+    if ran_stage1(results):
         chosen = results.stage1[results.stage1.chosen].iloc[0]
         stage1 = [f"stage 1 chose on the other half of the text windows: {chosen.config}, {chosen.steps} steps"]
     if not ran_comparison(results):
@@ -356,7 +367,7 @@ def headline_metrics(results: Results) -> dict[str, float]:
     """Seed means a rerun reproduces: per task and arm the saved fractions (%), full-compute quality and gate shift;
     each claim's effect (pp); each premise's effect (in its own units) and whether it was met (1 or 0)."""
     tables = {}  # stage 1: per task and arm, means over the judging half's windows or questions
-    if "stage1" in results.tables:
+    if ran_stage1(results):
         tables["stage1/" if ran_comparison(results) else ""] = results.evidence
     if ran_comparison(results):
         tables[""] = results.scores
@@ -367,7 +378,7 @@ def headline_metrics(results: Results) -> dict[str, float]:
             for column, value in row.items():
                 if pd.notna(value):
                     out[f"{prefix}{task}/{arm}/{column}"] = float(value)
-    if "stage1" in results.tables:
+    if ran_stage1(results):
         out["text/chosen/select_edge"] = float(results.stage1[results.stage1.chosen].edge.iloc[0])
     for r in results.claims.itertuples():
         name = r.claim.replace(": ", "/")
