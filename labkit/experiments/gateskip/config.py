@@ -203,9 +203,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_size": 64,
         "eval_batch": 16,
         "workers": 2,
-        # stage 2 is built and tested but off here: sized from a one-seed timing run, stages 1 and 2 together take
-        # about 2.5 h on 2 cores (GCIDE scoring is ~1.1 s per question and point), past the issue's 120 minutes
-        "compare": False,
+        # stages 1 + 2 sized to the issue's 120 minutes on 2 cores from a one-seed timing run of stage 2 (GCIDE scoring
+        # costs ~1.1 s per question and point, a gate-training step 3.8 s): 400 validation questions (800 cost 66 of
+        # stage 1's 118 CPU minutes; the health interval widens from ±0.024 to ~±0.034), 20 test questions per seed
+        # and point, 32 test windows, 8 decoded; budgets out to 20 % (ShortGPT was within 10 % of dense at 10 %)
+        "mc_questions": 400,
+        "budgets": (0.0, 0.02, 0.05, 0.1, 0.2),
+        "test_windows": 32,
+        "mc_test_questions": 20,
+        "decode_windows": 8,
+        "flops_batch": 4,
     },
     # SmolLM2-135M with the paper's vector gates and a longer schedule, for a lent GPU: stage 1 with the first token
     # protected as on CPU (its 128-token windows of seed 0 were never read)
