@@ -37,6 +37,7 @@ from labkit.protocol import Claim
 
 TOLERANCE_PP = 1.0  # a difference below 1 percentage point of compute saved does not count
 TRIVIAL = "trivial"  # per-position token frequencies of the training data
+TRIVIAL_PRETRAINED = "the trivial predictor (text: the unigram predictor; dictmc: a guess)"  # a pretrained LLM's
 INIT = "init"  # the GateSkip model before fine-tuning: its gates' shift is 0 by definition
 # The dense fine-tune (and those ShortGPT and ULS act on) is converged if twice the budget improves its validation
 # quality by at most 1 % (relative): every claim is read at 90 % or 95 % of dense quality, and a 1 % shift of the
@@ -111,14 +112,18 @@ def _claim(metric: str, text: str, baseline: str, paper: str = "") -> Claim:
     )
 
 
-def premises(metric: str) -> list[Claim]:
+def premises(metric: str, frozen: bool = False) -> list[Claim]:
     """The two premises of one task (quality measured in ``metric``): GateSkip's gates move from their initial value,
-    and the dense fine-tune beats the trivial predictor at full compute."""
+    and the dense model beats the trivial predictor at full compute. ``frozen``: a pretrained LLM's stage 2, whose
+    dense model is the frozen pretrained LM and whose gates alone are trained."""
+    before = "the gates' initialisation (the LM frozen)" if frozen else "the same model before fine-tuning"
+    dense = f"the pretrained LM beats {TRIVIAL_PRETRAINED}" if frozen else \
+        "the dense fine-tune beats the trivial predictor (per-position token frequencies)"
     return [
         Claim(
             "gates move from init",
             "GateSkip's gates move from their initial value: mean |g - g0| over branches and tokens of a test batch "
-            "at r = 0, against the same model before fine-tuning",
+            f"at r = 0, against {before}",
             "gate_shift",
             "gateskip",
             INIT,
@@ -129,7 +134,7 @@ def premises(metric: str) -> list[Claim]:
         ),
         Claim(
             "dense beats trivial",
-            "the dense fine-tune beats the trivial predictor (per-position token frequencies) at full compute",
+            f"{dense} at full compute",
             "quality",
             "dense",
             TRIVIAL,
@@ -170,7 +175,7 @@ def stage1_premises(task: str, budget: float, dense: float, random: float) -> li
               metric, "gateskip", "dense", lower_is_better=not accuracy, relative=not accuracy,
               tolerance=-HEALTH_TOLERANCE_PCT * (dense / 100 if accuracy else 1), compute=where, kind="premise"),
         Claim("dense beats trivial",
-              "the pretrained LM beats the trivial predictor (text: the unigram predictor; dictmc: a guess)",
+              f"the pretrained LM beats {TRIVIAL_PRETRAINED}",
               metric, "dense", TRIVIAL, lower_is_better=not accuracy, compute=where, kind="premise"),
     ]
 
@@ -253,7 +258,7 @@ def verdicts(
         checks.append(check.assign(task=task))
         gates = table[table.arm == "gateskip"].reindex(columns=["arm", "seed", "gate_shift"]).dropna()
         evidence = {"gate_shift": pd.concat([gates, gates.assign(arm=INIT, gate_shift=0.0)]), "quality": quality}
-        for claim in premises(metric):  # under stage 1's premises, these are stage 2's own, on its test seeds
+        for claim in premises(metric, frozen=bool(stage1)):  # under stage 1's premises: stage 2's, on test seeds
             claim = dataclasses.replace(claim, name=f"{claim.name} (test seeds)") if stage1 else claim
             if len(evidence[claim.metric]):
                 judged.append(protocol.judge(_of(claim, task), evidence[claim.metric]))

@@ -43,7 +43,7 @@ def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[fl
     cache (running-sum chains, or decoded held-out text) per scope
     (``gen_saved_90_batch``, ...); the dense rows save 0 by definition (the "saves anything" reference); full-compute
     ``quality`` and, for gated arms, ``gate_shift``."""
-    test = curves[curves.split == "test"]
+    test = _static_origin(curves[curves.split == "test"])
     parts = []
     for task, sub in test.groupby("task", sort=False):
         metric = quality_column(task)
@@ -53,7 +53,7 @@ def test_scores(curves: pd.DataFrame, generation: pd.DataFrame, levels: tuple[fl
                     continue
                 saved = saved_at_quality(sub, metric, x=column, fraction=level)
                 parts.append(saved.assign(metric=f"saved_{round(100 * level)}_{name}"))
-    gen = generation[generation.split == "test"] if len(generation) else generation
+    gen = _static_origin(generation[generation.split == "test"]) if len(generation) else generation
     for (task, scope), sub in gen.groupby(["task", "scope"], sort=False) if len(gen) else []:
         metric = generation_column(task)
         for level in levels:
@@ -108,14 +108,29 @@ def budget_values(runs: pd.DataFrame, chosen: pd.DataFrame, level: float, untrai
     return pd.DataFrame(rows, columns=["task", "arm", "seed", "budget", "measure", "value"])
 
 
+def _static_origin(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every static arm's curve starting at full compute: removing nothing is the dense model it acts
+    on, so where ShortGPT or ULS has no row at r = 0 for a task x seed (x scope) (a frozen LLM's sets are scored only
+    at the fractions they remove; the toy's fine-tunes score it), the dense row is added under its name. Its saving
+    then interpolates from full compute as every other arm's does, instead of counting 0 when its first set misses."""
+    keys = [k for k in ("task", "split", "seed", "scope") if k in frame.columns]
+    dense = frame[(frame.arm == "dense") & (frame.budget == 0)]
+    added = []
+    for arm in STATIC:
+        rows = frame[frame.arm == arm]
+        have = rows[rows.budget == 0][keys].drop_duplicates()
+        need = rows[keys].drop_duplicates().merge(have, how="left", indicator=True)
+        added.append(dense.merge(need[need._merge == "left_only"][keys], on=keys).assign(arm=arm))
+    return pd.concat([frame, *added], ignore_index=True)
+
+
 def _full_quality(test: pd.DataFrame) -> pd.DataFrame:
-    """Full-compute test quality per task x arm x seed (r = 0; static arms: the dense model they act on), and the
-    gate shift of the gated arms (mean |g - g0|: how far training moved the gates from their initialisation)."""
+    """Full-compute test quality per task x arm x seed (r = 0; static arms: the dense model they act on, added by
+    :func:`_static_origin`), and the gate shift of the gated arms (mean |g - g0|: how far training moved the gates
+    from their initialisation)."""
     rows = []
     for (task, arm, seed), group in test.groupby(["task", "arm", "seed"], sort=False):
         at_zero = group[group.budget == 0]
-        if at_zero.empty and arm in STATIC:
-            at_zero = test[(test.task == task) & (test.arm == "dense") & (test.seed == seed)]
         shift = float(at_zero["gate_shift"].mean()) if "gate_shift" in at_zero else np.nan
         rows.append({"task": task, "arm": arm, "seed": seed, "quality": float(at_zero[quality_column(task)].mean()),
                      "gate_shift": shift})
