@@ -187,6 +187,47 @@ def versus_static(loss: float, skipped: float, static_loss: float, static_skippe
         f"{'fewer' if skipped < static_skipped else 'more'} skipped)"
 
 
+_OP_GROUPS = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::cat": "KV cache and rotary cat",
+              "aten::_scaled_dot_product_flash_attention_for_cpu": "attention"}
+
+
+def profile_decoding(calls: dict[str, Callable[[], Any]], new_tokens: int, repeat: int, device: torch.device) -> None:
+    """Where batch-1 decoding time goes, variant beside variant: wall time per token (medians of ``repeat`` rounds,
+    round-robin), the operators' own time per token from one ``torch.profiler`` trace (``labkit.profile.trace``),
+    grouped, and the wall time no operator accounts for (Python and dispatch; a lower bound, since tracing slows the
+    operators a little), then each trace's largest operators."""
+    timings = profile.measure_many(calls, warmup=1, repeat=repeat, device=device)
+    traces = {}
+    for name, call in calls.items():
+        with profile.trace(os.path.join(tempfile.gettempdir(), f"gateskip_decode_{len(traces)}.json")) as traces[name]:
+            call()
+    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+    print("device:", profile.device_info())
+    print(f"batch-1 greedy decoding, {new_tokens} one-token forwards per call; ms per token; wall: median of {repeat} "
+          "round-robin calls; operators: self CPU time of one traced call\n")
+    groups = [*dict.fromkeys(_OP_GROUPS.values()), "other operators"]
+    print(f"{'':34}" + "".join(f"{name:>20}" for name in calls))
+    per_token = {name: timings[name].median * 1e3 / new_tokens for name in calls}
+    print(f"{'wall':34}" + "".join(f"{per_token[name]:>20.2f}" for name in calls))
+    ops_total = {}
+    for group in groups:
+        row = []
+        for name in calls:
+            events = traces[name].profiler.key_averages()
+            row.append(sum(e.self_cpu_time_total for e in events
+                           if _OP_GROUPS.get(e.key, "other operators") == group) / 1e3 / new_tokens)
+            ops_total[name] = ops_total.get(name, 0.0) + row[-1]
+        print(f"{'  ' + group:34}" + "".join(f"{v:>20.2f}" for v in row))
+    outside = (per_token[n] - ops_total[n] for n in calls)
+    print(f"{'outside operators (wall - all ops)':34}" + "".join(f"{v:>20.2f}" for v in outside))
+    base = next(iter(calls))
+    speeds = (_speedup(timings[base], timings[n]) for n in calls)
+    print(f"{'speed vs ' + base + ' [95 % CI]':34}" + "".join(f"{v:>20}" for v in speeds))
+    for name in calls:
+        print(f"\n== {name}: largest operators of the traced call ==")
+        print(traces[name].table(row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="toy")
@@ -202,7 +243,8 @@ def main() -> None:
     parser.add_argument("--protect", type=int, default=0,
                         help="never skip the first N tokens of a row (skip.budget's protect; the gates of the GateSkip "
                         "cpu report were trained with 1)")
-    parser.add_argument("--profile", action="store_true", help="only profile batch-1 compact decoding at r = 0.5")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile batch-1 decoding: ungated dense, gated at r = 0 and at r = 0.5 (compact)")
     args = parser.parse_args()
     if args.gates_from and args.gates != ["scalar"]:
         parser.error(f"--gates-from loads scalar gates: pass --gates scalar (got --gates {' '.join(args.gates)})")
@@ -226,16 +268,14 @@ def main() -> None:
                                    protect=args.protect)
 
     if args.profile:
-        model, b = models[args.gates[0]], 1
-        prompt = held_out_tokens(tokenizer, vocab, b, prompt_len, 1, device)
-        call = decoder(model, prompt, new_tokens, policy(model, 0.5, "sequence", "compact",
-                                                         thresholds(model, 0.5, "sequence", b)))
-        call()
-        with profile.trace(os.path.join(tempfile.gettempdir(), "gateskip_decode_trace.json")) as trace:
-            call()
-        print(f"batch-1 compact decoding, {args.gates[0]} gates, r = 0.5, {new_tokens} tokens, "
-              f"{torch.get_num_threads()} threads")
-        print(trace.table(row_limit=25))
+        model = models[args.gates[0]]
+        prompt = held_out_tokens(tokenizer, vocab, 1, prompt_len, 1, device)
+        profile_decoding({
+            "ungated dense": decoder(dense, prompt, new_tokens, None),
+            "gated, r = 0": decoder(model, prompt, new_tokens, policy(model, 0.0, "sequence", "compact", None)),
+            "gated, r = 0.5": decoder(model, prompt, new_tokens, policy(model, 0.5, "sequence", "compact",
+                                                                        thresholds(model, 0.5, "sequence", 1))),
+        }, new_tokens, args.repeat, device)
         return
 
     load_start = os.getloadavg()[0]
