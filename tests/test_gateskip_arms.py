@@ -184,3 +184,26 @@ def test_claims_forest_and_generation_figures():
     fig = views.generation_curves(pd.DataFrame(rows))
     assert [ax.get_title() for ax in fig.axes] == ["batch scope", "sequence scope"]
     matplotlib.pyplot.close(fig)
+
+
+def test_quality_figure_keeps_its_legend_where_flops_were_not_counted_and_gate_training_draws_every_run():
+    from labkit.views import gateskip as views
+
+    curves = pd.DataFrame([
+        {"task": "dictmc", "split": "test", "arm": arm, "seed": seed, "budget": b, "skipped_fraction": b,
+         "flops_saved": float("nan"), "accuracy": 0.7 - b}
+        for arm in ("dense", "gateskip", "shortgpt") for seed in (0, 1) for b in (0.0, 0.1)
+    ])
+    fig = views.quality_vs_saved(curves, "dictmc", "accuracy", "pretrained LM")
+    assert fig.axes[0].get_legend() is not None and fig.axes[1].get_legend() is None  # the axes that drew the arms
+    matplotlib.pyplot.close(fig)
+    history = pd.DataFrame([
+        {"step": step, "loss": 3.0, "extra": 0.1, "seed": seed, "split": split, "run_budget": factor}
+        for seed, split, factor, steps in ((100, "test", 1.0, 4), (101, "test", 1.0, 4), (100, "val", 2.0, 8))
+        for step in range(steps)
+    ] + [{"step": 0, "loss": 3.0, "extra": 0.1, "config": "stage 1", "split": None, "run_budget": None}])
+    fig = views.gate_training(history, 0.05)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["test seed 100", "test seed 101", "convergence check (validation, 2x steps)"]
+    assert "0 -> 5%" in fig.axes[0].get_title()
+    matplotlib.pyplot.close(fig)

@@ -60,7 +60,9 @@ def quality_vs_saved(curves: pd.DataFrame, task: str, metric: str, dense_label: 
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)
-    axes[1].legend(fontsize="small", loc="best")
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]  # a task without FLOPs draws only the first
+    if drawn:
+        drawn[-1].legend(fontsize="small", loc="best")
     fig.suptitle(f"{task}: test quality vs compute saved (mean and Student-t 95 % interval over seeds)")
     fig.tight_layout()
     return fig
@@ -239,10 +241,33 @@ def premise_curves(curves: pd.DataFrame, stage1: pd.DataFrame, history: pd.DataF
                 title="learned vs random ranking, same model")
     axes[0].legend(fontsize="x-small")
     for i, (config, group) in enumerate(history.groupby("config", sort=False)):
-        loss = (group.loss + group.extra).rolling(10, min_periods=1).mean()
-        axes[1].plot(group.step, loss, color=f"C{i}", label=config)
-    axes[1].set(xlabel="step", title="gate training: task loss + gate penalty (10-step mean)")
+        axes[1].plot(group.step, _penalised_loss(group), color=f"C{i}", label=config)
+    axes[1].set(xlabel="step", title=_GATE_LOSS)
     axes[1].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+_GATE_LOSS = "gate training: task loss + gate penalty (10-step mean)"
+
+
+def _penalised_loss(group: pd.DataFrame) -> pd.Series:
+    """What gate training minimises, per step: the task loss plus the gate penalty, as a 10-step running mean."""
+    return (group.loss + group.extra).rolling(10, min_periods=1).mean()
+
+
+def gate_training(history: pd.DataFrame, ramp_to: float) -> plt.Figure:
+    """Stage 2 on a pretrained LLM: the chosen gates retrained on every test seed, beside the convergence check's run
+    on validation with a longer schedule (``run_budget`` times the steps), task loss plus gate penalty per step. The
+    skip budget ramps from 0 to ``ramp_to`` over each run, so the task loss rises with it."""
+    sub = history[history.split.isin(["test", "val"])]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for (split, seed, factor), group in sub.groupby(["split", "seed", "run_budget"], sort=True):
+        check = split == "val"
+        label = f"convergence check (validation, {factor:g}x steps)" if check else f"test seed {seed:g}"
+        ax.plot(group.step, _penalised_loss(group), color="k" if check else None, lw=1.5 if check else 0.9, label=label)
+    ax.set(xlabel="step", title=f"{_GATE_LOSS}\nthe skip budget ramps 0 -> {ramp_to:.0%} over each run")
+    ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
 
