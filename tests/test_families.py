@@ -196,6 +196,8 @@ OVERRIDES = {  # model type -> config kwargs over TINY, where a family names a s
         "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2},
     },
     "dory": {"sliding_window": 16},  # its own forward fails on sequences longer than its window
+    "ergo": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_intermediate_size": 16,
+             "first_dense_intermediate_size": 64},  # its default experts build 2.1 M parameters
     "gemma3n_text": {"num_kv_shared_layers": 0, "laurel_rank": 4, "activation_sparsity_pattern": [0.0, 0.0]},
     "gemma4_text": {"global_head_dim": 16},
     "gemma4_unified_text": {"global_head_dim": 16},
@@ -203,6 +205,8 @@ OVERRIDES = {  # model type -> config kwargs over TINY, where a family names a s
     "inkling2_loop_text": {"unpadded_vocab_size": V, "rel_extent": 16},
     "inkling2_text": {"unpadded_vocab_size": V, "rel_extent": 16},
     "inkling_text": {"rel_extent": 16},
+    # NVFP4 rounding of K/V needs a head_dim that 16 divides; no more index heads than a K/V group has query heads
+    "kolibri1_1": {"head_dim": 16, "index_num_heads": 2},
     "longcat_flash": {"head_dim": 4, "expert_ffn_hidden_size": 16, "zero_expert_num": 2, "moe_topk": 2},
     "modernbert-decoder": {"local_attention": 10},  # its sliding window is half of this: 5, as TINY's elsewhere
     "reformer": {"is_decoder": True, "attn_layers": ["local", "lsh"], "attention_head_size": 8,
