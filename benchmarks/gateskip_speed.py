@@ -34,6 +34,7 @@ import copy
 import datetime
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -191,40 +192,42 @@ _OP_GROUPS = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::cat": "KV ca
               "aten::_scaled_dot_product_flash_attention_for_cpu": "attention"}
 
 
-def profile_decoding(calls: dict[str, Callable[[], Any]], new_tokens: int, repeat: int, device: torch.device) -> None:
+def profile_decoding(calls: dict[str, Callable[[], Any]], new_tokens: int, repeat: int, device: torch.device,
+                     traced: int = 3) -> None:
     """Where batch-1 decoding time goes, variant beside variant: wall time per token (medians of ``repeat`` rounds,
-    round-robin), the operators' own time per token from one ``torch.profiler`` trace (``labkit.profile.trace``),
-    grouped, and the wall time no operator accounts for (Python and dispatch; a lower bound, since tracing slows the
-    operators a little), then each trace's largest operators."""
+    round-robin), the operators' own time per token from ``torch.profiler`` traces (``labkit.profile.trace``; the
+    median of ``traced`` round-robin traced calls, since one trace's operator times vary), grouped, and the wall time
+    no operator accounts for (Python and dispatch; tracing slows the operators, so it can read below zero), then the
+    largest operators of each variant's last trace."""
     timings = profile.measure_many(calls, warmup=1, repeat=repeat, device=device)
+    groups = [*dict.fromkeys(_OP_GROUPS.values()), "other operators"]
+    per_group: dict[tuple[str, str], list[float]] = {}
     traces = {}
-    for name, call in calls.items():
-        with profile.trace(os.path.join(tempfile.gettempdir(), f"gateskip_decode_{len(traces)}.json")) as traces[name]:
-            call()
+    for _ in range(traced):
+        for name, call in calls.items():
+            with profile.trace(os.path.join(tempfile.gettempdir(), "gateskip_decode.json")) as traces[name]:
+                call()
+            for group in groups:
+                per_group.setdefault((name, group), []).append(sum(
+                    e.self_cpu_time_total for e in traces[name].profiler.key_averages()
+                    if _OP_GROUPS.get(e.key, "other operators") == group) / 1e3 / new_tokens)
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print("device:", profile.device_info())
     print(f"batch-1 greedy decoding, {new_tokens} one-token forwards per call; ms per token; wall: median of {repeat} "
-          "round-robin calls; operators: self CPU time of one traced call\n")
-    groups = [*dict.fromkeys(_OP_GROUPS.values()), "other operators"]
+          f"round-robin calls; operators: self CPU time, median of {traced} traced calls\n")
     print(f"{'':34}" + "".join(f"{name:>20}" for name in calls))
     per_token = {name: timings[name].median * 1e3 / new_tokens for name in calls}
     print(f"{'wall':34}" + "".join(f"{per_token[name]:>20.2f}" for name in calls))
-    ops_total = {}
+    ops = {(name, group): statistics.median(values) for (name, group), values in per_group.items()}
     for group in groups:
-        row = []
-        for name in calls:
-            events = traces[name].profiler.key_averages()
-            row.append(sum(e.self_cpu_time_total for e in events
-                           if _OP_GROUPS.get(e.key, "other operators") == group) / 1e3 / new_tokens)
-            ops_total[name] = ops_total.get(name, 0.0) + row[-1]
-        print(f"{'  ' + group:34}" + "".join(f"{v:>20.2f}" for v in row))
-    outside = (per_token[n] - ops_total[n] for n in calls)
+        print(f"{'  ' + group:34}" + "".join(f"{ops[name, group]:>20.2f}" for name in calls))
+    outside = (per_token[n] - sum(ops[n, g] for g in groups) for n in calls)
     print(f"{'outside operators (wall - all ops)':34}" + "".join(f"{v:>20.2f}" for v in outside))
     base = next(iter(calls))
     speeds = (_speedup(timings[base], timings[n]) for n in calls)
     print(f"{'speed vs ' + base + ' [95 % CI]':34}" + "".join(f"{v:>20}" for v in speeds))
     for name in calls:
-        print(f"\n== {name}: largest operators of the traced call ==")
+        print(f"\n== {name}: largest operators of its last traced call ==")
         print(traces[name].table(row_limit=12))
 
 
@@ -244,7 +247,8 @@ def main() -> None:
                         help="never skip the first N tokens of a row (skip.budget's protect; the gates of the GateSkip "
                         "cpu report were trained with 1)")
     parser.add_argument("--profile", action="store_true",
-                        help="only profile batch-1 decoding: ungated dense, gated at r = 0 and at r = 0.5 (compact)")
+                        help="only profile batch-1 decoding: ungated dense, its branch wrappers alone, gated without a "
+                        "budget, and gated at r = 0 and at r = 0.5 (compact)")
     args = parser.parse_args()
     if args.gates_from and args.gates != ["scalar"]:
         parser.error(f"--gates-from loads scalar gates: pass --gates scalar (got --gates {' '.join(args.gates)})")
@@ -270,8 +274,11 @@ def main() -> None:
     if args.profile:
         model = models[args.gates[0]]
         prompt = held_out_tokens(tokenizer, vocab, 1, prompt_len, 1, device)
+        wrapped = gate.add_gates(copy.deepcopy(dense), kind="none")  # the branch wrappers alone, no gate
         profile_decoding({
             "ungated dense": decoder(dense, prompt, new_tokens, None),
+            "wrappers, no gate": decoder(wrapped, prompt, new_tokens, None),
+            "gated, no budget": decoder(model, prompt, new_tokens, None),
             "gated, r = 0": decoder(model, prompt, new_tokens, policy(model, 0.0, "sequence", "compact", None)),
             "gated, r = 0.5": decoder(model, prompt, new_tokens, policy(model, 0.5, "sequence", "compact",
                                                                         thresholds(model, 0.5, "sequence", 1))),
