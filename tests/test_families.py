@@ -196,8 +196,9 @@ OVERRIDES = {  # model type -> config kwargs over TINY, where a family names a s
         "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2},
     },
     "dory": {"sliding_window": 16},  # its own forward fails on sequences longer than its window
+    # its default experts build 2.1 M parameters; a global layer (no rotary) of every two, with its q/k scale
     "ergo": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_intermediate_size": 16,
-             "first_dense_intermediate_size": 64},  # its default experts build 2.1 M parameters
+             "first_dense_intermediate_size": 64, "global_attention_every_n_layers": 2, "global_attention_scale": 4.0},
     "gemma3n_text": {"num_kv_shared_layers": 0, "laurel_rank": 4, "activation_sparsity_pattern": [0.0, 0.0]},
     "gemma4_text": {"global_head_dim": 16},
     "gemma4_unified_text": {"global_head_dim": 16},
